@@ -1,0 +1,82 @@
+import math
+
+import pytest
+import torch
+
+from watermark_cli.sequential_penalty import PenaltySchedule, PerSampleConstraint, SequentialPenalty
+
+
+def test_schedule_grows_geometrically_every_period_and_stops_at_the_cap():
+    schedule = PenaltySchedule(tau_initial=0.1, growth=1.1, period=10, tau_max=500.0)
+    assert schedule.tau_at(0) == pytest.approx(0.1)
+    assert schedule.tau_at(9) == pytest.approx(0.1)
+    assert schedule.tau_at(10) == pytest.approx(0.11)
+    assert schedule.tau_at(25) == pytest.approx(0.1 * 1.1**2)
+    # 0.1 * 1.1^k reaches 500 at k = ln(5000)/ln(1.1) ≈ 89.4 growth periods.
+    assert schedule.tau_at(890) < 500.0
+    assert schedule.tau_at(900) == pytest.approx(500.0)
+    assert schedule.tau_at(10**9) == pytest.approx(500.0)
+
+
+def test_schedule_rejects_shrinking_or_empty_settings():
+    with pytest.raises(ValueError):
+        PenaltySchedule(growth=0.9)
+    with pytest.raises(ValueError):
+        PenaltySchedule(period=0)
+    with pytest.raises(ValueError):
+        PenaltySchedule(tau_initial=1.0, tau_max=0.5)
+
+
+def test_penalty_is_tau_times_mean_hinge_of_the_violations():
+    penalty = SequentialPenalty(PerSampleConstraint("psnr", 40.0, "ge"), PenaltySchedule(2.0, 2.0, 1, 100.0))
+    values = torch.tensor([42.0, 39.0, 37.0, 40.0])
+    term, report = penalty.penalty(values)
+    assert float(term) == pytest.approx(2.0 * (0 + 1 + 3 + 0) / 4)
+    assert report.fraction_satisfied == pytest.approx(0.5)
+    assert report.max_violation == pytest.approx(3.0)
+    penalty.advance()
+    term, _ = penalty.penalty(values)
+    assert float(term) == pytest.approx(4.0 * 1.0)
+
+
+def test_squared_hinge_and_le_sense():
+    penalty = SequentialPenalty(PerSampleConstraint("mse", 0.1, "le"), PenaltySchedule(1.0, 1.0, 1, 1.0),
+                                shape="squared_hinge")
+    term, report = penalty.penalty(torch.tensor([0.05, 0.3, 0.1]))
+    assert float(term) == pytest.approx((0.2**2) / 3)
+    assert report.fraction_satisfied == pytest.approx(2 / 3)
+
+
+def test_penalty_gradient_pushes_only_violating_samples_towards_the_bound():
+    penalty = SequentialPenalty(PerSampleConstraint("psnr", 40.0, "ge"))
+    values = torch.tensor([45.0, 35.0], requires_grad=True)
+    term, _ = penalty.penalty(values)
+    term.backward()
+    assert values.grad[0] == 0.0
+    assert values.grad[1] < 0.0  # descending the penalty raises the violating PSNR
+
+
+def test_state_round_trip_restores_tau():
+    penalty = SequentialPenalty(PerSampleConstraint("psnr", 40.0), PenaltySchedule(0.1, 1.5, 3, 10.0))
+    penalty.advance(7)
+    copy = SequentialPenalty(PerSampleConstraint("other", 0.0))
+    copy.load_state_dict(penalty.state_dict())
+    assert copy.tau == pytest.approx(penalty.tau) and copy.constraint.name == "psnr"
+    assert math.isclose(copy.tau, 0.1 * 1.5**2)
+
+
+def test_minimising_with_growing_tau_drives_violations_to_zero():
+    """A toy per-sample problem: loss pulls x_i up to 10, the constraint says x_i <= b_i."""
+    bounds = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    x = torch.zeros(4, requires_grad=True)
+    penalty = SequentialPenalty(PerSampleConstraint("x", 0.0, "le"), PenaltySchedule(0.1, 1.5, 20, 50.0))
+    optimiser = torch.optim.Adam([x], lr=0.01)
+    for _ in range(2000):
+        loss = (x - 10.0).square().mean()
+        term, report = penalty.penalty(x - bounds)
+        optimiser.zero_grad()
+        (loss + term).backward()
+        optimiser.step()
+        penalty.advance()
+    assert report.max_violation < 0.05
+    assert torch.all(x > bounds - 0.5)  # and it did not give up the task: x sits at its bound

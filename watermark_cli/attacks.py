@@ -1,0 +1,159 @@
+"""Evaluation attacks: what really happens to a marked image, with real codecs.
+
+Each attack takes one frame of stored values (float64, stored units) plus its context (valid
+range, VOI window) and returns the frame a decoder would receive, in whatever units that
+pipeline produces (an 8-bit export arrives as 0..255). The decoder standardises its input, so
+the unit does not matter; what matters is that codecs are the real ones (Pillow's JPEG, a real
+PNG round trip), never a differentiable stand-in.
+
+Names are parameterised as `name:value`, e.g. `jpeg:80`, `noise:0.01`, `window8`.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .errors import BadInputError
+
+
+@dataclass(frozen=True)
+class FrameContext:
+    stored_min: int
+    stored_max: int
+    window: tuple[float, float] | None
+    seed: int = 0
+
+    @property
+    def peak(self) -> float:
+        return float(self.stored_max - self.stored_min)
+
+
+def _export_window(frame: np.ndarray, context: FrameContext) -> tuple[float, float]:
+    """The window an 8-bit export would use: the file's VOI window, else the frame's own range."""
+    if context.window is not None:
+        return context.window
+    low, high = float(frame.min()), float(frame.max())
+    return (low + high) / 2.0, max(high - low, 1.0)
+
+
+def export_8bit(frame: np.ndarray, context: FrameContext) -> np.ndarray:
+    """16→8-bit export through a linear window, as a viewer's 'save as PNG/JPEG' does."""
+    center, width = _export_window(frame, context)
+    low = center - width / 2.0
+    scaled = (frame - low) / width * 255.0
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def identity(frame: np.ndarray, context: FrameContext, strength: float) -> np.ndarray:
+    return frame
+
+
+def png16_round_trip(frame: np.ndarray, context: FrameContext, strength: float) -> np.ndarray:
+    """Lossless: stored values through a real 16-bit PNG encode/decode."""
+    from PIL import Image
+
+    offset = context.stored_min
+    values = np.clip(np.rint(frame) - offset, 0, 65535).astype(np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="PNG")
+    buffer.seek(0)
+    return np.asarray(Image.open(buffer), dtype=np.float64) + offset
+
+
+def gaussian_noise(frame: np.ndarray, context: FrameContext, strength: float) -> np.ndarray:
+    """Additive Gaussian noise with sigma = strength × nominal peak, rounded to stored values."""
+    rng = np.random.default_rng(context.seed)
+    noisy = frame + rng.normal(0.0, strength * context.peak, frame.shape)
+    return np.clip(np.rint(noisy), context.stored_min, context.stored_max)
+
+
+def window_8bit(frame: np.ndarray, context: FrameContext, strength: float) -> np.ndarray:
+    return export_8bit(frame, context).astype(np.float64)
+
+
+def jpeg(frame: np.ndarray, context: FrameContext, strength: float) -> np.ndarray:
+    """8-bit windowed export, then a real baseline JPEG at quality `strength` (Pillow/libjpeg)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(export_8bit(frame, context)).save(buffer, format="JPEG", quality=int(strength))
+    buffer.seek(0)
+    return np.asarray(Image.open(buffer).convert("L"), dtype=np.float64)
+
+
+def gaussian_blur(frame: np.ndarray, context: FrameContext, strength: float) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    if strength <= 0:
+        return frame
+    return np.rint(gaussian_filter(frame, sigma=strength, mode="reflect"))
+
+
+def brightness_contrast(frame: np.ndarray, context: FrameContext, strength: float) -> np.ndarray:
+    """Contrast gain (1 + strength) about the mean, plus a brightness shift of strength × peak / 10."""
+    mean = float(frame.mean())
+    adjusted = (frame - mean) * (1.0 + strength) + mean + strength * context.peak / 10.0
+    return np.clip(np.rint(adjusted), context.stored_min, context.stored_max)
+
+
+AttackFunction = Callable[[np.ndarray, FrameContext, float], np.ndarray]
+
+ATTACKS: dict[str, tuple[AttackFunction, float | None]] = {
+    # name: (function, default strength; None = takes no strength)
+    "identity": (identity, None),
+    "png16": (png16_round_trip, None),
+    "noise": (gaussian_noise, 0.01),
+    "window8": (window_8bit, None),
+    "jpeg": (jpeg, 90.0),
+    "blur": (gaussian_blur, 0.5),
+    "contrast": (brightness_contrast, 0.2),
+}
+
+DEFAULT_SUITE = (
+    "identity", "png16", "window8",
+    "jpeg:95", "jpeg:90", "jpeg:80", "jpeg:70", "jpeg:50",
+    "noise:0.005", "noise:0.01", "noise:0.02",
+    "blur:0.5", "blur:1.0", "contrast:0.2",
+)
+
+
+@dataclass(frozen=True)
+class Attack:
+    label: str
+    function: AttackFunction
+    strength: float
+
+    def __call__(self, frame: np.ndarray, context: FrameContext) -> np.ndarray:
+        return self.function(frame.astype(np.float64), context, self.strength)
+
+
+def parse_attack(spec: str) -> Attack:
+    name, _, value = spec.strip().partition(":")
+    if name not in ATTACKS:
+        raise BadInputError(f"unknown attack {name!r} (known: {', '.join(ATTACKS)})")
+    function, default = ATTACKS[name]
+    if value and default is None:
+        raise BadInputError(f"attack {name!r} takes no strength")
+    try:
+        strength = float(value) if value else (default if default is not None else 0.0)
+    except ValueError:
+        raise BadInputError(f"attack strength in {spec!r} is not a number") from None
+    if name == "jpeg" and not 1 <= strength <= 100:
+        raise BadInputError("JPEG quality must be between 1 and 100")
+    if strength < 0:
+        raise BadInputError(f"attack strength in {spec!r} must not be negative")
+    return Attack(spec.strip(), function, strength)
+
+
+def parse_attack_list(spec: str) -> list[Attack]:
+    if spec == "none":
+        return [parse_attack("identity")]
+    names = DEFAULT_SUITE if spec == "default" else tuple(s for s in spec.split(",") if s.strip())
+    attacks = [parse_attack(name) for name in names]
+    if not attacks:
+        raise BadInputError("no attack named")
+    return attacks

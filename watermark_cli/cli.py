@@ -1,0 +1,533 @@
+"""The `wm` command line: one function per subcommand, type hints as the interface.
+
+Heavy libraries (torch, torchvision, matplotlib) are imported inside the commands that need
+them, so `wm --help` stays instant. Every failure the user can cause is a `WmError`: printed as
+one line on stderr with its exit code (0 success, 1 negative answer, 2 bad input or usage).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import BadInputError, CheckFailedError, NoWatermarkError, WmError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Invisible watermarks for medical images, with a PSNR floor that every written image keeps.",
+)
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: the built-in synthetic generator.")
+app.add_typer(data_app, name="data")
+
+stdout = Console()
+stderr = Console(stderr=True)
+_state = {"debug": False}
+
+ModelOption = Annotated[Optional[str], typer.Option("--model", "-m", help="Model folder or shipped model name.")]
+KeyOption = Annotated[Optional[str], typer.Option("--key", help="Secret key for the payload keystream (default: the public default key).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+PsnrOption = Annotated[float, typer.Option("--psnr-min", help="PSNR floor in dB that every written frame keeps.")]
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for unexpected errors.")] = False) -> None:
+    _state["debug"] = debug
+
+
+def _emit_json(payload: dict) -> None:
+    sys.stdout.write(json.dumps(payload, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def _json_default(value):
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON has no infinity: an unchanged frame (PSNR = inf) is reported as null with a note."""
+    if value is None or not math.isfinite(value):
+        return None
+    return round(float(value), 4)
+
+
+def _parse_window(window: str | None) -> tuple[float, float] | None:
+    if window is None:
+        return None
+    try:
+        center, width = (float(part) for part in window.split(","))
+    except ValueError:
+        raise BadInputError(f"--window must be CENTER,WIDTH (got {window!r})") from None
+    if width <= 0:
+        raise BadInputError("--window width must be positive")
+    return center, width
+
+
+def _message_bytes(message: str, hex_message: bool) -> bytes:
+    if not hex_message:
+        return message.encode("utf-8")
+    try:
+        return bytes.fromhex(message)
+    except ValueError:
+        raise BadInputError(f"--hex message is not hexadecimal: {message!r}") from None
+
+
+def _quality_floor(psnr_min: float, psnr_peak: str, psnr_domain: str, max_abs_error: float | None):
+    from .quality import QualityFloor
+
+    if not (0 < psnr_min < 200):
+        raise BadInputError("--psnr-min must be between 0 and 200 dB")
+    if psnr_peak not in ("nominal", "range"):
+        raise BadInputError("--psnr-peak must be 'nominal' or 'range'")
+    if psnr_domain not in ("stored", "window"):
+        raise BadInputError("--psnr-domain must be 'stored' or 'window'")
+    if max_abs_error is not None and max_abs_error < 0:
+        raise BadInputError("--max-abs-error must not be negative")
+    return QualityFloor(psnr_min, psnr_peak, psnr_domain, max_abs_error)
+
+
+# ----------------------------------------------------------------------------------- embed ----
+
+def _default_output(input_path: Path, is_folder: bool) -> Path:
+    if is_folder:
+        return input_path.with_name(input_path.name + "_wm")
+    suffix = input_path.suffix if input_path.suffix else ".dcm"
+    return input_path.with_name(f"{input_path.stem if input_path.suffix else input_path.name}.wm{suffix}")
+
+
+@app.command()
+def embed(
+    input: Annotated[Path, typer.Argument(help="Image file (DICOM, PNG, TIFF) or folder (recursive).")],
+    message: Annotated[str, typer.Argument(help="Text to hide (UTF-8), or hex with --hex. Never a patient identifier.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file, or folder for a folder input.")] = None,
+    model: ModelOption = None,
+    psnr_min: PsnrOption = 40.0,
+    psnr_peak: Annotated[str, typer.Option("--psnr-peak", help="nominal (2^BitsStored-1 / dtype max) or range (max-min of the original).")] = "nominal",
+    psnr_domain: Annotated[str, typer.Option("--psnr-domain", help="stored (default) or window (VOI window mapped to [0,1]).")] = "stored",
+    window: Annotated[Optional[str], typer.Option("--window", help="VOI window CENTER,WIDTH in stored units (overrides the file's).")] = None,
+    max_abs_error: Annotated[Optional[float], typer.Option("--max-abs-error", help="Per-pixel bound in stored units.")] = None,
+    key: KeyOption = None,
+    hex_message: Annotated[bool, typer.Option("--hex", help="MESSAGE is hexadecimal bytes.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+    allow_unverified: Annotated[bool, typer.Option("--allow-unverified", help="Write even if the payload does not read back.")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Hide MESSAGE in INPUT; every written frame keeps PSNR >= --psnr-min on its stored values."""
+    from .image_io import iter_image_files
+
+    floor = _quality_floor(psnr_min, psnr_peak, psnr_domain, max_abs_error)
+    window_override = _parse_window(window)
+    payload = _message_bytes(message, hex_message)
+    if not input.exists():
+        raise BadInputError(f"no such file or folder: {input}")
+    loaded = _load_model(model)
+    from .watermarking import codec_for
+
+    codec = codec_for(loaded, key)
+    codec.encode(payload)  # a too-long message fails here, before any file is touched
+
+    if input.is_dir():
+        target = output or _default_output(input, is_folder=True)
+        jobs = [(path, target / path.relative_to(input)) for path in iter_image_files(input)]
+        if not jobs:
+            raise BadInputError(f"no image files in {input}")
+    else:
+        jobs = [(input, output or _default_output(input, is_folder=False))]
+
+    failures = 0
+    results = []
+    with _progress(len(jobs) > 1 and not json_output) as progress:
+        task = progress.add_task("embedding", total=len(jobs)) if progress else None
+        for source, destination in jobs:
+            try:
+                result = _embed_one(source, destination, payload, loaded, codec, floor, window_override,
+                                    overwrite, allow_unverified)
+                results.append(result)
+                if json_output:
+                    _emit_json(result)
+            except WmError as error:
+                failures += 1
+                if len(jobs) == 1:
+                    raise
+                stderr.print(f"[red]error:[/] {error}", highlight=False)
+                if json_output:
+                    _emit_json({"input": str(source), "error": str(error)})
+            if progress:
+                progress.advance(task)
+    if not json_output:
+        _print_embed_table(results)
+    if failures:
+        raise CheckFailedError(f"{failures} of {len(jobs)} file(s) could not be marked (see above)")
+
+
+def _embed_one(source, destination, payload, loaded, codec, floor, window_override, overwrite, allow_unverified) -> dict:
+    from .image_io import read_image, write_image
+    from .quality import meets_floor, measure_frame, ssim
+    from .watermarking import embed_pixels, extract_payload
+
+    destination = Path(destination)
+    if destination.exists() and not overwrite:
+        raise BadInputError(f"{destination} already exists (use --overwrite to replace it)")
+    image = read_image(source)
+    window = window_override or image.window
+    if floor.domain == "window" and window is None:
+        raise BadInputError(f"{source}: --psnr-domain window needs a VOI window; the file has none (use --window C,W)")
+    outcome = embed_pixels(loaded, codec, image, payload, floor, window)
+
+    # Verify before anything is written: the marked pixels must give the payload back.
+    marked_image = _with_pixels(image, outcome.pixels)
+    decoded = extract_payload(loaded, codec, marked_image)
+    verified = bool(decoded.found and decoded.message == payload)
+    if not verified and not allow_unverified:
+        raise CheckFailedError(
+            f"{source}: the mark could not be read back at PSNR >= {floor.psnr_min:g} dB "
+            "(image too small or too flat for this model); nothing written (--allow-unverified to force)"
+        )
+
+    derivation = f"Invisible watermark embedded by wm {__import__('watermark_cli').__version__}, model {loaded.name}"
+    written_path = write_image(image, outcome.pixels, destination, derivation=derivation, overwrite=overwrite)
+
+    # The guarantee is about the file: read it back and measure the stored values it holds.
+    written = read_image(written_path)
+    qualities = [measure_frame(o, w, floor, image.nominal_peak, window) for o, w in zip(image.pixels, written.pixels)]
+    if not all(meets_floor(q, floor) for q in qualities) or written.pixels.shape != image.pixels.shape:
+        written_path.unlink(missing_ok=True)
+        raise CheckFailedError(f"{source}: the written file missed the floor on re-measurement; removed it")
+    worst = min(qualities, key=lambda q: q.psnr)
+    windowed = [q.windowed_psnr for q in qualities if q.windowed_psnr is not None]
+    data_range = float(image.stored_max - image.stored_min)
+    return {
+        "input": str(source),
+        "output": str(written_path),
+        "psnr": _finite(worst.psnr),
+        "psnr_min": floor.psnr_min,
+        "psnr_peak": worst.peak,
+        "psnr_peak_kind": floor.peak if floor.domain == "stored" else "window",
+        "psnr_domain": floor.domain,
+        "psnr_windowed": _finite(min(windowed)) if windowed else None,
+        "window": list(window) if window else None,
+        "ssim": _finite(min(ssim(o, w, data_range) for o, w in zip(image.pixels, written.pixels))),
+        "max_abs_error": max(q.max_abs_error for q in qualities),
+        "frames": int(image.n_frames),
+        "guard_scale": round(min(f.scale for f in outcome.frames), 4),
+        "payload_bits": codec.n_bits,
+        "message_bytes": len(payload),
+        "verified": verified,
+        "confidence": round(decoded.confidence, 4),
+        "model": loaded.name,
+    }
+
+
+def _with_pixels(image, pixels):
+    from dataclasses import replace
+
+    return replace(image, pixels=pixels)
+
+
+def _print_embed_table(results: list[dict]) -> None:
+    if not results:
+        return
+    table = Table(title="wm embed")
+    for column in ("output", "PSNR (dB)", "peak", "windowed", "SSIM", "max |err|", "guard", "verified"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(
+            r["output"], _format_db(r["psnr"]), f"{r['psnr_peak_kind']} {r['psnr_peak']:g}",
+            _format_db(r["psnr_windowed"]), f"{r['ssim']:.5f}" if r["ssim"] is not None else "-",
+            f"{r['max_abs_error']:g}", f"{r['guard_scale']:.3f}", "yes" if r["verified"] else "[red]NO[/]",
+        )
+    stdout.print(table)
+
+
+def _format_db(value: float | None) -> str:
+    return "inf" if value is None else f"{value:.2f}"
+
+
+# --------------------------------------------------------------------------------- extract ----
+
+@app.command()
+def extract(
+    input: Annotated[Path, typer.Argument(help="Image file (DICOM, PNG, TIFF, JPEG) or folder.")],
+    model: ModelOption = None,
+    key: KeyOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Read the hidden message. Exit 0: found; 1: no valid watermark; 2: bad input."""
+    from .image_io import iter_image_files, read_image
+    from .payload import bytes_to_text
+    from .watermarking import codec_for, extract_payload
+
+    if not input.exists():
+        raise BadInputError(f"no such file or folder: {input}")
+    files = iter_image_files(input) if input.is_dir() else [input]
+    if not files:
+        raise BadInputError(f"no image files in {input}")
+    loaded = _load_model(model)
+    codec = codec_for(loaded, key)
+    missing = 0
+    bad = 0
+    for path in files:
+        try:
+            decoded = extract_payload(loaded, codec, read_image(path))
+        except WmError as error:
+            if len(files) == 1:
+                raise
+            bad += 1
+            stderr.print(f"[red]error:[/] {error}", highlight=False)
+            if json_output:
+                _emit_json({"input": str(path), "error": str(error)})
+            continue
+        text = bytes_to_text(decoded.message) if decoded.found else None
+        missing += int(not decoded.found)
+        if json_output:
+            _emit_json({"input": str(path), "found": decoded.found, "message": text,
+                        "confidence": round(decoded.confidence, 4), "corrected_bytes": decoded.corrected_bytes})
+        elif len(files) == 1:
+            if decoded.found:
+                sys.stdout.write(text + "\n")
+        else:
+            stdout.print(f"{path}: " + (text if decoded.found else "[yellow]no watermark[/]"), highlight=False)
+    if bad:
+        raise BadInputError(f"{bad} of {len(files)} file(s) could not be read")
+    if missing:
+        raise NoWatermarkError(
+            f"no valid watermark in {input}" if len(files) == 1 else f"no valid watermark in {missing} of {len(files)} files"
+        )
+
+
+# ----------------------------------------------------------------------------------- train ----
+
+@app.command()
+def train(
+    data: Annotated[list[Path], typer.Argument(help="Files or folders of DICOM/PNG/TIFF images.")],
+    out: Annotated[Path, typer.Option("--out", help="Model folder to write.")] = Path("runs/model"),
+    preset: Annotated[str, typer.Option("--preset", help="quick | standard | paper")] = "quick",
+    psnr_min: PsnrOption = 40.0,
+    bits: Annotated[Optional[int], typer.Option("--bits", help="Raw bits the model carries (multiple of 8).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
+    steps_per_epoch: Annotated[Optional[int], typer.Option("--steps-per-epoch")] = None,
+    method: Annotated[str, typer.Option("--method", help="Constraint method: sequential.")] = "sequential",
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    json_output: JsonOption = False,
+) -> None:
+    """Train an encoder/decoder pair with the sequential penalty on PSNR_i >= floor."""
+    from .training import config_for_preset, train as run_training
+
+    config = config_for_preset(preset, n_bits=bits, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                               psnr_min=psnr_min, method=method, device=device, seed=seed)
+    if out.exists() and any(out.iterdir()):
+        raise BadInputError(f"{out} exists and is not empty; choose another --out")
+    with _progress(not json_output) as progress:
+        task = progress.add_task("training", total=config.epochs) if progress else None
+
+        def report(metrics) -> None:
+            if progress:
+                progress.update(task, advance=1, description=(
+                    f"epoch {metrics.epoch}: bits {metrics.val_bit_accuracy:.4f}, "
+                    f"floor met {metrics.val_fraction_satisfied:.0%}, τ {metrics.tau:.3g}"))
+
+        result = run_training(config, list(data), out, report)
+    best = result.best
+    summary = {
+        "output": str(result.output), "seconds": round(result.seconds, 1), "epochs": config.epochs,
+        "selected_epoch": best.epoch, "val_bit_accuracy": best.val_bit_accuracy,
+        "val_fraction_meeting_floor": best.val_fraction_satisfied, "val_min_psnr": best.val_min_psnr,
+        "train_files": len(result.train_files), "held_out_files": len(result.held_out_files),
+    }
+    if json_output:
+        _emit_json(summary)
+        return
+    table = Table(title=f"wm train ({preset}) → {out}")
+    table.add_column("measure")
+    table.add_column("value")
+    for name, value in summary.items():
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    stdout.print(table)
+
+
+# -------------------------------------------------------------------------------- evaluate ----
+
+@app.command()
+def evaluate(
+    data: Annotated[list[Path], typer.Argument(help="Files or folders of images (held-out!).")],
+    model: ModelOption = None,
+    psnr_min: PsnrOption = 40.0,
+    psnr_peak: Annotated[str, typer.Option("--psnr-peak")] = "nominal",
+    psnr_domain: Annotated[str, typer.Option("--psnr-domain")] = "stored",
+    attacks: Annotated[str, typer.Option("--attacks", help="default | none | NAME[:STRENGTH],...")] = "default",
+    messages: Annotated[int, typer.Option("--messages", help="Fixed messages per image.")] = 3,
+    key: KeyOption = None,
+    report: Annotated[Path, typer.Option("--report", help="Report folder.")] = Path("wm_report"),
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    json_output: JsonOption = False,
+) -> None:
+    """Quality, message recovery under attacks, and false positives on a dataset."""
+    from .attacks import parse_attack_list
+    from .datasets import collect_image_files
+    from .evaluation import EvaluationOptions, evaluate as run_evaluation
+
+    floor = _quality_floor(psnr_min, psnr_peak, psnr_domain, None)
+    attack_list = parse_attack_list(attacks)
+    if messages < 1:
+        raise BadInputError("--messages must be at least 1")
+    n_files = len(collect_image_files(data))
+    loaded = _load_model(model)
+    options = EvaluationOptions(floor=floor, attacks=attack_list, messages=messages, key=key, seed=seed)
+    with _progress(not json_output) as progress:
+        task = progress.add_task("evaluating", total=n_files) if progress else None
+        summary = run_evaluation(list(data), loaded, options, report,
+                                 (lambda _: progress.advance(task)) if progress else None)
+    if json_output:
+        _emit_json(summary)
+    else:
+        _print_evaluation(summary, report)
+    if summary["below_floor"]:
+        raise CheckFailedError(f"{summary['below_floor']} frame(s) below the {psnr_min:g} dB floor")
+
+
+def _print_evaluation(summary: dict, report: Path) -> None:
+    psnr = summary["psnr"]
+    stdout.print(
+        f"[bold]{summary['n_images']} images[/] ({summary['n_frames_marked']} marked frames), model {summary['model']}; "
+        f"PSNR min {psnr['min']:.2f} dB, median {psnr['median']:.2f} dB (peak {summary['psnr_peak']}); "
+        f"below floor: [bold]{summary['below_floor']}[/]; guard acted on {summary['guard_acted']}"
+    )
+    table = Table(title="message recovery per attack")
+    table.add_column("attack")
+    table.add_column("bit accuracy", justify="right")
+    table.add_column("payload recovery", justify="right")
+    table.add_column("n", justify="right")
+    for name, figures in summary["attacks"].items():
+        table.add_row(name, f"{figures['bit_accuracy']:.4%}", f"{figures['payload_recovery']:.1%}", str(figures["n"]))
+    stdout.print(table)
+    detection = summary["detection"]
+    stdout.print(
+        f"false positives on unmarked originals: {detection['false_positives']} of {detection['n_clean']} "
+        f"(95 % upper bound {detection['false_positive_rate_upper_95']:.3g}); report: {report}"
+    )
+    for item in summary["skipped"]:
+        stderr.print(f"[yellow]skipped[/] {item['path']}: {item['reason']}", highlight=False)
+
+
+# ---------------------------------------------------------------------------- data, models ----
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Argument(help="Folder to write the images and labels.csv into.")],
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 500,
+    size: Annotated[int, typer.Option("--size", help="Side in pixels.")] = 256,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    lesion_fraction: Annotated[float, typer.Option("--lesion-fraction")] = 0.5,
+    bit_depth: Annotated[int, typer.Option("--bit-depth", help="8 or 16")] = 16,
+    fmt: Annotated[str, typer.Option("--format", help="png or tiff")] = "png",
+    json_output: JsonOption = False,
+) -> None:
+    """Write CT-, MR- and radiograph-like synthetic images (with and without synthetic lesions)."""
+    from .synthetic import write_synthetic_dataset
+
+    labels = write_synthetic_dataset(out, n, size=size, seed=seed, lesion_fraction=lesion_fraction,
+                                     bit_depth=bit_depth, fmt=fmt)
+    if json_output:
+        _emit_json({"output": str(out), "n": n, "labels": str(labels)})
+    else:
+        stdout.print(f"wrote {n} synthetic images ({size}×{size}, {bit_depth}-bit {fmt}) and {labels}")
+
+
+@app.command()
+def models(json_output: JsonOption = False) -> None:
+    """List the shipped models and their payload capacity."""
+    from .model_store import read_card, shipped_models_folder
+
+    folder = shipped_models_folder()
+    rows = []
+    for card_folder in sorted(p.parent for p in folder.glob("*/card.yaml")):
+        card = read_card(card_folder)
+        rows.append({"name": card_folder.name, "path": str(card_folder), "raw_bits": card["payload"]["raw_bits"],
+                     "capacity_bytes": card["payload"]["capacity_bytes"],
+                     "psnr_min_db": card.get("quality_floor", {}).get("psnr_min_db")})
+    if json_output:
+        for row in rows:
+            _emit_json(row)
+        return
+    table = Table(title=f"models in {folder}")
+    for column in ("name", "raw bits", "capacity (bytes)", "trained floor (dB)"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], str(row["raw_bits"]), str(row["capacity_bytes"]), str(row["psnr_min_db"]))
+    stdout.print(table if rows else f"no models in {folder}")
+
+
+# --------------------------------------------------------------------------------- helpers ----
+
+def _load_model(name_or_path: str | None):
+    from .model_store import load_model
+
+    return load_model(name_or_path)
+
+
+class _progress:
+    """A rich progress bar on stderr when `enabled`, else None (JSON mode, single items)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=stderr, transient=True)
+        self.bar.__enter__()
+        return self.bar
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+def main() -> None:
+    try:
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except WmError as error:
+        stderr.print(f"error: {error}", highlight=False, soft_wrap=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        stderr.print("interrupted; no partial file was left behind", highlight=False)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as error:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        import click
+
+        if isinstance(error, click.exceptions.Abort):
+            sys.exit(130)
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(2)
+        if _state["debug"]:
+            raise
+        first_line = (str(error).splitlines() or [""])[0]
+        stderr.print(f"error: unexpected {type(error).__name__}: {first_line} (rerun with --debug for details)",
+                     highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

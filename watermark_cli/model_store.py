@@ -1,0 +1,115 @@
+"""A model on disk: a folder with `weights.safetensors` and `card.yaml`.
+
+The card is the model's passport (videoseal-style): architecture, payload layout and capacity,
+the floor it was trained for, the training configuration and data, and measured figures. Loading
+needs only the card's `architecture` and `payload` blocks; everything else is for people.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .errors import BadInputError
+
+WEIGHTS_FILE = "weights.safetensors"
+CARD_FILE = "card.yaml"
+DEFAULT_MODEL_NAME = "default"
+
+
+def shipped_models_folder() -> Path:
+    """`models/` at the repository root (WM_MODELS overrides it)."""
+    override = os.environ.get("WM_MODELS")
+    return Path(override) if override else Path(__file__).resolve().parent.parent / "models"
+
+
+def resolve_model_path(name_or_path: str | None) -> Path:
+    """A model folder from a path, or from a name under the shipped models folder."""
+    candidate = Path(name_or_path) if name_or_path else None
+    if candidate is not None and (candidate / CARD_FILE).is_file():
+        return candidate
+    name = name_or_path or DEFAULT_MODEL_NAME
+    shipped = shipped_models_folder() / name
+    if (shipped / CARD_FILE).is_file():
+        return shipped
+    if name_or_path is None:
+        raise BadInputError(f"no default model in {shipped_models_folder()}; pass --model PATH (see `wm train`)")
+    raise BadInputError(f"no model at {name_or_path} (expected a folder with {CARD_FILE} and {WEIGHTS_FILE})")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class LoadedModel:
+    model: "object"  # WatermarkModel; typed loosely so this module imports without torch
+    card: dict
+    path: Path
+    weights_sha256: str
+
+    @property
+    def name(self) -> str:
+        return str(self.card.get("name", self.path.name))
+
+    @property
+    def parity_bytes(self) -> int:
+        return int(self.card["payload"]["parity_bytes"])
+
+    @property
+    def n_bits(self) -> int:
+        return int(self.card["architecture"]["n_bits"])
+
+
+def save_model(folder: Path, model, card: dict) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    temporary = folder / f".{WEIGHTS_FILE}.tmp"
+    save_file(state, str(temporary))
+    os.replace(temporary, folder / WEIGHTS_FILE)
+    write_card(folder, card)
+
+
+def write_card(folder: Path, card: dict) -> None:
+    temporary = folder / f".{CARD_FILE}.tmp"
+    temporary.write_text(yaml.safe_dump(card, sort_keys=False, allow_unicode=True))
+    os.replace(temporary, folder / CARD_FILE)
+
+
+def read_card(folder: Path) -> dict:
+    try:
+        card = yaml.safe_load((folder / CARD_FILE).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise BadInputError(f"cannot read model card {folder / CARD_FILE}: {error}") from None
+    if not isinstance(card, dict) or "architecture" not in card or "payload" not in card:
+        raise BadInputError(f"model card {folder / CARD_FILE} lacks its architecture or payload block")
+    return card
+
+
+def load_model(name_or_path: str | None, device: str = "cpu") -> LoadedModel:
+    from safetensors.torch import load_file
+
+    from .networks import NetworkConfig, WatermarkModel
+
+    folder = resolve_model_path(name_or_path)
+    card = read_card(folder)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise BadInputError(f"model {folder} has no {WEIGHTS_FILE}")
+    try:
+        model = WatermarkModel(NetworkConfig(**card["architecture"]))
+        model.load_state_dict(load_file(str(weights), device=device))
+    except Exception as error:  # a damaged or mismatched checkpoint is bad input, not a crash
+        raise BadInputError(f"cannot load model weights {weights}: {error}".splitlines()[0]) from None
+    model.eval().to(device)
+    return LoadedModel(model=model, card=card, path=folder, weights_sha256=file_sha256(weights))
