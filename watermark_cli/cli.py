@@ -501,26 +501,26 @@ class _progress:
 
 
 def main() -> None:
+    # Not standalone: usage errors come back as exceptions, so that they too are one line.
     try:
         code = app(standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
+    except typer.Abort:
+        stderr.print("aborted", highlight=False)
+        sys.exit(130)
+    except typer.TyperException as error:
+        message = error.format_message() if hasattr(error, "format_message") else str(error)
+        message = " ".join(message.split())
+        stderr.print(f"error: {message} (see wm --help)", highlight=False, soft_wrap=True)
+        sys.exit(getattr(error, "exit_code", 2) or 2)
     except WmError as error:
         stderr.print(f"error: {error}", highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         stderr.print("interrupted; no partial file was left behind", highlight=False)
         sys.exit(130)
-    except SystemExit:
-        raise
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line, not a traceback
-        import click
-
-        if isinstance(error, click.exceptions.Abort):
-            sys.exit(130)
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(2)
         if _state["debug"]:
             raise
         first_line = (str(error).splitlines() or [""])[0]

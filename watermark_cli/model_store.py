@@ -107,7 +107,8 @@ def load_model(name_or_path: str | None, device: str = "cpu") -> LoadedModel:
     if not weights.is_file():
         raise BadInputError(f"model {folder} has no {WEIGHTS_FILE}")
     try:
-        model = WatermarkModel(NetworkConfig(**card["architecture"]))
+        architecture = {k: v for k, v in card["architecture"].items() if k != "type"}
+        model = WatermarkModel(NetworkConfig(**architecture))
         model.load_state_dict(load_file(str(weights), device=device))
     except Exception as error:  # a damaged or mismatched checkpoint is bad input, not a crash
         raise BadInputError(f"cannot load model weights {weights}: {error}".splitlines()[0]) from None

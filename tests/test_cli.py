@@ -1,0 +1,187 @@
+"""End to end through the real command line: train → embed → extract, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+from skimage.metrics import peak_signal_noise_ratio
+
+from conftest import run_wm
+from watermark_cli.image_io import DICOM_ELEMENTS_CHANGED_ON_WRITE
+
+
+def _one_line_error(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.fixture()
+def held_out_png(synthetic_data, tmp_path):
+    source = sorted(synthetic_data["held_out"].glob("*.png"))[0]
+    target = tmp_path / source.name
+    shutil.copy(source, target)
+    return target
+
+
+def test_embed_then_extract_png_keeps_the_floor_on_the_written_file(trained_model, held_out_png, tmp_path):
+    original_bytes = held_out_png.read_bytes()
+    result = run_wm("embed", held_out_png, "audit:42 ✓", "--model", trained_model, "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    output = tmp_path / held_out_png.name.replace(".png", ".wm.png")
+    assert report["output"] == str(output) and output.is_file()
+    for field in ("input", "psnr", "psnr_min", "psnr_peak", "psnr_domain", "ssim", "max_abs_error",
+                  "payload_bits", "verified", "model"):
+        assert field in report
+    assert report["verified"] is True and report["psnr_peak"] == 65535
+    # Independent re-measurement on the file as written, with scikit-image.
+    before = np.asarray(Image.open(held_out_png))
+    after = np.asarray(Image.open(output))
+    assert after.dtype == np.uint16 and not np.array_equal(before, after)
+    measured = peak_signal_noise_ratio(before, after, data_range=65535)
+    assert measured >= 40.0
+    assert measured == pytest.approx(report["psnr"], abs=1e-3)
+    assert held_out_png.read_bytes() == original_bytes  # the input is never modified
+
+    extracted = run_wm("extract", output, "--model", trained_model)
+    assert extracted.code == 0, extracted.stderr
+    assert extracted.stdout.strip() == "audit:42 ✓"
+
+
+def test_unmarked_image_and_wrong_key_give_no_watermark(trained_model, held_out_png, tmp_path):
+    clean = run_wm("extract", held_out_png, "--model", trained_model, "--json")
+    assert clean.code == 1
+    assert json.loads(clean.stdout)["found"] is False
+    assert "no valid watermark" in _one_line_error(clean)
+
+    marked = tmp_path / "marked.png"
+    assert run_wm("embed", held_out_png, "secret-id", "--model", trained_model, "--key", "k1", "-o", marked).code == 0
+    wrong = run_wm("extract", marked, "--model", trained_model, "--key", "k2")
+    assert wrong.code == 1 and wrong.stdout == ""
+    right = run_wm("extract", marked, "--model", trained_model, "--key", "k1")
+    assert right.code == 0 and right.stdout.strip() == "secret-id"
+
+
+def test_real_ct_dicom_round_trip_keeps_every_other_element(trained_model, tmp_path):
+    source = get_testdata_file("693_J2KR.dcm")  # real CT, 512², JPEG 2000 lossless
+    output = tmp_path / "ct.wm.dcm"
+    result = run_wm("embed", source, "ct-0001", "--model", trained_model, "-o", output, "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["psnr"] >= 40.0
+
+    original = pydicom.dcmread(source)
+    written = pydicom.dcmread(output)
+    assert written.SOPInstanceUID != original.SOPInstanceUID
+    assert written.ImageType[0] == "DERIVED"
+    assert written.SourceImageSequence[-1].ReferencedSOPInstanceUID == original.SOPInstanceUID
+    changed = set(DICOM_ELEMENTS_CHANGED_ON_WRITE)
+    for element in original:
+        # Group lengths (gggg,0000) are retired and always recomputed or dropped by pydicom.
+        if element.keyword in changed or element.tag.group == 0x7FE0 or element.tag.element == 0:
+            continue
+        assert written[element.tag].value == element.value, element.keyword
+    bits = int(original.BitsStored)
+    psnr = peak_signal_noise_ratio(original.pixel_array.astype(np.float64), written.pixel_array.astype(np.float64),
+                                   data_range=2**bits - 1)
+    assert psnr >= 40.0
+
+    extracted = run_wm("extract", output, "--model", trained_model)
+    assert extracted.code == 0 and extracted.stdout.strip() == "ct-0001"
+
+
+def test_missing_file_is_a_one_line_error(trained_model, tmp_path):
+    result = run_wm("embed", tmp_path / "nope.dcm", "x", "--model", trained_model)
+    assert result.code == 2
+    assert "nope.dcm" in _one_line_error(result)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_file_is_a_one_line_error_and_writes_nothing(trained_model, tmp_path):
+    corrupt = tmp_path / "broken.dcm"
+    corrupt.write_bytes(b"DICM" + bytes(range(256)) * 7)
+    result = run_wm("embed", corrupt, "x", "--model", trained_model)
+    assert result.code == 2
+    assert "broken.dcm" in _one_line_error(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.dcm"]
+    assert run_wm("extract", corrupt, "--model", trained_model).code == 2
+
+
+def test_message_too_long_is_refused_before_writing(trained_model, held_out_png):
+    result = run_wm("embed", held_out_png, "x" * 100, "--model", trained_model)
+    assert result.code == 2
+    assert "at most 17 bytes" in _one_line_error(result)
+    assert sorted(p.name for p in held_out_png.parent.iterdir()) == [held_out_png.name]
+
+
+def test_image_smaller_than_64_px_is_refused(trained_model, tmp_path):
+    small = tmp_path / "small.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 200), dtype=np.uint8)).save(small)
+    result = run_wm("embed", small, "x", "--model", trained_model)
+    assert result.code == 2
+    assert "64 px" in _one_line_error(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.png"]
+
+
+def test_existing_output_is_never_replaced_without_overwrite(trained_model, held_out_png, tmp_path):
+    output = tmp_path / "out.png"
+    output.write_bytes(b"precious")
+    result = run_wm("embed", held_out_png, "x", "--model", trained_model, "-o", output)
+    assert result.code == 2 and "already exists" in _one_line_error(result)
+    assert output.read_bytes() == b"precious"
+    assert run_wm("embed", held_out_png, "x", "--model", trained_model, "-o", output, "--overwrite").code == 0
+    assert output.read_bytes() != b"precious"
+
+
+def test_folder_embed_marks_good_files_and_reports_bad_ones(trained_model, synthetic_data, tmp_path):
+    folder = tmp_path / "study"
+    (folder / "series").mkdir(parents=True)
+    for source in sorted(synthetic_data["held_out"].glob("*.png"))[:2]:
+        shutil.copy(source, folder / "series" / source.name)
+    (folder / "series" / "corrupt.png").write_bytes(b"not a png")
+    result = run_wm("embed", folder, "batch-7", "--model", trained_model, "--json")
+    assert result.code == 1
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sum("error" in line for line in lines) == 1
+    marked = sorted((tmp_path / "study_wm" / "series").glob("*.png"))
+    assert len(marked) == 2
+    extracted = run_wm("extract", tmp_path / "study_wm", "--model", trained_model, "--json")
+    assert extracted.code == 0
+    assert [json.loads(line)["message"] for line in extracted.stdout.splitlines()] == ["batch-7", "batch-7"]
+
+
+def test_evaluate_writes_a_report_with_no_image_below_the_floor(trained_model, synthetic_data, tmp_path):
+    report_dir = tmp_path / "report"
+    result = run_wm("evaluate", synthetic_data["held_out"], "--model", trained_model, "--attacks",
+                    "identity,noise:0.01", "--messages", "2", "--report", report_dir, "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report == json.loads((report_dir / "report.json").read_text())
+    assert report["n_images"] == 6 and report["below_floor"] == 0
+    assert report["psnr"]["min"] >= 40.0
+    assert report["attacks"]["identity"]["payload_recovery"] >= 5 / 6
+    assert report["detection"]["n_clean"] == 6 and report["detection"]["false_positives"] == 0
+    assert (report_dir / "per_image.csv").read_text().count("\n") == 1 + 6 * 2 * 2
+
+
+def test_usage_errors_exit_2(trained_model, held_out_png):
+    assert run_wm("embed", held_out_png).code == 2
+    result = run_wm("embed", held_out_png, "x", "--model", trained_model, "--psnr-min", "-3")
+    assert result.code == 2 and "--psnr-min" in _one_line_error(result)
+    result = run_wm("evaluate", held_out_png, "--model", trained_model, "--attacks", "bogus:1")
+    assert result.code == 2 and "unknown attack" in _one_line_error(result)
+
+
+def test_help_is_fast_and_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from watermark_cli.cli import app; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

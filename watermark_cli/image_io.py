@@ -1,0 +1,692 @@
+"""Reading and writing the images `wm` watermarks: DICOM, PNG, TIFF (read/write) and JPEG (read).
+
+Everything here works on STORED pixel values in their native integer dtype, because the PSNR
+guarantee (design §1) is measured on the values of the file as written. For DICOM that means
+before Rescale Slope/Intercept and without inverting MONOCHROME1; the VOI window is converted
+into stored units so that callers never need the modality transform.
+
+Every problem with an input file surfaces as a one-line `BadInputError` naming the file; no
+pydicom, Pillow or tifffile exception escapes for bad input. Colour images are refused rather
+than silently converted to gray, except for JPEG, which is read only to extract marks from
+exported or attacked copies (see `_read_jpeg`).
+
+Writes are atomic (temporary file in the target folder, fsync, rename), never replace an
+existing file unless asked to, and never write onto the original.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import tempfile
+from collections.abc import Sequence as SequenceABC
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+import numpy as np
+
+from .errors import BadInputError
+
+# Heavy imports (pydicom, Pillow, tifffile) happen inside the functions that need them so that
+# `wm --help` stays fast.
+
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+PNG_SUFFIXES = frozenset({".png"})
+TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
+JPEG_SUFFIXES = frozenset({".jpg", ".jpeg"})
+#: Suffixes `wm` accepts. '' stands for suffix-less DICOM files, recognised by the 'DICM' preamble.
+SUPPORTED_SUFFIXES = frozenset(DICOM_SUFFIXES | PNG_SUFFIXES | TIFF_SUFFIXES | JPEG_SUFFIXES | {""})
+
+#: DICOM elements (keywords) that `write_image` may change; every other element is copied as is.
+#:
+#: - PixelData: the new stored values, always native (uncompressed) little endian.
+#: - ExtendedOffsetTable, ExtendedOffsetTableLengths: removed, they only describe compressed data.
+#: - SOPInstanceUID: a new instance (the written image is a new, derived object).
+#: - ImageType: first value set to DERIVED (other values kept; ['DERIVED', 'SECONDARY'] if absent
+#:   or single-valued).
+#: - DerivationDescription: the caller's `derivation` text (at most 1024 characters, ST).
+#: - SourceImageSequence: one item appended that references the original SOP Class/Instance.
+#: - File meta: TransferSyntaxUID (Explicit VR Little Endian), MediaStorageSOPInstanceUID (the new
+#:   SOPInstanceUID), FileMetaInformationGroupLength (recomputed), and, only where the original
+#:   lacked them, FileMetaInformationVersion, ImplementationClassUID, ImplementationVersionName and
+#:   MediaStorageSOPClassUID (filled in by pydicom to make a valid DICOM file).
+#: - GroupLength: retired (gggg,0000) group lengths (no keyword in the dictionary; this name stands for
+#:   all of them) are dropped by pydicom, as PS3.5 §7.2 asks; they would be wrong after the edits.
+#: Lossy-compression flags (LossyImageCompression, ...Ratio, ...Method) are deliberately KEPT: the
+#: pixels did go through lossy compression once, and decompressing does not undo that.
+DICOM_ELEMENTS_CHANGED_ON_WRITE: tuple[str, ...] = (
+    "PixelData",
+    "ExtendedOffsetTable",
+    "ExtendedOffsetTableLengths",
+    "SOPInstanceUID",
+    "ImageType",
+    "DerivationDescription",
+    "SourceImageSequence",
+    "TransferSyntaxUID",
+    "MediaStorageSOPInstanceUID",
+    "FileMetaInformationGroupLength",
+    "FileMetaInformationVersion",
+    "ImplementationClassUID",
+    "ImplementationVersionName",
+    "MediaStorageSOPClassUID",
+    "GroupLength",
+)
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
+_MAX_DERIVATION_CHARS = 1024  # DerivationDescription is ST
+
+
+@dataclass(eq=False)
+class MedicalImage:
+    """One image (all its frames) as stored in its file, plus what is needed to write it back."""
+
+    pixels: np.ndarray  # (frames, rows, cols), stored values, native integer dtype
+    kind: str  # 'dicom' | 'png' | 'tiff' | 'jpeg'
+    path: Path
+    bits_stored: int
+    stored_min: int
+    stored_max: int
+    window: tuple[float, float] | None  # (center, width) in stored units
+    photometric: str  # 'MONOCHROME1' | 'MONOCHROME2'
+    modality: str | None
+    source: Any = field(default=None, repr=False)  # pydicom Dataset for DICOM, else None
+
+    @property
+    def nominal_peak(self) -> float:
+        """Design §1 'nominal' peak: 2^BitsStored - 1 (PNG/TIFF: 255 or 65535)."""
+        return float(2**self.bits_stored - 1)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def rows(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def cols(self) -> int:
+        return int(self.pixels.shape[2])
+
+
+# --------------------------------------------------------------------------------------------
+# Discovery
+
+
+def is_image_file(path: str | Path) -> bool:
+    """Cheap check used to pick files out of a folder: a known suffix, or a DICOM preamble.
+
+    Only files with an unknown suffix (DICOM files are often named by UID or have none) are
+    opened, and only their first 132 bytes are read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return False
+    suffix = path.suffix.lower()
+    if suffix in SUPPORTED_SUFFIXES and suffix != "":
+        return True
+    try:
+        return _sniff(path) == "dicom"
+    except OSError:
+        return False
+
+
+def iter_image_files(folder: str | Path) -> list[Path]:
+    """All image files below `folder`, recursively, sorted; hidden files/folders and DICOMDIRs skipped.
+
+    Hidden entries are skipped so that our own `.NAME.tmp-*` files and `.git` never count as inputs.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BadInputError(f"{folder}: not a folder")
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if name.startswith(".") or name.upper() == "DICOMDIR":
+                continue
+            candidate = Path(root) / name
+            if is_image_file(candidate):
+                found.append(candidate)
+    return sorted(found)
+
+
+def _sniff(path: Path) -> str | None:
+    """The format named by the file's first bytes, or None; trusting content over suffix."""
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(_PNG_SIGNATURE):
+        return "png"
+    if head[:4] in _TIFF_SIGNATURES:
+        return "tiff"
+    if head.startswith(_JPEG_SIGNATURE):
+        return "jpeg"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_image(path: str | Path) -> MedicalImage:
+    """Read a DICOM, PNG, TIFF or JPEG file into a `MedicalImage`; BadInputError for any problem."""
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError(f"{path}: no such file")
+    if path.is_dir():
+        raise BadInputError(f"{path}: is a folder, not an image file")
+    try:
+        kind = _sniff(path)
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot open ({exc.strerror or exc})") from exc
+
+    suffix = path.suffix.lower()
+    if kind is None:
+        if suffix in DICOM_SUFFIXES or suffix == "":
+            kind = "dicom"  # maybe a DICOM file without preamble; _read_dicom decides
+        else:
+            expected = _format_name(suffix)
+            raise BadInputError(f"{path}: not a valid {expected} file (unrecognised content)")
+
+    readers: dict[str, Callable[[Path], MedicalImage]] = {
+        "dicom": _read_dicom, "png": _read_png, "tiff": _read_tiff, "jpeg": _read_jpeg,
+    }
+    try:
+        return readers[kind](path)
+    except BadInputError:
+        raise
+    except Exception as exc:  # any library error on a bad file becomes a one-line message
+        raise BadInputError(f"{path}: cannot read {kind.upper()} file: {_one_line(exc)}") from exc
+
+
+def _format_name(suffix: str) -> str:
+    for name, suffixes in (("DICOM", DICOM_SUFFIXES), ("PNG", PNG_SUFFIXES),
+                           ("TIFF", TIFF_SUFFIXES), ("JPEG", JPEG_SUFFIXES)):
+        if suffix in suffixes:
+            return name
+    return "DICOM, PNG, TIFF or JPEG"
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = re.sub(r"\s+", " ", str(exc)).strip() or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _read_dicom(path: Path) -> MedicalImage:
+    """DICOM through pydicom (compressed syntaxes decode via the pylibjpeg plugins).
+
+    Only single-sample MONOCHROME1/2 images with 8 or 16 bits allocated are accepted: those are
+    what the watermark model and the PSNR peak (2^BitsStored - 1) are defined for.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import pixel_array
+
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError:
+        # Old files without the 128-byte preamble; only tried because the suffix says DICOM.
+        try:
+            ds = pydicom.dcmread(path, force=True)
+        except Exception as exc:
+            raise BadInputError(f"{path}: not a DICOM file ({_one_line(exc)})") from exc
+        if "Rows" not in ds:
+            raise BadInputError(f"{path}: not a readable DICOM image (no DICOM header found)")
+        _record_guessed_transfer_syntax(ds)
+
+    if "PixelData" not in ds:
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            raise BadInputError(f"{path}: floating-point DICOM pixel data is not supported")
+        raise BadInputError(f"{path}: DICOM file has no pixel data (not an image)")
+
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2" if samples == 1 else "")).strip()
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise BadInputError(
+            f"{path}: colour DICOM images are not supported "
+            f"(PhotometricInterpretation {photometric or '?'}, SamplesPerPixel {samples}); "
+            "only grayscale MONOCHROME1/MONOCHROME2"
+        )
+
+    missing = [k for k in ("Rows", "Columns", "BitsAllocated") if ds.get(k) in (None, "")]
+    if missing:
+        raise BadInputError(f"{path}: incomplete DICOM image header (no {', '.join(missing)})")
+    bits_allocated = int(ds.BitsAllocated)
+    bits_stored = int(ds.get("BitsStored", bits_allocated) or bits_allocated)
+    if bits_allocated not in (8, 16):
+        raise BadInputError(
+            f"{path}: {bits_allocated}-bit DICOM pixel data is not supported (only 8 or 16 bits allocated)"
+        )
+    if not 1 <= bits_stored <= bits_allocated:
+        raise BadInputError(f"{path}: inconsistent DICOM header (BitsStored {bits_stored}, "
+                            f"BitsAllocated {bits_allocated})")
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+
+    try:
+        decoded = pixel_array(ds)
+    except Exception as exc:
+        raise BadInputError(f"{path}: cannot decode DICOM pixel data: {_one_line(exc)}") from exc
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    dtype = np.dtype(f"{'i' if signed else 'u'}{bits_allocated // 8}")  # native byte order
+    pixels = np.ascontiguousarray(decoded.astype(dtype).reshape(-1, rows, cols))
+
+    # pydicom masks (or sign-extends) the bits above BitsStored; a value still outside the range
+    # means the header contradicts the data, and the PSNR peak and write checks would be wrong.
+    stored_min, stored_max = _stored_range(bits_stored, signed)
+    if pixels.size and (pixels.min() < stored_min or pixels.max() > stored_max):
+        raise BadInputError(f"{path}: pixel values {pixels.min()}..{pixels.max()} do not fit "
+                            f"BitsStored {bits_stored} (inconsistent DICOM header)")
+    modality = str(ds.get("Modality", "") or "").strip() or None
+    return MedicalImage(
+        pixels=pixels, kind="dicom", path=path, bits_stored=bits_stored,
+        stored_min=stored_min, stored_max=stored_max, window=_dicom_window(ds),
+        photometric=photometric, modality=modality, source=ds,
+    )
+
+
+def _record_guessed_transfer_syntax(ds: Any) -> None:
+    """A file without File Meta has no Transfer Syntax UID; pydicom's decoders need one.
+
+    The encoding pydicom detected while parsing is native (uncompressed) data in that encoding.
+    """
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    if getattr(ds, "file_meta", None) is None:
+        ds.file_meta = FileMetaDataset()
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
+
+
+def _stored_range(bits_stored: int, signed: bool) -> tuple[int, int]:
+    if signed:
+        return -(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1
+    return 0, 2**bits_stored - 1
+
+
+def _dicom_attribute(ds: Any, keyword: str, container: str) -> Any:
+    """An attribute from the top level, else from the (shared, then first per-frame) functional groups.
+
+    Enhanced multi-frame objects keep window and rescale inside functional group macros.
+    """
+    if keyword in ds:
+        return ds[keyword].value
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        try:
+            return ds[groups].value[0][container].value[0][keyword].value
+        except (KeyError, IndexError, TypeError, AttributeError):
+            continue
+    return None
+
+
+def _first_number(value: Any) -> float | None:
+    values = _as_list(value)
+    try:
+        return float(values[0]) if values else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _dicom_window(ds: Any) -> tuple[float, float] | None:
+    """The first VOI window (center, width) mapped back through Rescale Slope/Intercept.
+
+    The window is defined on modality values (slope * stored + intercept); dividing it back lets
+    callers window stored values directly. None when there is no window, when the width is not
+    positive, or when a Modality LUT Sequence (not a linear rescale) defines the modality values.
+    """
+    center = _first_number(_dicom_attribute(ds, "WindowCenter", "FrameVOILUTSequence"))
+    width = _first_number(_dicom_attribute(ds, "WindowWidth", "FrameVOILUTSequence"))
+    if center is None or width is None or width <= 0:
+        return None
+    if "ModalityLUTSequence" in ds:
+        return None
+    slope = _first_number(_dicom_attribute(ds, "RescaleSlope", "PixelValueTransformationSequence"))
+    intercept = _first_number(_dicom_attribute(ds, "RescaleIntercept", "PixelValueTransformationSequence"))
+    slope = 1.0 if slope in (None, 0.0) else slope
+    intercept = 0.0 if intercept is None else intercept
+    return (center - intercept) / slope, width / abs(slope)
+
+
+def _gray_image(path: Path, pixels: np.ndarray, kind: str, photometric: str = "MONOCHROME2") -> MedicalImage:
+    """A MedicalImage for the non-DICOM formats: bit depth and range come from the dtype."""
+    info = np.iinfo(pixels.dtype)
+    return MedicalImage(
+        pixels=pixels, kind=kind, path=path, bits_stored=pixels.dtype.itemsize * 8,
+        stored_min=int(info.min), stored_max=int(info.max), window=None,
+        photometric=photometric, modality=None, source=None,
+    )
+
+
+def _png_header(path: Path) -> tuple[int, int]:
+    """(bit depth, colour type) from the IHDR chunk: Pillow hides 16-bit colour by reducing it to 8."""
+    with open(path, "rb") as fh:
+        head = fh.read(33)
+    if len(head) < 33 or head[12:16] != b"IHDR":
+        raise BadInputError(f"{path}: corrupt PNG file (no IHDR header)")
+    return head[24], head[25]
+
+
+def _read_png(path: Path) -> MedicalImage:
+    """8- or 16-bit grayscale PNG.
+
+    An 8-bit RGB/RGBA/gray+alpha/palette PNG is accepted as gray only when R == G == B and alpha
+    is opaque everywhere (common for gray images exported by viewers); it is written back as a
+    one-channel gray PNG with the same values. Any real colour is refused.
+    """
+    from PIL import Image
+
+    bit_depth, colour_type = _png_header(path)
+    with Image.open(path) as img:
+        img.load()
+        if colour_type == 0:  # grayscale
+            if bit_depth not in (8, 16):
+                raise BadInputError(f"{path}: {bit_depth}-bit grayscale PNG is not supported (only 8 or 16 bits)")
+            pixels = np.asarray(img)
+            pixels = pixels.astype(np.uint8 if bit_depth == 8 else np.uint16)
+        else:
+            if bit_depth == 16:
+                raise BadInputError(f"{path}: 16-bit colour PNG images are not supported (grayscale only)")
+            rgba = np.asarray(img.convert("RGBA"))
+            if not _is_opaque_gray(rgba):
+                raise BadInputError(f"{path}: colour PNG images are not supported (grayscale only)")
+            pixels = rgba[..., 0].copy()
+    return _gray_image(path, pixels[np.newaxis], "png")
+
+
+def _is_opaque_gray(rgba: np.ndarray) -> bool:
+    return bool(np.all(rgba[..., 0] == rgba[..., 1]) and np.all(rgba[..., 0] == rgba[..., 2])
+                and np.all(rgba[..., 3] == np.iinfo(rgba.dtype).max))
+
+
+def _read_tiff(path: Path) -> MedicalImage:
+    """8/16-bit (unsigned, or signed 16-bit) grayscale TIFF via tifffile; a 3-D stack is frames.
+
+    Only the first series is read (pyramids and thumbnails are ignored). MINISWHITE is reported
+    as MONOCHROME1 and kept on write, mirroring DICOM: stored values are never inverted.
+    """
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise BadInputError(f"{path}: TIFF file holds no image")
+        page = tif.series[0].pages[0]
+        photometric = int(page.photometric)
+        if page.samplesperpixel != 1 or photometric not in (0, 1):  # 0 MINISWHITE, 1 MINISBLACK
+            raise BadInputError(f"{path}: colour TIFF images are not supported (grayscale only)")
+        pixels = tif.series[0].asarray()
+    if pixels.dtype not in (np.uint8, np.uint16, np.int16):
+        raise BadInputError(f"{path}: TIFF sample type {pixels.dtype} is not supported "
+                            "(only 8/16-bit integer grayscale)")
+    if pixels.ndim < 2:
+        raise BadInputError(f"{path}: TIFF image is not two-dimensional")
+    pixels = np.ascontiguousarray(pixels.reshape(-1, *pixels.shape[-2:]), dtype=pixels.dtype.newbyteorder("="))
+    return _gray_image(path, pixels, "tiff", "MONOCHROME1" if photometric == 0 else "MONOCHROME2")
+
+
+def _read_jpeg(path: Path) -> MedicalImage:
+    """8-bit JPEG, read only: JPEG inputs are exported or attacked copies handed to `extract`.
+
+    Colour is tolerated here (unlike DICOM/PNG/TIFF) because an export may have been saved as
+    RGB: equal channels are taken as they are, otherwise the image is converted to luminance
+    (ITU-R 601, Pillow's 'L'), which is what the exporting viewer started from.
+    """
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        if img.mode == "L":
+            pixels = np.asarray(img).copy()
+        elif img.mode == "RGB":
+            rgb = np.asarray(img)
+            if np.all(rgb[..., 0] == rgb[..., 1]) and np.all(rgb[..., 0] == rgb[..., 2]):
+                pixels = rgb[..., 0].copy()
+            else:
+                pixels = np.asarray(img.convert("L")).copy()
+        else:
+            raise BadInputError(f"{path}: JPEG mode {img.mode} is not supported (8-bit gray or RGB only)")
+    return _gray_image(path, pixels.astype(np.uint8)[np.newaxis], "jpeg")
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def write_image(original: MedicalImage, pixels: np.ndarray, out_path: str | Path, *,
+                derivation: str, overwrite: bool = False) -> Path:
+    """Write `pixels` (same shape and stored range as `original.pixels`) as a new image file.
+
+    DICOM originals give DICOM output (whatever the suffix): the original dataset with new pixel
+    data and the identity of a derived image (see DICOM_ELEMENTS_CHANGED_ON_WRITE). Other
+    originals are written as PNG or TIFF according to `out_path`'s suffix, in the original dtype.
+    `derivation` is recorded in DICOM only. Returns the path written.
+    """
+    out_path = Path(out_path)
+    if _same_file(out_path, original.path):
+        raise BadInputError(f"{out_path}: refusing to write onto the original image")
+    if out_path.is_dir():
+        raise BadInputError(f"{out_path}: is a folder, cannot write an image there")
+    if out_path.exists() and not overwrite:
+        raise BadInputError(f"{out_path}: already exists (use --overwrite to replace it)")
+    stored = _validated_pixels(original, pixels)
+
+    if original.kind == "dicom":
+        def writer(fh: BinaryIO) -> None:
+            _write_dicom(original, stored, fh, derivation)
+    else:
+        suffix = out_path.suffix.lower()
+        if suffix in PNG_SUFFIXES:
+            if stored.shape[0] != 1 or stored.dtype not in (np.uint8, np.uint16):
+                raise BadInputError(f"{out_path}: PNG holds one unsigned 8/16-bit frame; "
+                                    f"this image has {stored.shape[0]} frame(s) of {stored.dtype}, use .tif")
+
+            def writer(fh: BinaryIO) -> None:
+                _write_png(stored[0], fh)
+        elif suffix in TIFF_SUFFIXES:
+            def writer(fh: BinaryIO) -> None:
+                _write_tiff(stored, original.photometric, fh)
+        elif suffix in JPEG_SUFFIXES:
+            raise BadInputError(f"{out_path}: writing JPEG is not supported (lossy); use .png or .tif")
+        else:
+            raise BadInputError(f"{out_path}: cannot write a {original.kind.upper()} image with suffix "
+                                f"'{out_path.suffix}'; use .png or .tif")
+
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInputError(f"{out_path.parent}: cannot create folder ({exc.strerror or exc})") from exc
+    _atomic_write(out_path, writer, overwrite)
+    return out_path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """True if `a` is `b`, also through symlinks or hard links."""
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _validated_pixels(original: MedicalImage, pixels: np.ndarray) -> np.ndarray:
+    """`pixels` cast to the original dtype, after checking shape, integrality and stored range.
+
+    Violations are programming errors in the caller (the guard clips and rounds), hence ValueError.
+    """
+    pixels = np.asarray(pixels)
+    if pixels.shape != original.pixels.shape:
+        raise ValueError(f"pixel shape {pixels.shape} differs from the original's {original.pixels.shape}")
+    if pixels.dtype.kind not in "iub":
+        if not np.all(np.isfinite(pixels)) or not np.array_equal(pixels, np.round(pixels)):
+            raise ValueError("pixel values must be integers (round before writing)")
+    if pixels.size and (pixels.min() < original.stored_min or pixels.max() > original.stored_max):
+        raise ValueError(f"pixel values {pixels.min()}..{pixels.max()} outside the stored range "
+                         f"{original.stored_min}..{original.stored_max}")
+    return np.ascontiguousarray(pixels.astype(original.pixels.dtype.newbyteorder("=")))
+
+
+def _atomic_write(out_path: Path, writer: Callable[[BinaryIO], None], overwrite: bool) -> None:
+    """Write via a temporary file in the same folder so a crash never leaves a half-written image.
+
+    Without `overwrite`, the final step is a hard link, which fails instead of replacing a file
+    that appeared in the meantime (falls back to a rename where links are unsupported).
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent)
+    os.close(fd)  # reopened by name: tifffile wants a file object with a real name
+    tmp = Path(tmp_name)
+    try:
+        with open(tmp, "wb") as fh:
+            writer(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        if overwrite:
+            os.replace(tmp, out_path)
+        else:
+            try:
+                os.link(tmp, out_path)
+            except FileExistsError:
+                raise BadInputError(f"{out_path}: already exists (use --overwrite to replace it)") from None
+            except OSError:
+                if out_path.exists():
+                    raise BadInputError(f"{out_path}: already exists (use --overwrite to replace it)") from None
+                os.replace(tmp, out_path)
+    except OSError as exc:
+        raise BadInputError(f"{out_path}: cannot write ({exc.strerror or _one_line(exc)})") from exc
+    finally:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+    _fsync_folder(out_path.parent)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Persist the rename itself (POSIX); best effort where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_png(frame: np.ndarray, fh: BinaryIO) -> None:
+    """Gray PNG; uint16 arrays become Pillow mode 'I;16', which PNG stores as 16-bit gray."""
+    from PIL import Image
+
+    Image.fromarray(np.ascontiguousarray(frame)).save(fh, format="PNG")
+
+
+def _write_tiff(pixels: np.ndarray, photometric: str, fh: BinaryIO) -> None:
+    """Uncompressed TIFF; a single frame is written as a plain 2-D image, several as a stack."""
+    import tifffile
+
+    data = pixels[0] if pixels.shape[0] == 1 else pixels
+    tifffile.imwrite(fh, data, photometric="miniswhite" if photometric == "MONOCHROME1" else "minisblack")
+
+
+_WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+def _write_dicom(original: MedicalImage, pixels: np.ndarray, fh: BinaryIO, derivation: str) -> None:
+    """The original dataset as a derived image with new, uncompressed little-endian pixel data."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = copy.deepcopy(original.source)
+    if getattr(ds, "file_meta", None) is None:
+        ds.file_meta = FileMetaDataset()
+    if not _is_little_endian(ds):
+        _swap_words_to_little_endian(ds)
+
+    for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
+        if keyword in ds:
+            del ds[keyword]
+    data = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+    if len(data) % 2:
+        data += b"\x00"  # DICOM values have even length
+    ds.PixelData = data
+    ds["PixelData"].VR = "OB" if pixels.dtype.itemsize == 1 else "OW"
+    ds["PixelData"].is_undefined_length = False
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+
+    source_class = ds.get("SOPClassUID")
+    source_instance = ds.get("SOPInstanceUID")
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+
+    ds.ImageType = _derived_image_type(ds.get("ImageType"))
+    ds.DerivationDescription = derivation[:_MAX_DERIVATION_CHARS]
+
+    reference = Dataset()
+    if source_class:
+        reference.ReferencedSOPClassUID = source_class
+    if source_instance:
+        reference.ReferencedSOPInstanceUID = source_instance
+    if "SourceImageSequence" not in ds:
+        ds.SourceImageSequence = Sequence()
+    ds.SourceImageSequence.append(reference)
+
+    pydicom.dcmwrite(fh, ds, enforce_file_format=True)
+
+
+def _derived_image_type(value: Any) -> list[str]:
+    """ImageType with DERIVED as first value; the other values describe the image and stay."""
+    values = _as_list(value)
+    return ["DERIVED", *map(str, values[1:])] if len(values) > 1 else ["DERIVED", "SECONDARY"]
+
+
+def _as_list(value: Any) -> list[Any]:
+    """A DICOM value as a list: multi-valued elements are sequences, single values are not."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, SequenceABC) and not isinstance(value, (str, bytes)):
+        return list(value)
+    return [value]
+
+
+def _is_little_endian(ds: Any) -> bool:
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax is not None and syntax.is_transfer_syntax:
+        return bool(syntax.is_little_endian)
+    encoding = getattr(ds, "original_encoding", (None, True))
+    return encoding[1] is not False
+
+
+def _swap_words_to_little_endian(ds: Any) -> None:
+    """Byte-swap OW/OF/OL/OD/OV values read from a big-endian file.
+
+    pydicom converts numbers and text when changing endianness but keeps these binary values as
+    raw bytes, so without this step, e.g., an overlay or LUT would come out scrambled. UN values
+    have no known word size and are left as they are.
+    """
+
+    def swap(dataset: Any, element: Any) -> None:
+        size = _WORD_SIZES.get(element.VR)
+        if size and isinstance(element.value, (bytes, bytearray)) and element.keyword != "PixelData":
+            words = np.frombuffer(element.value, dtype=f">u{size}")
+            element.value = words.astype(f"<u{size}").tobytes()
+
+    ds.walk(swap)
