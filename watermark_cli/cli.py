@@ -239,16 +239,27 @@ def _with_pixels(image, pixels):
 def _print_embed_table(results: list[dict]) -> None:
     if not results:
         return
-    table = Table(title="wm embed")
-    for column in ("output", "PSNR (dB)", "peak", "windowed", "SSIM", "max |err|", "guard", "verified"):
-        table.add_column(column)
+    if len(results) == 1:
+        r = results[0]
+        windowed = f", windowed {_format_db(r['psnr_windowed'])} dB" if r["window"] else ""
+        stdout.print(
+            f"wrote {r['output']}\n"
+            f"  PSNR {_format_db(r['psnr'])} dB (floor {r['psnr_min']:g}, {r['psnr_domain']} domain, "
+            f"peak {r['psnr_peak_kind']} = {r['psnr_peak']:g}){windowed}\n"
+            f"  SSIM {r['ssim']}, max |error| {r['max_abs_error']:g} stored units, guard scale {r['guard_scale']:.3f}, "
+            f"{r['frames']} frame(s), verified: {'yes' if r['verified'] else 'NO'}", highlight=False, soft_wrap=True)
+        return
+    table = Table(title=f"wm embed: {len(results)} file(s)")
+    for column in ("file", "PSNR dB", "windowed", "SSIM", "max |err|", "guard", "verified"):
+        table.add_column(column, overflow="fold")
     for r in results:
         table.add_row(
-            r["output"], _format_db(r["psnr"]), f"{r['psnr_peak_kind']} {r['psnr_peak']:g}",
-            _format_db(r["psnr_windowed"]), f"{r['ssim']:.5f}" if r["ssim"] is not None else "-",
-            f"{r['max_abs_error']:g}", f"{r['guard_scale']:.3f}", "yes" if r["verified"] else "[red]NO[/]",
+            Path(r["output"]).name, _format_db(r["psnr"]), _format_db(r["psnr_windowed"]) if r["window"] else "-",
+            f"{r['ssim']:.4f}" if r["ssim"] is not None else "-", f"{r['max_abs_error']:g}",
+            f"{r['guard_scale']:.2f}", "yes" if r["verified"] else "[red]NO[/]",
         )
     stdout.print(table)
+    stdout.print(f"peak: {results[0]['psnr_peak_kind']}; floor {results[0]['psnr_min']:g} dB", highlight=False)
 
 
 def _format_db(value: float | None) -> str:
@@ -354,7 +365,7 @@ def train(
     table.add_column("measure")
     table.add_column("value")
     for name, value in summary.items():
-        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+        table.add_row(name.replace("_", " "), f"{value:.4g}" if isinstance(value, float) else str(value))
     stdout.print(table)
 
 
