@@ -160,15 +160,17 @@ def test_folder_embed_marks_good_files_and_reports_bad_ones(trained_model, synth
 def test_evaluate_writes_a_report_with_no_image_below_the_floor(trained_model, synthetic_data, tmp_path):
     report_dir = tmp_path / "report"
     result = run_wm("evaluate", synthetic_data["held_out"], "--model", trained_model, "--attacks",
-                    "identity,noise:0.01", "--messages", "2", "--report", report_dir, "--json")
+                    "identity,noise:0.01,crop:0.7", "--messages", "2", "--report", report_dir, "--json")
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report == json.loads((report_dir / "report.json").read_text())
     assert report["n_images"] == 6 and report["below_floor"] == 0
     assert report["psnr"]["min"] >= 40.0
     assert report["attacks"]["identity"]["payload_recovery"] >= 5 / 6
+    # A crop moves the tile grid; the offset search must find it again.
+    assert report["attacks"]["crop:0.7"]["payload_recovery"] >= 5 / 6
     assert report["detection"]["n_clean"] == 6 and report["detection"]["false_positives"] == 0
-    assert (report_dir / "per_image.csv").read_text().count("\n") == 1 + 6 * 2 * 2
+    assert (report_dir / "per_image.csv").read_text().count("\n") == 1 + 6 * 2 * 3
 
 
 def test_usage_errors_exit_2(trained_model, held_out_png):

@@ -100,6 +100,40 @@ def brightness_contrast(frame: np.ndarray, context: FrameContext, strength: floa
     return np.clip(np.rint(adjusted), context.stored_min, context.stored_max)
 
 
+def resize(frame: np.ndarray, context: FrameContext, strength: float) -> np.ndarray:
+    """Rescale by `strength` (e.g. 0.75) with Pillow's antialiased bicubic, as image tools do."""
+    from PIL import Image
+
+    if strength == 1.0:
+        return frame
+    rows, cols = frame.shape
+    size = (max(1, round(cols * strength)), max(1, round(rows * strength)))
+    resized = Image.fromarray(frame.astype(np.float32), mode="F").resize(size, Image.Resampling.BICUBIC)
+    return np.rint(np.asarray(resized, dtype=np.float64))
+
+
+def crop(frame: np.ndarray, context: FrameContext, strength: float) -> np.ndarray:
+    """Keep a fraction `strength` of the area, same aspect ratio, at a random (seeded) position."""
+    if strength >= 1.0:
+        return frame
+    rng = np.random.default_rng(context.seed)
+    rows, cols = frame.shape
+    side = np.sqrt(strength)
+    keep_rows, keep_cols = max(1, round(rows * side)), max(1, round(cols * side))
+    top = int(rng.integers(0, rows - keep_rows + 1))
+    left = int(rng.integers(0, cols - keep_cols + 1))
+    return frame[top : top + keep_rows, left : left + keep_cols]
+
+
+def rotate(frame: np.ndarray, context: FrameContext, strength: float) -> np.ndarray:
+    """Rotation by `strength` degrees about the centre, same size, bilinear."""
+    from scipy.ndimage import rotate as rotate_array
+
+    if strength == 0:
+        return frame
+    return np.rint(rotate_array(frame, strength, reshape=False, order=1, mode="nearest"))
+
+
 AttackFunction = Callable[[np.ndarray, FrameContext, float], np.ndarray]
 
 ATTACKS: dict[str, tuple[AttackFunction, float | None]] = {
@@ -111,6 +145,9 @@ ATTACKS: dict[str, tuple[AttackFunction, float | None]] = {
     "jpeg": (jpeg, 90.0),
     "blur": (gaussian_blur, 0.5),
     "contrast": (brightness_contrast, 0.2),
+    "resize": (resize, 0.75),
+    "crop": (crop, 0.7),
+    "rotate": (rotate, 1.0),
 }
 
 DEFAULT_SUITE = (
@@ -118,6 +155,7 @@ DEFAULT_SUITE = (
     "jpeg:95", "jpeg:90", "jpeg:80", "jpeg:70", "jpeg:50",
     "noise:0.005", "noise:0.01", "noise:0.02",
     "blur:0.5", "blur:1.0", "contrast:0.2",
+    "resize:0.5", "resize:0.75", "crop:0.9", "crop:0.7", "crop:0.5", "rotate:1",
 )
 
 

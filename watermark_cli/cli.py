@@ -457,6 +457,22 @@ def data_synth(
         stdout.print(f"wrote {n} synthetic images ({size}×{size}, {bit_depth}-bit {fmt}) and {labels}")
 
 
+@data_app.command("clinical")
+def data_clinical(
+    out: Annotated[Path, typer.Argument(help="Folder to copy the split's DICOM files into.")],
+    split: Annotated[str, typer.Option("--split", help="train or held_out")] = "held_out",
+    json_output: JsonOption = False,
+) -> None:
+    """Copy the real clinical DICOMs of pydicom-data for one split (fixed, split by image, not by file)."""
+    from .clinical_data import write_clinical_split
+
+    written = write_clinical_split(out, split)
+    if json_output:
+        _emit_json({"output": str(out), "split": split, "files": [str(p) for p in written]})
+    else:
+        stdout.print(f"copied {len(written)} {split} clinical DICOM file(s) to {out}")
+
+
 @app.command()
 def models(json_output: JsonOption = False) -> None:
     """List the shipped models and their payload capacity."""

@@ -57,18 +57,30 @@ def split_by_file(files: list[Path], held_out_fraction: float, seed: int) -> tup
 
 @dataclass
 class FramePool:
-    """All usable frames of a set of files, kept in memory as float32."""
+    """All usable frames of a set of files, kept in memory as float32, grouped by file.
 
-    frames: list[np.ndarray]
+    Sampling picks a file (by its weight), then one of its frames, then a crop: a multi-frame
+    file or a huge radiograph does not drown out the others. Callers weight files so that each
+    data source (each folder given to `wm train`) gets an equal share.
+    """
+
+    frames_by_file: list[np.ndarray]
     files: list[Path]
+    weights: list[float]
     skipped: list[tuple[Path, str]]
 
+    @property
+    def frames(self) -> list[np.ndarray]:
+        return [frame for frames in self.frames_by_file for frame in frames]
+
     @classmethod
-    def load(cls, files: list[Path]) -> "FramePool":
-        frames: list[np.ndarray] = []
+    def load(cls, files: list[Path], weights: list[float] | None = None) -> "FramePool":
+        weights = weights if weights is not None else [1.0] * len(files)
+        loaded: list[np.ndarray] = []
         used: list[Path] = []
+        used_weights: list[float] = []
         skipped: list[tuple[Path, str]] = []
-        for path in files:
+        for path, weight in zip(files, weights):
             try:
                 image = read_image(path)
             except BadInputError as error:
@@ -77,26 +89,45 @@ class FramePool:
             if min(image.rows, image.cols) < MIN_SIDE:
                 skipped.append((path, f"smaller than {MIN_SIDE} px"))
                 continue
-            frames.extend(normalised_frames(image))
+            loaded.append(normalised_frames(image))
             used.append(path)
-        return cls(frames, used, skipped)
+            used_weights.append(weight)
+        return cls(loaded, used, used_weights, skipped)
 
-    def sample_crops(self, count: int, size: int, rng: random.Random) -> np.ndarray:
-        """(count, 1, size, size) random crops, with random flips and quarter turns."""
-        if not self.frames:
+    def sample_crops(self, count: int, size: int, rng: random.Random,
+                     scale_range: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+        """(count, 1, size, size) random crops, with random flips, quarter turns and rescales.
+
+        A rescale by s takes a (size / s)² region and resamples it to size²: anatomy then
+        appears at many pixel scales, as it does across scanners and fields of view.
+        """
+        if not self.frames_by_file:
             raise BadInputError("no usable images to sample from")
         crops = np.empty((count, 1, size, size), dtype=np.float32)
-        for i in range(count):
-            frame = self.frames[rng.randrange(len(self.frames))]
+        indices = rng.choices(range(len(self.frames_by_file)), weights=self.weights, k=count)
+        for i, file_index in enumerate(indices):
+            frames = self.frames_by_file[file_index]
+            frame = frames[rng.randrange(len(frames))]
+            scale = rng.uniform(*scale_range)
+            region = max(8, min(round(size / scale), *frame.shape)) if scale != 1.0 else size
             rows, cols = frame.shape
-            if rows < size or cols < size:
-                frame = np.pad(frame, ((0, max(0, size - rows)), (0, max(0, size - cols))), mode="reflect")
+            if rows < region or cols < region:
+                frame = np.pad(frame, ((0, max(0, region - rows)), (0, max(0, region - cols))), mode="reflect")
                 rows, cols = frame.shape
-            top = rng.randrange(rows - size + 1)
-            left = rng.randrange(cols - size + 1)
-            crop = frame[top : top + size, left : left + size]
+            top = rng.randrange(rows - region + 1)
+            left = rng.randrange(cols - region + 1)
+            crop = frame[top : top + region, left : left + region]
+            if region != size:
+                crop = _resample_square(crop, size)
             if rng.random() < 0.5:
                 crop = crop[:, ::-1]
-            crop = np.rot90(crop, rng.randrange(4))
-            crops[i, 0] = crop
+            crops[i, 0] = np.rot90(crop, rng.randrange(4))
         return crops
+
+
+def _resample_square(crop: np.ndarray, size: int) -> np.ndarray:
+    from scipy.ndimage import zoom
+
+    factor = size / crop.shape[0]
+    resized = zoom(crop, factor, order=1, grid_mode=True, mode="reflect")
+    return np.clip(resized[:size, :size], 0.0, 1.0)

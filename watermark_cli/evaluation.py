@@ -14,6 +14,7 @@ import math
 import random
 import string
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -22,11 +23,11 @@ import numpy as np
 from .attacks import Attack, FrameContext
 from .datasets import collect_image_files
 from .errors import BadInputError, WmError
-from .image_io import read_image
+from .image_io import MedicalImage, read_image
 from .model_store import LoadedModel
 from .payload import PayloadCodec
 from .quality import QualityFloor, ssim
-from .watermarking import bit_probabilities, embed_pixels
+from .watermarking import embed_pixels, read_frames
 
 
 @dataclass(frozen=True)
@@ -57,16 +58,34 @@ def rule_of_three_upper_bound(failures: int, trials: int) -> float:
     return float(beta.ppf(0.95, failures + 1, trials - failures))
 
 
+# An image to evaluate: a label for the tables and a loader (images are read one at a time).
+ImageSource = tuple[str, Callable[[], MedicalImage]]
+
+
 def evaluate(
     data: list[Path],
     model: LoadedModel,
     options: EvaluationOptions,
     report_folder: Path,
-    on_image: Callable[[Path], None] | None = None,
+    on_image: Callable[[str], None] | None = None,
 ) -> dict:
+    """Evaluate the image files under `data` and write the report folder."""
     files = collect_image_files(data)
     if not files:
         raise BadInputError(f"no images found in {', '.join(map(str, data))}")
+    sources = [(str(path), partial(read_image, path)) for path in files]
+    report, rows, frame_psnrs = evaluate_images(sources, model, options, on_image)
+    _write_report(report_folder, report, rows, frame_psnrs, options.floor.psnr_min)
+    return report
+
+
+def evaluate_images(
+    sources: list[ImageSource],
+    model: LoadedModel,
+    options: EvaluationOptions,
+    on_image: Callable[[str], None] | None = None,
+) -> tuple[dict, list[dict], list[float]]:
+    """The figures for in-memory images: (summary, one row per image × message × attack, frame PSNRs)."""
     codec = PayloadCodec(model.n_bits, key=options.key, parity_bytes=model.parity_bytes)
     messages = evaluation_messages(options.messages, codec.capacity_bytes, options.seed)
     encoded = [codec.encode(message) for message in messages]
@@ -78,13 +97,12 @@ def evaluate(
     false_positives = 0
     clean_tries = 0
     peak_names: set[str] = set()
-    for path in files:
+    for path, load in sources:
         try:
-            image = read_image(path)
+            image = load()
             window = options.window or image.window
-            clean = bit_probabilities(model, _frames_for_decoder(image.pixels, image))
             clean_tries += 1
-            false_positives += int(codec.decode(clean).found)
+            false_positives += int(read_frames(model, codec, image.pixels).decoded.found)
             for index, (message, raw_bits) in enumerate(zip(messages, encoded)):
                 outcome = embed_pixels(model, codec, image, message, options.floor, window)
                 guard_acted += int(outcome.guard_acted)
@@ -95,17 +113,17 @@ def evaluate(
                 context = FrameContext(image.stored_min, image.stored_max, window, seed=options.seed + index)
                 for attack in options.attacks:
                     attacked = np.stack([attack(frame, context) for frame in outcome.pixels.astype(np.float64)])
-                    probabilities = bit_probabilities(model, _standardised(attacked))
-                    decoded = codec.decode(probabilities)
+                    reading = read_frames(model, codec, attacked)
+                    probabilities, decoded = reading.probabilities, reading.decoded
                     rows.append({
-                        "path": str(path), "message_index": index, "attack": attack.label,
+                        "path": path, "message_index": index, "attack": attack.label,
                         **quality,
                         "bit_accuracy": float(np.mean((probabilities > 0.5) == raw_bits.astype(bool))),
                         "payload_recovered": bool(decoded.found and decoded.message == message),
                         "confidence": decoded.confidence,
                     })
         except WmError as error:
-            skipped.append({"path": str(path), "reason": str(error)})
+            skipped.append({"path": path, "reason": str(error)})
         if on_image:
             on_image(path)
 
@@ -113,18 +131,7 @@ def evaluate(
         raise BadInputError("no image could be evaluated: " + "; ".join(s["reason"] for s in skipped[:3]))
     report = _summarise(rows, frame_psnrs, options, model, peak_names, guard_acted, false_positives,
                         clean_tries, skipped, len(messages))
-    _write_report(report_folder, report, rows, frame_psnrs, options.floor.psnr_min)
-    return report
-
-
-def _frames_for_decoder(pixels: np.ndarray, image) -> np.ndarray:
-    return _standardised(pixels.astype(np.float64))
-
-
-def _standardised(frames: np.ndarray) -> np.ndarray:
-    # The decoder standardises each frame itself; dividing by a constant only keeps float32 happy.
-    scale = max(float(np.abs(frames).max()), 1.0)
-    return (frames / scale).astype(np.float32)
+    return report, rows, frame_psnrs
 
 
 def _image_quality(image, outcome, floor: QualityFloor) -> dict:

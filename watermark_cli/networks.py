@@ -29,6 +29,10 @@ class NetworkConfig:
     strength_channels: int = 16
     decoder_channels: int = 16
     decoder_maps: int = 2
+    # Gaussian low-pass (sigma in px) applied to the message tile. JPEG, resizing and blur keep
+    # low frequencies and drop high ones; with the PSNR budget fixed, a smoother tile puts the
+    # mark's energy where it survives them. 0 disables it.
+    carrier_smoothing: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,8 +79,19 @@ class CarrierEncoder(nn.Module):
         """Signed sum of carriers, normalised to unit RMS so that amplitude lives in the strength map."""
         signs = bits.to(self.carriers.dtype) * 2.0 - 1.0
         pattern = torch.einsum("bn,nhw->bhw", signs, self.carriers)
+        if self.config.carrier_smoothing > 0:
+            pattern = self._smooth_cyclically(pattern)
         pattern = pattern - pattern.mean(dim=(-2, -1), keepdim=True)
         return pattern / pattern.square().mean(dim=(-2, -1), keepdim=True).clamp_min(1e-12).sqrt()
+
+    def _smooth_cyclically(self, pattern: torch.Tensor) -> torch.Tensor:
+        """Gaussian blur with wrap-around, so the repeated tile stays seamless."""
+        tile = self.config.tile
+        sigma = self.config.carrier_smoothing
+        rows = torch.fft.fftfreq(tile, device=pattern.device).view(-1, 1)
+        cols = torch.fft.rfftfreq(tile, device=pattern.device).view(1, -1)
+        response = torch.exp(-2.0 * (torch.pi * sigma) ** 2 * (rows.square() + cols.square()))
+        return torch.fft.irfft2(torch.fft.rfft2(pattern) * response, s=(tile, tile))
 
     def forward(self, images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
@@ -105,13 +120,30 @@ class CarrierDecoder(nn.Module):
         maps = maps.reshape(batch, channels, rows, tile, cols, tile)
         return maps.mean(dim=(2, 4))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def normalised_fold(self, images: torch.Tensor) -> torch.Tensor:
         folded = self.fold(self.features(standardise(images)))
         # Normalising the fold makes the read-out blind to how strong the mark was and to any
         # global gain applied after embedding (windowing, brightness, contrast).
         folded = folded - folded.mean(dim=(-2, -1), keepdim=True)
-        folded = folded / folded.square().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12).sqrt()
-        return self.readout(folded.flatten(1))
+        return folded / folded.square().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12).sqrt()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for a tile grid anchored at the top-left pixel (as embedded, no crop)."""
+        return self.readout(self.normalised_fold(images).flatten(1))
+
+    def logits_for_every_shift(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, N, T, T): the logits for every cyclic offset of the tile grid.
+
+        A crop moves the grid by (top mod T, left mod T), which rolls the fold cyclically.
+        Because the read-out is linear, the logits for all T² rolls are one circular
+        cross-correlation of the fold with the read-out weights: a few small FFTs.
+        """
+        config = self.config
+        folded = self.normalised_fold(images)
+        weights = self.readout.weight.view(config.n_bits, config.decoder_maps, config.tile, config.tile)
+        spectrum = torch.fft.rfft2(folded).unsqueeze(1) * torch.fft.rfft2(weights).conj().unsqueeze(0)
+        correlation = torch.fft.irfft2(spectrum.sum(dim=2), s=(config.tile, config.tile))
+        return correlation + self.readout.bias.view(1, -1, 1, 1)
 
 
 class WatermarkModel(nn.Module):

@@ -46,10 +46,13 @@ class TrainConfig:
     tau_max: float = 500.0
     penalty_shape: str = "hinge"
     attacks: tuple[str, ...] = ("identity", "noise", "quantise8", "blur")
+    rescale_min: float = 1.0  # random rescale of training crops (anatomy at many pixel scales)
+    rescale_max: float = 1.0
     tile: int = 32
     strength_channels: int = 16
     decoder_channels: int = 16
     decoder_maps: int = 2
+    carrier_smoothing: float = 0.0
     held_out_fraction: float = 0.1
     validation_crops: int = 64
     validation_crop: int = 128
@@ -66,6 +69,7 @@ class TrainConfig:
             strength_channels=self.strength_channels,
             decoder_channels=self.decoder_channels,
             decoder_maps=self.decoder_maps,
+            carrier_smoothing=self.carrier_smoothing,
         )
 
 
@@ -74,9 +78,13 @@ PRESETS: dict[str, dict] = {
     "quick": {},
     # The shipped model: longer, wider attacks.
     "standard": {
-        "epochs": 60,
+        "epochs": 30,
         "steps_per_epoch": 100,
-        "attacks": ("identity", "noise", "quantise8", "blur", "brightness_contrast"),
+        "tau_period": 150,
+        "rescale_min": 0.5,
+        "rescale_max": 1.5,
+        "carrier_smoothing": 1.0,
+        "attacks": ("identity", "noise", "quantise8", "blur", "brightness_contrast", "window8", "jpeg", "resize"),
     },
     # The paper's configuration (arXiv 2601.16812), for comparison.
     "paper": {
@@ -191,12 +199,19 @@ def train(
     device = pick_device(config.device)
     started = time.perf_counter()
 
-    # ---- data: split by file, load frames --------------------------------------------------
-    files = collect_image_files(data)
-    if not files:
+    # ---- data: split each source by file, weight sources equally, load frames ----------------
+    train_files: list[Path] = []
+    train_weights: list[float] = []
+    held_out_files: list[Path] = []
+    for source in data:
+        source_files = collect_image_files([source])
+        source_train, source_held_out = split_by_file(source_files, config.held_out_fraction, config.seed)
+        train_files += source_train
+        train_weights += [1.0 / len(source_train)] * len(source_train)
+        held_out_files += source_held_out
+    if not train_files:
         raise BadInputError(f"no images found in {', '.join(map(str, data))}")
-    train_files, held_out_files = split_by_file(files, config.held_out_fraction, config.seed)
-    train_pool = FramePool.load(train_files)
+    train_pool = FramePool.load(train_files, train_weights)
     if not train_pool.frames:
         raise BadInputError(f"no usable training image (≥ 64 px, grayscale) in {', '.join(map(str, data))}")
     held_out_pool = FramePool.load(held_out_files) if held_out_files else train_pool
@@ -218,8 +233,8 @@ def train(
 
     # A fixed validation set: crops of held-out files with fixed messages.
     val_rng = random.Random(config.seed + 1)
-    val_size = min(config.validation_crop, *(min(f.shape) for f in held_out_pool.frames))
-    val_size = max(config.tile, val_size - val_size % config.tile)
+    # Frames smaller than the validation crop are reflect-padded by the sampler.
+    val_size = max(config.tile, config.validation_crop - config.validation_crop % config.tile)
     val_images = torch.from_numpy(held_out_pool.sample_crops(config.validation_crops, val_size, val_rng)).to(device)
     val_bits = torch.from_numpy(np.array(
         [[val_rng.randrange(2) for _ in range(config.n_bits)] for _ in range(config.validation_crops)],
@@ -233,7 +248,8 @@ def train(
         sums = {"loss": 0.0, "accuracy": 0.0, "satisfied": 0.0}
         worst_psnr = math.inf
         for _ in range(config.steps_per_epoch):
-            clean = torch.from_numpy(train_pool.sample_crops(config.batch_size, config.crop, rng)).to(device)
+            crops = train_pool.sample_crops(config.batch_size, config.crop, rng, (config.rescale_min, config.rescale_max))
+            clean = torch.from_numpy(crops).to(device)
             bits = torch.randint(0, 2, (config.batch_size, config.n_bits), device=device).float()
             residual = model.encoder(clean, bits)
             marked = (clean + residual).clamp(0.0, 1.0)
@@ -319,7 +335,7 @@ def _model_card(config: TrainConfig, parity: int, train_pool: FramePool, held_ou
             "seconds": round(seconds, 1),
             "files": {
                 "train": [str(p) for p in train_pool.files],
-                "held_out": [str(p) for p in held_out_pool.files] if held_out_pool else [],
+                "validation": [str(p) for p in held_out_pool.files] if held_out_pool else [],
             },
         },
         "figures": {

@@ -8,10 +8,12 @@ gradient straight through: y + (f(y) - y).detach().
 
 from __future__ import annotations
 
+import io
 import math
 import random
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -54,12 +56,60 @@ def brightness_contrast(images: torch.Tensor, rng: random.Random) -> torch.Tenso
     return images * gain + offset
 
 
+def _random_window(images: torch.Tensor, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+    """A per-image VOI window between content percentiles, as a viewer's export would use."""
+    flat = images.detach().flatten(1)
+    low = torch.quantile(flat, rng.uniform(0.0, 0.3), dim=1).view(-1, 1, 1, 1)
+    high = torch.quantile(flat, rng.uniform(0.7, 1.0), dim=1).view(-1, 1, 1, 1)
+    return low, (high - low).clamp_min(1e-3)
+
+
+def window_export_8bit(images: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """16→8-bit export through a window: values outside it clip, the rest round to 256 levels."""
+    low, width = _random_window(images, rng)
+    windowed = ((images - low) / width).clamp(0.0, 1.0)
+    return straight_through(windowed, torch.round(windowed * 255.0) / 255.0)
+
+
+def _pillow_jpeg(image: torch.Tensor, quality: int) -> torch.Tensor:
+    from PIL import Image
+
+    array = (image.detach().clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    decoded = np.asarray(Image.open(buffer).convert("L"), dtype=np.float32) / 255.0
+    return torch.from_numpy(decoded).to(image.device, image.dtype)
+
+
+def jpeg_export(images: torch.Tensor, rng: random.Random, min_quality: int = 40, max_quality: int = 95) -> torch.Tensor:
+    """The real JPEG codec (Pillow/libjpeg) on an 8-bit windowed export, gradient passed straight
+    through: the decoder learns to read what JPEG leaves, the encoder is told what it relied on."""
+    windowed = window_export_8bit(images, rng)
+    quality = rng.randint(min_quality, max_quality)
+    compressed = torch.stack([_pillow_jpeg(image[0], quality) for image in windowed]).unsqueeze(1)
+    return straight_through(windowed, compressed)
+
+
+def resize_round_trip(images: torch.Tensor, rng: random.Random, min_scale: float = 0.5) -> torch.Tensor:
+    """Downscale (antialiased) then scale back, as extraction does after finding the period:
+    differentiable, so the encoder learns to keep energy in the frequencies a resize keeps."""
+    scale = rng.uniform(min_scale, 1.0)
+    height, width = images.shape[-2:]
+    small = (max(8, round(height * scale)), max(8, round(width * scale)))
+    down = F.interpolate(images, size=small, mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(down, size=(height, width), mode="bicubic", align_corners=False)
+
+
 TRAINING_ATTACKS: dict[str, TrainingAttack] = {
     "identity": identity,
     "noise": gaussian_noise,
     "quantise8": quantise_8bit,
     "blur": gaussian_blur,
     "brightness_contrast": brightness_contrast,
+    "window8": window_export_8bit,
+    "jpeg": jpeg_export,
+    "resize": resize_round_trip,
 }
 
 

@@ -81,16 +81,78 @@ def embed_pixels(
     return EmbedOutcome(np.stack([frame.pixels for frame in guarded]), guarded)
 
 
-def bit_probabilities(model: LoadedModel, frames: np.ndarray) -> np.ndarray:
-    """P(bit = 1) per raw bit from (frames, rows, cols) float frames; logits averaged over frames."""
+@dataclass
+class Reading:
+    """What the decoder read from an image: per-bit probabilities, the payload, and the grid found."""
+
+    probabilities: np.ndarray
+    decoded: DecodedPayload
+    grid_offset: tuple[int, int]
+    rescaled_by: tuple[float, float]
+
+
+def _logits_at_best_offset(model: LoadedModel, frames: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """Logits averaged over frames, each frame read at the tile-grid offset that fits it best."""
     import torch
 
+    tile = model.model.config.tile
+    chosen = []
+    offset = (0, 0)
     with torch.inference_mode():
-        logits = [model.model.decoder(_as_tensor(frame[None]))[0] for frame in frames]
-        mean_logits = torch.stack(logits).mean(dim=0)
-    return torch.sigmoid(mean_logits).numpy().astype(np.float64)
+        for frame in frames:
+            every_shift = model.model.decoder.logits_for_every_shift(_as_tensor(frame[None]))[0]  # (N, T, T)
+            # The right offset makes the logits decisive; wrong ones give weak, noise-like logits.
+            score = every_shift.abs().mean(dim=0)
+            best = int(torch.argmax(score))
+            offset = (best // tile, best % tile)
+            chosen.append(every_shift[:, offset[0], offset[1]])
+        mean_logits = torch.stack(chosen).mean(dim=0)
+    return mean_logits.numpy().astype(np.float64), offset
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * logits))
+
+
+# Reading needs enough tiles, not every pixel: a 1024² centre region holds 1024 tiles. Larger
+# images (radiographs of 2000²+) are read there, which keeps extraction fast and memory small.
+DECODE_REGION = 1024
+
+
+def _centre_region(frames: np.ndarray, size: int) -> np.ndarray:
+    rows, cols = frames.shape[-2:]
+    top = max(0, (rows - size) // 2)
+    left = max(0, (cols - size) // 2)
+    return frames[..., top : top + size, left : left + size]
+
+
+def read_frames(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray) -> Reading:
+    """Decode (frames, rows, cols) in any intensity unit: first as they are (any crop offset),
+    then, if no payload is found and the mark's period says the image was resized, rescaled back."""
+    from .synchronisation import estimate_tile_period, resample
+
+    frames = _centre_region(np.asarray(frames, dtype=np.float64), DECODE_REGION)
+    frames = (frames / max(float(np.abs(frames).max()), 1.0)).astype(np.float32)  # units do not matter
+    logits, offset = _logits_at_best_offset(model, frames)
+    probabilities = _sigmoid(logits)
+    first = Reading(probabilities, codec.decode(probabilities), offset, (1.0, 1.0))
+    if first.decoded.found:
+        return first
+    tile = model.model.config.tile
+    period = estimate_tile_period(frames[0], tile)
+    if period is None or max(abs(p / tile - 1.0) for p in period) < 0.005:
+        return first
+    factors = (tile / period[0], tile / period[1])
+    region = round(DECODE_REGION / max(factors))
+    rescaled = np.stack([resample(frame, *factors) for frame in _centre_region(frames, region)]).astype(np.float32)
+    if min(rescaled.shape[-2:]) < tile:
+        return first
+    logits, offset = _logits_at_best_offset(model, rescaled)
+    probabilities = _sigmoid(logits)
+    second = Reading(probabilities, codec.decode(probabilities), offset, factors)
+    return second if second.decoded.found else first
 
 
 def extract_payload(model: LoadedModel, codec: PayloadCodec, image: MedicalImage) -> DecodedPayload:
     check_image_size(image, model.model.config.tile)
-    return codec.decode(bit_probabilities(model, normalised_frames(image)))
+    return read_frames(model, codec, normalised_frames(image)).decoded

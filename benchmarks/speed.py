@@ -1,0 +1,66 @@
+"""Compute time of embedding and extraction on a real 512² CT slice, after the model is loaded.
+
+    .venv/bin/python benchmarks/speed.py [--model PATH] [--repeats 20]
+
+Prints the median and best wall time of: the encoder alone, `embed_pixels` (encoder + payload
+coding + quality guard, i.e. everything but file I/O), and `read_frames` (decoder with the
+crop-offset search + payload decoding). File reading and writing are excluded on purpose:
+they depend on the disk, not on wm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from watermark_cli.clinical_data import clinical_file
+from watermark_cli.datasets import normalised_frames
+from watermark_cli.image_io import read_image
+from watermark_cli.model_store import load_model
+from watermark_cli.quality import QualityFloor
+from watermark_cli.watermarking import codec_for, embed_pixels, read_frames, residual_for
+
+
+def timed(function, repeats: int) -> tuple[float, float]:
+    function()  # warm-up: first calls allocate and pick kernels
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples) * 1e3, min(samples) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--file", default="693_UNCR.dcm", help="pydicom-data file (default: a 512² CT)")
+    args = parser.parse_args()
+
+    model = load_model(args.model)
+    codec = codec_for(model, None)
+    image = read_image(clinical_file(args.file))
+    message = b"benchmark-0001"
+    bits = codec.encode(message)
+    marked = embed_pixels(model, codec, image, message, QualityFloor(40.0), image.window).pixels
+    marked_frames = normalised_frames(type(image)(**{**image.__dict__, "pixels": marked}))
+    assert read_frames(model, codec, marked_frames).decoded.message == message
+
+    print(f"{args.file}: {image.pixels.shape[1]}×{image.pixels.shape[2]}, {image.n_frames} frame(s); "
+          f"torch threads {torch.get_num_threads()}; model {model.name}")
+    for name, function in (
+        ("encoder only", lambda: residual_for(model, image, bits)),
+        ("embed (encode + guard)", lambda: embed_pixels(model, codec, image, message, QualityFloor(40.0), image.window)),
+        ("extract (decode + payload)", lambda: read_frames(model, codec, marked_frames)),
+    ):
+        median, best = timed(function, args.repeats)
+        print(f"{name:<28} median {median:7.1f} ms   best {best:7.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

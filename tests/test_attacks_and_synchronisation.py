@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from watermark_cli.attacks import FrameContext, parse_attack, parse_attack_list
+from watermark_cli.clinical_data import CLINICAL_GROUPS, clinical_files
+from watermark_cli.errors import BadInputError
+from watermark_cli.synchronisation import estimate_tile_period
+
+CONTEXT = FrameContext(stored_min=0, stored_max=4095, window=None, seed=3)
+
+
+@pytest.fixture()
+def frame():
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:256, 0:256]
+    return (2000 + 800 * np.sin(x / 20.0) * np.cos(y / 30.0) + rng.normal(0, 5, (256, 256))).round()
+
+
+@pytest.mark.parametrize("spec", ["noise:0", "blur:0", "contrast:0", "resize:1", "crop:1", "rotate:0", "png16", "identity"])
+def test_attacks_at_strength_zero_are_the_identity(spec, frame):
+    assert np.array_equal(parse_attack(spec)(frame, CONTEXT), frame)
+
+
+def test_graded_attacks_do_what_they_say(frame):
+    assert parse_attack("resize:0.5")(frame, CONTEXT).shape == (128, 128)
+    cropped = parse_attack("crop:0.25")(frame, CONTEXT)
+    assert cropped.shape == (128, 128)
+    noisy = parse_attack("noise:0.01")(frame, CONTEXT)
+    assert np.std(noisy - frame) == pytest.approx(0.01 * 4095, rel=0.05)
+    exported = parse_attack("window8")(frame, CONTEXT)
+    assert exported.min() >= 0 and exported.max() <= 255 and np.all(exported == np.round(exported))
+    worse = np.abs(parse_attack("jpeg:30")(frame, CONTEXT) - exported).mean()
+    better = np.abs(parse_attack("jpeg:95")(frame, CONTEXT) - exported).mean()
+    assert better < worse
+
+
+def test_attack_names_are_validated():
+    with pytest.raises(BadInputError):
+        parse_attack("bogus")
+    with pytest.raises(BadInputError):
+        parse_attack("jpeg:150")
+    with pytest.raises(BadInputError):
+        parse_attack("png16:3")
+    assert [a.label for a in parse_attack_list("none")] == ["identity"]
+    assert parse_attack_list("default")[0].label == "identity"
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.9, 0.75, 0.6])
+def test_tile_period_is_found_after_a_resize(scale):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    tile = rng.normal(0, 1, (32, 32))
+    y, x = np.mgrid[0:512, 0:512]
+    host = 1000 + 300 * np.sin(x / 40.0) + 200 * np.cos(y / 25.0)
+    marked = host + 8 * np.tile(tile, (16, 16))
+    size = round(512 * scale)
+    resized = np.asarray(Image.fromarray(marked.astype(np.float32), mode="F").resize((size, size), Image.Resampling.BICUBIC))
+    period = estimate_tile_period(resized, 32)
+    assert period is not None
+    assert period[0] == pytest.approx(32 * scale, abs=0.05) and period[1] == pytest.approx(32 * scale, abs=0.05)
+
+
+def test_no_period_is_claimed_on_an_unmarked_image(frame):
+    rng = np.random.default_rng(2)
+    assert estimate_tile_period(frame + rng.normal(0, 20, frame.shape), 32) is None
+
+
+def test_clinical_split_is_by_image_group_and_disjoint():
+    train = {path.name for _, path in clinical_files("train", all_encodings=True)}
+    held_out = {path.name for _, path in clinical_files("held_out", all_encodings=True)}
+    assert train and held_out and not train & held_out
+    held_out_modalities = {group.modality for group in CLINICAL_GROUPS if group.split == "held_out"}
+    assert {"CT", "MR", "CR", "NM", "US"} <= held_out_modalities

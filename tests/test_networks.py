@@ -1,0 +1,52 @@
+import torch
+
+from watermark_cli.networks import CarrierDecoder, CarrierEncoder, NetworkConfig, tile_to
+
+CONFIG = NetworkConfig(n_bits=64, tile=32, strength_channels=4, decoder_channels=4, decoder_maps=2, carrier_smoothing=1.0)
+
+
+def test_networks_take_any_size_from_64_px():
+    torch.manual_seed(0)
+    encoder, decoder = CarrierEncoder(CONFIG), CarrierDecoder(CONFIG)
+    bits = torch.randint(0, 2, (2, 64)).float()
+    for height, width in [(64, 64), (64, 200), (97, 131)]:
+        images = torch.rand(2, 1, height, width)
+        residual = encoder(images, bits)
+        assert residual.shape == images.shape
+        assert decoder(images + residual).shape == (2, 64)
+
+
+def test_residual_is_one_tile_repeated_from_the_top_left():
+    pattern = torch.arange(4.0).view(1, 2, 2)
+    tiled = tile_to(pattern, 5, 3)
+    assert tiled.shape == (1, 5, 3)
+    assert torch.equal(tiled[0, 4], tiled[0, 0]) and torch.equal(tiled[0, :, 2], tiled[0, :, 0])
+
+
+def test_every_shift_logits_equal_the_read_out_of_the_rolled_fold():
+    torch.manual_seed(1)
+    decoder = CarrierDecoder(CONFIG)
+    images = torch.rand(1, 1, 96, 128)
+    every = decoder.logits_for_every_shift(images)
+    assert torch.allclose(every[:, :, 0, 0], decoder(images), atol=1e-4)
+    fold = decoder.normalised_fold(images)
+    for shift in [(5, 7), (31, 0), (16, 16)]:
+        rolled = torch.roll(fold, shifts=(-shift[0], -shift[1]), dims=(-2, -1))
+        expected = decoder.readout(rolled.flatten(1))
+        assert torch.allclose(every[:, :, shift[0], shift[1]], expected, atol=1e-4)
+
+
+def test_smoothing_moves_energy_to_low_frequencies():
+    torch.manual_seed(3)
+    sharp = CarrierEncoder(NetworkConfig(n_bits=64, carrier_smoothing=0.0))
+    smooth = CarrierEncoder(NetworkConfig(n_bits=64, carrier_smoothing=1.0))
+    smooth.carriers.data.copy_(sharp.carriers.data)
+    bits = torch.randint(0, 2, (1, 64)).float()
+
+    def high_frequency_share(pattern):
+        spectrum = torch.fft.fft2(pattern).abs().square()
+        freq = torch.fft.fftfreq(32).abs()
+        high = (freq.view(-1, 1) > 0.25) | (freq.view(1, -1) > 0.25)
+        return float(spectrum[..., high].sum() / spectrum.sum())
+
+    assert high_frequency_share(smooth.message_tile(bits)) < 0.05 < high_frequency_share(sharp.message_tile(bits))

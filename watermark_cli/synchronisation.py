@@ -1,0 +1,96 @@
+"""Finding the tile grid again after a crop or a resize (self-reference watermarking).
+
+The mark is one tile repeated over the image, so it is periodic. A crop only moves the grid:
+the decoder's fold is then rolled cyclically, and `CarrierDecoder.logits_for_every_shift` scores
+every roll at once. A resize changes the period: the autocorrelation of the high-passed image
+has peaks at multiples of the new period (Kutter 1999), which tells how much to scale back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Scales (new size / original size) that the period search considers.
+MIN_SCALE = 0.4
+MAX_SCALE = 1.6
+
+
+def _high_pass(frame: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    frame = frame.astype(np.float64)
+    detail = frame - gaussian_filter(frame, sigma=1.5, mode="reflect")
+    # Edges of the anatomy dominate a raw high-pass; clipping keeps them from hiding the mark.
+    spread = np.median(np.abs(detail)) * 1.4826 + 1e-12
+    return np.clip(detail, -3 * spread, 3 * spread)
+
+
+def _autocorrelation(detail: np.ndarray) -> np.ndarray:
+    detail = detail - detail.mean()
+    rows, cols = detail.shape
+    spectrum = np.fft.rfft2(detail, s=(2 * rows, 2 * cols))  # zero-padded: linear, not circular
+    correlation = np.fft.irfft2(np.abs(spectrum) ** 2, s=(2 * rows, 2 * cols))[:rows, :cols]
+    overlap = np.outer(np.arange(rows, 0, -1), np.arange(cols, 0, -1))
+    correlation = correlation / overlap  # unbiased: each lag averaged over its own overlap
+    return correlation / max(correlation[0, 0], 1e-30)
+
+
+def _refined_peak(profile: np.ndarray, guess: float, radius: float) -> float | None:
+    low = max(1, int(np.floor(guess - radius)))
+    high = min(len(profile) - 2, int(np.ceil(guess + radius)))
+    if high <= low:
+        return None
+    index = low + int(np.argmax(profile[low : high + 1]))
+    left, centre, right = profile[index - 1], profile[index], profile[index + 1]
+    curvature = left - 2 * centre + right
+    offset = 0.5 * (left - right) / curvature if curvature < 0 else 0.0
+    return index + float(np.clip(offset, -0.5, 0.5))
+
+
+def _period_along(profile: np.ndarray, tile: int) -> float | None:
+    """Period of a lag profile: the strongest peak in the scale range, refined at its multiples."""
+    low, high = int(MIN_SCALE * tile), min(int(np.ceil(MAX_SCALE * tile)), len(profile) - 2)
+    if high <= low:
+        return None
+    candidates = profile[low : high + 1]
+    # Compare against the typical level of the profile so that a flat profile finds nothing.
+    background = np.median(profile[low : min(len(profile), 4 * tile)])
+    spread = np.median(np.abs(profile[low : min(len(profile), 4 * tile)] - background)) + 1e-12
+    strength = (candidates - background) / spread
+    if strength.max() < 6.0:
+        return None
+    # The period is the *first* strong peak: its multiples can be as strong or stronger.
+    threshold = max(6.0, 0.5 * float(strength.max()))
+    is_peak = (strength[1:-1] >= threshold) & (strength[1:-1] >= strength[:-2]) & (strength[1:-1] >= strength[2:])
+    peaks = np.flatnonzero(is_peak) + 1
+    first = int(peaks[0]) if len(peaks) else int(np.argmax(strength))
+    period = _refined_peak(profile, low + first, 1.0)
+    if period is None:
+        return None
+    # Each multiple k of the period divides the position error by k.
+    multiple = 2
+    while (multiple + 0.5) * period < len(profile) - 2 and multiple <= 16:
+        peak = _refined_peak(profile, multiple * period, 1.5)
+        if peak is None:
+            break
+        period = peak / multiple
+        multiple *= 2
+    return period
+
+
+def estimate_tile_period(frame: np.ndarray, tile: int) -> tuple[float, float] | None:
+    """(rows, cols) period in pixels of the repeated mark in `frame`, or None if none is evident."""
+    correlation = _autocorrelation(_high_pass(frame))
+    row_period = _period_along(correlation[:, 0], tile)
+    col_period = _period_along(correlation[0, :], tile)
+    if row_period is None and col_period is None:
+        return None
+    # A resize that keeps the aspect ratio gives one period; use the other axis's when one is missing.
+    return (row_period or col_period, col_period or row_period)
+
+
+def resample(frame: np.ndarray, row_factor: float, col_factor: float) -> np.ndarray:
+    """Scale a frame by the given factors (bicubic)."""
+    from scipy.ndimage import zoom
+
+    return zoom(frame.astype(np.float64), (row_factor, col_factor), order=3, mode="reflect", grid_mode=True)
