@@ -147,7 +147,7 @@ def test_folder_embed_marks_good_files_and_reports_bad_ones(trained_model, synth
         shutil.copy(source, folder / "series" / source.name)
     (folder / "series" / "corrupt.png").write_bytes(b"not a png")
     result = run_wm("embed", folder, "batch-7", "--model", trained_model, "--json")
-    assert result.code == 1
+    assert result.code == 2  # the only failure is bad input (a corrupt file)
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert sum("error" in line for line in lines) == 1
     marked = sorted((tmp_path / "study_wm" / "series").glob("*.png"))
@@ -181,9 +181,50 @@ def test_usage_errors_exit_2(trained_model, held_out_png):
     assert result.code == 2 and "unknown attack" in _one_line_error(result)
 
 
+def test_more_bad_inputs_get_one_line_errors(trained_model, held_out_png, tmp_path):
+    result = run_wm("embed", held_out_png, "x", "--model", trained_model, "--psnr-domain", "window", "--window", "nan,nan")
+    assert result.code == 2 and "--window" in _one_line_error(result)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_wm("train", empty, "--out", tmp_path / "m")
+    assert result.code == 2 and "no image files" in _one_line_error(result)
+    broken_model = tmp_path / "broken_model"
+    broken_model.mkdir()
+    (broken_model / "card.yaml").write_text("architecture: {n_bits: 256}\npayload: {}\n")
+    result = run_wm("extract", held_out_png, "--model", broken_model)
+    assert result.code == 2 and "lacks" in _one_line_error(result)
+
+
+def test_a_jpeg_export_is_read_and_a_marked_jpeg_becomes_png(trained_model, held_out_png, tmp_path):
+    marked = tmp_path / "marked.png"
+    assert run_wm("embed", held_out_png, "from-jpeg", "--model", trained_model, "-o", marked).code == 0
+    exported = tmp_path / "export.jpg"
+    pixels = np.asarray(Image.open(marked)).astype(np.float64)
+    Image.fromarray(np.round(pixels / 257.0).astype(np.uint8)).save(exported, quality=95)
+    result = run_wm("extract", exported, "--model", trained_model, "--json")
+    assert json.loads(result.stdout)["input"] == str(exported)
+    assert result.code in (0, 1)  # a quick test model need not survive JPEG; it must answer cleanly
+    remarked = run_wm("embed", exported, "again", "--model", trained_model, "--json", "--allow-unverified")
+    assert remarked.code == 0, remarked.stderr
+    assert json.loads(remarked.stdout)["output"].endswith("export.wm.png")
+
+
 def test_help_is_fast_and_does_not_import_torch():
     import subprocess
     import sys
 
     code = "import sys; from watermark_cli.cli import app; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_the_shipped_default_model_marks_a_real_mr_without_model_option(tmp_path):
+    source = get_testdata_file("MR2_UNCR.dcm", download=False)  # held-out MR, 1024², 12-bit
+    output = tmp_path / "mr.wm.dcm"
+    result = run_wm("embed", source, "held-out-mr", "-o", output, "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["model"] == "wm-default-v1" and report["psnr"] >= 40.0 and report["verified"]
+    extracted = run_wm("extract", output)
+    assert extracted.code == 0 and extracted.stdout.strip() == "held-out-mr"
+    listing = run_wm("models", "--json")
+    assert json.loads(listing.stdout.splitlines()[0])["capacity_bytes"] >= 16

@@ -43,6 +43,7 @@ def test_smoothing_moves_energy_to_low_frequencies():
     smooth.carriers.data.copy_(sharp.carriers.data)
     bits = torch.randint(0, 2, (1, 64)).float()
 
+    @torch.no_grad()
     def high_frequency_share(pattern):
         spectrum = torch.fft.fft2(pattern).abs().square()
         freq = torch.fft.fftfreq(32).abs()

@@ -180,10 +180,12 @@ def parse_attack(spec: str) -> Attack:
         strength = float(value) if value else (default if default is not None else 0.0)
     except ValueError:
         raise BadInputError(f"attack strength in {spec!r} is not a number") from None
+    if not np.isfinite(strength) or strength < 0:
+        raise BadInputError(f"attack strength in {spec!r} must be a finite number >= 0")
     if name == "jpeg" and not 1 <= strength <= 100:
         raise BadInputError("JPEG quality must be between 1 and 100")
-    if strength < 0:
-        raise BadInputError(f"attack strength in {spec!r} must not be negative")
+    if name in ("resize", "crop") and not 0 < strength <= (4.0 if name == "resize" else 1.0):
+        raise BadInputError(f"{name} takes a factor in (0, {4 if name == 'resize' else 1}] (got {strength:g})")
     return Attack(spec.strip(), function, strength)
 
 

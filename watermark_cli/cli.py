@@ -44,16 +44,10 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks f
 
 
 def _emit_json(payload: dict) -> None:
-    sys.stdout.write(json.dumps(payload, default=_json_default) + "\n")
+    from .jsonout import dumps
+
+    sys.stdout.write(dumps(payload) + "\n")
     sys.stdout.flush()
-
-
-def _json_default(value):
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def _finite(value: float | None) -> float | None:
@@ -70,8 +64,8 @@ def _parse_window(window: str | None) -> tuple[float, float] | None:
         center, width = (float(part) for part in window.split(","))
     except ValueError:
         raise BadInputError(f"--window must be CENTER,WIDTH (got {window!r})") from None
-    if width <= 0:
-        raise BadInputError("--window width must be positive")
+    if not (math.isfinite(center) and math.isfinite(width)) or width <= 0:
+        raise BadInputError("--window needs a finite CENTER and a positive finite WIDTH")
     return center, width
 
 
@@ -87,24 +81,28 @@ def _message_bytes(message: str, hex_message: bool) -> bytes:
 def _quality_floor(psnr_min: float, psnr_peak: str, psnr_domain: str, max_abs_error: float | None):
     from .quality import QualityFloor
 
-    if not (0 < psnr_min < 200):
+    if not (0 < psnr_min < 200):  # also rejects NaN
         raise BadInputError("--psnr-min must be between 0 and 200 dB")
     if psnr_peak not in ("nominal", "range"):
         raise BadInputError("--psnr-peak must be 'nominal' or 'range'")
     if psnr_domain not in ("stored", "window"):
         raise BadInputError("--psnr-domain must be 'stored' or 'window'")
-    if max_abs_error is not None and max_abs_error < 0:
-        raise BadInputError("--max-abs-error must not be negative")
+    if max_abs_error is not None and not (math.isfinite(max_abs_error) and max_abs_error >= 0):
+        raise BadInputError("--max-abs-error must be a finite number >= 0")
     return QualityFloor(psnr_min, psnr_peak, psnr_domain, max_abs_error)
 
 
 # ----------------------------------------------------------------------------------- embed ----
 
 def _default_output(input_path: Path, is_folder: bool) -> Path:
+    input_path = input_path.resolve()
     if is_folder:
         return input_path.with_name(input_path.name + "_wm")
-    suffix = input_path.suffix if input_path.suffix else ".dcm"
-    return input_path.with_name(f"{input_path.stem if input_path.suffix else input_path.name}.wm{suffix}")
+    suffix = input_path.suffix.lower()
+    if not suffix:
+        return input_path.with_name(input_path.name + ".wm.dcm")
+    # JPEG is lossy and never written: a marked JPEG becomes a PNG.
+    return input_path.with_name(f"{input_path.stem}.wm{'.png' if suffix in ('.jpg', '.jpeg') else input_path.suffix}")
 
 
 @app.command()
@@ -147,6 +145,7 @@ def embed(
         jobs = [(input, output or _default_output(input, is_folder=False))]
 
     failures = 0
+    bad_inputs = 0
     results = []
     with _progress(len(jobs) > 1 and not json_output) as progress:
         task = progress.add_task("embedding", total=len(jobs)) if progress else None
@@ -159,6 +158,7 @@ def embed(
                     _emit_json(result)
             except WmError as error:
                 failures += 1
+                bad_inputs += int(error.exit_code == 2)
                 if len(jobs) == 1:
                     raise
                 stderr.print(f"[red]error:[/] {error}", highlight=False)
@@ -169,26 +169,24 @@ def embed(
     if not json_output:
         _print_embed_table(results)
     if failures:
-        raise CheckFailedError(f"{failures} of {len(jobs)} file(s) could not be marked (see above)")
+        summary = f"{failures} of {len(jobs)} file(s) could not be marked (see above)"
+        raise BadInputError(summary) if bad_inputs == failures else CheckFailedError(summary)
 
 
 def _embed_one(source, destination, payload, loaded, codec, floor, window_override, overwrite, allow_unverified) -> dict:
-    from .image_io import read_image, write_image
+    from .image_io import check_writable, read_image, write_image
     from .quality import meets_floor, measure_frame, ssim
     from .watermarking import embed_pixels, extract_payload
 
-    destination = Path(destination)
-    if destination.exists() and not overwrite:
-        raise BadInputError(f"{destination} already exists (use --overwrite to replace it)")
     image = read_image(source)
+    destination = check_writable(image, destination, overwrite)  # before any work is done
     window = window_override or image.window
     if floor.domain == "window" and window is None:
         raise BadInputError(f"{source}: --psnr-domain window needs a VOI window; the file has none (use --window C,W)")
     outcome = embed_pixels(loaded, codec, image, payload, floor, window)
 
     # Verify before anything is written: the marked pixels must give the payload back.
-    marked_image = _with_pixels(image, outcome.pixels)
-    decoded = extract_payload(loaded, codec, marked_image)
+    decoded = extract_payload(loaded, codec, _with_pixels(image, outcome.pixels))
     verified = bool(decoded.found and decoded.message == payload)
     if not verified and not allow_unverified:
         raise CheckFailedError(
@@ -196,15 +194,23 @@ def _embed_one(source, destination, payload, loaded, codec, floor, window_overri
             "(image too small or too flat for this model); nothing written (--allow-unverified to force)"
         )
 
-    derivation = f"Invisible watermark embedded by wm {__import__('watermark_cli').__version__}, model {loaded.name}"
-    written_path = write_image(image, outcome.pixels, destination, derivation=derivation, overwrite=overwrite)
+    # The guarantee is about the file: the complete temporary file is read back and measured
+    # before it is moved into place, so a file that misses the floor never appears.
+    measured: dict = {}
 
-    # The guarantee is about the file: read it back and measure the stored values it holds.
-    written = read_image(written_path)
-    qualities = [measure_frame(o, w, floor, image.nominal_peak, window) for o, w in zip(image.pixels, written.pixels)]
-    if not all(meets_floor(q, floor) for q in qualities) or written.pixels.shape != image.pixels.shape:
-        written_path.unlink(missing_ok=True)
-        raise CheckFailedError(f"{source}: the written file missed the floor on re-measurement; removed it")
+    def check_written_file(temporary: Path) -> None:
+        written = read_image(temporary)
+        if written.pixels.shape != image.pixels.shape:
+            raise CheckFailedError(f"{source}: the written file has a different pixel shape; nothing written")
+        qualities = [measure_frame(o, w, floor, image.nominal_peak, window) for o, w in zip(image.pixels, written.pixels)]
+        if not all(meets_floor(q, floor) for q in qualities):
+            raise CheckFailedError(f"{source}: the written file missed the floor on re-measurement; nothing written")
+        measured["qualities"], measured["pixels"] = qualities, written.pixels
+
+    derivation = f"Invisible watermark embedded by wm {__import__('watermark_cli').__version__}, model {loaded.name}"
+    written_path = write_image(image, outcome.pixels, destination, derivation=derivation, overwrite=overwrite,
+                               verify=check_written_file)
+    qualities, written_pixels = measured["qualities"], measured["pixels"]
     worst = min(qualities, key=lambda q: q.psnr)
     windowed = [q.windowed_psnr for q in qualities if q.windowed_psnr is not None]
     data_range = float(image.stored_max - image.stored_min)
@@ -218,7 +224,7 @@ def _embed_one(source, destination, payload, loaded, codec, floor, window_overri
         "psnr_domain": floor.domain,
         "psnr_windowed": _finite(min(windowed)) if windowed else None,
         "window": list(window) if window else None,
-        "ssim": _finite(min(ssim(o, w, data_range) for o, w in zip(image.pixels, written.pixels))),
+        "ssim": _finite(min(ssim(o, w, data_range) for o, w in zip(image.pixels, written_pixels))),
         "max_abs_error": max(q.max_abs_error for q in qualities),
         "frames": int(image.n_frames),
         "guard_scale": round(min(f.scale for f in outcome.frames), 4),
@@ -378,6 +384,7 @@ def evaluate(
     psnr_min: PsnrOption = 40.0,
     psnr_peak: Annotated[str, typer.Option("--psnr-peak")] = "nominal",
     psnr_domain: Annotated[str, typer.Option("--psnr-domain")] = "stored",
+    window: Annotated[Optional[str], typer.Option("--window", help="VOI window CENTER,WIDTH in stored units (overrides the files').")] = None,
     attacks: Annotated[str, typer.Option("--attacks", help="default | none | NAME[:STRENGTH],...")] = "default",
     messages: Annotated[int, typer.Option("--messages", help="Fixed messages per image.")] = 3,
     key: KeyOption = None,
@@ -396,7 +403,8 @@ def evaluate(
         raise BadInputError("--messages must be at least 1")
     n_files = len(collect_image_files(data))
     loaded = _load_model(model)
-    options = EvaluationOptions(floor=floor, attacks=attack_list, messages=messages, key=key, seed=seed)
+    options = EvaluationOptions(floor=floor, attacks=attack_list, messages=messages, key=key, seed=seed,
+                                window=_parse_window(window))
     with _progress(not json_output) as progress:
         task = progress.add_task("evaluating", total=n_files) if progress else None
         summary = run_evaluation(list(data), loaded, options, report,
@@ -539,6 +547,8 @@ def main() -> None:
     except typer.TyperException as error:
         message = error.format_message() if hasattr(error, "format_message") else str(error)
         message = " ".join(message.split())
+        if not message:  # e.g. `wm` alone: the help was printed, nothing else to say
+            sys.exit(getattr(error, "exit_code", 2) or 2)
         stderr.print(f"error: {message} (see wm --help)", highlight=False, soft_wrap=True)
         sys.exit(getattr(error, "exit_code", 2) or 2)
     except WmError as error:

@@ -24,6 +24,7 @@ from .attacks import Attack, FrameContext
 from .datasets import collect_image_files
 from .errors import BadInputError, WmError
 from .image_io import MedicalImage, read_image
+from .jsonout import dumps
 from .model_store import LoadedModel
 from .payload import PayloadCodec
 from .quality import QualityFloor, ssim
@@ -53,6 +54,8 @@ def rule_of_three_upper_bound(failures: int, trials: int) -> float:
         return 1.0
     if failures == 0:
         return 1.0 - 0.05 ** (1.0 / trials)
+    if failures >= trials:
+        return 1.0
     from scipy.stats import beta
 
     return float(beta.ppf(0.95, failures + 1, trials - failures))
@@ -149,14 +152,19 @@ def _image_quality(image, outcome, floor: QualityFloor) -> dict:
 
 
 def _percentiles(values: list[float]) -> dict:
-    array = np.asarray(values, dtype=np.float64)
-    finite = np.where(np.isfinite(array), array, 1e9)
+    """Order statistics of frame PSNRs. An unchanged frame has PSNR +inf, which sorts correctly;
+    JSON has no infinity, so such a statistic is reported as null (see `_json_safe`)."""
+    array = np.sort(np.asarray(values, dtype=np.float64))
+
+    def order_statistic(q: float) -> float:
+        return float(array[min(len(array) - 1, int(np.floor(q * (len(array) - 1))))])
+
     return {
-        "min": float(array.min()),
-        "p1": float(np.percentile(finite, 1)),
-        "p5": float(np.percentile(finite, 5)),
-        "median": float(np.median(finite)),
-        "mean": float(np.mean(array[np.isfinite(array)])) if np.isfinite(array).any() else math.inf,
+        "min": float(array[0]),
+        "p1": order_statistic(0.01),
+        "p5": order_statistic(0.05),
+        "median": float(np.median(array)) if np.isfinite(np.median(array)) else math.inf,
+        "mean": float(np.mean(array)) if np.isfinite(array).all() else math.inf,
     }
 
 
@@ -196,7 +204,7 @@ def _summarise(rows, frame_psnrs, options, model, peak_names, guard_acted, false
 
 def _write_report(folder: Path, report: dict, rows: list[dict], frame_psnrs: list[float], floor: float) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(json.dumps(report, indent=2, allow_nan=True))
+    (folder / "report.json").write_text(dumps(report, indent=2))
     with open(folder / "per_image.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

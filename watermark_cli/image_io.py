@@ -460,15 +460,8 @@ def _read_jpeg(path: Path) -> MedicalImage:
 # Writing
 
 
-def write_image(original: MedicalImage, pixels: np.ndarray, out_path: str | Path, *,
-                derivation: str, overwrite: bool = False) -> Path:
-    """Write `pixels` (same shape and stored range as `original.pixels`) as a new image file.
-
-    DICOM originals give DICOM output (whatever the suffix): the original dataset with new pixel
-    data and the identity of a derived image (see DICOM_ELEMENTS_CHANGED_ON_WRITE). Other
-    originals are written as PNG or TIFF according to `out_path`'s suffix, in the original dtype.
-    `derivation` is recorded in DICOM only. Returns the path written.
-    """
+def check_writable(original: MedicalImage, out_path: str | Path, overwrite: bool = False) -> Path:
+    """Every reason `write_image` would refuse `out_path`, checked before any work is done."""
     out_path = Path(out_path)
     if _same_file(out_path, original.path):
         raise BadInputError(f"{out_path}: refusing to write onto the original image")
@@ -476,34 +469,53 @@ def write_image(original: MedicalImage, pixels: np.ndarray, out_path: str | Path
         raise BadInputError(f"{out_path}: is a folder, cannot write an image there")
     if out_path.exists() and not overwrite:
         raise BadInputError(f"{out_path}: already exists (use --overwrite to replace it)")
+    suffix = out_path.suffix.lower()
+    if original.kind == "dicom":
+        if suffix in PNG_SUFFIXES | TIFF_SUFFIXES | JPEG_SUFFIXES:
+            raise BadInputError(f"{out_path}: a DICOM image is written as DICOM; use a .dcm name (or none)")
+        return out_path
+    if suffix in PNG_SUFFIXES:
+        if original.pixels.shape[0] != 1 or original.pixels.dtype not in (np.uint8, np.uint16):
+            raise BadInputError(f"{out_path}: PNG holds one unsigned 8/16-bit frame; this image has "
+                                f"{original.pixels.shape[0]} frame(s) of {original.pixels.dtype}, use .tif")
+    elif suffix in JPEG_SUFFIXES:
+        raise BadInputError(f"{out_path}: writing JPEG is not supported (lossy); use .png or .tif")
+    elif suffix not in TIFF_SUFFIXES:
+        raise BadInputError(f"{out_path}: cannot write a {original.kind.upper()} image with suffix "
+                            f"'{out_path.suffix}'; use .png or .tif")
+    return out_path
+
+
+def write_image(original: MedicalImage, pixels: np.ndarray, out_path: str | Path, *,
+                derivation: str, overwrite: bool = False,
+                verify: Callable[[Path], None] | None = None) -> Path:
+    """Write `pixels` (same shape and stored range as `original.pixels`) as a new image file.
+
+    DICOM originals give DICOM output (whatever the suffix): the original dataset with new pixel
+    data and the identity of a derived image (see DICOM_ELEMENTS_CHANGED_ON_WRITE). Other
+    originals are written as PNG or TIFF according to `out_path`'s suffix, in the original dtype.
+    `derivation` is recorded in DICOM only. `verify`, if given, is called on the complete
+    temporary file before it is moved into place; if it raises, nothing is written. Returns the
+    path written.
+    """
+    out_path = check_writable(original, out_path, overwrite)
     stored = _validated_pixels(original, pixels)
 
     if original.kind == "dicom":
         def writer(fh: BinaryIO) -> None:
             _write_dicom(original, stored, fh, derivation)
+    elif out_path.suffix.lower() in PNG_SUFFIXES:
+        def writer(fh: BinaryIO) -> None:
+            _write_png(stored[0], fh)
     else:
-        suffix = out_path.suffix.lower()
-        if suffix in PNG_SUFFIXES:
-            if stored.shape[0] != 1 or stored.dtype not in (np.uint8, np.uint16):
-                raise BadInputError(f"{out_path}: PNG holds one unsigned 8/16-bit frame; "
-                                    f"this image has {stored.shape[0]} frame(s) of {stored.dtype}, use .tif")
-
-            def writer(fh: BinaryIO) -> None:
-                _write_png(stored[0], fh)
-        elif suffix in TIFF_SUFFIXES:
-            def writer(fh: BinaryIO) -> None:
-                _write_tiff(stored, original.photometric, fh)
-        elif suffix in JPEG_SUFFIXES:
-            raise BadInputError(f"{out_path}: writing JPEG is not supported (lossy); use .png or .tif")
-        else:
-            raise BadInputError(f"{out_path}: cannot write a {original.kind.upper()} image with suffix "
-                                f"'{out_path.suffix}'; use .png or .tif")
+        def writer(fh: BinaryIO) -> None:
+            _write_tiff(stored, original.photometric, fh)
 
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BadInputError(f"{out_path.parent}: cannot create folder ({exc.strerror or exc})") from exc
-    _atomic_write(out_path, writer, overwrite)
+    _atomic_write(out_path, writer, overwrite, verify)
     return out_path
 
 
@@ -534,7 +546,8 @@ def _validated_pixels(original: MedicalImage, pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(pixels.astype(original.pixels.dtype.newbyteorder("=")))
 
 
-def _atomic_write(out_path: Path, writer: Callable[[BinaryIO], None], overwrite: bool) -> None:
+def _atomic_write(out_path: Path, writer: Callable[[BinaryIO], None], overwrite: bool,
+                  verify: Callable[[Path], None] | None = None) -> None:
     """Write via a temporary file in the same folder so a crash never leaves a half-written image.
 
     Without `overwrite`, the final step is a hard link, which fails instead of replacing a file
@@ -549,6 +562,8 @@ def _atomic_write(out_path: Path, writer: Callable[[BinaryIO], None], overwrite:
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        if verify is not None:
+            verify(tmp)
         if overwrite:
             os.replace(tmp, out_path)
         else:

@@ -91,8 +91,14 @@ def read_card(folder: Path) -> dict:
         card = yaml.safe_load((folder / CARD_FILE).read_text())
     except (OSError, yaml.YAMLError) as error:
         raise BadInputError(f"cannot read model card {folder / CARD_FILE}: {error}") from None
-    if not isinstance(card, dict) or "architecture" not in card or "payload" not in card:
+    if not isinstance(card, dict) or not isinstance(card.get("architecture"), dict) \
+            or not isinstance(card.get("payload"), dict):
         raise BadInputError(f"model card {folder / CARD_FILE} lacks its architecture or payload block")
+    missing = [key for block, key in (("architecture", "n_bits"), ("payload", "parity_bytes"),
+                                      ("payload", "raw_bits"), ("payload", "capacity_bytes"))
+               if key not in card[block]]
+    if missing:
+        raise BadInputError(f"model card {folder / CARD_FILE} lacks {', '.join(missing)}")
     return card
 
 

@@ -11,6 +11,8 @@ from typing import Literal
 
 import numpy as np
 
+from .errors import BadInputError
+
 PeakKind = Literal["nominal", "range"]
 Domain = Literal["stored", "window"]
 
@@ -45,7 +47,9 @@ def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
     """DICOM linear VOI window (PS3.3 C.11.2.1.2.1) mapped to [0, 1]."""
     width = max(float(width), 1.0)
     low = center - 0.5 - (width - 1.0) / 2.0
-    scaled = (values.astype(np.float64) - low) / (width - 1.0) if width > 1 else (values >= center).astype(np.float64)
+    if width <= 1.0:  # DICOM: a width of 1 is a threshold at c - 0.5
+        return (values > center - 0.5).astype(np.float64)
+    scaled = (values.astype(np.float64) - low) / (width - 1.0)
     return np.clip(scaled, 0.0, 1.0)
 
 
@@ -102,7 +106,7 @@ def measure_frame(
     windowed = windowed_psnr(reference, test, window) if window is not None else None
     if floor.domain == "window":
         if window is None:
-            raise ValueError("the window domain needs a VOI window (Window Center/Width or --window C,W)")
+            raise BadInputError("the window domain needs a VOI window (Window Center/Width in the file, or --window C,W)")
         value, peak = windowed, 1.0
     else:
         peak = peak_value(reference, nominal_peak, floor.peak)
@@ -112,6 +116,7 @@ def measure_frame(
 
 
 def meets_floor(quality: FrameQuality, floor: QualityFloor) -> bool:
-    if quality.psnr < floor.psnr_min:
+    # Written as "not >=" so that a NaN anywhere counts as a miss, never as a pass.
+    if not quality.psnr >= floor.psnr_min:
         return False
     return floor.max_abs_error is None or quality.max_abs_error <= floor.max_abs_error

@@ -205,6 +205,8 @@ def train(
     held_out_files: list[Path] = []
     for source in data:
         source_files = collect_image_files([source])
+        if not source_files:
+            raise BadInputError(f"no image files in {source}")
         source_train, source_held_out = split_by_file(source_files, config.held_out_fraction, config.seed)
         train_files += source_train
         train_weights += [1.0 / len(source_train)] * len(source_train)
@@ -366,11 +368,11 @@ def _plot_metrics(output: Path, history: list[EpochMetrics], psnr_min: float) ->
     epochs = [m.epoch for m in history]
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot(epochs, [m.train_bit_accuracy for m in history], label="train")
-    axes[0].plot(epochs, [m.val_bit_accuracy for m in history], label="held-out")
+    axes[0].plot(epochs, [m.val_bit_accuracy for m in history], label="validation")
     axes[0].set_title("bit accuracy")
     axes[0].legend()
-    axes[1].plot(epochs, [m.val_min_psnr for m in history], label="held-out min")
-    axes[1].plot(epochs, [m.val_mean_psnr for m in history], label="held-out mean")
+    axes[1].plot(epochs, [m.val_min_psnr for m in history], label="validation min")
+    axes[1].plot(epochs, [m.val_mean_psnr for m in history], label="validation mean")
     axes[1].axhline(psnr_min, color="red", linestyle="--", label="floor")
     axes[1].set_title("PSNR (dB)")
     axes[1].legend()

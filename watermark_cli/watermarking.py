@@ -91,23 +91,44 @@ class Reading:
     rescaled_by: tuple[float, float]
 
 
-def _logits_at_best_offset(model: LoadedModel, frames: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
-    """Logits averaged over frames, each frame read at the tile-grid offset that fits it best."""
+# Offsets of the tile grid tried per image: the uncropped one, then the best-scoring others.
+# Each try is one more payload decode, which bounds the false-positive cost of the search.
+OFFSETS_TRIED = 4
+
+
+def _logits_by_offset(model: LoadedModel, frames: np.ndarray) -> np.ndarray:
+    """(N, T, T) logits for every tile-grid offset, averaged over frames (they share a crop)."""
     import torch
 
-    tile = model.model.config.tile
-    chosen = []
-    offset = (0, 0)
     with torch.inference_mode():
-        for frame in frames:
-            every_shift = model.model.decoder.logits_for_every_shift(_as_tensor(frame[None]))[0]  # (N, T, T)
-            # The right offset makes the logits decisive; wrong ones give weak, noise-like logits.
-            score = every_shift.abs().mean(dim=0)
-            best = int(torch.argmax(score))
-            offset = (best // tile, best % tile)
-            chosen.append(every_shift[:, offset[0], offset[1]])
-        mean_logits = torch.stack(chosen).mean(dim=0)
-    return mean_logits.numpy().astype(np.float64), offset
+        every = [model.model.decoder.logits_for_every_shift(_as_tensor(frame[None]))[0] for frame in frames]
+        return torch.stack(every).mean(dim=0).numpy().astype(np.float64)
+
+
+def _candidate_offsets(every_offset: np.ndarray) -> list[tuple[int, int]]:
+    """(0, 0) first, since most images are not cropped; then the offsets whose logits are most
+    decisive (the right one makes them decisive; heavy compression can fool this score, which is
+    why the uncropped offset is always tried first)."""
+    tile = every_offset.shape[-1]
+    score = np.abs(every_offset).mean(axis=0).ravel()
+    ranked = [divmod(int(i), tile) for i in np.argsort(-score)[:OFFSETS_TRIED]]
+    return [(0, 0)] + [offset for offset in ranked if offset != (0, 0)][: OFFSETS_TRIED - 1]
+
+
+def _read_at_offsets(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, rescaled_by) -> Reading:
+    every_offset = _logits_by_offset(model, frames)
+    candidates = _candidate_offsets(every_offset)
+    readings = []
+    for offset in candidates:
+        probabilities = _sigmoid(every_offset[:, offset[0], offset[1]])
+        reading = Reading(probabilities, codec.decode(probabilities), offset, rescaled_by)
+        if reading.decoded.found:
+            return reading
+        readings.append(reading)
+    # Nothing decoded: report what a blind reader believes most, the best-scoring offset.
+    score = np.abs(every_offset).mean(axis=0)
+    best = divmod(int(np.argmax(score)), every_offset.shape[-1])
+    return next((r for r in readings if r.grid_offset == best), readings[0])
 
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -132,13 +153,14 @@ def read_frames(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray) -> 
     from .synchronisation import estimate_tile_period, resample
 
     frames = _centre_region(np.asarray(frames, dtype=np.float64), DECODE_REGION)
+    tile = model.model.config.tile
+    if frames.ndim != 3 or min(frames.shape[-2:]) < tile:
+        # Less than one whole tile (e.g. a tiny image or a heavy crop): nothing can be read.
+        return Reading(np.full(model.n_bits, 0.5), DecodedPayload.not_found(), (0, 0), (1.0, 1.0))
     frames = (frames / max(float(np.abs(frames).max()), 1.0)).astype(np.float32)  # units do not matter
-    logits, offset = _logits_at_best_offset(model, frames)
-    probabilities = _sigmoid(logits)
-    first = Reading(probabilities, codec.decode(probabilities), offset, (1.0, 1.0))
+    first = _read_at_offsets(model, codec, frames, (1.0, 1.0))
     if first.decoded.found:
         return first
-    tile = model.model.config.tile
     period = estimate_tile_period(frames[0], tile)
     if period is None or max(abs(p / tile - 1.0) for p in period) < 0.005:
         return first
@@ -147,9 +169,7 @@ def read_frames(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray) -> 
     rescaled = np.stack([resample(frame, *factors) for frame in _centre_region(frames, region)]).astype(np.float32)
     if min(rescaled.shape[-2:]) < tile:
         return first
-    logits, offset = _logits_at_best_offset(model, rescaled)
-    probabilities = _sigmoid(logits)
-    second = Reading(probabilities, codec.decode(probabilities), offset, factors)
+    second = _read_at_offsets(model, codec, rescaled, factors)
     return second if second.decoded.found else first
 
 
