@@ -19,7 +19,6 @@ import time
 from dataclasses import replace
 from functools import partial
 
-import numpy as np
 
 from watermark_cli.attacks import parse_attack_list
 from watermark_cli.clinical_data import clinical_files

@@ -7,7 +7,6 @@ one line on stderr with its exit code (0 success, 1 negative answer, 2 bad input
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -175,7 +174,7 @@ def embed(
 
 def _embed_one(source, destination, payload, loaded, codec, floor, window_override, overwrite, allow_unverified) -> dict:
     from .image_io import check_writable, read_image, write_image
-    from .quality import meets_floor, measure_frame, ssim
+    from .quality import image_quality, meets_floor, measure_frame
     from .watermarking import embed_pixels, extract_payload
 
     image = read_image(source)
@@ -210,22 +209,20 @@ def _embed_one(source, destination, payload, loaded, codec, floor, window_overri
     derivation = f"Invisible watermark embedded by wm {__import__('watermark_cli').__version__}, model {loaded.name}"
     written_path = write_image(image, outcome.pixels, destination, derivation=derivation, overwrite=overwrite,
                                verify=check_written_file)
-    qualities, written_pixels = measured["qualities"], measured["pixels"]
-    worst = min(qualities, key=lambda q: q.psnr)
-    windowed = [q.windowed_psnr for q in qualities if q.windowed_psnr is not None]
-    data_range = float(image.stored_max - image.stored_min)
+    summary = image_quality(image.pixels, measured["pixels"], measured["qualities"],
+                            float(image.stored_max - image.stored_min))
     return {
         "input": str(source),
         "output": str(written_path),
-        "psnr": _finite(worst.psnr),
+        "psnr": _finite(summary.psnr),
         "psnr_min": floor.psnr_min,
-        "psnr_peak": worst.peak,
+        "psnr_peak": summary.peak,
         "psnr_peak_kind": floor.peak if floor.domain == "stored" else "window",
         "psnr_domain": floor.domain,
-        "psnr_windowed": _finite(min(windowed)) if windowed else None,
+        "psnr_windowed": _finite(summary.windowed_psnr),
         "window": list(window) if window else None,
-        "ssim": _finite(min(ssim(o, w, data_range) for o, w in zip(image.pixels, written_pixels))),
-        "max_abs_error": max(q.max_abs_error for q in qualities),
+        "ssim": _finite(summary.ssim),
+        "max_abs_error": summary.max_abs_error,
         "frames": int(image.n_frames),
         "guard_scale": round(min(f.scale for f in outcome.frames), 4),
         "payload_bits": codec.n_bits,

@@ -9,7 +9,6 @@ decoded too: any payload found there is a false positive.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import random
 import string
@@ -27,7 +26,7 @@ from .image_io import MedicalImage, read_image
 from .jsonout import dumps
 from .model_store import LoadedModel
 from .payload import PayloadCodec
-from .quality import QualityFloor, ssim
+from .quality import QualityFloor, image_quality
 from .watermarking import embed_pixels, read_frames
 
 
@@ -138,14 +137,13 @@ def evaluate_images(
 
 
 def _image_quality(image, outcome, floor: QualityFloor) -> dict:
-    worst = min(outcome.frames, key=lambda f: f.quality.psnr)
-    windowed = [f.quality.windowed_psnr for f in outcome.frames if f.quality.windowed_psnr is not None]
-    data_range = float(image.stored_max - image.stored_min)
+    summary = image_quality(image.pixels, outcome.pixels, [f.quality for f in outcome.frames],
+                            float(image.stored_max - image.stored_min))
     return {
-        "psnr": worst.quality.psnr,
-        "psnr_windowed": min(windowed) if windowed else None,
-        "ssim": min(ssim(o, w, data_range) for o, w in zip(image.pixels, outcome.pixels)),
-        "max_abs_error": max(f.quality.max_abs_error for f in outcome.frames),
+        "psnr": summary.psnr,
+        "psnr_windowed": summary.windowed_psnr,
+        "ssim": summary.ssim,
+        "max_abs_error": summary.max_abs_error,
         "guard_scale": min(f.scale for f in outcome.frames),
         "below_floor": any(f.quality.psnr < floor.psnr_min for f in outcome.frames),
     }

@@ -115,6 +115,31 @@ def measure_frame(
     return FrameQuality(psnr=value, peak=peak, max_abs_error=error, windowed_psnr=windowed)
 
 
+@dataclass(frozen=True)
+class ImageQuality:
+    """A whole image's quality: the worst frame for each measure (the floor holds per frame)."""
+
+    psnr: float
+    peak: float
+    windowed_psnr: float | None
+    ssim: float
+    max_abs_error: float
+
+
+def image_quality(reference: np.ndarray, written: np.ndarray, frames: list[FrameQuality],
+                  data_range: float) -> ImageQuality:
+    """Summarise per-frame qualities of (frames, rows, cols) images, adding SSIM."""
+    worst = min(frames, key=lambda q: q.psnr)
+    windowed = [q.windowed_psnr for q in frames if q.windowed_psnr is not None]
+    return ImageQuality(
+        psnr=worst.psnr,
+        peak=worst.peak,
+        windowed_psnr=min(windowed) if windowed else None,
+        ssim=min(ssim(r, w, data_range) for r, w in zip(reference, written)),
+        max_abs_error=max(q.max_abs_error for q in frames),
+    )
+
+
 def meets_floor(quality: FrameQuality, floor: QualityFloor) -> bool:
     # Written as "not >=" so that a NaN anywhere counts as a miss, never as a pass.
     if not quality.psnr >= floor.psnr_min:

@@ -339,7 +339,6 @@ def _xray(grid: _Grid, rng: np.random.Generator, lesion: bool) -> np.ndarray:
     """PA chest radiograph: torso, lungs with markings, heart, mediastinum, ribs, clavicles."""
     g, u = grid, rng.uniform
     y, x = g.y, g.x
-    ax = np.abs(x)
     half_width = u(0.8, 0.92)
     shift = u(-0.04, 0.04)
     xs = x - np.float32(shift)

@@ -13,14 +13,17 @@ import csv
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from .datasets import FramePool, collect_image_files, split_by_file
 from .errors import BadInputError
+
+if TYPE_CHECKING:  # torch is imported inside the functions, so that `wm --help` stays instant
+    import torch
 
 # Training aims a little above the user's floor so that held-out images clear it without the
 # guard having to act; the guard still enforces the floor itself on every written file.
