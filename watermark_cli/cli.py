@@ -359,7 +359,7 @@ def train(
         "output": str(result.output), "seconds": round(result.seconds, 1), "epochs": config.epochs,
         "selected_epoch": best.epoch, "val_bit_accuracy": best.val_bit_accuracy,
         "val_fraction_meeting_floor": best.val_fraction_satisfied, "val_min_psnr": best.val_min_psnr,
-        "train_files": len(result.train_files), "held_out_files": len(result.held_out_files),
+        "train_files": len(result.train_files), "validation_files": len(result.validation_files),
     }
     if json_output:
         _emit_json(summary)

@@ -151,7 +151,7 @@ def _image_quality(image, outcome, floor: QualityFloor) -> dict:
 
 def _percentiles(values: list[float]) -> dict:
     """Order statistics of frame PSNRs. An unchanged frame has PSNR +inf, which sorts correctly;
-    JSON has no infinity, so such a statistic is reported as null (see `_json_safe`)."""
+    JSON has no infinity, so such a statistic is reported as null (see `jsonout.json_safe`)."""
     array = np.sort(np.asarray(values, dtype=np.float64))
 
     def order_statistic(q: float) -> float:

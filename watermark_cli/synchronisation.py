@@ -48,7 +48,7 @@ def _refined_peak(profile: np.ndarray, guess: float, radius: float) -> float | N
 
 
 def _period_along(profile: np.ndarray, tile: int) -> float | None:
-    """Period of a lag profile: the strongest peak in the scale range, refined at its multiples."""
+    """Period of a lag profile: the first strong peak in the scale range, refined at its multiples."""
     low, high = int(MIN_SCALE * tile), min(int(np.ceil(MAX_SCALE * tile)), len(profile) - 2)
     if high <= low:
         return None

@@ -186,7 +186,7 @@ class TrainResult:
     history: list[EpochMetrics]
     seconds: float
     train_files: list[Path] = field(default_factory=list)
-    held_out_files: list[Path] = field(default_factory=list)
+    validation_files: list[Path] = field(default_factory=list)
 
 
 def train(
@@ -211,23 +211,23 @@ def train(
     # ---- data: split each source by file, weight sources equally, load frames ----------------
     train_files: list[Path] = []
     train_weights: list[float] = []
-    held_out_files: list[Path] = []
+    validation_files: list[Path] = []
     for source in data:
         source_files = collect_image_files([source])
         if not source_files:
             raise BadInputError(f"no image files in {source}")
-        source_train, source_held_out = split_by_file(source_files, config.held_out_fraction, config.seed)
+        source_train, source_validation = split_by_file(source_files, config.held_out_fraction, config.seed)
         train_files += source_train
         train_weights += [1.0 / len(source_train)] * len(source_train)
-        held_out_files += source_held_out
+        validation_files += source_validation
     if not train_files:
         raise BadInputError(f"no images found in {', '.join(map(str, data))}")
     train_pool = FramePool.load(train_files, train_weights)
     if not train_pool.frames:
         raise BadInputError(f"no usable training image (≥ 64 px, grayscale) in {', '.join(map(str, data))}")
-    held_out_pool = FramePool.load(held_out_files) if held_out_files else train_pool
-    if not held_out_pool.frames:
-        held_out_pool = train_pool
+    validation_pool = FramePool.load(validation_files) if validation_files else train_pool
+    if not validation_pool.frames:
+        validation_pool = train_pool
 
     # ---- model, optimiser, penalty ----------------------------------------------------------
     rng = random.Random(config.seed)
@@ -246,7 +246,7 @@ def train(
     val_rng = random.Random(config.seed + 1)
     # Frames smaller than the validation crop are reflect-padded by the sampler.
     val_size = max(config.tile, config.validation_crop - config.validation_crop % config.tile)
-    val_images = torch.from_numpy(held_out_pool.sample_crops(config.validation_crops, val_size, val_rng)).to(device)
+    val_images = torch.from_numpy(validation_pool.sample_crops(config.validation_crops, val_size, val_rng)).to(device)
     val_bits = torch.from_numpy(np.array(
         [[val_rng.randrange(2) for _ in range(config.n_bits)] for _ in range(config.validation_crops)],
         dtype=np.float32)).to(device)
@@ -306,12 +306,12 @@ def train(
     assert best is not None
     model.load_state_dict(best[2])
     seconds = time.perf_counter() - started
-    card = _model_card(config, parity, train_pool, held_out_pool if held_out_files else None, best[1], seconds, device)
+    card = _model_card(config, parity, train_pool, validation_pool if validation_files else None, best[1], seconds, device)
     output.mkdir(parents=True, exist_ok=True)
     save_model(output, model, card)
     _write_metrics(output, history)
     _plot_metrics(output, history, config.psnr_min)
-    return TrainResult(output, best[1], history, seconds, train_pool.files, held_out_pool.files if held_out_files else [])
+    return TrainResult(output, best[1], history, seconds, train_pool.files, validation_pool.files if validation_files else [])
 
 
 def _validate(model, images, bits, psnr_min: float) -> tuple[float, float, float, float]:
@@ -329,7 +329,7 @@ def _validate(model, images, bits, psnr_min: float) -> tuple[float, float, float
             float(psnr_values.min()), float(psnr_values.mean()))
 
 
-def _model_card(config: TrainConfig, parity: int, train_pool: FramePool, held_out_pool: FramePool | None,
+def _model_card(config: TrainConfig, parity: int, train_pool: FramePool, validation_pool: FramePool | None,
                 best: EpochMetrics, seconds: float, device: str) -> dict:
     from .payload import PayloadCodec
 
@@ -352,7 +352,7 @@ def _model_card(config: TrainConfig, parity: int, train_pool: FramePool, held_ou
             "seconds": round(seconds, 1),
             "files": {
                 "train": [str(p) for p in train_pool.files],
-                "validation": [str(p) for p in held_out_pool.files] if held_out_pool else [],
+                "validation": [str(p) for p in validation_pool.files] if validation_pool else [],
             },
         },
         "figures": {

@@ -105,19 +105,19 @@ def _logits_by_offset(model: LoadedModel, frames: np.ndarray) -> np.ndarray:
         return torch.stack(every).mean(dim=0).numpy().astype(np.float64)
 
 
-def _candidate_offsets(every_offset: np.ndarray) -> list[tuple[int, int]]:
-    """(0, 0) first, since most images are not cropped; then the offsets whose logits are most
-    decisive (the right one makes them decisive; heavy compression can fool this score, which is
-    why the uncropped offset is always tried first)."""
+def _ranked_offsets(every_offset: np.ndarray) -> list[tuple[int, int]]:
+    """The offsets whose logits are most decisive, best first (the right offset makes them
+    decisive; heavy compression can fool this score)."""
     tile = every_offset.shape[-1]
     score = np.abs(every_offset).mean(axis=0).ravel()
-    ranked = [divmod(int(i), tile) for i in np.argsort(-score)[:OFFSETS_TRIED]]
-    return [(0, 0)] + [offset for offset in ranked if offset != (0, 0)][: OFFSETS_TRIED - 1]
+    return [divmod(int(i), tile) for i in np.argsort(-score)[:OFFSETS_TRIED]]
 
 
 def _read_at_offsets(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, rescaled_by) -> Reading:
     every_offset = _logits_by_offset(model, frames)
-    candidates = _candidate_offsets(every_offset)
+    ranked = _ranked_offsets(every_offset)
+    # (0, 0) first, since most images are not cropped and the score can be fooled.
+    candidates = [(0, 0)] + [offset for offset in ranked if offset != (0, 0)][: OFFSETS_TRIED - 1]
     readings = []
     for offset in candidates:
         probabilities = _sigmoid(every_offset[:, offset[0], offset[1]])
@@ -126,9 +126,7 @@ def _read_at_offsets(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray
             return reading
         readings.append(reading)
     # Nothing decoded: report what a blind reader believes most, the best-scoring offset.
-    score = np.abs(every_offset).mean(axis=0)
-    best = divmod(int(np.argmax(score)), every_offset.shape[-1])
-    return next((r for r in readings if r.grid_offset == best), readings[0])
+    return next(r for r in readings if r.grid_offset == ranked[0])
 
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
