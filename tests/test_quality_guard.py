@@ -31,8 +31,9 @@ def test_windowed_psnr_uses_the_dicom_linear_window():
     assert windowed_psnr(reference, reference + 8.0, (40.0, 81.0)) == pytest.approx(-10 * np.log10(0.01))
 
 
-def _check_written_frame(original, residual, floor, low, high, peak, window=None):
-    guarded = guard_frame(original, residual, floor, stored_min=low, stored_max=high, nominal_peak=peak, window=window)
+def _check_written_frame(original, residual, floor, low, high, peak, window=None, fill_budget=False):
+    guarded = guard_frame(original, residual, floor, stored_min=low, stored_max=high, nominal_peak=peak, window=window,
+                          fill_budget=fill_budget)
     written = guarded.pixels
     assert written.dtype == original.dtype
     assert written.min() >= low and written.max() <= high
@@ -53,8 +54,10 @@ def _check_written_frame(original, residual, floor, low, high, peak, window=None
     amplitude=st.floats(0.0, 0.5),
     peak_kind=st.sampled_from(["nominal", "range"]),
     bound=st.one_of(st.none(), st.integers(0, 50)),
+    fill_budget=st.booleans(),
 )
-def test_guard_never_writes_a_frame_below_the_floor(seed, bits, signed, floor_db, amplitude, peak_kind, bound):
+def test_guard_never_writes_a_frame_below_the_floor(seed, bits, signed, floor_db, amplitude, peak_kind, bound,
+                                                   fill_budget):
     rng = np.random.default_rng(seed)
     low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
     dtype = np.int16 if signed else (np.uint8 if bits == 8 else np.uint16)
@@ -65,7 +68,7 @@ def test_guard_never_writes_a_frame_below_the_floor(seed, bits, signed, floor_db
         original[:] = rng.choice([low, high])
     residual = rng.standard_t(2, shape) * amplitude * (high - low)
     floor = QualityFloor(floor_db, peak_kind, "stored", bound)
-    _check_written_frame(original, residual, floor, low, high, float(high - low))
+    _check_written_frame(original, residual, floor, low, high, float(high - low), fill_budget=fill_budget)
 
 
 @settings(max_examples=60, deadline=None)
@@ -75,7 +78,21 @@ def test_guard_holds_in_the_window_domain(seed, floor_db):
     original = rng.integers(0, 4096, (32, 32)).astype(np.uint16)
     residual = rng.normal(0, 200, original.shape)
     floor = QualityFloor(floor_db, "nominal", "window")
-    _check_written_frame(original, residual, floor, 0, 4095, 4095.0, window=(1000.0, 400.0))
+    _check_written_frame(original, residual, floor, 0, 4095, 4095.0, window=(1000.0, 400.0),
+                         fill_budget=bool(seed % 2))
+
+
+@pytest.mark.parametrize("black_fraction", [0.0, 0.7])
+def test_filling_the_budget_lands_just_above_the_floor(black_fraction):
+    """A weak residual (≈ 50 dB) is stretched to use the quality budget, also when most of the
+    frame is black background where half of the residual is clipped away."""
+    rng = np.random.default_rng(5)
+    original = rng.integers(20, 235, (128, 128)).astype(np.uint8)
+    original[: int(black_fraction * 128)] = 0
+    residual = rng.normal(0, 255 * 10 ** (-50 / 20), original.shape)
+    guarded = _check_written_frame(original, residual, QualityFloor(40.0), 0, 255, 255.0, fill_budget=True)
+    assert 40.0 <= guarded.quality.psnr <= 40.3
+    assert guarded.scale > 2.5
 
 
 def test_guard_keeps_a_residual_that_already_meets_the_floor():

@@ -21,6 +21,11 @@ _RETRY_MARGIN_DB = 0.05
 _MAX_RETRIES = 40
 # Below this scale the mark is too weak to be worth keeping; write the original frame instead.
 _SMALLEST_SCALE = 1e-3
+# When the residual is stretched to use the whole quality budget, it lands this far above the
+# floor (quantisation moves PSNR by a few hundredths of a dB), and never grows more than this.
+FILL_MARGIN_DB = 0.1
+_LARGEST_GAIN = 8.0
+_FILL_CORRECTIONS = 4
 
 
 @dataclass(frozen=True)
@@ -46,13 +51,18 @@ def guard_frame(
     stored_max: int,
     nominal_peak: float,
     window: tuple[float, float] | None,
+    fill_budget: bool = False,
 ) -> GuardedFrame:
-    """Largest tried scale (starting at 1) whose quantised frame meets the floor."""
+    """Largest tried scale whose quantised frame meets the floor. The first try is 1, or, with
+    fill_budget, the scale that puts the PSNR FILL_MARGIN_DB above the floor: a mark as strong
+    as the floor allows survives compression best, and the floor is what the user promised."""
     if original.shape != residual.shape:
         raise ValueError(f"residual shape {residual.shape} does not match frame shape {original.shape}")
     if not np.all(np.isfinite(residual)):
         raise ValueError("residual contains NaN or infinity")
     scale = 1.0
+    if fill_budget:
+        scale = _budget_filling_scale(original, residual, floor, stored_min, stored_max, nominal_peak, window)
     for _ in range(_MAX_RETRIES):
         candidate = quantise(original, residual, scale, stored_min, stored_max)
         quality = measure_frame(original, candidate, floor, nominal_peak, window)
@@ -63,6 +73,32 @@ def guard_frame(
             break
     unchanged = original.copy()
     return GuardedFrame(unchanged, 0.0, measure_frame(original, unchanged, floor, nominal_peak, window))
+
+
+def _budget_filling_scale(original, residual, floor: QualityFloor, stored_min: int, stored_max: int,
+                          nominal_peak: float, window) -> float:
+    """Scale s whose quantised frame has PSNR close to floor + margin. The first guess assumes
+    MSE grows as s²; clipping at the stored range (black backgrounds, saturated film) breaks that,
+    so a few corrections follow on the quantised frame itself."""
+    target = floor.psnr_min + FILL_MARGIN_DB
+    largest = _LARGEST_GAIN
+    if floor.max_abs_error is not None:
+        peak_residual = float(np.max(np.abs(residual))) if residual.size else 0.0
+        if peak_residual > 0:
+            largest = min(largest, 0.98 * floor.max_abs_error / peak_residual)
+    unquantised = measure_frame(original, original + residual, floor, nominal_peak, window)
+    if not np.isfinite(unquantised.psnr):
+        return 1.0
+    scale = 10.0 ** ((unquantised.psnr - target) / 20.0)
+    for _ in range(_FILL_CORRECTIONS):
+        scale = float(min(max(scale, _SMALLEST_SCALE), largest))
+        achieved = measure_frame(original, quantise(original, residual, scale, stored_min, stored_max),
+                                 floor, nominal_peak, window).psnr
+        surplus = achieved - target
+        if not np.isfinite(achieved) or abs(surplus) < 0.1 or (surplus > 0 and scale >= largest):
+            break
+        scale *= 10.0 ** (surplus / 20.0)
+    return float(min(max(scale, _SMALLEST_SCALE), largest))
 
 
 def _shrink_factor(quality: FrameQuality, floor: QualityFloor) -> float:
@@ -87,9 +123,11 @@ def guard_image(
     stored_max: int,
     nominal_peak: float,
     window: tuple[float, float] | None,
+    fill_budget: bool = False,
 ) -> list[GuardedFrame]:
     """Guard every frame of a (frames, rows, cols) image independently: the floor holds per frame."""
     return [
-        guard_frame(o, r, floor, stored_min=stored_min, stored_max=stored_max, nominal_peak=nominal_peak, window=window)
+        guard_frame(o, r, floor, stored_min=stored_min, stored_max=stored_max, nominal_peak=nominal_peak,
+                    window=window, fill_budget=fill_budget)
         for o, r in zip(original, residual)
     ]

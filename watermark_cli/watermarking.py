@@ -69,6 +69,7 @@ def embed_pixels(
     message: bytes,
     floor: QualityFloor,
     window: tuple[float, float] | None,
+    fill_budget: bool = True,
 ) -> EmbedOutcome:
     check_image_size(image, model.model.config.tile)
     raw_bits = codec.encode(message)
@@ -76,7 +77,7 @@ def embed_pixels(
     guarded = guard_image(
         image.pixels, residual, floor,
         stored_min=image.stored_min, stored_max=image.stored_max,
-        nominal_peak=image.nominal_peak, window=window,
+        nominal_peak=image.nominal_peak, window=window, fill_budget=fill_budget,
     )
     return EmbedOutcome(np.stack([frame.pixels for frame in guarded]), guarded)
 
