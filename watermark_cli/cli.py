@@ -49,13 +49,6 @@ def _emit_json(payload: dict) -> None:
     sys.stdout.flush()
 
 
-def _finite(value: float | None) -> float | None:
-    """JSON has no infinity: an unchanged frame (PSNR = inf) is reported as null with a note."""
-    if value is None or not math.isfinite(value):
-        return None
-    return round(float(value), 4)
-
-
 def _parse_window(window: str | None) -> tuple[float, float] | None:
     if window is None:
         return None
@@ -117,16 +110,26 @@ def embed(
     max_abs_error: Annotated[Optional[float], typer.Option("--max-abs-error", help="Per-pixel bound in stored units.")] = None,
     key: KeyOption = None,
     hex_message: Annotated[bool, typer.Option("--hex", help="MESSAGE is hexadecimal bytes.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (a folder re-run skips them otherwise).")] = False,
     allow_unverified: Annotated[bool, typer.Option("--allow-unverified", help="Write even if the payload does not read back.")] = False,
+    compress: Annotated[str, typer.Option("--compress", help="DICOM output: none (Explicit VR Little Endian), rle or jpeg2000 (both lossless).")] = "none",
+    fill_budget: Annotated[bool, typer.Option("--fill-budget/--model-strength", help="Strengthen the mark until each frame sits just above the floor (most robust), or keep the model's own strength.")] = True,
+    workers: Annotated[int, typer.Option("--workers", help="Worker processes for a folder.")] = 1,
+    audit: Annotated[Optional[Path], typer.Option("--audit", help="Audit log (JSON lines) to append to; default: wm-audit.jsonl in the output folder.")] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Hide MESSAGE in INPUT; every written frame keeps PSNR >= --psnr-min on its stored values."""
-    from .image_io import iter_image_files
+    from .audit import AuditLog, audit_record, default_audit_path
+    from .embedding import EmbedSettings, check_free_space, embed_files
+    from .image_io import DICOM_COMPRESSIONS, scan_folder
 
     floor = _quality_floor(psnr_min, psnr_peak, psnr_domain, max_abs_error)
     window_override = _parse_window(window)
     payload = _message_bytes(message, hex_message)
+    if compress not in DICOM_COMPRESSIONS:
+        raise BadInputError(f"--compress must be one of {', '.join(DICOM_COMPRESSIONS)} (got {compress!r})")
+    if not 1 <= workers <= 256:
+        raise BadInputError("--workers must be between 1 and 256")
     if not input.exists():
         raise BadInputError(f"no such file or folder: {input}")
     loaded = _load_model(model)
@@ -135,108 +138,108 @@ def embed(
     codec = codec_for(loaded, key)
     codec.encode(payload)  # a too-long message fails here, before any file is touched
 
+    not_images: list[Path] = []
+    existing: list[tuple[Path, Path]] = []
     if input.is_dir():
         target = output or _default_output(input, is_folder=True)
-        jobs = [(path, target / path.relative_to(input)) for path in iter_image_files(input)]
-        if not jobs:
+        if target.exists() and not target.is_dir():
+            raise BadInputError(f"{target}: exists and is not a folder")
+        images, not_images = scan_folder(input, exclude=target)
+        if not images:
             raise BadInputError(f"no image files in {input}")
+        jobs = [(path, target / path.relative_to(input)) for path in images]
+        if not overwrite:
+            # A re-run does not redo work: outputs are written atomically, so one that exists is whole.
+            existing = [job for job in jobs if job[1].exists()]
+            jobs = [job for job in jobs if not job[1].exists()]
+        check_free_space([source for source, _ in jobs], target)
     else:
-        jobs = [(input, output or _default_output(input, is_folder=False))]
+        target = output or _default_output(input, is_folder=False)
+        jobs = [(input, target)]
+    audit_log = AuditLog(audit or default_audit_path(target, input.is_dir()))
+    if jobs:
+        audit_log.check_writable()
 
-    failures = 0
-    bad_inputs = 0
-    results = []
-    with _progress(len(jobs) > 1 and not json_output) as progress:
+    settings = EmbedSettings(payload=payload, floor=floor, window_override=window_override, overwrite=overwrite,
+                             allow_unverified=allow_unverified, compression=compress, fill_budget=fill_budget,
+                             model=model, key=key)
+    failures: list = []
+    results: list[dict] = []
+    with _progress(len(jobs) > 1 and not json_output) as progress, GracefulStop() as stop:
         task = progress.add_task("embedding", total=len(jobs)) if progress else None
-        for source, destination in jobs:
-            try:
-                result = _embed_one(source, destination, payload, loaded, codec, floor, window_override,
-                                    overwrite, allow_unverified)
-                results.append(result)
+        for outcome in embed_files(jobs, settings, loaded, codec, workers, stop_requested=stop.requested):
+            if outcome.result is not None:
+                results.append(outcome.result)
+                audit_log.append(audit_record(outcome.result, payload, codec.n_bits, codec.parity_bytes))
                 if json_output:
-                    _emit_json(result)
-            except WmError as error:
-                failures += 1
-                bad_inputs += int(error.exit_code == 2)
-                if len(jobs) == 1:
-                    raise
-                stderr.print(f"[red]error:[/] {error}", highlight=False)
+                    _emit_json(outcome.result)
+            else:
+                failures.append(outcome)
+                if len(jobs) == 1 and not input.is_dir():
+                    raise (BadInputError if outcome.exit_code == 2 else CheckFailedError)(outcome.error)
                 if json_output:
-                    _emit_json({"input": str(source), "error": str(error)})
+                    _emit_json({"input": str(outcome.source), "error": outcome.error})
             if progress:
                 progress.advance(task)
+    if stop.requested():
+        raise KeyboardInterrupt  # after every written file was reported and audited
+    results.sort(key=lambda r: r["input"])
     if not json_output:
         _print_embed_table(results)
+        _print_batch_summary(input, results, failures, existing, not_images, audit_log.path if results else None)
     if failures:
-        summary = f"{failures} of {len(jobs)} file(s) could not be marked (see above)"
-        raise BadInputError(summary) if bad_inputs == failures else CheckFailedError(summary)
+        summary = f"{len(failures)} of {len(jobs)} file(s) could not be marked (see above)"
+        raise BadInputError(summary) if all(f.exit_code == 2 for f in failures) else CheckFailedError(summary)
 
 
-def _embed_one(source, destination, payload, loaded, codec, floor, window_override, overwrite, allow_unverified) -> dict:
-    from .image_io import check_writable, read_image, write_image
-    from .quality import image_quality, meets_floor, measure_frame
-    from .watermarking import embed_pixels, extract_payload
+class GracefulStop:
+    """The first Ctrl-C lets the files being written finish (and be audited), then stops; a
+    second one stops at once. Either way the atomic writes leave no partial file."""
 
-    image = read_image(source)
-    destination = check_writable(image, destination, overwrite)  # before any work is done
-    window = window_override or image.window
-    if floor.domain == "window" and window is None:
-        raise BadInputError(f"{source}: --psnr-domain window needs a VOI window; the file has none (use --window C,W)")
-    outcome = embed_pixels(loaded, codec, image, payload, floor, window)
+    def __init__(self) -> None:
+        self._stop = False
+        self._previous = None
 
-    # Verify before anything is written: the marked pixels must give the payload back.
-    decoded = extract_payload(loaded, codec, _with_pixels(image, outcome.pixels))
-    verified = bool(decoded.found and decoded.message == payload)
-    if not verified and not allow_unverified:
-        raise CheckFailedError(
-            f"{source}: the mark could not be read back at PSNR >= {floor.psnr_min:g} dB "
-            "(image too small or too flat for this model); nothing written (--allow-unverified to force)"
-        )
+    def requested(self) -> bool:
+        return self._stop
 
-    # The guarantee is about the file: the complete temporary file is read back and measured
-    # before it is moved into place, so a file that misses the floor never appears.
-    measured: dict = {}
+    def _handle(self, signum, frame) -> None:
+        if self._stop:
+            raise KeyboardInterrupt
+        self._stop = True
+        stderr.print("stopping after the file(s) being written (Ctrl-C again to stop now)", highlight=False)
 
-    def check_written_file(temporary: Path) -> None:
-        written = read_image(temporary)
-        if written.pixels.shape != image.pixels.shape:
-            raise CheckFailedError(f"{source}: the written file has a different pixel shape; nothing written")
-        qualities = [measure_frame(o, w, floor, image.nominal_peak, window) for o, w in zip(image.pixels, written.pixels)]
-        if not all(meets_floor(q, floor) for q in qualities):
-            raise CheckFailedError(f"{source}: the written file missed the floor on re-measurement; nothing written")
-        measured["qualities"], measured["pixels"] = qualities, written.pixels
+    def __enter__(self) -> "GracefulStop":
+        import signal
+        import threading
 
-    derivation = f"Invisible watermark embedded by wm {__import__('watermark_cli').__version__}, model {loaded.name}"
-    written_path = write_image(image, outcome.pixels, destination, derivation=derivation, overwrite=overwrite,
-                               verify=check_written_file)
-    summary = image_quality(image.pixels, measured["pixels"], measured["qualities"],
-                            float(image.stored_max - image.stored_min))
-    return {
-        "input": str(source),
-        "output": str(written_path),
-        "psnr": _finite(summary.psnr),
-        "psnr_min": floor.psnr_min,
-        "psnr_peak": summary.peak,
-        "psnr_peak_kind": floor.peak if floor.domain == "stored" else "window",
-        "psnr_domain": floor.domain,
-        "psnr_windowed": _finite(summary.windowed_psnr),
-        "window": list(window) if window else None,
-        "ssim": _finite(summary.ssim),
-        "max_abs_error": summary.max_abs_error,
-        "frames": int(image.n_frames),
-        "guard_scale": round(min(f.scale for f in outcome.frames), 4),
-        "payload_bits": codec.n_bits,
-        "message_bytes": len(payload),
-        "verified": verified,
-        "confidence": round(decoded.confidence, 4),
-        "model": loaded.name,
-    }
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
-def _with_pixels(image, pixels):
-    from dataclasses import replace
-
-    return replace(image, pixels=pixels)
+def _print_batch_summary(input: Path, results, failures, existing, not_images, audit_path) -> None:
+    """For folders: what was skipped and what failed, one line each, then the counts."""
+    if not input.is_dir():
+        if audit_path:
+            stdout.print(f"  audit: {audit_path}", highlight=False, soft_wrap=True)
+        return
+    for outcome in sorted(failures, key=lambda f: str(f.source)):
+        stderr.print(f"[red]failed:[/] {outcome.error}", highlight=False, soft_wrap=True)
+    for path in not_images:
+        stdout.print(f"skipped, not an image: {path}", highlight=False, soft_wrap=True)
+    if existing:
+        stdout.print(f"skipped, output already exists (--overwrite to redo): {len(existing)} file(s)",
+                     highlight=False)
+    stdout.print(f"marked {len(results)}, failed {len(failures)}, already done {len(existing)}, "
+                 f"not images {len(not_images)}" + (f"; audit: {audit_path}" if audit_path else ""),
+                 highlight=False, soft_wrap=True)
 
 
 def _print_embed_table(results: list[dict]) -> None:
@@ -536,6 +539,8 @@ def main() -> None:
     # Not standalone: usage errors come back as exceptions, so that they too are one line.
     try:
         code = app(standalone_mode=False)
+        if code == 130:  # typer turns a KeyboardInterrupt inside a command into this exit code
+            stderr.print("interrupted; no partial file was left behind", highlight=False)
         if isinstance(code, int) and code:
             sys.exit(code)
     except typer.Abort:

@@ -41,14 +41,17 @@ SUPPORTED_SUFFIXES = frozenset(DICOM_SUFFIXES | PNG_SUFFIXES | TIFF_SUFFIXES | J
 
 #: DICOM elements (keywords) that `write_image` may change; every other element is copied as is.
 #:
-#: - PixelData: the new stored values, always native (uncompressed) little endian.
+#: - PixelData: the new stored values, native (uncompressed) little endian, or losslessly
+#:   re-encoded (RLE Lossless, JPEG 2000 Lossless) when asked. Where BitsStored < BitsAllocated
+#:   in unsigned data and the original was native, the unused high bits of every word are copied
+#:   from the original (signed data keeps them as the sign extension).
 #: - ExtendedOffsetTable, ExtendedOffsetTableLengths: removed, they only describe compressed data.
 #: - SOPInstanceUID: a new instance (the written image is a new, derived object).
 #: - ImageType: first value set to DERIVED (other values kept; ['DERIVED', 'SECONDARY'] if absent
 #:   or single-valued).
 #: - DerivationDescription: the caller's `derivation` text (at most 1024 characters, ST).
 #: - SourceImageSequence: one item appended that references the original SOP Class/Instance.
-#: - File meta: TransferSyntaxUID (Explicit VR Little Endian), MediaStorageSOPInstanceUID (the new
+#: - File meta: TransferSyntaxUID (Explicit VR Little Endian, or the lossless syntax asked for), MediaStorageSOPInstanceUID (the new
 #:   SOPInstanceUID), FileMetaInformationGroupLength (recomputed), and, only where the original
 #:   lacked them, FileMetaInformationVersion, ImplementationClassUID, ImplementationVersionName and
 #:   MediaStorageSOPClassUID (filled in by pydicom to make a valid DICOM file).
@@ -78,6 +81,14 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
 _MAX_DERIVATION_CHARS = 1024  # DerivationDescription is ST
+
+#: Lossless DICOM re-encodings `write_image` offers (name -> transfer syntax UID); 'none' writes
+#: native Explicit VR Little Endian. JPEG-LS is absent: no JPEG-LS encoder is installed.
+DICOM_COMPRESSIONS: dict[str, str | None] = {
+    "none": None,
+    "rle": "1.2.840.10008.1.2.5",  # RLE Lossless
+    "jpeg2000": "1.2.840.10008.1.2.4.90",  # JPEG 2000 Image Compression (Lossless Only)
+}
 
 
 @dataclass(eq=False)
@@ -136,23 +147,32 @@ def is_image_file(path: str | Path) -> bool:
 
 
 def iter_image_files(folder: str | Path) -> list[Path]:
-    """All image files below `folder`, recursively, sorted; hidden files/folders and DICOMDIRs skipped.
+    """All image files below `folder`, recursively, sorted (see `scan_folder`)."""
+    return scan_folder(folder)[0]
 
-    Hidden entries are skipped so that our own `.NAME.tmp-*` files and `.git` never count as inputs.
+
+def scan_folder(folder: str | Path, exclude: Path | None = None) -> tuple[list[Path], list[Path]]:
+    """(image files, other files) below `folder`, recursively, each sorted.
+
+    Hidden files and folders are skipped silently, so that our own `.NAME.tmp-*` files and `.git`
+    never count; so are DICOMDIRs (an index, not an image) and everything under `exclude` (an
+    output folder placed inside the input folder must not become input on the next run).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise BadInputError(f"{folder}: not a folder")
-    found: list[Path] = []
+    excluded = exclude.resolve() if exclude is not None else None
+    images: list[Path] = []
+    others: list[Path] = []
     for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and (excluded is None or (Path(root) / d).resolve() != excluded))
         for name in files:
             if name.startswith(".") or name.upper() == "DICOMDIR":
                 continue
             candidate = Path(root) / name
-            if is_image_file(candidate):
-                found.append(candidate)
-    return sorted(found)
+            (images if is_image_file(candidate) else others).append(candidate)
+    return sorted(images), sorted(others)
 
 
 def _sniff(path: Path) -> str | None:
@@ -487,23 +507,26 @@ def check_writable(original: MedicalImage, out_path: str | Path, overwrite: bool
 
 
 def write_image(original: MedicalImage, pixels: np.ndarray, out_path: str | Path, *,
-                derivation: str, overwrite: bool = False,
+                derivation: str, overwrite: bool = False, compression: str = "none",
                 verify: Callable[[Path], None] | None = None) -> Path:
     """Write `pixels` (same shape and stored range as `original.pixels`) as a new image file.
 
     DICOM originals give DICOM output (whatever the suffix): the original dataset with new pixel
     data and the identity of a derived image (see DICOM_ELEMENTS_CHANGED_ON_WRITE). Other
     originals are written as PNG or TIFF according to `out_path`'s suffix, in the original dtype.
-    `derivation` is recorded in DICOM only. `verify`, if given, is called on the complete
+    `derivation` is recorded in DICOM only, and so is `compression` (a DICOM_COMPRESSIONS name;
+    PNG and TIFF are always lossless). `verify`, if given, is called on the complete
     temporary file before it is moved into place; if it raises, nothing is written. Returns the
     path written.
     """
     out_path = check_writable(original, out_path, overwrite)
+    if compression not in DICOM_COMPRESSIONS:
+        raise BadInputError(f"unknown compression {compression!r} (choose from {', '.join(DICOM_COMPRESSIONS)})")
     stored = _validated_pixels(original, pixels)
 
     if original.kind == "dicom":
         def writer(fh: BinaryIO) -> None:
-            _write_dicom(original, stored, fh, derivation)
+            _write_dicom(original, stored, fh, derivation, DICOM_COMPRESSIONS[compression])
     elif out_path.suffix.lower() in PNG_SUFFIXES:
         def writer(fh: BinaryIO) -> None:
             _write_png(stored[0], fh)
@@ -623,8 +646,10 @@ def _write_tiff(pixels: np.ndarray, photometric: str, fh: BinaryIO) -> None:
 _WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 
 
-def _write_dicom(original: MedicalImage, pixels: np.ndarray, fh: BinaryIO, derivation: str) -> None:
-    """The original dataset as a derived image with new, uncompressed little-endian pixel data."""
+def _write_dicom(original: MedicalImage, pixels: np.ndarray, fh: BinaryIO, derivation: str,
+                 compression_uid: str | None = None) -> None:
+    """The original dataset as a derived image with new little-endian pixel data: native, or
+    losslessly re-encoded with `compression_uid`."""
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
@@ -633,13 +658,15 @@ def _write_dicom(original: MedicalImage, pixels: np.ndarray, fh: BinaryIO, deriv
     ds = copy.deepcopy(original.source)
     if getattr(ds, "file_meta", None) is None:
         ds.file_meta = FileMetaDataset()
+    # Encoders code BitsStored bits only: the high bits are kept in native output alone.
+    words = _with_original_high_bits(ds, pixels) if compression_uid is None else pixels
     if not _is_little_endian(ds):
         _swap_words_to_little_endian(ds)
 
     for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
         if keyword in ds:
             del ds[keyword]
-    data = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+    data = words.astype(words.dtype.newbyteorder("<")).tobytes()
     if len(data) % 2:
         data += b"\x00"  # DICOM values have even length
     ds.PixelData = data
@@ -664,7 +691,39 @@ def _write_dicom(original: MedicalImage, pixels: np.ndarray, fh: BinaryIO, deriv
         ds.SourceImageSequence = Sequence()
     ds.SourceImageSequence.append(reference)
 
+    if compression_uid is not None:
+        try:
+            ds.compress(compression_uid)
+        except Exception as exc:  # the encoders raise many types; the message names the problem
+            raise BadInputError(f"{original.path}: cannot re-encode losslessly as "
+                                f"{pydicom.uid.UID(compression_uid).name}: {_one_line(exc)}") from exc
     pydicom.dcmwrite(fh, ds, enforce_file_format=True)
+
+
+def _with_original_high_bits(ds: Any, pixels: np.ndarray) -> np.ndarray:
+    """`pixels` as the words to store. When BitsStored < BitsAllocated in unsigned data, the bits
+    above BitsStored belong to the original (old files keep overlays there): they are copied from
+    its native pixel data, so that only the stored value changes. In signed data those bits are the
+    sign extension of the new value (as written by numpy), which readers rely on; compressed
+    originals have no such bits to keep."""
+    allocated = int(ds.BitsAllocated)
+    stored = int(ds.get("BitsStored", allocated) or allocated)
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    native = syntax is None or not syntax.is_compressed
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    if stored >= allocated or signed or not native or "PixelData" not in ds:
+        return pixels
+    unsigned = np.dtype(f"u{allocated // 8}")
+    byte_order = "<" if _is_little_endian(ds) else ">"
+    raw = ds.PixelData
+    n_words = pixels.size
+    if len(raw) < n_words * unsigned.itemsize:
+        return pixels
+    original_words = np.frombuffer(raw, dtype=unsigned.newbyteorder(byte_order), count=n_words).astype(unsigned)
+    mask = unsigned.type((1 << stored) - 1)
+    new_words = pixels.reshape(-1).view(unsigned) & mask
+    combined = (original_words & ~mask) | new_words
+    return combined.view(pixels.dtype).reshape(pixels.shape)
 
 
 def _derived_image_type(value: Any) -> list[str]:

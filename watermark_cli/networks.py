@@ -63,6 +63,13 @@ def tile_to(pattern: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return pattern.repeat(1, reps_h, reps_w)[:, :height, :width]
 
 
+# Three 3×3 convolutions: an output pixel depends on inputs at most 3 px away.
+_STRENGTH_HALO = 3
+# Above this many pixels, inference computes the strength map in strips (a 2000² radiograph would
+# otherwise hold several 16-channel float maps of 256 MB each).
+_LARGEST_SINGLE_PASS = 1024 * 1024
+
+
 class CarrierEncoder(nn.Module):
     """Image (B,1,H,W) in [0,1] and bits (B,N) in {0,1} -> additive residual (B,1,H,W)."""
 
@@ -95,9 +102,27 @@ class CarrierEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
-        strength = F.softplus(self.strength(standardise(images))) * self.log_gain.exp()
+        standardised = standardise(images)
+        if height * width > _LARGEST_SINGLE_PASS and not torch.is_grad_enabled():
+            features = self._strength_in_strips(standardised)
+        else:
+            features = self.strength(standardised)
+        strength = F.softplus(features) * self.log_gain.exp()
         carrier = tile_to(self.message_tile(bits), height, width).unsqueeze(1)
         return strength * carrier
+
+    def _strength_in_strips(self, standardised: torch.Tensor, rows: int = 256) -> torch.Tensor:
+        """The strength CNN over horizontal strips: the same values as one pass (each output
+        pixel sees only _STRENGTH_HALO px around it, so strips overlap by that much), with the
+        hidden activations of one strip in memory instead of the whole image's."""
+        height = standardised.shape[-2]
+        out = torch.empty_like(standardised)
+        for top in range(0, height, rows):
+            bottom = min(height, top + rows)
+            low, high = max(0, top - _STRENGTH_HALO), min(height, bottom + _STRENGTH_HALO)
+            strip = self.strength(standardised[..., low:high, :])
+            out[..., top:bottom, :] = strip[..., top - low : top - low + bottom - top, :]
+        return out
 
 
 class CarrierDecoder(nn.Module):

@@ -1,0 +1,248 @@
+"""Every kind of DICOM a PACS exports, marked with the shipped model and read back (issue 4).
+
+Each case goes through the same path as `wm embed` (embedding.embed_file: mark, verify, write
+through a temporary file that is re-read and re-measured) and is then checked independently:
+pydicom decodes the written file, the PSNR of every frame is recomputed here from the two
+decoded arrays, and the payload is extracted from the file on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from conftest import run_wm
+from watermark_cli.embedding import EmbedSettings, embed_file, pixel_sha256
+from watermark_cli.errors import BadInputError
+from watermark_cli.image_io import read_image
+from watermark_cli.model_store import file_sha256, load_model
+from watermark_cli.quality import QualityFloor
+from watermark_cli.watermarking import codec_for, extract_payload
+
+MESSAGE = b"PACS-2026-0042"
+
+
+def data_file(name: str) -> Path:
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"{name} is not installed (pydicom-data missing?)")
+    return Path(path)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    loaded = load_model(None)
+    return loaded, codec_for(loaded, None)
+
+
+def independent_frame_psnrs(original: np.ndarray, written: np.ndarray, peak: float) -> list[float]:
+    values = []
+    for before, after in zip(original.astype(np.float64), written.astype(np.float64)):
+        mse = np.mean((before - after) ** 2)
+        values.append(np.inf if mse == 0 else 10 * np.log10(peak**2 / mse))
+    return values
+
+
+DICOM_CASES = [
+    # (file, what it covers)
+    ("CT_small.dcm", "CT, signed, Rescale Intercept -1024, explicit VR little endian"),
+    ("693_UNCR.dcm", "CT 512², signed, BitsStored 14 of 16"),
+    ("MR2_UNCR.dcm", "MR 1024², 12 bit"),
+    ("RG1_UNCR.dcm", "CR 1955×1841, MONOCHROME1, 15 bit"),
+    ("RG3_UNCR.dcm", "CR 1760², MONOCHROME1, 10 bit"),
+    ("JPEG2000_UNC.dcm", "NM 1024×256, signed"),
+    ("JPGLosslessP14SV1_1s_1f_8b.dcm", "US grayscale 8 bit, lossless JPEG"),
+    ("eCT_Supplemental.dcm", "enhanced CT, 2 frames"),
+    ("emri_small.dcm", "enhanced MR, 10 frames of 64², 12 bit"),
+    ("MR_small_implicit.dcm", "implicit VR little endian"),
+    ("MR_small_bigendian.dcm", "explicit VR big endian"),
+    ("693_J2KR.dcm", "JPEG 2000 lossless"),
+    ("MR_small_jpeg_ls_lossless.dcm", "JPEG-LS lossless"),
+    ("MR_small_RLE.dcm", "RLE lossless"),
+    ("emri_small_RLE.dcm", "RLE lossless, multi-frame"),
+    ("JPEG-LL.dcm", "NM, lossless JPEG process 14"),
+    ("bad_sequence.dcm", "CT, lossless JPEG, 12 bit"),
+]
+
+
+@pytest.mark.parametrize("name", [name for name, _ in DICOM_CASES])
+def test_every_dicom_case_is_marked_under_the_floor_and_read_back(name, shipped, tmp_path):
+    loaded, codec = shipped
+    source = data_file(name)
+    settings = EmbedSettings(payload=MESSAGE, floor=QualityFloor(40.0))
+    result = embed_file(source, tmp_path / "out.dcm", settings, loaded, codec)
+    assert result["verified"]
+
+    original = read_image(source)
+    written_ds = pydicom.dcmread(tmp_path / "out.dcm")
+    assert written_ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    written = written_ds.pixel_array.reshape(original.pixels.shape)
+    assert written.dtype == original.pixels.dtype  # native depth and signedness kept
+    assert not np.array_equal(written, original.pixels)  # it really was marked
+    psnrs = independent_frame_psnrs(original.pixels, written, original.nominal_peak)
+    assert len(psnrs) == original.n_frames and min(psnrs) >= 40.0  # the floor holds on every frame
+
+    decoded = extract_payload(loaded, codec, read_image(tmp_path / "out.dcm"))
+    assert decoded.found and decoded.message == MESSAGE
+
+    # A derived image: new instance UID, DERIVED, the model named, the original referenced.
+    original_ds = original.source
+    assert written_ds.SOPInstanceUID != original_ds.SOPInstanceUID
+    assert written_ds.ImageType[0] == "DERIVED"
+    assert "wm" in written_ds.DerivationDescription and loaded.name in written_ds.DerivationDescription
+    assert written_ds.SourceImageSequence[-1].ReferencedSOPInstanceUID == original_ds.SOPInstanceUID
+
+
+@pytest.mark.parametrize("compression, syntax", [
+    ("rle", pydicom.uid.RLELossless), ("jpeg2000", pydicom.uid.JPEG2000Lossless),
+])
+def test_lossless_re_encoding_stores_exactly_the_marked_values(compression, syntax, shipped, tmp_path):
+    loaded, codec = shipped
+    source = data_file("693_UNCR.dcm")
+    plain = embed_file(source, tmp_path / "plain.dcm", EmbedSettings(MESSAGE, QualityFloor(40.0)), loaded, codec)
+    packed = embed_file(source, tmp_path / "packed.dcm",
+                        EmbedSettings(MESSAGE, QualityFloor(40.0), compression=compression), loaded, codec)
+    written = pydicom.dcmread(tmp_path / "packed.dcm")
+    assert written.file_meta.TransferSyntaxUID == syntax
+    assert packed["output_pixels_sha256"] == plain["output_pixels_sha256"]  # same stored values
+    assert (tmp_path / "packed.dcm").stat().st_size < (tmp_path / "plain.dcm").stat().st_size
+    assert extract_payload(loaded, codec, read_image(tmp_path / "packed.dcm")).message == MESSAGE
+
+
+def test_unused_high_bits_are_left_as_they_were(shipped, tmp_path):
+    """BitsStored 12 of 16 with something in the top 4 bits (old files keep overlays there)."""
+    loaded, codec = shipped
+    ds = pydicom.dcmread(data_file("MR2_UNCR.dcm"))
+    words = np.frombuffer(ds.PixelData, dtype="<u2").copy()
+    high = np.random.default_rng(3).integers(0, 16, words.size, dtype=np.uint16) << 12
+    ds.PixelData = ((words & 0x0FFF) | high).tobytes()
+    ds.save_as(tmp_path / "overlay_bits.dcm")
+
+    embed_file(tmp_path / "overlay_bits.dcm", tmp_path / "out.dcm", EmbedSettings(MESSAGE, QualityFloor(40.0)),
+               loaded, codec)
+    written = np.frombuffer(pydicom.dcmread(tmp_path / "out.dcm").PixelData, dtype="<u2")
+    assert np.array_equal(written >> 12, high >> 12)  # high bits untouched
+    assert not np.array_equal(written & 0x0FFF, words & 0x0FFF)  # stored bits marked
+    assert extract_payload(loaded, codec, read_image(tmp_path / "out.dcm")).message == MESSAGE
+
+
+@pytest.mark.parametrize("name", ["US1_UNCR.dcm", "OBXXXX1A.dcm", "SC_ybr_full_uncompressed.dcm"])
+def test_colour_and_palette_dicom_are_refused_not_turned_gray(name, shipped, tmp_path):
+    loaded, codec = shipped
+    with pytest.raises(BadInputError, match="colour DICOM images are not supported"):
+        embed_file(data_file(name), tmp_path / "out.dcm", EmbedSettings(MESSAGE, QualityFloor(40.0)), loaded, codec)
+    assert not any(tmp_path.iterdir())
+
+
+def test_window_domain_floor_holds_in_the_window(shipped, tmp_path):
+    loaded, codec = shipped
+    source = data_file("MR2_UNCR.dcm")
+    floor = QualityFloor(40.0, domain="window")
+    result = embed_file(source, tmp_path / "out.dcm", EmbedSettings(MESSAGE, floor, window_override=(300.0, 600.0)),
+                        loaded, codec)
+    original = read_image(source).pixels.astype(np.float64)
+    written = read_image(tmp_path / "out.dcm").pixels.astype(np.float64)
+    low = 300.0 - 0.5 - (600.0 - 1) / 2  # the DICOM linear VOI function (PS3.3 C.11.2.1.2)
+    windowed = [np.clip((image - low) / (600.0 - 1), 0, 1) for image in (original, written)]
+    assert 10 * np.log10(1 / np.mean((windowed[0] - windowed[1]) ** 2)) >= 40.0
+    assert result["psnr_domain"] == "window" and result["window"] == [300.0, 600.0]
+
+
+# ------------------------------------------------------------------------------ folders ----
+
+def make_mixed_folder(root: Path) -> Path:
+    folder = root / "export"
+    (folder / "series1").mkdir(parents=True)
+    (folder / "series2").mkdir()
+    for name, target in [("CT_small.dcm", "series1/ct.dcm"), ("MR2_UNCR.dcm", "series1/mr.dcm"),
+                         ("JPGLosslessP14SV1_1s_1f_8b.dcm", "series2/us"),  # no suffix, as PACS often do
+                         ("US1_UNCR.dcm", "series2/colour.dcm")]:
+        (folder / target).write_bytes(data_file(name).read_bytes())
+    (folder / "series2" / "broken.dcm").write_bytes(b"DICM" + os.urandom(3000))
+    (folder / "README.txt").write_text("export notes")
+    return folder
+
+
+def test_mixed_folder_marks_the_good_reports_the_rest_and_loses_nothing(tmp_path):
+    folder = make_mixed_folder(tmp_path)
+    before = {p: file_sha256(p) for p in folder.rglob("*") if p.is_file()}
+    result = run_wm("embed", folder, "batch-9", "--workers", "2")
+    assert result.code == 2, result.stderr  # failures were all bad input
+    output = tmp_path / "export_wm"
+    assert sorted(p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file()) == [
+        "series1/ct.dcm", "series1/mr.dcm", "series2/us", "wm-audit.jsonl"]
+    assert "colour.dcm" in result.stderr and "broken.dcm" in result.stderr
+    assert "skipped, not an image" in result.stdout and "README.txt" in result.stdout
+    assert "marked 3, failed 2" in result.stdout
+    assert {p: file_sha256(p) for p in folder.rglob("*") if p.is_file()} == before  # inputs untouched
+    assert not list(tmp_path.rglob(".*.tmp-*"))
+
+    audit = [json.loads(line) for line in (output / "wm-audit.jsonl").read_text().splitlines()]
+    assert len(audit) == 3
+    for line in audit:
+        assert line["input_file_sha256"] == file_sha256(Path(line["input"]))
+        assert line["output_file_sha256"] == file_sha256(Path(line["output"]))
+        assert line["output_pixels_sha256"] == pixel_sha256(read_image(line["output"]).pixels)
+        assert line["input_pixels_sha256"] == pixel_sha256(read_image(line["input"]).pixels)
+        assert line["payload"]["text"] == "batch-9" and line["verified"] is True
+        assert line["psnr"] >= 40.0 and line["model_weights_sha256"] and "key" not in json.dumps(line)
+
+    extracted = run_wm("extract", output, "--json")
+    assert [json.loads(line)["message"] for line in extracted.stdout.splitlines()] == ["batch-9"] * 3
+
+    # A re-run does no work twice: the outputs exist, so only the bad files are tried again.
+    mtimes = {p: p.stat().st_mtime_ns for p in output.rglob("*.dcm")}
+    again = run_wm("embed", folder, "batch-9")
+    assert again.code == 2 and "already done 3" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in output.rglob("*.dcm")} == mtimes
+    assert len((output / "wm-audit.jsonl").read_text().splitlines()) == 3
+    # ... unless asked to redo them.
+    redo = run_wm("embed", folder, "batch-9", "--overwrite", "--audit", tmp_path / "elsewhere.jsonl")
+    assert "marked 3" in redo.stdout and len((tmp_path / "elsewhere.jsonl").read_text().splitlines()) == 3
+
+
+def test_ctrl_c_during_a_batch_leaves_only_whole_files(tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for index in range(12):
+        (folder / f"img{index:02d}.dcm").write_bytes(data_file("693_UNCR.dcm").read_bytes())
+    process = subprocess.Popen([sys.executable, "-m", "watermark_cli", "embed", folder, "x"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    output = tmp_path / "many_wm"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(output.glob("img*.dcm")):
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert not list(output.glob(".*"))  # no temporary file left
+    written = sorted(output.glob("img*.dcm"))
+    assert 1 <= len(written) < 12
+    for path in written:  # every file that exists is whole and marked
+        assert read_image(path).pixels.shape == (1, 512, 512)
+    audit = (output / "wm-audit.jsonl").read_text().splitlines()
+    assert len(audit) == len(written)
+
+
+def test_not_enough_disk_space_is_a_clear_error_before_any_work(tmp_path, monkeypatch):
+    import shutil
+
+    from watermark_cli import embedding
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=10 * 2**20))
+    with pytest.raises(BadInputError, match="not enough disk space"):
+        embedding.check_free_space([data_file("RG1_UNCR.dcm")], tmp_path / "out")
+    # A compressed input counts at its decoded size: 1955 × 1841 × 2 bytes.
+    assert embedding.estimated_output_bytes(data_file("RG1_J2KR.dcm")) >= 1955 * 1841 * 2

@@ -1,0 +1,91 @@
+"""The audit trail: one JSON line per marked file, appended as each file is written.
+
+A line says what went in and what came out (paths, SHA-256 of the files and of their stored
+pixel values), what was hidden (the payload as stored: its bytes, never the key), with which
+model (name and weights hash), and what it cost in quality (PSNR with its peak, windowed PSNR,
+SSIM, max abs error) and whether the mark read back. Lines are only ever appended, and each is
+flushed to disk before the next file is reported, so an interrupted batch leaves a log that
+matches the files on disk.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .errors import BadInputError
+from .jsonout import dumps
+
+AUDIT_FILE_NAME = "wm-audit.jsonl"
+
+# The embed result fields copied into the audit line, in this order.
+_FIGURES = (
+    "psnr", "psnr_min", "psnr_peak", "psnr_peak_kind", "psnr_domain", "psnr_windowed", "window",
+    "ssim", "max_abs_error", "frames", "frame_psnr", "guard_scale", "verified", "confidence",
+)
+
+
+def default_audit_path(output: Path, is_folder: bool) -> Path:
+    """Inside the output folder, or beside the output file."""
+    return (output if is_folder else output.parent) / AUDIT_FILE_NAME
+
+
+class AuditLog:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise BadInputError(f"--audit {self.path}: is a folder; give a file path")
+
+    def check_writable(self) -> None:
+        """Fail before any image is marked if the log could not be written (creating nothing:
+        a run that marks no file leaves no log)."""
+        existing = self.path if self.path.exists() else self.path.parent
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if existing.exists() and not existing.is_dir() and existing != self.path:
+            raise BadInputError(f"{self.path}: cannot write the audit log ({existing} is not a folder)")
+        if not os.access(existing, os.W_OK):
+            raise BadInputError(f"{self.path}: cannot write the audit log (no write permission on {existing})")
+
+    def append(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._append_line(record)
+
+    def _append_line(self, record: dict) -> None:
+        line = dumps(record, ensure_ascii=False, separators=(",", ":"))
+        try:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:
+            raise BadInputError(f"{self.path}: cannot append to the audit log ({error.strerror or error})") from None
+
+
+def audit_record(result: dict, payload: bytes, payload_bits: int, codec_parity_bytes: int) -> dict:
+    """The audit line for one `embedding.embed_file` result."""
+    from . import __version__
+    from .payload import bytes_to_text
+
+    return {
+        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "wm_version": __version__,
+        "input": str(Path(result["input"]).resolve()),
+        "output": str(Path(result["output"]).resolve()),
+        "input_file_sha256": result["input_file_sha256"],
+        "input_pixels_sha256": result["input_pixels_sha256"],
+        "output_file_sha256": result["output_file_sha256"],
+        "output_pixels_sha256": result["output_pixels_sha256"],
+        "compression": result.get("compression"),
+        "payload": {
+            "text": bytes_to_text(payload),
+            "hex": payload.hex(),
+            "bytes": len(payload),
+            "raw_bits": payload_bits,
+            "parity_bytes": codec_parity_bytes,
+        },
+        "model": result["model"],
+        "model_weights_sha256": result["model_weights_sha256"],
+        **{name: result.get(name) for name in _FIGURES},
+    }

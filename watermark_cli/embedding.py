@@ -1,0 +1,258 @@
+"""Marking files: one image in, one verified image file out, in this process or in worker processes.
+
+`embed_file` is the whole life of one file: read, mark under the floor, check that the payload
+reads back, write through a temporary file that is re-read and re-measured before it is moved
+into place, and return every figure the summary table and the audit trail need. `embed_files`
+runs many of them, in order in this process or spread over `workers` processes, and yields each
+outcome as it completes, so that a failed file never stops the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BadInputError, CheckFailedError, WmError
+from .quality import QualityFloor
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """Everything that is the same for every file of one `wm embed` call (sent to each worker)."""
+
+    payload: bytes
+    floor: QualityFloor
+    window_override: tuple[float, float] | None = None
+    overwrite: bool = False
+    allow_unverified: bool = False
+    compression: str = "none"
+    fill_budget: bool = True
+    model: str | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """What happened to one input: a result dict when marked, else an error and its exit code."""
+
+    source: Path
+    destination: Path
+    result: dict | None = None
+    error: str | None = None
+    exit_code: int = 0
+
+
+def pixel_sha256(pixels: np.ndarray) -> str:
+    """SHA-256 of stored values as little-endian words in (frame, row, column) order: the same
+    digest whatever file format or transfer syntax holds them."""
+    little_endian = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<"))
+    return hashlib.sha256(little_endian.tobytes()).hexdigest()
+
+
+def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded, codec) -> dict:
+    from . import __version__
+    from .image_io import check_writable, read_image, write_image
+    from .model_store import file_sha256
+    from .quality import image_quality, meets_floor, measure_frame
+    from .watermarking import embed_pixels, extract_payload
+
+    floor = settings.floor
+    image = read_image(source)
+    destination = check_writable(image, destination, settings.overwrite)  # before any work is done
+    window = settings.window_override or image.window
+    if floor.domain == "window" and window is None:
+        raise BadInputError(f"{source}: --psnr-domain window needs a VOI window; the file has none (use --window C,W)")
+    outcome = embed_pixels(loaded, codec, image, settings.payload, floor, window, fill_budget=settings.fill_budget)
+
+    # Verify before anything is written: the marked pixels must give the payload back.
+    decoded = extract_payload(loaded, codec, replace(image, pixels=outcome.pixels))
+    verified = bool(decoded.found and decoded.message == settings.payload)
+    if not verified and not settings.allow_unverified:
+        raise CheckFailedError(
+            f"{source}: the mark could not be read back at PSNR >= {floor.psnr_min:g} dB "
+            "(image too small or too flat for this model); nothing written (--allow-unverified to force)"
+        )
+
+    # The guarantee is about the file: the complete temporary file is read back and measured
+    # before it is moved into place, so a file that misses the floor never appears. Its bytes
+    # are hashed there too: the file moved into place is that very file.
+    measured: dict = {}
+
+    def check_written_file(temporary: Path) -> None:
+        written = read_image(temporary)
+        if written.pixels.shape != image.pixels.shape:
+            raise CheckFailedError(f"{source}: the written file has a different pixel shape; nothing written")
+        if not np.array_equal(written.pixels, outcome.pixels):
+            raise CheckFailedError(f"{source}: the written file does not hold the marked values; nothing written")
+        qualities = [measure_frame(o, w, floor, image.nominal_peak, window) for o, w in zip(image.pixels, written.pixels)]
+        if not all(meets_floor(q, floor) for q in qualities):
+            raise CheckFailedError(f"{source}: the written file missed the floor on re-measurement; nothing written")
+        measured.update(qualities=qualities, pixels=written.pixels, file_sha256=file_sha256(temporary))
+
+    derivation = f"Invisible watermark embedded by wm {__version__}, model {loaded.name}"
+    written_path = write_image(image, outcome.pixels, destination, derivation=derivation,
+                               overwrite=settings.overwrite, compression=settings.compression,
+                               verify=check_written_file)
+    summary = image_quality(image.pixels, measured["pixels"], measured["qualities"],
+                            float(image.stored_max - image.stored_min))
+    return {
+        "input": str(source),
+        "output": str(written_path),
+        "psnr": _finite(summary.psnr),
+        "psnr_min": floor.psnr_min,
+        "psnr_peak": summary.peak,
+        "psnr_peak_kind": floor.peak if floor.domain == "stored" else "window",
+        "psnr_domain": floor.domain,
+        "psnr_windowed": _finite(summary.windowed_psnr),
+        "window": list(window) if window else None,
+        "ssim": _finite(summary.ssim),
+        "max_abs_error": summary.max_abs_error,
+        "frames": int(image.n_frames),
+        "frame_psnr": [_finite(q.psnr) for q in measured["qualities"]],
+        "guard_scale": round(min(f.scale for f in outcome.frames), 4),
+        "payload_bits": codec.n_bits,
+        "message_bytes": len(settings.payload),
+        "verified": verified,
+        "confidence": round(decoded.confidence, 4),
+        "model": loaded.name,
+        "model_weights_sha256": loaded.weights_sha256,
+        "compression": settings.compression if image.kind == "dicom" else None,
+        "input_file_sha256": file_sha256(source),
+        "input_pixels_sha256": pixel_sha256(image.pixels),
+        "output_file_sha256": measured["file_sha256"],
+        "output_pixels_sha256": pixel_sha256(measured["pixels"]),
+    }
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON has no infinity: an unchanged frame (PSNR = inf) is reported as null."""
+    import math
+
+    if value is None or not math.isfinite(value):
+        return None
+    return round(float(value), 4)
+
+
+def _run_one(source: Path, destination: Path, settings: EmbedSettings, loaded, codec) -> FileOutcome:
+    try:
+        return FileOutcome(source, destination, result=embed_file(source, destination, settings, loaded, codec))
+    except WmError as error:
+        return FileOutcome(source, destination, error=str(error), exit_code=error.exit_code)
+
+
+# ---- worker processes ------------------------------------------------------------------------
+# Each worker loads the model once. Workers are started with 'spawn': forking a process whose
+# torch thread pool is already running can deadlock.
+
+_worker_state: dict = {}
+
+
+def _start_worker(settings: EmbedSettings, threads: int) -> None:
+    import signal
+
+    import torch
+
+    from .model_store import load_model
+    from .watermarking import codec_for
+
+    # Ctrl-C reaches the whole process group: the parent decides what happens (see
+    # cli.GracefulStop); a worker always finishes the file it is writing.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    loaded = load_model(settings.model)
+    _worker_state.update(settings=settings, loaded=loaded, codec=codec_for(loaded, settings.key))
+
+
+def _work(job: tuple[Path, Path]) -> FileOutcome:
+    state = _worker_state
+    return _run_one(job[0], job[1], state["settings"], state["loaded"], state["codec"])
+
+
+def embed_files(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, codec,
+                workers: int = 1, stop_requested: Callable[[], bool] = lambda: False) -> Iterator[FileOutcome]:
+    """Mark every (source, destination) job; yield outcomes as they complete.
+
+    Once `stop_requested()` is true, no new file is started; files already being marked are
+    finished and yielded, so that every written file is also reported (and audited)."""
+    if workers <= 1 or len(jobs) <= 1:
+        for source, destination in jobs:
+            if stop_requested():
+                return
+            yield _run_one(source, destination, settings, loaded, codec)
+        return
+
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    workers = min(workers, len(jobs))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_worker, initargs=(settings, threads))
+    try:
+        futures = {executor.submit(_work, job): job for job in jobs}
+        for future in as_completed(futures):
+            if stop_requested():
+                for pending in futures:
+                    pending.cancel()  # only files not yet started can be cancelled
+            if future.cancelled():
+                continue
+            try:
+                yield future.result()
+            except Exception as error:  # a worker died (e.g. out of memory): that file failed
+                source, destination = futures[future]
+                yield FileOutcome(source, destination, error=f"{source}: worker failed ({type(error).__name__}: "
+                                  f"{str(error).splitlines()[0] if str(error) else 'no message'})", exit_code=1)
+    finally:
+        # On any early exit: files not started are cancelled, files being written finish (their
+        # writes are atomic), then the workers exit.
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+# ---- disk space ------------------------------------------------------------------------------
+
+# Kept free beyond the estimate: the audit log, temporary files, and room for the system.
+_SPARE_BYTES = 64 * 1024 * 1024
+
+
+def estimated_output_bytes(source: Path) -> int:
+    """A generous estimate of one output file's size, from headers only (no pixel decoding).
+
+    Compressed inputs become uncompressed DICOM, so the decoded size is what counts.
+    """
+    size = source.stat().st_size
+    try:
+        from .image_io import _sniff
+
+        kind = _sniff(source)
+        if kind == "dicom" or source.suffix.lower() in (".dcm", ".dicom", ""):
+            import pydicom
+
+            ds = pydicom.dcmread(source, stop_before_pixels=True, force=True)
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+            decoded = int(ds.Rows) * int(ds.Columns) * frames * max(1, int(ds.BitsAllocated) // 8)
+            return max(size, decoded + size // 2 + 4096)
+        from PIL import Image
+
+        with Image.open(source) as image:
+            width, height = image.size
+            return max(size, width * height * 2 + 4096)
+    except Exception:  # unreadable headers fail later with a proper message; estimate plainly
+        return 2 * size
+
+
+def check_free_space(sources: list[Path], output_folder: Path) -> None:
+    import shutil
+
+    needed = sum(estimated_output_bytes(source) for source in sources) + _SPARE_BYTES
+    existing = output_folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise BadInputError(f"not enough disk space for {len(sources)} output file(s) in {output_folder}: "
+                            f"need about {needed / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free")
