@@ -16,7 +16,8 @@ def frame():
     return (2000 + 800 * np.sin(x / 20.0) * np.cos(y / 30.0) + rng.normal(0, 5, (256, 256))).round()
 
 
-@pytest.mark.parametrize("spec", ["noise:0", "blur:0", "contrast:0", "resize:1", "crop:1", "rotate:0", "png16", "identity"])
+@pytest.mark.parametrize("spec", ["noise:0", "blur:0", "contrast:0", "resize:1", "crop:1", "rotate:0", "png16", "identity",
+                                  "jpeg2000", "jpeg2000:0", "noise:0+blur:0"])
 def test_attacks_at_strength_zero_are_the_identity(spec, frame):
     assert np.array_equal(parse_attack(spec)(frame, CONTEXT), frame)
 
@@ -34,6 +35,24 @@ def test_graded_attacks_do_what_they_say(frame):
     assert better < worse
 
 
+def test_jpeg2000_is_a_real_lossy_codec_at_the_stored_depth(frame):
+    light = parse_attack("jpeg2000:5")(frame, CONTEXT)
+    heavy = parse_attack("jpeg2000:80")(frame, CONTEXT)
+    assert light.shape == frame.shape and light.max() > 255  # 12-bit values, not an 8-bit export
+    assert 0 < np.abs(light - frame).mean() < np.abs(heavy - frame).mean()
+
+
+def test_window_and_combined_attacks(frame):
+    narrow = parse_attack("window8:2000,200")(frame, CONTEXT)
+    expected = np.clip(np.rint((frame - 1900.0) / 200.0 * 255.0), 0, 255)
+    assert np.array_equal(narrow, expected)
+    combined = parse_attack("jpeg:80+crop:0.25")
+    assert combined.family == "combined"
+    assert np.array_equal(combined(frame, CONTEXT), parse_attack("crop:0.25")(parse_attack("jpeg:80")(frame, CONTEXT), CONTEXT))
+    labels = [a.label for a in parse_attack_list("identity,window8:40,400,jpeg:80+crop:0.7")]
+    assert labels == ["identity", "window8:40,400", "jpeg:80+crop:0.7"]
+
+
 def test_attack_names_are_validated():
     with pytest.raises(BadInputError):
         parse_attack("bogus")
@@ -43,6 +62,9 @@ def test_attack_names_are_validated():
         parse_attack("png16:3")
     assert [a.label for a in parse_attack_list("none")] == ["identity"]
     assert parse_attack_list("default")[0].label == "identity"
+    for bad in ("jpeg2000:0.5", "window8:40", "window8:40,-1", "jpeg:80+bogus"):
+        with pytest.raises(BadInputError):
+            parse_attack_list(bad)
 
 
 @pytest.mark.parametrize("scale", [1.0, 0.9, 0.75, 0.6])

@@ -6,13 +6,14 @@ pipeline produces (an 8-bit export arrives as 0..255). The decoder standardises 
 the unit does not matter; what matters is that codecs are the real ones (Pillow's JPEG, a real
 PNG round trip), never a differentiable stand-in.
 
-Names are parameterised as `name:value`, e.g. `jpeg:80`, `noise:0.01`, `window8`.
+Names are parameterised as `name:value`, e.g. `jpeg:80`, `noise:0.01`, `window8`, `window8:40,400`
+(a window in stored units), `jpeg2000:15` (15:1; plain `jpeg2000` is lossless); `a+b` applies a then b.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -85,6 +86,23 @@ def jpeg(frame: np.ndarray, context: FrameContext, strength: float) -> np.ndarra
     return np.asarray(Image.open(buffer).convert("L"), dtype=np.float64)
 
 
+def jpeg2000(frame: np.ndarray, context: FrameContext, strength: float) -> np.ndarray:
+    """A real JPEG 2000 (Pillow/OpenJPEG) at the stored bit depth: `strength` is the compression
+    ratio (e.g. 15 for 15:1, irreversible 9/7 wavelet); 0 is the lossless 5/3 mode, as archives
+    use it."""
+    from PIL import Image
+
+    offset = context.stored_min
+    values = np.clip(np.rint(frame) - offset, 0, 65535)
+    array = values.astype(np.uint8 if context.stored_max - offset <= 255 else np.uint16)
+    options = {"irreversible": False} if strength == 0 else {
+        "irreversible": True, "quality_mode": "rates", "quality_layers": [float(strength)]}
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG2000", **options)
+    buffer.seek(0)
+    return np.asarray(Image.open(buffer), dtype=np.float64) + offset
+
+
 def gaussian_blur(frame: np.ndarray, context: FrameContext, strength: float) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
 
@@ -143,6 +161,7 @@ ATTACKS: dict[str, tuple[AttackFunction, float | None]] = {
     "noise": (gaussian_noise, 0.01),
     "window8": (window_8bit, None),
     "jpeg": (jpeg, 90.0),
+    "jpeg2000": (jpeg2000, 0.0),
     "blur": (gaussian_blur, 0.5),
     "contrast": (brightness_contrast, 0.2),
     "resize": (resize, 0.75),
@@ -151,29 +170,47 @@ ATTACKS: dict[str, tuple[AttackFunction, float | None]] = {
 }
 
 DEFAULT_SUITE = (
-    "identity", "png16", "window8",
+    "identity", "png16", "jpeg2000", "window8",
     "jpeg:95", "jpeg:90", "jpeg:80", "jpeg:70", "jpeg:50",
     "noise:0.005", "noise:0.01", "noise:0.02",
     "blur:0.5", "blur:1.0", "contrast:0.2",
     "resize:0.5", "resize:0.75", "crop:0.9", "crop:0.7", "crop:0.5", "rotate:1",
+    "jpeg2000:10", "jpeg2000:20", "jpeg:80+crop:0.7",
 )
 
 
 @dataclass(frozen=True)
 class Attack:
+    """A named attack: one function at one strength, or several applied in turn (`a+b`)."""
+
     label: str
     function: AttackFunction
     strength: float
+    family: str = ""
+    window: tuple[float, float] | None = None  # replaces the file's window (window8:C,W)
+    then: tuple["Attack", ...] = ()
 
     def __call__(self, frame: np.ndarray, context: FrameContext) -> np.ndarray:
-        return self.function(frame.astype(np.float64), context, self.strength)
+        if self.window is not None:
+            context = replace(context, window=self.window)
+        result = self.function(frame.astype(np.float64), context, self.strength)
+        for step in self.then:
+            result = step(result, context)
+        return result
 
 
 def parse_attack(spec: str) -> Attack:
+    """`name`, `name:strength`, `window8:CENTER,WIDTH`, or steps joined by `+` (applied in order)."""
+    steps = [step.strip() for step in spec.split("+")]
+    if len(steps) > 1:
+        first, *rest = (parse_attack(step) for step in steps)
+        return replace(first, label="+".join(steps), family="combined", then=tuple(rest))
     name, _, value = spec.strip().partition(":")
     if name not in ATTACKS:
         raise BadInputError(f"unknown attack {name!r} (known: {', '.join(ATTACKS)})")
     function, default = ATTACKS[name]
+    if name == "window8" and value:
+        return Attack(spec.strip(), function, 0.0, family=name, window=_parse_window_value(spec, value))
     if value and default is None:
         raise BadInputError(f"attack {name!r} takes no strength")
     try:
@@ -184,16 +221,36 @@ def parse_attack(spec: str) -> Attack:
         raise BadInputError(f"attack strength in {spec!r} must be a finite number >= 0")
     if name == "jpeg" and not 1 <= strength <= 100:
         raise BadInputError("JPEG quality must be between 1 and 100")
+    if name == "jpeg2000" and 0 < strength < 1:
+        raise BadInputError("jpeg2000 takes a compression ratio >= 1 (or 0 for lossless)")
     if name in ("resize", "crop") and not 0 < strength <= (4.0 if name == "resize" else 1.0):
         raise BadInputError(f"{name} takes a factor in (0, {4 if name == 'resize' else 1}] (got {strength:g})")
-    return Attack(spec.strip(), function, strength)
+    return Attack(spec.strip(), function, strength, family=name)
+
+
+def _parse_window_value(spec: str, value: str) -> tuple[float, float]:
+    try:
+        center, width = (float(part) for part in value.split(","))
+    except ValueError:
+        raise BadInputError(f"{spec!r}: window8 takes CENTER,WIDTH in stored units") from None
+    if not (np.isfinite(center) and np.isfinite(width)) or width <= 0:
+        raise BadInputError(f"{spec!r}: the window needs a finite centre and a positive width")
+    return center, width
 
 
 def parse_attack_list(spec: str) -> list[Attack]:
     if spec == "none":
         return [parse_attack("identity")]
-    names = DEFAULT_SUITE if spec == "default" else tuple(s for s in spec.split(",") if s.strip())
-    attacks = [parse_attack(name) for name in names]
+    names = [name for item in spec.split(",") if item.strip()
+             for name in (DEFAULT_SUITE if item.strip() == "default" else (item.strip(),))]
+    # A window (window8:40,400) contains a comma: glue its width back on.
+    merged: list[str] = []
+    for name in names:
+        if merged and merged[-1].split("+")[-1].startswith("window8:") and "," not in merged[-1].split("+")[-1]:
+            merged[-1] += "," + name
+        else:
+            merged.append(name)
+    attacks = [parse_attack(name) for name in merged]
     if not attacks:
         raise BadInputError("no attack named")
     return attacks

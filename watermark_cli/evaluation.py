@@ -8,7 +8,6 @@ decoded too: any payload found there is a false positive.
 
 from __future__ import annotations
 
-import csv
 import math
 import random
 import string
@@ -23,7 +22,6 @@ from .attacks import Attack, FrameContext
 from .datasets import collect_image_files
 from .errors import BadInputError, WmError
 from .image_io import MedicalImage, read_image
-from .jsonout import dumps
 from .model_store import LoadedModel
 from .payload import PayloadCodec
 from .quality import QualityFloor, image_quality
@@ -38,6 +36,12 @@ class EvaluationOptions:
     key: str | None = None
     seed: int = 0
     window: tuple[float, float] | None = None
+    examples: int = 3  # images shown in the report with their amplified difference maps
+
+
+# Called once per image with the original and its pixels marked with the first message (no
+# attack): the diagnostic classifier check scores both.
+MarkedImageHook = Callable[[str, MedicalImage, np.ndarray], None]
 
 
 def evaluation_messages(count: int, capacity: int, seed: int) -> list[bytes]:
@@ -70,14 +74,22 @@ def evaluate(
     options: EvaluationOptions,
     report_folder: Path,
     on_image: Callable[[str], None] | None = None,
+    on_marked: MarkedImageHook | None = None,
+    finish: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Evaluate the image files under `data` and write the report folder."""
+    """Evaluate the image files under `data` and write the report folder. `finish` may add
+    blocks to the report (the classifier check) before it is written."""
+    from .evaluation_report import write_report
+
     files = collect_image_files(data)
     if not files:
         raise BadInputError(f"no images found in {', '.join(map(str, data))}")
     sources = [(str(path), partial(read_image, path)) for path in files]
-    report, rows, frame_psnrs = evaluate_images(sources, model, options, on_image)
-    _write_report(report_folder, report, rows, frame_psnrs, options.floor.psnr_min)
+    report, rows, frame_psnrs, examples = evaluate_images(sources, model, options, on_image, on_marked,
+                                                          with_examples=True)
+    if finish is not None:
+        finish(report)
+    write_report(report_folder, report, rows, frame_psnrs, examples)
     return report
 
 
@@ -86,14 +98,19 @@ def evaluate_images(
     model: LoadedModel,
     options: EvaluationOptions,
     on_image: Callable[[str], None] | None = None,
-) -> tuple[dict, list[dict], list[float]]:
-    """The figures for in-memory images: (summary, one row per image × message × attack, frame PSNRs)."""
+    on_marked: MarkedImageHook | None = None,
+    with_examples: bool = False,
+):
+    """The figures for in-memory images: (summary, one row per image × message × attack, frame
+    PSNRs), plus, `with_examples`, a few (label, original frame, marked frame) for the report."""
     codec = PayloadCodec(model.n_bits, key=options.key, parity_bytes=model.parity_bytes)
     messages = evaluation_messages(options.messages, codec.capacity_bytes, options.seed)
     encoded = [codec.encode(message) for message in messages]
 
     rows: list[dict] = []
     frame_psnrs: list[float] = []
+    embeddings: list[dict] = []  # one quality record per image × message
+    examples: list[tuple[str, np.ndarray, np.ndarray]] = []
     skipped: list[dict] = []
     guard_acted = 0
     false_positives = 0
@@ -112,6 +129,13 @@ def evaluate_images(
                     frame_psnrs.append(frame.quality.psnr)
                 peak_names.add(options.floor.describe_peak(image.nominal_peak))
                 quality = _image_quality(image, outcome, options.floor)
+                embeddings.append(quality)
+                if index == 0:
+                    if on_marked is not None:
+                        on_marked(path, image, outcome.pixels)
+                    if with_examples and len(examples) < options.examples:
+                        middle = image.n_frames // 2
+                        examples.append((path, image.pixels[middle], outcome.pixels[middle]))
                 context = FrameContext(image.stored_min, image.stored_max, window, seed=options.seed + index)
                 for attack in options.attacks:
                     attacked = np.stack([attack(frame, context) for frame in outcome.pixels.astype(np.float64)])
@@ -131,8 +155,10 @@ def evaluate_images(
 
     if not rows:
         raise BadInputError("no image could be evaluated: " + "; ".join(s["reason"] for s in skipped[:3]))
-    report = _summarise(rows, frame_psnrs, options, model, peak_names, guard_acted, false_positives,
+    report = _summarise(rows, frame_psnrs, embeddings, options, model, peak_names, guard_acted, false_positives,
                         clean_tries, skipped, len(messages))
+    if with_examples:
+        return report, rows, frame_psnrs, examples
     return report, rows, frame_psnrs
 
 
@@ -159,6 +185,7 @@ def _percentiles(values: list[float]) -> dict:
 
     return {
         "min": float(array[0]),
+        "max": float(array[-1]),
         "p1": order_statistic(0.01),
         "p5": order_statistic(0.05),
         "median": float(np.median(array)) if np.isfinite(np.median(array)) else math.inf,
@@ -166,14 +193,19 @@ def _percentiles(values: list[float]) -> dict:
     }
 
 
-def _summarise(rows, frame_psnrs, options, model, peak_names, guard_acted, false_positives, clean_tries,
-               skipped, n_messages) -> dict:
+def _summarise(rows, frame_psnrs, embeddings, options, model, peak_names, guard_acted, false_positives,
+               clean_tries, skipped, n_messages) -> dict:
     attacks: dict[str, dict] = {}
     for attack in options.attacks:
         subset = [r for r in rows if r["attack"] == attack.label]
+        recovered = sum(bool(r["payload_recovered"]) for r in subset)
         attacks[attack.label] = {
+            "family": attack.family,
+            "strength": attack.strength,
             "bit_accuracy": float(np.mean([r["bit_accuracy"] for r in subset])),
             "payload_recovery": float(np.mean([r["payload_recovered"] for r in subset])),
+            # One-sided 95 % lower bound on the recovery rate (Clopper–Pearson on the failures).
+            "payload_recovery_lower_95": 1.0 - rule_of_three_upper_bound(len(subset) - recovered, len(subset)),
             "n": len(subset),
         }
     n_images = len({r["path"] for r in rows})
@@ -188,6 +220,16 @@ def _summarise(rows, frame_psnrs, options, model, peak_names, guard_acted, false
         "psnr_peak": ", ".join(sorted(peak_names)),
         "psnr": _percentiles(frame_psnrs),
         "below_floor": int(sum(p < options.floor.psnr_min for p in frame_psnrs)),
+        # Per marked image (worst frame), over images × messages; windowed only where a window is known.
+        "quality": {
+            name: _percentiles(values) if values else None
+            for name, values in (
+                ("psnr", [e["psnr"] for e in embeddings]),
+                ("psnr_windowed", [e["psnr_windowed"] for e in embeddings if e["psnr_windowed"] is not None]),
+                ("ssim", [e["ssim"] for e in embeddings if e["ssim"] is not None]),
+                ("max_abs_error", [e["max_abs_error"] for e in embeddings]),
+            )
+        },
         "guard_acted": guard_acted,
         "attacks": attacks,
         "detection": {
@@ -198,27 +240,3 @@ def _summarise(rows, frame_psnrs, options, model, peak_names, guard_acted, false
         },
         "skipped": skipped,
     }
-
-
-def _write_report(folder: Path, report: dict, rows: list[dict], frame_psnrs: list[float], floor: float) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(dumps(report, indent=2))
-    with open(folder / "per_image.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    finite = [p for p in frame_psnrs if math.isfinite(p)]
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    axis.hist(finite, bins=30, color="#4477aa")
-    axis.axvline(floor, color="red", linestyle="--", label=f"floor {floor:g} dB")
-    axis.set_xlabel("PSNR of written frame (dB)")
-    axis.set_ylabel("frames")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(folder / "psnr_histogram.png", dpi=90)
-    plt.close(figure)

@@ -1,0 +1,262 @@
+"""The report folder of `wm evaluate`: report.json, per_image.csv, PNG plots and report.html.
+
+report.html is one self-contained file (plots inlined as PNG data), so it can be mailed or
+attached to a validation record and opened in any browser without the folder around it.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .jsonout import dumps
+
+
+def write_report(folder: Path, report: dict, rows: list[dict], frame_psnrs: list[float],
+                 examples: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(dumps(report, indent=2))
+    with open(folder / "per_image.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    plots = {
+        "psnr_histogram.png": _psnr_histogram(frame_psnrs, report["psnr_min_floor"]),
+        "bit_accuracy_vs_strength.png": _strength_curves(report["attacks"]),
+        "examples.png": _examples(examples) if examples else None,
+        "roc.png": _roc_curves(report["classifier"]) if report.get("classifier") else None,
+    }
+    for name, figure in plots.items():
+        if figure is not None:
+            figure.savefig(folder / name, dpi=90)
+    (folder / "report.html").write_text(_html(report, {n: folder / n for n, f in plots.items() if f is not None}))
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+# ---- plots ------------------------------------------------------------------------------------
+
+def _psnr_histogram(frame_psnrs: list[float], floor: float):
+    import matplotlib.pyplot as plt
+
+    finite = [p for p in frame_psnrs if math.isfinite(p)]
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.hist(finite, bins=30, color="#4477aa")
+    axis.axvline(floor, color="red", linestyle="--", label=f"floor {floor:g} dB")
+    axis.set_xlabel("PSNR of written frame (dB)")
+    axis.set_ylabel("frames")
+    axis.legend()
+    figure.tight_layout()
+    return figure
+
+
+def _strength_curves(attacks: dict):
+    """Bit accuracy and payload recovery against strength, one panel per attack family that was
+    run at two or more strengths."""
+    import matplotlib.pyplot as plt
+
+    families: dict[str, list[tuple[float, dict]]] = {}
+    for figures in attacks.values():
+        families.setdefault(figures["family"], []).append((figures["strength"], figures))
+    graded = {name: sorted(points, key=lambda p: p[0]) for name, points in families.items()
+              if len(points) >= 2 and name != "combined"}
+    if not graded:
+        return None
+    columns = min(3, len(graded))
+    rows = -(-len(graded) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+    for axis, (name, points) in zip(axes.ravel(), graded.items()):
+        strengths = [p[0] for p in points]
+        axis.plot(strengths, [p[1]["bit_accuracy"] for p in points], "o-", label="bit accuracy")
+        axis.plot(strengths, [p[1]["payload_recovery"] for p in points], "s--", label="payload recovery")
+        axis.set_title(name)
+        axis.set_xlabel(_STRENGTH_UNITS.get(name, "strength"))
+        axis.set_ylim(-0.02, 1.02)
+        axis.grid(alpha=0.3)
+    for axis in axes.ravel()[len(graded):]:
+        axis.axis("off")
+    axes.ravel()[0].legend(loc="lower left", fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+_STRENGTH_UNITS = {
+    "jpeg": "JPEG quality", "jpeg2000": "compression ratio (0 = lossless)", "noise": "σ / peak",
+    "blur": "σ (px)", "resize": "scale", "crop": "area kept", "rotate": "degrees", "contrast": "gain − 1",
+}
+
+
+def _display(frame: np.ndarray) -> np.ndarray:
+    """A frame stretched between its 1st and 99th percentile, for viewing only."""
+    low, high = np.percentile(frame, [1, 99])
+    return np.clip((frame.astype(np.float64) - low) / max(high - low, 1e-9), 0, 1)
+
+
+def _examples(examples: list[tuple[str, np.ndarray, np.ndarray]]):
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(len(examples), 3, figsize=(10, 3.3 * len(examples)), squeeze=False)
+    for (label, original, marked), row in zip(examples, axes):
+        difference = marked.astype(np.float64) - original.astype(np.float64)
+        limit = max(float(np.abs(difference).max()), 1.0)
+        row[0].imshow(_display(original), cmap="gray")
+        row[0].set_title(Path(label).name, fontsize=9)
+        row[1].imshow(_display(marked), cmap="gray")
+        row[1].set_title("watermarked", fontsize=9)
+        image = row[2].imshow(difference, cmap="seismic", vmin=-limit, vmax=limit)
+        row[2].set_title(f"difference (colour range ±{limit:g} stored units)", fontsize=9)
+        figure.colorbar(image, ax=row[2], fraction=0.046)
+        for axis in row:
+            axis.axis("off")
+    figure.tight_layout()
+    return figure
+
+
+def _roc_curves(classifier: dict):
+    import matplotlib.pyplot as plt
+
+    curves = classifier.get("roc") or {}
+    if not curves:
+        return None
+    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    for name, style in (("clean", "-"), ("watermarked", "--")):
+        for label, points in (curves.get(name) or {}).items():
+            axis.plot(points["fpr"], points["tpr"], style, label=f"{name} ({label})" if len(curves[name]) > 1 else name)
+    axis.plot([0, 1], [0, 1], color="gray", linewidth=0.8)
+    axis.set_xlabel("1 − specificity")
+    axis.set_ylabel("sensitivity")
+    axis.legend(loc="lower right")
+    axis.set_title("ROC: same classifier, originals vs watermarked")
+    figure.tight_layout()
+    return figure
+
+
+# ---- HTML -------------------------------------------------------------------------------------
+
+def _image_tag(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _number(value, digits: int = 2, percent: bool = False) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "∞"
+    if percent:
+        return f"{100 * value:.{digits}f} %"
+    return f"{value:.{digits}f}" if isinstance(value, float) else html.escape(str(value))
+
+
+def _table(header: list[str], body: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    rows = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in body)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _verdict(ok: bool, text: str) -> str:
+    return f'<span class="{"pass" if ok else "fail"}">{html.escape(text)}</span>'
+
+
+def _html(report: dict, plots: dict[str, Path]) -> str:
+    floor = report["psnr_min_floor"]
+    below = report["below_floor"]
+    sections = [
+        f"<h1>wm evaluation report</h1><p>Model <b>{html.escape(report['model'])}</b>; "
+        f"{report['n_images']} images, {report['n_frames_marked']} marked frames, "
+        f"{report['messages_per_image']} fixed messages per image. Floor {floor:g} dB in the "
+        f"{html.escape(report['psnr_domain'])} domain, peak {html.escape(report['psnr_peak'])}.</p>",
+        "<h2>1. Did every image keep its quality?</h2>",
+        "<p>" + _verdict(below == 0, f"{below} frame(s) below the floor") +
+        f" — the guard acted on {report['guard_acted']} image(s) (it shrinks a mark that would miss the floor).</p>",
+    ]
+    quality = report.get("quality") or {}
+    body = []
+    for name, title, digits in (("psnr", "PSNR (dB)", 2), ("psnr_windowed", "windowed PSNR (dB)", 2),
+                                ("ssim", "SSIM", 4), ("max_abs_error", "max |error| (stored units)", 0)):
+        stats = quality.get(name)
+        if stats:
+            body.append([title] + [_number(stats[k], digits) for k in ("min", "p1", "p5", "median", "mean", "max")])
+    sections.append(_table(["per marked image", "min", "p1", "p5", "median", "mean", "max"], body))
+    if "psnr_histogram.png" in plots:
+        sections.append(_image_tag(plots["psnr_histogram.png"], "PSNR histogram"))
+
+    sections.append("<h2>2. Does the message survive what happens to images?</h2>")
+    sections.append(_table(
+        ["attack", "bit accuracy", "exact payload recovery", "95 % lower bound", "trials"],
+        [[html.escape(name), _number(f["bit_accuracy"], 3, True), _number(f["payload_recovery"], 1, True),
+          _number(f.get("payload_recovery_lower_95"), 1, True), str(f["n"])] for name, f in report["attacks"].items()],
+    ))
+    if "bit_accuracy_vs_strength.png" in plots:
+        sections.append(_image_tag(plots["bit_accuracy_vs_strength.png"], "bit accuracy against attack strength"))
+    detection = report["detection"]
+    sections.append(
+        f"<h3>False positives</h3><p>{detection['false_positives']} payload(s) found in {detection['n_clean']} "
+        f"unmarked originals; one-sided 95 % upper bound on the rate: "
+        f"{_number(detection['false_positive_rate_upper_95'], 3)} (by design at most ≈1e-8 per image).</p>"
+    )
+
+    classifier = report.get("classifier")
+    sections.append("<h2>3. Does a diagnostic classifier still see the same thing?</h2>")
+    if classifier:
+        sections.append(_classifier_section(classifier))
+        if "roc.png" in plots:
+            sections.append(_image_tag(plots["roc.png"], "ROC curves clean vs watermarked"))
+    else:
+        sections.append("<p>Not run: pass <code>--classifier PATH --labels CSV</code>.</p>")
+
+    if "examples.png" in plots:
+        sections.append("<h2>Examples</h2><p>Original, watermarked, and their difference with its colour "
+                        "range stretched to the largest change, so the mark is visible.</p>")
+        sections.append(_image_tag(plots["examples.png"], "example images with difference maps"))
+    if report.get("skipped"):
+        sections.append("<h2>Skipped</h2>" + _table(["file", "reason"], [
+            [html.escape(item["path"]), html.escape(item["reason"])] for item in report["skipped"]]))
+    sections.append("<p class=small>Per image × message × attack rows: per_image.csv; every figure: report.json.</p>")
+    return _PAGE.format(body="\n".join(sections))
+
+
+def _classifier_section(classifier: dict) -> str:
+    verdict = classifier.get("verdict", "")
+    passed = bool(classifier.get("non_inferior"))
+    ci = classifier.get("delta_auroc_ci95") or [None, None]
+    lines = [
+        "<p>" + _verdict(passed, f"{verdict}") +
+        f" — ΔAUROC {_number(classifier.get('delta_auroc'), 4)} (95 % CI {_number(ci[0], 4)} to {_number(ci[1], 4)}), "
+        f"margin −{_number(classifier.get('margin'), 3)}; {classifier.get('n_images', '?')} labelled images; "
+        f"classifier {html.escape(str(classifier.get('classifier', '')))}.</p>",
+    ]
+    rows = []
+    for name in ("auroc", "accuracy", "sensitivity", "specificity"):
+        clean, marked = classifier.get(f"{name}_clean"), classifier.get(f"{name}_watermarked")
+        if clean is not None:
+            rows.append([name, _number(clean, 4), _number(marked, 4)])
+    rows.append(["prediction flip rate", "", _number(classifier.get("flip_rate"), 4)])
+    lines.append(_table(["metric (at the clean operating point)", "originals", "watermarked"], rows))
+    return "\n".join(lines)
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>wm evaluation report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1em; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+img {{ max-width: 100%; display: block; margin: 0.5em 0; }}
+.pass {{ color: #176117; font-weight: bold; }} .fail {{ color: #b00020; font-weight: bold; }}
+.small {{ font-size: 0.85em; color: #666; }}
+</style></head><body>
+{body}
+</body></html>
+"""
