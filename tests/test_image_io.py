@@ -278,6 +278,11 @@ def test_png_round_trip_is_bit_exact(depth, gray8, gray16, tmp_path):
 
     tiff = write_image(image, marked, tmp_path / "out.tif", derivation="x")  # PNG -> TIFF keeps depth
     assert np.array_equal(tifffile.imread(tiff), marked[0].astype(frame.dtype))
+    import skimage.io  # a third reader, as users of the outputs would load them
+
+    for written in (out, tiff):
+        seen = skimage.io.imread(written)
+        assert seen.dtype == frame.dtype and np.array_equal(seen, marked[0])
 
 
 @pytest.mark.parametrize("depth", [8, 16])
