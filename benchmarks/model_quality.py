@@ -59,6 +59,7 @@ def main() -> int:
     parser.add_argument("--tiles", action="store_true", help="also evaluate 256² sub-images of the held-out frames")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--write-card", action="store_true", help="store the figures in the model's card.yaml")
+    parser.add_argument("--name", default=None, help="with --write-card: also set the model's name")
     args = parser.parse_args()
 
     model = load_model(args.model)
@@ -70,6 +71,8 @@ def main() -> int:
     seconds = time.perf_counter() - started
     if args.write_card:
         card = dict(model.card)
+        if args.name:
+            card["name"] = args.name
         card.setdefault("figures", {})["held_out_real_images"] = {
             "command": "python benchmarks/model_quality.py --model MODEL --messages " + str(args.messages),
             "images": [label for label, _ in sources],
