@@ -223,7 +223,7 @@ def test_the_shipped_default_model_marks_a_real_mr_without_model_option(tmp_path
     result = run_wm("embed", source, "held-out-mr", "-o", output, "--json")
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["model"] == "wm-default-v1" and report["psnr"] >= 40.0 and report["verified"]
+    assert report["model"] == "wm-default-v2" and report["psnr"] >= 40.0 and report["verified"]
     extracted = run_wm("extract", output)
     assert extracted.code == 0 and extracted.stdout.strip() == "held-out-mr"
     listing = run_wm("models", "--json")

@@ -80,3 +80,54 @@ def test_minimising_with_growing_tau_drives_violations_to_zero():
         penalty.advance()
     assert report.max_violation < 0.05
     assert torch.all(x > bounds - 0.5)  # and it did not give up the task: x sits at its bound
+
+
+def test_per_sample_tau_grows_only_for_samples_last_seen_violated():
+    penalty = SequentialPenalty(PerSampleConstraint("psnr", 40.0, "ge"), PenaltySchedule(1.0, 2.0, 1, 100.0),
+                                num_samples=4)
+    penalty.record(torch.tensor([39.0, 41.0]), torch.tensor([0, 1]))  # 0 violated, 1 fine, 2 and 3 unseen
+    penalty.advance()
+    taus = penalty.schedule.tau_after(penalty.growths)
+    assert taus.tolist() == [2.0, 1.0, 1.0, 1.0]
+    term, report = penalty.penalty(torch.tensor([38.0, 38.0]), torch.tensor([0, 1]))
+    assert float(term) == pytest.approx((2.0 * 2 + 1.0 * 2) / 2)
+    assert report.tau == pytest.approx(1.5)
+    with pytest.raises(ValueError):
+        penalty.penalty(torch.tensor([38.0]))  # per-sample coefficients need the sample indices
+
+
+def test_closed_loop_grows_only_while_the_violation_does_not_fall_enough():
+    schedule = PenaltySchedule(1.0, 2.0, 1, 100.0, closed_loop=True, required_decrease=0.5)
+    penalty = SequentialPenalty(PerSampleConstraint("x", 0.0, "le"), schedule)
+    for violation, expected_tau in [(4.0, 2.0),   # first checkpoint: nothing to compare with, grow
+                                    (3.0, 4.0),   # fell by 25 % < 50 %: grow
+                                    (1.0, 4.0),   # fell by 67 %: the current tau works, hold it
+                                    (0.9, 8.0),   # stalled: grow
+                                    (0.0, 8.0)]:  # satisfied: hold
+        penalty.record(torch.tensor([violation]))
+        penalty.advance()
+        assert penalty.tau == pytest.approx(expected_tau)
+    penalty.record(torch.tensor([5.0]))
+    penalty.observe_held_out(satisfied=True)  # held-out data meet the constraint: stop growing
+    penalty.advance()
+    assert penalty.tau == pytest.approx(8.0)
+
+
+def test_per_sample_closed_loop_state_round_trip():
+    schedule = PenaltySchedule(0.5, 1.5, 2, 10.0, closed_loop=True)
+    penalty = SequentialPenalty(PerSampleConstraint("x", 0.0, "le"), schedule, "squared_hinge", num_samples=3)
+    penalty.record(torch.tensor([1.0, -1.0]), torch.tensor([0, 2]))
+    penalty.advance(3)
+    copy = SequentialPenalty(PerSampleConstraint("x", 0.0, "le"), num_samples=3)
+    copy.load_state_dict(penalty.state_dict())
+    for p in (penalty, copy):
+        p.record(torch.tensor([2.0, 2.0, 2.0]), torch.tensor([0, 1, 2]))
+        p.advance(2)
+    assert torch.equal(copy.growths, penalty.growths) and copy.shape == "squared_hinge"
+    assert copy.coefficient_summary() == penalty.coefficient_summary()
+
+
+def test_tau_stops_growing_at_the_cap_and_does_not_count_past_it():
+    penalty = SequentialPenalty(PerSampleConstraint("x", 0.0, "le"), PenaltySchedule(1.0, 2.0, 1, 8.0))
+    penalty.advance(50)
+    assert penalty.tau == pytest.approx(8.0) and int(penalty.growths[0]) == 3

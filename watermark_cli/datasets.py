@@ -101,28 +101,124 @@ class FramePool:
         A rescale by s takes a (size / s)² region and resamples it to size²: anatomy then
         appears at many pixel scales, as it does across scanners and fields of view.
         """
+        recipes = self.draw_recipes(count, size, rng, scale_range)
+        return np.stack([self.cut(recipe, size) for recipe in recipes])[:, None] if recipes else \
+            np.empty((0, 1, size, size), dtype=np.float32)
+
+    def draw_recipes(self, count: int, size: int, rng: random.Random,
+                     scale_range: tuple[float, float] = (1.0, 1.0)) -> list["CropRecipe"]:
+        """Where `count` crops come from: file (by weight), frame, region, flip and turn."""
         if not self.frames_by_file:
             raise BadInputError("no usable images to sample from")
-        crops = np.empty((count, 1, size, size), dtype=np.float32)
-        indices = rng.choices(range(len(self.frames_by_file)), weights=self.weights, k=count)
-        for i, file_index in enumerate(indices):
+        recipes = []
+        for file_index in rng.choices(range(len(self.frames_by_file)), weights=self.weights, k=count):
             frames = self.frames_by_file[file_index]
-            frame = frames[rng.randrange(len(frames))]
+            frame_index = rng.randrange(len(frames))
+            rows, cols = frames[frame_index].shape
             scale = rng.uniform(*scale_range)
-            region = max(8, min(round(size / scale), *frame.shape)) if scale != 1.0 else size
-            rows, cols = frame.shape
-            if rows < region or cols < region:
-                frame = np.pad(frame, ((0, max(0, region - rows)), (0, max(0, region - cols))), mode="reflect")
-                rows, cols = frame.shape
-            top = rng.randrange(rows - region + 1)
-            left = rng.randrange(cols - region + 1)
-            crop = frame[top : top + region, left : left + region]
-            if region != size:
-                crop = _resample_square(crop, size)
-            if rng.random() < 0.5:
-                crop = crop[:, ::-1]
-            crops[i, 0] = np.rot90(crop, rng.randrange(4))
-        return crops
+            region = max(8, min(round(size / scale), rows, cols)) if scale != 1.0 else size
+            # Frames smaller than the region are reflect-padded up to it when cut.
+            top = rng.randrange(max(rows, region) - region + 1)
+            left = rng.randrange(max(cols, region) - region + 1)
+            flip = rng.random() < 0.5
+            recipes.append(CropRecipe(file_index, frame_index, top, left, region, flip, rng.randrange(4)))
+        return recipes
+
+    def cut(self, recipe: "CropRecipe", size: int) -> np.ndarray:
+        """The (size, size) float32 crop a recipe describes."""
+        frame = self.frames_by_file[recipe.file_index][recipe.frame_index]
+        region = recipe.region
+        rows, cols = frame.shape
+        if rows < region or cols < region:
+            frame = np.pad(frame, ((0, max(0, region - rows)), (0, max(0, region - cols))), mode="reflect")
+        crop = frame[recipe.top : recipe.top + region, recipe.left : recipe.left + region]
+        if region != size:
+            crop = _resample_square(crop, size)
+        if recipe.flip:
+            crop = crop[:, ::-1]
+        return np.ascontiguousarray(np.rot90(crop, recipe.quarter_turns), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class CropRecipe:
+    file_index: int
+    frame_index: int
+    top: int
+    left: int
+    region: int
+    flip: bool
+    quarter_turns: int
+
+
+class TrainingSamples:
+    """A fixed, finite training set: N crops drawn once from the pool, named 0..N-1.
+
+    Per-sample constraints (one penalty coefficient or Lagrange multiplier per training sample)
+    need samples that keep their identity from one step to the next, which freshly drawn random
+    crops do not have. So the training set is N crop recipes (file, frame, position, rescale,
+    flip, turn) drawn once from the seed; sample i is always the same pixels, and a constraint on
+    sample i is a constraint on that crop. Only the recipes are kept; pixels are cut on demand.
+    Every method sees the same samples in the same order (see `SampleOrder`).
+    """
+
+    def __init__(self, pool: FramePool, count: int, size: int, seed: int,
+                 scale_range: tuple[float, float] = (1.0, 1.0)) -> None:
+        if count < 1:
+            raise BadInputError("the number of training samples must be positive")
+        self.pool = pool
+        self.size = size
+        self.recipes = pool.draw_recipes(count, size, random.Random(f"training-samples:{seed}"), scale_range)
+
+    def __len__(self) -> int:
+        return len(self.recipes)
+
+    def crops(self, indices) -> np.ndarray:
+        """(len(indices), 1, size, size) float32."""
+        return np.stack([self.pool.cut(self.recipes[int(i)], self.size) for i in indices])[:, None]
+
+
+class SampleOrder:
+    """The order samples are visited in: shuffled passes over 0..N-1, each sample once per pass.
+
+    Its state (the generator's state, the current pass and the position in it) is part of a
+    checkpoint, so that a resumed run visits the same samples in the same order. Data-parallel
+    processes hold identical orders and each takes its own slice of every global batch.
+    """
+
+    def __init__(self, count: int, seed: int) -> None:
+        import torch
+
+        self.count = count
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order = torch.randperm(count, generator=self.generator)
+        self.position = 0
+
+    def next(self, batch: int):
+        """The next `batch` sample indices (a LongTensor); a pass that runs out starts the next."""
+        import torch
+
+        taken = []
+        needed = batch
+        while needed:
+            if self.position == self.count:
+                self.order = torch.randperm(self.count, generator=self.generator)
+                self.position = 0
+            chunk = self.order[self.position : self.position + needed]
+            self.position += len(chunk)
+            needed -= len(chunk)
+            taken.append(chunk)
+        return torch.cat(taken)
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "generator": self.generator.get_state(), "order": self.order.clone(),
+                "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["count"]) != self.count:
+            raise BadInputError(f"the checkpoint has {state['count']} training samples, this run {self.count}")
+        self.generator.set_state(state["generator"])
+        self.order = state["order"].clone()
+        self.position = int(state["position"])
 
 
 def _resample_square(crop: np.ndarray, size: int) -> np.ndarray:

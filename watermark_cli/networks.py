@@ -177,3 +177,39 @@ class WatermarkModel(nn.Module):
         self.config = config
         self.encoder = CarrierEncoder(config)
         self.decoder = CarrierDecoder(config)
+
+
+def project_to_psnr(residual: torch.Tensor, psnr_db: float) -> torch.Tensor:
+    """Rescale each image's residual so that its PSNR (peak 1) is at least `psnr_db`.
+
+    A residual whose mean square exceeds 10^(-psnr/10) is multiplied by the factor that brings
+    it exactly onto that bound; others pass unchanged. Clipping the marked image to [0, 1] only
+    moves pixels towards the original, so the marked image keeps the bound too. The factor is
+    part of the graph: the encoder learns under the projection, as it will be used.
+    """
+    target = 10.0 ** (-psnr_db / 10.0)
+    mean_square = residual.float().square().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-20)
+    return residual * torch.clamp(torch.sqrt(target / mean_square), max=1.0).to(residual.dtype)
+
+
+class TrainingPass(nn.Module):
+    """One training forward pass as one module (what data-parallel training wraps): embed,
+    optionally project onto the PSNR floor, clip to the valid range, attack, decode."""
+
+    def __init__(self, model: WatermarkModel, projection_psnr: float | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.projection_psnr = projection_psnr
+
+    def embed(self, images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+        # The residual is added in float32: at bf16 precision a 1 % residual on a 0.5 pixel
+        # would be rounded to a few levels.
+        residual = self.model.encoder(images, bits).float()
+        if self.projection_psnr is not None:
+            residual = project_to_psnr(residual, self.projection_psnr)
+        return (images.float() + residual).clamp(0.0, 1.0)
+
+    def forward(self, images: torch.Tensor, bits: torch.Tensor, attack, rng) -> tuple[torch.Tensor, torch.Tensor]:
+        marked = self.embed(images, bits)
+        logits = self.model.decoder(attack(marked, rng)).float()
+        return marked, logits

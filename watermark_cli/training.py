@@ -1,25 +1,32 @@
-"""`wm train`: learn an encoder/decoder pair under one PSNR constraint per image.
+"""`wm train`: learn an encoder/decoder pair under one PSNR constraint per training image.
 
 The problem (design §2): minimise the message loss (binary cross-entropy on the raw bits, after
-an attack) subject to PSNR_i >= floor for every image i in the batch. Image quality is controlled
-only by the sequential penalty on those constraints; there is no image-MSE term. The loop reads
-top to bottom: sample crops and messages, embed, attack, decode, add the penalty, step, and every
-epoch validate on held-out files, log one CSV row and keep the best model.
+an attack) subject to PSNR_i >= floor for every training sample i. Image quality is controlled
+only by the constraint method (`--method`, see constraint_methods.py); there is no image-MSE
+term. The training set is a fixed set of N crops (datasets.TrainingSamples), so that each sample
+keeps its identity for per-sample coefficients and multipliers, visited in shuffled passes.
+
+The loop reads top to bottom: take the next samples, draw messages, embed, attack, decode, hand
+the per-sample PSNRs to the method, step; every epoch validate on held-out files, log one CSV
+row, keep the best model and write a checkpoint that `--resume` continues from bit-exactly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
+import os
 import random
 import time
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .datasets import FramePool, collect_image_files, split_by_file
+from .datasets import FramePool, SampleOrder, TrainingSamples, collect_image_files, split_by_file
 from .errors import BadInputError
 
 if TYPE_CHECKING:  # torch is imported inside the functions, so that `wm --help` stays instant
@@ -28,6 +35,9 @@ if TYPE_CHECKING:  # torch is imported inside the functions, so that `wm --help`
 # Training aims a little above the user's floor so that held-out images clear it without the
 # guard having to act; the guard still enforces the floor itself on every written file.
 DEFAULT_MARGIN_DB = 0.5
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.csv"
+PLOT_FILE = "metrics.png"
 
 
 @dataclass
@@ -41,16 +51,30 @@ class TrainConfig:
     batch_size: int = 32
     epochs: int = 16
     steps_per_epoch: int = 50
+    # The training set: this many fixed crops of the training files (see TrainingSamples).
+    train_samples: int = 4096
     learning_rate: float = 2e-3
     # Cosine decay to this rate over the run (None: constant). A calm end lets the decoder
     # settle after the last growths of tau.
     learning_rate_final: float | None = None
-    # Sequential penalty: tau grows by `tau_growth` every `tau_period` optimiser steps.
+    # Sequential penalty (method "sequential"): tau grows by `tau_growth` every `tau_period`
+    # optimiser steps, for one global tau or one tau per sample; closed loop grows it only while
+    # violations do not fall by `tau_required_decrease` and validation images still miss the floor.
+    penalty_shape: str = "hinge"
+    tau_scope: str = "global"
+    tau_schedule: str = "open-loop"
     tau_initial: float = 0.1
     tau_growth: float = 1.25
     tau_period: int = 100
     tau_max: float = 500.0
-    penalty_shape: str = "hinge"
+    tau_required_decrease: float = 0.1
+    # Baselines: a constant penalty weight ("fixed"); Lagrange multipliers ("lagrangian",
+    # "augmented-lagrangian", through cooper) with their dual optimiser and step.
+    fixed_weight: float = 1.0
+    dual_optimizer: str = "sgd"
+    dual_lr: float = 0.05
+    nupi_kp: float = 1.0
+    penalty_rho: float = 1.0
     attacks: tuple[str, ...] = ("identity", "noise", "quantise8", "blur")
     rescale_min: float = 1.0  # random rescale of training crops (anatomy at many pixel scales)
     rescale_max: float = 1.0
@@ -64,6 +88,8 @@ class TrainConfig:
     validation_crop: int = 128
     seed: int = 0
     device: str = "auto"
+    # bf16 autocast for the networks on a GPU (ignored on a CPU); PSNRs stay in float32.
+    mixed_precision: bool = True
     parity_bytes: int | None = None
 
     def network_config(self):
@@ -78,6 +104,17 @@ class TrainConfig:
             carrier_smoothing=self.carrier_smoothing,
         )
 
+    def method_settings(self):
+        from .constraint_methods import MethodSettings
+
+        return MethodSettings(
+            method=self.method, shape=self.penalty_shape, tau_scope=self.tau_scope, tau_schedule=self.tau_schedule,
+            tau_initial=self.tau_initial, tau_growth=self.tau_growth, tau_period=self.tau_period,
+            tau_max=self.tau_max, tau_required_decrease=self.tau_required_decrease,
+            fixed_weight=self.fixed_weight, dual_optimizer=self.dual_optimizer, dual_lr=self.dual_lr,
+            nupi_kp=self.nupi_kp, penalty_rho=self.penalty_rho,
+        )
+
 
 PRESETS: dict[str, dict] = {
     # Minutes on two CPU cores: enough for demos, tests and a usable model.
@@ -86,11 +123,18 @@ PRESETS: dict[str, dict] = {
     "standard": {
         "epochs": 40,
         "steps_per_epoch": 100,
+        "train_samples": 16384,
         "tau_period": 150,
         "learning_rate_final": 2e-4,
         "rescale_min": 0.5,
         "rescale_max": 1.5,
         "carrier_smoothing": 1.0,
+        # 64-px carrier tiles: 16 px² per bit instead of 4 lets the carriers live at lower
+        # frequencies, which JPEG's 8×8 quantisation keeps (q50 on radiographs: 0 % → 100 %).
+        # A crop must hold several tiles, so crops are 128² and batches 16.
+        "tile": 64,
+        "crop": 128,
+        "batch_size": 16,
         # Listed twice = drawn twice as often: JPEG exports are the hardest attack to learn.
         "attacks": ("identity", "noise", "quantise8", "blur", "brightness_contrast", "window8", "jpeg", "jpeg",
                     "resize"),
@@ -111,31 +155,147 @@ PRESETS: dict[str, dict] = {
     },
 }
 
+# ---- configuration from presets, a YAML file, --set KEY=VALUE and flags -----------------------
+
+_CONFIG_FIELDS = {f.name for f in fields(TrainConfig)}
+
 
 def config_for_preset(preset: str, **overrides) -> TrainConfig:
+    """The preset's values, then every override that is not None, each checked and converted."""
     if preset not in PRESETS:
         raise BadInputError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
     values = dict(PRESETS[preset])
     if preset == "paper":
         # The paper grows tau every 10 epochs.
         values["tau_period"] = 10 * values["steps_per_epoch"]
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = set(values) - known
+    unknown = {k for k in overrides if k not in _CONFIG_FIELDS or k == "preset"}
     if unknown:
         raise BadInputError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    values.update({k: coerce_option(k, v) for k, v in overrides.items() if v is not None})
     return TrainConfig(preset=preset, **values)
 
 
+def coerce_option(name: str, value):
+    """`value` as the type TrainConfig declares for `name` (text as from --set is parsed)."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    optional = type(None) in typing.get_args(hint)
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
+    if value is None or (optional and isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise BadInputError(f"training option {name} needs a value")
+    try:
+        if base is bool:
+            if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+                return value.strip().lower() in ("true", "yes", "on", "1")
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if typing.get_origin(base) is tuple:
+            items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+            if not items or not all(isinstance(v, str) and v for v in items):
+                raise ValueError
+            return tuple(items)
+    except (TypeError, ValueError):
+        pass
+    kind = {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(base, "a list of names")
+    raise BadInputError(f"training option {name} must be {kind}{' or null' if optional else ''}, got {value!r}")
+
+
+@dataclass
+class ConfigFile:
+    """What a `--config run.yaml` holds: training options, and optionally data, out and preset."""
+
+    options: dict
+    data: list[Path] | None = None
+    out: Path | None = None
+    preset: str | None = None
+
+
+def read_config_file(path: Path) -> ConfigFile:
+    """Read a YAML mapping of TrainConfig fields (dashes or underscores) plus `data`, `out` and
+    `preset`. Relative paths in it are relative to the file's own folder."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError) as error:
+        raise BadInputError(f"cannot read config file {path}: {error}") from None
+    except yaml.YAMLError as error:
+        raise BadInputError(f"config file {path} is not valid YAML: {' '.join(str(error).split())}") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise BadInputError(f"config file {path} must hold a mapping of option: value")
+    base = Path(path).parent
+    values = {str(k).replace("-", "_"): v for k, v in loaded.items()}
+    data = values.pop("data", None)
+    out = values.pop("out", None)
+    preset = values.pop("preset", None)
+    unknown = sorted(k for k in values if k not in _CONFIG_FIELDS)
+    if unknown:
+        raise BadInputError(f"config file {path}: unknown option(s) {', '.join(unknown)}")
+    if data is not None:
+        items = [data] if isinstance(data, str) else data
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            raise BadInputError(f"config file {path}: data must be a path or a list of paths")
+        data = [base / item for item in items]
+    if out is not None:
+        if not isinstance(out, str):
+            raise BadInputError(f"config file {path}: out must be a path")
+        out = base / out
+    if preset is not None and not isinstance(preset, str):
+        raise BadInputError(f"config file {path}: preset must be a name")
+    return ConfigFile({k: coerce_option(k, v) for k, v in values.items()}, data, out, preset)
+
+
+def parse_assignments(assignments: list[str]) -> dict:
+    """`--set key=value` pairs (repeatable) as training options."""
+    options = {}
+    for assignment in assignments:
+        key, equals, value = assignment.partition("=")
+        key = key.strip().replace("-", "_")
+        if not equals or not key:
+            raise BadInputError(f"--set takes KEY=VALUE, got {assignment!r}")
+        if key not in _CONFIG_FIELDS or key == "preset":
+            raise BadInputError(f"--set: unknown training option {key!r}")
+        options[key] = coerce_option(key, value)
+    return options
+
+
 def validate_config(config: TrainConfig) -> None:
-    if config.method != "sequential":
-        raise BadInputError(f"unknown training method {config.method!r} (available: sequential)")
     if config.n_bits < 8 or config.n_bits % 8:
         raise BadInputError("--bits must be a positive multiple of 8")
     if config.crop < config.tile or config.crop % config.tile:
         raise BadInputError(f"crop size must be a multiple of the {config.tile}-px tile")
     if config.epochs < 1 or config.steps_per_epoch < 1 or config.batch_size < 1:
         raise BadInputError("epochs, steps per epoch and batch size must be positive")
+    if config.train_samples < config.batch_size:
+        raise BadInputError(f"train_samples ({config.train_samples}) must be at least the batch size ({config.batch_size})")
+    if not (math.isfinite(config.psnr_min) and config.psnr_min > 0):
+        raise BadInputError(f"--psnr-min must be a positive number of dB, got {config.psnr_min}")
+    if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
+        raise BadInputError("the learning rate must be positive")
+    if config.validation_crops < 1:
+        raise BadInputError("validation_crops must be positive")
+    if config.device not in ("auto", "cpu", "cuda"):
+        raise BadInputError(f"unknown device {config.device!r} (auto, cpu or cuda)")
+    try:
+        config.method_settings().check()
+    except ValueError as error:
+        raise BadInputError(str(error)) from None
     from .training_attacks import TRAINING_ATTACKS
 
     unknown = [a for a in config.attacks if a not in TRAINING_ATTACKS]
@@ -143,40 +303,51 @@ def validate_config(config: TrainConfig) -> None:
         raise BadInputError(f"unknown training attack(s): {', '.join(unknown)}")
 
 
-def pick_device(requested: str) -> str:
+def pick_device(requested: str, local_rank: int = 0):
     import torch
 
     if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
         raise BadInputError("--device cuda was asked for but no CUDA device is available")
     if requested not in ("cpu", "cuda"):
         raise BadInputError(f"unknown device {requested!r} (auto, cpu or cuda)")
-    return requested
+    return torch.device("cuda", local_rank) if requested == "cuda" else torch.device("cpu")
 
 
 def crop_psnr(clean: "torch.Tensor", marked: "torch.Tensor") -> "torch.Tensor":
     """PSNR per image in dB with peak 1 (images are on the nominal range)."""
     import torch
 
-    mse = (marked - clean).square().mean(dim=(1, 2, 3)).clamp_min(1e-12)
+    mse = (marked.float() - clean.float()).square().mean(dim=(1, 2, 3)).clamp_min(1e-12)
     return -10.0 * torch.log10(mse)
 
+
+# ---- what a run reports ------------------------------------------------------------------------
 
 @dataclass
 class EpochMetrics:
     epoch: int
     step: int
     seconds: float
-    tau: float
+    method: str
+    # tau for the penalty methods, the Lagrange multipliers for the Lagrangian ones; NaN for
+    # projection, which has no coefficient.
+    coefficient_mean: float
+    coefficient_max: float
     train_loss: float
     train_bit_accuracy: float
     train_fraction_satisfied: float
     train_min_psnr: float
+    train_mean_psnr: float
     val_bit_accuracy: float
     val_fraction_satisfied: float
     val_min_psnr: float
     val_mean_psnr: float
+
+    @property
+    def tau(self) -> float:
+        return self.coefficient_mean
 
 
 @dataclass
@@ -187,58 +358,80 @@ class TrainResult:
     seconds: float
     train_files: list[Path] = field(default_factory=list)
     validation_files: list[Path] = field(default_factory=list)
+    rank: int = 0
 
+
+@dataclass
+class _Best:
+    score: tuple[float, float]
+    metrics: EpochMetrics
+    state: dict
+
+
+class TrainingInterrupted(Exception):
+    """Raised by a progress callback to stop after an epoch (tests, schedulers)."""
+
+
+# ---- the run -------------------------------------------------------------------------------------
 
 def train(
     config: TrainConfig,
     data: list[Path],
     output: Path,
     progress: Callable[[EpochMetrics], None] | None = None,
+    resume: bool = False,
 ) -> TrainResult:
+    """Train and write the model folder `output`. With `resume`, continue the run whose
+    checkpoint is in `output` (its configuration may differ only in epochs and device)."""
+    from .distributed import start_cluster
+
+    validate_config(config)
+    cluster = start_cluster(use_cuda=pick_device(config.device).type == "cuda")
+    try:
+        return _train(config, data, output, progress, resume, cluster)
+    finally:
+        cluster.stop()
+
+
+def _train(config: TrainConfig, data: list[Path], output: Path, progress, resume: bool, cluster) -> TrainResult:
     import torch
     import torch.nn.functional as F
 
-    from .training_attacks import pick_training_attack
-    from .model_store import save_model
-    from .networks import WatermarkModel
+    from .constraint_methods import build_method
+    from .networks import TrainingPass, WatermarkModel
     from .payload import PayloadCodec, default_parity_bytes
-    from .sequential_penalty import PenaltySchedule, PerSampleConstraint, SequentialPenalty
+    from .sequential_penalty import PerSampleConstraint
+    from .training_attacks import pick_training_attack
 
-    validate_config(config)
-    device = pick_device(config.device)
+    device = pick_device(config.device, cluster.local_rank)
     started = time.perf_counter()
+    checkpoint = load_checkpoint(output) if resume else None
 
-    # ---- data: split each source by file, weight sources equally, load frames ----------------
-    train_files: list[Path] = []
-    train_weights: list[float] = []
-    validation_files: list[Path] = []
-    for source in data:
-        source_files = collect_image_files([source])
-        if not source_files:
-            raise BadInputError(f"no image files in {source}")
-        source_train, source_validation = split_by_file(source_files, config.held_out_fraction, config.seed)
-        train_files += source_train
-        train_weights += [1.0 / len(source_train)] * len(source_train)
-        validation_files += source_validation
-    if not train_files:
-        raise BadInputError(f"no images found in {', '.join(map(str, data))}")
-    train_pool = FramePool.load(train_files, train_weights)
-    if not train_pool.frames:
-        raise BadInputError(f"no usable training image (≥ 64 px, grayscale) in {', '.join(map(str, data))}")
-    validation_pool = FramePool.load(validation_files) if validation_files else train_pool
-    if not validation_pool.frames:
-        validation_pool = train_pool
+    # ---- data: split each source by file, weight sources equally, fix the training samples ----
+    train_pool, validation_pool, has_validation_files = load_training_data(config, data)
+    samples = TrainingSamples(train_pool, config.train_samples, config.crop, config.seed,
+                              (config.rescale_min, config.rescale_max))
+    order = SampleOrder(len(samples), config.seed)
+    # Each process takes its own slice of every global batch of batch_size × processes samples.
+    own_slice = slice(cluster.rank * config.batch_size, (cluster.rank + 1) * config.batch_size)
 
-    # ---- model, optimiser, penalty ----------------------------------------------------------
-    rng = random.Random(config.seed)
-    torch.manual_seed(config.seed)
+    # ---- model, optimiser, constraint method ------------------------------------------------------
+    torch.manual_seed(config.seed)  # the same initial weights in every process
     model = WatermarkModel(config.network_config()).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    penalty = SequentialPenalty(
-        PerSampleConstraint("psnr_db", bound=config.psnr_min + config.psnr_margin, sense="ge"),
-        PenaltySchedule(config.tau_initial, config.tau_growth, config.tau_period, config.tau_max),
-        shape=config.penalty_shape,
-    )
+    constraint = PerSampleConstraint("psnr_db", bound=config.psnr_min + config.psnr_margin, sense="ge")
+    method = build_method(config.method_settings(), constraint, len(samples), config.batch_size, device)
+    training_pass = TrainingPass(model, projection_psnr=constraint.bound if method.projects else None)
+    if cluster.parallel:
+        from torch.nn.parallel import DistributedDataParallel
+
+        training_pass = DistributedDataParallel(training_pass, device_ids=[device.index] if device.type == "cuda" else None)
+    # Messages, attack draws and noise differ between processes; the sample order does not.
+    rng = random.Random(config.seed + 7919 * cluster.rank)
+    if cluster.rank:
+        torch.manual_seed(config.seed + 7919 * cluster.rank)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (
+        device.type == "cuda" and config.mixed_precision) else contextlib.nullcontext
     parity = config.parity_bytes if config.parity_bytes is not None else default_parity_bytes(config.n_bits)
     PayloadCodec(config.n_bits, parity_bytes=parity)  # fail early on a layout with no room
 
@@ -252,85 +445,320 @@ def train(
         dtype=np.float32)).to(device)
 
     history: list[EpochMetrics] = []
-    best: tuple[tuple[float, float], EpochMetrics, dict] | None = None
+    best: _Best | None = None
     step = 0
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        sums = {"loss": 0.0, "accuracy": 0.0, "satisfied": 0.0}
-        worst_psnr = math.inf
-        for _ in range(config.steps_per_epoch):
-            if config.learning_rate_final is not None:
-                progress_fraction = step / (config.epochs * config.steps_per_epoch)
-                rate = config.learning_rate_final + 0.5 * (config.learning_rate - config.learning_rate_final) * (
-                    1.0 + math.cos(math.pi * progress_fraction))
-                for group in optimiser.param_groups:
-                    group["lr"] = rate
-            crops = train_pool.sample_crops(config.batch_size, config.crop, rng, (config.rescale_min, config.rescale_max))
-            clean = torch.from_numpy(crops).to(device)
-            bits = torch.randint(0, 2, (config.batch_size, config.n_bits), device=device).float()
-            residual = model.encoder(clean, bits)
-            marked = (clean + residual).clamp(0.0, 1.0)
-            psnr_values = crop_psnr(clean, marked)
-            _, attack = pick_training_attack(config.attacks, rng)
-            logits = model.decoder(attack(marked, rng))
-            message_loss = F.binary_cross_entropy_with_logits(logits, bits)
-            penalty_term, report = penalty.penalty(psnr_values)
-            loss = message_loss + penalty_term
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            penalty.advance()
-            step += 1
-            sums["loss"] += float(message_loss.detach())
-            sums["accuracy"] += float(((logits.detach() > 0).float() == bits).float().mean())
-            sums["satisfied"] += report.fraction_satisfied
-            worst_psnr = min(worst_psnr, float(psnr_values.detach().min()))
+    first_epoch = 1
+    seconds_before = 0.0
+    if checkpoint is not None:
+        _check_resumable(checkpoint, config, train_pool, validation_pool, cluster)
+        model.load_state_dict(checkpoint["model"])
+        optimiser.load_state_dict(checkpoint["optimiser"])
+        method.load_state_dict(checkpoint["method"])
+        order.load_state_dict(checkpoint["order"])
+        history = [EpochMetrics(**row) for row in checkpoint["history"]]
+        if checkpoint["best"] is not None:
+            saved = checkpoint["best"]
+            best = _Best(tuple(saved["score"]), EpochMetrics(**saved["metrics"]), saved["state"])
+        step = int(checkpoint["step"])
+        first_epoch = int(checkpoint["epoch"]) + 1
+        seconds_before = float(checkpoint["seconds"])
+        _set_rng_state(checkpoint["rng"][cluster.rank], rng, device)
 
-        val_accuracy, val_satisfied, val_min, val_mean = _validate(model, val_images, val_bits, config.psnr_min)
-        n = config.steps_per_epoch
+    for epoch in range(first_epoch, config.epochs + 1):
+        model.train()
+        totals = _Totals()
+        for _ in range(config.steps_per_epoch):
+            _set_learning_rate(optimiser, config, step)
+            batch_indices = order.next(config.batch_size * cluster.world_size)[own_slice]
+            clean = torch.from_numpy(samples.crops(batch_indices.tolist())).to(device)
+            indices = batch_indices.to(device)
+            bits = torch.randint(0, 2, (config.batch_size, config.n_bits), device=device).float()
+            _, attack = pick_training_attack(config.attacks, rng)
+            with autocast():
+                marked, logits = training_pass(clean, bits, attack, rng)
+            message_loss = F.binary_cross_entropy_with_logits(logits, bits)
+            psnr_values = crop_psnr(clean, marked)
+            observed_psnr = cluster.gather(psnr_values.detach())
+            observed_indices = cluster.gather(indices)
+            objective, _ = method.objective(message_loss, psnr_values, indices, observed_psnr, observed_indices)
+            optimiser.zero_grad(set_to_none=True)
+            objective.backward()
+            optimiser.step()
+            method.after_step(observed_psnr, observed_indices)
+            step += 1
+            totals.add(message_loss, logits, bits, psnr_values, config.psnr_min)
+
+        train_figures = totals.reduce(cluster)
+        val_accuracy, val_satisfied, val_min, val_mean = _validate(
+            training_pass.module if cluster.parallel else training_pass, val_images, val_bits, config.psnr_min, cluster)
+        method.end_of_epoch(held_out_satisfied=val_satisfied >= 1.0)
+        coefficient_mean, coefficient_max = method.coefficient_summary()
+        if cluster.parallel:
+            _check_processes_agree(cluster, model, (coefficient_mean, coefficient_max))
         metrics = EpochMetrics(
-            epoch=epoch, step=step, seconds=round(time.perf_counter() - started, 2), tau=penalty.tau,
-            train_loss=sums["loss"] / n, train_bit_accuracy=sums["accuracy"] / n,
-            train_fraction_satisfied=sums["satisfied"] / n, train_min_psnr=worst_psnr,
+            epoch=epoch, step=step, seconds=round(seconds_before + time.perf_counter() - started, 2),
+            method=method.name, coefficient_mean=coefficient_mean, coefficient_max=coefficient_max,
+            **train_figures,
             val_bit_accuracy=val_accuracy, val_fraction_satisfied=val_satisfied,
             val_min_psnr=val_min, val_mean_psnr=val_mean,
         )
         history.append(metrics)
         # Model selection: first the share of held-out crops meeting the floor, then bit accuracy.
         score = (val_satisfied, val_accuracy)
-        if best is None or score >= best[0]:
-            best = (score, metrics, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        if best is None or score >= best.score:
+            best = _Best(score, metrics, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        rng_states = cluster.gather_objects(_rng_state(rng, device))
+        if cluster.is_writer:
+            output.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(output, {
+                # Absolute paths: a run may be resumed from another working folder.
+                "format": 1, "config": _config_dict(config), "data": _absolute(data),
+                "train_files": _absolute(train_pool.files), "validation_files": _absolute(validation_pool.files),
+                "world_size": cluster.world_size, "epoch": epoch, "step": step,
+                "seconds": metrics.seconds,
+                "model": model.state_dict(), "optimiser": optimiser.state_dict(), "method": method.state_dict(),
+                "order": order.state_dict(), "history": [asdict(m) for m in history],
+                "best": {"score": list(best.score), "metrics": asdict(best.metrics), "state": best.state},
+                "rng": rng_states,
+            })
+            _write_metrics(output, history)
         if progress:
             progress(metrics)
 
     assert best is not None
-    model.load_state_dict(best[2])
-    seconds = time.perf_counter() - started
-    card = _model_card(config, parity, train_pool, validation_pool if validation_files else None, best[1], seconds, device)
-    output.mkdir(parents=True, exist_ok=True)
-    save_model(output, model, card)
-    _write_metrics(output, history)
-    _plot_metrics(output, history, config.psnr_min)
-    return TrainResult(output, best[1], history, seconds, train_pool.files, validation_pool.files if validation_files else [])
+    model.load_state_dict(best.state)
+    seconds = seconds_before + time.perf_counter() - started
+    if cluster.is_writer:
+        card = _model_card(config, parity, train_pool, validation_pool if has_validation_files else None, best.metrics,
+                           seconds, device, cluster.world_size)
+        from .model_store import save_model
+
+        save_model(output, model, card)
+        _write_metrics(output, history)
+        _plot_metrics(output, history, config.psnr_min)
+    cluster.barrier()  # no process leaves before the files are written
+    return TrainResult(output, best.metrics, history, seconds, train_pool.files,
+                       validation_pool.files if has_validation_files else [], rank=cluster.rank)
 
 
-def _validate(model, images, bits, psnr_min: float) -> tuple[float, float, float, float]:
+def load_training_data(config: TrainConfig, data: list[Path]) -> tuple[FramePool, FramePool, bool]:
+    """The training pool, the validation pool (the training pool when no file is held out) and
+    whether files were held out: each source split by file, sources weighted equally."""
+    if not data:
+        raise BadInputError("no training data given (DATA arguments, or `data:` in --config)")
+    train_files: list[Path] = []
+    train_weights: list[float] = []
+    validation_files: list[Path] = []
+    for source in data:
+        source_files = collect_image_files([source])
+        if not source_files:
+            raise BadInputError(f"no image files in {source}")
+        source_train, source_validation = split_by_file(source_files, config.held_out_fraction, config.seed)
+        train_files += source_train
+        train_weights += [1.0 / len(source_train)] * len(source_train)
+        validation_files += source_validation
+    train_pool = FramePool.load(train_files, train_weights)
+    if not train_pool.frames:
+        reasons = "; ".join(f"{path.name}: {why}" for path, why in train_pool.skipped[:3])
+        raise BadInputError(f"no usable training image (≥ 64 px, grayscale) in {', '.join(map(str, data))}"
+                            + (f" ({reasons})" if reasons else ""))
+    validation_pool = FramePool.load(validation_files) if validation_files else train_pool
+    has_validation_files = bool(validation_files) and bool(validation_pool.frames)
+    if not validation_pool.frames:
+        validation_pool = train_pool
+    return train_pool, validation_pool, has_validation_files
+
+
+def _set_learning_rate(optimiser, config: TrainConfig, step: int) -> None:
+    if config.learning_rate_final is None:
+        return
+    progress_fraction = step / (config.epochs * config.steps_per_epoch)
+    rate = config.learning_rate_final + 0.5 * (config.learning_rate - config.learning_rate_final) * (
+        1.0 + math.cos(math.pi * progress_fraction))
+    for group in optimiser.param_groups:
+        group["lr"] = rate
+
+
+class _Totals:
+    """Per-epoch sums over this process's training batches, reduced across processes at the end."""
+
+    def __init__(self) -> None:
+        self.loss = self.correct_bits = self.bits = self.satisfied = self.psnr_sum = 0.0
+        self.images = self.batches = 0
+        self.min_psnr = math.inf
+
+    def add(self, loss, logits, bits, psnr_values, psnr_min: float) -> None:
+        psnr = psnr_values.detach()
+        self.loss += float(loss.detach())
+        self.batches += 1
+        self.correct_bits += float(((logits.detach() > 0).float() == bits).float().sum())
+        self.bits += bits.numel()
+        self.satisfied += float((psnr >= psnr_min).float().sum())
+        self.psnr_sum += float(psnr.sum())
+        self.images += psnr.numel()
+        self.min_psnr = min(self.min_psnr, float(psnr.min()))
+
+    def reduce(self, cluster) -> dict:
+        loss, batches, correct, bits, satisfied, psnr_sum, images = cluster.sum(
+            [self.loss, self.batches, self.correct_bits, self.bits, self.satisfied, self.psnr_sum, self.images])
+        (min_psnr,) = cluster.min([self.min_psnr])
+        return {"train_loss": loss / batches, "train_bit_accuracy": correct / bits,
+                "train_fraction_satisfied": satisfied / images, "train_min_psnr": min_psnr,
+                "train_mean_psnr": psnr_sum / images}
+
+
+def _check_processes_agree(cluster, model, coefficients: tuple[float, float]) -> None:
+    """Data-parallel processes must hold the same weights and coefficients; a cheap fingerprint
+    per epoch catches a divergence before it silently ruins a long run."""
     import torch
 
-    model.eval()
     with torch.no_grad():
-        marked = (images + model.encoder(images, bits)).clamp(0.0, 1.0)
-        # Measure as a file would be written: 16-bit rounding of the stored values.
-        marked = torch.round(marked * 65535.0) / 65535.0
-        psnr_values = crop_psnr(images, marked)
-        logits = model.decoder(marked)
-        accuracy = float(((logits > 0).float() == bits).float().mean())
-    return (accuracy, float((psnr_values >= psnr_min).float().mean()),
-            float(psnr_values.min()), float(psnr_values.mean()))
+        weights = sum(float(p.double().sum()) for p in model.parameters())
+    # NaN (no coefficient) never equals itself: compare it as None.
+    fingerprints = cluster.gather_objects(tuple(None if math.isnan(v) else round(v, 9) for v in (weights, *coefficients)))
+    if any(f != fingerprints[0] for f in fingerprints):
+        raise RuntimeError(f"data-parallel processes diverged: {fingerprints}")
 
+
+def marked_for_evaluation(training_pass, images: "torch.Tensor", bits: "torch.Tensor") -> "torch.Tensor":
+    """The marked images as a file would store them: the model's output (projected for the
+    projection method, as in training) rounded to 16 bits."""
+    import torch
+
+    marked = training_pass.embed(images, bits)
+    return torch.round(marked * 65535.0) / 65535.0
+
+
+def _validate(training_pass, images, bits, psnr_min: float, cluster) -> tuple[float, float, float, float]:
+    """Bit accuracy, fraction meeting the floor, min and mean PSNR on the validation crops; each
+    process measures its share and the figures are combined."""
+    import torch
+
+    training_pass.eval()
+    share = slice(cluster.rank, None, cluster.world_size)
+    with torch.no_grad():
+        own_images, own_bits = images[share], bits[share]
+        if len(own_images):
+            marked = marked_for_evaluation(training_pass, own_images, own_bits)
+            psnr_values = crop_psnr(own_images, marked)
+            logits = training_pass.model.decoder(marked).float()
+            correct = float(((logits > 0).float() == own_bits).float().sum())
+            satisfied = float((psnr_values >= psnr_min).float().sum())
+            psnr_sum, psnr_min_seen = float(psnr_values.sum()), float(psnr_values.min())
+        else:
+            correct = satisfied = psnr_sum = 0.0
+            psnr_min_seen = math.inf
+    training_pass.train()
+    correct, satisfied, psnr_sum = cluster.sum([correct, satisfied, psnr_sum])
+    (psnr_min_seen,) = cluster.min([psnr_min_seen])
+    count = len(images)
+    return correct / bits.numel(), satisfied / count, psnr_min_seen, psnr_sum / count
+
+
+# ---- checkpoints and random states ------------------------------------------------------------------
+
+def _config_dict(config: TrainConfig) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+
+
+def save_checkpoint(output: Path, state: dict) -> None:
+    import torch
+
+    temporary = output / f".{CHECKPOINT_FILE}.tmp"
+    torch.save(state, temporary)
+    os.replace(temporary, output / CHECKPOINT_FILE)  # a checkpoint on disk is always whole
+
+
+def load_checkpoint(output: Path) -> dict:
+    path = Path(output) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise BadInputError(f"no checkpoint to resume from in {output} (expected {CHECKPOINT_FILE})")
+    import torch
+
+    try:
+        from cooper.optim.torch_optimizers.nupi_optimizer import nuPIInitType
+
+        # Tensors and plain containers only: loading a checkpoint never runs code from it.
+        with torch.serialization.safe_globals([nuPIInitType]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a damaged or foreign file is bad input, not a crash
+        raise BadInputError(f"cannot read checkpoint {path}: {str(error).splitlines()[0] if str(error) else error!r}") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != 1:
+        raise BadInputError(f"{path} is not a wm training checkpoint")
+    return checkpoint
+
+
+def resume_config(output: Path, epochs: int | None = None, device: str | None = None) -> tuple[TrainConfig, list[Path]]:
+    """The configuration and data of the run checkpointed in `output`, with epochs and device
+    optionally changed (a longer run; another machine)."""
+    checkpoint = load_checkpoint(output)
+    values = dict(checkpoint["config"])
+    preset = values.pop("preset")
+    if epochs is not None:
+        values["epochs"] = epochs
+    if device is not None:
+        values["device"] = device
+    return config_for_preset(preset, **values), [Path(p) for p in checkpoint["data"]]
+
+
+def _check_resumable(checkpoint: dict, config: TrainConfig, train_pool: FramePool, validation_pool: FramePool,
+                     cluster) -> None:
+    saved = dict(checkpoint["config"])
+    current = _config_dict(config)
+    changed = sorted(k for k in current if k not in ("epochs", "device") and saved.get(k) != current[k])
+    if changed:
+        raise BadInputError(f"cannot resume with a different configuration ({', '.join(changed)} changed); "
+                            "only epochs and device may change")
+    if checkpoint["train_files"] != _absolute(train_pool.files) or \
+            checkpoint["validation_files"] != _absolute(validation_pool.files):
+        raise BadInputError("the training data differ from the checkpoint's; resume with the same data")
+    if int(checkpoint["world_size"]) != cluster.world_size:
+        raise BadInputError(f"the checkpoint was written by {checkpoint['world_size']} process(es); "
+                            f"resume with the same number (now {cluster.world_size})")
+    if int(checkpoint["epoch"]) > config.epochs:
+        raise BadInputError(f"the checkpoint is at epoch {checkpoint['epoch']}, past --epochs {config.epochs}")
+
+
+def _absolute(paths) -> list[str]:
+    return [str(Path(p).resolve()) for p in paths]
+
+
+def _rng_state(rng: random.Random, device) -> dict:
+    """Every random state the loop draws from: this process's Python generator, the global
+    Python, NumPy and torch generators and the GPU's."""
+    import torch
+
+    numpy_state = np.random.get_state()
+    state = {
+        "python": rng.getstate(),
+        "python_global": random.getstate(),
+        "numpy": (numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, rng: random.Random, device) -> None:
+    import torch
+
+    def as_tuple(value):  # what was saved as a tuple may come back as a list
+        return tuple(as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+    rng.setstate(as_tuple(state["python"]))
+    random.setstate(as_tuple(state["python_global"]))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# ---- files ----------------------------------------------------------------------------------------
 
 def _model_card(config: TrainConfig, parity: int, train_pool: FramePool, validation_pool: FramePool | None,
-                best: EpochMetrics, seconds: float, device: str) -> dict:
+                best: EpochMetrics, seconds: float, device, world_size: int) -> dict:
     from .payload import PayloadCodec
 
     codec = PayloadCodec(config.n_bits, parity_bytes=parity)
@@ -347,8 +775,10 @@ def _model_card(config: TrainConfig, parity: int, train_pool: FramePool, validat
         "quality_floor": {"psnr_min_db": config.psnr_min, "trained_with_margin_db": config.psnr_margin,
                           "peak": "nominal", "domain": "stored"},
         "training": {
-            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
-            "device": device,
+            "method": config.method,
+            "config": _config_dict(config),
+            "device": str(device.type),
+            "processes": world_size,
             "seconds": round(seconds, 1),
             "files": {
                 "train": [str(p) for p in train_pool.files],
@@ -356,7 +786,9 @@ def _model_card(config: TrainConfig, parity: int, train_pool: FramePool, validat
             },
         },
         "figures": {
-            "note": "held-out crops, float model output rounded to 16 bits, no attack, no guard",
+            "note": "held-out crops, float model output rounded to 16 bits, no attack, no guard"
+                    + (" (residual projected onto the floor, as the projection method trains)"
+                       if config.method == "projection" else ""),
             "selected_epoch": best.epoch,
             "val_bit_accuracy": round(best.val_bit_accuracy, 6),
             "val_fraction_meeting_floor": round(best.val_fraction_satisfied, 6),
@@ -367,11 +799,13 @@ def _model_card(config: TrainConfig, parity: int, train_pool: FramePool, validat
 
 
 def _write_metrics(output: Path, history: list[EpochMetrics]) -> None:
-    with open(output / "metrics.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(asdict(history[0])))
+    temporary = output / f".{METRICS_FILE}.tmp"
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(EpochMetrics)])
         writer.writeheader()
         for row in history:
             writer.writerow(asdict(row))
+    os.replace(temporary, output / METRICS_FILE)
 
 
 def _plot_metrics(output: Path, history: list[EpochMetrics], psnr_min: float) -> None:
@@ -381,20 +815,35 @@ def _plot_metrics(output: Path, history: list[EpochMetrics], psnr_min: float) ->
     import matplotlib.pyplot as plt
 
     epochs = [m.epoch for m in history]
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    figure, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     axes[0].plot(epochs, [m.train_bit_accuracy for m in history], label="train")
     axes[0].plot(epochs, [m.val_bit_accuracy for m in history], label="validation")
     axes[0].set_title("bit accuracy")
     axes[0].legend()
+    axes[1].plot(epochs, [m.train_min_psnr for m in history], label="train min", linestyle=":")
     axes[1].plot(epochs, [m.val_min_psnr for m in history], label="validation min")
     axes[1].plot(epochs, [m.val_mean_psnr for m in history], label="validation mean")
     axes[1].axhline(psnr_min, color="red", linestyle="--", label="floor")
     axes[1].set_title("PSNR (dB)")
     axes[1].legend()
-    axes[2].semilogy(epochs, [m.tau for m in history])
-    axes[2].set_title("penalty coefficient τ")
+    axes[2].plot(epochs, [m.train_fraction_satisfied for m in history], label="train")
+    axes[2].plot(epochs, [m.val_fraction_satisfied for m in history], label="validation")
+    axes[2].set_ylim(-0.02, 1.02)
+    axes[2].set_title("fraction meeting the floor")
+    axes[2].legend()
+    coefficients = [(m.coefficient_mean, m.coefficient_max) for m in history]
+    if all(math.isnan(mean) for mean, _ in coefficients):
+        axes[3].text(0.5, 0.5, f"no coefficient ({history[0].method})", ha="center", va="center",
+                     transform=axes[3].transAxes)
+    else:
+        axes[3].plot(epochs, [mean for mean, _ in coefficients], label="mean")
+        axes[3].plot(epochs, [top for _, top in coefficients], label="max")
+        if all(top > 0 for _, top in coefficients):
+            axes[3].set_yscale("log")
+        axes[3].legend()
+    axes[3].set_title(f"{'multiplier λ' if 'lagrangian' in history[0].method else 'coefficient τ'} ({history[0].method})")
     for axis in axes:
         axis.set_xlabel("epoch")
     figure.tight_layout()
-    figure.savefig(output / "metrics.png", dpi=90)
+    figure.savefig(output / PLOT_FILE, dpi=90)
     plt.close(figure)
