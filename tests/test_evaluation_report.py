@@ -66,3 +66,42 @@ def test_upper_bound_on_a_rate():
     assert rule_of_three_upper_bound(0, 100) == pytest.approx(1 - 0.05 ** (1 / 100))
     assert rule_of_three_upper_bound(0, 3000) < 0.001
     assert rule_of_three_upper_bound(5, 10) > 0.5
+
+
+class MeanBrightness:
+    """A stand-in diagnostic classifier: the score is the mean of the central input region. On
+    images whose label is 'brighter centre' it is perfect, and a 40 dB mark cannot move it."""
+
+    input_size = 32
+    path = "mean-brightness"
+
+    def score_inputs(self, inputs: np.ndarray) -> np.ndarray:
+        return inputs[:, 8:24, 8:24].mean(axis=(1, 2))[:, None].astype(np.float64)
+
+
+def test_classifier_check_joins_the_report(tmp_path):
+    from PIL import Image
+
+    from watermark_cli.classifier import read_labels
+    from watermark_cli.evaluation import ClassifierCheck, evaluate
+
+    rng = np.random.default_rng(4)
+    rows = ["path,label"]
+    for index in range(8):
+        label = index % 2
+        image = rng.normal(20000, 3000, (128, 128))
+        image[40:88, 40:88] += 15000 * label  # a bright centre is the finding
+        Image.fromarray(np.clip(image, 0, 65535).astype(np.uint16)).save(tmp_path / f"img{index}.png")
+        rows.append(f"img{index}.png,{label}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+
+    check = ClassifierCheck(MeanBrightness(), read_labels(tmp_path / "labels.csv"), margin=0.01)
+    options = EvaluationOptions(floor=QualityFloor(40.0), attacks=parse_attack_list("identity"), messages=1)
+    report = evaluate([tmp_path], load_model(None), options, tmp_path / "report",
+                      on_marked=check.on_marked, finish=check.finish)
+    block = report["classifier"]
+    assert block["n_images"] == 8 and block["auroc_clean"] == 1.0 and block["auroc_watermarked"] == 1.0
+    assert block["delta_auroc"] == 0.0 and block["non_inferior"] and block["flip_rate"] == 0.0
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "non-inferior" in page and 'alt="ROC curves clean vs watermarked" src="data:image/png;base64,' in page
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["classifier"]["verdict"] == "pass"

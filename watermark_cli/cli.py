@@ -328,46 +328,91 @@ def extract(
 
 @app.command()
 def train(
-    data: Annotated[list[Path], typer.Argument(help="Files or folders of DICOM/PNG/TIFF images.")],
-    out: Annotated[Path, typer.Option("--out", help="Model folder to write.")] = Path("runs/model"),
-    preset: Annotated[str, typer.Option("--preset", help="quick | standard | paper")] = "quick",
-    psnr_min: PsnrOption = 40.0,
+    data: Annotated[Optional[list[Path]], typer.Argument(
+        help="Files or folders of DICOM/PNG/TIFF images (or `data:` in --config).", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Model folder to write (default: runs/model).")] = None,
+    config_file: Annotated[Optional[Path], typer.Option(
+        "--config", help="YAML file of training options (any TrainConfig field, plus data, out, preset); "
+                         "flags given here override it.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        "--resume", help="Continue the run in this folder from its last checkpoint (bit-exact); "
+                         "only --epochs and --device may change.")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="quick (default) | standard | paper")] = None,
+    psnr_min: Annotated[Optional[float], typer.Option("--psnr-min", help="PSNR floor in dB (default: 40).")] = None,
     bits: Annotated[Optional[int], typer.Option("--bits", help="Raw bits the model carries (multiple of 8).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
     steps_per_epoch: Annotated[Optional[int], typer.Option("--steps-per-epoch")] = None,
-    method: Annotated[str, typer.Option("--method", help="Constraint method: sequential.")] = "sequential",
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Per process.")] = None,
+    method: Annotated[Optional[str], typer.Option(
+        "--method", help="sequential (default) | fixed | lagrangian | augmented-lagrangian | projection")] = None,
+    fixed_weight: Annotated[Optional[float], typer.Option("--fixed-weight", help="λ of --method fixed.")] = None,
+    penalty_shape: Annotated[Optional[str], typer.Option("--penalty-shape", help="hinge | squared_hinge")] = None,
+    tau_scope: Annotated[Optional[str], typer.Option("--tau-scope", help="global | per-sample")] = None,
+    tau_schedule: Annotated[Optional[str], typer.Option("--tau-schedule", help="open-loop | closed-loop")] = None,
+    dual_optimizer: Annotated[Optional[str], typer.Option("--dual-optimizer", help="sgd | nupi (Lagrangian methods)")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto (default) | cpu | cuda")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (default: 0).")] = None,
+    assignments: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Any training option as KEY=VALUE (repeatable), e.g. --set tau_growth=1.5")] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Train an encoder/decoder pair with the sequential penalty on PSNR_i >= floor."""
-    from .training import config_for_preset, train as run_training
+    """Train an encoder/decoder pair under PSNR_i >= floor for every training image."""
+    import os
 
-    config = config_for_preset(preset, n_bits=bits, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                               psnr_min=psnr_min, method=method, device=device, seed=seed)
-    if out.exists() and any(out.iterdir()):
-        raise BadInputError(f"{out} exists and is not empty; choose another --out")
-    with _progress(not json_output) as progress:
+    from .training import (config_for_preset, parse_assignments, read_config_file, resume_config,
+                           train as run_training, validate_config)
+
+    flags = {"psnr_min": psnr_min, "n_bits": bits, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
+             "batch_size": batch_size, "method": method, "fixed_weight": fixed_weight,
+             "penalty_shape": penalty_shape, "tau_scope": tau_scope, "tau_schedule": tau_schedule,
+             "dual_optimizer": dual_optimizer, "device": device, "seed": seed}
+    if resume is not None:
+        given = [name for name, value in flags.items() if value is not None and name not in ("epochs", "device")]
+        if data or out is not None or config_file is not None or preset is not None or assignments or given:
+            raise BadInputError("--resume continues a run with its own data and configuration; "
+                                "only --epochs and --device may be given with it")
+        config, data = resume_config(resume, epochs=epochs, device=device)
+        out = resume
+    else:
+        from_file = read_config_file(config_file) if config_file is not None else None
+        options = dict(from_file.options) if from_file else {}
+        options.update(parse_assignments(assignments or []))
+        options.update({name: value for name, value in flags.items() if value is not None})
+        preset = preset or (from_file.preset if from_file else None) or "quick"
+        config = config_for_preset(preset, **options)
+        data = data or (from_file.data if from_file else None)
+        out = out or (from_file.out if from_file else None) or Path("runs/model")
+        if not data:
+            raise BadInputError("no training data given (DATA arguments, or `data:` in --config)")
+        if out.exists() and any(out.iterdir()):
+            raise BadInputError(f"{out} exists and is not empty; choose another --out (or --resume {out})")
+    validate_config(config)  # before the progress bar, so that a bad option is one clean line
+    # Under torchrun every process runs this command; only rank 0 talks.
+    speaks = int(os.environ.get("RANK", "0")) == 0
+    with _progress(speaks and not json_output) as progress:
         task = progress.add_task("training", total=config.epochs) if progress else None
+        symbol = "λ" if "lagrangian" in config.method else "τ"
 
         def report(metrics) -> None:
             if progress:
-                progress.update(task, advance=1, description=(
+                progress.update(task, completed=metrics.epoch, description=(
                     f"epoch {metrics.epoch}: bits {metrics.val_bit_accuracy:.4f}, "
-                    f"floor met {metrics.val_fraction_satisfied:.0%}, τ {metrics.tau:.3g}"))
+                    f"floor met {metrics.val_fraction_satisfied:.0%}, {symbol} {metrics.coefficient_mean:.3g}"))
 
-        result = run_training(config, list(data), out, report)
+        result = run_training(config, list(data), out, report, resume=resume is not None)
+    if not speaks:
+        return
     best = result.best
     summary = {
-        "output": str(result.output), "seconds": round(result.seconds, 1), "epochs": config.epochs,
-        "selected_epoch": best.epoch, "val_bit_accuracy": best.val_bit_accuracy,
+        "output": str(result.output), "method": config.method, "seconds": round(result.seconds, 1),
+        "epochs": config.epochs, "selected_epoch": best.epoch, "val_bit_accuracy": best.val_bit_accuracy,
         "val_fraction_meeting_floor": best.val_fraction_satisfied, "val_min_psnr": best.val_min_psnr,
         "train_files": len(result.train_files), "validation_files": len(result.validation_files),
     }
     if json_output:
         _emit_json(summary)
         return
-    table = Table(title=f"wm train ({preset}) → {out}")
+    table = Table(title=f"wm train ({config.preset}, {config.method}) → {out}")
     table.add_column("measure")
     table.add_column("value")
     for name, value in summary.items():
@@ -389,32 +434,52 @@ def evaluate(
     messages: Annotated[int, typer.Option("--messages", help="Fixed messages per image.")] = 3,
     key: KeyOption = None,
     report: Annotated[Path, typer.Option("--report", help="Report folder.")] = Path("wm_report"),
+    classifier: Annotated[Optional[Path], typer.Option("--classifier", help="Folder of a classifier from `wm classifier train`: the diagnostic check.")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels for the check: CSV path,label (paths relative to the CSV) or a folder of class subfolders.")] = None,
+    margin: Annotated[float, typer.Option("--margin", help="Non-inferiority margin on ΔAUROC (the check fails if the CI's lower bound is below −margin).")] = 0.01,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     json_output: JsonOption = False,
 ) -> None:
-    """Quality, message recovery under attacks, and false positives on a dataset."""
+    """Quality, message recovery under attacks, false positives, and (with --classifier and
+    --labels) whether a diagnostic classifier scores watermarked images as it scores originals."""
     from .attacks import parse_attack_list
     from .datasets import collect_image_files
-    from .evaluation import EvaluationOptions, evaluate as run_evaluation
+    from .evaluation import ClassifierCheck, EvaluationOptions, evaluate as run_evaluation
 
     floor = _quality_floor(psnr_min, psnr_peak, psnr_domain, None)
     attack_list = parse_attack_list(attacks)
     if messages < 1:
         raise BadInputError("--messages must be at least 1")
+    if (classifier is None) != (labels is None):
+        raise BadInputError("the classifier check needs both --classifier and --labels")
+    if not (math.isfinite(margin) and 0 <= margin < 1):
+        raise BadInputError("--margin must be between 0 and 1")
     n_files = len(collect_image_files(data))
+    check = None
+    if classifier is not None:
+        from .classifier import load_classifier, read_labels
+
+        check = ClassifierCheck(load_classifier(classifier), read_labels(labels), margin, seed)
     loaded = _load_model(model)
     options = EvaluationOptions(floor=floor, attacks=attack_list, messages=messages, key=key, seed=seed,
                                 window=_parse_window(window))
     with _progress(not json_output) as progress:
         task = progress.add_task("evaluating", total=n_files) if progress else None
         summary = run_evaluation(list(data), loaded, options, report,
-                                 (lambda _: progress.advance(task)) if progress else None)
+                                 (lambda _: progress.advance(task)) if progress else None,
+                                 on_marked=check.on_marked if check else None,
+                                 finish=check.finish if check else None)
     if json_output:
         _emit_json(summary)
     else:
         _print_evaluation(summary, report)
+    problems = []
     if summary["below_floor"]:
-        raise CheckFailedError(f"{summary['below_floor']} frame(s) below the {psnr_min:g} dB floor")
+        problems.append(f"{summary['below_floor']} frame(s) below the {psnr_min:g} dB floor")
+    if summary.get("classifier") and not summary["classifier"]["non_inferior"]:
+        problems.append(f"the classifier check failed its −{margin:g} ΔAUROC margin")
+    if problems:
+        raise CheckFailedError("; ".join(problems))
 
 
 def _print_evaluation(summary: dict, report: Path) -> None:
@@ -437,6 +502,21 @@ def _print_evaluation(summary: dict, report: Path) -> None:
         f"false positives on unmarked originals: {detection['false_positives']} of {detection['n_clean']} "
         f"(95 % upper bound {detection['false_positive_rate_upper_95']:.3g}); report: {report}"
     )
+    block = summary.get("classifier")
+    if block:
+        ci = block["delta_auroc_ci95"]
+        interval = f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci[0] is not None else "undefined"
+        verdict = "[green]non-inferior[/]" if block["non_inferior"] else "[red]NOT shown non-inferior[/]"
+        stdout.print(
+            f"classifier check ({block['n_images']} labelled images): AUROC {block['auroc_clean']:.4f} → "
+            f"{block['auroc_watermarked']:.4f}, Δ {block['delta_auroc']:+.4f}, 95 % CI {interval}, margin "
+            f"−{block['margin']:g}: {verdict}; flip rate {block['flip_rate']:.4f}", highlight=False)
+    quality = summary.get("quality") or {}
+    parts = [f"{name} median {quality[name]['median']:.{digits}f}" for name, digits in
+             (("psnr_windowed", 2), ("ssim", 4)) if quality.get(name)]
+    if parts:
+        stdout.print("quality per marked image: " + ", ".join(parts) +
+                     f"; report.html in {report}", highlight=False)
     for item in summary["skipped"]:
         stderr.print(f"[yellow]skipped[/] {item['path']}: {item['reason']}", highlight=False)
 
@@ -479,6 +559,97 @@ def data_clinical(
         _emit_json({"output": str(out), "split": split, "files": [str(p) for p in written]})
     else:
         stdout.print(f"copied {len(written)} {split} clinical DICOM file(s) to {out}")
+
+
+@data_app.command("lesions")
+def data_lesions(
+    out: Annotated[Path, typer.Argument(help="Folder to write the images, labels.csv, manifest.csv and README.txt into.")],
+    split: Annotated[str, typer.Option("--split", help="train or held_out: which clinical images give the real backgrounds.")] = "train",
+    n: Annotated[int, typer.Option("--n", help="Number of images (about half with a lesion).")] = 400,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    size: Annotated[int, typer.Option("--size", help="Side in pixels.")] = 256,
+    real_fraction: Annotated[float, typer.Option("--real-fraction", help="Share of images on real clinical backgrounds.")] = 0.5,
+    json_output: JsonOption = False,
+) -> None:
+    """Labelled images for the diagnostic classifier check. THE LESIONS ARE SYNTHETIC.
+
+    A small blurred nodule (the phantoms' lesion) is drawn on about half of the images; the
+    backgrounds are crops of the real pydicom-data clinical images of one split (train and
+    held_out never mixed; crops without anatomy rejected) and the synthetic CT/MR/radiograph
+    phantoms. Writes 16-bit PNGs, labels.csv (path,label; 1 = lesion), manifest.csv and a
+    README.txt that says the lesions are synthetic.
+    """
+    from .lesion_dataset import LesionDatasetConfig, write_lesion_dataset
+
+    config = LesionDatasetConfig(split=split, n=n, size=size, seed=seed, real_fraction=real_fraction)
+    labels = write_lesion_dataset(out, config)
+    if json_output:
+        _emit_json({"output": str(out), "split": split, "n": n, "labels": str(labels), "lesions": "synthetic"})
+    else:
+        stdout.print(f"wrote {n} images ({size}×{size}, 16-bit PNG; {split} backgrounds) and {labels}; "
+                     "[bold]the lesions are synthetic[/] (see README.txt there)")
+
+
+# ------------------------------------------------------------------------------ classifier ----
+
+classifier_app = typer.Typer(no_args_is_help=True, help="The diagnostic classifier used by `wm evaluate --classifier`.")
+app.add_typer(classifier_app, name="classifier")
+
+
+@classifier_app.command("train")
+def classifier_train(
+    data: Annotated[Path, typer.Argument(help="Folder of labelled images (its labels.csv or class subfolders), or use --labels.")],
+    out: Annotated[Path, typer.Option("--out", help="Classifier folder to write (weights.safetensors + card.yaml).")],
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="CSV path,label (0/1) or path,FINDING,...; paths relative to the CSV's folder.")] = None,
+    arch: Annotated[str, typer.Option("--arch", help="small (CPU) | resnet18 | densenet121")] = "small",
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Local pretrained weights to start from (safetensors or torch state dict).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Training epochs (default: 12).")] = None,
+    input_size: Annotated[int, typer.Option("--input-size", help="Network input side in pixels.")] = 128,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    json_output: JsonOption = False,
+) -> None:
+    """Train a diagnostic classifier from scratch on clean (never watermarked) training images."""
+    from .classifier import ClassifierTrainingConfig, read_labels, train_classifier
+
+    if not data.exists():
+        raise BadInputError(f"no such file or folder: {data}")
+    labelled = read_labels(labels) if labels is not None else read_labels(data)
+    if labels is not None:
+        labelled = labelled.within(data)
+    defaults = ClassifierTrainingConfig()
+    config = ClassifierTrainingConfig(arch=arch, input_size=input_size, epochs=epochs or defaults.epochs,
+                                      seed=seed, device=device, weights=weights)
+    with _progress(not json_output) as progress:
+        task = progress.add_task("training", total=config.epochs) if progress else None
+
+        def report(figures) -> None:
+            if progress:
+                auroc = "–" if figures.validation_auroc is None else f"{figures.validation_auroc:.3f}"
+                progress.update(task, advance=1, description=(
+                    f"epoch {figures.epoch}: loss {figures.train_loss:.3f}, validation AUROC {auroc}"))
+
+        result = train_classifier(labelled, out, config, report, data_description=str(data))
+    card = result.card
+    summary = {
+        "output": str(out), "arch": arch, "task": card["task"], "labels": card["label_names"],
+        "seconds": card["training"]["seconds"], "device": card["training"]["device"], "epochs": config.epochs,
+        "selected_epoch": card["training"]["selected_epoch"], "n_train": card["training"]["n_train"],
+        "n_validation": card["training"]["n_validation"],
+        "validation_auroc": card["validation"]["auroc_macro"], "validation_auroc_per_label": card["validation"]["auroc"],
+    }
+    if json_output:
+        _emit_json(summary)
+        return
+    table = Table(title=f"wm classifier train ({arch}) → {out}")
+    table.add_column("measure")
+    table.add_column("value")
+    for name, value in summary.items():
+        if name == "validation_auroc_per_label" and len(card["label_names"]) == 1:
+            continue
+        shown = f"{value:.4g}" if isinstance(value, float) else ", ".join(value) if isinstance(value, list) else str(value)
+        table.add_row(name.replace("_", " "), shown)
+    stdout.print(table)
 
 
 @app.command()

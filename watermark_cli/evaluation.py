@@ -240,3 +240,51 @@ def _summarise(rows, frame_psnrs, embeddings, options, model, peak_names, guard_
         },
         "skipped": skipped,
     }
+
+
+class ClassifierCheck:
+    """The diagnostic classifier check inside `wm evaluate`.
+
+    The frozen classifier scores every labelled image twice: as it came, and marked with the
+    first evaluation message (no attack), which is what a hospital would archive. The paired
+    scores then go to `diagnostic_check.compare_classifier`. Unlabelled images are still
+    evaluated for quality and robustness; they simply take no part in this check.
+    """
+
+    def __init__(self, classifier, labelled, margin: float, seed: int = 0) -> None:
+        self.classifier = classifier
+        self.labelled = labelled
+        self.margin = margin
+        self.seed = seed
+        self._row_of = {path.resolve(): row for row, path in enumerate(labelled.paths)}
+        self._clean: list[np.ndarray] = []
+        self._marked: list[np.ndarray] = []
+        self._rows: list[int] = []
+        self._unlabelled = 0
+
+    def on_marked(self, path: str, image: MedicalImage, marked_pixels: np.ndarray) -> None:
+        from .classifier import classifier_input
+
+        row = self._row_of.get(Path(path).resolve())
+        if row is None:
+            self._unlabelled += 1
+            return
+        stored_range = (image.stored_min, image.stored_max)  # a marked image keeps its format
+        size = self.classifier.input_size
+        self._clean.append(classifier_input(image.pixels, stored_range, size))
+        self._marked.append(classifier_input(marked_pixels, stored_range, size))
+        self._rows.append(row)
+
+    def finish(self, report: dict) -> None:
+        from .diagnostic_check import compare_classifier
+
+        if not self._rows:
+            raise BadInputError(f"none of the evaluated images has a label in {self.labelled.source}")
+        clean = self.classifier.score_inputs(np.stack(self._clean))
+        marked = self.classifier.score_inputs(np.stack(self._marked))
+        block = compare_classifier(clean, marked, self.labelled.targets[self._rows], self.labelled.label_names,
+                                   margin=self.margin, seed=self.seed)
+        block["classifier"] = str(self.classifier.path)
+        block["labels_source"] = str(self.labelled.source)
+        block["unlabelled_images"] = self._unlabelled
+        report["classifier"] = block

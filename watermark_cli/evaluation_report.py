@@ -123,20 +123,25 @@ def _examples(examples: list[tuple[str, np.ndarray, np.ndarray]]):
 
 
 def _roc_curves(classifier: dict):
+    """One ROC curve per finding for the originals (solid) and the watermarked copies (dashed)."""
     import matplotlib.pyplot as plt
 
     curves = classifier.get("roc") or {}
     if not curves:
         return None
-    figure, axis = plt.subplots(figsize=(4.5, 4.5))
-    for name, style in (("clean", "-"), ("watermarked", "--")):
-        for label, points in (curves.get(name) or {}).items():
-            axis.plot(points["fpr"], points["tpr"], style, label=f"{name} ({label})" if len(curves[name]) > 1 else name)
+    figure, axis = plt.subplots(figsize=(4.8, 4.5))
+    for index, (label, by_set) in enumerate(curves.items()):
+        colour = f"C{index % 10}"
+        for name, style in (("clean", "-"), ("watermarked", "--")):
+            points = by_set.get(name)
+            if points:
+                title = name if len(curves) == 1 else f"{label}, {name}"
+                axis.plot(points["fpr"], points["tpr"], style, color=colour, label=title)
     axis.plot([0, 1], [0, 1], color="gray", linewidth=0.8)
     axis.set_xlabel("1 − specificity")
     axis.set_ylabel("sensitivity")
-    axis.legend(loc="lower right")
-    axis.set_title("ROC: same classifier, originals vs watermarked")
+    axis.legend(loc="lower right", fontsize=8)
+    axis.set_title("ROC: one classifier, originals vs watermarked", fontsize=10)
     figure.tight_layout()
     return figure
 
@@ -227,22 +232,23 @@ def _html(report: dict, plots: dict[str, Path]) -> str:
 
 
 def _classifier_section(classifier: dict) -> str:
-    verdict = classifier.get("verdict", "")
     passed = bool(classifier.get("non_inferior"))
     ci = classifier.get("delta_auroc_ci95") or [None, None]
+    margin = classifier.get("margin")
     lines = [
-        "<p>" + _verdict(passed, f"{verdict}") +
-        f" — ΔAUROC {_number(classifier.get('delta_auroc'), 4)} (95 % CI {_number(ci[0], 4)} to {_number(ci[1], 4)}), "
-        f"margin −{_number(classifier.get('margin'), 3)}; {classifier.get('n_images', '?')} labelled images; "
+        "<p>" + _verdict(passed, "non-inferior" if passed else "NOT shown non-inferior") +
+        f" — ΔAUROC (watermarked − originals) {_number(classifier.get('delta_auroc'), 4)}, paired bootstrap 95 % CI "
+        f"{_number(ci[0], 4)} to {_number(ci[1], 4)}; the check passes when the lower bound is ≥ −{_number(margin, 3)}. "
+        f"{classifier.get('n_images', '?')} labelled images, {html.escape(classifier.get('task', ''))} task; "
         f"classifier {html.escape(str(classifier.get('classifier', '')))}.</p>",
     ]
-    rows = []
-    for name in ("auroc", "accuracy", "sensitivity", "specificity"):
-        clean, marked = classifier.get(f"{name}_clean"), classifier.get(f"{name}_watermarked")
-        if clean is not None:
-            rows.append([name, _number(clean, 4), _number(marked, 4)])
-    rows.append(["prediction flip rate", "", _number(classifier.get("flip_rate"), 4)])
-    lines.append(_table(["metric (at the clean operating point)", "originals", "watermarked"], rows))
+    clean, marked = classifier.get("clean") or {}, classifier.get("watermarked") or {}
+    rows = [["AUROC", _number(classifier.get("auroc_clean"), 4), _number(classifier.get("auroc_watermarked"), 4)]]
+    for name in ("accuracy", "sensitivity", "specificity"):
+        rows.append([name + " (at the clean operating point)", _number(clean.get(name), 4), _number(marked.get(name), 4)])
+    rows.append(["prediction flip rate", "", f"{_number(classifier.get('flip_rate'), 4)} "
+                 f"({classifier.get('flips', '?')} of {classifier.get('decisions', '?')} decisions)"])
+    lines.append(_table(["metric", "originals", "watermarked"], rows))
     return "\n".join(lines)
 
 

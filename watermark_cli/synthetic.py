@@ -132,10 +132,11 @@ class _Nodule:
     """A lesion's parameters. Drawn for every image so that the random stream never depends on
     whether the lesion is then added."""
 
-    def __init__(self, rng: np.random.Generator, sign_choices: tuple[int, ...]):
+    def __init__(self, rng: np.random.Generator, sign_choices: tuple[int, ...],
+                 contrast_range: tuple[float, float] = (0.05, 0.15)):
         self.where = rng.random()
         self.diameter_fraction = rng.uniform(0.03, 0.08)
-        self.contrast = rng.uniform(0.05, 0.15)
+        self.contrast = rng.uniform(*contrast_range)
         self.sign = sign_choices[int(rng.integers(len(sign_choices)))]
         self.lobulation = rng.uniform(0.0, 0.12, size=2)
         self.phases = rng.uniform(0.0, 2 * np.pi, size=2)
@@ -178,6 +179,22 @@ class _Nodule:
         out = image.copy()
         out[y0:y1, x0:x1] = patch + np.float32(self.sign * self.contrast * tissue) * profile
         return out
+
+
+def add_nodule(
+    image: np.ndarray,
+    candidates: np.ndarray,
+    rng: np.random.Generator,
+    sign_choices: tuple[int, ...] = (-1, 1),
+    contrast_range: tuple[float, float] = (0.05, 0.15),
+) -> np.ndarray:
+    """The phantoms' blurred nodule, centred on one of the ``candidates`` pixels of any image.
+
+    Used to place the same synthetic lesion on real backgrounds (`lesion_dataset`). Its
+    contrast is relative to the mean value under it, as in the phantoms. It takes a fixed number
+    of draws from ``rng``, so what the caller draws next does not depend on the image.
+    """
+    return _Nodule(rng, sign_choices, contrast_range).add_to(image, candidates)
 
 
 # -- modalities -------------------------------------------------------------------------------
@@ -421,9 +438,10 @@ def synth_image(kind: str, shape: tuple[int, int], rng: np.random.Generator, les
     return np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
 
 
-def _lesion_labels(kinds: list[str], fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Exactly round(n * fraction) lesions, spread evenly over the kinds and at random within each,
-    so that a classifier cannot use the modality as a shortcut for the label."""
+def balanced_lesion_labels(kinds: list[str], fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Exactly round(n * fraction) lesions, spread evenly over the kinds (modalities, or any
+    background groups) and at random within each, so that a classifier cannot use the kind as a
+    shortcut for the label."""
     n = len(kinds)
     order = sorted(range(n), key=lambda i: (kinds[i], rng.random()))
     counts = np.floor((np.arange(n + 1)) * fraction + 0.5).astype(int)
@@ -491,7 +509,7 @@ def write_synthetic_dataset(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     image_kinds = [kinds[i % len(kinds)] for i in range(n)]
-    labels = _lesion_labels(image_kinds, float(lesion_fraction), np.random.default_rng([seed, n, 1]))
+    labels = balanced_lesion_labels(image_kinds, float(lesion_fraction), np.random.default_rng([seed, n, 1]))
 
     rows = []
     # Encoding a file (zlib, which releases the GIL) overlaps with making the next image.

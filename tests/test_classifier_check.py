@@ -1,0 +1,299 @@
+"""The diagnostic classifier check: its statistics on constructed cases, labels, preprocessing,
+the synthetic-lesion dataset, and `wm classifier train` end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_wm
+from watermark_cli.classifier import (
+    ClassifierTrainingConfig,
+    classifier_input,
+    load_classifier,
+    read_labels,
+    train_classifier,
+)
+from watermark_cli.clinical_data import CLINICAL_GROUPS
+from watermark_cli.diagnostic_check import (
+    auroc,
+    compare_classifier,
+    macro_auroc,
+    paired_bootstrap_delta,
+    roc_curve,
+    youden_threshold,
+)
+from watermark_cli.errors import BadInputError
+
+
+# -- AUROC ------------------------------------------------------------------------------------
+
+
+def test_perfect_classifier_has_auroc_one_and_inverted_zero():
+    targets = np.array([0, 0, 0, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.8, 0.9])
+    assert auroc(scores, targets) == 1.0
+    assert auroc(-scores, targets) == 0.0
+
+
+def test_constant_scores_give_auroc_one_half():
+    assert auroc(np.full(7, 0.3), np.array([0, 1, 0, 1, 1, 0, 0])) == 0.5
+
+
+def test_auroc_by_hand_with_and_without_ties():
+    # Positives 0.35, 0.8 against negatives 0.1, 0.4: 0.35 beats 0.1 only; 0.8 beats both -> 3/4.
+    assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    # Positives 0.5, 0.9 against negatives 0.2, 0.5: 1 + 0.5 (tie) + 1 + 1 -> 3.5/4.
+    assert auroc([0.2, 0.5, 0.5, 0.9], [0, 1, 0, 1]) == pytest.approx(0.875)
+
+
+def test_auroc_with_one_class_only_is_undefined():
+    assert np.isnan(auroc([0.2, 0.4], [1, 1]))
+
+
+def test_macro_auroc_averages_the_findings():
+    targets = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
+    scores = np.array([[0.1, 0.5], [0.2, 0.5], [0.7, 0.5], [0.9, 0.5]])  # perfect, constant
+    assert macro_auroc(scores, targets) == pytest.approx(0.75)
+
+
+def test_roc_curve_runs_from_origin_to_one_one_with_one_step_per_tie():
+    curve = roc_curve([0.9, 0.8, 0.8, 0.1], [1, 1, 0, 0])
+    assert curve["fpr"] == [0.0, 0.0, 0.5, 1.0]
+    assert curve["tpr"] == [0.0, 0.5, 1.0, 1.0]
+
+
+# -- operating point, flips, bootstrap, verdict -------------------------------------------------
+
+
+def test_operating_point_and_flips_at_the_clean_threshold():
+    targets = np.array([0, 0, 1, 1])
+    clean = np.array([0.1, 0.2, 0.7, 0.9])
+    marked = np.array([0.1, 0.5, 0.7, 0.3])  # one negative rises above, one positive drops below
+    assert youden_threshold(clean, targets) == pytest.approx(0.45)  # halfway between 0.2 and 0.7
+    result = compare_classifier(clean, marked, targets, ["lesion"], resamples=200)
+    assert result["per_label"]["lesion"]["threshold"] == pytest.approx(0.45)
+    assert result["clean"] == {"accuracy": 1.0, "sensitivity": 1.0, "specificity": 1.0}
+    assert result["watermarked"] == {"accuracy": 0.5, "sensitivity": 0.5, "specificity": 0.5}
+    assert result["flips"] == 2 and result["decisions"] == 4 and result["flip_rate"] == 0.5
+    # Marked positives 0.7, 0.3 against negatives 0.1, 0.5: 0.7 beats both, 0.3 beats 0.1 -> 3/4.
+    assert result["auroc_clean"] == 1.0 and result["auroc_watermarked"] == pytest.approx(0.75)
+
+
+def test_identical_scores_give_no_flips_a_zero_interval_and_a_pass():
+    rng = np.random.default_rng(3)
+    targets = rng.integers(0, 2, size=(60, 2))
+    scores = np.clip(0.3 * targets + rng.random((60, 2)), 0, 1)
+    result = compare_classifier(scores, scores.copy(), targets, ["a", "b"], seed=1)
+    assert result["flip_rate"] == 0.0 and result["flips"] == 0
+    assert result["delta_auroc"] == 0.0
+    assert result["delta_auroc_ci95"] == [0.0, 0.0]
+    assert result["non_inferior"] is True and result["verdict"] == "pass"
+    assert result["task"] == "multilabel" and set(result["roc"]) == {"a", "b"}
+    json.dumps(result, allow_nan=False)  # JSON-ready as it is
+
+
+def test_a_degraded_watermarked_set_fails_the_margin():
+    rng = np.random.default_rng(0)
+    targets = np.repeat([0, 1], 50)
+    clean = 0.6 * targets + 0.4 * rng.random(100)  # perfect separation
+    marked = 0.2 * targets + 0.8 * rng.random(100)  # the watermark blurred the finding away
+    result = compare_classifier(clean, marked, targets, margin=0.01)
+    assert result["auroc_clean"] == 1.0
+    assert result["delta_auroc"] < -0.1
+    assert result["delta_auroc_ci95"][1] < 0  # the whole interval is below zero
+    assert result["non_inferior"] is False and result["verdict"] == "fail"
+    assert result["flip_rate"] > 0.1
+
+
+def test_a_small_change_within_the_margin_passes():
+    rng = np.random.default_rng(1)
+    targets = np.repeat([0, 1], 100)
+    clean = 0.5 * targets + rng.random(200)
+    marked = clean + rng.normal(0, 1e-4, 200)  # far below any gap between scores
+    result = compare_classifier(clean, marked, targets, margin=0.01)
+    assert abs(result["delta_auroc"]) < 1e-3
+    assert result["delta_auroc_ci95"][0] >= -0.01 and result["verdict"] == "pass"
+
+
+def test_bootstrap_drops_resamples_that_lose_a_class():
+    targets = np.array([1, 0, 0])  # one positive: a third of draws miss it... often
+    scores = np.array([0.9, 0.2, 0.1])
+    deltas, dropped = paired_bootstrap_delta(scores, scores, targets, resamples=500, seed=0)
+    assert dropped > 0 and len(deltas) + dropped == 500
+    assert np.all(deltas == 0.0)
+
+
+def test_compare_classifier_refuses_unusable_inputs():
+    with pytest.raises(BadInputError, match="only positives or only negatives"):
+        compare_classifier([0.1, 0.2], [0.1, 0.2], [0, 0])
+    with pytest.raises(BadInputError, match="do not match"):
+        compare_classifier([0.1, 0.2], [0.1, 0.2, 0.3], [0, 1])
+    with pytest.raises(BadInputError, match="0 or 1"):
+        compare_classifier([0.1, 0.2], [0.1, 0.2], [0, 2])
+
+
+# -- labels -----------------------------------------------------------------------------------
+
+
+def _png(path: Path, value: int = 1000) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8), value, dtype=np.uint16)).save(path)
+    return path
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_binary_labels_from_a_csv_with_relative_and_absolute_paths(tmp_path):
+    _png(tmp_path / "imgs" / "a.png")
+    absolute = _png(tmp_path / "elsewhere" / "b.png")
+    labels = _write(tmp_path / "imgs" / "labels.csv", f"path,lesion\na.png,0\n{absolute},1\n")
+    labelled = read_labels(labels)
+    assert labelled.label_names == ["lesion"] and labelled.task == "binary"
+    assert labelled.targets.tolist() == [[0.0], [1.0]]
+    assert labelled.paths[0] == tmp_path / "imgs" / "a.png"
+    assert labelled.targets_for([absolute]).tolist() == [[1.0]]
+    assert read_labels(tmp_path / "imgs").label_names == ["lesion"]  # a folder's own labels.csv
+
+
+def test_multilabel_csv(tmp_path):
+    for name in ("a.png", "b.png", "c.png"):
+        _png(tmp_path / name)
+    labels = _write(tmp_path / "labels.csv", "path,nodule,effusion\na.png,1,0\nb.png,1,1\nc.png,0,0\n")
+    labelled = read_labels(labels)
+    assert labelled.label_names == ["nodule", "effusion"] and labelled.task == "multilabel"
+    assert labelled.targets.tolist() == [[1, 0], [1, 1], [0, 0]]
+    assert labelled.positives() == {"nodule": 2, "effusion": 1}
+
+
+def test_labels_from_class_subfolders(tmp_path):
+    # "abnormal" sorts first, but it is the positive class by name.
+    for folder, names in (("normal", ("n1.png", "n2.png")), ("abnormal", ("x1.png",))):
+        for name in names:
+            _png(tmp_path / "two" / folder / name)
+    labelled = read_labels(tmp_path / "two")
+    assert labelled.label_names == ["abnormal"]
+    by_name = {p.name: t[0] for p, t in zip(labelled.paths, labelled.targets)}
+    assert by_name == {"x1.png": 1.0, "n1.png": 0.0, "n2.png": 0.0}
+
+    for folder in ("benign", "malignant"):  # no known name: the second in sorted order
+        _png(tmp_path / "plain" / folder / "i.png")
+    assert read_labels(tmp_path / "plain").label_names == ["malignant"]
+
+    for folder in ("ct", "mr", "us"):  # three classes: one-hot findings
+        _png(tmp_path / "three" / folder / "i.png")
+    three = read_labels(tmp_path / "three")
+    assert three.label_names == ["ct", "mr", "us"] and three.targets.tolist() == np.eye(3).tolist()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("path,label\na.png,2\n", "line 2: label is '2', not 0 or 1"),
+    ("path,label\na.png,yes\n", "not 0 or 1"),
+    ("path,label\nmissing.png,1\n", "1 listed file(s) do not exist, first line 2: missing.png"),
+    ("file,label\na.png,1\n", "first row must be a header"),
+    ("path,label\na.png,1,0\n", "line 2: 3 columns"),
+    ("path,label\na.png,1\na.png,0\n", "listed twice"),
+    ("path,label\n", "no images listed"),
+])
+def test_bad_labels_are_one_line_errors(tmp_path, text, message):
+    _png(tmp_path / "a.png")
+    labels = _write(tmp_path / "labels.csv", text)
+    with pytest.raises(BadInputError) as caught:
+        read_labels(labels)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_folder_without_labels_is_refused(tmp_path):
+    _png(tmp_path / "only" / "a.png")
+    with pytest.raises(BadInputError, match="no labels.csv and no class subfolders"):
+        read_labels(tmp_path)
+
+
+# -- preprocessing ----------------------------------------------------------------------------
+
+
+def test_classifier_input_uses_the_middle_frame_the_stored_range_and_keeps_the_aspect():
+    frames = np.zeros((3, 40, 80), dtype=np.uint16)
+    frames[1] = 3000  # the middle frame
+    out = classifier_input(frames, (0, 4000), size=32)
+    assert out.shape == (32, 32) and out.dtype == np.float32
+    assert out[16, 16] == pytest.approx(0.75)  # 3000 of 0..4000
+    assert out[:7].max() == 0.0 and out[-7:].max() == 0.0  # letterboxed: 80x40 -> 32x16, centred
+    signed = np.full((1, 16, 16), -1024, dtype=np.int16)
+    assert classifier_input(signed, (-32768, 32767), size=16)[8, 8] == pytest.approx((32768 - 1024) / 65535)
+
+
+# -- the synthetic-lesion dataset and `wm classifier train`, end to end --------------------------------
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_lesion_dataset_then_classifier_train_through_the_cli(tmp_path):
+    data = tmp_path / "lesions"
+    made = run_wm("data", "lesions", data, "--split", "train", "--n", "24", "--size", "96", "--seed", "3", "--json")
+    assert made.code == 0, made.stderr
+    assert json.loads(made.stdout)["lesions"] == "synthetic"
+    labels = _rows(data / "labels.csv")
+    assert list(labels[0]) == ["path", "label"] and len(labels) == 24
+    assert sum(int(r["label"]) for r in labels) == 12
+    assert "SYNTHETIC" in (data / "README.txt").read_text()
+    manifest = _rows(data / "manifest.csv")
+    train_files = {name for g in CLINICAL_GROUPS if g.split == "train" for name in g.files}
+    real = [r for r in manifest if r["background"].startswith("real:")]
+    assert real and all(r["source_file"] in train_files for r in real)  # never a held-out image
+    assert any(r["background"].startswith("synthetic:") for r in manifest)
+    image = np.asarray(Image.open(data / labels[0]["path"]))
+    assert image.dtype == np.uint16 and image.shape == (96, 96)
+
+    out = tmp_path / "classifier"
+    trained = run_wm("classifier", "train", data, "--out", out, "--epochs", "2", "--input-size", "64", "--json")
+    assert trained.code == 0, trained.stderr
+    summary = json.loads(trained.stdout)
+    assert summary["labels"] == ["label"] and summary["n_train"] + summary["n_validation"] == 24
+    assert (out / "weights.safetensors").is_file() and (out / "card.yaml").is_file()
+
+    classifier = load_classifier(out)
+    assert classifier.label_names == ["label"] and classifier.input_size == 64
+    assert classifier.card["training"]["seed"] == 0 and classifier.card["architecture"]["arch"] == "small"
+    pixels = [np.asarray(Image.open(data / r["path"]))[np.newaxis] for r in labels[:5]]
+    scores = classifier.score_pixels(pixels, (0, 65535))
+    assert scores.shape == (5, 1) and np.all((scores >= 0) & (scores <= 1))
+    from watermark_cli.image_io import read_image
+
+    from_files = classifier.score_images([read_image(data / r["path"]) for r in labels[:5]])
+    np.testing.assert_array_equal(scores, from_files)  # one preprocessing for pixels and files
+
+    again = run_wm("classifier", "train", data, "--out", out, "--epochs", "1")
+    assert again.code == 2 and "not empty" in again.stderr
+
+
+def test_classifier_train_refuses_bad_labels_in_one_line(tmp_path):
+    _png(tmp_path / "a.png")
+    _write(tmp_path / "labels.csv", "path,label\na.png,maybe\n")
+    result = run_wm("classifier", "train", tmp_path, "--labels", tmp_path / "labels.csv", "--out", tmp_path / "c")
+    assert result.code == 2
+    assert result.stderr.strip().count("\n") == 0 and "not 0 or 1" in result.stderr
+
+
+def test_pretrained_weights_must_fit_the_architecture(tmp_path):
+    import torch
+
+    for i, label in enumerate((0, 1, 0, 1)):
+        _png(tmp_path / f"i{i}.png", 1000 + 3000 * label)
+    _write(tmp_path / "labels.csv", "path,label\n" + "".join(f"i{i}.png,{i % 2}\n" for i in range(4)))
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"encoder.weight": torch.zeros(3, 3)}, foreign)
+    config = ClassifierTrainingConfig(epochs=1, input_size=32, weights=foreign)
+    with pytest.raises(BadInputError, match="tensors fit this architecture"):
+        train_classifier(read_labels(tmp_path), tmp_path / "c", config)

@@ -1,0 +1,275 @@
+"""Does a frozen diagnostic classifier see the same thing on watermarked images as on originals?
+
+The statistics of the classifier check of `wm evaluate` (design §6), on scores already computed:
+one score per image × finding for the originals (clean) and the same for their watermarked
+copies (marked), and the 0/1 ground truth. Pure numpy: no model is needed here, so every
+figure can be checked on constructed cases.
+
+- AUROC: the Mann–Whitney statistic, P(score of a positive > score of a negative), ties counted
+  one half; macro-averaged over findings for multi-label data.
+- ΔAUROC = AUROC(marked) − AUROC(clean), with a paired percentile-bootstrap 95 % CI: each
+  resample draws images with replacement and uses the SAME images for both, so what is measured
+  is the effect of the watermark, not the luck of the sample. A resample in which a finding has
+  only positives or only negatives has no AUROC; it is dropped and counted.
+- The clean operating point: per finding, the threshold that maximises Youden's J
+  (sensitivity + specificity − 1) on the clean scores. Accuracy, sensitivity and specificity are
+  then measured at that same threshold on clean and on marked scores, and the prediction-flip
+  rate is the fraction of image × finding decisions that differ.
+- Verdict: non-inferior iff the lower bound of the ΔAUROC CI is ≥ −margin (default 0.01).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import BadInputError
+
+DEFAULT_MARGIN = 0.01
+DEFAULT_RESAMPLES = 2000
+
+
+# -- AUROC ------------------------------------------------------------------------------------
+
+
+def _average_ranks(scores: np.ndarray) -> np.ndarray:
+    """Ranks 1..n along the last axis, tied values sharing the mean of their ranks."""
+    order = np.argsort(scores, axis=-1, kind="stable")
+    ordered = np.take_along_axis(scores, order, axis=-1)
+    n = scores.shape[-1]
+    positions = np.broadcast_to(np.arange(n), scores.shape)
+    starts_group = np.ones(scores.shape, dtype=bool)
+    starts_group[..., 1:] = ordered[..., 1:] != ordered[..., :-1]
+    ends_group = np.ones(scores.shape, dtype=bool)
+    ends_group[..., :-1] = starts_group[..., 1:]
+    first = np.maximum.accumulate(np.where(starts_group, positions, 0), axis=-1)
+    last = np.flip(np.minimum.accumulate(np.flip(np.where(ends_group, positions, n - 1), -1), axis=-1), -1)
+    ranks_in_order = (first + last) / 2.0 + 1.0
+    ranks = np.empty(scores.shape, dtype=np.float64)
+    np.put_along_axis(ranks, order, ranks_in_order, axis=-1)
+    return ranks
+
+
+def _auroc_rows(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """AUROC of each row of (R, N) scores against (R, N) 0/1 targets; NaN for one-class rows."""
+    positives = targets.sum(axis=-1)
+    negatives = targets.shape[-1] - positives
+    rank_sum = (_average_ranks(scores) * targets).sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
+    return np.where((positives > 0) & (negatives > 0), value, np.nan)
+
+
+def auroc(scores, targets) -> float:
+    """AUROC of one finding (Mann–Whitney, ties one half); NaN when only one class is present."""
+    scores, targets = _as_columns(scores, targets)
+    if scores.shape[1] != 1:
+        raise BadInputError("auroc() takes one finding; use macro_auroc() for several")
+    return float(_auroc_rows(scores.T, targets.T)[0])
+
+
+def macro_auroc(scores, targets) -> float:
+    """Mean AUROC over the findings that have both classes; NaN when none has."""
+    scores, targets = _as_columns(scores, targets)
+    values = _auroc_rows(scores.T, targets.T)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def roc_curve(scores, targets) -> dict:
+    """ROC points of one finding, from (0, 0) to (1, 1): one point per distinct score."""
+    scores, targets = _as_columns(scores, targets)
+    s, t = scores[:, 0], targets[:, 0]
+    order = np.argsort(-s, kind="stable")
+    s, t = s[order], t[order]
+    last_of_value = np.r_[s[1:] != s[:-1], True]  # tied scores move the curve in one step
+    true_positives = np.cumsum(t)[last_of_value]
+    false_positives = np.cumsum(1.0 - t)[last_of_value]
+    n_pos, n_neg = t.sum(), len(t) - t.sum()
+    tpr = np.r_[0.0, true_positives / n_pos] if n_pos else np.zeros(len(true_positives) + 1)
+    fpr = np.r_[0.0, false_positives / n_neg] if n_neg else np.zeros(len(false_positives) + 1)
+    return {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+
+
+# -- operating point --------------------------------------------------------------------------
+
+
+def youden_threshold(scores, targets) -> float:
+    """The threshold t (decide positive iff score ≥ t) that maximises Youden's J on these scores.
+
+    Candidates lie halfway between consecutive distinct scores, never on a score itself: an
+    image whose clean score sat exactly on the threshold would otherwise flip under any small
+    change, and the flip rate would measure the threshold's placement rather than the watermark.
+    Ties in J go to the highest threshold. With a single distinct score, that score is returned
+    (every image is called positive).
+    """
+    scores, targets = _as_columns(scores, targets)
+    s, t = scores[:, 0], targets[:, 0]
+    distinct = np.unique(s)
+    if distinct.size == 1:
+        return float(distinct[0])
+    candidates = (distinct[1:] + distinct[:-1]) / 2.0
+    n_pos, n_neg = max(t.sum(), 1.0), max(len(t) - t.sum(), 1.0)
+    called = s[None, :] >= candidates[:, None]
+    sensitivity = (called & (t[None, :] == 1)).sum(axis=1) / n_pos
+    specificity = (~called & (t[None, :] == 0)).sum(axis=1) / n_neg
+    j = sensitivity + specificity - 1.0
+    best = np.flatnonzero(j == j.max())[-1]
+    return float(candidates[best])
+
+
+def _decision_figures(called: np.ndarray, truth: np.ndarray) -> dict:
+    positives, negatives = truth == 1, truth == 0
+    return {
+        "accuracy": float(np.mean(called == positives)),
+        "sensitivity": float(called[positives].mean()) if positives.any() else None,
+        "specificity": float((~called[negatives]).mean()) if negatives.any() else None,
+    }
+
+
+def _mean_of(per_label: list[dict], key: str) -> float | None:
+    values = [item[key] for item in per_label if item[key] is not None]
+    return float(np.mean(values)) if values else None
+
+
+# -- the comparison ---------------------------------------------------------------------------
+
+
+def paired_bootstrap_delta(clean, marked, targets, resamples: int = DEFAULT_RESAMPLES,
+                           seed: int = 0) -> tuple[np.ndarray, int]:
+    """ΔAUROC (macro) of each resample that has both classes for every finding; (deltas, dropped)."""
+    clean, targets = _as_columns(clean, targets)
+    marked, _ = _as_columns(marked, targets)
+    n, k = clean.shape
+    rng = np.random.default_rng(seed)
+    deltas, dropped = [], 0
+    for start in range(0, resamples, 250):  # bounded memory: 250 × n × k at a time
+        count = min(250, resamples - start)
+        picks = rng.integers(0, n, size=(count, n))
+        values = np.empty((count, 2, k))
+        for label in range(k):
+            drawn_targets = targets[picks, label]
+            values[:, 0, label] = _auroc_rows(clean[picks, label], drawn_targets)
+            values[:, 1, label] = _auroc_rows(marked[picks, label], drawn_targets)
+        usable = np.isfinite(values).all(axis=(1, 2))
+        dropped += int(count - usable.sum())
+        macro = values[usable].mean(axis=2)
+        deltas.append(macro[:, 1] - macro[:, 0])
+    return np.concatenate(deltas), dropped
+
+
+def compare_classifier(
+    clean_scores,
+    marked_scores,
+    targets,
+    label_names: Sequence[str] | None = None,
+    margin: float = DEFAULT_MARGIN,
+    seed: int = 0,
+    resamples: int = DEFAULT_RESAMPLES,
+) -> dict:
+    """The classifier check of `wm evaluate`: a JSON-ready dict (NaN never appears; None does).
+
+    Inputs: (N,) or (N, K) scores (probabilities or any monotone score) for the originals and for
+    their watermarked copies in the same order, and (N,) or (N, K) 0/1 targets.
+
+    Fields:
+      n_images, labels, task ('binary' | 'multilabel'), margin;
+      auroc_clean, auroc_watermarked, delta_auroc (watermarked − clean; macro over findings);
+      delta_auroc_ci95 [low, high]: paired percentile bootstrap over images;
+      bootstrap {resamples, used, dropped_single_class, seed};
+      non_inferior (bool): delta_auroc_ci95[0] ≥ −margin; verdict 'pass' | 'fail';
+      flip_rate, flips, decisions: image × finding decisions that change at the clean threshold;
+      clean / watermarked {accuracy, sensitivity, specificity}: at the clean operating point
+        (macro over findings);
+      per_label {NAME: n_positive, n_negative, threshold, auroc_clean, auroc_watermarked,
+        delta_auroc, clean {...}, watermarked {...}, flips, flip_rate};
+      roc {NAME: {clean: {fpr, tpr}, watermarked: {fpr, tpr}}}: points for plotting.
+    A finding whose images are all positive or all negative has no AUROC; it is reported with
+    None and left out of the macro figures. BadInputError when no finding has both classes.
+    """
+    clean, truth = _as_columns(clean_scores, targets)
+    marked, _ = _as_columns(marked_scores, targets)  # same shape as the targets, so as the clean scores
+    n, k = clean.shape
+    names = [f"finding_{i}" for i in range(k)] if label_names is None else [str(x) for x in label_names]
+    if len(names) != k:
+        raise BadInputError(f"{len(names)} label names for {k} score columns")
+    if not (np.isfinite(margin) and margin >= 0):
+        raise BadInputError(f"the non-inferiority margin must be zero or positive, got {margin}")
+    if resamples < 1:
+        raise BadInputError("the bootstrap needs at least one resample")
+
+    has_both = (truth.sum(axis=0) > 0) & (truth.sum(axis=0) < n)
+    if not has_both.any():
+        raise BadInputError("the labelled images hold only positives or only negatives: AUROC is undefined")
+    columns = np.flatnonzero(has_both)
+
+    per_label, roc, flips_total = {}, {}, 0
+    figures_clean, figures_marked = [], []
+    for label, name in enumerate(names):
+        threshold = youden_threshold(clean[:, label], truth[:, label])
+        called_clean = clean[:, label] >= threshold
+        called_marked = marked[:, label] >= threshold
+        flips = int(np.sum(called_clean != called_marked))
+        flips_total += flips
+        on_clean = _decision_figures(called_clean, truth[:, label])
+        on_marked = _decision_figures(called_marked, truth[:, label])
+        figures_clean.append(on_clean)
+        figures_marked.append(on_marked)
+        a_clean = auroc(clean[:, label], truth[:, label]) if has_both[label] else None
+        a_marked = auroc(marked[:, label], truth[:, label]) if has_both[label] else None
+        per_label[name] = {
+            "n_positive": int(truth[:, label].sum()), "n_negative": int(n - truth[:, label].sum()),
+            "threshold": threshold, "auroc_clean": a_clean, "auroc_watermarked": a_marked,
+            "delta_auroc": (a_marked - a_clean) if has_both[label] else None,
+            "clean": on_clean, "watermarked": on_marked, "flips": flips, "flip_rate": flips / n,
+        }
+        roc[name] = {"clean": roc_curve(clean[:, label], truth[:, label]),
+                     "watermarked": roc_curve(marked[:, label], truth[:, label])}
+
+    auroc_clean = macro_auroc(clean[:, columns], truth[:, columns])
+    auroc_marked = macro_auroc(marked[:, columns], truth[:, columns])
+    deltas, dropped = paired_bootstrap_delta(clean[:, columns], marked[:, columns], truth[:, columns],
+                                             resamples=resamples, seed=seed)
+    if deltas.size:
+        ci = [float(np.percentile(deltas, 2.5)), float(np.percentile(deltas, 97.5))]
+        non_inferior = bool(ci[0] >= -margin)
+    else:  # every resample lost a class: too few images of one class to say anything
+        ci, non_inferior = [None, None], False
+    return {
+        "n_images": n,
+        "labels": names,
+        "task": "binary" if k == 1 else "multilabel",
+        "margin": float(margin),
+        "auroc_clean": auroc_clean,
+        "auroc_watermarked": auroc_marked,
+        "delta_auroc": auroc_marked - auroc_clean,
+        "delta_auroc_ci95": ci,
+        "bootstrap": {"resamples": int(resamples), "used": int(deltas.size),
+                      "dropped_single_class": dropped, "seed": int(seed)},
+        "non_inferior": non_inferior,
+        "verdict": "pass" if non_inferior else "fail",
+        "flip_rate": flips_total / (n * k),
+        "flips": flips_total,
+        "decisions": n * k,
+        "clean": {key: _mean_of(figures_clean, key) for key in ("accuracy", "sensitivity", "specificity")},
+        "watermarked": {key: _mean_of(figures_marked, key) for key in ("accuracy", "sensitivity", "specificity")},
+        "per_label": per_label,
+        "roc": roc,
+    }
+
+
+def _as_columns(scores, targets) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K) float scores and (N, K) 0./1. targets, checked."""
+    s = np.asarray(scores, dtype=np.float64)
+    t = np.asarray(targets, dtype=np.float64)
+    s = s[:, None] if s.ndim == 1 else s
+    t = t[:, None] if t.ndim == 1 else t
+    if s.ndim != 2 or t.ndim != 2 or s.shape != t.shape:
+        raise BadInputError(f"scores {np.shape(scores)} and targets {np.shape(targets)} do not match")
+    if s.shape[0] == 0:
+        raise BadInputError("no images to score")
+    if not np.isfinite(s).all():
+        raise BadInputError("classifier scores contain NaN or infinity")
+    if not np.isin(t, (0.0, 1.0)).all():
+        raise BadInputError("targets must be 0 or 1")
+    return s, t
