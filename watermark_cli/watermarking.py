@@ -114,6 +114,17 @@ def _ranked_offsets(every_offset: np.ndarray) -> list[tuple[int, int]]:
     return [divmod(int(i), tile) for i in np.argsort(-score)[:OFFSETS_TRIED]]
 
 
+def _read_uncropped(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, rescaled_by) -> Reading:
+    """The common case, an image that was not cropped: one plain decoder pass at grid offset
+    (0, 0), without the FFT over every offset."""
+    import torch
+
+    with torch.inference_mode():
+        logits = torch.stack([model.model.decoder(_as_tensor(frame[None]))[0] for frame in frames]).mean(dim=0)
+    probabilities = _sigmoid(logits.numpy().astype(np.float64))
+    return Reading(probabilities, codec.decode(probabilities), (0, 0), rescaled_by)
+
+
 def _read_at_offsets(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, rescaled_by) -> Reading:
     every_offset = _logits_by_offset(model, frames)
     ranked = _ranked_offsets(every_offset)
@@ -157,6 +168,11 @@ def read_frames(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray) -> 
         # Less than one whole tile (e.g. a tiny image or a heavy crop): nothing can be read.
         return Reading(np.full(model.n_bits, 0.5), DecodedPayload.not_found(), (0, 0), (1.0, 1.0))
     frames = (frames / max(float(np.abs(frames).max()), 1.0)).astype(np.float32)  # units do not matter
+    # Offset (0, 0) is decoded here and again inside the offset search when this fails: the
+    # same bits give the same answer, so the false-positive bound does not change.
+    uncropped = _read_uncropped(model, codec, frames, (1.0, 1.0))
+    if uncropped.decoded.found:
+        return uncropped
     first = _read_at_offsets(model, codec, frames, (1.0, 1.0))
     if first.decoded.found:
         return first
