@@ -18,6 +18,7 @@ from watermark_cli.classifier import (
     load_classifier,
     read_labels,
     train_classifier,
+    validation_split,
 )
 from watermark_cli.clinical_data import CLINICAL_GROUPS
 from watermark_cli.diagnostic_check import (
@@ -164,6 +165,18 @@ def test_binary_labels_from_a_csv_with_relative_and_absolute_paths(tmp_path):
     assert read_labels(tmp_path / "imgs").label_names == ["lesion"]  # a folder's own labels.csv
 
 
+def test_a_group_column_is_not_a_finding_and_keeps_groups_on_one_side(tmp_path):
+    rows = ["path,label,group"]
+    for i in range(20):
+        _png(tmp_path / f"i{i}.png")
+        rows.append(f"i{i}.png,{i % 2},patient{i // 2}")
+    labelled = read_labels(_write(tmp_path / "labels.csv", "\n".join(rows) + "\n"))
+    assert labelled.label_names == ["label"] and labelled.groups[:3] == ["patient0", "patient0", "patient1"]
+    train, validation = validation_split(labelled, 0.2, seed=0)
+    assert len(validation) == 4 and sorted(train + validation) == list(range(20))
+    assert {i // 2 for i in train}.isdisjoint({i // 2 for i in validation})
+
+
 def test_multilabel_csv(tmp_path):
     for name in ("a.png", "b.png", "c.png"):
         _png(tmp_path / name)
@@ -245,8 +258,15 @@ def test_lesion_dataset_then_classifier_train_through_the_cli(tmp_path):
     assert made.code == 0, made.stderr
     assert json.loads(made.stdout)["lesions"] == "synthetic"
     labels = _rows(data / "labels.csv")
-    assert list(labels[0]) == ["path", "label"] and len(labels) == 24
+    assert list(labels[0]) == ["path", "label", "group"] and len(labels) == 24
     assert sum(int(r["label"]) for r in labels) == 12
+    pairs: dict[str, list[dict]] = {}
+    for row in labels:
+        pairs.setdefault(row["group"], []).append(row)
+    assert len(pairs) == 12 and all(sorted(int(r["label"]) for r in p) == [0, 1] for p in pairs.values())
+    a, b = (np.asarray(Image.open(data / r["path"]), dtype=np.int64) for r in next(iter(pairs.values())))
+    changed = np.abs(a - b) > 0
+    assert 0 < changed.mean() < 0.05  # the pair differs only where the nodule is
     assert "SYNTHETIC" in (data / "README.txt").read_text()
     manifest = _rows(data / "manifest.csv")
     train_files = {name for g in CLINICAL_GROUPS if g.split == "train" for name in g.files}
@@ -264,6 +284,10 @@ def test_lesion_dataset_then_classifier_train_through_the_cli(tmp_path):
     assert (out / "weights.safetensors").is_file() and (out / "card.yaml").is_file()
 
     classifier = load_classifier(out)
+    training = classifier.card["training"]
+    validation_groups = {row["group"] for row in labels if row["path"] in training["validation_files"]}
+    train_groups = {row["group"] for row in labels if row["path"] in training["train_files"]}
+    assert validation_groups and not validation_groups & train_groups  # a pair never straddles the split
     assert classifier.label_names == ["label"] and classifier.input_size == 64
     assert classifier.card["training"]["seed"] == 0 and classifier.card["architecture"]["arch"] == "small"
     pixels = [np.asarray(Image.open(data / r["path"]))[np.newaxis] for r in labels[:5]]

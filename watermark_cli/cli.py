@@ -573,12 +573,10 @@ def data_lesions(
 ) -> None:
     """Labelled images for the diagnostic classifier check. THE LESIONS ARE SYNTHETIC.
 
-    A small blurred nodule (the phantoms' lesion) is drawn on about half of the images; the
-    backgrounds are crops of the real pydicom-data clinical images of one split (train and
-    held_out never mixed; crops without anatomy rejected) and the synthetic CT/MR/radiograph
-    phantoms. Writes 16-bit PNGs, labels.csv (path,label; 1 = lesion), manifest.csv and a
-    README.txt that says the lesions are synthetic.
-    """
+    A small blurred nodule (the phantoms' lesion) drawn by the program on half of the images; the backgrounds are crops of the real pydicom-data clinical images of one split (train and held_out never mixed; crops without anatomy rejected) and the synthetic CT/MR/radiograph phantoms.
+
+    Images come in pairs sharing a background, one with the nodule and one without. Writes 16-bit PNGs, labels.csv (path,label,group; label 1 = lesion, group = the pair), manifest.csv and a README.txt that says the lesions are synthetic.
+    """  # one line per paragraph: the help output wraps them to the terminal
     from .lesion_dataset import LesionDatasetConfig, write_lesion_dataset
 
     config = LesionDatasetConfig(split=split, n=n, size=size, seed=seed, real_fraction=real_fraction)
@@ -600,10 +598,10 @@ app.add_typer(classifier_app, name="classifier")
 def classifier_train(
     data: Annotated[Path, typer.Argument(help="Folder of labelled images (its labels.csv or class subfolders), or use --labels.")],
     out: Annotated[Path, typer.Option("--out", help="Classifier folder to write (weights.safetensors + card.yaml).")],
-    labels: Annotated[Optional[Path], typer.Option("--labels", help="CSV path,label (0/1) or path,FINDING,...; paths relative to the CSV's folder.")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="CSV path,label (0/1) or path,FINDING,...; paths relative to the CSV's folder; an optional group column (e.g. patient) keeps a group on one side of the validation split.")] = None,
     arch: Annotated[str, typer.Option("--arch", help="small (CPU) | resnet18 | densenet121")] = "small",
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Local pretrained weights to start from (safetensors or torch state dict).")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Training epochs (default: 12).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Training epochs (default: 40).")] = None,
     input_size: Annotated[int, typer.Option("--input-size", help="Network input side in pixels.")] = 128,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
     seed: Annotated[int, typer.Option("--seed")] = 0,

@@ -8,19 +8,22 @@ is real is the anatomy, noise and texture under them:
 - real backgrounds: random square crops of the grayscale frames of the pydicom-data clinical
   images of ONE split (`clinical_data`: train or held_out, split by image group, never mixed),
   rescaled with antialiasing to the output size; nearly flat crops (air, collimator shadow,
-  blank padding) are rejected so that every image holds anatomy;
-- synthetic backgrounds: the CT-, MR- and radiograph-like phantoms of `synthetic.synth_image`,
-  with their own built-in lesion.
+  blank padding) are rejected so that every image holds anatomy. Each frame is first shown as
+  a viewer would: through the file's VOI window (else its 1st..99.5th percentile), MONOCHROME1
+  inverted. Modality OT (test patterns) gives no backgrounds;
+- synthetic backgrounds: the CT-, MR- and radiograph-like phantoms of `synthetic.synth_image`.
 
-Every real frame is first brought to display orientation (MONOCHROME1 inverted, so dense is
-bright) and its 1st..99.5th percentile stretched to [0, 1]: a CT stored on 16 bits whose anatomy
-spans a few hundred values then looks like a phantom does. Images are written as 16-bit PNG,
-with `labels.csv` (`path,label`; 1 = lesion), `manifest.csv` (where each background came from)
-and a README.txt that says the lesions are synthetic.
-
-Lesions are spread evenly over the background groups, so the background is no shortcut to the
-label. On real backgrounds the nodule's contrast is 6-15 % of the tissue under it, either sign,
-in tissue that is neither dark nor saturated: visible to a small CNN, not to a thresholding rule.
+Images come in pairs sharing one background (same crop, same noise); one of the two, at random,
+gets the nodule (`synthetic.add_nodule`), placed in fairly homogeneous tissue that is neither
+dark nor saturated. So the label is independent of the background by construction: the train
+split has only eight real images with anatomy, and a classifier that could score by recognising
+them would learn nothing about lesions. `labels.csv` (`path,label,group`; 1 = lesion) names the
+pair in `group`, which `wm classifier train` keeps on one side of its validation split and in one
+batch. The nodule is 3-8 % of the image width with a contrast of 30-70 % of the tissue under it
+(dense on radiographs, either sign elsewhere): the small CNN learns it in about a minute on a
+CPU (validation AUROC about 0.85-0.9), and still misses some on busy real anatomy. Images are
+16-bit PNG; `manifest.csv` says where each background came from; README.txt says the lesions
+are synthetic.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from .errors import BadInputError
 from .image_io import read_image
 from .synthetic import KINDS, add_nodule, synth_image
 
-LESION_CONTRAST = (0.10, 0.30)  # fraction of the mean tissue value under the nodule
+LESION_CONTRAST = (0.30, 0.70)  # fraction of the mean tissue value under the nodule
 _SPLIT_STREAM = {"train": 0, "held_out": 1}  # the same --seed gives different images per split
 _MAX_CROP_TRIES = 60
 
@@ -94,7 +97,7 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     """Antialiased resampling (Pillow widens its filter when it shrinks), float32 kept."""
     from PIL import Image
 
-    resized = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F").resize(
+    resized = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32)).resize(
         (size, size), Image.Resampling.BILINEAR)
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
@@ -156,16 +159,18 @@ _README = """\
 Synthetic lesions on real and synthetic backgrounds ({split} split), written by `wm data lesions`.
 
 THE LESIONS ARE SYNTHETIC. Every image labelled 1 in labels.csv holds one small blurred nodule
-(3-8 % of the image width, contrast a few percent to 15 % of the tissue under it) that was drawn
-by the program, not found by a radiologist. The images are for demonstrating and testing the
+(3-8 % of the image width, contrast {low:.0%}-{high:.0%} of the tissue under it) that was drawn by the
+program, not found by a radiologist. The images are for demonstrating and testing the
 diagnostic classifier check of `wm evaluate`; they are not for any clinical use.
 
 - real_*.png: random crops of the {split}-split clinical DICOM images shipped with pydicom-data
-  (display orientation, 1st..99.5th percentile stretched), rescaled to {size}x{size}, with a
-  synthetic nodule on about half of them. manifest.csv names each source file, frame and crop.
-- synth_*.png: CT-, MR- and radiograph-like synthetic phantoms, with their synthetic nodule.
+  (shown through their VOI window), rescaled to {size}x{size}. manifest.csv names each source
+  file, frame and crop.
+- synth_*.png: CT-, MR- and radiograph-like synthetic phantoms.
 
-16-bit grayscale PNG. labels.csv: path,label (1 = lesion). Seed {seed}; {n} images.
+Images come in pairs with the same background (labels.csv column `group`): one with the
+nodule, one without. 16-bit grayscale PNG. labels.csv: path,label,group (label 1 = lesion).
+Seed {seed}; {n} images.
 """
 
 
@@ -228,18 +233,18 @@ def write_lesion_dataset(out_dir: Path, config: LesionDatasetConfig) -> Path:
             label = int(position == lesion_member)
             file_name = f"{stem}_{i:05d}.png"
             _write_png16(out / file_name, with_lesion if label else background)
-            label_rows.append((file_name, label))
-            manifest_rows.append((file_name, label, pair, *provenance))
+            label_rows.append((file_name, label, f"background{pair:05d}"))
+            manifest_rows.append((file_name, label, f"background{pair:05d}", *provenance))
 
     labels_path = out / "labels.csv"
     with open(labels_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["path", "label"])
+        writer.writerow(["path", "label", "group"])
         writer.writerows(label_rows)
     with open(out / "manifest.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["path", "label", "pair", "background", "source_file", "frame", "crop_top", "crop_left", "crop_side"])
+        writer.writerow(["path", "label", "group", "background", "source_file", "frame", "crop_top", "crop_left", "crop_side"])
         writer.writerows(manifest_rows)
-    (out / "README.txt").write_text(_README.format(split=config.split, size=size, seed=config.seed, n=n),
+    (out / "README.txt").write_text(_README.format(split=config.split, size=size, seed=config.seed, n=n, low=low, high=high),
                                     encoding="utf-8")
     return labels_path
