@@ -270,3 +270,28 @@ def test_not_enough_disk_space_is_a_clear_error_before_any_work(tmp_path, monkey
         embedding.check_free_space([data_file("RG1_UNCR.dcm")], tmp_path / "out")
     # A compressed input counts at its decoded size: 1955 × 1841 × 2 bytes.
     assert embedding.estimated_output_bytes(data_file("RG1_J2KR.dcm")) >= 1955 * 1841 * 2
+
+
+def test_ultrasound_black_background_stays_black_and_the_mark_survives_jpeg_50(shipped, tmp_path):
+    """72 % of this ultrasound is exact black. The mark is kept off pixels at the ends of the
+    stored range (a signed mark cannot live there), so the background is written unchanged and
+    the whole PSNR budget goes into the sector, where it survives a JPEG q50 export."""
+    from watermark_cli.attacks import FrameContext, parse_attack
+    from watermark_cli.watermarking import read_frames
+
+    loaded, codec = shipped
+    source = data_file("JPGLosslessP14SV1_1s_1f_8b.dcm")
+    settings = EmbedSettings(payload=MESSAGE, floor=QualityFloor(40.0))
+    embed_file(source, tmp_path / "out.dcm", settings, loaded, codec)
+    original, written = read_image(source), read_image(tmp_path / "out.dcm")
+    black = original.pixels == original.stored_min
+    assert black.mean() > 0.5
+    assert np.array_equal(written.pixels[black], original.pixels[black])
+    assert not np.array_equal(written.pixels[~black], original.pixels[~black])
+    assert min(independent_frame_psnrs(original.pixels, written.pixels, original.nominal_peak)) >= 40.0
+
+    jpeg_50 = parse_attack("jpeg:50")
+    context = FrameContext(written.stored_min, written.stored_max, None)
+    exported = np.stack([jpeg_50(frame, context) for frame in written.pixels])
+    decoded = read_frames(loaded, codec, exported).decoded
+    assert decoded.found and decoded.message == MESSAGE

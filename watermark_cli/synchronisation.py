@@ -21,17 +21,27 @@ def _high_pass(frame: np.ndarray) -> np.ndarray:
     frame = frame.astype(np.float64)
     detail = frame - gaussian_filter(frame, sigma=1.5, mode="reflect")
     # Edges of the anatomy dominate a raw high-pass; clipping keeps them from hiding the mark.
-    spread = np.median(np.abs(detail)) * 1.4826 + 1e-12
+    # The spread is measured where there is detail at all: flat regions (the black around an
+    # ultrasound sector, which carries no mark) would otherwise pull the median to zero.
+    live = np.abs(detail) > 0
+    spread = (np.median(np.abs(detail[live])) if live.any() else 0.0) * 1.4826 + 1e-12
     return np.clip(detail, -3 * spread, 3 * spread)
 
 
 def _autocorrelation(detail: np.ndarray) -> np.ndarray:
-    detail = detail - detail.mean()
+    """Autocorrelation of the detail, each lag averaged over the pixel pairs that both have
+    detail: flat regions hold no mark, and counting them would weaken lags unevenly."""
+    live = (detail != 0).astype(np.float64)
+    if live.any():
+        detail = np.where(live > 0, detail - detail[live > 0].mean(), 0.0)
     rows, cols = detail.shape
-    spectrum = np.fft.rfft2(detail, s=(2 * rows, 2 * cols))  # zero-padded: linear, not circular
-    correlation = np.fft.irfft2(np.abs(spectrum) ** 2, s=(2 * rows, 2 * cols))[:rows, :cols]
-    overlap = np.outer(np.arange(rows, 0, -1), np.arange(cols, 0, -1))
-    correlation = correlation / overlap  # unbiased: each lag averaged over its own overlap
+
+    def linear_autocorrelation(values: np.ndarray) -> np.ndarray:
+        spectrum = np.fft.rfft2(values, s=(2 * rows, 2 * cols))  # zero-padded: linear, not circular
+        return np.fft.irfft2(np.abs(spectrum) ** 2, s=(2 * rows, 2 * cols))[:rows, :cols]
+
+    pairs = np.maximum(linear_autocorrelation(live), 1.0)
+    correlation = linear_autocorrelation(detail) / pairs
     return correlation / max(correlation[0, 0], 1e-30)
 
 

