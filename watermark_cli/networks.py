@@ -87,7 +87,8 @@ class CarrierEncoder(nn.Module):
         signs = bits.to(self.carriers.dtype) * 2.0 - 1.0
         pattern = torch.einsum("bn,nhw->bhw", signs, self.carriers)
         if self.config.carrier_smoothing > 0:
-            pattern = self._smooth_cyclically(pattern)
+            # In float32: under bf16 autocast the einsum gives bf16, which cuFFT does not take.
+            pattern = self._smooth_cyclically(pattern.float())
         pattern = pattern - pattern.mean(dim=(-2, -1), keepdim=True)
         return pattern / pattern.square().mean(dim=(-2, -1), keepdim=True).clamp_min(1e-12).sqrt()
 
