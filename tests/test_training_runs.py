@@ -122,6 +122,57 @@ def test_a_folder_with_no_usable_image_is_a_one_line_error(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_requested_stop_writes_the_best_model_so_far_and_the_run_can_be_resumed(tiny_data, tmp_path):
+    """Ctrl-C or a scheduler's SIGTERM: stop mid-epoch, drop that epoch, write the best model."""
+    from watermark_cli.training import TrainingInterrupted, config_for_preset, load_checkpoint, train
+
+    config = config_for_preset("quick", n_bits=64, epochs=3, steps_per_epoch=3, batch_size=4, train_samples=8,
+                               validation_crops=4, validation_crop=64)
+    calls = []
+
+    def stop_in_the_second_epoch() -> bool:  # asked once before every step
+        calls.append(1)
+        return len(calls) > 4
+
+    out = tmp_path / "stopped"
+    result = train(config, [tiny_data], out, stop_requested=stop_in_the_second_epoch)
+    assert result.stopped_after_epoch == 1 and [m.epoch for m in result.history] == [1]
+    assert (out / "weights.safetensors").exists()
+    assert yaml.safe_load((out / "card.yaml").read_text())["training"]["stopped_after_epoch"] == 1
+    assert load_checkpoint(out)["epoch"] == 1  # the unfinished epoch left no trace
+    resumed = train(config, [tiny_data], out, resume=True)
+    assert resumed.stopped_after_epoch is None and [m.epoch for m in resumed.history] == [1, 2, 3]
+
+    with pytest.raises(TrainingInterrupted):  # stopped before any epoch ended: nothing to write
+        train(config, [tiny_data], tmp_path / "early", stop_requested=lambda: True)
+    assert not (tmp_path / "early" / "weights.safetensors").exists()
+
+
+def test_sigterm_stops_training_gracefully_through_the_cli(tiny_data, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "m"
+    # Many short epochs, so that the signal arrives mid-run whatever the machine's speed.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "watermark_cli", "train", str(tiny_data), "--out", str(out), "--bits", "64",
+         "--epochs", "500", "--steps-per-epoch", "2", "--batch-size", "4", "--set", "train_samples=8",
+         "--set", "validation_crops=4", "--set", "validation_crop=64", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr
+    summary = json.loads(stdout)
+    assert 1 <= summary["stopped_after_epoch"] < 500
+    assert "wm train --resume" in stderr and "Traceback" not in stderr
+    assert (out / "weights.safetensors").exists() and (out / "card.yaml").exists()
+
+
 def test_interrupted_run_resumed_ends_with_the_same_weights_as_an_uninterrupted_one(tiny_data, tmp_path):
     """Per-sample closed-loop tau and the Lagrangian's multipliers and nuPI state are the state
     most easily lost; both must come back exactly, with every random generator."""

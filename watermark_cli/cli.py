@@ -193,12 +193,18 @@ def embed(
 
 
 class GracefulStop:
-    """The first Ctrl-C lets the files being written finish (and be audited), then stops; a
-    second one stops at once. Either way the atomic writes leave no partial file."""
+    """The first Ctrl-C (or another of `signal_names`) asks the work to stop at its next safe
+    point: embedding lets the files being written finish and be audited, training finishes its
+    step and writes the best model so far. A second one stops at once. Either way the atomic
+    writes leave no partial file."""
 
-    def __init__(self) -> None:
+    def __init__(self, message: str = "stopping after the file(s) being written (Ctrl-C again to stop now)",
+                 signal_names: tuple[str, ...] = ("SIGINT",), speaks: bool = True) -> None:
         self._stop = False
-        self._previous = None
+        self._previous: dict = {}
+        self._message = message
+        self._signal_names = signal_names
+        self._speaks = speaks
 
     def requested(self) -> bool:
         return self._stop
@@ -207,21 +213,24 @@ class GracefulStop:
         if self._stop:
             raise KeyboardInterrupt
         self._stop = True
-        stderr.print("stopping after the file(s) being written (Ctrl-C again to stop now)", highlight=False)
+        if self._speaks:
+            stderr.print(self._message, highlight=False)
 
     def __enter__(self) -> "GracefulStop":
         import signal
         import threading
 
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for name in self._signal_names:
+                number = getattr(signal, name)
+                self._previous[number] = signal.signal(number, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
         import signal
 
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
 
 
 def _print_batch_summary(input: Path, results, failures, existing, not_images, audit_path) -> None:
@@ -359,8 +368,8 @@ def train(
     """Train an encoder/decoder pair under PSNR_i >= floor for every training image."""
     import os
 
-    from .training import (config_for_preset, parse_assignments, read_config_file, resume_config,
-                           train as run_training, validate_config)
+    from .training import (TrainingInterrupted, config_for_preset, parse_assignments, read_config_file,
+                           resume_config, train as run_training, validate_config)
 
     flags = {"psnr_min": psnr_min, "n_bits": bits, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
              "batch_size": batch_size, "method": method, "fixed_weight": fixed_weight,
@@ -389,7 +398,9 @@ def train(
     validate_config(config)  # before the progress bar, so that a bad option is one clean line
     # Under torchrun every process runs this command; only rank 0 talks.
     speaks = int(os.environ.get("RANK", "0")) == 0
-    with _progress(speaks and not json_output) as progress:
+    stop = GracefulStop("stopping after this training step; the best model so far will be written "
+                        "(Ctrl-C again to stop now)", signal_names=("SIGINT", "SIGTERM"), speaks=speaks)
+    with stop, _progress(speaks and not json_output) as progress:
         task = progress.add_task("training", total=config.epochs) if progress else None
         symbol = "λ" if "lagrangian" in config.method else "τ"
 
@@ -399,9 +410,22 @@ def train(
                     f"epoch {metrics.epoch}: bits {metrics.val_bit_accuracy:.4f}, "
                     f"floor met {metrics.val_fraction_satisfied:.0%}, {symbol} {metrics.coefficient_mean:.3g}"))
 
-        result = run_training(config, list(data), out, report, resume=resume is not None)
-    if not speaks:
-        return
+        try:
+            result = run_training(config, list(data), out, report, resume=resume is not None,
+                                  stop_requested=stop.requested)
+        except TrainingInterrupted as error:
+            raise KeyboardInterrupt from error  # nothing was written: the usual "interrupted" line
+    stopped = result.stopped_after_epoch is not None
+    if speaks:
+        _print_training_summary(config, result, out, json_output)
+        if stopped:
+            stderr.print(f"stopped after epoch {result.stopped_after_epoch} of {config.epochs}: the best model so far "
+                         f"is in {out}; continue with: wm train --resume {out}", highlight=False, soft_wrap=True)
+    if stopped:
+        raise typer.Exit(130)
+
+
+def _print_training_summary(config, result, out: Path, json_output: bool) -> None:
     best = result.best
     summary = {
         "output": str(result.output), "method": config.method, "seconds": round(result.seconds, 1),
@@ -409,15 +433,12 @@ def train(
         "val_fraction_meeting_floor": best.val_fraction_satisfied, "val_min_psnr": best.val_min_psnr,
         "train_files": len(result.train_files), "validation_files": len(result.validation_files),
     }
+    if result.stopped_after_epoch is not None:
+        summary["stopped_after_epoch"] = result.stopped_after_epoch
     if json_output:
         _emit_json(summary)
         return
-    table = Table(title=f"wm train ({config.preset}, {config.method}) → {out}")
-    table.add_column("measure")
-    table.add_column("value")
-    for name, value in summary.items():
-        table.add_row(name.replace("_", " "), f"{value:.4g}" if isinstance(value, float) else str(value))
-    stdout.print(table)
+    _print_summary_table(f"wm train ({config.preset}, {config.method}) → {out}", summary)
 
 
 # -------------------------------------------------------------------------------- evaluate ----
@@ -639,13 +660,19 @@ def classifier_train(
     if json_output:
         _emit_json(summary)
         return
-    table = Table(title=f"wm classifier train ({arch}) → {out}")
+    if len(card["label_names"]) == 1:
+        del summary["validation_auroc_per_label"]  # the same figure as the macro AUROC
+    _print_summary_table(f"wm classifier train ({arch}) → {out}", summary)
+
+
+def _print_summary_table(title: str, summary: dict) -> None:
+    """A two-column measure/value table of a command's summary (what --json prints)."""
+    table = Table(title=title)
     table.add_column("measure")
     table.add_column("value")
     for name, value in summary.items():
-        if name == "validation_auroc_per_label" and len(card["label_names"]) == 1:
-            continue
-        shown = f"{value:.4g}" if isinstance(value, float) else ", ".join(value) if isinstance(value, list) else str(value)
+        shown = f"{value:.4g}" if isinstance(value, float) else ", ".join(map(str, value)) if isinstance(
+            value, list) else str(value)
         table.add_row(name.replace("_", " "), shown)
     stdout.print(table)
 

@@ -359,6 +359,8 @@ class TrainResult:
     train_files: list[Path] = field(default_factory=list)
     validation_files: list[Path] = field(default_factory=list)
     rank: int = 0
+    # Set when a stop was requested (Ctrl-C, a scheduler's SIGTERM): the last completed epoch.
+    stopped_after_epoch: int | None = None
 
 
 @dataclass
@@ -380,20 +382,26 @@ def train(
     output: Path,
     progress: Callable[[EpochMetrics], None] | None = None,
     resume: bool = False,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train and write the model folder `output`. With `resume`, continue the run whose
-    checkpoint is in `output` (its configuration may differ only in epochs and device)."""
+    checkpoint is in `output` (its configuration may differ only in epochs and device).
+
+    When `stop_requested()` turns true, the run stops after the current step, drops that
+    unfinished epoch (the checkpoint stays at the last whole one, so --resume is still exact)
+    and writes the best model so far; TrainingInterrupted if no epoch was completed."""
     from .distributed import start_cluster
 
     validate_config(config)
     cluster = start_cluster(use_cuda=pick_device(config.device).type == "cuda")
     try:
-        return _train(config, data, output, progress, resume, cluster)
+        return _train(config, data, output, progress, resume, cluster, stop_requested or (lambda: False))
     finally:
         cluster.stop()
 
 
-def _train(config: TrainConfig, data: list[Path], output: Path, progress, resume: bool, cluster) -> TrainResult:
+def _train(config: TrainConfig, data: list[Path], output: Path, progress, resume: bool, cluster,
+           stop_requested: Callable[[], bool]) -> TrainResult:
     import torch
     import torch.nn.functional as F
 
@@ -464,10 +472,15 @@ def _train(config: TrainConfig, data: list[Path], output: Path, progress, resume
         seconds_before = float(checkpoint["seconds"])
         _set_rng_state(checkpoint["rng"][cluster.rank], rng, device)
 
+    stopped = False
     for epoch in range(first_epoch, config.epochs + 1):
         model.train()
         totals = _Totals()
         for _ in range(config.steps_per_epoch):
+            # Every process must stop at the same step, or the others would wait forever.
+            stopped = cluster.sum([1.0 if stop_requested() else 0.0])[0] > 0 if cluster.parallel else stop_requested()
+            if stopped:
+                break
             _set_learning_rate(optimiser, config, step)
             batch_indices = order.next(config.batch_size * cluster.world_size)[own_slice]
             clean = torch.from_numpy(samples.crops(batch_indices.tolist())).to(device)
@@ -487,6 +500,8 @@ def _train(config: TrainConfig, data: list[Path], output: Path, progress, resume
             method.after_step(observed_psnr, observed_indices)
             step += 1
             totals.add(message_loss, logits, bits, psnr_values, config.psnr_min)
+        if stopped:
+            break
 
         train_figures = totals.reduce(cluster)
         val_accuracy, val_satisfied, val_min, val_mean = _validate(
@@ -525,12 +540,15 @@ def _train(config: TrainConfig, data: list[Path], output: Path, progress, resume
         if progress:
             progress(metrics)
 
-    assert best is not None
+    if best is None:
+        raise TrainingInterrupted("stopped before the first epoch was complete; nothing was written")
     model.load_state_dict(best.state)
     seconds = seconds_before + time.perf_counter() - started
     if cluster.is_writer:
         card = _model_card(config, parity, train_pool, validation_pool if has_validation_files else None, best.metrics,
                            seconds, device, cluster.world_size)
+        if stopped:
+            card["training"]["stopped_after_epoch"] = history[-1].epoch
         from .model_store import save_model
 
         save_model(output, model, card)
@@ -538,7 +556,8 @@ def _train(config: TrainConfig, data: list[Path], output: Path, progress, resume
         _plot_metrics(output, history, config.psnr_min)
     cluster.barrier()  # no process leaves before the files are written
     return TrainResult(output, best.metrics, history, seconds, train_pool.files,
-                       validation_pool.files if has_validation_files else [], rank=cluster.rank)
+                       validation_pool.files if has_validation_files else [], rank=cluster.rank,
+                       stopped_after_epoch=history[-1].epoch if stopped else None)
 
 
 def load_training_data(config: TrainConfig, data: list[Path]) -> tuple[FramePool, FramePool, bool]:
