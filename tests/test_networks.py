@@ -51,3 +51,20 @@ def test_smoothing_moves_energy_to_low_frequencies():
         return float(spectrum[..., high].sum() / spectrum.sum())
 
     assert high_frequency_share(smooth.message_tile(bits)) < 0.05 < high_frequency_share(sharp.message_tile(bits))
+
+
+def test_encoder_runs_under_bf16_autocast_with_a_smoothed_carrier():
+    """Training on a GPU runs the networks under bf16 autocast; the FFT smoothing of the carrier
+    tile must stay in float32 (FFTs take no bf16, on a CPU as on CUDA)."""
+    import torch
+
+    from watermark_cli.networks import CarrierEncoder, NetworkConfig
+
+    torch.manual_seed(0)
+    encoder = CarrierEncoder(NetworkConfig(n_bits=64, tile=32, carrier_smoothing=1.0))
+    images, bits = torch.rand(2, 1, 64, 64), torch.randint(0, 2, (2, 64)).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = encoder(images, bits)
+    exact = encoder(images, bits)
+    assert torch.isfinite(mixed).all()
+    assert torch.allclose(mixed.float(), exact, rtol=0.05, atol=0.05 * exact.abs().max().item())
