@@ -776,14 +776,11 @@ class Classifier:
 
 
 def read_classifier_card(folder: Path) -> dict:
-    import yaml
+    from .model_store import read_yaml_card
 
     path = Path(folder) / CARD_FILE
-    try:
-        card = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise BadInputError(f"cannot read classifier card {path}: {str(error).splitlines()[0]}") from None
-    if not isinstance(card, dict) or card.get("kind") != CARD_KIND:
+    card = read_yaml_card(path, "classifier card")
+    if card.get("kind") != CARD_KIND:
         raise BadInputError(f"{folder} is not a diagnostic classifier folder (card kind is not {CARD_KIND!r})")
     architecture = card.get("architecture")
     names = card.get("label_names")

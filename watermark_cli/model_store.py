@@ -92,13 +92,20 @@ def write_card(folder: Path, card: dict) -> None:
     os.replace(temporary, folder / CARD_FILE)
 
 
-def read_card(folder: Path) -> dict:
+def read_yaml_card(path: Path, what: str) -> dict:
+    """A YAML card as a mapping, or a one-line BadInputError naming `what` it should have been."""
     try:
-        card = yaml.safe_load((folder / CARD_FILE).read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise BadInputError(f"cannot read model card {folder / CARD_FILE}: {error}") from None
-    if not isinstance(card, dict) or not isinstance(card.get("architecture"), dict) \
-            or not isinstance(card.get("payload"), dict):
+        card = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise BadInputError(f"cannot read {what} {path}: {str(error).splitlines()[0]}") from None
+    if not isinstance(card, dict):
+        raise BadInputError(f"{what} {path} is not a YAML mapping")
+    return card
+
+
+def read_card(folder: Path) -> dict:
+    card = read_yaml_card(folder / CARD_FILE, "model card")
+    if not isinstance(card.get("architecture"), dict) or not isinstance(card.get("payload"), dict):
         raise BadInputError(f"model card {folder / CARD_FILE} lacks its architecture or payload block")
     missing = [key for block, key in (("architecture", "n_bits"), ("payload", "parity_bytes"),
                                       ("payload", "raw_bits"), ("payload", "capacity_bytes"))
