@@ -206,9 +206,6 @@ class TrainingPass(nn.Module):
         # The residual is added in float32: at bf16 precision a 1 % residual on a 0.5 pixel
         # would be rounded to a few levels.
         residual = self.model.encoder(images, bits).float()
-        # As at embedding (watermarking.confine_to_unclipped): no mark on pixels at either end of
-        # the range, so the PSNR budget goes where the mark stays two-sided.
-        residual = residual * ((images > 0.0) & (images < 1.0)).to(residual.dtype)
         if self.projection_psnr is not None:
             residual = project_to_psnr(residual, self.projection_psnr)
         return (images.float() + residual).clamp(0.0, 1.0)
