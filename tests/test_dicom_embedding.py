@@ -295,3 +295,17 @@ def test_ultrasound_black_background_stays_black_and_the_mark_survives_jpeg_50(s
     exported = np.stack([jpeg_50(frame, context) for frame in written.pixels])
     decoded = read_frames(loaded, codec, exported).decoded
     assert decoded.found and decoded.message == MESSAGE
+
+
+def test_the_mark_is_confined_to_the_range_only_where_enough_pixels_are_inside_it():
+    from watermark_cli.watermarking import confine_to_unclipped
+
+    rng = np.random.default_rng(3)
+    residual = rng.normal(size=(2, 512, 512))
+    pixels = np.full((2, 512, 512), 100, dtype=np.uint8)
+    pixels[0, :, :128] = 0      # frame 0: a quarter black, 3/4 inside (48 tiles of 64²)
+    pixels[1, :, :] = 255       # frame 1: saturated but for a 100² patch (2.4 tiles)
+    pixels[1, :100, :100] = 100
+    confined = confine_to_unclipped(residual, pixels, 0, 255, tile=64)
+    assert np.all(confined[0, :, :128] == 0) and np.array_equal(confined[0, :, 128:], residual[0, :, 128:])
+    assert np.array_equal(confined[1], residual[1])  # too little inside: the one-sided mark is kept

@@ -50,11 +50,21 @@ def residual_for(model: LoadedModel, image: MedicalImage, raw_bits: np.ndarray) 
             residuals.append(model.model.encoder(_as_tensor(frame[None]), bits)[0, 0].numpy())
     span = float(image.stored_max - image.stored_min)
     residual = np.stack(residuals).astype(np.float64) * span
-    return confine_to_unclipped(residual, image.pixels, image.stored_min, image.stored_max)
+    return confine_to_unclipped(residual, image.pixels, image.stored_min, image.stored_max,
+                                model.model.config.tile)
 
 
-def confine_to_unclipped(residual: np.ndarray, pixels: np.ndarray, stored_min: int, stored_max: int) -> np.ndarray:
-    """The residual with zeros where the stored value sits at either end of its range.
+# Confine the mark to pixels inside the stored range only where they hold at least this many
+# tiles' worth of pixels: the decoder averages tiles, and with fewer, the one-sided mark on the
+# range's ends is still worth more than its absence (a 256² corner of black around an
+# ultrasound sector carries nothing otherwise).
+_TILES_NEEDED_INSIDE = 16
+
+
+def confine_to_unclipped(residual: np.ndarray, pixels: np.ndarray, stored_min: int, stored_max: int,
+                         tile: int) -> np.ndarray:
+    """The residual with zeros where the stored value sits at either end of its range, in every
+    frame with enough pixels inside the range to carry the mark alone.
 
     A pixel at the range's end (the black outside an ultrasound sector, a saturated radiograph)
     can only move one way: clipping removes half of any signed mark there and leaves a one-sided
@@ -64,9 +74,11 @@ def confine_to_unclipped(residual: np.ndarray, pixels: np.ndarray, stored_min: i
     Such pixels are also left exactly as they were.
     """
     at_an_end = (pixels <= stored_min) | (pixels >= stored_max)
-    if not at_an_end.any():
-        return residual
-    return np.where(at_an_end, 0.0, residual)
+    confined = residual.copy()
+    for frame, ends in enumerate(at_an_end):
+        if ends.any() and (ends.size - np.count_nonzero(ends)) >= _TILES_NEEDED_INSIDE * tile * tile:
+            confined[frame][ends] = 0.0
+    return confined
 
 
 @dataclass
