@@ -119,6 +119,7 @@ class Reading:
     decoded: DecodedPayload
     grid_offset: tuple[int, int]
     rescaled_by: tuple[float, float]
+    rotated_by: float = 0.0
 
 
 # Offsets of the tile grid tried per image: the uncropped one, then the best-scoring others.
@@ -187,9 +188,10 @@ def _centre_region(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 def read_frames(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray) -> Reading:
-    """Decode (frames, rows, cols) in any intensity unit: first as they are (any crop offset),
-    then, if no payload is found and the mark's period says the image was resized, rescaled back."""
-    from .synchronisation import estimate_tile_period, resample
+    """Decode (frames, rows, cols) in any intensity unit: first as they are (any crop offset);
+    if no payload is found, rescaled back when the mark's period says the image was resized,
+    then turned back when its lattice says the image was rotated."""
+    from .synchronisation import estimate_rotation, estimate_tile_period, resample, rotate
 
     frames = _centre_region(np.asarray(frames, dtype=np.float64), DECODE_REGION)
     tile = model.model.config.tile
@@ -206,15 +208,22 @@ def read_frames(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray) -> 
     if first.decoded.found:
         return first
     period = estimate_tile_period(frames[0], tile)
-    if period is None or max(abs(p / tile - 1.0) for p in period) < 0.005:
-        return first
-    factors = (tile / period[0], tile / period[1])
-    region = round(DECODE_REGION / max(factors))
-    rescaled = np.stack([resample(frame, *factors) for frame in _centre_region(frames, region)]).astype(np.float32)
-    if min(rescaled.shape[-2:]) < tile:
-        return first
-    second = _read_at_offsets(model, codec, rescaled, factors)
-    return second if second.decoded.found else first
+    if period is not None and max(abs(p / tile - 1.0) for p in period) >= 0.005:
+        factors = (tile / period[0], tile / period[1])
+        region = round(DECODE_REGION / max(factors))
+        rescaled = np.stack([resample(frame, *factors) for frame in _centre_region(frames, region)]).astype(np.float32)
+        if min(rescaled.shape[-2:]) >= tile:
+            second = _read_at_offsets(model, codec, rescaled, factors)
+            if second.decoded.found:
+                return second
+    degrees = estimate_rotation(frames[0], tile)
+    if degrees is not None:
+        turned = np.stack([rotate(frame, degrees) for frame in frames]).astype(np.float32)
+        third = _read_at_offsets(model, codec, turned, (1.0, 1.0))
+        if third.decoded.found:
+            third.rotated_by = degrees
+            return third
+    return first
 
 
 def extract_payload(model: LoadedModel, codec: PayloadCodec, image: MedicalImage) -> DecodedPayload:
