@@ -74,10 +74,14 @@ def confine_to_unclipped(residual: np.ndarray, pixels: np.ndarray, stored_min: i
     Such pixels are also left exactly as they were.
     """
     at_an_end = (pixels <= stored_min) | (pixels >= stored_max)
+    ends_per_frame = np.count_nonzero(at_an_end.reshape(len(at_an_end), -1), axis=1)
+    inside_per_frame = at_an_end[0].size - ends_per_frame
+    confine = (ends_per_frame > 0) & (inside_per_frame >= _TILES_NEEDED_INSIDE * tile * tile)
+    if not confine.any():
+        return residual
     confined = residual.copy()
-    for frame, ends in enumerate(at_an_end):
-        if ends.any() and (ends.size - np.count_nonzero(ends)) >= _TILES_NEEDED_INSIDE * tile * tile:
-            confined[frame][ends] = 0.0
+    for frame in np.flatnonzero(confine):
+        confined[frame][at_an_end[frame]] = 0.0
     return confined
 
 
