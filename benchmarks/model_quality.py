@@ -97,11 +97,12 @@ def main() -> int:
     print(f"written frames: {summary['n_frames_marked']}, below floor: {summary['below_floor']}, "
           f"guard acted: {summary['guard_acted']}; false positives on originals: "
           f"{summary['detection']['false_positives']} / {summary['detection']['n_clean']}")
-    header = f"{'attack':<14}{'bit accuracy':>14}{'exact recovery':>16}{'n':>7}{'PSNR min':>10}{'PSNR median':>13}"
+    width = max([14, *(len(name) + 2 for name in summary["attacks"])])
+    header = f"{'attack':<{width}}{'bit accuracy':>14}{'exact recovery':>16}{'n':>7}{'PSNR min':>10}{'PSNR median':>13}"
     print(header)
     print("-" * len(header))
     for name, figures in summary["attacks"].items():
-        print(f"{name:<14}{figures['bit_accuracy']:>14.4%}{figures['payload_recovery']:>16.2%}{figures['n']:>7}"
+        print(f"{name:<{width}}{figures['bit_accuracy']:>14.4%}{figures['payload_recovery']:>16.2%}{figures['n']:>7}"
               f"{psnr['min']:>10.2f}{psnr['median']:>13.2f}")
     skipped = summary["skipped"]
     if skipped:
