@@ -309,3 +309,23 @@ def test_the_mark_is_confined_to_the_range_only_where_enough_pixels_are_inside_i
     confined = confine_to_unclipped(residual, pixels, 0, 255, tile=64)
     assert np.all(confined[0, :, :128] == 0) and np.array_equal(confined[0, :, 128:], residual[0, :, 128:])
     assert np.array_equal(confined[1], residual[1])  # too little inside: the one-sided mark is kept
+
+
+def test_anatomy_outside_the_read_region_keeps_its_mark(shipped):
+    """Extraction reads the centre 1024² of large images. A 2048² frame that is black but for a
+    patch in a corner must not be confined (the centre would carry nothing) and must read back."""
+    from scipy.ndimage import gaussian_filter
+
+    from watermark_cli.image_io import MedicalImage
+    from watermark_cli.watermarking import embed_pixels, read_frames
+
+    loaded, codec = shipped
+    texture = gaussian_filter(np.random.default_rng(1).normal(size=(400, 400)), 3)
+    pixels = np.zeros((1, 2048, 2048), np.uint16)
+    pixels[0, 50:450, 50:450] = 500 + 3000 * (texture - texture.min()) / np.ptp(texture)
+    image = MedicalImage(pixels=pixels, kind="png", path=Path("corner.png"), bits_stored=12, stored_min=0,
+                         stored_max=4095, window=None, photometric="MONOCHROME2", modality=None)
+    marked = embed_pixels(loaded, codec, image, MESSAGE, QualityFloor(40.0), None)
+    assert marked.frames[0].quality.psnr >= 40.0
+    decoded = read_frames(loaded, codec, marked.pixels).decoded
+    assert decoded.found and decoded.message == MESSAGE

@@ -210,8 +210,14 @@ class GracefulStop:
         return self._stop
 
     def _handle(self, signum, frame) -> None:
+        import signal
+
         if self._stop:
-            raise KeyboardInterrupt
+            # Only a second Ctrl-C escalates: a scheduler and torchrun's agent may both send
+            # SIGTERM for the same stop.
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self._stop = True
         if self._speaks:
             stderr.print(self._message, highlight=False)
@@ -223,6 +229,8 @@ class GracefulStop:
         if threading.current_thread() is threading.main_thread():
             for name in self._signal_names:
                 number = getattr(signal, name)
+                if signal.getsignal(number) is signal.SIG_IGN:
+                    continue  # a signal the caller chose to ignore (e.g. `nohup`) stays ignored
                 self._previous[number] = signal.signal(number, self._handle)
         return self
 
@@ -230,7 +238,8 @@ class GracefulStop:
         import signal
 
         for number, previous in self._previous.items():
-            signal.signal(number, previous)
+            if previous is not None:  # None: a handler installed from C, which cannot be restored
+                signal.signal(number, previous)
 
 
 def _print_batch_summary(input: Path, results, failures, existing, not_images, audit_path) -> None:
@@ -422,6 +431,7 @@ def train(
             stderr.print(f"stopped after epoch {result.stopped_after_epoch} of {config.epochs}: the best model so far "
                          f"is in {out}; continue with: wm train --resume {out}", highlight=False, soft_wrap=True)
     if stopped:
+        _state["stopped_gracefully"] = True  # the line above says what happened; no "interrupted"
         raise typer.Exit(130)
 
 
@@ -735,7 +745,8 @@ def main() -> None:
     # Not standalone: usage errors come back as exceptions, so that they too are one line.
     try:
         code = app(standalone_mode=False)
-        if code == 130:  # typer turns a KeyboardInterrupt inside a command into this exit code
+        if code == 130 and not _state.get("stopped_gracefully"):
+            # typer turns a KeyboardInterrupt inside a command into this exit code
             stderr.print("interrupted; no partial file was left behind", highlight=False)
         if isinstance(code, int) and code:
             sys.exit(code)

@@ -24,10 +24,13 @@ def _high_pass(frame: np.ndarray) -> np.ndarray:
 
     frame = frame.astype(np.float64)
     detail = frame - gaussian_filter(frame, sigma=1.5, mode="reflect")
+    # Flat regions (the black around an ultrasound sector, which carries no mark) have no
+    # detail; the filter's rounding leaves ~1e-16 of the level there, which is set to 0.
+    detail[np.abs(detail) <= 1e-9 * (float(np.abs(frame).max()) + 1e-30)] = 0.0
     # Edges of the anatomy dominate a raw high-pass; clipping keeps them from hiding the mark.
-    # The spread is measured where there is detail at all: flat regions (the black around an
-    # ultrasound sector, which carries no mark) would otherwise pull the median to zero.
-    live = np.abs(detail) > 0
+    # The spread is measured where there is detail at all: flat regions would otherwise pull
+    # the median to zero.
+    live = detail != 0
     spread = (np.median(np.abs(detail[live])) if live.any() else 0.0) * 1.4826 + 1e-12
     return np.clip(detail, -3 * spread, 3 * spread)
 

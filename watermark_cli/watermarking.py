@@ -75,8 +75,11 @@ def confine_to_unclipped(residual: np.ndarray, pixels: np.ndarray, stored_min: i
     """
     at_an_end = (pixels <= stored_min) | (pixels >= stored_max)
     ends_per_frame = np.count_nonzero(at_an_end.reshape(len(at_an_end), -1), axis=1)
-    inside_per_frame = at_an_end[0].size - ends_per_frame
-    confine = (ends_per_frame > 0) & (inside_per_frame >= _TILES_NEEDED_INSIDE * tile * tile)
+    # Counted where extraction reads (the centre region of large images), not frame-wide: a
+    # 2048² frame whose anatomy lies outside its centre would otherwise be read as empty.
+    read = _centre_region(at_an_end, DECODE_REGION)
+    inside_read = read[0].size - np.count_nonzero(read.reshape(len(read), -1), axis=1)
+    confine = (ends_per_frame > 0) & (inside_read >= _TILES_NEEDED_INSIDE * tile * tile)
     if not confine.any():
         return residual
     confined = residual.copy()
