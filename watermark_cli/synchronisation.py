@@ -53,10 +53,10 @@ def _full_autocorrelation(detail: np.ndarray) -> np.ndarray:
     return correlation / max(correlation[rows, cols], 1e-30)
 
 
-def _autocorrelation(detail: np.ndarray) -> np.ndarray:
-    """The non-negative lags of `_full_autocorrelation`: lag (dy, dx) at [dy, dx]."""
-    rows, cols = detail.shape
-    return _full_autocorrelation(detail)[rows:, cols:]
+def mark_autocorrelation(frame: np.ndarray) -> np.ndarray:
+    """What both estimates below read: the autocorrelation of the frame's detail at every lag.
+    Computed once and passed to both when a reader tries both."""
+    return _full_autocorrelation(_high_pass(frame))
 
 
 def _refined_peak(profile: np.ndarray, guess: float, radius: float) -> float | None:
@@ -102,9 +102,12 @@ def _period_along(profile: np.ndarray, tile: int) -> float | None:
     return period
 
 
-def estimate_tile_period(frame: np.ndarray, tile: int) -> tuple[float, float] | None:
+def estimate_tile_period(frame: np.ndarray, tile: int,
+                         correlation: np.ndarray | None = None) -> tuple[float, float] | None:
     """(rows, cols) period in pixels of the repeated mark in `frame`, or None if none is evident."""
-    correlation = _autocorrelation(_high_pass(frame))
+    if correlation is None:
+        correlation = mark_autocorrelation(frame)
+    correlation = correlation[frame.shape[0]:, frame.shape[1]:]  # lag (dy, dx) ≥ 0 at [dy, dx]
     row_period = _period_along(correlation[:, 0], tile)
     col_period = _period_along(correlation[0, :], tile)
     if row_period is None and col_period is None:
@@ -113,14 +116,15 @@ def estimate_tile_period(frame: np.ndarray, tile: int) -> tuple[float, float] | 
     return (row_period or col_period, col_period or row_period)
 
 
-def estimate_rotation(frame: np.ndarray, tile: int) -> float | None:
+def estimate_rotation(frame: np.ndarray, tile: int, correlation: np.ndarray | None = None) -> float | None:
     """Degrees to turn `frame` by (scipy's sense) to undo a rotation of the mark, or None when no
     rotation is evident. The tile lattice shows in the autocorrelation as peaks at (0, k·tile) and
     (k·tile, 0); a rotation by θ turns them by θ, so each angle in ±MAX_ROTATION is scored by
     the correlation at the turned lattice points, and the best must stand out from the rest."""
     from scipy.ndimage import map_coordinates
 
-    correlation = _full_autocorrelation(_high_pass(frame))
+    if correlation is None:
+        correlation = mark_autocorrelation(frame)
     centre_row, centre_col = frame.shape[0], frame.shape[1]
     reach = [k for k in (1, 2, 3) if k * tile < 0.9 * min(frame.shape)]
     if not reach:

@@ -198,7 +198,7 @@ def read_frames(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray) -> 
     """Decode (frames, rows, cols) in any intensity unit: first as they are (any crop offset);
     if no payload is found, rescaled back when the mark's period says the image was resized,
     then turned back when its lattice says the image was rotated."""
-    from .synchronisation import estimate_rotation, estimate_tile_period, resample, rotate
+    from .synchronisation import estimate_rotation, estimate_tile_period, mark_autocorrelation, resample, rotate
 
     frames = _centre_region(np.asarray(frames, dtype=np.float64), DECODE_REGION)
     tile = model.model.config.tile
@@ -214,7 +214,8 @@ def read_frames(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray) -> 
     first = _read_at_offsets(model, codec, frames, (1.0, 1.0))
     if first.decoded.found:
         return first
-    period = estimate_tile_period(frames[0], tile)
+    correlation = mark_autocorrelation(frames[0])
+    period = estimate_tile_period(frames[0], tile, correlation)
     if period is not None and max(abs(p / tile - 1.0) for p in period) >= 0.005:
         factors = (tile / period[0], tile / period[1])
         region = round(DECODE_REGION / max(factors))
@@ -223,7 +224,7 @@ def read_frames(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray) -> 
             second = _read_at_offsets(model, codec, rescaled, factors)
             if second.decoded.found:
                 return second
-    degrees = estimate_rotation(frames[0], tile)
+    degrees = estimate_rotation(frames[0], tile, correlation)
     if degrees is not None:
         turned = np.stack([rotate(frame, degrees) for frame in frames]).astype(np.float32)
         third = _read_at_offsets(model, codec, turned, (1.0, 1.0))
