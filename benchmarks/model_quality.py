@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from dataclasses import replace
@@ -58,7 +59,8 @@ def main() -> int:
     parser.add_argument("--psnr-min", type=float, default=40.0)
     parser.add_argument("--tiles", action="store_true", help="also evaluate 256² sub-images of the held-out frames")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--write-card", action="store_true", help="store the figures in the model's card.yaml")
+    parser.add_argument("--write-card", action="store_true",
+                        help="store the figures in the model's card.yaml (whole files and --tiles under separate keys)")
     parser.add_argument("--name", default=None, help="with --write-card: also set the model's name")
     args = parser.parse_args()
 
@@ -73,9 +75,11 @@ def main() -> int:
         card = dict(model.card)
         if args.name:
             card["name"] = args.name
-        card.setdefault("figures", {})["held_out_real_images"] = {
-            "command": "python benchmarks/model_quality.py --model MODEL --messages " + str(args.messages),
-            "images": [label for label, _ in sources],
+        # Whole files and the 256² sub-image run are kept side by side, each with its own command.
+        key = "held_out_256_subimages" if args.tiles else "held_out_real_images"
+        card.setdefault("figures", {})[key] = {
+            "command": "python benchmarks/model_quality.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            "images": len(sources) if args.tiles else [label for label, _ in sources],
             "messages_per_image": args.messages,
             "psnr_db": {k: round(v, 3) for k, v in summary["psnr"].items()},
             "below_floor": summary["below_floor"],

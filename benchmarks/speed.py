@@ -1,6 +1,6 @@
 """Compute time of embedding and extraction on a real 512² CT slice, after the model is loaded.
 
-    .venv/bin/python benchmarks/speed.py [--model PATH] [--repeats 20]
+    .venv/bin/python benchmarks/speed.py [--model PATH] [--repeats 20] [--write-card]
 
 Prints the median and best wall time of: the encoder alone, `embed_pixels` (encoder + payload
 coding + quality guard, i.e. everything but file I/O), and `read_frames` (decoder with the
@@ -11,6 +11,7 @@ they depend on the disk, not on wm.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -19,7 +20,7 @@ import torch
 from watermark_cli.clinical_data import clinical_file
 from watermark_cli.datasets import normalised_frames
 from watermark_cli.image_io import read_image
-from watermark_cli.model_store import load_model
+from watermark_cli.model_store import load_model, write_card
 from watermark_cli.quality import QualityFloor
 from watermark_cli.watermarking import codec_for, embed_pixels, read_frames, residual_for
 
@@ -39,6 +40,8 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--file", default="693_UNCR.dcm", help="pydicom-data file (default: a 512² CT)")
+    parser.add_argument("--write-card", action="store_true",
+                        help="store the figures in the model's card.yaml (measure on an idle machine)")
     args = parser.parse_args()
 
     model = load_model(args.model)
@@ -52,13 +55,26 @@ def main() -> None:
 
     print(f"{args.file}: {image.pixels.shape[1]}×{image.pixels.shape[2]}, {image.n_frames} frame(s); "
           f"torch threads {torch.get_num_threads()}; model {model.name}")
-    for name, function in (
-        ("encoder only", lambda: residual_for(model, image, bits)),
-        ("embed (encode + guard)", lambda: embed_pixels(model, codec, image, message, QualityFloor(40.0), image.window)),
-        ("extract (decode + payload)", lambda: read_frames(model, codec, marked_frames)),
+    figures = {}
+    for key, name, function in (
+        ("encoder", "encoder only", lambda: residual_for(model, image, bits)),
+        ("embed", "embed (encode + guard)",
+         lambda: embed_pixels(model, codec, image, message, QualityFloor(40.0), image.window)),
+        ("extract", "extract (decode + payload)", lambda: read_frames(model, codec, marked_frames)),
     ):
         median, best = timed(function, args.repeats)
+        figures[key] = {"median_ms": round(median, 1), "best_ms": round(best, 1)}
         print(f"{name:<28} median {median:7.1f} ms   best {best:7.1f} ms")
+    if args.write_card:
+        card = dict(model.card)
+        card.setdefault("figures", {})["speed"] = {
+            "command": "python benchmarks/speed.py --write-card",
+            "image": f"{args.file} ({image.pixels.shape[1]}×{image.pixels.shape[2]})",
+            "cpu": f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+            "repeats": args.repeats,
+            **figures,
+        }
+        write_card(model.path, card)
 
 
 if __name__ == "__main__":
