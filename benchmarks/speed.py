@@ -2,10 +2,11 @@
 
     .venv/bin/python benchmarks/speed.py [--model PATH] [--repeats 20] [--write-card]
 
-Prints the median and best wall time of: the encoder alone, `embed_pixels` (encoder + payload
-coding + quality guard, i.e. everything but file I/O), and `read_frames` (decoder with the
-crop-offset search + payload decoding). File reading and writing are excluded on purpose:
-they depend on the disk, not on wm.
+Prints the median and best wall time of: the encoder alone; `embed_pixels` (encoder + payload
+coding + quality guard, i.e. everything but file I/O); `read_frames` on the marked image (decoder
+with the crop-offset search + payload decoding); and `read_frames` on the unmarked original, the
+worst case, where every search is tried before "no watermark". File reading and writing are
+excluded on purpose: they depend on the disk, not on wm.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def main() -> None:
         ("embed", "embed (encode + guard)",
          lambda: embed_pixels(model, codec, image, message, QualityFloor(40.0), image.window)),
         ("extract", "extract (decode + payload)", lambda: read_frames(model, codec, marked_frames)),
+        # The worst case: nothing is found, so every grid offset, the rescale and the rotation are tried.
+        ("extract_unmarked", "extract, unmarked original", lambda: read_frames(model, codec, normalised_frames(image))),
     ):
         median, best = timed(function, args.repeats)
         figures[key] = {"median_ms": round(median, 1), "best_ms": round(best, 1)}
