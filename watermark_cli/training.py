@@ -301,6 +301,12 @@ def validate_config(config: TrainConfig) -> None:
     unknown = [a for a in config.attacks if a not in TRAINING_ATTACKS]
     if unknown:
         raise BadInputError(f"unknown training attack(s): {', '.join(unknown)}")
+    from .training_attacks import CROP_SMALLEST_SIDE
+
+    if "crop" in config.attacks and math.floor(config.crop * CROP_SMALLEST_SIDE) < config.tile:
+        raise BadInputError(f"the crop attack keeps as little as {CROP_SMALLEST_SIDE:.0%} of a side, less than one "
+                            f"{config.tile}-px tile of a {config.crop}-px crop; use crop >= "
+                            f"{math.ceil(config.tile / CROP_SMALLEST_SIDE)}")
 
 
 def pick_device(requested: str, local_rank: int = 0):

@@ -101,6 +101,48 @@ def resize_round_trip(images: torch.Tensor, rng: random.Random, min_scale: float
     return F.interpolate(down, size=(height, width), mode="bicubic", align_corners=False)
 
 
+_CROP_MIN_AREA = 0.5
+_CROP_MAX_ASPECT = 1.5
+# The shortest side a crop keeps, as a fraction of the image's side (the decoder needs a tile).
+CROP_SMALLEST_SIDE = math.sqrt(_CROP_MIN_AREA / _CROP_MAX_ASPECT)
+
+
+def crop_keeping_area(images: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """Keep 50-100 % of the area, anchored at the top-left pixel. A crop anywhere else differs
+    from this only by a cyclic roll of the decoder's fold, which extraction's offset search
+    undoes exactly; what remains to learn is reading from fewer tiles."""
+    area = rng.uniform(_CROP_MIN_AREA, 1.0)
+    # Kept rows / kept cols, so that neither side exceeds 100 % nor the sides differ by > 1.5×.
+    aspect = rng.uniform(max(area, 1.0 / _CROP_MAX_ASPECT), min(1.0 / area, _CROP_MAX_ASPECT))
+    height, width = images.shape[-2:]
+    keep_rows = min(height, round(height * math.sqrt(area * aspect)))
+    keep_cols = min(width, round(width * math.sqrt(area / aspect)))
+    return images[..., :keep_rows, :keep_cols]
+
+
+def _rotate_about_centre(images: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Bilinear rotation about the centre, same size, edges repeated (differentiable)."""
+    height, width = images.shape[-2:]
+    angle = math.radians(degrees)
+    cos, sin = math.cos(angle), math.sin(angle)
+    # affine_grid works in coordinates normalised to [-1, 1] per axis; the aspect terms keep the
+    # rotation rigid in pixels for non-square images.
+    matrix = torch.tensor([[cos, -sin * height / width, 0.0], [sin * width / height, cos, 0.0]],
+                          dtype=images.dtype, device=images.device).expand(images.shape[0], 2, 3)
+    grid = F.affine_grid(matrix, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def rotation_turned_back(images: torch.Tensor, rng: random.Random, max_degrees: float = 2.0,
+                         residual_degrees: float = 0.15) -> torch.Tensor:
+    """A small rotation, then the turn back that extraction makes from the lattice's angle, off by
+    as much as that estimate can be: what the decoder sees of a rotated image is interpolation
+    twice and a residual angle, which this teaches it to read."""
+    degrees = rng.uniform(-max_degrees, max_degrees)
+    turned = _rotate_about_centre(images, degrees)
+    return _rotate_about_centre(turned, -degrees + rng.uniform(-residual_degrees, residual_degrees))
+
+
 TRAINING_ATTACKS: dict[str, TrainingAttack] = {
     "identity": identity,
     "noise": gaussian_noise,
@@ -110,6 +152,10 @@ TRAINING_ATTACKS: dict[str, TrainingAttack] = {
     "window8": window_export_8bit,
     "jpeg": jpeg_export,
     "resize": resize_round_trip,
+    # Not in the presets: extraction undoes crops and rotations (offset search, lattice angle),
+    # and the shipped model reads both without them. Available for models meant to rely on less.
+    "crop": crop_keeping_area,
+    "rotate": rotation_turned_back,
 }
 
 
