@@ -49,6 +49,7 @@ import numpy as np
 from .datasets import normalised_frames
 from .errors import BadInputError
 from .image_io import MedicalImage, iter_image_files, read_image
+from .model_store import file_sha256, read_yaml_card
 
 ARCHITECTURES = ("small", "resnet18", "densenet121")
 DEFAULT_INPUT_SIZE = 128
@@ -397,7 +398,7 @@ def load_initial_weights(network, path: Path) -> dict:
     if len(loaded) < len(target) / 2:
         raise BadInputError(f"--weights {path}: only {len(loaded)} of {len(target)} tensors fit this architecture")
     network.backbone.load_state_dict(loaded, strict=False)
-    return {"path": path.name, "sha256": _file_sha256(path), "tensors_loaded": len(loaded),
+    return {"path": path.name, "sha256": file_sha256(path), "tensors_loaded": len(loaded),
             "tensors_left_random": skipped}
 
 
@@ -687,14 +688,6 @@ def _relative(path: Path, root: Path) -> str:
         return path.name
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _save(out: Path, network, card: dict) -> None:
     import yaml
     from safetensors.torch import save_file
@@ -704,7 +697,7 @@ def _save(out: Path, network, card: dict) -> None:
     temporary = out / f".{WEIGHTS_FILE}.tmp"
     save_file(state, str(temporary))
     os.replace(temporary, out / WEIGHTS_FILE)
-    card["weights_sha256"] = _file_sha256(out / WEIGHTS_FILE)
+    card["weights_sha256"] = file_sha256(out / WEIGHTS_FILE)
     temporary = out / f".{CARD_FILE}.tmp"
     temporary.write_text(yaml.safe_dump(card, sort_keys=False, allow_unicode=True), encoding="utf-8")
     os.replace(temporary, out / CARD_FILE)
@@ -776,8 +769,6 @@ class Classifier:
 
 
 def read_classifier_card(folder: Path) -> dict:
-    from .model_store import read_yaml_card
-
     path = Path(folder) / CARD_FILE
     card = read_yaml_card(path, "classifier card")
     if card.get("kind") != CARD_KIND:
