@@ -108,3 +108,16 @@ def test_projection_meets_the_psnr_bound_exactly_and_leaves_weak_residuals_alone
     psnr = -10 * torch.log10(projected.square().mean(dim=(1, 2, 3)))
     assert psnr[0] == pytest.approx(40.0, abs=1e-4) and psnr[2] == pytest.approx(40.0, abs=1e-4)
     assert torch.equal(projected[1], residual[1])  # already at 60 dB
+
+
+def test_training_config_defaults_agree_with_the_method_settings_defaults():
+    """TrainConfig repeats MethodSettings' fields flat (they are `--set` keys); a default changed
+    in one place only would make `wm train` and the reusable module disagree."""
+    from dataclasses import fields
+
+    from watermark_cli.constraint_methods import MethodSettings
+    from watermark_cli.training import TrainConfig
+
+    built = TrainConfig().method_settings()
+    assert {f.name: getattr(built, f.name) for f in fields(MethodSettings)} == \
+           {f.name: f.default for f in fields(MethodSettings)}
