@@ -50,7 +50,7 @@ def main() -> None:
     image = read_image(clinical_file(args.file))
     message = b"benchmark-0001"
     bits = codec.encode(message)
-    marked = embed_pixels(model, codec, image, message, QualityFloor(40.0), image.window).pixels
+    marked = embed_pixels(model, codec, image, message, QualityFloor(40.0)).pixels
     marked_frames = normalised_frames(type(image)(**{**image.__dict__, "pixels": marked}))
     assert read_frames(model, codec, marked_frames).decoded.message == message
 
@@ -60,7 +60,7 @@ def main() -> None:
     for key, name, function in (
         ("encoder", "encoder only", lambda: residual_for(model, image, bits)),
         ("embed", "embed (encode + guard)",
-         lambda: embed_pixels(model, codec, image, message, QualityFloor(40.0), image.window)),
+         lambda: embed_pixels(model, codec, image, message, QualityFloor(40.0))),
         ("extract", "extract (decode + payload)", lambda: read_frames(model, codec, marked_frames)),
         # The worst case: nothing is found, so every grid offset, the rescale and the rotation are tried.
         ("extract_unmarked", "extract, unmarked original", lambda: read_frames(model, codec, normalised_frames(image))),

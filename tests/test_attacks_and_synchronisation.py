@@ -6,7 +6,7 @@ from watermark_cli.clinical_data import CLINICAL_GROUPS, clinical_files
 from watermark_cli.errors import BadInputError
 from watermark_cli.synchronisation import estimate_tile_period
 
-CONTEXT = FrameContext(stored_min=0, stored_max=4095, window=None, seed=3)
+CONTEXT = FrameContext(stored_min=0, stored_max=4095, seed=3)
 
 
 @pytest.fixture()
@@ -44,7 +44,8 @@ def test_jpeg2000_is_a_real_lossy_codec_at_the_stored_depth(frame):
 
 def test_window_and_combined_attacks(frame):
     narrow = parse_attack("window8:2000,200")(frame, CONTEXT)
-    expected = np.clip(np.rint((frame - 1900.0) / 200.0 * 255.0), 0, 255)
+    low = 2000.0 - 0.5 - (200.0 - 1) / 2  # the DICOM linear VOI function (PS3.3 C.11.2.1.2.1)
+    expected = np.rint(np.clip((frame - low) / (200.0 - 1), 0, 1) * 255.0)
     assert np.array_equal(narrow, expected)
     combined = parse_attack("jpeg:80+crop:0.25")
     assert combined.family == "combined"

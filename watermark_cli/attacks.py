@@ -1,13 +1,17 @@
 """Evaluation attacks: what really happens to a marked image, with real codecs.
 
 Each attack takes one frame of stored values (float64, stored units) plus its context (valid
-range, VOI window) and returns the frame a decoder would receive, in whatever units that
+range, and the view the mark was budgeted in) and returns the frame a decoder would receive, in whatever units that
 pipeline produces (an 8-bit export arrives as 0..255). The decoder standardises its input, so
 the unit does not matter; what matters is that codecs are the real ones (Pillow's JPEG, a real
 PNG round trip), never a differentiable stand-in.
 
+Strengths are relative to that view (design §6): `window8` and `jpeg` export through it to 8
+bits, `noise:0.01` adds σ = 1 % of its peak (a window's width, the frame's data range).
+
 Names are parameterised as `name:value`, e.g. `jpeg:80`, `noise:0.01`, `window8`, `window8:40,400`
-(a window in stored units), `jpeg2000:15` (15:1; plain `jpeg2000` is lossless); `a+b` applies a then b.
+(a window in modality units, HU for CT), `jpeg2000:15` (15:1; plain `jpeg2000` is lossless);
+`a+b` applies a then b.
 """
 
 from __future__ import annotations
@@ -19,33 +23,33 @@ from typing import Callable
 import numpy as np
 
 from .errors import BadInputError
+from .views import View
 
 
 @dataclass(frozen=True)
 class FrameContext:
+    """What an attack needs to know about the frame it receives: the valid stored range and the
+    view the mark was budgeted in (design §6: exports go through that view, and strengths such as
+    noise σ are fractions of its peak). Without a view, the frame's own data range stands in."""
+
     stored_min: int
     stored_max: int
-    window: tuple[float, float] | None
+    view: View | None = None
     seed: int = 0
 
     @property
     def peak(self) -> float:
-        return float(self.stored_max - self.stored_min)
-
-
-def _export_window(frame: np.ndarray, context: FrameContext) -> tuple[float, float]:
-    """The window an 8-bit export would use: the file's VOI window, else the frame's own range."""
-    if context.window is not None:
-        return context.window
-    low, high = float(frame.min()), float(frame.max())
-    return (low + high) / 2.0, max(high - low, 1.0)
+        """The view's peak in stored units (a window's width, the frame's range, 255 for 8-bit)."""
+        return self.view.stored_span if self.view is not None else float(self.stored_max - self.stored_min)
 
 
 def export_8bit(frame: np.ndarray, context: FrameContext) -> np.ndarray:
-    """16→8-bit export through a linear window, as a viewer's 'save as PNG/JPEG' does."""
-    center, width = _export_window(frame, context)
-    low = center - width / 2.0
-    scaled = (frame - low) / width * 255.0
+    """16→8-bit export through the view, as a viewer's 'save as PNG/JPEG' does: the budgeted
+    window, else the frame's own minimum to maximum (a viewer's auto-window)."""
+    if context.view is not None:
+        return context.view.export_8bit(frame)
+    low, high = float(frame.min()), float(frame.max())
+    scaled = (frame - low) / max(high - low, 1.0) * 255.0
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
@@ -66,7 +70,7 @@ def png16_round_trip(frame: np.ndarray, context: FrameContext, strength: float) 
 
 
 def gaussian_noise(frame: np.ndarray, context: FrameContext, strength: float) -> np.ndarray:
-    """Additive Gaussian noise with sigma = strength × nominal peak, rounded to stored values."""
+    """Additive Gaussian noise with sigma = strength × the view's peak, rounded to stored values."""
     rng = np.random.default_rng(context.seed)
     noisy = frame + rng.normal(0.0, strength * context.peak, frame.shape)
     return np.clip(np.rint(noisy), context.stored_min, context.stored_max)
@@ -112,7 +116,8 @@ def gaussian_blur(frame: np.ndarray, context: FrameContext, strength: float) -> 
 
 
 def brightness_contrast(frame: np.ndarray, context: FrameContext, strength: float) -> np.ndarray:
-    """Contrast gain (1 + strength) about the mean, plus a brightness shift of strength × peak / 10."""
+    """Contrast gain (1 + strength) about the mean, plus a brightness shift of strength × the
+    view's peak / 10."""
     mean = float(frame.mean())
     adjusted = (frame - mean) * (1.0 + strength) + mean + strength * context.peak / 10.0
     return np.clip(np.rint(adjusted), context.stored_min, context.stored_max)
@@ -187,16 +192,24 @@ class Attack:
     function: AttackFunction
     strength: float
     family: str = ""
-    window: tuple[float, float] | None = None  # replaces the file's window (window8:C,W)
+    window: tuple[float, float] | None = None  # window8:C,W: export through this window instead
     then: tuple["Attack", ...] = ()
 
     def __call__(self, frame: np.ndarray, context: FrameContext) -> np.ndarray:
         if self.window is not None:
-            context = replace(context, window=self.window)
+            context = replace(context, view=_window_view(self.window, context, frame))
         result = self.function(frame.astype(np.float64), context, self.strength)
         for step in self.then:
             result = step(result, context)
         return result
+
+
+def _window_view(window: tuple[float, float], context: FrameContext, frame: np.ndarray) -> View:
+    """The `window8:C,W` export window, in the modality units of the budgeted view's frame."""
+    from .views import ModalityTransform, VoiView, VoiWindow
+
+    modality = getattr(context.view, "modality", None) or ModalityTransform()
+    return VoiView(modality, VoiWindow(window[0], window[1], origin="user"), frame)
 
 
 def parse_attack(spec: str) -> Attack:
@@ -232,7 +245,7 @@ def _parse_window_value(spec: str, value: str) -> tuple[float, float]:
     try:
         center, width = (float(part) for part in value.split(","))
     except ValueError:
-        raise BadInputError(f"{spec!r}: window8 takes CENTER,WIDTH in stored units") from None
+        raise BadInputError(f"{spec!r}: window8 takes CENTER,WIDTH in modality units (HU for CT)") from None
     if not (np.isfinite(center) and np.isfinite(width)) or width <= 0:
         raise BadInputError(f"{spec!r}: the window needs a finite centre and a positive width")
     return center, width

@@ -2,10 +2,10 @@
 
 A line says what went in and what came out (paths, SHA-256 of the files and of their stored
 pixel values), what was hidden (the payload as stored: its bytes, never the key), with which
-model (name and weights hash), and what it cost in quality (PSNR with its peak, windowed PSNR,
-SSIM, max abs error) and whether the mark read back. Lines are only ever appended, and each is
-flushed to disk before the next file is reported, so an interrupted batch leaves a log that
-matches the files on disk.
+model (name and weights hash), and what it cost in quality (the PSNR in every view a reader
+uses and which one bound, the nominal PSNR, SSIM, max abs error) and whether the mark read
+back. Lines are only ever appended, and each is flushed to disk before the next file is
+reported, so an interrupted batch leaves a log that matches the files on disk.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ AUDIT_FILE_NAME = "wm-audit.jsonl"
 
 # The embed result fields copied into the audit line, in this order.
 _FIGURES = (
-    "psnr", "psnr_min", "psnr_peak", "psnr_peak_kind", "psnr_domain", "psnr_windowed", "window",
-    "ssim", "max_abs_error", "frames", "frame_psnr", "guard_scale", "verified", "confidence",
+    "psnr", "psnr_min", "psnr_domain", "binding_view", "psnr_peak", "psnr_peak_kind", "psnr_views",
+    "views_below_floor", "psnr_nominal", "ssim", "max_abs_error", "frames", "frame_psnr", "guard_scale", "verified", "confidence",
 )
 
 

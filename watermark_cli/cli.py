@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -70,18 +71,44 @@ def _message_bytes(message: str, hex_message: bool) -> bytes:
         raise BadInputError(f"--hex message is not hexadecimal: {message!r}") from None
 
 
-def _quality_floor(psnr_min: float, psnr_peak: str, psnr_domain: str, max_abs_error: float | None):
+class PsnrDomain(str, Enum):
+    """Where the floor holds (design §1): every view a reader uses, the stored values, or one window."""
+
+    view = "view"
+    stored = "stored"
+    window = "window"
+
+
+class PsnrPeak(str, Enum):
+    """The peak of `--psnr-domain stored`."""
+
+    nominal = "nominal"
+    range = "range"
+
+
+def _quality_floor(psnr_min: float, psnr_peak: PsnrPeak, psnr_domain: PsnrDomain, max_abs_error: float | None):
     from .quality import QualityFloor
 
     if not (0 < psnr_min < 200):  # also rejects NaN
         raise BadInputError("--psnr-min must be between 0 and 200 dB")
-    if psnr_peak not in ("nominal", "range"):
-        raise BadInputError("--psnr-peak must be 'nominal' or 'range'")
-    if psnr_domain not in ("stored", "window"):
-        raise BadInputError("--psnr-domain must be 'stored' or 'window'")
     if max_abs_error is not None and not (math.isfinite(max_abs_error) and max_abs_error >= 0):
         raise BadInputError("--max-abs-error must be a finite number >= 0")
-    return QualityFloor(psnr_min, psnr_peak, psnr_domain, max_abs_error)
+    if psnr_peak is not PsnrPeak.nominal and psnr_domain is not PsnrDomain.stored:
+        raise BadInputError("--psnr-peak applies to --psnr-domain stored only (every view has its own peak)")
+    return QualityFloor(psnr_min, psnr_peak.value, psnr_domain.value, max_abs_error)
+
+
+PsnrDomainOption = Annotated[PsnrDomain, typer.Option(
+    "--psnr-domain", help="view (default): every view a reader uses — the frame's data range, each VOI window "
+                          "the file declares (CT without one: brain, soft tissue, lung, bone) and --window; 8-bit "
+                          "PNG/TIFF/JPEG as stored. stored: the stored values against --psnr-peak. window: one "
+                          "window only (--window, else the file's first).")]
+PsnrPeakOption = Annotated[PsnrPeak, typer.Option(
+    "--psnr-peak", help="With --psnr-domain stored: nominal (2^BitsStored-1 / dtype max) or range (max-min of the "
+                        "original frame).")]
+WindowOption = Annotated[Optional[str], typer.Option(
+    "--window", help="A VOI window CENTER,WIDTH in modality units (HU for CT) that the floor must hold in too: "
+                     "the view an export of yours will use.")]
 
 
 # ----------------------------------------------------------------------------------- embed ----
@@ -104,9 +131,9 @@ def embed(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file, or folder for a folder input.")] = None,
     model: ModelOption = None,
     psnr_min: PsnrOption = 40.0,
-    psnr_peak: Annotated[str, typer.Option("--psnr-peak", help="nominal (2^BitsStored-1 / dtype max) or range (max-min of the original).")] = "nominal",
-    psnr_domain: Annotated[str, typer.Option("--psnr-domain", help="stored (default) or window (VOI window mapped to [0,1]).")] = "stored",
-    window: Annotated[Optional[str], typer.Option("--window", help="VOI window CENTER,WIDTH in stored units (overrides the file's).")] = None,
+    psnr_domain: PsnrDomainOption = PsnrDomain.view,
+    psnr_peak: PsnrPeakOption = PsnrPeak.nominal,
+    window: WindowOption = None,
     max_abs_error: Annotated[Optional[float], typer.Option("--max-abs-error", help="Per-pixel bound in stored units.")] = None,
     key: KeyOption = None,
     hex_message: Annotated[bool, typer.Option("--hex", help="MESSAGE is hexadecimal bytes.")] = False,
@@ -118,7 +145,8 @@ def embed(
     audit: Annotated[Optional[Path], typer.Option("--audit", help="Audit log (JSON lines) to append to; default: wm-audit.jsonl in the output folder.")] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Hide MESSAGE in INPUT; every written frame keeps PSNR >= --psnr-min on its stored values."""
+    """Hide MESSAGE in INPUT; every written frame keeps PSNR >= --psnr-min, measured on its stored
+    values, in every view a reader uses (its data range and every window it declares)."""
     from .audit import AuditLog, audit_record, default_audit_path
     from .embedding import EmbedSettings, check_free_space, embed_files
     from .image_io import DICOM_COMPRESSIONS, scan_folder
@@ -171,6 +199,7 @@ def embed(
             if outcome.result is not None:
                 results.append(outcome.result)
                 audit_log.append(audit_record(outcome.result, payload, codec.n_bits, codec.parity_bytes))
+                _warn_below_floor(outcome.result)
                 if json_output:
                     _emit_json(outcome.result)
             else:
@@ -265,25 +294,36 @@ def _print_embed_table(results: list[dict]) -> None:
         return
     if len(results) == 1:
         r = results[0]
-        windowed = f", windowed {_format_db(r['psnr_windowed'])} dB" if r["window"] else ""
+        others = ", ".join(f"{name} {_format_db(value)}" for name, value in r["psnr_views"].items()
+                           if name != r["binding_view"])
         stdout.print(
             f"wrote {r['output']}\n"
-            f"  PSNR {_format_db(r['psnr'])} dB (floor {r['psnr_min']:g}, {r['psnr_domain']} domain, "
-            f"peak {r['psnr_peak_kind']} = {r['psnr_peak']:g}){windowed}\n"
-            f"  SSIM {r['ssim']}, max |error| {r['max_abs_error']:g} stored units, guard scale {r['guard_scale']:.3f}, "
-            f"{r['frames']} frame(s), verified: {'yes' if r['verified'] else 'NO'}", highlight=False, soft_wrap=True)
+            f"  PSNR {_format_db(r['psnr'])} dB in its binding view, {r['binding_view']} (floor {r['psnr_min']:g} dB, "
+            f"{r['psnr_domain']} domain)\n"
+            + (f"  other views: {others} dB\n" if others else "")
+            + f"  nominal peak {_format_db(r['psnr_nominal'])} dB; SSIM {r['ssim']}, max |error| {r['max_abs_error']:g} "
+            f"stored units, guard scale {r['guard_scale']:.3f}, {r['frames']} frame(s), "
+            f"verified: {'yes' if r['verified'] else 'NO'}", highlight=False, soft_wrap=True)
         return
     table = Table(title=f"wm embed: {len(results)} file(s)")
-    for column in ("file", "PSNR dB", "windowed", "SSIM", "max |err|", "guard", "verified"):
+    for column in ("file", "PSNR dB", "binding view", "SSIM", "max |err|", "guard", "verified"):
         table.add_column(column, overflow="fold")
     for r in results:
         table.add_row(
-            Path(r["output"]).name, _format_db(r["psnr"]), _format_db(r["psnr_windowed"]) if r["window"] else "-",
+            Path(r["output"]).name, _format_db(r["psnr"]), r["binding_view"],
             f"{r['ssim']:.4f}" if r["ssim"] is not None else "-", f"{r['max_abs_error']:g}",
             f"{r['guard_scale']:.2f}", "yes" if r["verified"] else "[red]NO[/]",
         )
     stdout.print(table)
-    stdout.print(f"peak: {results[0]['psnr_peak_kind']}; floor {results[0]['psnr_min']:g} dB", highlight=False)
+    stdout.print(f"floor {results[0]['psnr_min']:g} dB in the {results[0]['psnr_domain']} domain", highlight=False)
+
+
+def _warn_below_floor(result: dict) -> None:
+    """One line when the chosen domain left a reader's view under the floor (design §1)."""
+    if result["views_below_floor"]:
+        stderr.print(f"[yellow]warning:[/] {result['output']}: below the {result['psnr_min']:g} dB floor in "
+                     f"{', '.join(result['views_below_floor'])} (--psnr-domain {result['psnr_domain']} does not hold "
+                     "there)", highlight=False, soft_wrap=True)
 
 
 def _format_db(value: float | None) -> str:
@@ -458,9 +498,9 @@ def evaluate(
     data: Annotated[list[Path], typer.Argument(help="Files or folders of images (held-out!).")],
     model: ModelOption = None,
     psnr_min: PsnrOption = 40.0,
-    psnr_peak: Annotated[str, typer.Option("--psnr-peak")] = "nominal",
-    psnr_domain: Annotated[str, typer.Option("--psnr-domain")] = "stored",
-    window: Annotated[Optional[str], typer.Option("--window", help="VOI window CENTER,WIDTH in stored units (overrides the files').")] = None,
+    psnr_domain: PsnrDomainOption = PsnrDomain.view,
+    psnr_peak: PsnrPeakOption = PsnrPeak.nominal,
+    window: WindowOption = None,
     attacks: Annotated[str, typer.Option("--attacks", help="default | none | NAME[:STRENGTH],...")] = "default",
     messages: Annotated[int, typer.Option("--messages", help="Fixed messages per image.")] = 3,
     key: KeyOption = None,
@@ -517,7 +557,8 @@ def _print_evaluation(summary: dict, report: Path) -> None:
     psnr = summary["psnr"]
     stdout.print(
         f"[bold]{summary['n_images']} images[/] ({summary['n_frames_marked']} marked frames), model {summary['model']}; "
-        f"PSNR min {psnr['min']:.2f} dB, median {psnr['median']:.2f} dB (peak {summary['psnr_peak']}); "
+        f"PSNR in the binding view min {psnr['min']:.2f} dB, median {psnr['median']:.2f} dB (binding views: "
+        f"{summary['psnr_peak']}); "
         f"below floor: [bold]{summary['below_floor']}[/]; guard acted on {summary['guard_acted']}"
     )
     table = Table(title="message recovery per attack")
@@ -544,7 +585,7 @@ def _print_evaluation(summary: dict, report: Path) -> None:
             f"−{block['margin']:g}: {verdict}; flip rate {block['flip_rate']:.4f}", highlight=False)
     quality = summary.get("quality") or {}
     parts = [f"{name} median {quality[name]['median']:.{digits}f}" for name, digits in
-             (("psnr_windowed", 2), ("ssim", 4)) if quality.get(name)]
+             (("psnr_data_range", 2), ("psnr_window", 2), ("psnr_nominal", 2), ("ssim", 4)) if quality.get(name)]
     if parts:
         stdout.print("quality per marked image: " + ", ".join(parts) +
                      f"; report.html in {report}", highlight=False)

@@ -1,9 +1,11 @@
 """Training images: files on disk turned into float frames, split by file, sampled as crops.
 
-Frames are normalised to [0, 1] by the format's nominal range (stored_min .. stored_max), the
-same scale the PSNR guarantee uses, so a PSNR measured on a training crop means what it means
-on a written file. The held-out split is by file, never by crop: crops of one file are
-correlated, and a split by crop would flatter every figure.
+Frames are shown to training as a reader sees them (`frame_views="reader"`): each frame once in
+every view the floor holds in (`views.reader_views`: its data range, each declared window, the
+CT presets; 8-bit rasters as stored), each mapped to [0, 1] with the view's peak as 1, so that a
+PSNR of 40 dB on a training crop means what the view floor means on a written file. The older
+`"nominal"` divides stored values by the format's nominal range. The held-out split is by file,
+never by crop: crops of one file are correlated, and a split by crop would flatter every figure.
 """
 
 from __future__ import annotations
@@ -21,10 +23,31 @@ from .image_io import MedicalImage, iter_image_files, read_image  # noqa: E402
 MIN_SIDE = 64
 
 
+FRAME_VIEWS = ("reader", "nominal")
+
+
 def normalised_frames(image: MedicalImage) -> np.ndarray:
     """(frames, rows, cols) float32 in [0, 1] on the nominal stored range."""
     span = float(image.stored_max - image.stored_min)
     return ((image.pixels.astype(np.float32) - image.stored_min) / span).astype(np.float32)
+
+
+def reader_view_frames(image: MedicalImage) -> np.ndarray:
+    """(frames × views, rows, cols) float32: every frame in every reader view, clipped to [0, 1]
+    (a window clips what lies outside it, as the reader sees it)."""
+    from .views import reader_views
+
+    shown = [np.clip(view.display(frame), 0.0, 1.0).astype(np.float32)
+             for index, frame in enumerate(image.pixels) for view in reader_views(image, index)]
+    return np.stack(shown)
+
+
+def training_frames(image: MedicalImage, frame_views: str) -> np.ndarray:
+    if frame_views == "reader":
+        return reader_view_frames(image)
+    if frame_views == "nominal":
+        return normalised_frames(image)
+    raise BadInputError(f"unknown frame_views {frame_views!r} (choose from {', '.join(FRAME_VIEWS)})")
 
 
 def collect_image_files(inputs: list[Path]) -> list[Path]:
@@ -74,7 +97,7 @@ class FramePool:
         return [frame for frames in self.frames_by_file for frame in frames]
 
     @classmethod
-    def load(cls, files: list[Path], weights: list[float] | None = None) -> "FramePool":
+    def load(cls, files: list[Path], weights: list[float] | None = None, frame_views: str = "nominal") -> "FramePool":
         weights = weights if weights is not None else [1.0] * len(files)
         loaded: list[np.ndarray] = []
         used: list[Path] = []
@@ -89,7 +112,7 @@ class FramePool:
             if min(image.rows, image.cols) < MIN_SIDE:
                 skipped.append((path, f"smaller than {MIN_SIDE} px"))
                 continue
-            loaded.append(normalised_frames(image))
+            loaded.append(training_frames(image, frame_views))
             used.append(path)
             used_weights.append(weight)
         return cls(loaded, used, used_weights, skipped)

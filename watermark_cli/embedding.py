@@ -27,7 +27,7 @@ class EmbedSettings:
 
     payload: bytes
     floor: QualityFloor
-    window_override: tuple[float, float] | None = None
+    window_override: tuple[float, float] | None = None  # --window: centre, width in modality units
     overwrite: bool = False
     allow_unverified: bool = False
     compression: str = "none"
@@ -58,29 +58,28 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
     from . import __version__
     from .image_io import check_writable, read_image, write_image
     from .model_store import file_sha256
-    from .quality import image_quality, meets_floor, measure_frame
+    from .quality import image_quality, meets_floor
     from .watermarking import embed_pixels, extract_payload
 
     floor = settings.floor
     image = read_image(source)
     destination = check_writable(image, destination, settings.overwrite)  # before any work is done
-    window = settings.window_override or image.window
-    if floor.domain == "window" and window is None:
-        raise BadInputError(f"{source}: --psnr-domain window needs a VOI window; the file has none (use --window C,W)")
-    outcome = embed_pixels(loaded, codec, image, settings.payload, floor, window, fill_budget=settings.fill_budget)
+    outcome = embed_pixels(loaded, codec, image, settings.payload, floor, settings.window_override,
+                           fill_budget=settings.fill_budget)
 
     # Verify before anything is written: the marked pixels must give the payload back.
     decoded = extract_payload(loaded, codec, replace(image, pixels=outcome.pixels))
     verified = bool(decoded.found and decoded.message == settings.payload)
     if not verified and not settings.allow_unverified:
+        binding = min((frame.quality for frame in outcome.frames), key=lambda q: q.psnr).binding_view
         raise CheckFailedError(
-            f"{source}: the mark could not be read back at PSNR >= {floor.psnr_min:g} dB "
+            f"{source}: the mark could not be read back at PSNR >= {floor.psnr_min:g} dB in its {binding} view "
             "(image too small or too flat for this model); nothing written (--allow-unverified to force)"
         )
 
     # The guarantee is about the file: the complete temporary file is read back and measured
-    # before it is moved into place, so a file that misses the floor never appears. Its bytes
-    # are hashed there too: the file moved into place is that very file.
+    # in every view before it is moved into place, so a file that misses the floor never
+    # appears. Its bytes are hashed there too: the file moved into place is that very file.
     measured: dict = {}
 
     def check_written_file(temporary: Path) -> None:
@@ -89,7 +88,7 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
             raise CheckFailedError(f"{source}: the written file has a different pixel shape; nothing written")
         if not np.array_equal(written.pixels, outcome.pixels):
             raise CheckFailedError(f"{source}: the written file does not hold the marked values; nothing written")
-        qualities = [measure_frame(o, w, floor, image.nominal_peak, window) for o, w in zip(image.pixels, written.pixels)]
+        qualities = [meter.with_ssim(meter.measure(frame), frame) for meter, frame in zip(outcome.meters, written.pixels)]
         if not all(meets_floor(q, floor) for q in qualities):
             raise CheckFailedError(f"{source}: the written file missed the floor on re-measurement; nothing written")
         measured.update(qualities=qualities, pixels=written.pixels, file_sha256=file_sha256(temporary))
@@ -98,22 +97,28 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
     written_path = write_image(image, outcome.pixels, destination, derivation=derivation,
                                overwrite=settings.overwrite, compression=settings.compression,
                                verify=check_written_file)
-    summary = image_quality(image.pixels, measured["pixels"], measured["qualities"],
-                            float(image.stored_max - image.stored_min))
+    qualities = measured["qualities"]
+    summary = image_quality(qualities)
+    worst = min(range(len(qualities)), key=lambda i: qualities[i].psnr)
+    binding = outcome.meters[worst].view_named(summary.binding_view)
+    below = sorted({name for q in qualities for name in q.below_floor(floor)})
     return {
         "input": str(source),
         "output": str(written_path),
         "psnr": _finite(summary.psnr),
         "psnr_min": floor.psnr_min,
-        "psnr_peak": summary.peak,
-        "psnr_peak_kind": floor.peak if floor.domain == "stored" else "window",
         "psnr_domain": floor.domain,
-        "psnr_windowed": _finite(summary.windowed_psnr),
-        "window": list(window) if window else None,
+        "binding_view": summary.binding_view,
+        # The binding view's peak in stored units (a window's width, the frame's range, ...).
+        "psnr_peak": round(binding.stored_span, 4),
+        "psnr_peak_kind": binding.kind,
+        "psnr_views": {name: _finite(value) for name, value in summary.views.items()},
+        "views_below_floor": below,
+        "psnr_nominal": _finite(summary.nominal_psnr),
         "ssim": _finite(summary.ssim),
         "max_abs_error": summary.max_abs_error,
         "frames": int(image.n_frames),
-        "frame_psnr": [_finite(q.psnr) for q in measured["qualities"]],
+        "frame_psnr": [_finite(q.psnr) for q in qualities],
         "guard_scale": round(min(f.scale for f in outcome.frames), 4),
         "payload_bits": codec.n_bits,
         "message_bytes": len(settings.payload),

@@ -1,8 +1,10 @@
 """`wm evaluate`: quality on the stored values, message recovery per attack, false positives.
 
 For every image and each of K fixed messages: embed in memory (the guard quantises exactly as a
-written file would hold the values, so quality is measured on those stored values), run every
-attack on the marked frames, decode, and compare with what was embedded. Unmarked originals are
+written file would hold the values, so quality is measured on those stored values, in every view
+a reader uses), run every attack on the marked frames, decode, and compare with what was
+embedded. Attacks act in the view the mark was budgeted in (each frame's binding view: an 8-bit
+export goes through that window, noise is a fraction of its peak). Unmarked originals are
 decoded too: any payload found there is a false positive.
 """
 
@@ -35,20 +37,24 @@ class EvaluationOptions:
     messages: int = 3
     key: str | None = None
     seed: int = 0
-    window: tuple[float, float] | None = None
+    window: tuple[float, float] | None = None  # --window: one more view (modality units)
     examples: int = 3  # images shown in the report with their amplified difference maps
+    message_bytes: int | None = None  # length of the evaluation messages (default: the capacity)
 
 
 # Called once per image with the original and its pixels marked with the first message (no
 # attack): the diagnostic classifier check scores both.
 MarkedImageHook = Callable[[str, MedicalImage, np.ndarray], None]
 
+# An example for the report: label, view name, the original and marked frame in that view.
+Example = tuple[str, str, np.ndarray, np.ndarray]
 
-def evaluation_messages(count: int, capacity: int, seed: int) -> list[bytes]:
-    """Fixed full-length printable messages, so every payload byte is exercised."""
+
+def evaluation_messages(count: int, length: int, seed: int) -> list[bytes]:
+    """Fixed printable messages of `length` bytes (full length exercises every payload byte)."""
     rng = random.Random(seed)
     alphabet = string.ascii_letters + string.digits
-    return [("".join(rng.choice(alphabet) for _ in range(capacity))).encode() for _ in range(count)]
+    return [("".join(rng.choice(alphabet) for _ in range(length))).encode() for _ in range(count)]
 
 
 def rule_of_three_upper_bound(failures: int, trials: int) -> float:
@@ -102,47 +108,54 @@ def evaluate_images(
     with_examples: bool = False,
 ):
     """The figures for in-memory images: (summary, one row per image × message × attack, frame
-    PSNRs), plus, `with_examples`, a few (label, original frame, marked frame) for the report."""
+    PSNRs in their binding views), plus, `with_examples`, a few `Example`s for the report (the
+    middle frame of the first images, original and marked, in that frame's binding view)."""
     codec = PayloadCodec(model.n_bits, key=options.key, parity_bytes=model.parity_bytes)
-    messages = evaluation_messages(options.messages, codec.capacity_bytes, options.seed)
+    length = options.message_bytes if options.message_bytes is not None else codec.capacity_bytes
+    if not 1 <= length <= codec.capacity_bytes:
+        raise BadInputError(f"evaluation messages of {length} bytes do not fit this model "
+                            f"(1 to {codec.capacity_bytes} bytes)")
+    messages = evaluation_messages(options.messages, length, options.seed)
     encoded = [codec.encode(message) for message in messages]
 
     rows: list[dict] = []
     frame_psnrs: list[float] = []
     embeddings: list[dict] = []  # one quality record per image × message
-    examples: list[tuple[str, np.ndarray, np.ndarray]] = []
+    examples: list[Example] = []
     skipped: list[dict] = []
     guard_acted = 0
     false_positives = 0
     clean_tries = 0
-    peak_names: set[str] = set()
     for path, load in sources:
         try:
             image = load()
-            window = options.window or image.window
             clean_tries += 1
             false_positives += int(read_frames(model, codec, image.pixels).decoded.found)
             for index, (message, raw_bits) in enumerate(zip(messages, encoded)):
-                outcome = embed_pixels(model, codec, image, message, options.floor, window)
+                outcome = embed_pixels(model, codec, image, message, options.floor, options.window)
                 guard_acted += int(outcome.guard_acted)
-                for frame in outcome.frames:
-                    frame_psnrs.append(frame.quality.psnr)
-                peak_names.add(options.floor.describe_peak(image.nominal_peak))
-                quality = _image_quality(image, outcome, options.floor)
+                frame_psnrs.extend(frame.quality.psnr for frame in outcome.frames)
+                quality = _image_quality(outcome, options.floor)
                 embeddings.append(quality)
+                budgeted = [meter.view_named(frame.quality.binding_view)
+                            for meter, frame in zip(outcome.meters, outcome.frames)]
                 if index == 0:
                     if on_marked is not None:
                         on_marked(path, image, outcome.pixels)
                     if with_examples and len(examples) < options.examples:
                         middle = image.n_frames // 2
-                        examples.append((path, image.pixels[middle], outcome.pixels[middle]))
-                context = FrameContext(image.stored_min, image.stored_max, window, seed=options.seed + index)
+                        view = budgeted[middle]
+                        examples.append((path, view.name, view.display(image.pixels[middle]),
+                                         view.display(outcome.pixels[middle])))
+                contexts = [FrameContext(image.stored_min, image.stored_max, view, seed=options.seed + index)
+                            for view in budgeted]
                 for attack in options.attacks:
-                    attacked = np.stack([attack(frame, context) for frame in outcome.pixels.astype(np.float64)])
+                    attacked = np.stack([attack(frame, context) for frame, context in
+                                         zip(outcome.pixels.astype(np.float64), contexts)])
                     reading = read_frames(model, codec, attacked)
                     probabilities, decoded = reading.probabilities, reading.decoded
                     rows.append({
-                        "path": path, "message_index": index, "attack": attack.label,
+                        "path": path, "message_index": index, "message_bytes": len(message), "attack": attack.label,
                         **quality,
                         "bit_accuracy": float(np.mean((probabilities > 0.5) == raw_bits.astype(bool))),
                         "payload_recovered": bool(decoded.found and decoded.message == message),
@@ -155,23 +168,34 @@ def evaluate_images(
 
     if not rows:
         raise BadInputError("no image could be evaluated: " + "; ".join(s["reason"] for s in skipped[:3]))
-    report = _summarise(rows, frame_psnrs, embeddings, options, model, peak_names, guard_acted, false_positives,
-                        clean_tries, skipped, len(messages))
+    report = _summarise(rows, frame_psnrs, embeddings, options, model, guard_acted, false_positives,
+                        clean_tries, skipped, messages)
     if with_examples:
         return report, rows, frame_psnrs, examples
     return report, rows, frame_psnrs
 
 
-def _image_quality(image, outcome, floor: QualityFloor) -> dict:
-    summary = image_quality(image.pixels, outcome.pixels, [f.quality for f in outcome.frames],
-                            float(image.stored_max - image.stored_min))
+def _image_quality(outcome, floor: QualityFloor) -> dict:
+    """One marked image's figures: the binding view and its PSNR (worst frame), the lowest PSNR
+    per kind of view, and whether any frame fell below the floor in any view it was measured in."""
+    qualities = [frame.quality for frame in outcome.frames]
+    summary = image_quality(qualities)
+    kinds: dict[str, float] = {}
+    for meter, quality in zip(outcome.meters, qualities):
+        for name, value in quality.views.items():
+            kind = meter.view_named(name).kind
+            kinds[kind] = min(kinds.get(kind, math.inf), value)
+    worst_frame = min(range(len(qualities)), key=lambda i: qualities[i].psnr)
     return {
         "psnr": summary.psnr,
-        "psnr_windowed": summary.windowed_psnr,
+        "binding_view": summary.binding_view,
+        "binding_view_kind": outcome.meters[worst_frame].view_named(summary.binding_view).kind,
+        **{f"psnr_{kind.replace(' ', '_')}": value for kind, value in sorted(kinds.items())},
+        "psnr_nominal": summary.nominal_psnr,
         "ssim": summary.ssim,
         "max_abs_error": summary.max_abs_error,
         "guard_scale": min(f.scale for f in outcome.frames),
-        "below_floor": any(f.quality.psnr < floor.psnr_min for f in outcome.frames),
+        "frames_below_floor": sum(bool(q.below_floor(floor)) for q in qualities),
     }
 
 
@@ -193,8 +217,14 @@ def _percentiles(values: list[float]) -> dict:
     }
 
 
-def _summarise(rows, frame_psnrs, embeddings, options, model, peak_names, guard_acted, false_positives,
-               clean_tries, skipped, n_messages) -> dict:
+# Per-image quality figures summarised in the report (keys of `_image_quality`): the binding
+# PSNR, the lowest PSNR per kind of view, the nominal PSNR (reported, not binding), SSIM, |error|.
+QUALITY_FIGURES = ("psnr", "psnr_data_range", "psnr_window", "psnr_voi_lut", "psnr_stored", "psnr_nominal",
+                   "ssim", "max_abs_error")
+
+
+def _summarise(rows, frame_psnrs, embeddings, options, model, guard_acted, false_positives,
+               clean_tries, skipped, messages) -> dict:
     attacks: dict[str, dict] = {}
     for attack in options.attacks:
         subset = [r for r in rows if r["attack"] == attack.label]
@@ -209,26 +239,29 @@ def _summarise(rows, frame_psnrs, embeddings, options, model, peak_names, guard_
             "n": len(subset),
         }
     n_images = len({r["path"] for r in rows})
+    binding_kinds: dict[str, int] = {}
+    for embedding in embeddings:
+        binding_kinds[embedding["binding_view_kind"]] = binding_kinds.get(embedding["binding_view_kind"], 0) + 1
     return {
         "model": model.name,
         "model_path": str(model.path),
         "n_images": n_images,
         "n_frames_marked": len(frame_psnrs),
-        "messages_per_image": n_messages,
+        "messages_per_image": len(messages),
+        "message_bytes": len(messages[0]),
         "psnr_min_floor": options.floor.psnr_min,
         "psnr_domain": options.floor.domain,
-        "psnr_peak": ", ".join(sorted(peak_names)),
+        # Which kind of view bound the marked images (worst frame each), over images × messages.
+        "psnr_peak": ", ".join(f"{kind} ({count})" for kind, count in sorted(binding_kinds.items())),
+        "binding_views": binding_kinds,
         "psnr": _percentiles(frame_psnrs),
-        "below_floor": int(sum(p < options.floor.psnr_min for p in frame_psnrs)),
-        # Per marked image (worst frame), over images × messages; windowed only where a window is known.
+        # Frames below the floor in any view they were measured in (binding or reported).
+        "below_floor": int(sum(e["frames_below_floor"] for e in embeddings)),
+        # Per marked image (worst frame), over images × messages; a kind of view only where images have one.
         "quality": {
-            name: _percentiles(values) if values else None
-            for name, values in (
-                ("psnr", [e["psnr"] for e in embeddings]),
-                ("psnr_windowed", [e["psnr_windowed"] for e in embeddings if e["psnr_windowed"] is not None]),
-                ("ssim", [e["ssim"] for e in embeddings if e["ssim"] is not None]),
-                ("max_abs_error", [e["max_abs_error"] for e in embeddings]),
-            )
+            key: _percentiles(values) if values else None
+            for key in QUALITY_FIGURES
+            for values in ([e[key] for e in embeddings if e.get(key) is not None],)
         },
         "guard_acted": guard_acted,
         "attacks": attacks,

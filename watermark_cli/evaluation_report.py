@@ -18,7 +18,7 @@ from .jsonout import dumps
 
 
 def write_report(folder: Path, report: dict, rows: list[dict], frame_psnrs: list[float],
-                 examples: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
+                 examples: list[tuple[str, str, np.ndarray, np.ndarray]]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(dumps(report, indent=2))
     with open(folder / "per_image.csv", "w", newline="") as handle:
@@ -32,7 +32,7 @@ def write_report(folder: Path, report: dict, rows: list[dict], frame_psnrs: list
     plots = {
         "psnr_histogram.png": _psnr_histogram(frame_psnrs, report["psnr_min_floor"]),
         "bit_accuracy_vs_strength.png": _strength_curves(report["attacks"]),
-        "examples.png": _examples(examples) if examples else None,
+        "examples.png": example_figure(examples) if examples else None,
         "roc.png": _roc_curves(report["classifier"]) if report.get("classifier") else None,
     }
     for name, figure in plots.items():
@@ -96,26 +96,28 @@ _STRENGTH_UNITS = {
 }
 
 
-def _display(frame: np.ndarray) -> np.ndarray:
-    """A frame stretched between its 1st and 99th percentile, for viewing only."""
-    low, high = np.percentile(frame, [1, 99])
-    return np.clip((frame.astype(np.float64) - low) / max(high - low, 1e-9), 0, 1)
+# The difference maps are amplified this many times (mid-grey = no change), in the view's units.
+DIFFERENCE_GAIN = 10.0
 
 
-def _examples(examples: list[tuple[str, np.ndarray, np.ndarray]]):
+def amplified_difference(original: np.ndarray, marked: np.ndarray, gain: float = DIFFERENCE_GAIN) -> np.ndarray:
+    """Mid-grey plus `gain` × (marked − original), both displays in a view's units, to [0, 1]."""
+    return np.clip(0.5 + gain * (marked.astype(np.float64) - original.astype(np.float64)), 0.0, 1.0)
+
+
+def example_figure(examples: list[tuple[str, str, np.ndarray, np.ndarray]]):
+    """One row per example: original and marked as the reader sees them in the view the mark
+    was budgeted in (its binding view, to [0, 1]), and the ×10 difference in that view."""
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(len(examples), 3, figsize=(10, 3.3 * len(examples)), squeeze=False)
-    for (label, original, marked), row in zip(examples, axes):
-        difference = marked.astype(np.float64) - original.astype(np.float64)
-        limit = max(float(np.abs(difference).max()), 1.0)
-        row[0].imshow(_display(original), cmap="gray")
-        row[0].set_title(Path(label).name, fontsize=9)
-        row[1].imshow(_display(marked), cmap="gray")
-        row[1].set_title("watermarked", fontsize=9)
-        image = row[2].imshow(difference, cmap="seismic", vmin=-limit, vmax=limit)
-        row[2].set_title(f"difference (colour range ±{limit:g} stored units)", fontsize=9)
-        figure.colorbar(image, ax=row[2], fraction=0.046)
+    figure, axes = plt.subplots(len(examples), 3, figsize=(10, 3.4 * len(examples)), squeeze=False)
+    for (label, view, original, marked), row in zip(examples, axes):
+        row[0].imshow(np.clip(original, 0, 1), cmap="gray", vmin=0, vmax=1)
+        row[0].set_title(f"{Path(label).name}\n{view}", fontsize=9)
+        row[1].imshow(np.clip(marked, 0, 1), cmap="gray", vmin=0, vmax=1)
+        row[1].set_title("watermarked, same view", fontsize=9)
+        row[2].imshow(amplified_difference(original, marked), cmap="gray", vmin=0, vmax=1)
+        row[2].set_title(f"difference ×{DIFFERENCE_GAIN:g} in that view", fontsize=9)
         for axis in row:
             axis.axis("off")
     figure.tight_layout()
@@ -180,15 +182,21 @@ def _html(report: dict, plots: dict[str, Path]) -> str:
         f"<h1>wm evaluation report</h1><p>Model <b>{html.escape(report['model'])}</b>; "
         f"{report['n_images']} images, {report['n_frames_marked']} marked frames, "
         f"{report['messages_per_image']} fixed messages per image. Floor {floor:g} dB in the "
-        f"{html.escape(report['psnr_domain'])} domain, peak {html.escape(report['psnr_peak'])}.</p>",
+        f"{html.escape(report['psnr_domain'])} domain; binding views: {html.escape(report['psnr_peak'])}.</p>",
         "<h2>1. Did every image keep its quality?</h2>",
         "<p>" + _verdict(below == 0, f"{below} frame(s) below the floor") +
         f" — the guard acted on {report['guard_acted']} image(s) (it shrinks a mark that would miss the floor).</p>",
     ]
     quality = report.get("quality") or {}
     body = []
-    for name, title, digits in (("psnr", "PSNR (dB)", 2), ("psnr_windowed", "windowed PSNR (dB)", 2),
-                                ("ssim", "SSIM", 4), ("max_abs_error", "max |error| (stored units)", 0)):
+    for name, title, digits in (("psnr", "PSNR in the binding view (dB)", 2),
+                                ("psnr_data_range", "PSNR, data range (dB)", 2),
+                                ("psnr_window", "PSNR, lowest declared or standard window (dB)", 2),
+                                ("psnr_voi_lut", "PSNR, VOI LUT (dB)", 2),
+                                ("psnr_stored", "PSNR, 8-bit as stored (dB)", 2),
+                                ("psnr_nominal", "PSNR, nominal peak (reported, not binding) (dB)", 2),
+                                ("ssim", "SSIM in the binding view", 4),
+                                ("max_abs_error", "max |error| (stored units)", 0)):
         stats = quality.get(name)
         if stats:
             body.append([title] + [_number(stats[k], digits) for k in ("min", "p1", "p5", "median", "mean", "max")])
@@ -221,8 +229,9 @@ def _html(report: dict, plots: dict[str, Path]) -> str:
         sections.append("<p>Not run: pass <code>--classifier PATH --labels CSV</code>.</p>")
 
     if "examples.png" in plots:
-        sections.append("<h2>Examples</h2><p>Original, watermarked, and their difference with its colour "
-                        "range stretched to the largest change, so the mark is visible.</p>")
+        sections.append("<h2>Examples</h2><p>Original and watermarked in the view the mark was budgeted in "
+                        "(the frame's binding view), and their difference amplified ×10 in that view "
+                        "(mid-grey: no change).</p>")
         sections.append(_image_tag(plots["examples.png"], "example images with difference maps"))
     if report.get("skipped"):
         sections.append("<h2>Skipped</h2>" + _table(["file", "reason"], [

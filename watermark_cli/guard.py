@@ -1,9 +1,10 @@
 """The quality guard: the last line that makes every written frame meet the floor.
 
 A trained encoder usually meets the floor by itself, but "usually" is not a guarantee. Before
-anything is written, each frame's residual is scaled by s in [0, 1], added to the stored values,
-rounded and clipped to the valid stored range, and re-measured exactly as the file will be read
-back. While the floor is missed, s shrinks (by the amount the MSE says is needed, then a little
+anything is written, each frame's residual is scaled by s, added to the stored values, rounded
+and clipped to the valid stored range, and re-measured exactly as the file will be read back, in
+every binding view (a `quality.FrameMeter`: by default every view a reader uses, so the lowest
+of them, the binding view, decides). While the floor is missed, s shrinks (by the amount the MSE says is needed, then a little
 more). s = 0 returns the original frame, which always meets the floor, so the loop terminates
 with the guarantee held; such a frame simply carries no mark, and verification will say so.
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .quality import FrameQuality, QualityFloor, meets_floor, measure_frame
+from .quality import FrameMeter, FrameQuality, QualityFloor, meets_floor
 
 # Each retry aims this many dB above the floor, so that rounding noise cannot make it miss again.
 _RETRY_MARGIN_DB = 0.05
@@ -46,54 +47,54 @@ def guard_frame(
     original: np.ndarray,
     residual: np.ndarray,
     floor: QualityFloor,
+    meter: FrameMeter,
     *,
     stored_min: int,
     stored_max: int,
-    nominal_peak: float,
-    window: tuple[float, float] | None,
     fill_budget: bool = False,
 ) -> GuardedFrame:
-    """Largest tried scale whose quantised frame meets the floor. The first try is 1, or, with
-    fill_budget, the scale that puts the PSNR FILL_MARGIN_DB above the floor: a mark as strong
-    as the floor allows survives compression best, and the floor is what the user promised."""
+    """Largest tried scale whose quantised frame meets the floor in every binding view of
+    `meter`. The first try is 1, or, with fill_budget, the scale that puts the binding view's
+    PSNR FILL_MARGIN_DB above the floor: a mark as strong as the floor allows survives
+    compression best, and the floor is what the user promised."""
     if original.shape != residual.shape:
         raise ValueError(f"residual shape {residual.shape} does not match frame shape {original.shape}")
     if not np.all(np.isfinite(residual)):
         raise ValueError("residual contains NaN or infinity")
     scale = 1.0
     if fill_budget:
-        scale = _budget_filling_scale(original, residual, floor, stored_min, stored_max, nominal_peak, window)
+        scale = _budget_filling_scale(original, residual, floor, meter, stored_min, stored_max)
     for _ in range(_MAX_RETRIES):
         candidate = quantise(original, residual, scale, stored_min, stored_max)
-        quality = measure_frame(original, candidate, floor, nominal_peak, window)
+        quality = meter.measure(candidate)
         if meets_floor(quality, floor):
-            return GuardedFrame(candidate, scale, quality)
+            return GuardedFrame(candidate, scale, meter.with_ssim(quality, candidate))
         scale *= _shrink_factor(quality, floor)
         if scale < _SMALLEST_SCALE:
             break
     unchanged = original.copy()
-    return GuardedFrame(unchanged, 0.0, measure_frame(original, unchanged, floor, nominal_peak, window))
+    return GuardedFrame(unchanged, 0.0, meter.with_ssim(meter.measure(unchanged), unchanged))
 
 
-def _budget_filling_scale(original, residual, floor: QualityFloor, stored_min: int, stored_max: int,
-                          nominal_peak: float, window) -> float:
-    """Scale s whose quantised frame has PSNR close to floor + margin. The first guess assumes
-    MSE grows as s²; clipping at the stored range (black backgrounds, saturated film) breaks that,
-    so a few corrections follow on the quantised frame itself."""
+def _budget_filling_scale(original, residual, floor: QualityFloor, meter: FrameMeter, stored_min: int,
+                          stored_max: int) -> float:
+    """Scale s whose quantised frame has its binding PSNR close to floor + margin. The first
+    guess assumes MSE grows as s²; clipping (at the stored range: black backgrounds, saturated
+    film; and at a window's ends) breaks that, so a few corrections follow on the quantised
+    frame itself."""
     target = floor.psnr_min + FILL_MARGIN_DB
     largest = _LARGEST_GAIN
     if floor.max_abs_error is not None:
         peak_residual = float(np.max(np.abs(residual))) if residual.size else 0.0
         if peak_residual > 0:
             largest = min(largest, 0.98 * floor.max_abs_error / peak_residual)
-    unquantised = measure_frame(original, original + residual, floor, nominal_peak, window)
-    if not np.isfinite(unquantised.psnr):
+    unquantised = meter.binding_psnr(original + residual)
+    if not np.isfinite(unquantised):
         return 1.0
-    scale = 10.0 ** ((unquantised.psnr - target) / 20.0)
+    scale = 10.0 ** ((unquantised - target) / 20.0)
     for _ in range(_FILL_CORRECTIONS):
         scale = float(min(max(scale, _SMALLEST_SCALE), largest))
-        achieved = measure_frame(original, quantise(original, residual, scale, stored_min, stored_max),
-                                 floor, nominal_peak, window).psnr
+        achieved = meter.binding_psnr(quantise(original, residual, scale, stored_min, stored_max))
         surplus = achieved - target
         if not np.isfinite(achieved) or abs(surplus) < 0.1 or (surplus > 0 and scale >= largest):
             break
@@ -118,16 +119,15 @@ def guard_image(
     original: np.ndarray,
     residual: np.ndarray,
     floor: QualityFloor,
+    meters: list[FrameMeter],
     *,
     stored_min: int,
     stored_max: int,
-    nominal_peak: float,
-    window: tuple[float, float] | None,
     fill_budget: bool = False,
 ) -> list[GuardedFrame]:
-    """Guard every frame of a (frames, rows, cols) image independently: the floor holds per frame."""
+    """Guard every frame of a (frames, rows, cols) image independently: the floor holds per
+    frame, each in its own views (`quality.frame_meters`)."""
     return [
-        guard_frame(o, r, floor, stored_min=stored_min, stored_max=stored_max, nominal_peak=nominal_peak,
-                    window=window, fill_budget=fill_budget)
-        for o, r in zip(original, residual)
+        guard_frame(o, r, floor, meter, stored_min=stored_min, stored_max=stored_max, fill_budget=fill_budget)
+        for o, r, meter in zip(original, residual, meters)
     ]

@@ -2,8 +2,10 @@
 
 Everything here works on STORED pixel values in their native integer dtype, because the PSNR
 guarantee (design §1) is measured on the values of the file as written. For DICOM that means
-before Rescale Slope/Intercept and without inverting MONOCHROME1; the VOI window is converted
-into stored units so that callers never need the modality transform.
+before Rescale Slope/Intercept and without inverting MONOCHROME1. What the file says about
+displaying them (modality transform, VOI windows and LUTs, per frame where it says so) is kept
+beside them as a `views.Display`, from which `views.reader_views` builds the views the floor
+holds in.
 
 Every problem with an input file surfaces as a one-line `BadInputError` naming the file; no
 pydicom, Pillow or tifffile exception escapes for bad input. Colour images are refused rather
@@ -28,6 +30,7 @@ from typing import Any, BinaryIO, Callable
 import numpy as np
 
 from .errors import BadInputError
+from .views import Display
 
 # Heavy imports (pydicom, Pillow, tifffile) happen inside the functions that need them so that
 # `wm --help` stays fast.
@@ -101,10 +104,20 @@ class MedicalImage:
     bits_stored: int
     stored_min: int
     stored_max: int
-    window: tuple[float, float] | None  # (center, width) in stored units
     photometric: str  # 'MONOCHROME1' | 'MONOCHROME2'
     modality: str | None
     source: Any = field(default=None, repr=False)  # pydicom Dataset for DICOM, else None
+    display: Display = field(default_factory=Display)  # modality transform and VOIs, per frame
+
+    @property
+    def window(self) -> tuple[float, float] | None:
+        """The first declared linear VOI window of the first frame, in stored units (None when
+        there is none, or when a Modality LUT makes stored and modality values non-linear)."""
+        from .views import VoiWindow, _window_in_stored_units
+
+        frame = self.display.frame(0)
+        first = next((voi for voi in frame.vois if isinstance(voi, VoiWindow)), None)
+        return _window_in_stored_units(frame.modality, first) if first is not None else None
 
     @property
     def nominal_peak(self) -> float:
@@ -248,6 +261,8 @@ def _read_dicom(path: Path) -> MedicalImage:
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import pixel_array
 
+    from .views import display_from_dicom
+
     try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError:
@@ -305,8 +320,8 @@ def _read_dicom(path: Path) -> MedicalImage:
     modality = str(ds.get("Modality", "") or "").strip() or None
     return MedicalImage(
         pixels=pixels, kind="dicom", path=path, bits_stored=bits_stored,
-        stored_min=stored_min, stored_max=stored_max, window=_dicom_window(ds),
-        photometric=photometric, modality=modality, source=ds,
+        stored_min=stored_min, stored_max=stored_max, photometric=photometric, modality=modality,
+        source=ds, display=display_from_dicom(ds, pixels.shape[0]),
     )
 
 
@@ -333,55 +348,12 @@ def _stored_range(bits_stored: int, signed: bool) -> tuple[int, int]:
     return 0, 2**bits_stored - 1
 
 
-def _dicom_attribute(ds: Any, keyword: str, container: str) -> Any:
-    """An attribute from the top level, else from the (shared, then first per-frame) functional groups.
-
-    Enhanced multi-frame objects keep window and rescale inside functional group macros.
-    """
-    if keyword in ds:
-        return ds[keyword].value
-    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        try:
-            return ds[groups].value[0][container].value[0][keyword].value
-        except (KeyError, IndexError, TypeError, AttributeError):
-            continue
-    return None
-
-
-def _first_number(value: Any) -> float | None:
-    values = _as_list(value)
-    try:
-        return float(values[0]) if values else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _dicom_window(ds: Any) -> tuple[float, float] | None:
-    """The first VOI window (center, width) mapped back through Rescale Slope/Intercept.
-
-    The window is defined on modality values (slope * stored + intercept); dividing it back lets
-    callers window stored values directly. None when there is no window, when the width is not
-    positive, or when a Modality LUT Sequence (not a linear rescale) defines the modality values.
-    """
-    center = _first_number(_dicom_attribute(ds, "WindowCenter", "FrameVOILUTSequence"))
-    width = _first_number(_dicom_attribute(ds, "WindowWidth", "FrameVOILUTSequence"))
-    if center is None or width is None or width <= 0:
-        return None
-    if "ModalityLUTSequence" in ds:
-        return None
-    slope = _first_number(_dicom_attribute(ds, "RescaleSlope", "PixelValueTransformationSequence"))
-    intercept = _first_number(_dicom_attribute(ds, "RescaleIntercept", "PixelValueTransformationSequence"))
-    slope = 1.0 if slope in (None, 0.0) else slope
-    intercept = 0.0 if intercept is None else intercept
-    return (center - intercept) / slope, width / abs(slope)
-
-
 def _gray_image(path: Path, pixels: np.ndarray, kind: str, photometric: str = "MONOCHROME2") -> MedicalImage:
     """A MedicalImage for the non-DICOM formats: bit depth and range come from the dtype."""
     info = np.iinfo(pixels.dtype)
     return MedicalImage(
         pixels=pixels, kind=kind, path=path, bits_stored=pixels.dtype.itemsize * 8,
-        stored_min=int(info.min), stored_max=int(info.max), window=None,
+        stored_min=int(info.min), stored_max=int(info.max),
         photometric=photometric, modality=None, source=None,
     )
 

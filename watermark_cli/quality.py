@@ -1,20 +1,26 @@
-"""Image quality measures on stored pixel values: PSNR with a stated peak, windowed PSNR, SSIM.
+"""Image quality on stored pixel values: PSNR in every view a reader uses, SSIM, max |error|.
 
 Everything here works on numpy arrays of the values as stored in the file, never on a model's
-floats: the guarantee is about what a viewer will load.
+floats: the guarantee is about what a viewer will load. A view (see `views.py`) maps stored
+values to display values in units of its own peak, so the PSNR in a view is 10·log10(1 / MSE)
+of the two displays. The floor holds in the *binding* views, which by default are all the views
+a reader uses (design §1); the others are still measured and reported.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 
 from .errors import BadInputError
+from .views import View, VoiView, VoiWindow, nominal_view, reader_views, stored_range_view
 
 PeakKind = Literal["nominal", "range"]
-Domain = Literal["stored", "window"]
+Domain = Literal["view", "stored", "window"]
+DOMAINS: tuple[str, ...] = ("view", "stored", "window")
+PEAK_KINDS: tuple[str, ...] = ("nominal", "range")
 
 
 def mean_squared_error(reference: np.ndarray, test: np.ndarray) -> float:
@@ -32,39 +38,13 @@ def psnr(reference: np.ndarray, test: np.ndarray, peak: float) -> float:
     return float(10.0 * np.log10(peak * peak / mse))
 
 
-def peak_value(reference: np.ndarray, nominal_peak: float, kind: PeakKind) -> float:
-    """The peak of the PSNR: the format's nominal maximum, or the original image's own range."""
-    if kind == "nominal":
-        return float(nominal_peak)
-    if kind == "range":
-        value_range = float(reference.max()) - float(reference.min())
-        # A constant image has no range; fall back to 1 stored unit so the PSNR stays defined.
-        return max(value_range, 1.0)
-    raise ValueError(f"unknown PSNR peak {kind!r} (use 'nominal' or 'range')")
-
-
-def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
-    """DICOM linear VOI window (PS3.3 C.11.2.1.2.1) mapped to [0, 1]."""
-    width = max(float(width), 1.0)
-    low = center - 0.5 - (width - 1.0) / 2.0
-    if width <= 1.0:  # DICOM: a width of 1 is a threshold at c - 0.5
-        return (values > center - 0.5).astype(np.float64)
-    scaled = (values.astype(np.float64) - low) / (width - 1.0)
-    return np.clip(scaled, 0.0, 1.0)
-
-
-def windowed_psnr(reference: np.ndarray, test: np.ndarray, window: tuple[float, float]) -> float:
-    center, width = window
-    return psnr(apply_window(reference, center, width), apply_window(test, center, width), 1.0)
-
-
 def ssim(reference: np.ndarray, test: np.ndarray, data_range: float) -> float:
     """Mean SSIM of one 2-D frame (scikit-image's implementation, Gaussian weights)."""
     from skimage.metrics import structural_similarity
 
     reference = reference.astype(np.float64)
     test = test.astype(np.float64)
-    if min(reference.shape) < 7:
+    if min(reference.shape) < 11:  # the Gaussian window (σ 1.5) is 11 px wide
         return float("nan")
     return float(
         structural_similarity(reference, test, data_range=data_range, gaussian_weights=True, sigma=1.5,
@@ -74,70 +54,103 @@ def ssim(reference: np.ndarray, test: np.ndarray, data_range: float) -> float:
 
 @dataclass(frozen=True)
 class QualityFloor:
-    """What the user asked for: PSNR >= psnr_min in a domain with a peak, and an optional |error| bound."""
+    """What the user asked for: PSNR >= psnr_min in the views of `domain`, and an optional
+    per-pixel |error| bound in stored units.
+
+    - `view` (default): every view a reader uses (`views.reader_views`).
+    - `stored`: the stored values against `peak` (nominal 2^BitsStored − 1, or the frame's
+      stored range): the expert's choice, reported against the reader's views all the same.
+    - `window`: one VOI window (the user's `--window`, else the file's first declared window).
+    """
 
     psnr_min: float = 40.0
     peak: PeakKind = "nominal"
-    domain: Domain = "stored"
+    domain: Domain = "view"
     max_abs_error: float | None = None
-
-    def describe_peak(self, nominal_peak: float) -> str:
-        if self.domain == "window":
-            return "1 (windowed to [0, 1])"
-        return f"{self.peak} ({nominal_peak:g})" if self.peak == "nominal" else "range (max - min of original)"
 
 
 @dataclass(frozen=True)
 class FrameQuality:
-    psnr: float
-    peak: float
-    max_abs_error: float
-    windowed_psnr: float | None
-
-
-def measure_frame(
-    reference: np.ndarray,
-    test: np.ndarray,
-    floor: QualityFloor,
-    nominal_peak: float,
-    window: tuple[float, float] | None,
-) -> FrameQuality:
-    """Quality of one frame in the floor's domain, plus the windowed PSNR whenever a window is known."""
-    windowed = windowed_psnr(reference, test, window) if window is not None else None
-    if floor.domain == "window":
-        if window is None:
-            raise BadInputError("the window domain needs a VOI window (Window Center/Width in the file, or --window C,W)")
-        value, peak = windowed, 1.0
-    else:
-        peak = peak_value(reference, nominal_peak, floor.peak)
-        value = psnr(reference, test, peak)
-    error = float(np.max(np.abs(reference.astype(np.float64) - test.astype(np.float64)))) if reference.size else 0.0
-    return FrameQuality(psnr=value, peak=peak, max_abs_error=error, windowed_psnr=windowed)
-
-
-@dataclass(frozen=True)
-class ImageQuality:
-    """A whole image's quality: the worst frame for each measure (the floor holds per frame)."""
+    """One frame's quality. `psnr` is the lowest PSNR over the binding views (`binding_view`
+    names it); `views` holds the PSNR in every measured view, binding or reported."""
 
     psnr: float
-    peak: float
-    windowed_psnr: float | None
-    ssim: float
+    binding_view: str
+    views: dict[str, float]
+    nominal_psnr: float
     max_abs_error: float
+    ssim: float | None = None
+
+    def below_floor(self, floor: QualityFloor) -> list[str]:
+        """The measured views whose PSNR is under the floor (written as "not >=": NaN counts)."""
+        return [name for name, value in self.views.items() if not value >= floor.psnr_min]
 
 
-def image_quality(reference: np.ndarray, written: np.ndarray, frames: list[FrameQuality],
-                  data_range: float) -> ImageQuality:
-    """Summarise per-frame qualities of (frames, rows, cols) images, adding SSIM."""
-    worst = min(frames, key=lambda q: q.psnr)
-    windowed = [q.windowed_psnr for q in frames if q.windowed_psnr is not None]
-    return ImageQuality(
-        psnr=worst.psnr,
-        peak=worst.peak,
-        windowed_psnr=min(windowed) if windowed else None,
-        ssim=min(ssim(r, w, data_range) for r, w in zip(reference, written)),
-        max_abs_error=max(q.max_abs_error for q in frames),
-    )
+class FrameMeter:
+    """Measures candidate frames against one original frame in fixed views.
+
+    The original's display in each view is computed once: the quality guard measures many
+    candidates of the same frame."""
+
+    def __init__(self, original: np.ndarray, binding: list[View], reported: list[View], nominal: View) -> None:
+        if not binding:
+            raise ValueError("a frame needs at least one binding view")
+        self.original = original
+        self.binding = binding
+        names = {view.name for view in binding}
+        self.reported = [view for view in reported if view.name not in names]
+        self.nominal = nominal
+        self._displays = {id(view): view.display(original) for view in (*binding, *self.reported, nominal)}
+
+    def _psnr(self, view: View, test: np.ndarray) -> float:
+        return psnr(self._displays[id(view)], view.display(test), 1.0)
+
+    def binding_psnr(self, test: np.ndarray) -> float:
+        """The lowest PSNR over the binding views: what the floor is held against."""
+        return min(self._psnr(view, test) for view in self.binding)
+
+    def measure(self, test: np.ndarray) -> FrameQuality:
+        binding = {view.name: self._psnr(view, test) for view in self.binding}
+        worst = min(binding, key=lambda name: binding[name])
+        views = {**binding, **{view.name: self._psnr(view, test) for view in self.reported}}
+        difference = np.abs(self.original.astype(np.float64) - test.astype(np.float64))
+        error = float(difference.max()) if difference.size else 0.0
+        return FrameQuality(psnr=binding[worst], binding_view=worst, views=views,
+                            nominal_psnr=self._psnr(self.nominal, test), max_abs_error=error)
+
+    def with_ssim(self, quality: FrameQuality, test: np.ndarray) -> FrameQuality:
+        """`quality` (of `test`) with the SSIM in its binding view added (slower: measured once,
+        for the frame that is kept)."""
+        view = self.view_named(quality.binding_view)
+        return replace(quality, ssim=ssim(self._displays[id(view)], view.display(test), 1.0))
+
+    def view_named(self, name: str) -> View:
+        return next(view for view in (*self.binding, *self.reported) if view.name == name)
+
+
+def frame_meters(image, floor: QualityFloor, window: tuple[float, float] | None = None) -> list[FrameMeter]:
+    """One meter per frame of a `MedicalImage`. `window` is the user's `--window` (centre, width
+    in modality units): one more view the floor holds in, or, in the window domain, the one."""
+    user = (VoiWindow(window[0], window[1], origin="user"),) if window is not None else ()
+    meters = []
+    for index, original in enumerate(image.pixels):
+        readers = reader_views(image, index, user)
+        nominal = nominal_view(image)
+        if floor.domain == "view":
+            binding = readers
+        elif floor.domain == "stored":
+            binding = [nominal if floor.peak == "nominal" else stored_range_view(original)]
+        elif floor.domain == "window":
+            windows = [v for v in readers if isinstance(v, VoiView) and v.voi.origin in ("user", "declared")]
+            chosen = [v for v in windows if v.voi.origin == "user"] or windows[:1]
+            if not chosen:
+                raise BadInputError(f"{image.path}: the window domain needs a VOI window (Window Center/Width "
+                                    "in the file, or --window C,W)")
+            binding = chosen
+        else:
+            raise ValueError(f"unknown PSNR domain {floor.domain!r}")
+        meters.append(FrameMeter(original, binding, readers, nominal))
+    return meters
 
 
 def meets_floor(quality: FrameQuality, floor: QualityFloor) -> bool:
@@ -145,3 +158,33 @@ def meets_floor(quality: FrameQuality, floor: QualityFloor) -> bool:
     if not quality.psnr >= floor.psnr_min:
         return False
     return floor.max_abs_error is None or quality.max_abs_error <= floor.max_abs_error
+
+
+@dataclass(frozen=True)
+class ImageQuality:
+    """A whole image's quality: the worst frame for each measure (the floor holds per frame)."""
+
+    psnr: float
+    binding_view: str
+    views: dict[str, float]
+    nominal_psnr: float
+    ssim: float
+    max_abs_error: float
+
+
+def image_quality(frames: list[FrameQuality]) -> ImageQuality:
+    """Summarise per-frame qualities: the worst frame's binding view, each view's worst frame."""
+    worst = min(frames, key=lambda q: q.psnr)
+    views: dict[str, float] = {}
+    for frame in frames:
+        for name, value in frame.views.items():
+            views[name] = min(views.get(name, np.inf), value)
+    structural = [q.ssim for q in frames if q.ssim is not None]
+    return ImageQuality(
+        psnr=worst.psnr,
+        binding_view=worst.binding_view,
+        views=views,
+        nominal_psnr=min(q.nominal_psnr for q in frames),
+        ssim=min(structural) if structural else float("nan"),
+        max_abs_error=max(q.max_abs_error for q in frames),
+    )

@@ -83,6 +83,11 @@ class TrainConfig:
     decoder_channels: int = 16
     decoder_maps: int = 2
     carrier_smoothing: float = 0.0
+    # How frames become training images (datasets.FRAME_VIEWS): "reader" shows every frame in
+    # every view the floor holds in, the view's peak as 1; "nominal" divides by 2^BitsStored − 1.
+    frame_views: str = "nominal"
+    # Start from this model's weights (a model folder with the same architecture), not at random.
+    init_from: str | None = None
     held_out_fraction: float = 0.1
     validation_crops: int = 64
     validation_crop: int = 128
@@ -292,6 +297,10 @@ def validate_config(config: TrainConfig) -> None:
         raise BadInputError("validation_crops must be positive")
     if config.device not in ("auto", "cpu", "cuda"):
         raise BadInputError(f"unknown device {config.device!r} (auto, cpu or cuda)")
+    from .datasets import FRAME_VIEWS
+
+    if config.frame_views not in FRAME_VIEWS:
+        raise BadInputError(f"unknown frame_views {config.frame_views!r} (choose from {', '.join(FRAME_VIEWS)})")
     try:
         config.method_settings().check()
     except ValueError as error:
@@ -432,6 +441,8 @@ def _train(config: TrainConfig, data: list[Path], output: Path, progress, resume
     # ---- model, optimiser, constraint method ------------------------------------------------------
     torch.manual_seed(config.seed)  # the same initial weights in every process
     model = WatermarkModel(config.network_config()).to(device)
+    if config.init_from and checkpoint is None:
+        _load_initial_weights(model, config)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     constraint = PerSampleConstraint("psnr_db", bound=config.psnr_min + config.psnr_margin, sense="ge")
     method = build_method(config.method_settings(), constraint, len(samples), config.batch_size, device)
@@ -582,16 +593,29 @@ def load_training_data(config: TrainConfig, data: list[Path]) -> tuple[FramePool
         train_files += source_train
         train_weights += [1.0 / len(source_train)] * len(source_train)
         validation_files += source_validation
-    train_pool = FramePool.load(train_files, train_weights)
+    train_pool = FramePool.load(train_files, train_weights, config.frame_views)
     if not train_pool.frames:
         reasons = "; ".join(f"{path.name}: {why}" for path, why in train_pool.skipped[:3])
         raise BadInputError(f"no usable training image (≥ 64 px, grayscale) in {', '.join(map(str, data))}"
                             + (f" ({reasons})" if reasons else ""))
-    validation_pool = FramePool.load(validation_files) if validation_files else train_pool
+    validation_pool = FramePool.load(validation_files, frame_views=config.frame_views) if validation_files else train_pool
     has_validation_files = bool(validation_files) and bool(validation_pool.frames)
     if not validation_pool.frames:
         validation_pool = train_pool
     return train_pool, validation_pool, has_validation_files
+
+
+def _load_initial_weights(model, config: TrainConfig) -> None:
+    """Warm start: the weights of `config.init_from`, whose architecture must be this run's."""
+    from .model_store import load_model
+    from .networks import NetworkConfig
+
+    start = load_model(config.init_from)
+    theirs = NetworkConfig(**{k: v for k, v in start.card["architecture"].items() if k != "type"})
+    if theirs != config.network_config():
+        raise BadInputError(f"init_from {config.init_from}: its architecture ({theirs}) is not this run's "
+                            f"({config.network_config()})")
+    model.load_state_dict({k: v.float() for k, v in start.model.state_dict().items()})
 
 
 def _set_learning_rate(optimiser, config: TrainConfig, step: int) -> None:
@@ -798,7 +822,8 @@ def _model_card(config: TrainConfig, parity: int, train_pool: FramePool, validat
             "capacity_bytes": codec.capacity_bytes,
         },
         "quality_floor": {"psnr_min_db": config.psnr_min, "trained_with_margin_db": config.psnr_margin,
-                          "peak": "nominal", "domain": "stored"},
+                          # The unit training measured PSNR in: every reader view, or the nominal peak.
+                          "trained_in": "reader views" if config.frame_views == "reader" else "nominal peak"},
         "training": {
             "method": config.method,
             "config": _config_dict(config),

@@ -11,20 +11,32 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .allocation import spread_over_views
 from .datasets import MIN_SIDE, normalised_frames
 from .errors import BadInputError
 from .guard import GuardedFrame, guard_image
 from .image_io import MedicalImage
 from .model_store import LoadedModel
 from .payload import DecodedPayload, PayloadCodec
-from .quality import QualityFloor
+from .quality import FrameMeter, QualityFloor, frame_meters
 
 
-def check_image_size(image: MedicalImage, tile: int) -> None:
-    smallest = max(MIN_SIDE, tile)
+# Marking needs this many whole tiles along each side: the decoder folds (averages) the tiles,
+# and at the view floor a frame of one or two tiles' worth does not read back reliably (held-out
+# crops of the real images, shipped model: identity recovery 21 % at 64² and 96², 54 % at 128²,
+# 88 % at 256²; `benchmarks/model_quality.py --sizes`). Smaller frames are refused up front.
+TILES_PER_SIDE_TO_MARK = 2
+
+
+def smallest_markable_side(model: LoadedModel) -> int:
+    return max(MIN_SIDE, TILES_PER_SIDE_TO_MARK * model.model.config.tile)
+
+
+def check_image_size(image: MedicalImage, smallest: int, action: str = "mark") -> None:
     if image.rows < smallest or image.cols < smallest:
         raise BadInputError(
-            f"{image.path}: image is {image.rows}×{image.cols} px; wm needs at least {smallest} px on each side"
+            f"{image.path}: image is {image.rows}×{image.cols} px; this model needs at least {smallest} px on "
+            f"each side to {action} it"
         )
 
 
@@ -92,6 +104,7 @@ def confine_to_unclipped(residual: np.ndarray, pixels: np.ndarray, stored_min: i
 class EmbedOutcome:
     pixels: np.ndarray
     frames: list[GuardedFrame]
+    meters: list[FrameMeter]  # the views each frame was measured in
 
     @property
     def guard_acted(self) -> bool:
@@ -104,18 +117,20 @@ def embed_pixels(
     image: MedicalImage,
     message: bytes,
     floor: QualityFloor,
-    window: tuple[float, float] | None,
+    window: tuple[float, float] | None = None,
     fill_budget: bool = True,
 ) -> EmbedOutcome:
-    check_image_size(image, model.model.config.tile)
+    """Mark every frame under the floor. `window` is the user's `--window` (centre, width in
+    modality units), one more view the floor holds in (see `quality.frame_meters`)."""
+    check_image_size(image, smallest_markable_side(model))
+    meters = frame_meters(image, floor, window)  # before the encoder runs: a bad domain fails fast
     raw_bits = codec.encode(message)
     residual = residual_for(model, image, raw_bits)
-    guarded = guard_image(
-        image.pixels, residual, floor,
-        stored_min=image.stored_min, stored_max=image.stored_max,
-        nominal_peak=image.nominal_peak, window=window, fill_budget=fill_budget,
-    )
-    return EmbedOutcome(np.stack([frame.pixels for frame in guarded]), guarded)
+    residual = np.stack([spread_over_views(r, frame, meter, floor.psnr_min)
+                         for r, frame, meter in zip(residual, image.pixels, meters)])
+    guarded = guard_image(image.pixels, residual, floor, meters, stored_min=image.stored_min,
+                          stored_max=image.stored_max, fill_budget=fill_budget)
+    return EmbedOutcome(np.stack([frame.pixels for frame in guarded]), guarded, meters)
 
 
 @dataclass
@@ -235,5 +250,5 @@ def read_frames(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray) -> 
 
 
 def extract_payload(model: LoadedModel, codec: PayloadCodec, image: MedicalImage) -> DecodedPayload:
-    check_image_size(image, model.model.config.tile)
+    check_image_size(image, max(MIN_SIDE, model.model.config.tile), action="read")
     return read_frames(model, codec, normalised_frames(image)).decoded

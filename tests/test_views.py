@@ -1,0 +1,153 @@
+"""The views a reader uses (design §1): read from real files, and the floor held in every one.
+
+The PSNRs that decide these tests are computed here from PS3.3's formulas, not by wm's views.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydicom.data import get_testdata_file
+
+from watermark_cli.guard import guard_image
+from watermark_cli.image_io import MedicalImage, read_image
+from watermark_cli.quality import QualityFloor, frame_meters
+from watermark_cli.views import (CT_STANDARD_WINDOWS, Display, FrameDisplay, ModalityTransform, VoiLut, VoiWindow,
+                                 reader_views)
+
+
+def data_file(name: str) -> Path:
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"{name} is not installed (pydicom-data missing?)")
+    return Path(path)
+
+
+def ps33_window(x: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """PS3.3 C.11.2.1.2.1 (LINEAR), C.11.2.1.3.2 (LINEAR_EXACT), C.11.2.1.3.1 (SIGMOID), to [0, 1]."""
+    x = np.asarray(x, dtype=np.float64)
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+    if function == "LINEAR_EXACT":
+        return np.where(x <= center - width / 2, 0.0,
+                        np.where(x > center + width / 2, 1.0, (x - center) / width + 0.5))
+    lower, upper = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
+    return np.where(x <= lower, 0.0, np.where(x > upper, 1.0, ((x - (center - 0.5)) / (width - 1) + 0.5)))
+
+
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
+def test_voi_functions_follow_ps33(function):
+    x = np.linspace(-500, 500, 2001)
+    for center, width in [(40.0, 80.0), (0.5, 2.0), (-600.0, 1500.0), (100.0, 1.5)]:
+        assert np.allclose(VoiWindow(center, width, function).apply(x), ps33_window(x, center, width, function))
+
+
+def test_voi_lut_and_modality_lut_are_looked_up_with_their_ends_held():
+    lut = VoiLut(np.array([0, 100, 4000, 65535], dtype=np.float64), first_mapped=10, output_bits=16)
+    assert lut.apply(np.array([5, 10, 11, 12, 13, 99])).tolist() == pytest.approx(
+        [0, 0, 100 / 65535, 4000 / 65535, 1, 1])
+    modality = ModalityTransform(lut=np.array([7.0, 9.0, 20.0]), lut_first=-1)
+    assert modality.apply(np.array([-5, -1, 0, 1, 2])).tolist() == [7, 7, 9, 20, 20]
+
+
+def names(image, frame=0):
+    return [view.name for view in reader_views(image, frame)]
+
+
+def test_every_declared_window_is_a_view_with_its_explanation():
+    siemens = read_image(data_file("MR-SIEMENS-DICOM-WithOverlays.dcm"))
+    assert names(siemens) == ["data range", "window C450/W790 (WINDOW1)", "window C200/W443 (WINDOW2)"]
+    ct = read_image(data_file("693_UNCR.dcm"))  # C40/W100 in HU over Rescale Intercept −1024
+    assert names(ct) == ["data range", "window C40/W100"] + [
+        f"CT {name} window C{c:g}/W{w:g}" for name, c, w in CT_STANDARD_WINDOWS]
+    assert ct.window == (1064.0, 100.0)  # the first window in stored units, for exports
+
+
+def test_windows_in_functional_groups_and_luts_are_read():
+    enhanced = read_image(data_file("eCT_Supplemental.dcm"))  # shared functional groups
+    assert names(enhanced, 0) == names(enhanced, 1)
+    assert names(enhanced, 0)[:2] == ["data range", "window C49/W102"]
+    lut = read_image(data_file("vlut_04.dcm"))
+    assert names(lut) == ["data range", "VOI LUT of 256 entries"]
+    modality_lut = read_image(data_file("mlut_18.dcm"))
+    (data_range,) = reader_views(modality_lut, 0)
+    table = np.asarray(modality_lut.source.ModalityLUTSequence[0].LUTData, dtype=np.float64)
+    shown = table[np.clip(modality_lut.pixels[0].astype(np.int64) + 2048, 0, len(table) - 1)]
+    assert data_range.span == pytest.approx(shown.max() - shown.min())  # the LUT's output units
+
+
+def test_a_ct_always_has_the_standard_clinical_windows():
+    ct = read_image(data_file("explicit_VR-UN.dcm"))
+    assert names(ct) == ["data range"] + [f"CT {name} window C{c:g}/W{w:g}" for name, c, w in CT_STANDARD_WINDOWS]
+
+
+def test_rasters_are_viewed_as_stored_when_8_bit_and_over_their_data_when_16_bit():
+    eight = MedicalImage(np.zeros((1, 64, 64), np.uint8), "png", Path("a.png"), 8, 0, 255, "MONOCHROME2", None)
+    sixteen = MedicalImage(np.zeros((1, 64, 64), np.uint16), "png", Path("a.png"), 16, 0, 65535, "MONOCHROME2", None)
+    assert names(eight) == ["stored (peak 255)"]
+    assert names(sixteen) == ["data range"]
+
+
+# ------------------------------------------------------------------ the floor in every view ----
+
+@st.composite
+def displayed_images(draw):
+    """A random multi-frame image with a random linear modality transform and several windows
+    (random VOI functions), as a DICOM file could declare them; sometimes a windowless CT."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    signed = draw(st.booleans())
+    bits = draw(st.sampled_from([8, 12, 16]))
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    dtype = (np.int8 if bits == 8 else np.int16) if signed else (np.uint8 if bits == 8 else np.uint16)
+    frames = draw(st.integers(1, 3))
+    side = draw(st.integers(12, 48))
+    # Data from a narrow band to the full range, sometimes with a black background.
+    centre = rng.uniform(low, high)
+    spread = (high - low) * 10 ** rng.uniform(-3, 0)
+    pixels = np.clip(rng.normal(centre, spread, (frames, side, side)), low, high)
+    if rng.random() < 0.3:
+        pixels[:, : side // 2] = low
+    pixels = np.rint(pixels).astype(dtype)
+    slope = float(rng.choice([1.0, 0.5, 3.77, -1.0]))
+    intercept = float(rng.choice([0.0, -1024.0, 12.5]))
+    modality = ModalityTransform(slope, intercept)
+    shown = modality.apply(pixels)
+    windows = []
+    for _ in range(draw(st.integers(0, 3))):
+        width = float(10 ** rng.uniform(0.3, np.log10(max(abs(slope) * (high - low), 3.0))))
+        center = float(rng.uniform(shown.min() - width / 2, shown.max() + width / 2))
+        function = str(rng.choice(["LINEAR", "LINEAR_EXACT", "SIGMOID"]))
+        windows.append(VoiWindow(center, max(width, 1.0), function))
+    kind = "CT" if rng.random() < 0.3 else None
+    image = MedicalImage(pixels, "dicom", Path("random.dcm"), bits, low, high, "MONOCHROME2", kind,
+                         display=Display(FrameDisplay(modality, tuple(windows))))
+    residual = rng.standard_t(3, pixels.shape) * (high - low) * 10 ** rng.uniform(-4, -0.5)
+    return image, residual, modality, windows
+
+
+@settings(max_examples=120, deadline=None)
+@given(case=displayed_images(), floor_db=st.floats(25.0, 60.0), fill=st.booleans())
+def test_the_floor_holds_in_the_data_range_and_every_window(case, floor_db, fill):
+    image, residual, modality, windows = case
+    floor = QualityFloor(floor_db)
+    meters = frame_meters(image, floor)
+    guarded = guard_image(image.pixels, residual, floor, meters, stored_min=image.stored_min,
+                          stored_max=image.stored_max, fill_budget=fill)
+    if image.modality == "CT":  # the standard windows too, in HU
+        windows = windows + [VoiWindow(c, w) for _, c, w in CT_STANDARD_WINDOWS]
+    for original, frame in zip(image.pixels, (g.pixels for g in guarded)):
+        if np.array_equal(original, frame):
+            continue  # an unmarked frame meets every floor
+        before, after = (original.astype(np.float64) * modality.slope + modality.intercept,
+                         frame.astype(np.float64) * modality.slope + modality.intercept)
+        span = max(before.max() - before.min(), abs(modality.slope))
+        assert 10 * np.log10(span**2 / np.mean((before - after) ** 2)) >= floor_db  # the data range
+        for window in windows:
+            shown = [ps33_window(v, window.center, window.width, window.function) for v in (before, after)]
+            mse = np.mean((shown[0] - shown[1]) ** 2)
+            assert mse == 0 or 10 * np.log10(1 / mse) >= floor_db, window

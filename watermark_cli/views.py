@@ -1,0 +1,418 @@
+"""How a reader views a frame, and therefore where the PSNR floor must hold (design §1).
+
+A stored value reaches a reader's eyes through the DICOM grayscale pipeline (PS3.3 C.11): the
+modality transform (Rescale Slope/Intercept, or a Modality LUT) gives modality values (HU for
+CT), then a VOI transform (a Window Center/Width pair with its VOI LUT Function, or a VOI LUT)
+maps them to the display. A viewer offers every window the file declares; a viewer that is given
+none stretches the frame's own data range; a CT reader also switches to the standard clinical
+windows (brain, soft tissue, lung, bone presets), whatever the file declares. Each of those is a **view** here, and the floor holds in all of
+them: a mark budgeted against the nominal peak (2^BitsStored − 1) alone is plainly visible in a
+CT's brain window.
+
+Every view maps stored values to display values in units of its own peak (a window to [0, 1],
+the data range to (value − min) / (max − min) of the original frame), so the PSNR in any view is
+10·log10(1 / MSE) of the two displays. `reader_views` lists the views of one frame; `Display`
+holds what the file says about its pipeline, read once by `image_io`.
+
+CT windows that are views of every CT frame, beside the windows it declares (centre / width in
+HU; the usual reading-room presets, e.g. Radiopaedia's "Windowing (CT)"):
+
+| name        | centre | width |
+|-------------|--------|-------|
+| brain       |     40 |    80 |
+| soft tissue |     40 |   400 |
+| lung        |   −600 |  1500 |
+| bone        |    400 |  1800 |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: (name, centre, width) in HU: views of every CT frame, beside its declared windows.
+CT_STANDARD_WINDOWS: tuple[tuple[str, float, float], ...] = (
+    ("brain", 40.0, 80.0),
+    ("soft tissue", 40.0, 400.0),
+    ("lung", -600.0, 1500.0),
+    ("bone", 400.0, 1800.0),
+)
+
+VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+
+
+# ---------------------------------------------------------------------------- the pipeline ----
+
+@dataclass(frozen=True)
+class ModalityTransform:
+    """Stored value → modality value: slope · x + intercept, or a Modality LUT (PS3.3 C.11.1)."""
+
+    slope: float = 1.0
+    intercept: float = 0.0
+    lut: np.ndarray | None = field(default=None, compare=False)
+    lut_first: int = 0
+
+    @property
+    def is_linear(self) -> bool:
+        return self.lut is None
+
+    def apply(self, stored: np.ndarray) -> np.ndarray:
+        if self.lut is not None:
+            return _look_up(self.lut, self.lut_first, stored)
+        values = stored.astype(np.float64)
+        if self.slope != 1.0:
+            values = values * self.slope
+        return values + self.intercept if self.intercept else values
+
+
+@dataclass(frozen=True)
+class VoiWindow:
+    """One Window Center/Width pair in modality units, with its VOI LUT Function."""
+
+    center: float
+    width: float
+    function: str = "LINEAR"
+    label: str = ""  # Window Center & Width Explanation, or a standard window's name
+    origin: str = "declared"  # declared (in the file) | standard (CT table) | user (--window)
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        """PS3.3 C.11.2.1.2 (LINEAR, LINEAR_EXACT) and C.11.2.1.3.1 (SIGMOID), to [0, 1]."""
+        c, w = float(self.center), float(self.width)
+        if self.function == "SIGMOID":
+            return 1.0 / (1.0 + np.exp(np.clip(-4.0 * (values - c) / w, -700.0, 700.0)))
+        if self.function == "LINEAR_EXACT":
+            return np.clip((values - c) / w + 0.5, 0.0, 1.0)
+        if w <= 1.0:  # LINEAR with width 1: a threshold at c − 0.5
+            return (values > c - 0.5).astype(np.float64)
+        return np.clip((values - (c - 0.5)) / (w - 1.0) + 0.5, 0.0, 1.0)
+
+    def describe(self) -> str:
+        numbers = f"C{self.center:g}/W{self.width:g}"
+        function = "" if self.function == "LINEAR" else f" {self.function.lower()}"
+        if self.origin == "standard":
+            return f"CT {self.label} window {numbers}"
+        if self.origin == "user":
+            return f"window {numbers}{function} (--window)"
+        return f"window {numbers}{function}" + (f" ({self.label})" if self.label else "")
+
+
+@dataclass(frozen=True)
+class VoiLut:
+    """A VOI LUT Sequence item: modality value → display level, output normalised to [0, 1]."""
+
+    data: np.ndarray = field(compare=False)
+    first_mapped: int
+    output_bits: int
+    label: str = ""
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        top = float(max(2 ** self.output_bits - 1, 1))
+        return _look_up(self.data, self.first_mapped, values) / top
+
+    def describe(self) -> str:
+        return "VOI LUT" + (f" ({self.label})" if self.label else f" of {len(self.data)} entries")
+
+
+VoiTransform = VoiWindow | VoiLut
+
+
+@dataclass(frozen=True)
+class FrameDisplay:
+    """What the file says about viewing one frame: its modality transform and declared VOIs."""
+
+    modality: ModalityTransform = ModalityTransform()
+    vois: tuple[VoiTransform, ...] = ()
+
+
+@dataclass(frozen=True)
+class Display:
+    """The display pipeline of every frame of an image: one shared description, or one per
+    frame where an enhanced multi-frame object declares them per frame."""
+
+    shared: FrameDisplay = FrameDisplay()
+    per_frame: tuple[FrameDisplay, ...] | None = None
+
+    def frame(self, index: int) -> FrameDisplay:
+        if self.per_frame is not None and index < len(self.per_frame):
+            return self.per_frame[index]
+        return self.shared
+
+
+def _look_up(table: np.ndarray, first_mapped: int, values: np.ndarray) -> np.ndarray:
+    """LUT output for each value: below the first mapped value the first entry, above the
+    range the last (PS3.3 C.11.1.1 and C.11.2.1.1)."""
+    index = np.clip(np.rint(values).astype(np.int64) - int(first_mapped), 0, len(table) - 1)
+    return table[index].astype(np.float64)
+
+
+# ----------------------------------------------------------------------------------- views ----
+
+class View:
+    """One way a reader sees one frame. `display` maps stored values to display values in units
+    of the view's peak; `stored_span` is that peak in stored units (what noise strengths and
+    exports are relative to); `window_in_stored_units` is set for linear windows over a linear
+    modality transform (what an 8-bit export through this view applies)."""
+
+    kind = "view"
+
+    def __init__(self, name: str, stored_span: float) -> None:
+        self.name = name
+        self.stored_span = float(stored_span)
+
+    def display(self, stored: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def export_8bit(self, stored: np.ndarray) -> np.ndarray:
+        """What a viewer's 8-bit export (PNG/JPEG/screenshot) through this view holds."""
+        return np.clip(np.rint(np.clip(self.display(stored), 0.0, 1.0) * 255.0), 0, 255).astype(np.uint8)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+class DataRangeView(View):
+    """Modality values stretched from the original frame's minimum to its maximum: what a viewer
+    shows when it windows to the data, and the scale of quantitative values (counts, HU, SUV)."""
+
+    kind = "data range"
+
+    def __init__(self, modality: ModalityTransform, original: np.ndarray) -> None:
+        values = modality.apply(original)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        self.modality = modality
+        self.low = low
+        # A constant frame has no range: one stored unit keeps the PSNR defined (and strict).
+        one_unit = abs(modality.slope) if modality.is_linear else 1.0
+        self.span = max(high - low, one_unit)
+        stored_range = _span(original)
+        super().__init__("data range", max(stored_range, 1.0))
+
+    def display(self, stored: np.ndarray) -> np.ndarray:
+        return (self.modality.apply(stored) - self.low) / self.span
+
+
+class VoiView(View):
+    """A VOI window or LUT over the modality transform, display in [0, 1]."""
+
+    kind = "window"
+
+    def __init__(self, modality: ModalityTransform, voi: VoiTransform, original: np.ndarray) -> None:
+        self.modality = modality
+        self.voi = voi
+        self.kind = "window" if isinstance(voi, VoiWindow) else "voi lut"
+        self.window_in_stored_units = _window_in_stored_units(modality, voi)
+        if self.window_in_stored_units is not None:
+            span = self.window_in_stored_units[1]
+        else:  # a LUT or a non-linear modality transform: the stored values the VOI spreads out
+            span = _stored_span_of(lambda x: self.display(x), original)
+        super().__init__(voi.describe(), span)
+
+    def display(self, stored: np.ndarray) -> np.ndarray:
+        return self.voi.apply(self.modality.apply(stored))
+
+
+class StoredView(View):
+    """Stored values against a fixed peak: how 8-bit PNG/JPEG/TIFF are viewed (peak 255), and the
+    nominal peak 2^BitsStored − 1 (reported, binding only on request)."""
+
+    kind = "stored"
+
+    def __init__(self, peak: float, name: str | None = None, offset: float = 0.0) -> None:
+        self.peak = float(peak)
+        self.offset = float(offset)
+        super().__init__(name or f"stored (peak {peak:g})", peak)
+
+    def display(self, stored: np.ndarray) -> np.ndarray:
+        return (stored.astype(np.float64) - self.offset) / self.peak
+
+
+def _window_in_stored_units(modality: ModalityTransform, voi: VoiTransform) -> tuple[float, float] | None:
+    if not isinstance(voi, VoiWindow) or not modality.is_linear or modality.slope == 0:
+        return None
+    return (voi.center - modality.intercept) / modality.slope, voi.width / abs(modality.slope)
+
+
+def _stored_span_of(display, original: np.ndarray) -> float:
+    """The span of stored values over which `display` rises from 1 % to 99 % of its range,
+    searched over the original frame's own values (how wide the view is in stored units)."""
+    if not original.size:
+        return 1.0
+    values = np.unique(original)
+    shown = display(values)
+    low, high = float(shown.min()), float(shown.max())
+    if high <= low:
+        return 1.0
+    inside = values[(shown > low + 0.01 * (high - low)) & (shown < high - 0.01 * (high - low))]
+    return max(_span(inside), 1.0)
+
+
+def _span(values: np.ndarray) -> float:
+    """max − min as a float (np.ptp wraps around in the input's integer type)."""
+    return float(values.max()) - float(values.min()) if values.size else 0.0
+
+
+def reader_views(image: Any, frame_index: int, extra_windows: tuple[VoiWindow, ...] = ()) -> list[View]:
+    """Every view a reader uses for one frame of a `MedicalImage` (design §1), binding by default.
+
+    8-bit PNG/JPEG/TIFF: the stored values, peak 255. Everything else: the frame's data range in
+    modality values, every VOI window and LUT the file declares for the frame, for a CT also the
+    standard windows of `CT_STANDARD_WINDOWS` (a reader switches to the bone or lung preset
+    whatever the file declares), and `extra_windows` (the user's `--window`, modality units)."""
+    original = image.pixels[frame_index]
+    if image.kind != "dicom" and image.pixels.dtype.itemsize == 1:
+        views: list[View] = [StoredView(255.0, offset=image.stored_min)]
+        modality = ModalityTransform()
+    else:
+        frame = image.display.frame(frame_index)
+        modality = frame.modality
+        views = [DataRangeView(modality, original)]
+        vois: tuple[VoiTransform, ...] = frame.vois
+        if (image.modality or "").upper() == "CT":
+            declared = {(voi.center, voi.width) for voi in vois if isinstance(voi, VoiWindow)}
+            vois += tuple(VoiWindow(c, w, label=name, origin="standard") for name, c, w in CT_STANDARD_WINDOWS
+                          if (c, w) not in declared)
+        views.extend(VoiView(modality, voi, original) for voi in vois)
+    views.extend(VoiView(modality, window, original) for window in extra_windows)
+    return _uniquely_named(views)
+
+
+def _uniquely_named(views: list[View]) -> list[View]:
+    seen: dict[str, int] = {}
+    for view in views:
+        count = seen.get(view.name, 0)
+        seen[view.name] = count + 1
+        if count:
+            view.name = f"{view.name} #{count + 1}"
+    return views
+
+
+def nominal_view(image: Any) -> StoredView:
+    """Stored values against 2^BitsStored − 1 (PNG/TIFF: the dtype's maximum)."""
+    return StoredView(image.nominal_peak, name=f"nominal (peak {image.nominal_peak:g})")
+
+
+def stored_range_view(original: np.ndarray) -> DataRangeView:
+    """Stored values against the original frame's own range (`--psnr-peak range`)."""
+    view = DataRangeView(ModalityTransform(), original)
+    view.name = "stored range"
+    return view
+
+
+def export_view(views: list[View], binding: str) -> View:
+    """The view an 8-bit export of a marked frame goes through: the binding view (where the mark
+    was budgeted), else the first window, else the data range."""
+    by_name = {view.name: view for view in views}
+    return by_name.get(binding) or next((v for v in views if isinstance(v, VoiView)), views[0])
+
+
+# ------------------------------------------------------------------------ reading DICOM ----
+
+def display_from_dicom(ds: Any, n_frames: int) -> Display:
+    """The grayscale pipeline a DICOM dataset declares: top-level attributes, the shared
+    functional groups of an enhanced multi-frame object, and per-frame groups where they differ."""
+    top = _frame_display(ds, ds)
+    shared_groups = _first_item(ds, "SharedFunctionalGroupsSequence")
+    shared = _frame_display(shared_groups, ds, fallback=top) if shared_groups is not None else top
+    per_frame_groups = ds.get("PerFrameFunctionalGroupsSequence")
+    if not per_frame_groups:
+        return Display(shared)
+    per_frame = tuple(_frame_display(item, ds, fallback=shared) for item in list(per_frame_groups)[:n_frames])
+    if all(frame == shared for frame in per_frame):
+        return Display(shared)
+    return Display(shared, per_frame)
+
+
+def _frame_display(container: Any, ds: Any, fallback: FrameDisplay | None = None) -> FrameDisplay:
+    """The modality transform and VOIs of `container`: a dataset, or a functional groups item
+    whose Pixel Value Transformation and Frame VOI LUT sequences hold them."""
+    fallback = fallback or FrameDisplay()
+    if container is ds:
+        modality_source, voi_source = ds, ds
+    else:
+        modality_source = _first_item(container, "PixelValueTransformationSequence")
+        voi_source = _first_item(container, "FrameVOILUTSequence")
+    modality = _modality_transform(modality_source, ds) if modality_source is not None else fallback.modality
+    vois = _vois(voi_source) if voi_source is not None else fallback.vois
+    return FrameDisplay(modality, vois)
+
+
+def _modality_transform(source: Any, ds: Any) -> ModalityTransform:
+    lut_item = _first_item(ds, "ModalityLUTSequence") if source is ds else None
+    if lut_item is not None:
+        table, first, _ = _lut(lut_item)
+        if table is not None:
+            return ModalityTransform(lut=table, lut_first=first)
+    slope = _number(source.get("RescaleSlope"))
+    intercept = _number(source.get("RescaleIntercept"))
+    return ModalityTransform(1.0 if slope in (None, 0.0) else slope, 0.0 if intercept is None else intercept)
+
+
+def _vois(source: Any) -> tuple[VoiTransform, ...]:
+    vois: list[VoiTransform] = []
+    centers = _numbers(source.get("WindowCenter"))
+    widths = _numbers(source.get("WindowWidth"))
+    labels = [str(v) for v in _values(source.get("WindowCenterWidthExplanation"))]
+    function = str(source.get("VOILUTFunction", "") or "LINEAR").strip().upper()
+    if function not in VOI_FUNCTIONS:
+        function = "LINEAR"
+    for index, (center, width) in enumerate(zip(centers, widths)):
+        if center is None or width is None or not np.isfinite(center) or not np.isfinite(width) or width <= 0:
+            continue
+        if function == "LINEAR" and width < 1:
+            continue  # PS3.3: a LINEAR width is at least 1; such a pair cannot be shown
+        vois.append(VoiWindow(center, width, function, labels[index] if index < len(labels) else ""))
+    for item in source.get("VOILUTSequence") or ():
+        table, first, bits = _lut(item)
+        if table is not None:
+            vois.append(VoiLut(table, first, bits, str(item.get("LUTExplanation", "") or "")))
+    return tuple(vois)
+
+
+def _lut(item: Any) -> tuple[np.ndarray | None, int, int]:
+    """(table, first mapped value, output bits) of a LUT item, or (None, 0, 0) if unusable."""
+    descriptor = _values(item.get("LUTDescriptor"))
+    data = item.get("LUTData")
+    if len(descriptor) != 3 or data is None:
+        return None, 0, 0
+    entries, first, bits = (int(v) for v in descriptor)
+    entries = entries or 65536  # PS3.3 C.11.1.1: 0 means 2^16 entries
+    if isinstance(data, (bytes, bytearray)):
+        table = np.frombuffer(data, dtype="<u2" if bits > 8 else "u1")
+    else:
+        table = np.asarray(_values(data), dtype=np.float64)
+    if table.size < 1:
+        return None, 0, 0
+    return np.asarray(table[:entries], dtype=np.float64), first, bits
+
+
+def _first_item(container: Any, keyword: str) -> Any:
+    try:
+        sequence = container.get(keyword)
+        return sequence[0] if sequence else None
+    except (AttributeError, IndexError, TypeError, KeyError):
+        return None
+
+
+def _values(value: Any) -> list[Any]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        return [value]
+    return list(value)
+
+
+def _number(value: Any) -> float | None:
+    values = _numbers(value)
+    return values[0] if values else None
+
+
+def _numbers(value: Any) -> list[float | None]:
+    numbers: list[float | None] = []
+    for item in _values(value):
+        try:
+            numbers.append(float(item))
+        except (TypeError, ValueError):
+            numbers.append(None)
+    return numbers
