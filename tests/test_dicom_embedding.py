@@ -359,3 +359,22 @@ def test_anatomy_outside_the_read_region_keeps_its_mark(shipped):
     assert marked.frames[0].quality.psnr >= 40.0
     decoded = read_frames(loaded, codec, marked.pixels).decoded
     assert decoded.found and decoded.message == MESSAGE
+
+
+def test_the_nominal_peak_on_request_warns_in_one_line_where_a_reader_would_see_the_mark(tmp_path):
+    """`--psnr-domain stored --psnr-peak nominal` is the expert's old behaviour: the CT meets 40 dB
+    against 2^14 − 1 and falls far below it in its own C40/W100 window, which embed names."""
+    result = run_wm("embed", data_file("693_UNCR.dcm"), "x", "-o", tmp_path / "out.dcm", "--psnr-domain", "stored",
+                    "--psnr-peak", "nominal", "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["binding_view"].startswith("nominal") and report["psnr"] >= 40.0
+    assert "window C40/W100" in report["views_below_floor"] and report["psnr_views"]["window C40/W100"] < 30.0
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "window C40/W100" in warnings[0] and "--psnr-domain stored" in warnings[0]
+
+
+def test_a_frame_too_small_to_mark_is_refused_in_one_line(tmp_path):
+    result = run_wm("embed", data_file("emri_small.dcm"), "x", "-o", tmp_path / "out.dcm")
+    assert result.code == 2 and not (tmp_path / "out.dcm").exists()
+    assert result.stderr.strip().count("\n") == 0 and "64×64 px" in result.stderr and "at least 128 px" in result.stderr

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from safetensors.torch import load_file
 
 from conftest import run_wm
 
@@ -215,3 +216,30 @@ def test_asking_for_cuda_without_a_gpu_is_a_one_line_error(tiny_data, tmp_path):
     result = run_wm("train", tiny_data, "--out", tmp_path / "m", "--device", "cuda")
     assert result.code == 2 and "no CUDA device" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_frames_in_reader_views_and_a_warm_start(tiny_data, tmp_path):
+    """frame_views=reader trains on every frame in each view the floor holds in (a 16-bit PNG:
+    its data range, so a crop spans [0, 1]); init_from starts from another run's weights and
+    refuses a different architecture."""
+    from watermark_cli.datasets import FramePool, collect_image_files
+
+    files = collect_image_files([tiny_data])[:2]
+    reader = FramePool.load(files, frame_views="reader")
+    nominal = FramePool.load(files, frame_views="nominal")
+    for shown, stored in zip(reader.frames, nominal.frames):
+        assert shown.min() == 0.0 and shown.max() == 1.0  # the data range view
+        assert stored.max() - stored.min() < 1.0
+        assert np.corrcoef(shown.ravel(), stored.ravel())[0, 1] > 0.999  # the same picture
+
+    first = tmp_path / "first"
+    assert run_wm("train", tiny_data, "--out", first, *TINY, "--set", "frame_views=reader").code == 0
+    warm = tmp_path / "warm"
+    result = run_wm("train", tiny_data, "--out", warm, *TINY, "--set", f"init_from={first}", "--set",
+                    "learning_rate=1e-12", "--epochs", "1", "--json")
+    assert result.code == 0, result.stderr
+    started, ended = (load_file(str(path / "weights.safetensors")) for path in (first, warm))
+    assert all(torch.allclose(started[name].float(), ended[name].float(), atol=2e-3) for name in started)
+    refused = run_wm("train", tiny_data, "--out", tmp_path / "other", *TINY, "--bits", "128", "--set",
+                     f"init_from={first}")
+    assert refused.code == 2 and "architecture" in refused.stderr and "Traceback" not in refused.stderr

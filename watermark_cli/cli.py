@@ -25,7 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Invisible watermarks for medical images, with a PSNR floor that every written image keeps.",
 )
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: the built-in synthetic generator.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: synthetic images, the real clinical DICOMs and held-out slices.")
 app.add_typer(data_app, name="data")
 
 stdout = Console()
@@ -633,6 +633,21 @@ def data_clinical(
         stdout.print(f"copied {len(written)} {split} clinical DICOM file(s) to {out}")
 
 
+@data_app.command("slices")
+def data_slices(
+    out: Annotated[Path, typer.Argument(help="Folder to write the slices (8-bit PNG) and a README into.")],
+    json_output: JsonOption = False,
+) -> None:
+    """256² 8-bit slices with a mostly black background from held-out real images (pydicom-data's held-out split in its windows, dipy's MR volume): the hardest everyday case, never used in training."""
+    from .slices import write_slices
+
+    written = write_slices(out)
+    if json_output:
+        _emit_json({"output": str(out), "slices": [str(p) for p in written]})
+    else:
+        stdout.print(f"wrote {len(written)} held-out 256² 8-bit slices to {out} (sources in README.txt there)")
+
+
 @data_app.command("lesions")
 def data_lesions(
     out: Annotated[Path, typer.Argument(help="Folder to write the images, labels.csv, manifest.csv and README.txt into.")],
@@ -733,22 +748,26 @@ def models(json_output: JsonOption = False) -> None:
     """List the shipped models and their payload capacity."""
     from .model_store import read_card, shipped_models_folder
 
+    from .watermarking import smallest_markable_side
+
     folder = shipped_models_folder()
     rows = []
     for card_folder in sorted(p.parent for p in folder.glob("*/card.yaml")):
         card = read_card(card_folder)
         rows.append({"name": card_folder.name, "path": str(card_folder), "raw_bits": card["payload"]["raw_bits"],
                      "capacity_bytes": card["payload"]["capacity_bytes"],
+                     "smallest_side_px": smallest_markable_side(int(card["architecture"].get("tile", 32))),
                      "psnr_min_db": card.get("quality_floor", {}).get("psnr_min_db")})
     if json_output:
         for row in rows:
             _emit_json(row)
         return
     table = Table(title=f"models in {folder}")
-    for column in ("name", "raw bits", "capacity (bytes)", "trained floor (dB)"):
+    for column in ("name", "raw bits", "capacity (bytes)", "smallest frame (px)", "trained floor (dB)"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["name"], str(row["raw_bits"]), str(row["capacity_bytes"]), str(row["psnr_min_db"]))
+        table.add_row(row["name"], str(row["raw_bits"]), str(row["capacity_bytes"]), str(row["smallest_side_px"]),
+                      str(row["psnr_min_db"]))
     stdout.print(table if rows else f"no models in {folder}")
 
 

@@ -27,7 +27,7 @@ from .image_io import MedicalImage, read_image
 from .model_store import LoadedModel
 from .payload import PayloadCodec
 from .quality import QualityFloor, image_quality
-from .watermarking import embed_pixels, read_frames
+from .watermarking import embed_pixels, image_false_positive_bound, read_frames
 
 
 @dataclass(frozen=True)
@@ -270,6 +270,8 @@ def _summarise(rows, frame_psnrs, embeddings, options, model, guard_acted, false
             "n_clean": clean_tries,
             "false_positive_rate": false_positives / clean_tries if clean_tries else None,
             "false_positive_rate_upper_95": rule_of_three_upper_bound(false_positives, clean_tries),
+            "false_positive_bound_per_image": image_false_positive_bound(
+                PayloadCodec(model.n_bits, key=options.key, parity_bytes=model.parity_bytes)),
         },
         "skipped": skipped,
     }

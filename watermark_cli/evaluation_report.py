@@ -216,7 +216,8 @@ def _html(report: dict, plots: dict[str, Path]) -> str:
     sections.append(
         f"<h3>False positives</h3><p>{detection['false_positives']} payload(s) found in {detection['n_clean']} "
         f"unmarked originals; one-sided 95 % upper bound on the rate: "
-        f"{_number(detection['false_positive_rate_upper_95'], 3)} (by design at most ≈1e-8 per image).</p>"
+        f"{_number(detection['false_positive_rate_upper_95'], 3)} (by design at most "
+        f"{detection.get('false_positive_bound_per_image', float('nan')):.2g} per image).</p>"
     )
 
     classifier = report.get("classifier")

@@ -331,7 +331,7 @@ def pick_device(requested: str, local_rank: int = 0):
 
 
 def crop_psnr(clean: "torch.Tensor", marked: "torch.Tensor") -> "torch.Tensor":
-    """PSNR per image in dB with peak 1 (images are on the nominal range)."""
+    """PSNR per image in dB with peak 1 (the nominal range, or the view's peak: see frame_views)."""
     import torch
 
     mse = (marked.float() - clean.float()).square().mean(dim=(1, 2, 3)).clamp_min(1e-12)

@@ -22,14 +22,16 @@ from .quality import FrameMeter, QualityFloor, frame_meters
 
 
 # Marking needs this many whole tiles along each side: the decoder folds (averages) the tiles,
-# and at the view floor a frame of one or two tiles' worth does not read back reliably (held-out
-# crops of the real images, shipped model: identity recovery 21 % at 64² and 96², 54 % at 128²,
-# 88 % at 256²; `benchmarks/model_quality.py --sizes`). Smaller frames are refused up front.
+# and at the view floor a frame of one tile does not read back (random crops of the held-out
+# files, flat ones included, shipped model, 96 trials each: identity recovery 23 % at 64², 27 %
+# at 96², 51 % at 128², 87 % at 256²; `benchmarks/model_quality.py --sizes`). Smaller frames are
+# refused up front; larger ones that still do not read back are refused by embed's verification.
 TILES_PER_SIDE_TO_MARK = 2
 
 
-def smallest_markable_side(model: LoadedModel) -> int:
-    return max(MIN_SIDE, TILES_PER_SIDE_TO_MARK * model.model.config.tile)
+def smallest_markable_side(tile: int) -> int:
+    """The shortest side a frame needs to be marked by a model with `tile`-px carrier tiles."""
+    return max(MIN_SIDE, TILES_PER_SIDE_TO_MARK * tile)
 
 
 def check_image_size(image: MedicalImage, smallest: int, action: str = "mark") -> None:
@@ -122,7 +124,7 @@ def embed_pixels(
 ) -> EmbedOutcome:
     """Mark every frame under the floor. `window` is the user's `--window` (centre, width in
     modality units), one more view the floor holds in (see `quality.frame_meters`)."""
-    check_image_size(image, smallest_markable_side(model))
+    check_image_size(image, smallest_markable_side(model.model.config.tile))
     meters = frame_meters(image, floor, window)  # before the encoder runs: a bad domain fails fast
     raw_bits = codec.encode(message)
     residual = residual_for(model, image, raw_bits)
@@ -135,18 +137,49 @@ def embed_pixels(
 
 @dataclass
 class Reading:
-    """What the decoder read from an image: per-bit probabilities, the payload, and the grid found."""
+    """What the decoder read from an image: per-bit probabilities (in the polarity that was
+    found, or as read), the payload, and the geometry found."""
 
     probabilities: np.ndarray
     decoded: DecodedPayload
     grid_offset: tuple[int, int]
     rescaled_by: tuple[float, float]
     rotated_by: float = 0.0
+    inverted: bool = False
+
+
+def _decode_logits(codec: PayloadCodec, logits: np.ndarray, grid_offset, rescaled_by) -> Reading:
+    """The payload from one set of logits, in either polarity.
+
+    A viewer's export of a MONOCHROME1 image (radiographs) is written in display polarity, its
+    values inverted. The decoder standardises its input and is odd in it (measured: the logits
+    of −x are those of x negated, correlation −0.999), so an inverted image gives the
+    complement bits: trying −logits reads it with no second pass of the network, at the cost
+    of one more payload decode (counted in the false-positive bound)."""
+    probabilities = _sigmoid(logits)
+    reading = Reading(probabilities, codec.decode(probabilities), grid_offset, rescaled_by)
+    if reading.decoded.found:
+        return reading
+    inverted = 1.0 - probabilities
+    decoded = codec.decode(inverted)
+    return Reading(inverted, decoded, grid_offset, rescaled_by, inverted=True) if decoded.found else reading
 
 
 # Offsets of the tile grid tried per image: the uncropped one, then the best-scoring others.
 # Each try is one more payload decode, which bounds the false-positive cost of the search.
 OFFSETS_TRIED = 4
+# Geometries tried (as it is, rescaled back, turned back) and polarities (as stored, inverted).
+GEOMETRIES_TRIED = 3
+POLARITIES_TRIED = 2
+#: Payload decodes an unmarked image can cost at most: each one is a chance of a false positive.
+DECODES_PER_IMAGE = OFFSETS_TRIED * GEOMETRIES_TRIED * POLARITIES_TRIED
+
+
+def image_false_positive_bound(codec: PayloadCodec) -> float:
+    """Union bound on reporting a payload in an image that holds none for this key, over every
+    decode `read_frames` may make (the uncropped fast path repeats offset (0, 0) of the first
+    search with the same logits, so it adds nothing)."""
+    return DECODES_PER_IMAGE * codec.false_positive_bound
 
 
 def _logits_by_offset(model: LoadedModel, frames: np.ndarray) -> np.ndarray:
@@ -173,8 +206,7 @@ def _read_uncropped(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray,
 
     with torch.inference_mode():
         logits = torch.stack([model.model.decoder(_as_tensor(frame[None]))[0] for frame in frames]).mean(dim=0)
-    probabilities = _sigmoid(logits.numpy().astype(np.float64))
-    return Reading(probabilities, codec.decode(probabilities), (0, 0), rescaled_by)
+    return _decode_logits(codec, logits.numpy().astype(np.float64), (0, 0), rescaled_by)
 
 
 def _read_at_offsets(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, rescaled_by) -> Reading:
@@ -184,8 +216,7 @@ def _read_at_offsets(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray
     candidates = [(0, 0)] + [offset for offset in ranked if offset != (0, 0)][: OFFSETS_TRIED - 1]
     readings = []
     for offset in candidates:
-        probabilities = _sigmoid(every_offset[:, offset[0], offset[1]])
-        reading = Reading(probabilities, codec.decode(probabilities), offset, rescaled_by)
+        reading = _decode_logits(codec, every_offset[:, offset[0], offset[1]], offset, rescaled_by)
         if reading.decoded.found:
             return reading
         readings.append(reading)
