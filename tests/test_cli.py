@@ -73,6 +73,39 @@ def test_unmarked_image_and_wrong_key_give_no_watermark(trained_model, held_out_
     assert right.code == 0 and right.stdout.strip() == "secret-id"
 
 
+def test_keys_come_from_a_file_or_the_environment_and_are_never_shown(trained_model, held_out_png, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    secret = "k3y-never-printed-7f3a"
+    key_file = tmp_path / "site.key"
+    key_file.write_text(secret + "\n")
+    marked = tmp_path / "keyed.png"
+    embedded = run_wm("embed", held_out_png, "id-0042", "--model", trained_model, "--key-file", key_file,
+                      "-o", marked, "--json")
+    assert embedded.code == 0, embedded.stderr
+    assert json.loads(embedded.stdout)["key"] == "custom"
+    audit = (tmp_path / "wm-audit.jsonl").read_text()
+    assert json.loads(audit)["payload"]["key"] == "custom"
+    environment = {**os.environ, "WM_KEY": secret}
+    read = subprocess.run([sys.executable, "-m", "watermark_cli", "extract", str(marked), "--model", str(trained_model),
+                           "--json"], capture_output=True, text=True, env=environment, timeout=600)
+    line = json.loads(read.stdout)
+    assert read.returncode == 0 and line["message"] == "id-0042" and line["authenticated"] and line["key"] == "custom"
+    public = run_wm("extract", marked, "--model", trained_model, "--json")  # the default key
+    assert public.code == 1 and json.loads(public.stdout)["key"] == "default"
+    for result in (embedded, public):
+        assert secret not in result.stdout + result.stderr
+    assert secret not in audit
+    both = run_wm("embed", held_out_png, "x", "--model", trained_model, "--key", "a", "--key-file", key_file)
+    empty = tmp_path / "empty.key"
+    empty.write_text("\n")
+    blank = run_wm("extract", marked, "--model", trained_model, "--key-file", empty)
+    assert both.code == 2 and "not both" in _one_line_error(both)
+    assert blank.code == 2 and "empty" in _one_line_error(blank)
+
+
 def test_real_ct_dicom_round_trip_keeps_every_other_element(trained_model, tmp_path):
     source = get_testdata_file("693_J2KR.dcm")  # real CT, 512², JPEG 2000 lossless
     output = tmp_path / "ct.wm.dcm"
@@ -120,7 +153,7 @@ def test_corrupt_file_is_a_one_line_error_and_writes_nothing(trained_model, tmp_
 def test_message_too_long_is_refused_before_writing(trained_model, held_out_png):
     result = run_wm("embed", held_out_png, "x" * 100, "--model", trained_model)
     assert result.code == 2
-    assert "at most 17 bytes" in _one_line_error(result)
+    assert "at most 16 bytes" in _one_line_error(result)
     assert sorted(p.name for p in held_out_png.parent.iterdir()) == [held_out_png.name]
 
 

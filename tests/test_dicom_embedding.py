@@ -26,6 +26,7 @@ from watermark_cli.embedding import EmbedSettings, embed_file, pixel_sha256
 from watermark_cli.errors import BadInputError
 from watermark_cli.image_io import read_image
 from watermark_cli.model_store import file_sha256, load_model
+from watermark_cli.payload import DEFAULT_KEY
 from watermark_cli.quality import QualityFloor
 from watermark_cli.watermarking import codec_for, extract_payload
 
@@ -249,7 +250,8 @@ def test_mixed_folder_marks_the_good_reports_the_rest_and_loses_nothing(tmp_path
         assert line["output_pixels_sha256"] == pixel_sha256(read_image(line["output"]).pixels)
         assert line["input_pixels_sha256"] == pixel_sha256(read_image(line["input"]).pixels)
         assert line["payload"]["text"] == "batch-9" and line["verified"] is True
-        assert line["psnr"] >= 40.0 and line["model_weights_sha256"] and "key" not in json.dumps(line)
+        assert line["psnr"] >= 40.0 and line["model_weights_sha256"]
+        assert line["payload"]["key"] == "default" and DEFAULT_KEY not in json.dumps(line)  # a kind, never a key
 
     extracted = run_wm("extract", output, "--json")
     assert [json.loads(line)["message"] for line in extracted.stdout.splitlines()] == ["batch-9"] * 3

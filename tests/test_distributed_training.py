@@ -21,7 +21,7 @@ def test_two_gloo_processes_train_one_model_with_per_sample_state_kept_in_step(t
     # coefficients would differ, and the per-epoch agreement check would stop the run.
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "watermark_cli", "train", str(data), "--out", str(out), "--device", "cpu",
-               "--bits", "64", "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "4",
+               "--bits", "128", "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "4",
                "--method", "sequential", "--tau-scope", "per-sample", "--psnr-min", "46",
                "--set", "tau_period=1", "--set", "train_samples=16", "--set", "validation_crops=6",
                "--set", "validation_crop=64", "--json"]

@@ -1,4 +1,5 @@
-"""Tests for the payload codec (design §5): round trips, error correction, rejection of non-payloads."""
+"""The payload codec (design §5, issue 12): round trips, the channel it is built for, no forgery,
+no false positives; and the legacy format 1, read on request, shown to be forgeable."""
 
 from __future__ import annotations
 
@@ -8,15 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from watermark_cli.errors import BadInputError, MessageTooLongError
-from watermark_cli.payload import (
-    DEFAULT_KEY,
-    DecodedPayload,
-    PayloadCodec,
-    bytes_to_text,
-    default_parity_bytes,
-)
+from watermark_cli.payload import (DEFAULT_KEY, LIST_SIZE, TAG_BITS, LegacyPayloadCodec, PayloadCodec,
+                                   bytes_to_text, key_kind, length_classes)
 
-N_BITS = [64, 128, 256, 512]
+N_BITS = [128, 200, 256, 512]
+SECRET = "site-secret"
 
 
 def confident(bits: np.ndarray, margin: float = 0.45) -> np.ndarray:
@@ -24,110 +21,73 @@ def confident(bits: np.ndarray, margin: float = 0.45) -> np.ndarray:
     return 0.5 + margin * (2.0 * bits.astype(np.float64) - 1.0)
 
 
-def corrupt_bytes(bits: np.ndarray, byte_indices, rng: np.random.Generator) -> np.ndarray:
-    """Replace whole bytes of the raw bits with different random values."""
-    raw = np.packbits(bits)
-    for i in byte_indices:
-        raw[i] ^= rng.integers(1, 256)
-    return np.unpackbits(raw)
+def flipped(bits: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """A binary symmetric channel: every bit flipped with probability `rate`."""
+    return bits ^ (rng.random(bits.size) < rate).astype(np.uint8)
 
 
-# -- layout and capacity -------------------------------------------------------------------------
+# -- layout ------------------------------------------------------------------------------------
 
 
-def test_default_layout_for_256_bits():
+def test_a_256_bit_model_carries_16_bytes_in_four_length_classes():
     codec = PayloadCodec(256)
-    assert default_parity_bytes(256) == 10
-    assert (codec.n_bits, codec.parity_bytes, codec.capacity_bytes) == (256, 10, 17)
+    assert codec.capacity_bytes == 16
+    assert [(c.shortest, c.capacity) for c in codec.classes] == [(0, 4), (5, 8), (9, 12), (13, 16)]
+    rates = [c.code.k / 256 for c in codec.classes]
+    assert rates == sorted(rates) and rates[-1] <= 0.70  # short messages get the strongest codes
+    assert codec.false_positive_bound == len(codec.classes) * LIST_SIZE * 2.0**-TAG_BITS
 
 
 @pytest.mark.parametrize("n_bits", N_BITS)
-def test_capacity_accounts_for_frame_and_parity(n_bits):
-    codec = PayloadCodec(n_bits)
-    assert codec.parity_bytes % 2 == 0
-    assert codec.capacity_bytes == n_bits // 8 - codec.parity_bytes - 1 - 4
-    assert codec.capacity_bytes >= 1
-    assert codec.false_positive_bound < 1e-8
+def test_every_size_has_classes_that_cover_its_capacity(n_bits):
+    classes = length_classes(n_bits)
+    assert classes[0].shortest == 0
+    assert all(a.capacity + 1 == b.shortest for a, b in zip(classes, classes[1:]))
+    assert all(c.code.n - len(c.code.punctured) == n_bits for c in classes)  # 200 bits: 56 punctured
 
 
-def test_explicit_parity_changes_capacity():
-    assert PayloadCodec(256, parity_bytes=4).capacity_bytes == 23
-    assert PayloadCodec(256, parity_bytes=0).capacity_bytes == 27
-
-
-@pytest.mark.parametrize("n_bits", [0, -8, 12, 2048])
+@pytest.mark.parametrize("n_bits", [0, -8, 64])
 def test_unusable_payload_sizes_are_bad_input(n_bits):
     with pytest.raises(BadInputError):
         PayloadCodec(n_bits)
 
 
-def test_parity_leaving_no_room_is_bad_input():
-    with pytest.raises(BadInputError):
-        PayloadCodec(64, parity_bytes=4)
-
-
-def test_empty_key_is_bad_input():
+def test_keys_empty_default_and_custom():
     with pytest.raises(BadInputError):
         PayloadCodec(256, key="")
+    assert key_kind(None) == key_kind(DEFAULT_KEY) == "default" and key_kind(b"x") == "custom"
+    assert np.array_equal(PayloadCodec(256, key="k").encode(b"m"), PayloadCodec(256, key=b"k").encode(b"m"))
 
 
-# -- round trips ---------------------------------------------------------------------------------
+# -- round trips -------------------------------------------------------------------------------
 
 
 def messages_for(codec: PayloadCodec) -> list[bytes]:
     cap = codec.capacity_bytes
-    candidates = [
-        b"",
-        b"A",
-        b"ID-7f3a",
-        "é✓".encode(),  # 2- and 3-byte UTF-8 sequences
-        "Ø-脑".encode(),
-        b"x" * cap,
-        bytes(range(256))[:cap],  # raw bytes (--hex), including 0x00 and invalid UTF-8
-        b"\x00" * cap,  # a message of zeros must not be confused with padding
-    ]
+    candidates = [b"", b"A", b"ID-7f3a", "é✓".encode(), "Ø-脑".encode(), b"x" * cap,
+                  bytes(range(256))[:cap],  # raw bytes (--hex), including 0x00 and invalid UTF-8
+                  b"\x00" * cap]  # a message of zeros must not be confused with padding
     return [m for m in candidates if len(m) <= cap]
 
 
 @pytest.mark.parametrize("n_bits", N_BITS)
 def test_round_trip(n_bits):
-    codec = PayloadCodec(n_bits, key="site-secret")
+    codec = PayloadCodec(n_bits, key=SECRET)
     for message in messages_for(codec):
         bits = codec.encode(message)
-        assert bits.shape == (n_bits,) and bits.dtype == np.uint8
-        assert set(np.unique(bits).tolist()) <= {0, 1}
+        assert bits.shape == (n_bits,) and bits.dtype == np.uint8 and set(np.unique(bits)) <= {0, 1}
         for observed in (bits, confident(bits)):
             result = codec.decode(observed)
-            assert result.found, (n_bits, message)
-            assert result.message == message
-            assert result.corrected_bytes == 0 and result.bit_errors == 0
-
-
-def test_max_length_utf8_text_round_trips():
-    codec = PayloadCodec(256)
-    text = "Ärzt-ü" + "e" * (codec.capacity_bytes - len("Ärzt-ü".encode()))
-    message = text.encode("utf-8")
-    assert len(message) == codec.capacity_bytes
-    result = codec.decode(codec.encode(message))
-    assert result.found and bytes_to_text(result.message) == text
-
-
-def test_zero_parity_still_checks_crc():
-    codec = PayloadCodec(64, parity_bytes=0)
-    bits = codec.encode(b"ok")
-    assert codec.decode(bits).message == b"ok"
-    bits[3] ^= 1
-    assert not codec.decode(bits).found
+            assert result.found and result.message == message and result.bit_errors == 0, (n_bits, message)
+            assert result.format == 2 and result.authenticated
 
 
 def test_encode_rejects_text_and_too_long_messages():
     codec = PayloadCodec(256)
     with pytest.raises(TypeError):
         codec.encode("text")  # type: ignore[arg-type]
-    with pytest.raises(MessageTooLongError) as info:
-        codec.encode(b"y" * (codec.capacity_bytes + 1))
-    assert isinstance(info.value, BadInputError)
-    assert str(info.value) == "message is 18 bytes; this model carries at most 17 bytes"
+    with pytest.raises(MessageTooLongError, match="message is 17 bytes; this model carries at most 16 bytes"):
+        codec.encode(b"y" * 17)
 
 
 def test_decode_rejects_wrong_length_and_logits():
@@ -138,133 +98,116 @@ def test_decode_rejects_wrong_length_and_logits():
         codec.decode(np.full(256, 3.0))  # logits, not probabilities
 
 
-def test_false_positive_bound_counts_the_decoding_attempts():
-    codec = PayloadCodec(256)
-    assert codec.max_decode_attempts == 6  # errors only, then 2, 4, 6, 8, 10 erasures
-    assert codec.false_positive_bound == pytest.approx(6 * 2.0**-32)
-    assert PayloadCodec(256, parity_bytes=5).max_decode_attempts == 3  # 1, 3, 5 erasures
-
-
-# -- keys ----------------------------------------------------------------------------------------
-
-
-def test_default_key_is_the_documented_constant():
-    assert DEFAULT_KEY == "wm-default-key"
-    message = b"hello"
-    assert np.array_equal(PayloadCodec(256).encode(message), PayloadCodec(256, key=DEFAULT_KEY).encode(message))
-
-
-def test_text_and_bytes_keys_agree():
-    assert np.array_equal(PayloadCodec(128, key="k1").encode(b"a"), PayloadCodec(128, key=b"k1").encode(b"a"))
-
-
-@pytest.mark.parametrize("n_bits", N_BITS)
-def test_wrong_key_is_not_found(n_bits):
-    message = b"m" * PayloadCodec(n_bits).capacity_bytes
-    rng = np.random.default_rng(n_bits)
-    for write_key, read_key in [("alice", "bob"), (None, "bob"), ("alice", None), ("alice", "alicf")]:
-        bits = PayloadCodec(n_bits, key=write_key).encode(message)
-        reader = PayloadCodec(n_bits, key=read_key)
-        assert reader.decode(bits) == DecodedPayload(False, None, 0.0, -1, None)
-        # Uneven certainty, so that every erasure attempt is made too.
-        for _ in range(20):
-            soft = 0.5 + rng.uniform(0.05, 0.5, n_bits) * (2.0 * bits - 1.0)
-            assert not reader.decode(soft).found
-
-
-# -- error correction ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("n_bits", N_BITS)
-def test_corrects_up_to_half_the_parity_in_byte_errors(n_bits):
-    rng = np.random.default_rng(n_bits)
-    codec = PayloadCodec(n_bits, key="k")
-    message = b"scan-0042"[: codec.capacity_bytes]
-    bits = codec.encode(message)
-    for n_errors in range(codec.parity_bytes // 2 + 1):
-        for _ in range(5):
-            where = rng.choice(codec.n_bytes, size=n_errors, replace=False)
-            damaged = corrupt_bytes(bits, where, rng)
-            # Errors the network is sure about: only the code can find them.
-            result = codec.decode(confident(damaged))
-            assert result.found and result.message == message
-            assert result.corrected_bytes == n_errors
-            assert result.bit_errors == int(np.count_nonzero(damaged != bits))
-
-
-@pytest.mark.parametrize("n_bits", N_BITS)
-def test_flagged_errors_up_to_the_full_parity_are_corrected(n_bits):
-    """Bytes the network was unsure about become erasures, which cost half as much as errors."""
-    rng = np.random.default_rng(1000 + n_bits)
-    codec = PayloadCodec(n_bits, key="k")
-    message = b"Q" * codec.capacity_bytes
-    bits = codec.encode(message)
-    for n_flagged in range(codec.parity_bytes + 1):
-        where = rng.choice(codec.n_bytes, size=n_flagged, replace=False)
-        damaged = corrupt_bytes(bits, where, rng)
-        probabilities = confident(damaged)
-        for i in where:
-            probabilities[8 * i : 8 * i + 8] = confident(damaged[8 * i : 8 * i + 8], margin=0.05)
-        result = codec.decode(probabilities)
-        assert result.found and result.message == message, n_flagged
-        assert result.corrected_bytes == n_flagged
-        assert 0.0 < result.confidence < 1.0
-
-
-def test_odd_parity_corrects_flagged_errors():
-    rng = np.random.default_rng(11)
-    codec = PayloadCodec(128, parity_bytes=5)
-    bits = codec.encode(b"odd")
-    for n_flagged in range(6):
-        where = rng.choice(codec.n_bytes, size=n_flagged, replace=False)
-        damaged = corrupt_bytes(bits, where, rng)
-        probabilities = confident(damaged)
-        for i in where:
-            probabilities[8 * i : 8 * i + 8] = confident(damaged[8 * i : 8 * i + 8], margin=0.05)
-        assert codec.decode(probabilities).message == b"odd"
-    # Two confident errors: within the errors-only radius of 5 parity bytes.
-    assert codec.decode(confident(corrupt_bytes(bits, [0, 9], rng))).message == b"odd"
-
-
-def test_mix_of_flagged_and_unflagged_errors():
-    rng = np.random.default_rng(7)
-    codec = PayloadCodec(256)
-    message = b"mixed"
-    bits = codec.encode(message)
-    # 2 confident errors (cost 4) + 6 flagged ones (cost 6) = 10 = parity: correctable.
-    where = rng.choice(codec.n_bytes, size=8, replace=False)
-    damaged = corrupt_bytes(bits, where, rng)
-    probabilities = confident(damaged)
-    for i in where[2:]:
-        probabilities[8 * i : 8 * i + 8] = 0.5 + 0.02 * (2.0 * damaged[8 * i : 8 * i + 8] - 1)
-    result = codec.decode(probabilities)
-    assert result.found and result.message == message and result.corrected_bytes == 8
-
-
-def test_too_many_confident_errors_are_not_found_rather_than_garbled():
-    rng = np.random.default_rng(3)
-    codec = PayloadCodec(256)
-    message = b"too damaged"
-    bits = codec.encode(message)
-    for _ in range(50):
-        where = rng.choice(codec.n_bytes, size=codec.parity_bytes // 2 + 3, replace=False)
-        result = codec.decode(confident(corrupt_bytes(bits, where, rng)))
-        assert not result.found and result.message is None
-
-
 def test_confidence_reflects_bit_certainty():
     codec = PayloadCodec(256)
     bits = codec.encode(b"c")
     assert codec.decode(bits).confidence == 1.0
     assert codec.decode(confident(bits, 0.25)).confidence == pytest.approx(0.5)
     noisy = confident(bits, 0.45)
-    noisy[:8] = 1.0 - noisy[:8]  # one byte confidently wrong
+    noisy[:8] = 1.0 - noisy[:8]  # eight bits confidently wrong
     result = codec.decode(noisy)
     assert result.found and result.bit_errors == 8
-    assert result.confidence == pytest.approx(0.9 * (248 - 8) / 256)
+    assert result.confidence == pytest.approx(0.9 * (256 - 16) / 256)
 
 
-# -- no false positives --------------------------------------------------------------------------
+# -- the channel: raw bit errors, hard and soft --------------------------------------------------
+
+
+@pytest.mark.parametrize("length, rate", [(8, 0.05), (16, 0.02)])
+def test_ids_come_back_through_the_error_rates_the_issue_asks_for(length, rate):
+    """Hard decisions, 300 trials each (issue 12: ≥ 99 %; format 1 managed 0.7 % and 68.7 %)."""
+    rng = np.random.default_rng(length)
+    codec = PayloadCodec(256, key=SECRET)
+    recovered = 0
+    for _ in range(300):
+        message = bytes(rng.integers(0, 256, length, dtype=np.uint8))
+        result = codec.decode(flipped(codec.encode(message), rate, rng).astype(np.float64))
+        recovered += result.found and result.message == message
+    assert recovered >= 297
+
+
+def test_soft_decisions_read_more_than_hard_ones():
+    """Errors the network is unsure of are cheap: 12 % of an 8-byte ID's bits wrong, but weakly."""
+    rng = np.random.default_rng(7)
+    codec = PayloadCodec(256, key=SECRET)
+    hard = soft = 0
+    for _ in range(60):
+        message = bytes(rng.integers(0, 256, 8, dtype=np.uint8))
+        bits = codec.encode(message)
+        wrong = rng.random(256) < 0.12
+        received = bits ^ wrong
+        certainty = np.where(wrong, 0.05, 0.4)  # right bits sure, wrong ones barely so
+        hard += codec.decode(received.astype(np.float64)).message == message
+        soft += codec.decode(0.5 + certainty * (2.0 * received - 1.0)).message == message
+    assert soft >= 58 and hard < soft
+
+
+def test_the_decoder_finds_the_length_class_it_is_not_told():
+    codec = PayloadCodec(256, key=SECRET)
+    for message in (b"", b"abcd", b"abcde", b"twelve bytes", b"sixteen bytes!!!"):
+        assert codec.decode(codec.encode(message)).message == message
+
+
+# -- authenticity -------------------------------------------------------------------------------
+
+
+def test_no_forgery_from_one_known_message():
+    """The v1 attack: raw bits XOR the encodings of a known message and a wanted one (under any
+    other key, the code being public and linear) must not give a valid mark under the secret key."""
+    rng = np.random.default_rng(11)
+    secret = PayloadCodec(256, key=SECRET)
+    accepted = 0
+    for trial in range(200):
+        known, wanted = (bytes(rng.integers(48, 58, 8, dtype=np.uint8)) for _ in range(2))
+        other = PayloadCodec(256, key=f"attacker-{trial}")
+        observed = secret.encode(known)
+        for forged in (observed ^ other.encode(known) ^ other.encode(wanted),
+                       observed ^ PayloadCodec(256).encode(known) ^ PayloadCodec(256).encode(wanted)):
+            result = secret.decode(forged.astype(np.float64))
+            accepted += result.found and result.message != known
+    assert accepted == 0
+
+
+def test_no_forgery_by_xor_of_encodings_under_other_keys():
+    rng = np.random.default_rng(12)
+    secret = PayloadCodec(256, key=SECRET)
+    accepted = 0
+    for trial in range(200):
+        a, b = (PayloadCodec(256, key=f"k{trial}-{i}") for i in range(2))
+        m1, m2 = (bytes(rng.integers(0, 256, 8, dtype=np.uint8)) for _ in range(2))
+        accepted += secret.decode((a.encode(m1) ^ b.encode(m2) ^ a.encode(m2)).astype(np.float64)).found
+    assert accepted == 0
+
+
+def test_flipping_bits_never_gives_another_valid_message():
+    rng = np.random.default_rng(13)
+    codec = PayloadCodec(256, key=SECRET)
+    message = b"ID-00042"
+    bits = codec.encode(message)
+    others = 0
+    for _ in range(400):
+        damaged = bits.copy()
+        damaged[rng.choice(256, size=int(rng.integers(1, 120)), replace=False)] ^= 1
+        result = codec.decode(damaged.astype(np.float64))
+        others += result.found and result.message != message
+    assert others == 0
+
+
+def test_the_wrong_key_reads_nothing():
+    bits = PayloadCodec(256, key=SECRET).encode(b"ID-7")
+    for key in (None, "other", SECRET + " "):
+        assert not PayloadCodec(256, key=key).decode(confident(bits)).found
+
+
+def test_equal_messages_give_equal_marks_and_that_is_all_they_give():
+    """The documented leak: deterministic encryption. Different messages share nothing visible."""
+    codec = PayloadCodec(256, key=SECRET)
+    assert np.array_equal(codec.encode(b"same"), codec.encode(b"same"))
+    differing = np.mean(codec.encode(b"ID-0001") != codec.encode(b"ID-0002"))
+    assert 0.35 < differing < 0.65
+
+
+# -- no false positives ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("n_bits", N_BITS)
@@ -275,39 +218,35 @@ def test_degenerate_inputs_are_not_found(n_bits):
 
 
 def test_random_probabilities_give_no_false_positives():
-    """20 000 unmarked 'images': the bound is 1.4e-9 per decode, so any hit means a bug."""
-    rng = np.random.default_rng(20240601)
+    """3000 unmarked 'images', soft and hard: the bound is 2.9e-11 per decode, so any hit is a bug
+    (benchmarks/payload_coding.py --false-positives runs 3 × 10⁵)."""
+    rng = np.random.default_rng(20261201)
     codec = PayloadCodec(256)
-    # Soft outputs: every erasure attempt is made, the costly and the riskier case.
-    found = sum(codec.decode(rng.random(256)).found for _ in range(12_000))
-    # Hard random bits, as from a decoder that saturates on an unmarked image, at every size.
-    for n_bits in N_BITS:
-        codec = PayloadCodec(n_bits)
-        found += sum(codec.decode(rng.integers(0, 2, n_bits)).found for _ in range(2_000))
+    found = sum(codec.decode(rng.random(256)).found for _ in range(2000))
+    found += sum(codec.decode(rng.integers(0, 2, 256).astype(np.float64)).found for _ in range(1000))
     assert found == 0
 
 
 # -- properties ----------------------------------------------------------------------------------
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(data=st.data(), n_bits=st.sampled_from(N_BITS), key=st.one_of(st.none(), st.text(min_size=1, max_size=20)))
-def test_any_message_up_to_capacity_round_trips_through_byte_errors(data, n_bits, key):
+def test_any_message_up_to_capacity_round_trips_through_a_few_bit_errors(data, n_bits, key):
     codec = PayloadCodec(n_bits, key=key)
     message = data.draw(st.binary(max_size=codec.capacity_bytes), label="message")
-    n_errors = data.draw(st.integers(0, codec.parity_bytes // 2), label="n_errors")
-    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
     bits = codec.encode(message)
-    damaged = corrupt_bytes(bits, rng.choice(codec.n_bytes, size=n_errors, replace=False), rng)
+    damaged = bits.copy()
+    damaged[rng.choice(n_bits, size=data.draw(st.integers(0, 3), label="errors"), replace=False)] ^= 1
     soft = 0.5 + rng.uniform(0.2, 0.5, n_bits) * (2.0 * damaged - 1.0)
-    for observed in (damaged, soft):
+    for observed in (damaged.astype(np.float64), soft):
         result = codec.decode(observed)
-        assert result.found and result.message == message and result.corrected_bytes == n_errors
+        assert result.found and result.message == message
 
 
-@settings(max_examples=100, deadline=None)
-@given(text=st.text(max_size=17))
+@settings(max_examples=60, deadline=None)
+@given(text=st.text(max_size=16))
 def test_any_text_that_fits_round_trips_as_text(text):
     codec = PayloadCodec(256)
     message = text.encode("utf-8")
@@ -322,3 +261,18 @@ def test_bytes_to_text_falls_back_to_hex():
     assert bytes_to_text("Größe".encode()) == "Größe"
     assert bytes_to_text(b"") == ""
     assert bytes_to_text(b"\xff\x00\xab") == "ff00ab"
+
+
+# -- format 1, for marks written before --------------------------------------------------------------
+
+
+def test_format_1_reads_what_it_wrote_and_is_forgeable_which_is_why_it_is_only_read_on_request():
+    legacy = LegacyPayloadCodec(256, key=SECRET, parity_bytes=10)
+    assert legacy.capacity_bytes == 17
+    observed = legacy.encode(b"ID-0001")
+    result = legacy.decode(confident(observed))
+    assert result.found and result.message == b"ID-0001" and result.format == 1 and not result.authenticated
+    other = LegacyPayloadCodec(256, key="anyone", parity_bytes=10)
+    forged = observed ^ other.encode(b"ID-0001") ^ other.encode(b"ID-6666")
+    assert legacy.decode(forged.astype(np.float64)).message == b"ID-6666"  # the attack issue 12 measured
+    assert not PayloadCodec(256, key=SECRET).decode(confident(observed)).found  # v2 does not take it

@@ -64,7 +64,7 @@ def test_training_runs_with_the_crop_and_rotation_layers(tmp_path):
     from watermark_cli.training import train
 
     write_synthetic_dataset(tmp_path / "data", 6, size=128, seed=5)
-    config = config_for_preset("quick", n_bits=64, epochs=1, steps_per_epoch=4, batch_size=4, train_samples=8,
+    config = config_for_preset("quick", n_bits=128, epochs=1, steps_per_epoch=4, batch_size=4, train_samples=8,
                                validation_crops=4, validation_crop=64, attacks=("crop", "rotate"))
     result = train(config, [tmp_path / "data"], tmp_path / "model")
     assert (tmp_path / "model" / "weights.safetensors").exists()

@@ -63,7 +63,7 @@ class AuditLog:
             raise BadInputError(f"{self.path}: cannot append to the audit log ({error.strerror or error})") from None
 
 
-def audit_record(result: dict, payload: bytes, payload_bits: int, codec_parity_bytes: int) -> dict:
+def audit_record(result: dict, payload: bytes, codec) -> dict:
     """The audit line for one `embedding.embed_file` result."""
     from . import __version__
     from .payload import bytes_to_text
@@ -82,8 +82,9 @@ def audit_record(result: dict, payload: bytes, payload_bits: int, codec_parity_b
             "text": bytes_to_text(payload),
             "hex": payload.hex(),
             "bytes": len(payload),
-            "raw_bits": payload_bits,
-            "parity_bytes": codec_parity_bytes,
+            "raw_bits": codec.n_bits,
+            "format": codec.format,
+            "key": result["key"],  # 'default' or 'custom': the key itself is never written
         },
         "model": result["model"],
         "model_weights_sha256": result["model_weights_sha256"],

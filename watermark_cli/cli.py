@@ -33,7 +33,11 @@ stderr = Console(stderr=True)
 _state = {"debug": False}
 
 ModelOption = Annotated[Optional[str], typer.Option("--model", "-m", help="Model folder or shipped model name.")]
-KeyOption = Annotated[Optional[str], typer.Option("--key", help="Secret key for the payload keystream (default: the public default key).")]
+KeyOption = Annotated[Optional[str], typer.Option(
+    "--key", help="Secret key of the payload (visible to other users in `ps`: prefer --key-file or WM_KEY). "
+                  "Default: the public default key, which detects but neither hides nor authenticates.")]
+KeyFileOption = Annotated[Optional[Path], typer.Option(
+    "--key-file", help="File holding the secret key (one trailing newline is dropped).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 PsnrOption = Annotated[float, typer.Option("--psnr-min", help="PSNR floor in dB that every written frame keeps.")]
 
@@ -60,6 +64,32 @@ def _parse_window(window: str | None) -> tuple[float, float] | None:
     if not (math.isfinite(center) and math.isfinite(width)) or width <= 0:
         raise BadInputError("--window needs a finite CENTER and a positive finite WIDTH")
     return center, width
+
+
+def _resolve_key(key: str | None, key_file: Path | None) -> bytes | None:
+    """The payload key from --key, --key-file or the WM_KEY variable (in that order; at most one
+    of the first two), None for the public default key. Errors never show the key."""
+    import os
+
+    if key is not None and key_file is not None:
+        raise BadInputError("give the key once: --key or --key-file, not both")
+    if key_file is not None:
+        try:
+            secret = key_file.read_bytes()
+        except OSError as error:
+            raise BadInputError(f"--key-file {key_file}: cannot read it ({error.strerror or 'unreadable'})") from None
+        secret = secret[:-1] if secret.endswith(b"\n") else secret
+        secret = secret[:-1] if secret.endswith(b"\r") else secret
+        if not secret:
+            raise BadInputError(f"--key-file {key_file} is empty")
+        return secret
+    if key is not None:
+        return key.encode("utf-8")
+    if "WM_KEY" in os.environ:
+        if not os.environ["WM_KEY"]:
+            raise BadInputError("WM_KEY is set but empty; unset it for the public default key")
+        return os.environ["WM_KEY"].encode("utf-8")
+    return None
 
 
 def _message_bytes(message: str, hex_message: bool) -> bytes:
@@ -136,6 +166,7 @@ def embed(
     window: WindowOption = None,
     max_abs_error: Annotated[Optional[float], typer.Option("--max-abs-error", help="Per-pixel bound in stored units.")] = None,
     key: KeyOption = None,
+    key_file: KeyFileOption = None,
     hex_message: Annotated[bool, typer.Option("--hex", help="MESSAGE is hexadecimal bytes.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (a folder re-run skips them otherwise).")] = False,
     allow_unverified: Annotated[bool, typer.Option("--allow-unverified", help="Write even if the payload does not read back.")] = False,
@@ -160,11 +191,12 @@ def embed(
         raise BadInputError("--workers must be between 1 and 256")
     if not input.exists():
         raise BadInputError(f"no such file or folder: {input}")
+    secret = _resolve_key(key, key_file)
     loaded = _load_model(model)
     from .watermarking import codec_for
 
-    codec = codec_for(loaded, key)
-    codec.encode(payload)  # a too-long message fails here, before any file is touched
+    codec = codec_for(loaded, secret)
+    codec.encode(payload)  # a too-long or empty message fails here, before any file is touched
 
     not_images: list[Path] = []
     existing: list[tuple[Path, Path]] = []
@@ -190,7 +222,7 @@ def embed(
 
     settings = EmbedSettings(payload=payload, floor=floor, window_override=window_override, overwrite=overwrite,
                              allow_unverified=allow_unverified, compression=compress, fill_budget=fill_budget,
-                             model=model, key=key)
+                             model=model, key=secret)
     failures: list = []
     results: list[dict] = []
     with _progress(len(jobs) > 1 and not json_output) as progress, GracefulStop() as stop:
@@ -198,7 +230,7 @@ def embed(
         for outcome in embed_files(jobs, settings, loaded, codec, workers, stop_requested=stop.requested):
             if outcome.result is not None:
                 results.append(outcome.result)
-                audit_log.append(audit_record(outcome.result, payload, codec.n_bits, codec.parity_bytes))
+                audit_log.append(audit_record(outcome.result, payload, codec))
                 _warn_below_floor(outcome.result)
                 if json_output:
                     _emit_json(outcome.result)
@@ -337,25 +369,38 @@ def extract(
     input: Annotated[Path, typer.Argument(help="Image file (DICOM, PNG, TIFF, JPEG) or folder.")],
     model: ModelOption = None,
     key: KeyOption = None,
+    key_file: KeyFileOption = None,
+    accept_format_1: Annotated[bool, typer.Option(
+        "--accept-format-1", help="Also accept marks in the payload format wm wrote before v2: "
+                                  "unauthenticated, so anyone could have forged them.")] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Read the hidden message. Exit 0: found; 1: no valid watermark; 2: bad input."""
     from .image_io import iter_image_files, read_image
-    from .payload import bytes_to_text
-    from .watermarking import codec_for, extract_payload
+    from .payload import bytes_to_text, key_kind
+    from .watermarking import codec_for, extract_payload, legacy_codec_for
 
     if not input.exists():
         raise BadInputError(f"no such file or folder: {input}")
     files = iter_image_files(input) if input.is_dir() else [input]
     if not files:
         raise BadInputError(f"no image files in {input}")
+    secret = _resolve_key(key, key_file)
     loaded = _load_model(model)
-    codec = codec_for(loaded, key)
+    codec = codec_for(loaded, secret)
+    legacy = legacy_codec_for(loaded, secret)
+    kind = key_kind(secret)
     missing = 0
     bad = 0
     for path in files:
         try:
-            decoded = extract_payload(loaded, codec, read_image(path))
+            image = read_image(path)
+            decoded = extract_payload(loaded, codec, image)
+            old_mark = None
+            if not decoded.found and legacy is not None:
+                old_mark = extract_payload(loaded, legacy, image, full_search=accept_format_1)
+                if accept_format_1 and old_mark.found:
+                    decoded, old_mark = old_mark, None
         except WmError as error:
             if len(files) == 1:
                 raise
@@ -366,14 +411,25 @@ def extract(
             continue
         text = bytes_to_text(decoded.message) if decoded.found else None
         missing += int(not decoded.found)
+        hint = old_mark is not None and old_mark.found
         if json_output:
             _emit_json({"input": str(path), "found": decoded.found, "message": text,
-                        "confidence": round(decoded.confidence, 4), "corrected_bytes": decoded.corrected_bytes})
+                        "confidence": round(decoded.confidence, 4), "bit_errors": decoded.bit_errors,
+                        "format": decoded.format if decoded.found else None,
+                        "authenticated": decoded.authenticated and kind == "custom", "key": kind,
+                        **({"format_1_mark": True} if hint else {})})
         elif len(files) == 1:
             if decoded.found:
                 sys.stdout.write(text + "\n")
+                if decoded.format == 1:
+                    stderr.print("[yellow]warning:[/] a format-1 mark: unauthenticated, anyone could have written it",
+                                 highlight=False)
         else:
-            stdout.print(f"{path}: " + (text if decoded.found else "[yellow]no watermark[/]"), highlight=False)
+            stdout.print(f"{path}: " + (text + (" (format 1, unauthenticated)" if decoded.format == 1 else "")
+                                        if decoded.found else "[yellow]no watermark[/]"), highlight=False)
+        if hint:
+            stderr.print(f"{path}: holds a mark in the old payload format 1 (unauthenticated); read it with "
+                         "--accept-format-1", highlight=False, soft_wrap=True)
     if bad:
         raise BadInputError(f"{bad} of {len(files)} file(s) could not be read")
     if missing:
@@ -504,6 +560,7 @@ def evaluate(
     attacks: Annotated[str, typer.Option("--attacks", help="default | none | NAME[:STRENGTH],...")] = "default",
     messages: Annotated[int, typer.Option("--messages", help="Fixed messages per image.")] = 3,
     key: KeyOption = None,
+    key_file: KeyFileOption = None,
     report: Annotated[Path, typer.Option("--report", help="Report folder.")] = Path("wm_report"),
     classifier: Annotated[Optional[Path], typer.Option("--classifier", help="Folder of a classifier from `wm classifier train`: the diagnostic check.")] = None,
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels for the check: CSV path,label (paths relative to the CSV) or a folder of class subfolders.")] = None,
@@ -532,7 +589,8 @@ def evaluate(
 
         check = ClassifierCheck(load_classifier(classifier), read_labels(labels), margin, seed)
     loaded = _load_model(model)
-    options = EvaluationOptions(floor=floor, attacks=attack_list, messages=messages, key=key, seed=seed,
+    options = EvaluationOptions(floor=floor, attacks=attack_list, messages=messages, key=_resolve_key(key, key_file),
+                                seed=seed,
                                 window=_parse_window(window))
     with _progress(not json_output) as progress:
         task = progress.add_task("evaluating", total=n_files) if progress else None

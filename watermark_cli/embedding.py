@@ -33,7 +33,10 @@ class EmbedSettings:
     compression: str = "none"
     fill_budget: bool = True
     model: str | None = None
-    key: str | None = None
+    key: str | bytes | None = None  # never printed: results and audit lines say 'default' or 'custom'
+
+    def __repr__(self) -> str:  # a stray log line or traceback must not show the key
+        return f"EmbedSettings(payload={len(self.payload)} bytes, floor={self.floor}, model={self.model!r}, key=...)"
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
     from . import __version__
     from .image_io import check_writable, read_image, write_image
     from .model_store import file_sha256
+    from .payload import key_kind
     from .quality import image_quality, meets_floor
     from .watermarking import embed_pixels, extract_payload
 
@@ -121,7 +125,9 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
         "frame_psnr": [_finite(q.psnr) for q in qualities],
         "guard_scale": round(min(f.scale for f in outcome.frames), 4),
         "payload_bits": codec.n_bits,
+        "payload_format": codec.format,
         "message_bytes": len(settings.payload),
+        "key": key_kind(settings.key),  # 'default' or 'custom', never the key
         "verified": verified,
         "confidence": round(decoded.confidence, 4),
         "model": loaded.name,

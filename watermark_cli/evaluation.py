@@ -25,9 +25,9 @@ from .datasets import collect_image_files
 from .errors import BadInputError, WmError
 from .image_io import MedicalImage, read_image
 from .model_store import LoadedModel
-from .payload import PayloadCodec
+from .payload import key_kind
 from .quality import QualityFloor, image_quality
-from .watermarking import embed_pixels, image_false_positive_bound, read_frames
+from .watermarking import codec_for, embed_pixels, image_false_positive_bound, read_frames
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def evaluate_images(
     """The figures for in-memory images: (summary, one row per image × message × attack, frame
     PSNRs in their binding views), plus, `with_examples`, a few `Example`s for the report (the
     middle frame of the first images, original and marked, in that frame's binding view)."""
-    codec = PayloadCodec(model.n_bits, key=options.key, parity_bytes=model.parity_bytes)
+    codec = codec_for(model, options.key)
     length = options.message_bytes if options.message_bytes is not None else codec.capacity_bytes
     if not 1 <= length <= codec.capacity_bytes:
         raise BadInputError(f"evaluation messages of {length} bytes do not fit this model "
@@ -249,6 +249,7 @@ def _summarise(rows, frame_psnrs, embeddings, options, model, guard_acted, false
         "n_frames_marked": len(frame_psnrs),
         "messages_per_image": len(messages),
         "message_bytes": len(messages[0]),
+        "key": key_kind(options.key),  # 'default' or 'custom', never the key
         "psnr_min_floor": options.floor.psnr_min,
         "psnr_domain": options.floor.domain,
         # Which kind of view bound the marked images (worst frame each), over images × messages.
@@ -270,8 +271,7 @@ def _summarise(rows, frame_psnrs, embeddings, options, model, guard_acted, false
             "n_clean": clean_tries,
             "false_positive_rate": false_positives / clean_tries if clean_tries else None,
             "false_positive_rate_upper_95": rule_of_three_upper_bound(false_positives, clean_tries),
-            "false_positive_bound_per_image": image_false_positive_bound(
-                PayloadCodec(model.n_bits, key=options.key, parity_bytes=model.parity_bytes)),
+            "false_positive_bound_per_image": image_false_positive_bound(codec_for(model, options.key)),
         },
         "skipped": skipped,
     }

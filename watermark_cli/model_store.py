@@ -61,8 +61,17 @@ class LoadedModel:
         return str(self.card.get("name", self.path.name))
 
     @property
-    def parity_bytes(self) -> int:
-        return int(self.card["payload"]["parity_bytes"])
+    def payload_format(self) -> int:
+        """The payload layout the card declares: 2 (authenticated, `payload.PayloadCodec`), or 1
+        for cards written before it (`payload.LegacyPayloadCodec`)."""
+        return int(self.card["payload"].get("format", 1))
+
+    @property
+    def legacy_parity_bytes(self) -> int | None:
+        """Format 1's Reed-Solomon parity of marks this model wrote before payload v2, if any."""
+        payload = self.card["payload"]
+        legacy = payload.get("format_1") or (payload if self.payload_format == 1 else None)
+        return int(legacy["parity_bytes"]) if legacy else None
 
     @property
     def n_bits(self) -> int:
@@ -107,9 +116,10 @@ def read_card(folder: Path) -> dict:
     card = read_yaml_card(folder / CARD_FILE, "model card")
     if not isinstance(card.get("architecture"), dict) or not isinstance(card.get("payload"), dict):
         raise BadInputError(f"model card {folder / CARD_FILE} lacks its architecture or payload block")
-    missing = [key for block, key in (("architecture", "n_bits"), ("payload", "parity_bytes"),
-                                      ("payload", "raw_bits"), ("payload", "capacity_bytes"))
-               if key not in card[block]]
+    needed = [("architecture", "n_bits"), ("payload", "raw_bits"), ("payload", "capacity_bytes")]
+    if int(card["payload"].get("format", 1)) == 1:
+        needed.append(("payload", "parity_bytes"))
+    missing = [key for block, key in needed if key not in card[block]]
     if missing:
         raise BadInputError(f"model card {folder / CARD_FILE} lacks {', '.join(missing)}")
     return card

@@ -1,43 +1,57 @@
 """Payload codec: message bytes <-> the raw bits a watermarking network carries (design §5).
 
-Layout, for a model that carries ``n_bits`` raw bits (``n_bytes = n_bits // 8``)::
+Format 2 (this module's `PayloadCodec`), for a model that carries ``n_bits`` raw bits:
 
-    frame    = [length: 1 byte][message][zero padding][CRC-32 of everything before it, 4 bytes]
-    codeword = Reed-Solomon over GF(256) (reedsolo), frame + ``parity_bytes`` parity bytes
-    raw bits = codeword bits, most significant bit first, XOR keystream(key)
+    plaintext  = [length within its class][message][zero padding to the class's capacity]
+    tag        = HMAC-SHA256(K_tag, "wm-payload-v2" || n_bits || class || plaintext)[:40 bits]
+    ciphertext = plaintext XOR HMAC-SHA256-CTR(K_enc, tag)
+    frame      = tag || ciphertext                       (k bits; k depends on the class)
+    raw bits   = polar_code_k(frame), punctured to n_bits, XOR pad(K_pad)
 
-so ``capacity_bytes = n_bytes - parity_bytes - 1 - 4``. The frame is padded so that every
-message, short or long, fills the whole codeword; the decoder then knows the codeword length
-without being told the message length.
+where K_tag, K_enc and K_pad are derived from the key by HMAC-SHA256 with distinct labels.
 
-Why each layer is there:
+**Authenticated encryption, deterministic (SIV).** The tag is a PRF of the whole plaintext and
+serves as the IV of the encryption, the synthetic-IV construction of Rogaway and Shrimpton
+(deterministic authenticated encryption), built here from HMAC-SHA256 alone (hashlib/hmac, no
+home-made primitive). Decoding accepts a frame only if the tag recomputed from the decrypted
+plaintext matches. So:
+- without the key, a valid frame for any message is a 40-bit guess: forgery succeeds with
+  probability 2^-40 per try;
+- knowing one marked image and its message (an audit ID printed in a report) gives one
+  (plaintext, tag, keystream block) triple: the keystream is a PRF of the tag, so it is never
+  reused for another message, and no other message's tag follows from it;
+- flipping bits never yields another valid message: any change to the ciphertext changes the
+  decrypted plaintext and with it the tag it must match; any change to the tag changes the
+  keystream. XOR-ing encodings (the channel code is linear) gives a codeword whose frame fails
+  the tag like any other;
+- the keyed pad over the coded bits hides which length class a mark uses and makes even the
+  all-zero codeword of the linear code look random; with a secret key a mark looks like noise.
+What it leaks: **equal messages under one key give equal marks** (deterministic encryption; a
+random ID per image avoids it), and with the public default key everything is public.
 
-- Reed-Solomon corrects whole bytes, which suits a network whose bit errors come in clusters
-  (one damaged region of the image spoils neighbouring carriers). Errors-only decoding repairs up
-  to ``parity_bytes // 2`` wrong bytes; if it fails, the bytes the network was least sure about
-  are declared erasures and up to ``parity_bytes`` of them can be repaired.
-- The CRC-32 is the accept/reject test. Wrong key, unmarked image or a destroyed mark make the
-  CRC fail, and the decoder answers "not found" rather than a garbled message.
-- The keystream (HMAC-SHA256 in counter mode) whitens the codeword, so that structured inputs
-  (an all-black image, a network stuck at 0 or 1) look random to the decoder, and binds the mark
-  to a key: without the key the payload cannot be read or forged.
+**Coding for the channel.** The network's raw bits err independently, with a confidence each;
+whole-byte codes (the Reed-Solomon of format 1) waste that. Messages are grouped into up to four
+length classes (for 256 raw bits: 0-4, 5-8, 9-12 and 13-16 bytes) and each class has its own polar
+code (`polar.py`) over the same raw bits, so a short message gets a low-rate code: unused
+capacity is protection. The decoder does not know the class: it tries each (shortest first) with
+successive-cancellation list decoding on the network's log-likelihood ratios (soft decisions),
+and the tag picks the right candidate. A message always uses the smallest class it fits, so each
+message has exactly one encoding.
+
+**False positives, derived.** On an input that holds no payload for this key (unmarked image,
+wrong key, noise), one decode examines at most `LIST_SIZE` candidates per class, each accepted
+only if its 40-bit tag matches: for a candidate not made with the key, the recomputed tag is a
+PRF output independent of the received one, so each passes with probability 2^-40. The union
+bound gives at most ``classes × LIST_SIZE × 2^-40`` per decode (4 × 8 × 2^-40 = 2.9e-11 for 256
+bits), and per image `watermarking.DECODES_PER_IMAGE` (24) decodes: 7.0e-10, under the 1e-8 of
+design §5. (With the public default key anyone can forge a valid payload on purpose.)
+
+**Format 1** (`LegacyPayloadCodec`: CRC-32 and Reed-Solomon under a key-only XOR keystream) is
+what wm wrote before; it is malleable and forgeable (see its docstring) and is read only when
+asked (`wm extract --accept-format-1`), reported as unauthenticated.
 
 Default key: when no key is given, ``DEFAULT_KEY`` is used. It is public (it is written here), so
-it gives **no secrecy**: anyone with ``wm`` can read and forge such a mark. It still gives the
-integrity check (CRC) and the whitening. Use your own key for anything that needs secrecy.
-
-False positives: see ``PayloadCodec.false_positive_bound``. On an input that holds no payload
-for this key (unmarked image, wrong key, noise), each decoding attempt yields at most one
-candidate frame, and the keystream makes that frame look random, so it passes the CRC-32 with
-probability about 2^-32. One decode makes at most ``parity_bytes // 2 + 1`` attempts: errors
-only, then 2, 4, ..., parity_bytes erasures (odd counts add nothing, see
-``PayloadCodec._erasure_counts``; hard 0/1 bits get the errors-only attempt alone). By the
-union bound the probability of reporting a payload that is not there is at most
-``(parity_bytes // 2 + 1) * 2^-32`` per decode: 6 * 2^-32 = 1.4e-9 for 256 bits with 10
-parity bytes, 11 * 2^-32 = 2.6e-9 for 512 bits with 20; far under the 1e-6 per image target
-of design §6. The length and zero-padding checks only lower it further. (The bound assumes the
-key is not known to whoever made the input; with the public default key anyone can forge a
-valid payload on purpose.)
+it gives **no secrecy and no authenticity**: it detects and checks integrity, nothing more.
 
 Never put patient identifiers in a payload: embed a random ID or a hash that points to an audit
 record kept elsewhere.
@@ -47,6 +61,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import zlib
 from dataclasses import dataclass
 
@@ -54,29 +69,19 @@ import numpy as np
 import reedsolo
 
 from watermark_cli.errors import BadInputError, MessageTooLongError
+from watermark_cli.polar import PolarCode
 
+FORMAT = 2
 DEFAULT_KEY = "wm-default-key"
-"""Public key used when none is given: integrity check only, no secrecy (see module docstring)."""
+"""Public key used when none is given: no secrecy, no authenticity (see module docstring)."""
 
-_KEYSTREAM_DOMAIN = b"wm-keystream-v1"
-_LENGTH_BYTES = 1
-_CRC_BYTES = 4
-_MAX_CODEWORD_BYTES = 255  # a Reed-Solomon codeword over GF(256) holds at most 255 symbols
-
-
-def default_parity_bytes(n_bits: int) -> int:
-    """Parity bytes for a model carrying ``n_bits``: about 30 % of the bytes, rounded to even.
-
-    30 % lets the decoder repair about 15 % wrong bytes blindly (30 % when the network flags
-    them as uncertain) while leaving most of the bytes for the message. An even count uses the
-    errors-only radius fully. Small payloads get less, so that the frame still fits.
-    For 256 bits: 10 parity bytes, 17 message bytes.
-    """
-    n_bytes = n_bits // 8
-    parity = 2 * int(0.15 * n_bytes + 0.5)
-    room = n_bytes - _LENGTH_BYTES - _CRC_BYTES  # what is left once the frame overhead is paid
-    parity = min(parity, room - room % 2)
-    return max(parity, 0)
+TAG_BITS = 40
+LIST_SIZE = 8
+# The largest class keeps at least this share of the raw bits as redundancy.
+_LARGEST_RATE = 0.70
+_CLASSES = 4
+_LABEL = b"wm-payload-v2"
+_LARGEST_MESSAGE = 255
 
 
 def _key_bytes(key: str | bytes | None) -> bytes:
@@ -89,18 +94,28 @@ def _key_bytes(key: str | bytes | None) -> bytes:
     if len(key) == 0:
         # An empty key is nearly always an unset variable (--key "$WM_KEY"); refuse it rather than
         # silently marking with a key the user did not mean.
-        raise BadInputError("the key is empty; give a non-empty --key, or none for the default key")
+        raise BadInputError("the key is empty; give a non-empty key, or none for the public default key")
     return bytes(key)
 
 
-def keystream(key: str | bytes | None, n_bytes: int) -> bytes:
-    """``n_bytes`` of keystream: HMAC-SHA256(key, domain || counter), counter = 0, 1, 2, ..."""
-    secret = _key_bytes(key)
-    blocks = []
-    for counter in range((n_bytes + 31) // 32):
-        msg = _KEYSTREAM_DOMAIN + counter.to_bytes(4, "big")
-        blocks.append(hmac.new(secret, msg, hashlib.sha256).digest())
+def key_kind(key: str | bytes | None) -> str:
+    """'default' for the public default key, else 'custom' (what JSON and audit lines show)."""
+    return "default" if key is None or _key_bytes(key) == DEFAULT_KEY.encode("utf-8") else "custom"
+
+
+def _stream(secret: bytes, label: bytes, n_bytes: int) -> bytes:
+    """``n_bytes`` of HMAC-SHA256(secret, label || counter), counter = 0, 1, 2, ..."""
+    blocks = [hmac.new(secret, label + counter.to_bytes(4, "big"), hashlib.sha256).digest()
+              for counter in range((n_bytes + 31) // 32)]
     return b"".join(blocks)[:n_bytes]
+
+
+def _bits(data: bytes, count: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:count]
+
+
+def _bytes(bits: np.ndarray) -> bytes:
+    return np.packbits(bits.astype(np.uint8)).tobytes()
 
 
 @dataclass
@@ -108,97 +123,140 @@ class DecodedPayload:
     """What a decode found.
 
     confidence: how strongly the network's outputs agree with the payload that was found, in
-    [0, 1]. It is the mean over raw bits of ``2 q - 1`` (clipped at 0), where ``q`` is the
-    probability the network gave to the bit value of the re-encoded codeword. 1.0 means every bit
-    certain and right; values near 0 mean the payload was recovered mainly by the error
-    correction. It is 0.0 when nothing was found.
+    [0, 1]: the mean over raw bits of ``2 q - 1`` (clipped at 0), where ``q`` is the probability
+    the network gave to the bit value of the re-encoded mark. 1.0 means every bit certain and
+    right; values near 0 mean the payload was recovered mainly by the error correction. 0.0 when
+    nothing was found. bit_errors: raw bits the decoder read wrong (hard decisions).
+    format: 2, or 1 for a legacy mark (never authenticated: anyone can forge one).
     """
 
     found: bool
     message: bytes | None
     confidence: float
-    corrected_bytes: int
     bit_errors: int | None
+    format: int = FORMAT
+
+    @property
+    def authenticated(self) -> bool:
+        return self.found and self.format >= 2
 
     @classmethod
     def not_found(cls) -> "DecodedPayload":
-        return cls(found=False, message=None, confidence=0.0, corrected_bytes=-1, bit_errors=None)
+        return cls(found=False, message=None, confidence=0.0, bit_errors=None)
+
+
+@dataclass(frozen=True)
+class LengthClass:
+    """Messages of `shortest`..`capacity` bytes, with their own polar code."""
+
+    shortest: int
+    capacity: int
+    length_bits: int  # the length within the class, lengths shortest..capacity
+    code: PolarCode
+
+    @property
+    def plaintext_bits(self) -> int:
+        return self.length_bits + 8 * self.capacity
+
+
+def length_classes(n_bits: int) -> tuple[LengthClass, ...]:
+    """Up to four classes splitting 0..capacity evenly (256 bits: 0-4, 5-8, 9-12, 13-16 bytes)."""
+    capacity = min(int(_LARGEST_RATE * n_bits) // 8 - TAG_BITS // 8 - 1, _LARGEST_MESSAGE)
+    if capacity < 1:
+        smallest = math.ceil(8 * (TAG_BITS // 8 + 2) / _LARGEST_RATE)
+        raise BadInputError(f"a payload of {n_bits} raw bits cannot hold an authenticated message "
+                            f"(a {TAG_BITS}-bit tag, a length and at least one byte need {smallest} raw bits)")
+    tops = sorted({math.ceil(capacity * step / _CLASSES) for step in range(1, _CLASSES + 1)})
+    n_code = 1 << max(1, (n_bits - 1).bit_length())
+    punctured = _punctured_positions(n_code, n_code - n_bits)
+    classes = []
+    shortest = 0  # an empty message says only "marked here"
+    for top in tops:
+        length_bits = max(0, (top - shortest).bit_length())
+        k = TAG_BITS + length_bits + 8 * top
+        classes.append(LengthClass(shortest, top, length_bits, PolarCode(n_code, k, punctured=punctured)))
+        shortest = top + 1
+    return tuple(classes)
+
+
+def _punctured_positions(n_code: int, count: int) -> tuple[int, ...]:
+    """Code bits not sent when the model carries fewer bits than the code's power-of-two length:
+    the first `count` in bit-reversed order (quasi-uniform puncturing), which the code's
+    construction then treats as erased."""
+    width = max(1, (n_code - 1).bit_length())
+    reversed_order = sorted(range(n_code), key=lambda i: int(format(i, f"0{width}b")[::-1], 2))
+    return tuple(sorted(reversed_order[:count]))
 
 
 class PayloadCodec:
-    """Turns messages into a model's raw bits and back (see the module docstring for the layout).
+    """Turns messages into a model's raw bits and back (format 2; see the module docstring).
 
-    ``n_bits``: raw bits the model carries (a multiple of 8, at most 2040).
-    ``key``: text or bytes; None uses the public ``DEFAULT_KEY`` (no secrecy).
-    ``parity_bytes``: Reed-Solomon parity bytes; None uses ``default_parity_bytes(n_bits)``.
+    ``n_bits``: raw bits the model carries (at least about 100). ``key``: text or bytes; None uses
+    the public ``DEFAULT_KEY`` (no secrecy, no authenticity).
     """
 
-    def __init__(self, n_bits: int, key: str | bytes | None = None, parity_bytes: int | None = None):
-        if not isinstance(n_bits, (int, np.integer)) or n_bits <= 0 or n_bits % 8:
-            raise BadInputError(f"payload size must be a positive multiple of 8 bits, got {n_bits}")
-        n_bits = int(n_bits)
-        n_bytes = n_bits // 8
-        if n_bytes > _MAX_CODEWORD_BYTES:
-            raise BadInputError(
-                f"payload of {n_bits} bits is too large; at most {8 * _MAX_CODEWORD_BYTES} bits are supported"
-            )
-        if parity_bytes is None:
-            parity_bytes = default_parity_bytes(n_bits)
-        parity_bytes = int(parity_bytes)
-        capacity = n_bytes - parity_bytes - _LENGTH_BYTES - _CRC_BYTES
-        if parity_bytes < 0 or capacity < 0:
-            raise BadInputError(
-                f"{n_bits} bits cannot hold the {_LENGTH_BYTES + _CRC_BYTES}-byte frame overhead "
-                f"plus {parity_bytes} parity bytes"
-            )
-        self.n_bits = n_bits
-        self.n_bytes = n_bytes
-        self.parity_bytes = parity_bytes
-        self.capacity_bytes = min(capacity, 255)  # the length byte counts to 255
-        self._frame_bytes = n_bytes - parity_bytes
-        self._keystream = np.frombuffer(keystream(key, n_bytes), dtype=np.uint8)
-        self._rs = reedsolo.RSCodec(parity_bytes) if parity_bytes > 0 else None
+    format = FORMAT
+
+    def __init__(self, n_bits: int, key: str | bytes | None = None):
+        if not isinstance(n_bits, (int, np.integer)) or n_bits <= 0:
+            raise BadInputError(f"payload size must be a positive number of bits, got {n_bits}")
+        self.n_bits = int(n_bits)
+        self.classes = length_classes(self.n_bits)
+        self.capacity_bytes = self.classes[-1].capacity
+        secret = _key_bytes(key)
+        self._tag_key = hmac.new(secret, _LABEL + b" tag", hashlib.sha256).digest()
+        self._encryption_key = hmac.new(secret, _LABEL + b" encryption", hashlib.sha256).digest()
+        pad_key = hmac.new(secret, _LABEL + b" pad", hashlib.sha256).digest()
+        self._pad = _bits(_stream(pad_key, b"", (self.n_bits + 7) // 8), self.n_bits)
+        code = self.classes[0].code
+        self._sent = np.setdiff1d(np.arange(code.n), np.asarray(code.punctured, dtype=np.int64))
 
     def __repr__(self) -> str:
-        return (
-            f"PayloadCodec(n_bits={self.n_bits}, parity_bytes={self.parity_bytes}, "
-            f"capacity_bytes={self.capacity_bytes})"
-        )
-
-    def _erasure_counts(self) -> range:
-        """Erasure counts worth trying, in order: those with the parity of ``parity_bytes``.
-
-        A decode with ``e`` erasures and ``t`` other errors succeeds when ``2 t + e <= parity``.
-        If that holds with ``e`` of the other parity, it holds with one margin to spare, so one more
-        erasure (which removes an error or costs one) still succeeds: those counts add nothing.
-        For an even parity count this means errors only, then 2, 4, ..., parity erasures.
-        """
-        return range(self.parity_bytes % 2, self.parity_bytes + 1, 2)
+        return (f"PayloadCodec(n_bits={self.n_bits}, format={FORMAT}, capacity_bytes={self.capacity_bytes}, "
+                f"classes={[c.capacity for c in self.classes]})")
 
     @property
     def max_decode_attempts(self) -> int:
-        """Candidate codewords one decode may test against the CRC (``parity_bytes // 2 + 1``)."""
-        return len(self._erasure_counts())
+        """Candidate frames one decode may test against the tag."""
+        return len(self.classes) * LIST_SIZE
 
     @property
     def false_positive_bound(self) -> float:
-        """Upper bound on P(found=True) for one decode of an input that holds no payload for this key.
+        """Upper bound on P(found=True) for one decode of an input that holds no payload for this
+        key: a union bound over the candidates, each passing the 40-bit tag with 2^-40."""
+        return self.max_decode_attempts * 2.0**-TAG_BITS
 
-        Union bound over the decoding attempts, each accepted by the CRC-32 with probability
-        2^-32 (the keystream makes every candidate codeword look random to the CRC).
-        """
-        return self.max_decode_attempts * 2.0**-32
+    def describe(self) -> dict:
+        """The layout, for model cards and `wm models`."""
+        return {"format": FORMAT, "raw_bits": self.n_bits, "capacity_bytes": self.capacity_bytes,
+                "layout": f"SIV frame ({TAG_BITS}-bit HMAC-SHA256 tag + length + message, encrypted under the tag), "
+                          "polar code per length class, keyed pad",
+                "length_classes": [[c.shortest, c.capacity] for c in self.classes],
+                "code_rates": [round(c.code.k / self.n_bits, 3) for c in self.classes]}
 
     # -- encoding --------------------------------------------------------------------------
 
-    def _frame(self, message: bytes) -> bytes:
-        padding = bytes(self._frame_bytes - _LENGTH_BYTES - len(message) - _CRC_BYTES)
-        body = bytes([len(message)]) + message + padding
-        return body + zlib.crc32(body).to_bytes(_CRC_BYTES, "big")
+    def _class_for(self, length: int) -> LengthClass:
+        return next(c for c in self.classes if length <= c.capacity)
 
-    def _codeword(self, frame: bytes) -> np.ndarray:
-        coded = bytes(self._rs.encode(frame)) if self._rs is not None else frame
-        return np.frombuffer(coded, dtype=np.uint8)
+    def _tag(self, cls: LengthClass, plaintext: np.ndarray) -> np.ndarray:
+        header = _LABEL + self.n_bits.to_bytes(4, "big") + cls.capacity.to_bytes(2, "big")
+        # The bit count goes in too, so that plaintexts of different bit lengths never collide.
+        digest = hmac.new(self._tag_key, header + len(plaintext).to_bytes(2, "big") + _bytes(plaintext),
+                          hashlib.sha256).digest()
+        return _bits(digest, TAG_BITS)
+
+    def _keystream(self, tag: np.ndarray, count: int) -> np.ndarray:
+        return _bits(_stream(self._encryption_key, _bytes(tag), (count + 7) // 8), count)
+
+    def _frame(self, message: bytes) -> tuple[LengthClass, np.ndarray]:
+        cls = self._class_for(len(message))
+        length = np.array([(len(message) - cls.shortest) >> i & 1 for i in reversed(range(cls.length_bits))],
+                          dtype=np.uint8)
+        body = _bits(message + bytes(cls.capacity - len(message)), 8 * cls.capacity)
+        plaintext = np.concatenate([length, body])
+        tag = self._tag(cls, plaintext)
+        return cls, np.concatenate([tag, plaintext ^ self._keystream(tag, len(plaintext))])
 
     def encode(self, message: bytes) -> np.ndarray:
         """The ``(n_bits,)`` uint8 array of 0/1 that the network should embed for ``message``."""
@@ -209,54 +267,29 @@ class PayloadCodec:
             raise MessageTooLongError(
                 f"message is {len(message)} bytes; this model carries at most {self.capacity_bytes} bytes"
             )
-        codeword = self._codeword(self._frame(message))
-        return np.unpackbits(codeword ^ self._keystream)
+        cls, frame = self._frame(message)
+        return cls.code.encode(frame)[self._sent] ^ self._pad
 
     # -- decoding --------------------------------------------------------------------------
 
-    def _unframe(self, frame: bytes) -> bytes | None:
-        """The message if the frame is valid (CRC, length, zero padding), else None."""
-        body, crc = frame[:-_CRC_BYTES], frame[-_CRC_BYTES:]
-        if zlib.crc32(body).to_bytes(_CRC_BYTES, "big") != crc:
+    def _unframe(self, cls: LengthClass, frame: np.ndarray) -> bytes | None:
+        """The message if `frame` is a valid frame of class `cls` under this key, else None."""
+        tag, ciphertext = frame[:TAG_BITS], frame[TAG_BITS:]
+        plaintext = ciphertext ^ self._keystream(tag, len(ciphertext))
+        if not hmac.compare_digest(_bytes(self._tag(cls, plaintext)), _bytes(tag)):
             return None
-        length = body[0]
-        if length > self.capacity_bytes:
+        length = cls.shortest + int("".join(map(str, plaintext[: cls.length_bits])) or "0", 2)
+        body = _bytes(plaintext[cls.length_bits :])
+        if length > cls.capacity or any(body[length:]):
             return None
-        if any(body[_LENGTH_BYTES + length :]):
-            return None
-        return bytes(body[_LENGTH_BYTES : _LENGTH_BYTES + length])
-
-    def _attempt(self, received: np.ndarray, erasures: list[int]) -> tuple[bytes, np.ndarray] | None:
-        """One bounded-distance decode: (message, codeword) if it yields a valid frame, else None."""
-        if self._rs is None:
-            frame = received.tobytes()
-        else:
-            try:
-                frame = bytes(self._rs.decode(bytearray(received.tobytes()), erase_pos=erasures or None)[0])
-            except (reedsolo.ReedSolomonError, ZeroDivisionError, IndexError, ValueError):
-                # Beyond the code's radius reedsolo says so with ReedSolomonError; the others guard
-                # against its internals tripping on garbage input. Either way: no candidate.
-                return None
-        message = self._unframe(frame)
-        if message is None:
-            return None
-        codeword = self._codeword(frame)
-        # Accept only corrections within the code's guaranteed radius (2 errors + erasures <= parity),
-        # so that the number of candidates, and with it the false-positive bound, stays as stated.
-        wrong = codeword != received
-        wrong[erasures] = False
-        if 2 * int(wrong.sum()) + len(erasures) > self.parity_bytes:
-            return None
-        return message, codeword
+        return body[:length]
 
     def decode(self, bit_probabilities: np.ndarray) -> DecodedPayload:
         """Recover the message from the network's per-bit P(bit == 1) (hard 0/1 bits also work).
 
-        Tries errors-only decoding, then declares the 2, 4, ..., ``parity_bytes`` least certain
-        bytes erasures (a byte is as certain as its least certain bit; odd counts are skipped,
-        see ``_erasure_counts``). Hard bits, which rank no byte above another, get errors-only
-        decoding alone. NaN counts as 0.5; values outside [0, 1] raise ValueError.
-        Returns ``found=False`` unless a candidate passes the CRC, length and padding checks.
+        Each length class is list-decoded on the log-likelihood ratios, shortest class first; the
+        first candidate whose tag verifies is the message. NaN counts as 0.5; values outside
+        [0, 1] raise ValueError. Returns ``found=False`` unless a candidate verifies.
         """
         p = np.asarray(bit_probabilities, dtype=np.float64).reshape(-1)
         if p.size != self.n_bits:
@@ -265,37 +298,134 @@ class PayloadCodec:
         if p.min() < -1e-6 or p.max() > 1.0 + 1e-6:
             raise ValueError("bit probabilities must lie in [0, 1] (were logits passed?)")
         p = np.clip(p, 0.0, 1.0)
+        # log P(0)/P(1) of each raw bit (a certain bit: ±20.7); the pad flips a bit's meaning,
+        # not its certainty.
+        sure = np.clip(p, 1e-9, 1.0 - 1e-9)
+        llr = np.log1p(-sure) - np.log(sure)
+        llr = np.where(self._pad == 1, -llr, llr)
+        code_llr = np.zeros(self.classes[0].code.n)  # punctured bits: no information
+        code_llr[self._sent] = llr
+        for cls in self.classes:
+            candidates, _ = cls.code.decode_list(code_llr, LIST_SIZE)
+            for frame in candidates:
+                message = self._unframe(cls, frame)
+                if message is not None:
+                    return self._result(message, p)
+        return DecodedPayload.not_found()
 
-        hard_bits = (p > 0.5).astype(np.uint8)
-        received = np.packbits(hard_bits) ^ self._keystream
-        # XOR with the keystream flips bits but not their certainty, so the ranking is unchanged.
-        byte_certainty = np.abs(p - 0.5).reshape(self.n_bytes, 8).min(axis=1)
-        least_certain_first = np.argsort(byte_certainty, kind="stable")
-
-        # Hard bits (or equally sure bytes) carry no ranking: erasures would be arbitrary bytes,
-        # so only errors-only decoding is tried.
-        has_ranking = byte_certainty.min() < byte_certainty.max()
-        attempts = self._erasure_counts() if has_ranking else [0]
-        result = None
-        for n_erasures in attempts:
-            erasures = sorted(least_certain_first[:n_erasures].tolist())
-            result = self._attempt(received, erasures)
-            if result is not None:
-                break
-        if result is None:
-            return DecodedPayload.not_found()
-
-        message, codeword = result
-        true_bits = np.unpackbits(codeword ^ self._keystream)
+    def _result(self, message: bytes, p: np.ndarray) -> DecodedPayload:
+        true_bits = self.encode(message)
         prob_of_true_bit = np.where(true_bits == 1, p, 1.0 - p)
         confidence = float(np.clip(np.mean(2.0 * prob_of_true_bit - 1.0), 0.0, 1.0))
-        return DecodedPayload(
-            found=True,
-            message=message,
-            confidence=confidence,
-            corrected_bytes=int(np.count_nonzero(codeword != received)),
-            bit_errors=int(np.count_nonzero(true_bits != hard_bits)),
-        )
+        errors = int(np.count_nonzero(true_bits != (p > 0.5)))
+        return DecodedPayload(found=True, message=message, confidence=confidence, bit_errors=errors)
+
+
+# ----------------------------------------------------------------------------- format 1 ----
+
+_V1_KEYSTREAM_DOMAIN = b"wm-keystream-v1"
+_V1_LENGTH_BYTES = 1
+_V1_CRC_BYTES = 4
+
+
+def default_parity_bytes(n_bits: int) -> int:
+    """Format 1's Reed-Solomon parity for ``n_bits``: about 30 % of the bytes, rounded to even."""
+    n_bytes = n_bits // 8
+    parity = 2 * int(0.15 * n_bytes + 0.5)
+    room = n_bytes - _V1_LENGTH_BYTES - _V1_CRC_BYTES
+    return max(min(parity, room - room % 2), 0)
+
+
+class LegacyPayloadCodec:
+    """Format 1, as wm wrote it before payload v2: read-only, on request, never authenticated.
+
+        frame = [length][message][zero padding][CRC-32], Reed-Solomon with ``parity_bytes``,
+        raw bits = codeword XOR keystream(key)
+
+    The keystream depends on the key alone and CRC-32 and Reed-Solomon are linear, so anyone who
+    knows one marked image's message can forge any other message under the same key (and XOR-ing
+    two encodings under any key forges without knowing one): a mark in this format proves nothing.
+    """
+
+    format = 1
+
+    def __init__(self, n_bits: int, key: str | bytes | None = None, parity_bytes: int | None = None):
+        if n_bits <= 0 or n_bits % 8 or n_bits > 8 * 255:
+            raise BadInputError(f"format 1 needs a multiple of 8 bits up to 2040, got {n_bits}")
+        self.n_bits = n_bits
+        self.n_bytes = n_bits // 8
+        self.parity_bytes = default_parity_bytes(n_bits) if parity_bytes is None else int(parity_bytes)
+        capacity = self.n_bytes - self.parity_bytes - _V1_LENGTH_BYTES - _V1_CRC_BYTES
+        if self.parity_bytes < 0 or capacity < 0:
+            raise BadInputError(f"{n_bits} bits cannot hold format 1's frame plus {self.parity_bytes} parity bytes")
+        self.capacity_bytes = min(capacity, 255)
+        self._frame_bytes = self.n_bytes - self.parity_bytes
+        self._keystream = np.frombuffer(_stream(_key_bytes(key), _V1_KEYSTREAM_DOMAIN, self.n_bytes), dtype=np.uint8)
+        self._rs = reedsolo.RSCodec(self.parity_bytes) if self.parity_bytes > 0 else None
+
+    def _erasure_counts(self) -> range:
+        # With 2 t + e <= parity, erasure counts of the other parity add nothing.
+        return range(self.parity_bytes % 2, self.parity_bytes + 1, 2)
+
+    @property
+    def false_positive_bound(self) -> float:
+        return len(self._erasure_counts()) * 2.0**-32
+
+    def _frame(self, message: bytes) -> bytes:
+        padding = bytes(self._frame_bytes - _V1_LENGTH_BYTES - len(message) - _V1_CRC_BYTES)
+        body = bytes([len(message)]) + message + padding
+        return body + zlib.crc32(body).to_bytes(_V1_CRC_BYTES, "big")
+
+    def _codeword(self, frame: bytes) -> np.ndarray:
+        coded = bytes(self._rs.encode(frame)) if self._rs is not None else frame
+        return np.frombuffer(coded, dtype=np.uint8)
+
+    def encode(self, message: bytes) -> np.ndarray:
+        message = bytes(message)
+        if len(message) > self.capacity_bytes:
+            raise MessageTooLongError(f"message is {len(message)} bytes; format 1 carries {self.capacity_bytes}")
+        return np.unpackbits(self._codeword(self._frame(message)) ^ self._keystream)
+
+    def _unframe(self, frame: bytes) -> bytes | None:
+        body, crc = frame[:-_V1_CRC_BYTES], frame[-_V1_CRC_BYTES:]
+        if zlib.crc32(body).to_bytes(_V1_CRC_BYTES, "big") != crc:
+            return None
+        length = body[0]
+        if length > self.capacity_bytes or any(body[_V1_LENGTH_BYTES + length :]):
+            return None
+        return bytes(body[_V1_LENGTH_BYTES : _V1_LENGTH_BYTES + length])
+
+    def _attempt(self, received: np.ndarray, erasures: list[int]) -> bytes | None:
+        if self._rs is None:
+            frame = received.tobytes()
+        else:
+            try:
+                frame = bytes(self._rs.decode(bytearray(received.tobytes()), erase_pos=erasures or None)[0])
+            except (reedsolo.ReedSolomonError, ZeroDivisionError, IndexError, ValueError):
+                return None
+        message = self._unframe(frame)
+        if message is None:
+            return None
+        wrong = self._codeword(frame) != received
+        wrong[erasures] = False
+        return message if 2 * int(wrong.sum()) + len(erasures) <= self.parity_bytes else None
+
+    def decode(self, bit_probabilities: np.ndarray) -> DecodedPayload:
+        p = np.clip(np.nan_to_num(np.asarray(bit_probabilities, dtype=np.float64).reshape(-1), nan=0.5), 0, 1)
+        if p.size != self.n_bits:
+            raise ValueError(f"expected {self.n_bits} bit probabilities, got {p.size}")
+        received = np.packbits((p > 0.5).astype(np.uint8)) ^ self._keystream
+        certainty = np.abs(p - 0.5).reshape(self.n_bytes, 8).min(axis=1)
+        order = np.argsort(certainty, kind="stable")
+        attempts = self._erasure_counts() if certainty.min() < certainty.max() else [0]
+        for count in attempts:
+            message = self._attempt(received, sorted(order[:count].tolist()))
+            if message is not None:
+                true_bits = self.encode(message)
+                agreement = np.where(true_bits == 1, p, 1.0 - p)
+                return DecodedPayload(True, message, float(np.clip(np.mean(2 * agreement - 1), 0, 1)),
+                                      int(np.count_nonzero(true_bits != (p > 0.5))), format=1)
+        return DecodedPayload.not_found()
 
 
 def bytes_to_text(message: bytes) -> str:

@@ -95,7 +95,6 @@ class TrainConfig:
     device: str = "auto"
     # bf16 autocast for the networks on a GPU (ignored on a CPU); PSNRs stay in float32.
     mixed_precision: bool = True
-    parity_bytes: int | None = None
 
     def network_config(self):
         from .networks import NetworkConfig
@@ -283,6 +282,9 @@ def parse_assignments(assignments: list[str]) -> dict:
 def validate_config(config: TrainConfig) -> None:
     if config.n_bits < 8 or config.n_bits % 8:
         raise BadInputError("--bits must be a positive multiple of 8")
+    from .payload import PayloadCodec
+
+    PayloadCodec(config.n_bits)  # a payload with no room for an authenticated message fails here
     if config.crop < config.tile or config.crop % config.tile:
         raise BadInputError(f"crop size must be a multiple of the {config.tile}-px tile")
     if config.epochs < 1 or config.steps_per_epoch < 1 or config.batch_size < 1:
@@ -422,7 +424,6 @@ def _train(config: TrainConfig, data: list[Path], output: Path, progress, resume
 
     from .constraint_methods import build_method
     from .networks import TrainingPass, WatermarkModel
-    from .payload import PayloadCodec, default_parity_bytes
     from .sequential_penalty import PerSampleConstraint
     from .training_attacks import pick_training_attack
 
@@ -457,8 +458,6 @@ def _train(config: TrainConfig, data: list[Path], output: Path, progress, resume
         torch.manual_seed(config.seed + 7919 * cluster.rank)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (
         device.type == "cuda" and config.mixed_precision) else contextlib.nullcontext
-    parity = config.parity_bytes if config.parity_bytes is not None else default_parity_bytes(config.n_bits)
-    PayloadCodec(config.n_bits, parity_bytes=parity)  # fail early on a layout with no room
 
     # A fixed validation set: crops of held-out files with fixed messages.
     val_rng = random.Random(config.seed + 1)
@@ -562,7 +561,7 @@ def _train(config: TrainConfig, data: list[Path], output: Path, progress, resume
     model.load_state_dict(best.state)
     seconds = seconds_before + time.perf_counter() - started
     if cluster.is_writer:
-        card = _model_card(config, parity, train_pool, validation_pool if has_validation_files else None, best.metrics,
+        card = _model_card(config, train_pool, validation_pool if has_validation_files else None, best.metrics,
                            seconds, device, cluster.world_size)
         if stopped:
             card["training"]["stopped_after_epoch"] = history[-1].epoch
@@ -743,6 +742,7 @@ def resume_config(output: Path, epochs: int | None = None, device: str | None = 
     checkpoint = load_checkpoint(output)
     values = dict(checkpoint["config"])
     preset = values.pop("preset")
+    values.pop("parity_bytes", None)  # format 1's Reed-Solomon parity: gone with payload v2
     if epochs is not None:
         values["epochs"] = epochs
     if device is not None:
@@ -806,21 +806,15 @@ def _set_rng_state(state: dict, rng: random.Random, device) -> None:
 
 # ---- files ----------------------------------------------------------------------------------------
 
-def _model_card(config: TrainConfig, parity: int, train_pool: FramePool, validation_pool: FramePool | None,
+def _model_card(config: TrainConfig, train_pool: FramePool, validation_pool: FramePool | None,
                 best: EpochMetrics, seconds: float, device, world_size: int) -> dict:
     from .payload import PayloadCodec
 
-    codec = PayloadCodec(config.n_bits, parity_bytes=parity)
     return {
         "name": f"wm-{config.preset}-{config.n_bits}b",
         "format_version": 1,
         "architecture": {"type": "carrier-tiles", **config.network_config().to_dict()},
-        "payload": {
-            "raw_bits": config.n_bits,
-            "layout": "length byte + message + zero padding + CRC-32, Reed-Solomon over GF(256), keyed XOR",
-            "parity_bytes": parity,
-            "capacity_bytes": codec.capacity_bytes,
-        },
+        "payload": PayloadCodec(config.n_bits).describe(),
         "quality_floor": {"psnr_min_db": config.psnr_min, "trained_with_margin_db": config.psnr_margin,
                           # The unit training measured PSNR in: every reader view, or the nominal peak.
                           "trained_in": "reader views" if config.frame_views == "reader" else "nominal peak"},

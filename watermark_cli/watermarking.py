@@ -17,7 +17,7 @@ from .errors import BadInputError
 from .guard import GuardedFrame, guard_image
 from .image_io import MedicalImage
 from .model_store import LoadedModel
-from .payload import DecodedPayload, PayloadCodec
+from .payload import DecodedPayload, LegacyPayloadCodec, PayloadCodec
 from .quality import FrameMeter, QualityFloor, frame_meters
 
 
@@ -42,8 +42,19 @@ def check_image_size(image: MedicalImage, smallest: int, action: str = "mark") -
         )
 
 
-def codec_for(model: LoadedModel, key: str | bytes | None) -> PayloadCodec:
-    return PayloadCodec(model.n_bits, key=key, parity_bytes=model.parity_bytes)
+def codec_for(model: LoadedModel, key: str | bytes | None):
+    """The payload codec of the model's card: format 2 (`PayloadCodec`), or format 1
+    (`LegacyPayloadCodec`) for a model whose card predates it."""
+    if model.payload_format == 1:
+        return LegacyPayloadCodec(model.n_bits, key=key, parity_bytes=model.legacy_parity_bytes)
+    return PayloadCodec(model.n_bits, key=key)
+
+
+def legacy_codec_for(model: LoadedModel, key: str | bytes | None) -> LegacyPayloadCodec | None:
+    """The format-1 codec for marks this model wrote before payload v2 (None if it never did)."""
+    if model.payload_format == 1 or model.legacy_parity_bytes is None:
+        return None
+    return LegacyPayloadCodec(model.n_bits, key=key, parity_bytes=model.legacy_parity_bytes)
 
 
 def _as_tensor(frames: np.ndarray):
@@ -240,10 +251,11 @@ def _centre_region(frames: np.ndarray, size: int) -> np.ndarray:
     return frames[..., top : top + size, left : left + size]
 
 
-def read_frames(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray) -> Reading:
+def read_frames(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, quick: bool = False) -> Reading:
     """Decode (frames, rows, cols) in any intensity unit: first as they are (any crop offset);
     if no payload is found, rescaled back when the mark's period says the image was resized,
-    then turned back when its lattice says the image was rotated."""
+    then turned back when its lattice says the image was rotated. `quick` tries the uncropped
+    grid alone (one decoder pass)."""
     from .synchronisation import estimate_rotation, estimate_tile_period, mark_autocorrelation, resample, rotate
 
     frames = _centre_region(np.asarray(frames, dtype=np.float64), DECODE_REGION)
@@ -255,7 +267,7 @@ def read_frames(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray) -> 
     # Offset (0, 0) is decoded here and again inside the offset search when this fails: the
     # same bits give the same answer, so the false-positive bound does not change.
     uncropped = _read_uncropped(model, codec, frames, (1.0, 1.0))
-    if uncropped.decoded.found:
+    if uncropped.decoded.found or quick:
         return uncropped
     first = _read_at_offsets(model, codec, frames, (1.0, 1.0))
     if first.decoded.found:
@@ -280,6 +292,8 @@ def read_frames(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray) -> 
     return first
 
 
-def extract_payload(model: LoadedModel, codec: PayloadCodec, image: MedicalImage) -> DecodedPayload:
+def extract_payload(model: LoadedModel, codec: PayloadCodec, image: MedicalImage,
+                    full_search: bool = True) -> DecodedPayload:
+    """The payload of an image; without `full_search`, only as marked (no crop, resize or turn)."""
     check_image_size(image, max(MIN_SIDE, model.model.config.tile), action="read")
-    return read_frames(model, codec, normalised_frames(image)).decoded
+    return read_frames(model, codec, normalised_frames(image), quick=not full_search).decoded
