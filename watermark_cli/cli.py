@@ -130,8 +130,8 @@ def _quality_floor(psnr_min: float, psnr_peak: PsnrPeak, psnr_domain: PsnrDomain
 
 PsnrDomainOption = Annotated[PsnrDomain, typer.Option(
     "--psnr-domain", help="view (default): every view a reader uses — the frame's data range, each VOI window "
-                          "the file declares (CT without one: brain, soft tissue, lung, bone) and --window; 8-bit "
-                          "PNG/TIFF/JPEG as stored. stored: the stored values against --psnr-peak. window: one "
+                          "the file declares (a CT also the brain, soft tissue, lung and bone presets) and --window; "
+                          "8-bit PNG/TIFF/JPEG as stored. stored: the stored values against --psnr-peak. window: one "
                           "window only (--window, else the file's first).")]
 PsnrPeakOption = Annotated[PsnrPeak, typer.Option(
     "--psnr-peak", help="With --psnr-domain stored: nominal (2^BitsStored-1 / dtype max) or range (max-min of the "
@@ -196,7 +196,7 @@ def embed(
     from .watermarking import codec_for
 
     codec = codec_for(loaded, secret)
-    codec.encode(payload)  # a too-long or empty message fails here, before any file is touched
+    codec.encode(payload)  # a too-long message fails here, before any file is touched
 
     not_images: list[Path] = []
     existing: list[tuple[Path, Path]] = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +33,9 @@ class EmbedSettings:
     compression: str = "none"
     fill_budget: bool = True
     model: str | None = None
-    key: str | bytes | None = None  # never printed: results and audit lines say 'default' or 'custom'
-
-    def __repr__(self) -> str:  # a stray log line or traceback must not show the key
-        return f"EmbedSettings(payload={len(self.payload)} bytes, floor={self.floor}, model={self.model!r}, key=...)"
+    # Never printed (not even by repr, in a stray log line): results and audit lines say
+    # 'default' or 'custom'.
+    key: str | bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

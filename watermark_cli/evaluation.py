@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -35,7 +35,7 @@ class EvaluationOptions:
     floor: QualityFloor
     attacks: list[Attack]
     messages: int = 3
-    key: str | None = None
+    key: str | bytes | None = field(default=None, repr=False)  # never printed
     seed: int = 0
     window: tuple[float, float] | None = None  # --window: one more view (modality units)
     examples: int = 3  # images shown in the report with their amplified difference maps

@@ -113,11 +113,11 @@ class MedicalImage:
     def window(self) -> tuple[float, float] | None:
         """The first declared linear VOI window of the first frame, in stored units (None when
         there is none, or when a Modality LUT makes stored and modality values non-linear)."""
-        from .views import VoiWindow, _window_in_stored_units
+        from .views import VoiWindow, window_in_stored_units
 
         frame = self.display.frame(0)
         first = next((voi for voi in frame.vois if isinstance(voi, VoiWindow)), None)
-        return _window_in_stored_units(frame.modality, first) if first is not None else None
+        return window_in_stored_units(frame.modality, first) if first is not None else None
 
     @property
     def nominal_peak(self) -> float:

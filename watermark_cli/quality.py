@@ -19,8 +19,6 @@ from .views import View, VoiView, VoiWindow, nominal_view, reader_views, stored_
 
 PeakKind = Literal["nominal", "range"]
 Domain = Literal["view", "stored", "window"]
-DOMAINS: tuple[str, ...] = ("view", "stored", "window")
-PEAK_KINDS: tuple[str, ...] = ("nominal", "range")
 
 
 def mean_squared_error(reference: np.ndarray, test: np.ndarray) -> float:

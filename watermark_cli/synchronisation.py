@@ -14,6 +14,10 @@ import numpy as np
 # Scales (new size / original size) that the period search considers.
 MIN_SCALE = 0.4
 MAX_SCALE = 1.6
+# How far above the background (in robust spreads, and as a share of the found peak's height) a
+# peak at half the found period must stand to be taken as the period.
+_SUB_PEAK_STRENGTH = 3.0
+_SUB_PEAK_SHARE = 0.3
 # Rotations (degrees, either way) that the angle search considers, and its step.
 MAX_ROTATION = 5.0
 _ROTATION_STEP = 0.05
@@ -91,6 +95,21 @@ def _period_along(profile: np.ndarray, tile: int) -> float | None:
     period = _refined_peak(profile, low + first, 1.0)
     if period is None:
         return None
+    # A peak at half (or a third) of it, clear of the background though under the threshold, is
+    # the true period and this one its multiple: few tiles (a 256² image resized) make the first
+    # peak weak (held-out slices resized by 0.75: 4 spreads at the period, 10 at twice it).
+    found = (profile[int(round(period))] - background) / spread
+    for divisor in (2, 3):
+        guess = period / divisor
+        if guess < low:
+            break
+        candidate = _refined_peak(profile, guess, 1.5)
+        if candidate is None:
+            continue
+        strength_there = (profile[int(round(candidate))] - background) / spread
+        if strength_there >= max(_SUB_PEAK_STRENGTH, _SUB_PEAK_SHARE * found):
+            period = candidate
+            break
     # Each multiple k of the period divides the position error by k.
     multiple = 2
     while (multiple + 0.5) * period < len(profile) - 2 and multiple <= 16:

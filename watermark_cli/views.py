@@ -151,9 +151,8 @@ def _look_up(table: np.ndarray, first_mapped: int, values: np.ndarray) -> np.nda
 
 class View:
     """One way a reader sees one frame. `display` maps stored values to display values in units
-    of the view's peak; `stored_span` is that peak in stored units (what noise strengths and
-    exports are relative to); `window_in_stored_units` is set for linear windows over a linear
-    modality transform (what an 8-bit export through this view applies)."""
+    of the view's peak; `stored_span` is that peak in stored units (what noise strengths are
+    relative to, and the peak reported beside a PSNR)."""
 
     kind = "view"
 
@@ -202,9 +201,9 @@ class VoiView(View):
         self.modality = modality
         self.voi = voi
         self.kind = "window" if isinstance(voi, VoiWindow) else "voi lut"
-        self.window_in_stored_units = _window_in_stored_units(modality, voi)
-        if self.window_in_stored_units is not None:
-            span = self.window_in_stored_units[1]
+        window = window_in_stored_units(modality, voi)
+        if window is not None:
+            span = window[1]
         else:  # a LUT or a non-linear modality transform: the stored values the VOI spreads out
             span = _stored_span_of(lambda x: self.display(x), original)
         super().__init__(voi.describe(), span)
@@ -228,7 +227,8 @@ class StoredView(View):
         return (stored.astype(np.float64) - self.offset) / self.peak
 
 
-def _window_in_stored_units(modality: ModalityTransform, voi: VoiTransform) -> tuple[float, float] | None:
+def window_in_stored_units(modality: ModalityTransform, voi: VoiTransform) -> tuple[float, float] | None:
+    """(centre, width) of a linear window in stored units, where the modality transform is linear."""
     if not isinstance(voi, VoiWindow) or not modality.is_linear or modality.slope == 0:
         return None
     return (voi.center - modality.intercept) / modality.slope, voi.width / abs(modality.slope)
@@ -298,13 +298,6 @@ def stored_range_view(original: np.ndarray) -> DataRangeView:
     view = DataRangeView(ModalityTransform(), original)
     view.name = "stored range"
     return view
-
-
-def export_view(views: list[View], binding: str) -> View:
-    """The view an 8-bit export of a marked frame goes through: the binding view (where the mark
-    was budgeted), else the first window, else the data range."""
-    by_name = {view.name: view for view in views}
-    return by_name.get(binding) or next((v for v in views if isinstance(v, VoiView)), views[0])
 
 
 # ------------------------------------------------------------------------ reading DICOM ----
