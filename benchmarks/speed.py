@@ -75,6 +75,7 @@ def main() -> None:
             "image": f"{args.file} ({image.pixels.shape[1]}×{image.pixels.shape[2]})",
             "cpu": f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
             "repeats": args.repeats,
+            "measured_in": "embed as default wm embed does it: the view floor (6 views of a CT), payload format 2",
             **figures,
         }
         write_card(model.path, card)

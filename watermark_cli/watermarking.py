@@ -22,10 +22,11 @@ from .quality import FrameMeter, QualityFloor, frame_meters
 
 
 # Marking needs this many whole tiles along each side: the decoder folds (averages) the tiles,
-# and at the view floor a frame of one tile does not read back (random crops of the held-out
-# files, flat ones included, shipped model, 96 trials each: identity recovery 23 % at 64², 27 %
-# at 96², 51 % at 128², 87 % at 256²; `benchmarks/model_quality.py --sizes`). Smaller frames are
-# refused up front; larger ones that still do not read back are refused by embed's verification.
+# and at the view floor a frame of one whole tile does not read back reliably (random crops of
+# the held-out files, flat ones included, shipped model, 8-byte IDs, 96 trials each: identity
+# recovery 34 % at 64², 51 % at 96², 81 % at 128², 90 % at 256²; `benchmarks/model_quality.py
+# --sizes`). Smaller frames are refused up front; larger ones that still do not read back are
+# refused by embed's verification.
 TILES_PER_SIDE_TO_MARK = 2
 
 
