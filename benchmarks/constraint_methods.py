@@ -9,7 +9,7 @@ networks on the same samples in the same order, and is measured the same way:
 - watermark: a 64-bit carrier-tile model trained for 200 steps (batch 16, 64² crops, 512 fixed
   training crops of the training split of pydicom-data's clinical DICOMs) under PSNR_i ≥ 40 dB
   (trained 0.5 dB above, the `wm train` default). Measured on every 256² tile of the held-out
-  clinical images (CT, MR, CR, NM, US; watermark_cli/clinical_data.py) and on all 512 training
+  clinical images (CT, MR, CR, NM, US; watermark_cli/data/clinical.py) and on all 512 training
   crops: the model's own output rounded to 16 bits, no guard, no attack; bit accuracy with no
   attack. The model kept is the one `wm train` selects on its validation split.
 - digits: the paper's toy. A classifier (64 → 32 → code of 8 → 10 classes) whose code must let a
@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from watermark_cli.constraint_methods import MethodSettings, build_method
-from watermark_cli.datasets import SampleOrder, normalised_frames
-from watermark_cli.sequential_penalty import PerSampleConstraint
+from watermark_cli.constrained.methods import MethodSettings, build_method
+from watermark_cli.training.data import SampleOrder, normalised_frames
+from watermark_cli.constrained.sequential_penalty import PerSampleConstraint
 
 # (label, options): the same options go to `wm train` (watermark) and to the toy's settings.
 VARIANTS: list[tuple[str, dict]] = [
@@ -66,8 +66,8 @@ WATERMARK_CONFIG = dict(
 
 def held_out_tiles(size: int = 256) -> np.ndarray:
     """Every whole size² tile of every frame of the held-out clinical images, on [0, 1]."""
-    from watermark_cli.clinical_data import clinical_files
-    from watermark_cli.image_io import read_image
+    from watermark_cli.data.clinical import clinical_files
+    from watermark_cli.io.image import read_image
 
     tiles = []
     for _, path in clinical_files("held_out"):
@@ -83,7 +83,7 @@ NOISE_SIGMA = 0.02  # of the peak: the attack under which the main metric is rea
 
 def measure_watermark(training_pass, images: torch.Tensor, n_bits: int, floor: float, seed: int) -> dict:
     """Per image: PSNR of the 16-bit marked image; bits read back clean and after Gaussian noise."""
-    from watermark_cli.training import crop_psnr, marked_for_evaluation
+    from watermark_cli.training.loop import crop_psnr, marked_for_evaluation
 
     generator = torch.Generator().manual_seed(seed)
     psnr, correct, correct_noisy = [], 0.0, 0.0
@@ -102,10 +102,10 @@ def measure_watermark(training_pass, images: torch.Tensor, n_bits: int, floor: f
 
 
 def run_watermark(options: dict, seed: int, train_dir: Path, tiles: torch.Tensor, out: Path) -> dict:
-    from watermark_cli.datasets import TrainingSamples
-    from watermark_cli.model_store import load_model
-    from watermark_cli.networks import TrainingPass
-    from watermark_cli.training import config_for_preset, load_training_data, train
+    from watermark_cli.training.data import TrainingSamples
+    from watermark_cli.model.store import load_model
+    from watermark_cli.model.networks import TrainingPass
+    from watermark_cli.training.loop import config_for_preset, load_training_data, train
 
     config = config_for_preset("quick", **{**WATERMARK_CONFIG, **options, "seed": seed, "device": "cpu"})
     started = time.perf_counter()
@@ -243,7 +243,7 @@ def main() -> int:
     parser.add_argument("--watermark-option", action="append", default=[], metavar="KEY=VALUE",
                         help="change a training option of the watermark task for every variant (sensitivity runs)")
     args = parser.parse_args()
-    from watermark_cli.training import parse_assignments
+    from watermark_cli.training.loop import parse_assignments
 
     WATERMARK_CONFIG.update(parse_assignments(args.watermark_option))
     torch.set_num_threads(args.threads)
@@ -268,7 +268,7 @@ def main() -> int:
         print()
 
     if args.task in ("all", "watermark"):
-        from watermark_cli.clinical_data import write_clinical_split
+        from watermark_cli.data.clinical import write_clinical_split
 
         with tempfile.TemporaryDirectory(prefix="wm-constraint-bench-") as folder:
             work = Path(folder)

@@ -4,7 +4,7 @@ Two sets, never used in training or tuning:
 - `files`: one whole file per held-out image group of pydicom-data (CT 693, CT bad_sequence, MR
   MR2, CR RG3, NM, US), as `wm embed` reads them;
 - `slices`: 256² 8-bit slices with a mostly black background, from the held-out CT and MR files
-  in their windows and from dipy's real MR volume (`watermark_cli.slices`).
+  in their windows and from dipy's real MR volume (`watermark_cli.data.slices`).
 
 Every mark is budgeted by default `wm embed` (the view floor), and every attack acts in the view
 each frame was budgeted in (its binding view): `window8` and `jpeg` export through that view to
@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from functools import partial
 
-from watermark_cli.clinical_data import clinical_files
-from watermark_cli.evaluation import rule_of_three_upper_bound
-from watermark_cli.image_io import read_image
-from watermark_cli.slices import held_out_slices, slice_image
+from watermark_cli.data.clinical import clinical_files
+from watermark_cli.evaluation.run import rule_of_three_upper_bound
+from watermark_cli.io.image import read_image
+from watermark_cli.data.slices import held_out_slices, slice_image
 
 SETS = ("files", "slices")
 

@@ -11,7 +11,7 @@ accuracy, exact payload recovery with its one-sided 95 % lower bound (Clopper–
 issue-11 target with whether it is met. Attacks act in the view each frame was budgeted in.
 
 --sizes instead measures the smallest frame a mark can be read back from: crops of the held-out
-files at several sides, identity only (the figure behind `watermarking.TILES_PER_SIDE_TO_MARK`).
+files at several sides, identity only (the figure behind `marking.image.TILES_PER_SIDE_TO_MARK`).
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from functools import partial
 import numpy as np
 
 import heldout
-from watermark_cli.attacks import parse_attack_list
-from watermark_cli.clinical_data import clinical_files
-from watermark_cli.evaluation import EvaluationOptions, evaluate_images
-from watermark_cli.image_io import read_image
-from watermark_cli.model_store import load_model, write_card
+from watermark_cli.attacks.codecs import parse_attack_list
+from watermark_cli.data.clinical import clinical_files
+from watermark_cli.evaluation.run import EvaluationOptions, evaluate_images
+from watermark_cli.io.image import read_image
+from watermark_cli.model.store import load_model, write_card
 from watermark_cli.quality import QualityFloor
 
 
@@ -96,7 +96,7 @@ def size_sweep(model, sides: list[int], crops_per_file: int, psnr_min: float) ->
         options = EvaluationOptions(floor=QualityFloor(psnr_min), attacks=parse_attack_list("identity"), messages=2,
                                     message_bytes=8)
         # Crops below the marking minimum are measured all the same: this is what sets it.
-        import watermark_cli.watermarking as watermarking
+        import watermark_cli.marking.image as watermarking
 
         saved = watermarking.TILES_PER_SIDE_TO_MARK
         watermarking.TILES_PER_SIDE_TO_MARK = 1

@@ -166,11 +166,11 @@ def plot(table: dict, path) -> None:
 def attack_gain(messages: int) -> None:
     """Format 1 vs format 2 on the same decoder outputs, on the held-out sets."""
     import heldout
-    from watermark_cli.attacks import FrameContext, parse_attack_list
-    from watermark_cli.evaluation import evaluation_messages, rule_of_three_upper_bound
-    from watermark_cli.model_store import load_model
+    from watermark_cli.attacks.codecs import FrameContext, parse_attack_list
+    from watermark_cli.evaluation.run import evaluation_messages, rule_of_three_upper_bound
+    from watermark_cli.model.store import load_model
     from watermark_cli.quality import QualityFloor
-    from watermark_cli.watermarking import embed_pixels, read_frames
+    from watermark_cli.marking.image import embed_pixels, read_frames
 
     model = load_model(None)
     new = PayloadCodec(model.n_bits)

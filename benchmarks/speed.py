@@ -18,12 +18,12 @@ import time
 
 import torch
 
-from watermark_cli.clinical_data import clinical_file
-from watermark_cli.datasets import normalised_frames
-from watermark_cli.image_io import read_image
-from watermark_cli.model_store import load_model, write_card
+from watermark_cli.data.clinical import clinical_file
+from watermark_cli.training.data import normalised_frames
+from watermark_cli.io.image import read_image
+from watermark_cli.model.store import load_model, write_card
 from watermark_cli.quality import QualityFloor
-from watermark_cli.watermarking import codec_for, embed_pixels, read_frames, residual_for
+from watermark_cli.marking.image import codec_for, embed_pixels, read_frames, residual_for
 
 
 def timed(function, repeats: int) -> tuple[float, float]:

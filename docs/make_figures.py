@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from watermark_cli.clinical_data import clinical_file
-from watermark_cli.evaluation_report import DIFFERENCE_GAIN, amplified_difference
-from watermark_cli.image_io import read_image
-from watermark_cli.model_store import load_model
+from watermark_cli.data.clinical import clinical_file
+from watermark_cli.evaluation.report import DIFFERENCE_GAIN, amplified_difference
+from watermark_cli.io.image import read_image
+from watermark_cli.model.store import load_model
 from watermark_cli.quality import QualityFloor
-from watermark_cli.watermarking import codec_for, embed_pixels
+from watermark_cli.marking.image import codec_for, embed_pixels
 
 CASES = (("CT", "693_UNCR.dcm"), ("MR", "MR2_UNCR.dcm"), ("NM", "JPEG2000_UNC.dcm"))
 

@@ -28,7 +28,7 @@ def run_wm(*args: str, cwd: Path | None = None) -> CommandResult:
 
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory) -> dict[str, Path]:
-    from watermark_cli.synthetic import write_synthetic_dataset
+    from watermark_cli.data.synthetic import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("synthetic")
     write_synthetic_dataset(root / "train", 48, size=256, seed=11)

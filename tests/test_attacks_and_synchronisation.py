@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from watermark_cli.attacks import FrameContext, parse_attack, parse_attack_list
-from watermark_cli.clinical_data import CLINICAL_GROUPS, clinical_files
+from watermark_cli.attacks.codecs import FrameContext, parse_attack, parse_attack_list
+from watermark_cli.data.clinical import CLINICAL_GROUPS, clinical_files
 from watermark_cli.errors import BadInputError
-from watermark_cli.synchronisation import estimate_tile_period
+from watermark_cli.marking.synchronisation import estimate_tile_period
 
 CONTEXT = FrameContext(stored_min=0, stored_max=4095, seed=3)
 
@@ -101,11 +101,11 @@ def test_clinical_split_is_by_image_group_and_disjoint():
 def test_a_rotated_real_image_is_turned_back_and_read(degrees):
     """The held-out CT, marked by the shipped model, rotated about its centre (bilinear, same
     size, as a viewer's export does): the tile lattice gives the angle back, and the message reads."""
-    from watermark_cli.image_io import read_image
-    from watermark_cli.model_store import load_model
+    from watermark_cli.io.image import read_image
+    from watermark_cli.model.store import load_model
     from watermark_cli.quality import QualityFloor
-    from watermark_cli.synchronisation import estimate_rotation
-    from watermark_cli.watermarking import codec_for, embed_pixels, read_frames
+    from watermark_cli.marking.synchronisation import estimate_rotation
+    from watermark_cli.marking.image import codec_for, embed_pixels, read_frames
 
     model = load_model(None)
     codec = codec_for(model, None)
@@ -123,7 +123,7 @@ def test_a_rotated_real_image_is_turned_back_and_read(degrees):
 
 
 def test_no_rotation_is_claimed_on_an_unmarked_image(frame):
-    from watermark_cli.synchronisation import estimate_rotation
+    from watermark_cli.marking.synchronisation import estimate_rotation
 
     rng = np.random.default_rng(4)
     assert estimate_rotation(frame + rng.normal(0, 20, frame.shape), 32) is None
@@ -133,11 +133,11 @@ def test_a_weak_first_period_peak_is_not_mistaken_for_its_multiple():
     """A 256² 8-bit phantom (not held-out data) marked by the shipped model and resized by 0.75:
     along its rows the autocorrelation peak at the period (48 px) is weak and the one at twice it
     strong. Reading the multiple scaled the image back by 2/3 too little and lost the mark."""
-    from watermark_cli.model_store import load_model
+    from watermark_cli.model.store import load_model
     from watermark_cli.quality import QualityFloor
-    from watermark_cli.synthetic import synth_image
-    from watermark_cli.watermarking import codec_for, embed_pixels, read_frames
-    from watermark_cli.slices import Slice, slice_image
+    from watermark_cli.data.synthetic import synth_image
+    from watermark_cli.marking.image import codec_for, embed_pixels, read_frames
+    from watermark_cli.data.slices import Slice, slice_image
 
     rng = np.random.default_rng(99)
     phantoms = [synth_image(("ct", "mr", "xray")[k % 3], (256, 256), rng, False) for k in range(11)]

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_wm
-from watermark_cli.classifier import (
+from watermark_cli.diagnostic.classifier import (
     ClassifierTrainingConfig,
     classifier_input,
     load_classifier,
@@ -20,8 +20,8 @@ from watermark_cli.classifier import (
     train_classifier,
     validation_split,
 )
-from watermark_cli.clinical_data import CLINICAL_GROUPS
-from watermark_cli.diagnostic_check import (
+from watermark_cli.data.clinical import CLINICAL_GROUPS
+from watermark_cli.diagnostic.check import (
     auroc,
     compare_classifier,
     macro_auroc,
@@ -293,7 +293,7 @@ def test_lesion_dataset_then_classifier_train_through_the_cli(tmp_path):
     pixels = [np.asarray(Image.open(data / r["path"]))[np.newaxis] for r in labels[:5]]
     scores = classifier.score_pixels(pixels, (0, 65535))
     assert scores.shape == (5, 1) and np.all((scores >= 0) & (scores <= 1))
-    from watermark_cli.image_io import read_image
+    from watermark_cli.io.image import read_image
 
     from_files = classifier.score_images([read_image(data / r["path"]) for r in labels[:5]])
     np.testing.assert_array_equal(scores, from_files)  # one preprocessing for pixels and files

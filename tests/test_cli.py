@@ -13,7 +13,7 @@ from pydicom.data import get_testdata_file
 from skimage.metrics import peak_signal_noise_ratio
 
 from conftest import run_wm
-from watermark_cli.image_io import DICOM_ELEMENTS_CHANGED_ON_WRITE
+from watermark_cli.io.image import DICOM_ELEMENTS_CHANGED_ON_WRITE
 
 
 def _one_line_error(result) -> str:
@@ -249,7 +249,7 @@ def test_help_is_fast_and_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys; from watermark_cli.cli import app; assert 'torch' not in sys.modules"
+    code = "import sys; from watermark_cli.cli.app import app; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

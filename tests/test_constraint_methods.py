@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from watermark_cli.constraint_methods import MethodSettings, build_method
-from watermark_cli.networks import project_to_psnr
-from watermark_cli.sequential_penalty import PerSampleConstraint
+from watermark_cli.constrained.methods import MethodSettings, build_method
+from watermark_cli.model.networks import project_to_psnr
+from watermark_cli.constrained.sequential_penalty import PerSampleConstraint
 
 AT_MOST_ZERO = PerSampleConstraint("x", 0.0, "le")
 
@@ -115,8 +115,8 @@ def test_training_config_defaults_agree_with_the_method_settings_defaults():
     in one place only would make `wm train` and the reusable module disagree."""
     from dataclasses import fields
 
-    from watermark_cli.constraint_methods import MethodSettings
-    from watermark_cli.training import TrainConfig
+    from watermark_cli.constrained.methods import MethodSettings
+    from watermark_cli.training.loop import TrainConfig
 
     built = TrainConfig().method_settings()
     assert {f.name: getattr(built, f.name) for f in fields(MethodSettings)} == \

@@ -73,9 +73,9 @@ def test_every_modality_reads_back_from_dcmtk_exports(exports):
 
 def test_the_inverted_monochrome1_export_is_read_in_its_polarity(exports):
     """dcmj2pnm shows RG3 (MONOCHROME1) inverted; the unmarked original's export reads as nothing."""
-    from watermark_cli.image_io import read_image
-    from watermark_cli.model_store import load_model
-    from watermark_cli.watermarking import codec_for, read_frames
+    from watermark_cli.io.image import read_image
+    from watermark_cli.model.store import load_model
+    from watermark_cli.marking.image import codec_for, read_frames
 
     loaded = load_model(None)
     codec = codec_for(loaded, None)

@@ -22,13 +22,13 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from conftest import run_wm
-from watermark_cli.embedding import EmbedSettings, embed_file, pixel_sha256
+from watermark_cli.marking.files import EmbedSettings, embed_file, pixel_sha256
 from watermark_cli.errors import BadInputError
-from watermark_cli.image_io import read_image
-from watermark_cli.model_store import file_sha256, load_model
+from watermark_cli.io.image import read_image
+from watermark_cli.model.store import file_sha256, load_model
 from watermark_cli.payload import DEFAULT_KEY
 from watermark_cli.quality import QualityFloor
-from watermark_cli.watermarking import codec_for, extract_payload
+from watermark_cli.marking.image import codec_for, extract_payload
 
 MESSAGE = b"PACS-2026-0042"
 
@@ -294,7 +294,7 @@ def test_ctrl_c_during_a_batch_leaves_only_whole_files(tmp_path):
 def test_not_enough_disk_space_is_a_clear_error_before_any_work(tmp_path, monkeypatch):
     import shutil
 
-    from watermark_cli import embedding
+    from watermark_cli.marking import files as embedding
 
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=10 * 2**20))
@@ -308,8 +308,8 @@ def test_ultrasound_black_background_stays_black_and_the_mark_survives_jpeg_50(s
     """72 % of this ultrasound is exact black. The mark is kept off pixels at the ends of the
     stored range (a signed mark cannot live there), so the background is written unchanged and
     the whole PSNR budget goes into the sector, where it survives a JPEG q50 export."""
-    from watermark_cli.attacks import FrameContext, parse_attack
-    from watermark_cli.watermarking import read_frames
+    from watermark_cli.attacks.codecs import FrameContext, parse_attack
+    from watermark_cli.marking.image import read_frames
 
     loaded, codec = shipped
     source = data_file("JPGLosslessP14SV1_1s_1f_8b.dcm")
@@ -330,7 +330,7 @@ def test_ultrasound_black_background_stays_black_and_the_mark_survives_jpeg_50(s
 
 
 def test_the_mark_is_confined_to_the_range_only_where_enough_pixels_are_inside_it():
-    from watermark_cli.watermarking import confine_to_unclipped
+    from watermark_cli.marking.image import confine_to_unclipped
 
     rng = np.random.default_rng(3)
     residual = rng.normal(size=(2, 512, 512))
@@ -348,8 +348,8 @@ def test_anatomy_outside_the_read_region_keeps_its_mark(shipped):
     patch in a corner must not be confined (the centre would carry nothing) and must read back."""
     from scipy.ndimage import gaussian_filter
 
-    from watermark_cli.image_io import MedicalImage
-    from watermark_cli.watermarking import embed_pixels, read_frames
+    from watermark_cli.io.image import MedicalImage
+    from watermark_cli.marking.image import embed_pixels, read_frames
 
     loaded, codec = shipped
     texture = gaussian_filter(np.random.default_rng(1).normal(size=(400, 400)), 3)

@@ -11,7 +11,7 @@ import yaml
 
 
 def test_two_gloo_processes_train_one_model_with_per_sample_state_kept_in_step(tmp_path):
-    from watermark_cli.synthetic import write_synthetic_dataset
+    from watermark_cli.data.synthetic import write_synthetic_dataset
 
     data = tmp_path / "data"
     write_synthetic_dataset(data, 6, size=128, seed=5)

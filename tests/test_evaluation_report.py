@@ -10,12 +10,12 @@ from functools import partial
 import numpy as np
 import pytest
 
-from watermark_cli.attacks import parse_attack_list
-from watermark_cli.clinical_data import clinical_files
-from watermark_cli.evaluation import EvaluationOptions, evaluate_images, rule_of_three_upper_bound
-from watermark_cli.evaluation_report import write_report
-from watermark_cli.image_io import read_image
-from watermark_cli.model_store import load_model
+from watermark_cli.attacks.codecs import parse_attack_list
+from watermark_cli.data.clinical import clinical_files
+from watermark_cli.evaluation.run import EvaluationOptions, evaluate_images, rule_of_three_upper_bound
+from watermark_cli.evaluation.report import write_report
+from watermark_cli.io.image import read_image
+from watermark_cli.model.store import load_model
 from watermark_cli.quality import QualityFloor
 
 
@@ -82,8 +82,8 @@ class MeanBrightness:
 def test_classifier_check_joins_the_report(tmp_path):
     from PIL import Image
 
-    from watermark_cli.classifier import read_labels
-    from watermark_cli.evaluation import ClassifierCheck, evaluate
+    from watermark_cli.diagnostic.classifier import read_labels
+    from watermark_cli.evaluation.run import ClassifierCheck, evaluate
 
     rng = np.random.default_rng(4)
     rows = ["path,label"]

@@ -1,4 +1,4 @@
-"""image_io on real files: pydicom's bundled test images and the clinical images of pydicom-data.
+"""io.image on real files: pydicom's bundled test images and the clinical images of pydicom-data.
 
 No mocks: every check reads and writes real files, and written DICOM is checked again with
 pydicom itself (an independent decoder of what we wrote).
@@ -23,7 +23,7 @@ from pydicom.pixels import pixel_array
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian
 
 from watermark_cli.errors import BadInputError
-from watermark_cli.image_io import (
+from watermark_cli.io.image import (
     DICOM_ELEMENTS_CHANGED_ON_WRITE,
     SUPPORTED_SUFFIXES,
     MedicalImage,

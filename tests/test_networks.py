@@ -1,6 +1,6 @@
 import torch
 
-from watermark_cli.networks import CarrierDecoder, CarrierEncoder, NetworkConfig, tile_to
+from watermark_cli.model.networks import CarrierDecoder, CarrierEncoder, NetworkConfig, tile_to
 
 CONFIG = NetworkConfig(n_bits=64, tile=32, strength_channels=4, decoder_channels=4, decoder_maps=2, carrier_smoothing=1.0)
 
@@ -58,7 +58,7 @@ def test_encoder_runs_in_bf16_with_a_smoothed_carrier():
     tile must happen in float32, since FFTs take no bf16 (on a CPU as on CUDA)."""
     import torch
 
-    from watermark_cli.networks import CarrierEncoder, NetworkConfig
+    from watermark_cli.model.networks import CarrierEncoder, NetworkConfig
 
     torch.manual_seed(0)
     encoder = CarrierEncoder(NetworkConfig(n_bits=64, tile=32, carrier_smoothing=1.0))

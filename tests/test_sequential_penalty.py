@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from watermark_cli.sequential_penalty import PenaltySchedule, PerSampleConstraint, SequentialPenalty
+from watermark_cli.constrained.sequential_penalty import PenaltySchedule, PerSampleConstraint, SequentialPenalty
 
 
 def test_schedule_grows_geometrically_every_period_and_stops_at_the_cap():
@@ -131,3 +131,29 @@ def test_tau_stops_growing_at_the_cap_and_does_not_count_past_it():
     penalty = SequentialPenalty(PerSampleConstraint("x", 0.0, "le"), PenaltySchedule(1.0, 2.0, 1, 8.0))
     penalty.advance(50)
     assert penalty.tau == pytest.approx(8.0) and int(penalty.growths[0]) == 3
+
+
+def test_the_constrained_folder_imports_nothing_else_of_wm():
+    """The method is reusable for any per-sample constraint: its folder may import itself and
+    third-party libraries, never the rest of wm (checked in a fresh interpreter, and in the source
+    so that a lazy import inside a function cannot hide)."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import watermark_cli.constrained as constrained
+
+    folder = Path(constrained.__file__).parent
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level <= 1, f"{path.name}:{node.lineno} imports from outside constrained/"
+                assert not (node.module or "").startswith("watermark_cli"), f"{path.name}:{node.lineno}"
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("watermark_cli") for a in node.names), f"{path.name}:{node.lineno}"
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, watermark_cli.constrained; "
+                               "print(' '.join(m for m in sys.modules if m.startswith('watermark_cli')))"],
+        capture_output=True, text=True, check=True).stdout.split()
+    assert loaded and all(m == "watermark_cli" or m.startswith("watermark_cli.constrained") for m in loaded), loaded

@@ -11,7 +11,7 @@ import tifffile
 from PIL import Image
 
 from watermark_cli.errors import BadInputError
-from watermark_cli.synthetic import KINDS, synth_image, write_synthetic_dataset
+from watermark_cli.data.synthetic import KINDS, synth_image, write_synthetic_dataset
 
 
 def image(kind: str, seed: int, lesion: bool = False, shape=(128, 128)) -> np.ndarray:
@@ -92,7 +92,7 @@ def test_bad_kind_or_shape_is_bad_input():
         synth_image("ct", (64,), rng, False)  # type: ignore[arg-type]
 
 
-# -- datasets ------------------------------------------------------------------------------------
+# -- training data -------------------------------------------------------------------------------
 
 
 def test_dataset_files_labels_and_16_bit_round_trip(tmp_path):

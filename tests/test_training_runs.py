@@ -27,7 +27,7 @@ METRIC_COLUMNS = ["epoch", "step", "seconds", "method", "coefficient_mean", "coe
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    from watermark_cli.synthetic import write_synthetic_dataset
+    from watermark_cli.data.synthetic import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("tiny") / "data"
     write_synthetic_dataset(root, 8, size=128, seed=21)
@@ -126,7 +126,7 @@ def test_a_folder_with_no_usable_image_is_a_one_line_error(tmp_path):
 
 def test_a_requested_stop_writes_the_best_model_so_far_and_the_run_can_be_resumed(tiny_data, tmp_path):
     """Ctrl-C or a scheduler's SIGTERM: stop mid-epoch, drop that epoch, write the best model."""
-    from watermark_cli.training import TrainingInterrupted, config_for_preset, load_checkpoint, train
+    from watermark_cli.training.loop import TrainingInterrupted, config_for_preset, load_checkpoint, train
 
     config = config_for_preset("quick", n_bits=128, epochs=3, steps_per_epoch=3, batch_size=4, train_samples=8,
                                validation_crops=4, validation_crop=64)
@@ -178,7 +178,7 @@ def test_sigterm_stops_training_gracefully_through_the_cli(tiny_data, tmp_path):
 def test_interrupted_run_resumed_ends_with_the_same_weights_as_an_uninterrupted_one(tiny_data, tmp_path):
     """Per-sample closed-loop tau and the Lagrangian's multipliers and nuPI state are the state
     most easily lost; both must come back exactly, with every random generator."""
-    from watermark_cli.training import TrainingInterrupted, config_for_preset, load_checkpoint, train
+    from watermark_cli.training.loop import TrainingInterrupted, config_for_preset, load_checkpoint, train
 
     for method, options in [("sequential", {"tau_scope": "per-sample", "tau_schedule": "closed-loop"}),
                              ("lagrangian", {"dual_optimizer": "nupi"})]:
@@ -223,7 +223,7 @@ def test_frames_in_reader_views_and_a_warm_start(tiny_data, tmp_path):
     """frame_views=reader trains on every frame in each view the floor holds in (a 16-bit PNG:
     its data range, so a crop spans [0, 1]); init_from starts from another run's weights and
     refuses a different architecture."""
-    from watermark_cli.datasets import FramePool, collect_image_files
+    from watermark_cli.training.data import FramePool, collect_image_files
 
     files = collect_image_files([tiny_data])[:2]
     reader = FramePool.load(files, frame_views="reader")

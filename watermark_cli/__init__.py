@@ -1,2 +1,16 @@
-"""wm: medical image watermarking with a per-image PSNR guarantee."""
-__version__ = "0.1.0"
+"""wm: medical image watermarking with a per-image PSNR guarantee.
+
+The package's folders name its architecture: `cli` (the command line), `io` (files in and out),
+`model` (networks and the model store, with the shipped models), `marking` (pixels → mark →
+file), `constrained` (learning under per-sample constraints; imports nothing else of wm),
+`attacks`, `training`, `evaluation`, `diagnostic` (the classifier check) and `data` (image sets).
+The core every folder may use stays at the top: `errors`, `jsonout`, `views` (how a reader views a
+frame), `quality`, `allocation`, `guard`, `payload` and `polar`.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("wm")  # one version, pyproject's
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"

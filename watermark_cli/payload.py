@@ -43,7 +43,7 @@ wrong key, noise), one decode examines at most `LIST_SIZE` candidates per class,
 only if its 40-bit tag matches: for a candidate not made with the key, the recomputed tag is a
 PRF output independent of the received one, so each passes with probability 2^-40. The union
 bound gives at most ``classes × LIST_SIZE × 2^-40`` per decode (4 × 8 × 2^-40 = 2.9e-11 for 256
-bits), and per image `watermarking.DECODES_PER_IMAGE` (24) decodes: 7.0e-10, under the 1e-8 of
+bits), and per image `marking.image.DECODES_PER_IMAGE` (24) decodes: 7.0e-10, under the 1e-8 of
 design §5. (With the public default key anyone can forge a valid payload on purpose.)
 
 **Format 1** (`LegacyPayloadCodec`: CRC-32 and Reed-Solomon under a key-only XOR keystream) is

@@ -12,7 +12,7 @@ CT's brain window.
 Every view maps stored values to display values in units of its own peak (a window to [0, 1],
 the data range to (value − min) / (max − min) of the original frame), so the PSNR in any view is
 10·log10(1 / MSE) of the two displays. `reader_views` lists the views of one frame; `Display`
-holds what the file says about its pipeline, read once by `image_io`.
+holds what the file says about its pipeline, read once by `io.image`.
 
 CT windows that are views of every CT frame, beside the windows it declares (centre / width in
 HU; the usual reading-room presets, e.g. Radiopaedia's "Windowing (CT)"):

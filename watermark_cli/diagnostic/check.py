@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 DEFAULT_MARGIN = 0.01
 DEFAULT_RESAMPLES = 2000

@@ -3,7 +3,7 @@
 The most common MR matrix is 256², most exports are 8-bit, and an axial head slice is mostly
 black around the anatomy: few pixels carry the mark, and the black ones cannot carry a signed
 one. So this is the hardest everyday case, and the benchmarks measure it apart. The slices are
-cut from the held-out split of pydicom-data (`clinical_data`), each shown in its own declared
+cut from the held-out split of pydicom-data (`data.clinical`), each shown in its own declared
 window (a CT that declares none in the brain preset), and from the real MR volume that ships
 with dipy (`S0_10slices.nii.gz`, ten 128² axial slices brought to 256²). None of them is used in training
 or tuning: the training split of pydicom-data holds other acquisitions, and dipy is not read
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 SIDE = 256
 # A slice is kept when at least these shares of its pixels are black and not black.
@@ -69,9 +69,9 @@ def _cut(name: str, source: str, display: np.ndarray) -> list[Slice]:
 def held_out_dicom_slices() -> list[Slice]:
     """The CT and MR frames of the held-out split, in each declared window (a CT without one:
     the brain preset), as 8-bit 256² slices."""
-    from .clinical_data import clinical_files
-    from .image_io import read_image
-    from .views import VoiView, reader_views
+    from .clinical import clinical_files
+    from ..io.image import read_image
+    from ..views import VoiView, reader_views
 
     slices: list[Slice] = []
     for group, path in clinical_files("held_out"):
@@ -89,7 +89,7 @@ def dipy_volume_path() -> Path:
     try:
         import dipy
     except ImportError:
-        raise BadInputError("dipy is not installed (pip install dipy nibabel): it ships the real MR volume "
+        raise BadInputError("dipy is not installed (pip install 'wm[slices]'): it ships the real MR volume "
                             f"{DIPY_VOLUME}") from None
     path = Path(dipy.__file__).parent / "data" / "files" / DIPY_VOLUME
     if not path.is_file():
@@ -103,7 +103,7 @@ def dipy_slices() -> list[Slice]:
     try:
         import nibabel
     except ImportError:
-        raise BadInputError("nibabel is not installed (pip install nibabel): it reads dipy's MR volume") from None
+        raise BadInputError("nibabel is not installed (pip install 'wm[slices]'): it reads dipy's MR volume") from None
     path = dipy_volume_path()
     volume = np.asarray(nibabel.load(str(path)).get_fdata(), dtype=np.float64)
     volume = volume.reshape(volume.shape[0], volume.shape[1], -1)
@@ -134,7 +134,7 @@ def write_slices(out: Path) -> list[Path]:
 
 def slice_image(item: Slice):
     """A slice as the `MedicalImage` of an 8-bit PNG (viewed as stored, peak 255)."""
-    from .image_io import MedicalImage
+    from ..io.image import MedicalImage
 
     return MedicalImage(pixels=item.pixels[None].copy(), kind="png", path=Path(item.name), bits_stored=8,
                         stored_min=0, stored_max=255, photometric="MONOCHROME2", modality=None)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadInputError
-from .image_io import MedicalImage, iter_image_files, read_image  # noqa: E402
+from ..errors import BadInputError
+from ..io.image import MedicalImage, iter_image_files, read_image  # noqa: E402
 
 MIN_SIDE = 64
 
@@ -38,7 +38,7 @@ def normalised_frames(image: MedicalImage) -> np.ndarray:
 def reader_view_frames(image: MedicalImage) -> np.ndarray:
     """(frames × views, rows, cols) float32: every frame in every reader view, clipped to [0, 1]
     (a window clips what lies outside it, as the reader sees it)."""
-    from .views import reader_views
+    from ..views import reader_views
 
     shown = [np.clip(view.display(frame), 0.0, 1.0).astype(np.float32)
              for index, frame in enumerate(image.pixels) for view in reader_views(image, index)]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 WEIGHTS_FILE = "weights.safetensors"
 CARD_FILE = "card.yaml"
@@ -22,9 +22,14 @@ DEFAULT_MODEL_NAME = "default"
 
 
 def shipped_models_folder() -> Path:
-    """`models/` at the repository root (WM_MODELS overrides it)."""
+    """The models shipped inside the package, `watermark_cli/model/shipped/` (package data, so a
+    plain install has them too); WM_MODELS overrides it."""
     override = os.environ.get("WM_MODELS")
-    return Path(override) if override else Path(__file__).resolve().parent.parent / "models"
+    if override:
+        return Path(override)
+    from importlib.resources import files
+
+    return Path(str(files(__package__) / "shipped"))
 
 
 def resolve_model_path(name_or_path: str | None) -> Path:

@@ -14,8 +14,8 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import BadInputError
-from .jsonout import dumps
+from ..errors import BadInputError
+from ..jsonout import dumps
 
 AUDIT_FILE_NAME = "wm-audit.jsonl"
 
@@ -65,8 +65,8 @@ class AuditLog:
 
 def audit_record(result: dict, payload: bytes, codec) -> dict:
     """The audit line for one `embedding.embed_file` result."""
-    from . import __version__
-    from .payload import bytes_to_text
+    from .. import __version__
+    from ..payload import bytes_to_text
 
     return {
         "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),

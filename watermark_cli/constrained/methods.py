@@ -6,7 +6,7 @@ loss and the batch's constraint values into the objective the primal optimiser d
 keeps whatever state it needs (penalty coefficients, Lagrange multipliers) between steps:
 
 - `sequential` (ours; arXiv 2601.16812): loss + mean_i tau_i * phi(violation_i), tau growing
-  on a schedule (see sequential_penalty.py for the global / per-sample, hinge / squared-hinge,
+  on a schedule (see sequential_penalty for the global / per-sample, hinge / squared-hinge,
   open / closed-loop variants);
 - `fixed`: the same penalty with a constant weight lambda (a grid of weights = one run each);
 - `lagrangian`: one Lagrange multiplier per training sample (cooper's `IndexedMultiplier`),

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .allocation import spread_over_views
-from .datasets import MIN_SIDE, normalised_frames
-from .errors import BadInputError
-from .guard import GuardedFrame, guard_image
-from .image_io import MedicalImage
-from .model_store import LoadedModel
-from .payload import DecodedPayload, LegacyPayloadCodec, PayloadCodec
-from .quality import FrameMeter, QualityFloor, frame_meters
+from ..allocation import spread_over_views
+from ..training.data import MIN_SIDE, normalised_frames
+from ..errors import BadInputError
+from ..guard import GuardedFrame, guard_image
+from ..io.image import MedicalImage
+from ..model.store import LoadedModel
+from ..payload import DecodedPayload, LegacyPayloadCodec, PayloadCodec
+from ..quality import FrameMeter, QualityFloor, frame_meters
 
 
 # Marking needs this many whole tiles along each side: the decoder folds (averages) the tiles,

@@ -2,11 +2,11 @@
 
 `wm evaluate --classifier` asks whether a diagnostic classifier answers the same on watermarked
 images as on the originals. Demonstrating that offline needs labelled images, and pydicom-data
-has no findings, so the lesions here are synthetic (the blurred nodule of `synthetic.py`); what
+has no findings, so the lesions here are synthetic (the blurred nodule of `data.synthetic`); what
 is real is the anatomy, noise and texture under them:
 
 - real backgrounds: random square crops of the grayscale frames of the pydicom-data clinical
-  images of ONE split (`clinical_data`: train or held_out, split by image group, never mixed),
+  images of ONE split (`data.clinical`: train or held_out, split by image group, never mixed),
   rescaled with antialiasing to the output size; nearly flat crops (air, collimator shadow,
   blank padding) are rejected so that every image holds anatomy. Each frame is first shown as
   a viewer would: through the file's VOI window (else its 1st..99.5th percentile), MONOCHROME1
@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .clinical_data import clinical_files
-from .errors import BadInputError
-from .image_io import read_image
+from .clinical import clinical_files
+from ..errors import BadInputError
+from ..io.image import read_image
 from .synthetic import KINDS, add_nodule, synth_image
 
 LESION_CONTRAST = (0.30, 0.70)  # fraction of the mean tissue value under the nodule

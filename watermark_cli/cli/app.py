@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import BadInputError, CheckFailedError, NoWatermarkError, WmError
+from ..errors import BadInputError, CheckFailedError, NoWatermarkError, WmError
 
 app = typer.Typer(
     add_completion=False,
@@ -48,7 +48,7 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks f
 
 
 def _emit_json(payload: dict) -> None:
-    from .jsonout import dumps
+    from ..jsonout import dumps
 
     sys.stdout.write(dumps(payload) + "\n")
     sys.stdout.flush()
@@ -117,7 +117,7 @@ class PsnrPeak(str, Enum):
 
 
 def _quality_floor(psnr_min: float, psnr_peak: PsnrPeak, psnr_domain: PsnrDomain, max_abs_error: float | None):
-    from .quality import QualityFloor
+    from ..quality import QualityFloor
 
     if not (0 < psnr_min < 200):  # also rejects NaN
         raise BadInputError("--psnr-min must be between 0 and 200 dB")
@@ -178,9 +178,9 @@ def embed(
 ) -> None:
     """Hide MESSAGE in INPUT; every written frame keeps PSNR >= --psnr-min, measured on its stored
     values, in every view a reader uses (its data range and every window it declares)."""
-    from .audit import AuditLog, audit_record, default_audit_path
-    from .embedding import EmbedSettings, check_free_space, embed_files
-    from .image_io import DICOM_COMPRESSIONS, scan_folder
+    from ..io.audit import AuditLog, audit_record, default_audit_path
+    from ..marking.files import EmbedSettings, check_free_space, embed_files
+    from ..io.image import DICOM_COMPRESSIONS, scan_folder
 
     floor = _quality_floor(psnr_min, psnr_peak, psnr_domain, max_abs_error)
     window_override = _parse_window(window)
@@ -193,7 +193,7 @@ def embed(
         raise BadInputError(f"no such file or folder: {input}")
     secret = _resolve_key(key, key_file)
     loaded = _load_model(model)
-    from .watermarking import codec_for
+    from ..marking.image import codec_for
 
     codec = codec_for(loaded, secret)
     codec.encode(payload)  # a too-long message fails here, before any file is touched
@@ -376,9 +376,9 @@ def extract(
     json_output: JsonOption = False,
 ) -> None:
     """Read the hidden message. Exit 0: found; 1: no valid watermark; 2: bad input."""
-    from .image_io import iter_image_files, read_image
-    from .payload import bytes_to_text, key_kind
-    from .watermarking import codec_for, extract_payload, legacy_codec_for
+    from ..io.image import iter_image_files, read_image
+    from ..payload import bytes_to_text, key_kind
+    from ..marking.image import codec_for, extract_payload, legacy_codec_for
 
     if not input.exists():
         raise BadInputError(f"no such file or folder: {input}")
@@ -473,7 +473,7 @@ def train(
     """Train an encoder/decoder pair under PSNR_i >= floor for every training image."""
     import os
 
-    from .training import (TrainingInterrupted, config_for_preset, parse_assignments, read_config_file,
+    from ..training.loop import (TrainingInterrupted, config_for_preset, parse_assignments, read_config_file,
                            resume_config, train as run_training, validate_config)
 
     flags = {"psnr_min": psnr_min, "n_bits": bits, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
@@ -570,9 +570,9 @@ def evaluate(
 ) -> None:
     """Quality, message recovery under attacks, false positives, and (with --classifier and
     --labels) whether a diagnostic classifier scores watermarked images as it scores originals."""
-    from .attacks import parse_attack_list
-    from .datasets import collect_image_files
-    from .evaluation import ClassifierCheck, EvaluationOptions, evaluate as run_evaluation
+    from ..attacks.codecs import parse_attack_list
+    from ..training.data import collect_image_files
+    from ..evaluation.run import ClassifierCheck, EvaluationOptions, evaluate as run_evaluation
 
     floor = _quality_floor(psnr_min, psnr_peak, psnr_domain, None)
     attack_list = parse_attack_list(attacks)
@@ -585,7 +585,7 @@ def evaluate(
     n_files = len(collect_image_files(data))
     check = None
     if classifier is not None:
-        from .classifier import load_classifier, read_labels
+        from ..diagnostic.classifier import load_classifier, read_labels
 
         check = ClassifierCheck(load_classifier(classifier), read_labels(labels), margin, seed)
     loaded = _load_model(model)
@@ -665,7 +665,7 @@ def data_synth(
     json_output: JsonOption = False,
 ) -> None:
     """Write CT-, MR- and radiograph-like synthetic images (with and without synthetic lesions)."""
-    from .synthetic import write_synthetic_dataset
+    from ..data.synthetic import write_synthetic_dataset
 
     labels = write_synthetic_dataset(out, n, size=size, seed=seed, lesion_fraction=lesion_fraction,
                                      bit_depth=bit_depth, fmt=fmt)
@@ -682,7 +682,7 @@ def data_clinical(
     json_output: JsonOption = False,
 ) -> None:
     """Copy the real clinical DICOMs of pydicom-data for one split (fixed, split by image, not by file)."""
-    from .clinical_data import write_clinical_split
+    from ..data.clinical import write_clinical_split
 
     written = write_clinical_split(out, split)
     if json_output:
@@ -697,7 +697,7 @@ def data_slices(
     json_output: JsonOption = False,
 ) -> None:
     """256² 8-bit slices with a mostly black background from held-out real images (pydicom-data's held-out split in its windows, dipy's MR volume): the hardest everyday case, never used in training."""
-    from .slices import write_slices
+    from ..data.slices import write_slices
 
     written = write_slices(out)
     if json_output:
@@ -722,7 +722,7 @@ def data_lesions(
 
     Images come in pairs sharing a background, one with the nodule and one without. Writes 16-bit PNGs, labels.csv (path,label,group; label 1 = lesion, group = the pair), manifest.csv and a README.txt that says the lesions are synthetic.
     """  # one line per paragraph: the help output wraps them to the terminal
-    from .lesion_dataset import LesionDatasetConfig, write_lesion_dataset
+    from ..data.lesions import LesionDatasetConfig, write_lesion_dataset
 
     config = LesionDatasetConfig(split=split, n=n, size=size, seed=seed, real_fraction=real_fraction)
     labels = write_lesion_dataset(out, config)
@@ -753,7 +753,7 @@ def classifier_train(
     json_output: JsonOption = False,
 ) -> None:
     """Train a diagnostic classifier from scratch on clean (never watermarked) training images."""
-    from .classifier import ClassifierTrainingConfig, read_labels, train_classifier
+    from ..diagnostic.classifier import ClassifierTrainingConfig, read_labels, train_classifier
 
     if not data.exists():
         raise BadInputError(f"no such file or folder: {data}")
@@ -804,9 +804,9 @@ def _print_summary_table(title: str, summary: dict) -> None:
 @app.command()
 def models(json_output: JsonOption = False) -> None:
     """List the shipped models and their payload capacity."""
-    from .model_store import read_card, shipped_models_folder
+    from ..model.store import read_card, shipped_models_folder
 
-    from .watermarking import smallest_markable_side
+    from ..marking.image import smallest_markable_side
 
     folder = shipped_models_folder()
     rows = []
@@ -832,7 +832,7 @@ def models(json_output: JsonOption = False) -> None:
 # --------------------------------------------------------------------------------- helpers ----
 
 def _load_model(name_or_path: str | None):
-    from .model_store import load_model
+    from ..model.store import load_model
 
     return load_model(name_or_path)
 

@@ -22,8 +22,8 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import BadInputError
-from .views import View
+from ..errors import BadInputError
+from ..views import View
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,7 @@ class Attack:
 
 def _window_view(window: tuple[float, float], context: FrameContext, frame: np.ndarray) -> View:
     """The `window8:C,W` export window, in the modality units of the budgeted view's frame."""
-    from .views import ModalityTransform, VoiView, VoiWindow
+    from ..views import ModalityTransform, VoiView, VoiWindow
 
     modality = getattr(context.view, "modality", None) or ModalityTransform()
     return VoiView(modality, VoiWindow(window[0], window[1], origin="user"), frame)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadInputError, CheckFailedError, WmError
-from .quality import QualityFloor
+from ..errors import BadInputError, CheckFailedError, WmError
+from ..quality import QualityFloor
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,12 @@ def pixel_sha256(pixels: np.ndarray) -> str:
 
 
 def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded, codec) -> dict:
-    from . import __version__
-    from .image_io import check_writable, read_image, write_image
-    from .model_store import file_sha256
-    from .payload import key_kind
-    from .quality import image_quality, meets_floor
-    from .watermarking import embed_pixels, extract_payload
+    from .. import __version__
+    from ..io.image import check_writable, read_image, write_image
+    from ..model.store import file_sha256
+    from ..payload import key_kind
+    from ..quality import image_quality, meets_floor
+    from .image import embed_pixels, extract_payload
 
     floor = settings.floor
     image = read_image(source)
@@ -167,8 +167,8 @@ def _start_worker(settings: EmbedSettings, threads: int) -> None:
 
     import torch
 
-    from .model_store import load_model
-    from .watermarking import codec_for
+    from ..model.store import load_model
+    from .image import codec_for
 
     # Ctrl-C reaches the whole process group: the parent decides what happens (see
     # cli.GracefulStop); a worker always finishes the file it is writing.
@@ -236,7 +236,7 @@ def estimated_output_bytes(source: Path) -> int:
     """
     size = source.stat().st_size
     try:
-        from .image_io import _sniff
+        from ..io.image import _sniff
 
         kind = _sniff(source)
         if kind == "dicom" or source.suffix.lower() in (".dcm", ".dicom", ""):

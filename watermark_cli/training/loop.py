@@ -2,8 +2,8 @@
 
 The problem (design §2): minimise the message loss (binary cross-entropy on the raw bits, after
 an attack) subject to PSNR_i >= floor for every training sample i. Image quality is controlled
-only by the constraint method (`--method`, see constraint_methods.py); there is no image-MSE
-term. The training set is a fixed set of N crops (datasets.TrainingSamples), so that each sample
+only by the constraint method (`--method`, see constrained/methods.py); there is no image-MSE
+term. The training set is a fixed set of N crops (training.data.TrainingSamples), so that each sample
 keeps its identity for per-sample coefficients and multipliers, visited in shuffled passes.
 
 The loop reads top to bottom: take the next samples, draw messages, embed, attack, decode, hand
@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .datasets import FramePool, SampleOrder, TrainingSamples, collect_image_files, split_by_file
-from .errors import BadInputError
+from .data import FramePool, SampleOrder, TrainingSamples, collect_image_files, split_by_file
+from ..errors import BadInputError
 
 if TYPE_CHECKING:  # torch is imported inside the functions, so that `wm --help` stays instant
     import torch
@@ -83,7 +83,7 @@ class TrainConfig:
     decoder_channels: int = 16
     decoder_maps: int = 2
     carrier_smoothing: float = 0.0
-    # How frames become training images (datasets.FRAME_VIEWS): "reader" shows every frame in
+    # How frames become training images (training.data.FRAME_VIEWS): "reader" shows every frame in
     # every view the floor holds in, the view's peak as 1; "nominal" divides by 2^BitsStored − 1.
     frame_views: str = "nominal"
     # Start from this model's weights (a model folder with the same architecture), not at random.
@@ -97,7 +97,7 @@ class TrainConfig:
     mixed_precision: bool = True
 
     def network_config(self):
-        from .networks import NetworkConfig
+        from ..model.networks import NetworkConfig
 
         return NetworkConfig(
             n_bits=self.n_bits,
@@ -109,7 +109,7 @@ class TrainConfig:
         )
 
     def method_settings(self):
-        from .constraint_methods import MethodSettings
+        from ..constrained.methods import MethodSettings
 
         return MethodSettings(
             method=self.method, shape=self.penalty_shape, tau_scope=self.tau_scope, tau_schedule=self.tau_schedule,
@@ -282,7 +282,7 @@ def parse_assignments(assignments: list[str]) -> dict:
 def validate_config(config: TrainConfig) -> None:
     if config.n_bits < 8 or config.n_bits % 8:
         raise BadInputError("--bits must be a positive multiple of 8")
-    from .payload import PayloadCodec
+    from ..payload import PayloadCodec
 
     PayloadCodec(config.n_bits)  # a payload with no room for an authenticated message fails here
     if config.crop < config.tile or config.crop % config.tile:
@@ -299,7 +299,7 @@ def validate_config(config: TrainConfig) -> None:
         raise BadInputError("validation_crops must be positive")
     if config.device not in ("auto", "cpu", "cuda"):
         raise BadInputError(f"unknown device {config.device!r} (auto, cpu or cuda)")
-    from .datasets import FRAME_VIEWS
+    from .data import FRAME_VIEWS
 
     if config.frame_views not in FRAME_VIEWS:
         raise BadInputError(f"unknown frame_views {config.frame_views!r} (choose from {', '.join(FRAME_VIEWS)})")
@@ -307,12 +307,12 @@ def validate_config(config: TrainConfig) -> None:
         config.method_settings().check()
     except ValueError as error:
         raise BadInputError(str(error)) from None
-    from .training_attacks import TRAINING_ATTACKS
+    from ..attacks.layers import TRAINING_ATTACKS
 
     unknown = [a for a in config.attacks if a not in TRAINING_ATTACKS]
     if unknown:
         raise BadInputError(f"unknown training attack(s): {', '.join(unknown)}")
-    from .training_attacks import CROP_SMALLEST_SIDE
+    from ..attacks.layers import CROP_SMALLEST_SIDE
 
     if "crop" in config.attacks and math.floor(config.crop * CROP_SMALLEST_SIDE) < config.tile:
         raise BadInputError(f"the crop attack keeps as little as {CROP_SMALLEST_SIDE:.0%} of a side, less than one "
@@ -422,10 +422,10 @@ def _train(config: TrainConfig, data: list[Path], output: Path, progress, resume
     import torch
     import torch.nn.functional as F
 
-    from .constraint_methods import build_method
-    from .networks import TrainingPass, WatermarkModel
-    from .sequential_penalty import PerSampleConstraint
-    from .training_attacks import pick_training_attack
+    from ..constrained.methods import build_method
+    from ..model.networks import TrainingPass, WatermarkModel
+    from ..constrained.sequential_penalty import PerSampleConstraint
+    from ..attacks.layers import pick_training_attack
 
     device = pick_device(config.device, cluster.local_rank)
     started = time.perf_counter()
@@ -565,7 +565,7 @@ def _train(config: TrainConfig, data: list[Path], output: Path, progress, resume
                            seconds, device, cluster.world_size)
         if stopped:
             card["training"]["stopped_after_epoch"] = history[-1].epoch
-        from .model_store import save_model
+        from ..model.store import save_model
 
         save_model(output, model, card)
         _write_metrics(output, history)
@@ -606,8 +606,8 @@ def load_training_data(config: TrainConfig, data: list[Path]) -> tuple[FramePool
 
 def _load_initial_weights(model, config: TrainConfig) -> None:
     """Warm start: the weights of `config.init_from`, whose architecture must be this run's."""
-    from .model_store import load_model
-    from .networks import NetworkConfig
+    from ..model.store import load_model
+    from ..model.networks import NetworkConfig
 
     start = load_model(config.init_from)
     theirs = NetworkConfig(**{k: v for k, v in start.card["architecture"].items() if k != "type"})
@@ -808,7 +808,7 @@ def _set_rng_state(state: dict, rng: random.Random, device) -> None:
 
 def _model_card(config: TrainConfig, train_pool: FramePool, validation_pool: FramePool | None,
                 best: EpochMetrics, seconds: float, device, world_size: int) -> dict:
-    from .payload import PayloadCodec
+    from ..payload import PayloadCodec
 
     return {
         "name": f"wm-{config.preset}-{config.n_bits}b",

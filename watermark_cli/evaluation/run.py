@@ -20,14 +20,14 @@ from typing import Callable
 
 import numpy as np
 
-from .attacks import Attack, FrameContext
-from .datasets import collect_image_files
-from .errors import BadInputError, WmError
-from .image_io import MedicalImage, read_image
-from .model_store import LoadedModel
-from .payload import key_kind
-from .quality import QualityFloor, image_quality
-from .watermarking import codec_for, embed_pixels, image_false_positive_bound, read_frames
+from ..attacks.codecs import Attack, FrameContext
+from ..training.data import collect_image_files
+from ..errors import BadInputError, WmError
+from ..io.image import MedicalImage, read_image
+from ..model.store import LoadedModel
+from ..payload import key_kind
+from ..quality import QualityFloor, image_quality
+from ..marking.image import codec_for, embed_pixels, image_false_positive_bound, read_frames
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def evaluate(
 ) -> dict:
     """Evaluate the image files under `data` and write the report folder. `finish` may add
     blocks to the report (the classifier check) before it is written."""
-    from .evaluation_report import write_report
+    from .report import write_report
 
     files = collect_image_files(data)
     if not files:
@@ -282,7 +282,7 @@ class ClassifierCheck:
 
     The frozen classifier scores every labelled image twice: as it came, and marked with the
     first evaluation message (no attack), which is what a hospital would archive. The paired
-    scores then go to `diagnostic_check.compare_classifier`. Unlabelled images are still
+    scores then go to `diagnostic.check.compare_classifier`. Unlabelled images are still
     evaluated for quality and robustness; they simply take no part in this check.
     """
 
@@ -298,7 +298,7 @@ class ClassifierCheck:
         self._unlabelled = 0
 
     def on_marked(self, path: str, image: MedicalImage, marked_pixels: np.ndarray) -> None:
-        from .classifier import classifier_input
+        from ..diagnostic.classifier import classifier_input
 
         row = self._row_of.get(Path(path).resolve())
         if row is None:
@@ -311,7 +311,7 @@ class ClassifierCheck:
         self._rows.append(row)
 
     def finish(self, report: dict) -> None:
-        from .diagnostic_check import compare_classifier
+        from ..diagnostic.check import compare_classifier
 
         if not self._rows:
             raise BadInputError(f"none of the evaluated images has a label in {self.labelled.source}")

@@ -29,8 +29,8 @@ from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
-from .errors import BadInputError
-from .views import Display
+from ..errors import BadInputError
+from ..views import Display
 
 # Heavy imports (pydicom, Pillow, tifffile) happen inside the functions that need them so that
 # `wm --help` stays fast.
@@ -113,7 +113,7 @@ class MedicalImage:
     def window(self) -> tuple[float, float] | None:
         """The first declared linear VOI window of the first frame, in stored units (None when
         there is none, or when a Modality LUT makes stored and modality values non-linear)."""
-        from .views import VoiWindow, window_in_stored_units
+        from ..views import VoiWindow, window_in_stored_units
 
         frame = self.display.frame(0)
         first = next((voi for voi in frame.vois if isinstance(voi, VoiWindow)), None)
@@ -261,7 +261,7 @@ def _read_dicom(path: Path) -> MedicalImage:
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import pixel_array
 
-    from .views import display_from_dicom
+    from ..views import display_from_dicom
 
     try:
         ds = pydicom.dcmread(path)

@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The diagnostic classifier of the watermark check: labels, preprocessing, training, scoring.
 
 `wm evaluate --classifier` asks whether a frozen diagnostic classifier answers the same on
-watermarked images as on the originals (design §6; the statistics are in `diagnostic_check`).
+watermarked images as on the originals (design §6; the statistics are in `diagnostic.check`).
 This module provides that classifier:
 
 - labels (`read_labels`): a CSV `path,label` (0/1: one finding), a CSV `path,A,B,...` (0/1 per
@@ -9,7 +9,7 @@ This module provides that classifier:
   picks the positive class of two);
 - preprocessing (`classifier_input`): one frame per image (the middle one of a multi-frame
   image), stored values mapped to [0, 1] over the nominal stored range exactly as the watermark
-  model sees them (`datasets.normalised_frames`), letterboxed to a square and resampled with
+  model sees them (`training.data.normalised_frames`), letterboxed to a square and resampled with
   antialiasing to the input size. It takes stored pixel values, so originals read from disk and
   watermarked pixels held in memory go through the very same function;
 - networks trained from scratch: a small CNN that learns on a CPU in a minute or two (default),
@@ -46,10 +46,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import normalised_frames
-from .errors import BadInputError
-from .image_io import MedicalImage, iter_image_files, read_image
-from .model_store import file_sha256, read_yaml_card
+from ..training.data import normalised_frames
+from ..errors import BadInputError
+from ..io.image import MedicalImage, iter_image_files, read_image
+from ..model.store import file_sha256, read_yaml_card
 
 ARCHITECTURES = ("small", "resnet18", "densenet121")
 DEFAULT_INPUT_SIZE = 128
@@ -533,7 +533,7 @@ def train_classifier(
     """
     import torch
 
-    from .diagnostic_check import macro_auroc
+    from .check import macro_auroc
 
     if config.arch not in ARCHITECTURES:
         raise BadInputError(f"unknown classifier architecture {config.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
@@ -611,7 +611,7 @@ def train_classifier(
     per_label = {}
     if val_idx:
         probabilities = torch.sigmoid(_logits(network, inputs[val_idx], device)).numpy()
-        from .diagnostic_check import auroc
+        from .check import auroc
 
         for j, name in enumerate(labelled.label_names):
             value = auroc(probabilities[:, j], labelled.targets[val_idx, j])

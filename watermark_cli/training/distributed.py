@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 
 @dataclass

@@ -190,7 +190,7 @@ def add_nodule(
 ) -> np.ndarray:
     """The phantoms' blurred nodule, centred on one of the ``candidates`` pixels of any image.
 
-    Used to place the same synthetic lesion on real backgrounds (`lesion_dataset`). Its
+    Used to place the same synthetic lesion on real backgrounds (`data.lesions`). Its
     contrast is relative to the mean value under it, as in the phantoms. It takes a fixed number
     of draws from ``rng``, so what the caller draws next does not depend on the image.
     """

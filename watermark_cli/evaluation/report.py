@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .jsonout import dumps
+from ..jsonout import dumps
 
 
 def write_report(folder: Path, report: dict, rows: list[dict], frame_psnrs: list[float],

@@ -1,0 +1,9 @@
+"""The `wm` command line: one module per command group, one function per subcommand.
+
+Lives here: argument parsing, progress, tables and JSON output; no marking logic of its own.
+May import any part of wm; nothing in wm imports it. `main` is the console entry point.
+"""
+
+from .app import app, main
+
+__all__ = ["app", "main"]
