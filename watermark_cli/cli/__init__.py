@@ -4,6 +4,8 @@ Lives here: argument parsing, progress, tables and JSON output; no marking logic
 May import any part of wm; nothing in wm imports it. `main` is the console entry point.
 """
 
+# Importing a command module registers its commands; `wm --help` lists them in this order.
+from . import marking, training, evaluation, models, data, classifier  # noqa: F401  # isort: skip
 from .app import app, main
 
 __all__ = ["app", "main"]

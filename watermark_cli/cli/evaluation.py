@@ -1,0 +1,117 @@
+"""`wm evaluate`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import BadInputError, CheckFailedError
+from .app import app, emit_json, open_model, progress_bar, stderr, stdout
+from .options import (JsonOption, KeyFileOption, KeyOption, ModelOption, PsnrDomain, PsnrDomainOption, PsnrOption,
+                      PsnrPeak, PsnrPeakOption, WindowOption, parse_window, quality_floor, resolve_key)
+
+
+@app.command()
+def evaluate(
+    data: Annotated[list[Path], typer.Argument(help="Files or folders of images (held-out!).")],
+    model: ModelOption = None,
+    psnr_min: PsnrOption = 40.0,
+    psnr_domain: PsnrDomainOption = PsnrDomain.view,
+    psnr_peak: PsnrPeakOption = PsnrPeak.nominal,
+    window: WindowOption = None,
+    attacks: Annotated[str, typer.Option("--attacks", help="default | none | NAME[:STRENGTH],...")] = "default",
+    messages: Annotated[int, typer.Option("--messages", help="Fixed messages per image.")] = 3,
+    key: KeyOption = None,
+    key_file: KeyFileOption = None,
+    report: Annotated[Path, typer.Option("--report", help="Report folder.")] = Path("wm_report"),
+    classifier: Annotated[Optional[Path], typer.Option("--classifier", help="Folder of a classifier from `wm classifier train`: the diagnostic check.")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels for the check: CSV path,label (paths relative to the CSV) or a folder of class subfolders.")] = None,
+    margin: Annotated[float, typer.Option("--margin", help="Non-inferiority margin on ΔAUROC (the check fails if the CI's lower bound is below −margin).")] = 0.01,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    json_output: JsonOption = False,
+) -> None:
+    """Quality, message recovery under attacks, false positives, and (with --classifier and
+    --labels) whether a diagnostic classifier scores watermarked images as it scores originals."""
+    from ..attacks.codecs import parse_attack_list
+    from ..training.data import collect_image_files
+    from ..evaluation.run import ClassifierCheck, EvaluationOptions, evaluate as run_evaluation
+
+    floor = quality_floor(psnr_min, psnr_peak, psnr_domain, None)
+    attack_list = parse_attack_list(attacks)
+    if messages < 1:
+        raise BadInputError("--messages must be at least 1")
+    if (classifier is None) != (labels is None):
+        raise BadInputError("the classifier check needs both --classifier and --labels")
+    if not (math.isfinite(margin) and 0 <= margin < 1):
+        raise BadInputError("--margin must be between 0 and 1")
+    n_files = len(collect_image_files(data))
+    check = None
+    if classifier is not None:
+        from ..diagnostic.classifier import load_classifier, read_labels
+
+        check = ClassifierCheck(load_classifier(classifier), read_labels(labels), margin, seed)
+    loaded = open_model(model)
+    options = EvaluationOptions(floor=floor, attacks=attack_list, messages=messages, key=resolve_key(key, key_file),
+                                seed=seed,
+                                window=parse_window(window))
+    with progress_bar(not json_output) as progress:
+        task = progress.add_task("evaluating", total=n_files) if progress else None
+        summary = run_evaluation(list(data), loaded, options, report,
+                                 (lambda _: progress.advance(task)) if progress else None,
+                                 on_marked=check.on_marked if check else None,
+                                 finish=check.finish if check else None)
+    if json_output:
+        emit_json(summary)
+    else:
+        _print_evaluation(summary, report)
+    problems = []
+    if summary["below_floor"]:
+        problems.append(f"{summary['below_floor']} frame(s) below the {psnr_min:g} dB floor")
+    if summary.get("classifier") and not summary["classifier"]["non_inferior"]:
+        problems.append(f"the classifier check failed its −{margin:g} ΔAUROC margin")
+    if problems:
+        raise CheckFailedError("; ".join(problems))
+
+
+def _print_evaluation(summary: dict, report: Path) -> None:
+    psnr = summary["psnr"]
+    stdout.print(
+        f"[bold]{summary['n_images']} images[/] ({summary['n_frames_marked']} marked frames), model {summary['model']}; "
+        f"PSNR in the binding view min {psnr['min']:.2f} dB, median {psnr['median']:.2f} dB (binding views: "
+        f"{summary['psnr_peak']}); "
+        f"below floor: [bold]{summary['below_floor']}[/]; guard acted on {summary['guard_acted']}"
+    )
+    table = Table(title="message recovery per attack")
+    table.add_column("attack")
+    table.add_column("bit accuracy", justify="right")
+    table.add_column("payload recovery", justify="right")
+    table.add_column("n", justify="right")
+    for name, figures in summary["attacks"].items():
+        table.add_row(name, f"{figures['bit_accuracy']:.4%}", f"{figures['payload_recovery']:.1%}", str(figures["n"]))
+    stdout.print(table)
+    detection = summary["detection"]
+    stdout.print(
+        f"false positives on unmarked originals: {detection['false_positives']} of {detection['n_clean']} "
+        f"(95 % upper bound {detection['false_positive_rate_upper_95']:.3g}); report: {report}"
+    )
+    block = summary.get("classifier")
+    if block:
+        ci = block["delta_auroc_ci95"]
+        interval = f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci[0] is not None else "undefined"
+        verdict = "[green]non-inferior[/]" if block["non_inferior"] else "[red]NOT shown non-inferior[/]"
+        stdout.print(
+            f"classifier check ({block['n_images']} labelled images): AUROC {block['auroc_clean']:.4f} → "
+            f"{block['auroc_watermarked']:.4f}, Δ {block['delta_auroc']:+.4f}, 95 % CI {interval}, margin "
+            f"−{block['margin']:g}: {verdict}; flip rate {block['flip_rate']:.4f}", highlight=False)
+    quality = summary.get("quality") or {}
+    parts = [f"{name} median {quality[name]['median']:.{digits}f}" for name, digits in
+             (("psnr_data_range", 2), ("psnr_window", 2), ("psnr_nominal", 2), ("ssim", 4)) if quality.get(name)]
+    if parts:
+        stdout.print("quality per marked image: " + ", ".join(parts) +
+                     f"; report.html in {report}", highlight=False)
+    for item in summary["skipped"]:
+        stderr.print(f"[yellow]skipped[/] {item['path']}: {item['reason']}", highlight=False)

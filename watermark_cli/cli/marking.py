@@ -1,0 +1,255 @@
+"""`wm embed` and `wm extract`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import BadInputError, CheckFailedError, NoWatermarkError, WmError
+from .app import GracefulStop, app, emit_json, format_db, open_model, progress_bar, stderr, stdout
+from .options import (JsonOption, KeyFileOption, KeyOption, ModelOption, PsnrDomain, PsnrDomainOption, PsnrOption,
+                      PsnrPeak, PsnrPeakOption, WindowOption, message_bytes, parse_window, quality_floor,
+                      resolve_key)
+
+
+def _default_output(input_path: Path, is_folder: bool) -> Path:
+    input_path = input_path.resolve()
+    if is_folder:
+        return input_path.with_name(input_path.name + "_wm")
+    suffix = input_path.suffix.lower()
+    if not suffix:
+        return input_path.with_name(input_path.name + ".wm.dcm")
+    # JPEG is lossy and never written: a marked JPEG becomes a PNG.
+    return input_path.with_name(f"{input_path.stem}.wm{'.png' if suffix in ('.jpg', '.jpeg') else input_path.suffix}")
+
+
+@app.command()
+def embed(
+    input: Annotated[Path, typer.Argument(help="Image file (DICOM, PNG, TIFF) or folder (recursive).")],
+    message: Annotated[str, typer.Argument(help="Text to hide (UTF-8), or hex with --hex. Never a patient identifier.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file, or folder for a folder input.")] = None,
+    model: ModelOption = None,
+    psnr_min: PsnrOption = 40.0,
+    psnr_domain: PsnrDomainOption = PsnrDomain.view,
+    psnr_peak: PsnrPeakOption = PsnrPeak.nominal,
+    window: WindowOption = None,
+    max_abs_error: Annotated[Optional[float], typer.Option("--max-abs-error", help="Per-pixel bound in stored units.")] = None,
+    key: KeyOption = None,
+    key_file: KeyFileOption = None,
+    hex_message: Annotated[bool, typer.Option("--hex", help="MESSAGE is hexadecimal bytes.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (a folder re-run skips them otherwise).")] = False,
+    allow_unverified: Annotated[bool, typer.Option("--allow-unverified", help="Write even if the payload does not read back.")] = False,
+    compress: Annotated[str, typer.Option("--compress", help="DICOM output: none (Explicit VR Little Endian), rle or jpeg2000 (both lossless).")] = "none",
+    fill_budget: Annotated[bool, typer.Option("--fill-budget/--model-strength", help="Strengthen the mark until each frame sits just above the floor (most robust), or keep the model's own strength.")] = True,
+    workers: Annotated[int, typer.Option("--workers", help="Worker processes for a folder.")] = 1,
+    audit: Annotated[Optional[Path], typer.Option("--audit", help="Audit log (JSON lines) to append to; default: wm-audit.jsonl in the output folder.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Hide MESSAGE in INPUT; every written frame keeps PSNR >= --psnr-min, measured on its stored
+    values, in every view a reader uses (its data range and every window it declares)."""
+    from ..io.audit import AuditLog, audit_record, default_audit_path
+    from ..marking.files import EmbedSettings, check_free_space, embed_files
+    from ..io.image import DICOM_COMPRESSIONS, scan_folder
+
+    floor = quality_floor(psnr_min, psnr_peak, psnr_domain, max_abs_error)
+    window_override = parse_window(window)
+    payload = message_bytes(message, hex_message)
+    if compress not in DICOM_COMPRESSIONS:
+        raise BadInputError(f"--compress must be one of {', '.join(DICOM_COMPRESSIONS)} (got {compress!r})")
+    if not 1 <= workers <= 256:
+        raise BadInputError("--workers must be between 1 and 256")
+    if not input.exists():
+        raise BadInputError(f"no such file or folder: {input}")
+    secret = resolve_key(key, key_file)
+    loaded = open_model(model)
+    from ..marking.image import codec_for
+
+    codec = codec_for(loaded, secret)
+    codec.encode(payload)  # a too-long message fails here, before any file is touched
+
+    not_images: list[Path] = []
+    existing: list[tuple[Path, Path]] = []
+    if input.is_dir():
+        target = output or _default_output(input, is_folder=True)
+        if target.exists() and not target.is_dir():
+            raise BadInputError(f"{target}: exists and is not a folder")
+        images, not_images = scan_folder(input, exclude=target)
+        if not images:
+            raise BadInputError(f"no image files in {input}")
+        jobs = [(path, target / path.relative_to(input)) for path in images]
+        if not overwrite:
+            # A re-run does not redo work: outputs are written atomically, so one that exists is whole.
+            existing = [job for job in jobs if job[1].exists()]
+            jobs = [job for job in jobs if not job[1].exists()]
+        check_free_space([source for source, _ in jobs], target)
+    else:
+        target = output or _default_output(input, is_folder=False)
+        jobs = [(input, target)]
+    audit_log = AuditLog(audit or default_audit_path(target, input.is_dir()))
+    if jobs:
+        audit_log.check_writable()
+
+    settings = EmbedSettings(payload=payload, floor=floor, window_override=window_override, overwrite=overwrite,
+                             allow_unverified=allow_unverified, compression=compress, fill_budget=fill_budget,
+                             model=model, key=secret)
+    failures: list = []
+    results: list[dict] = []
+    with progress_bar(len(jobs) > 1 and not json_output) as progress, GracefulStop() as stop:
+        task = progress.add_task("embedding", total=len(jobs)) if progress else None
+        for outcome in embed_files(jobs, settings, loaded, codec, workers, stop_requested=stop.requested):
+            if outcome.result is not None:
+                results.append(outcome.result)
+                audit_log.append(audit_record(outcome.result, payload, codec))
+                _warn_below_floor(outcome.result)
+                if json_output:
+                    emit_json(outcome.result)
+            else:
+                failures.append(outcome)
+                if len(jobs) == 1 and not input.is_dir():
+                    raise (BadInputError if outcome.exit_code == 2 else CheckFailedError)(outcome.error)
+                if json_output:
+                    emit_json({"input": str(outcome.source), "error": outcome.error})
+            if progress:
+                progress.advance(task)
+    if stop.requested():
+        raise KeyboardInterrupt  # after every written file was reported and audited
+    results.sort(key=lambda r: r["input"])
+    if not json_output:
+        _print_embed_table(results)
+        _print_batch_summary(input, results, failures, existing, not_images, audit_log.path if results else None)
+    if failures:
+        summary = f"{len(failures)} of {len(jobs)} file(s) could not be marked (see above)"
+        raise BadInputError(summary) if all(f.exit_code == 2 for f in failures) else CheckFailedError(summary)
+
+
+def _print_batch_summary(input: Path, results, failures, existing, not_images, audit_path) -> None:
+    """For folders: what was skipped and what failed, one line each, then the counts."""
+    if not input.is_dir():
+        if audit_path:
+            stdout.print(f"  audit: {audit_path}", highlight=False, soft_wrap=True)
+        return
+    for outcome in sorted(failures, key=lambda f: str(f.source)):
+        stderr.print(f"[red]failed:[/] {outcome.error}", highlight=False, soft_wrap=True)
+    for path in not_images:
+        stdout.print(f"skipped, not an image: {path}", highlight=False, soft_wrap=True)
+    if existing:
+        stdout.print(f"skipped, output already exists (--overwrite to redo): {len(existing)} file(s)",
+                     highlight=False)
+    stdout.print(f"marked {len(results)}, failed {len(failures)}, already done {len(existing)}, "
+                 f"not images {len(not_images)}" + (f"; audit: {audit_path}" if audit_path else ""),
+                 highlight=False, soft_wrap=True)
+
+
+def _print_embed_table(results: list[dict]) -> None:
+    if not results:
+        return
+    if len(results) == 1:
+        r = results[0]
+        others = ", ".join(f"{name} {format_db(value)}" for name, value in r["psnr_views"].items()
+                           if name != r["binding_view"])
+        stdout.print(
+            f"wrote {r['output']}\n"
+            f"  PSNR {format_db(r['psnr'])} dB in its binding view, {r['binding_view']} (floor {r['psnr_min']:g} dB, "
+            f"{r['psnr_domain']} domain)\n"
+            + (f"  other views: {others} dB\n" if others else "")
+            + f"  nominal peak {format_db(r['psnr_nominal'])} dB; SSIM {r['ssim']}, max |error| {r['max_abs_error']:g} "
+            f"stored units, guard scale {r['guard_scale']:.3f}, {r['frames']} frame(s), "
+            f"verified: {'yes' if r['verified'] else 'NO'}", highlight=False, soft_wrap=True)
+        return
+    table = Table(title=f"wm embed: {len(results)} file(s)")
+    for column in ("file", "PSNR dB", "binding view", "SSIM", "max |err|", "guard", "verified"):
+        table.add_column(column, overflow="fold")
+    for r in results:
+        table.add_row(
+            Path(r["output"]).name, format_db(r["psnr"]), r["binding_view"],
+            f"{r['ssim']:.4f}" if r["ssim"] is not None else "-", f"{r['max_abs_error']:g}",
+            f"{r['guard_scale']:.2f}", "yes" if r["verified"] else "[red]NO[/]",
+        )
+    stdout.print(table)
+    stdout.print(f"floor {results[0]['psnr_min']:g} dB in the {results[0]['psnr_domain']} domain", highlight=False)
+
+
+def _warn_below_floor(result: dict) -> None:
+    """One line when the chosen domain left a reader's view under the floor (design §1)."""
+    if result["views_below_floor"]:
+        stderr.print(f"[yellow]warning:[/] {result['output']}: below the {result['psnr_min']:g} dB floor in "
+                     f"{', '.join(result['views_below_floor'])} (--psnr-domain {result['psnr_domain']} does not hold "
+                     "there)", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def extract(
+    input: Annotated[Path, typer.Argument(help="Image file (DICOM, PNG, TIFF, JPEG) or folder.")],
+    model: ModelOption = None,
+    key: KeyOption = None,
+    key_file: KeyFileOption = None,
+    accept_format_1: Annotated[bool, typer.Option(
+        "--accept-format-1", help="Also accept marks in the payload format wm wrote before v2: "
+                                  "unauthenticated, so anyone could have forged them.")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Read the hidden message. Exit 0: found; 1: no valid watermark; 2: bad input."""
+    from ..io.image import iter_image_files, read_image
+    from ..payload import bytes_to_text, key_kind
+    from ..marking.image import codec_for, extract_payload, legacy_codec_for
+
+    if not input.exists():
+        raise BadInputError(f"no such file or folder: {input}")
+    files = iter_image_files(input) if input.is_dir() else [input]
+    if not files:
+        raise BadInputError(f"no image files in {input}")
+    secret = resolve_key(key, key_file)
+    loaded = open_model(model)
+    codec = codec_for(loaded, secret)
+    legacy = legacy_codec_for(loaded, secret)
+    kind = key_kind(secret)
+    missing = 0
+    bad = 0
+    for path in files:
+        try:
+            image = read_image(path)
+            decoded = extract_payload(loaded, codec, image)
+            old_mark = None
+            if not decoded.found and legacy is not None:
+                old_mark = extract_payload(loaded, legacy, image, full_search=accept_format_1)
+                if accept_format_1 and old_mark.found:
+                    decoded, old_mark = old_mark, None
+        except WmError as error:
+            if len(files) == 1:
+                raise
+            bad += 1
+            stderr.print(f"[red]error:[/] {error}", highlight=False)
+            if json_output:
+                emit_json({"input": str(path), "error": str(error)})
+            continue
+        text = bytes_to_text(decoded.message) if decoded.found else None
+        missing += int(not decoded.found)
+        hint = old_mark is not None and old_mark.found
+        if json_output:
+            emit_json({"input": str(path), "found": decoded.found, "message": text,
+                        "confidence": round(decoded.confidence, 4), "bit_errors": decoded.bit_errors,
+                        "format": decoded.format if decoded.found else None,
+                        "authenticated": decoded.authenticated and kind == "custom", "key": kind,
+                        **({"format_1_mark": True} if hint else {})})
+        elif len(files) == 1:
+            if decoded.found:
+                sys.stdout.write(text + "\n")
+                if decoded.format == 1:
+                    stderr.print("[yellow]warning:[/] a format-1 mark: unauthenticated, anyone could have written it",
+                                 highlight=False)
+        else:
+            stdout.print(f"{path}: " + (text + (" (format 1, unauthenticated)" if decoded.format == 1 else "")
+                                        if decoded.found else "[yellow]no watermark[/]"), highlight=False)
+        if hint:
+            stderr.print(f"{path}: holds a mark in the old payload format 1 (unauthenticated); read it with "
+                         "--accept-format-1", highlight=False, soft_wrap=True)
+    if bad:
+        raise BadInputError(f"{bad} of {len(files)} file(s) could not be read")
+    if missing:
+        raise NoWatermarkError(
+            f"no valid watermark in {input}" if len(files) == 1 else f"no valid watermark in {missing} of {len(files)} files"
+        )

@@ -1,0 +1,110 @@
+"""Options and argument parsers shared by the commands: model, key, JSON, the quality floor."""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import BadInputError
+
+ModelOption = Annotated[Optional[str], typer.Option("--model", "-m", help="Model folder or shipped model name.")]
+KeyOption = Annotated[Optional[str], typer.Option(
+    "--key", help="Secret key of the payload (visible to other users in `ps`: prefer --key-file or WM_KEY). "
+                  "Default: the public default key, which detects but neither hides nor authenticates.")]
+KeyFileOption = Annotated[Optional[Path], typer.Option(
+    "--key-file", help="File holding the secret key (one trailing newline is dropped).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+PsnrOption = Annotated[float, typer.Option("--psnr-min", help="PSNR floor in dB that every written frame keeps.")]
+
+
+def parse_window(window: str | None) -> tuple[float, float] | None:
+    if window is None:
+        return None
+    try:
+        center, width = (float(part) for part in window.split(","))
+    except ValueError:
+        raise BadInputError(f"--window must be CENTER,WIDTH (got {window!r})") from None
+    if not (math.isfinite(center) and math.isfinite(width)) or width <= 0:
+        raise BadInputError("--window needs a finite CENTER and a positive finite WIDTH")
+    return center, width
+
+
+def resolve_key(key: str | None, key_file: Path | None) -> bytes | None:
+    """The payload key from --key, --key-file or the WM_KEY variable (in that order; at most one
+    of the first two), None for the public default key. Errors never show the key."""
+    import os
+
+    if key is not None and key_file is not None:
+        raise BadInputError("give the key once: --key or --key-file, not both")
+    if key_file is not None:
+        try:
+            secret = key_file.read_bytes()
+        except OSError as error:
+            raise BadInputError(f"--key-file {key_file}: cannot read it ({error.strerror or 'unreadable'})") from None
+        secret = secret[:-1] if secret.endswith(b"\n") else secret
+        secret = secret[:-1] if secret.endswith(b"\r") else secret
+        if not secret:
+            raise BadInputError(f"--key-file {key_file} is empty")
+        return secret
+    if key is not None:
+        return key.encode("utf-8")
+    if "WM_KEY" in os.environ:
+        if not os.environ["WM_KEY"]:
+            raise BadInputError("WM_KEY is set but empty; unset it for the public default key")
+        return os.environ["WM_KEY"].encode("utf-8")
+    return None
+
+
+def message_bytes(message: str, hex_message: bool) -> bytes:
+    if not hex_message:
+        return message.encode("utf-8")
+    try:
+        return bytes.fromhex(message)
+    except ValueError:
+        raise BadInputError(f"--hex message is not hexadecimal: {message!r}") from None
+
+
+class PsnrDomain(str, Enum):
+    """Where the floor holds (design §1): every view a reader uses, the stored values, or one window."""
+
+    view = "view"
+    stored = "stored"
+    window = "window"
+
+
+class PsnrPeak(str, Enum):
+    """The peak of `--psnr-domain stored`."""
+
+    nominal = "nominal"
+    range = "range"
+
+
+def quality_floor(psnr_min: float, psnr_peak: PsnrPeak, psnr_domain: PsnrDomain, max_abs_error: float | None):
+    from ..quality import QualityFloor
+
+    if not (0 < psnr_min < 200):  # also rejects NaN
+        raise BadInputError("--psnr-min must be between 0 and 200 dB")
+    if max_abs_error is not None and not (math.isfinite(max_abs_error) and max_abs_error >= 0):
+        raise BadInputError("--max-abs-error must be a finite number >= 0")
+    if psnr_peak is not PsnrPeak.nominal and psnr_domain is not PsnrDomain.stored:
+        raise BadInputError("--psnr-peak applies to --psnr-domain stored only (every view has its own peak)")
+    return QualityFloor(psnr_min, psnr_peak.value, psnr_domain.value, max_abs_error)
+
+
+PsnrDomainOption = Annotated[PsnrDomain, typer.Option(
+    "--psnr-domain", help="view (default): every view a reader uses — the frame's data range, each VOI window "
+                          "the file declares (a CT also the brain, soft tissue, lung and bone presets) and --window; "
+                          "8-bit PNG/TIFF/JPEG as stored. stored: the stored values against --psnr-peak. window: one "
+                          "window only (--window, else the file's first).")]
+PsnrPeakOption = Annotated[PsnrPeak, typer.Option(
+    "--psnr-peak", help="With --psnr-domain stored: nominal (2^BitsStored-1 / dtype max) or range (max-min of the "
+                        "original frame).")]
+WindowOption = Annotated[Optional[str], typer.Option(
+    "--window", help="A VOI window CENTER,WIDTH in modality units (HU for CT) that the floor must hold in too: "
+                     "the view an export of yours will use.")]
+
+
