@@ -264,3 +264,32 @@ def test_the_shipped_default_model_marks_a_real_mr_without_model_option(tmp_path
     assert extracted.code == 0 and extracted.stdout.strip() == "held-out-mr"
     listing = run_wm("models", "--json")
     assert json.loads(listing.stdout.splitlines()[0])["capacity_bytes"] >= 16
+
+
+def test_the_cli_choices_are_the_choices_of_the_modules_that_own_them():
+    """The command line writes its Enums out (importing their owners would cost `wm --help`
+    numpy, torch and cooper): each must list exactly what its owner accepts."""
+    from watermark_cli.cli import options
+    from watermark_cli.constrained.methods import DUAL_OPTIMIZERS, METHODS, TAU_SCHEDULES, TAU_SCOPES
+    from watermark_cli.constrained.sequential_penalty import SHAPES
+    from watermark_cli.data.clinical import SPLITS
+    from watermark_cli.diagnostic.classifier import ARCHITECTURES
+    from watermark_cli.io.image import DICOM_COMPRESSIONS
+    from watermark_cli.model.device import DEVICE_CHOICES
+    from watermark_cli.training.loop import PRESETS
+
+    owners = {options.Compression: DICOM_COMPRESSIONS, options.Preset: PRESETS, options.Method: METHODS,
+              options.PenaltyShape: SHAPES, options.TauScope: TAU_SCOPES, options.TauSchedule: TAU_SCHEDULES,
+              options.DualOptimizer: DUAL_OPTIMIZERS, options.Device: DEVICE_CHOICES, options.Split: SPLITS,
+              options.Architecture: ARCHITECTURES}
+    for choice, owned in owners.items():
+        assert [member.value for member in choice] == list(owned), choice.__name__
+
+
+def test_a_choice_or_range_outside_the_interface_is_one_line_and_exit_2(tmp_path):
+    for arguments in (["embed", tmp_path, "m", "--compress", "zip"], ["embed", tmp_path, "m", "--workers", "0"],
+                      ["train", tmp_path, "--method", "adam"], ["data", "clinical", tmp_path, "--split", "test"]):
+        result = run_wm(*arguments)
+        assert result.code == 2, (arguments, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.stderr, result.stderr

@@ -227,6 +227,20 @@ class StoredView(View):
         return (stored.astype(np.float64) - self.offset) / self.peak
 
 
+def parse_window(text: str, what: str = "--window") -> tuple[float, float]:
+    """A window written CENTER,WIDTH in modality units (HU for CT), as the command line and the
+    `window8:C,W` attack take it; anything else is a one-line error naming `what`."""
+    from .errors import BadInputError
+
+    try:
+        center, width = (float(part) for part in text.split(","))
+    except ValueError:
+        raise BadInputError(f"{what} takes CENTER,WIDTH in modality units (HU for CT), got {text!r}") from None
+    if not (np.isfinite(center) and np.isfinite(width)) or width <= 0:
+        raise BadInputError(f"{what}: the window needs a finite CENTER and a positive finite WIDTH")
+    return center, width
+
+
 def window_in_stored_units(modality: ModalityTransform, voi: VoiTransform) -> tuple[float, float] | None:
     """(centre, width) of a linear window in stored units, where the modality transform is linear."""
     if not isinstance(voi, VoiWindow) or not modality.is_linear or modality.slope == 0:

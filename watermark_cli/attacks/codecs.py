@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import BadInputError
-from ..views import View
+from ..views import View, parse_window
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,7 @@ def parse_attack(spec: str) -> Attack:
         raise BadInputError(f"unknown attack {name!r} (known: {', '.join(ATTACKS)})")
     function, default = ATTACKS[name]
     if name == "window8" and value:
-        return Attack(spec.strip(), function, 0.0, family=name, window=_parse_window_value(spec, value))
+        return Attack(spec.strip(), function, 0.0, family=name, window=parse_window(value, repr(spec)))
     if value and default is None:
         raise BadInputError(f"attack {name!r} takes no strength")
     try:
@@ -239,16 +239,6 @@ def parse_attack(spec: str) -> Attack:
     if name in ("resize", "crop") and not 0 < strength <= (4.0 if name == "resize" else 1.0):
         raise BadInputError(f"{name} takes a factor in (0, {4 if name == 'resize' else 1}] (got {strength:g})")
     return Attack(spec.strip(), function, strength, family=name)
-
-
-def _parse_window_value(spec: str, value: str) -> tuple[float, float]:
-    try:
-        center, width = (float(part) for part in value.split(","))
-    except ValueError:
-        raise BadInputError(f"{spec!r}: window8 takes CENTER,WIDTH in modality units (HU for CT)") from None
-    if not (np.isfinite(center) and np.isfinite(width)) or width <= 0:
-        raise BadInputError(f"{spec!r}: the window needs a finite centre and a positive width")
-    return center, width
 
 
 def parse_attack_list(spec: str) -> list[Attack]:

@@ -9,7 +9,7 @@ import typer
 
 from ..errors import BadInputError
 from .app import app, emit_json, print_summary_table, progress_bar
-from .options import JsonOption
+from .options import Architecture, Device, JsonOption
 
 
 classifier_app = typer.Typer(no_args_is_help=True, help="The diagnostic classifier used by `wm evaluate --classifier`.")
@@ -21,11 +21,11 @@ def classifier_train(
     data: Annotated[Path, typer.Argument(help="Folder of labelled images (its labels.csv or class subfolders), or use --labels.")],
     out: Annotated[Path, typer.Option("--out", help="Classifier folder to write (weights.safetensors + card.yaml).")],
     labels: Annotated[Optional[Path], typer.Option("--labels", help="CSV path,label (0/1) or path,FINDING,...; paths relative to the CSV's folder; an optional group column (e.g. patient) keeps a group on one side of the validation split.")] = None,
-    arch: Annotated[str, typer.Option("--arch", help="small (CPU) | resnet18 | densenet121")] = "small",
+    arch: Annotated[Architecture, typer.Option("--arch", help="small runs on a CPU; resnet18 and densenet121 want a GPU.")] = Architecture.small,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Local pretrained weights to start from (safetensors or torch state dict).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Training epochs (default: 40).")] = None,
     input_size: Annotated[int, typer.Option("--input-size", help="Network input side in pixels.")] = 128,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+    device: Annotated[Device, typer.Option("--device")] = Device.auto,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     json_output: JsonOption = False,
 ) -> None:
@@ -38,6 +38,7 @@ def classifier_train(
     if labels is not None:
         labelled = labelled.within(data)
     defaults = ClassifierTrainingConfig()
+    arch, device = arch.value, device.value
     config = ClassifierTrainingConfig(arch=arch, input_size=input_size, epochs=epochs or defaults.epochs,
                                       seed=seed, device=device, weights=weights)
     with progress_bar(not json_output) as progress:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .app import app, emit_json, stdout
-from .options import JsonOption
+from .options import JsonOption, Split
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: synthetic images, the real clinical DICOMs and held-out slices.")
@@ -40,12 +40,13 @@ def data_synth(
 @data_app.command("clinical")
 def data_clinical(
     out: Annotated[Path, typer.Argument(help="Folder to copy the split's DICOM files into.")],
-    split: Annotated[str, typer.Option("--split", help="train or held_out")] = "held_out",
+    split: Annotated[Split, typer.Option("--split")] = Split.held_out,
     json_output: JsonOption = False,
 ) -> None:
     """Copy the real clinical DICOMs of pydicom-data for one split (fixed, split by image, not by file)."""
     from ..data.clinical import write_clinical_split
 
+    split = split.value
     written = write_clinical_split(out, split)
     if json_output:
         emit_json({"output": str(out), "split": split, "files": [str(p) for p in written]})
@@ -71,7 +72,7 @@ def data_slices(
 @data_app.command("lesions")
 def data_lesions(
     out: Annotated[Path, typer.Argument(help="Folder to write the images, labels.csv, manifest.csv and README.txt into.")],
-    split: Annotated[str, typer.Option("--split", help="train or held_out: which clinical images give the real backgrounds.")] = "train",
+    split: Annotated[Split, typer.Option("--split", help="Which clinical images give the real backgrounds.")] = Split.train,
     n: Annotated[int, typer.Option("--n", help="Number of images (about half with a lesion).")] = 400,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     size: Annotated[int, typer.Option("--size", help="Side in pixels.")] = 256,
@@ -86,6 +87,7 @@ def data_lesions(
     """  # one line per paragraph: the help output wraps them to the terminal
     from ..data.lesions import LesionDatasetConfig, write_lesion_dataset
 
+    split = split.value
     config = LesionDatasetConfig(split=split, n=n, size=size, seed=seed, real_fraction=real_fraction)
     labels = write_lesion_dataset(out, config)
     if json_output:

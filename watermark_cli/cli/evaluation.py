@@ -24,7 +24,7 @@ def evaluate(
     psnr_peak: PsnrPeakOption = PsnrPeak.nominal,
     window: WindowOption = None,
     attacks: Annotated[str, typer.Option("--attacks", help="default | none | NAME[:STRENGTH],...")] = "default",
-    messages: Annotated[int, typer.Option("--messages", help="Fixed messages per image.")] = 3,
+    messages: Annotated[int, typer.Option("--messages", min=1, help="Fixed messages per image.")] = 3,
     key: KeyOption = None,
     key_file: KeyFileOption = None,
     report: Annotated[Path, typer.Option("--report", help="Report folder.")] = Path("wm_report"),
@@ -42,8 +42,6 @@ def evaluate(
 
     floor = quality_floor(psnr_min, psnr_peak, psnr_domain, None)
     attack_list = parse_attack_list(attacks)
-    if messages < 1:
-        raise BadInputError("--messages must be at least 1")
     if (classifier is None) != (labels is None):
         raise BadInputError("the classifier check needs both --classifier and --labels")
     if not (math.isfinite(margin) and 0 <= margin < 1):

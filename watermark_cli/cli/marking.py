@@ -11,8 +11,8 @@ from rich.table import Table
 
 from ..errors import BadInputError, CheckFailedError, NoWatermarkError, WmError
 from .app import GracefulStop, app, emit_json, format_db, open_model, progress_bar, stderr, stdout
-from .options import (JsonOption, KeyFileOption, KeyOption, ModelOption, PsnrDomain, PsnrDomainOption, PsnrOption,
-                      PsnrPeak, PsnrPeakOption, WindowOption, message_bytes, parse_window, quality_floor,
+from .options import (Compression, JsonOption, KeyFileOption, KeyOption, ModelOption, PsnrDomain, PsnrDomainOption,
+                      PsnrOption, PsnrPeak, PsnrPeakOption, WindowOption, message_bytes, parse_window, quality_floor,
                       resolve_key)
 
 
@@ -43,9 +43,9 @@ def embed(
     hex_message: Annotated[bool, typer.Option("--hex", help="MESSAGE is hexadecimal bytes.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (a folder re-run skips them otherwise).")] = False,
     allow_unverified: Annotated[bool, typer.Option("--allow-unverified", help="Write even if the payload does not read back.")] = False,
-    compress: Annotated[str, typer.Option("--compress", help="DICOM output: none (Explicit VR Little Endian), rle or jpeg2000 (both lossless).")] = "none",
+    compress: Annotated[Compression, typer.Option("--compress", help="DICOM output: none (Explicit VR Little Endian), rle or jpeg2000 (both lossless).")] = Compression.none,
     fill_budget: Annotated[bool, typer.Option("--fill-budget/--model-strength", help="Strengthen the mark until each frame sits just above the floor (most robust), or keep the model's own strength.")] = True,
-    workers: Annotated[int, typer.Option("--workers", help="Worker processes for a folder.")] = 1,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=256, help="Worker processes for a folder.")] = 1,
     audit: Annotated[Optional[Path], typer.Option("--audit", help="Audit log (JSON lines) to append to; default: wm-audit.jsonl in the output folder.")] = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -53,15 +53,11 @@ def embed(
     values, in every view a reader uses (its data range and every window it declares)."""
     from ..io.audit import AuditLog, audit_record, default_audit_path
     from ..marking.files import EmbedSettings, check_free_space, embed_files
-    from ..io.image import DICOM_COMPRESSIONS, scan_folder
+    from ..io.image import scan_folder
 
     floor = quality_floor(psnr_min, psnr_peak, psnr_domain, max_abs_error)
     window_override = parse_window(window)
     payload = message_bytes(message, hex_message)
-    if compress not in DICOM_COMPRESSIONS:
-        raise BadInputError(f"--compress must be one of {', '.join(DICOM_COMPRESSIONS)} (got {compress!r})")
-    if not 1 <= workers <= 256:
-        raise BadInputError("--workers must be between 1 and 256")
     if not input.exists():
         raise BadInputError(f"no such file or folder: {input}")
     secret = resolve_key(key, key_file)
@@ -94,7 +90,7 @@ def embed(
         audit_log.check_writable()
 
     settings = EmbedSettings(payload=payload, floor=floor, window_override=window_override, overwrite=overwrite,
-                             allow_unverified=allow_unverified, compression=compress, fill_budget=fill_budget,
+                             allow_unverified=allow_unverified, compression=compress.value, fill_budget=fill_budget,
                              model=model, key=secret)
     failures: list = []
     results: list[dict] = []

@@ -22,15 +22,9 @@ PsnrOption = Annotated[float, typer.Option("--psnr-min", help="PSNR floor in dB 
 
 
 def parse_window(window: str | None) -> tuple[float, float] | None:
-    if window is None:
-        return None
-    try:
-        center, width = (float(part) for part in window.split(","))
-    except ValueError:
-        raise BadInputError(f"--window must be CENTER,WIDTH (got {window!r})") from None
-    if not (math.isfinite(center) and math.isfinite(width)) or width <= 0:
-        raise BadInputError("--window needs a finite CENTER and a positive finite WIDTH")
-    return center, width
+    from ..views import parse_window as parse
+
+    return None if window is None else parse(window, "--window")
 
 
 def resolve_key(key: str | None, key_file: Path | None) -> bytes | None:
@@ -108,3 +102,86 @@ WindowOption = Annotated[Optional[str], typer.Option(
                      "the view an export of yours will use.")]
 
 
+# Choices as Enums: typer checks them and lists them in --help. They are written out here, not
+# built from the modules that own them, because those import numpy, torch or cooper and `wm
+# --help` must stay instant; tests/test_cli.py checks that each matches its owner's tuple.
+class Compression(str, Enum):
+    """DICOM output (io.image.DICOM_COMPRESSIONS)."""
+
+    none = "none"
+    rle = "rle"
+    jpeg2000 = "jpeg2000"
+
+
+class Preset(str, Enum):
+    """Training presets (training.loop.PRESETS)."""
+
+    quick = "quick"
+    standard = "standard"
+    paper = "paper"
+
+
+class Method(str, Enum):
+    """Constraint methods (constrained.methods.METHODS)."""
+
+    sequential = "sequential"
+    fixed = "fixed"
+    lagrangian = "lagrangian"
+    augmented_lagrangian = "augmented-lagrangian"
+    projection = "projection"
+
+
+class PenaltyShape(str, Enum):
+    """constrained.sequential_penalty.SHAPES"""
+
+    hinge = "hinge"
+    squared_hinge = "squared_hinge"
+
+
+class TauScope(str, Enum):
+    """constrained.methods.TAU_SCOPES"""
+
+    global_ = "global"
+    per_sample = "per-sample"
+
+
+class TauSchedule(str, Enum):
+    """constrained.methods.TAU_SCHEDULES"""
+
+    open_loop = "open-loop"
+    closed_loop = "closed-loop"
+
+
+class DualOptimizer(str, Enum):
+    """constrained.methods.DUAL_OPTIMIZERS"""
+
+    sgd = "sgd"
+    nupi = "nupi"
+
+
+class Device(str, Enum):
+    """model.device.DEVICE_CHOICES"""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Split(str, Enum):
+    """data.clinical.SPLITS"""
+
+    train = "train"
+    held_out = "held_out"
+
+
+class Architecture(str, Enum):
+    """diagnostic.classifier.ARCHITECTURES"""
+
+    small = "small"
+    resnet18 = "resnet18"
+    densenet121 = "densenet121"
+
+
+def value_of(choice: Enum | None):
+    """An Enum option's value (None stays None): what the modules below the CLI take."""
+    return None if choice is None else choice.value

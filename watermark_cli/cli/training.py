@@ -9,7 +9,8 @@ import typer
 
 from ..errors import BadInputError
 from .app import GracefulStop, app, emit_json, print_summary_table, progress_bar, state, stderr
-from .options import JsonOption
+from .options import (Device, DualOptimizer, JsonOption, Method, PenaltyShape, Preset, TauSchedule, TauScope,
+                      value_of)
 
 
 @app.command()
@@ -23,20 +24,19 @@ def train(
     resume: Annotated[Optional[Path], typer.Option(
         "--resume", help="Continue the run in this folder from its last checkpoint (bit-exact); "
                          "only --epochs and --device may change.")] = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="quick (default) | standard | paper")] = None,
+    preset: Annotated[Optional[Preset], typer.Option("--preset", help="Default: quick.")] = None,
     psnr_min: Annotated[Optional[float], typer.Option("--psnr-min", help="PSNR floor in dB (default: 40).")] = None,
     bits: Annotated[Optional[int], typer.Option("--bits", help="Raw bits the model carries (multiple of 8).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
     steps_per_epoch: Annotated[Optional[int], typer.Option("--steps-per-epoch")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Per process.")] = None,
-    method: Annotated[Optional[str], typer.Option(
-        "--method", help="sequential (default) | fixed | lagrangian | augmented-lagrangian | projection")] = None,
+    method: Annotated[Optional[Method], typer.Option("--method", help="Default: sequential.")] = None,
     fixed_weight: Annotated[Optional[float], typer.Option("--fixed-weight", help="λ of --method fixed.")] = None,
-    penalty_shape: Annotated[Optional[str], typer.Option("--penalty-shape", help="hinge | squared_hinge")] = None,
-    tau_scope: Annotated[Optional[str], typer.Option("--tau-scope", help="global | per-sample")] = None,
-    tau_schedule: Annotated[Optional[str], typer.Option("--tau-schedule", help="open-loop | closed-loop")] = None,
-    dual_optimizer: Annotated[Optional[str], typer.Option("--dual-optimizer", help="sgd | nupi (Lagrangian methods)")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto (default) | cpu | cuda")] = None,
+    penalty_shape: Annotated[Optional[PenaltyShape], typer.Option("--penalty-shape", help="Default: hinge.")] = None,
+    tau_scope: Annotated[Optional[TauScope], typer.Option("--tau-scope", help="Default: global.")] = None,
+    tau_schedule: Annotated[Optional[TauSchedule], typer.Option("--tau-schedule", help="Default: open-loop.")] = None,
+    dual_optimizer: Annotated[Optional[DualOptimizer], typer.Option("--dual-optimizer", help="Lagrangian methods; default: sgd.")] = None,
+    device: Annotated[Optional[Device], typer.Option("--device", help="Default: auto.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (default: 0).")] = None,
     assignments: Annotated[Optional[list[str]], typer.Option(
         "--set", help="Any training option as KEY=VALUE (repeatable), e.g. --set tau_growth=1.5")] = None,
@@ -48,6 +48,8 @@ def train(
     from ..training.loop import (TrainingInterrupted, config_for_preset, parse_assignments, read_config_file,
                            resume_config, train as run_training, validate_config)
 
+    method, penalty_shape, tau_scope, tau_schedule, dual_optimizer, device, preset = map(
+        value_of, (method, penalty_shape, tau_scope, tau_schedule, dual_optimizer, device, preset))
     flags = {"psnr_min": psnr_min, "n_bits": bits, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
              "batch_size": batch_size, "method": method, "fixed_weight": fixed_weight,
              "penalty_shape": penalty_shape, "tau_scope": tau_scope, "tau_schedule": tau_schedule,

@@ -28,7 +28,6 @@ are synthetic.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +36,8 @@ import numpy as np
 from .clinical import clinical_files
 from ..errors import BadInputError
 from ..io.image import read_image
+from ..io.writing import csv_text, png_bytes, write_atomically
+from ..views import VoiView, reader_views
 from .synthetic import KINDS, add_nodule, synth_image
 
 LESION_CONTRAST = (0.30, 0.70)  # fraction of the mean tissue value under the nodule
@@ -76,15 +77,19 @@ def _display_frames(split: str) -> list[_RealFrame]:
         if group.modality == "OT":
             continue
         image = read_image(path)
-        for index, frame in enumerate(image.pixels.astype(np.float32)):
-            if image.window is not None:
-                center, width = image.window
-                low, high = center - width / 2.0, center + width / 2.0
+        for index, stored in enumerate(image.pixels):
+            declared = [view for view in reader_views(image, index)
+                        if isinstance(view, VoiView) and view.voi.origin == "declared"]
+            if declared:  # the file's first window, through the one VOI formula of views
+                display = declared[0].display(stored).astype(np.float32)
             else:
+                frame = stored.astype(np.float32)
                 low, high = np.percentile(frame, [1.0, 99.5])
-            if high - low <= 0:
-                continue  # a blank frame has no anatomy to offer
-            display = np.clip((frame - low) / (high - low), 0.0, 1.0)
+                if high - low <= 0:
+                    continue  # a blank frame has no anatomy to offer
+                display = np.clip((frame - low) / (high - low), 0.0, 1.0)
+            if np.ptp(display) <= 0:
+                continue
             if image.photometric == "MONOCHROME1":
                 display = 1.0 - display
             frames.append(_RealFrame(group.name, group.modality, path.name, index, display.astype(np.float32)))
@@ -149,10 +154,8 @@ def _lesion_sites(background: np.ndarray) -> np.ndarray:
 
 
 def _write_png16(path: Path, image: np.ndarray) -> None:
-    from PIL import Image
-
     stored = np.rint(np.clip(image, 0.0, 1.0).astype(np.float64) * 65535).astype(np.uint16)
-    Image.fromarray(stored).save(path, format="PNG", compress_level=1)
+    write_atomically(path, png_bytes(stored, compress_level=1))
 
 
 _README = """\
@@ -237,14 +240,9 @@ def write_lesion_dataset(out_dir: Path, config: LesionDatasetConfig) -> Path:
             manifest_rows.append((file_name, label, f"background{pair:05d}", *provenance))
 
     labels_path = out / "labels.csv"
-    with open(labels_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["path", "label", "group"])
-        writer.writerows(label_rows)
-    with open(out / "manifest.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["path", "label", "group", "background", "source_file", "frame", "crop_top", "crop_left", "crop_side"])
-        writer.writerows(manifest_rows)
-    (out / "README.txt").write_text(_README.format(split=config.split, size=size, seed=config.seed, n=n, low=low, high=high),
-                                    encoding="utf-8")
+    write_atomically(labels_path, csv_text(["path", "label", "group"], label_rows))
+    write_atomically(out / "manifest.csv", csv_text(["path", "label", "group", "background", "source_file", "frame",
+                                                     "crop_top", "crop_left", "crop_side"], manifest_rows))
+    write_atomically(out / "README.txt", _README.format(split=config.split, size=size, seed=config.seed, n=n,
+                                                        low=low, high=high))
     return labels_path

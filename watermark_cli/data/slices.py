@@ -118,17 +118,17 @@ def held_out_slices() -> list[Slice]:
 
 def write_slices(out: Path) -> list[Path]:
     """Write every held-out slice as an 8-bit PNG, plus a README saying where each came from."""
-    from PIL import Image
+    from ..io.writing import png_bytes, write_atomically
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
     lines = ["256² 8-bit slices from held-out real images (wm data slices); never used in training.", ""]
     for index, item in enumerate(held_out_slices()):
         path = out / f"slice_{index:03d}.png"
-        Image.fromarray(item.pixels).save(path)
+        write_atomically(path, png_bytes(item.pixels))
         written.append(path)
         lines.append(f"{path.name}: {item.name} (from {item.source})")
-    (out / "README.txt").write_text("\n".join(lines) + "\n")
+    write_atomically(out / "README.txt", "\n".join(lines) + "\n")
     return written
 
 

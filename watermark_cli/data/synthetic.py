@@ -22,7 +22,6 @@ radiograph is displayed with dense structures bright.
 
 from __future__ import annotations
 
-import csv
 import functools
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -457,15 +456,14 @@ def _to_stored(image: np.ndarray, bit_depth: int) -> np.ndarray:
 
 
 def _write(path: Path, pixels: np.ndarray) -> None:
-    if path.suffix == ".png":
-        from PIL import Image
+    from ..io.writing import png_bytes, write_atomically
 
-        # 16-bit greyscale becomes mode 'I;16', which Pillow writes and reads back bit-exactly.
-        Image.fromarray(pixels).save(path, format="PNG", compress_level=1)
+    if path.suffix == ".png":
+        write_atomically(path, png_bytes(pixels, compress_level=1))
     else:
         import tifffile
 
-        tifffile.imwrite(path, pixels, photometric="minisblack")
+        write_atomically(path, lambda handle: tifffile.imwrite(handle, pixels, photometric="minisblack"))
 
 
 def write_synthetic_dataset(
@@ -526,8 +524,7 @@ def write_synthetic_dataset(
             job.result()
 
     csv_path = out / "labels.csv"
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["path", "label"])
-        writer.writerows(rows)
+    from ..io.writing import csv_text, write_atomically
+
+    write_atomically(csv_path, csv_text(["path", "label"], rows))
     return csv_path

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.stats import rankdata
 
 from ..errors import BadInputError
 
@@ -33,29 +34,11 @@ DEFAULT_RESAMPLES = 2000
 # -- AUROC ------------------------------------------------------------------------------------
 
 
-def _average_ranks(scores: np.ndarray) -> np.ndarray:
-    """Ranks 1..n along the last axis, tied values sharing the mean of their ranks."""
-    order = np.argsort(scores, axis=-1, kind="stable")
-    ordered = np.take_along_axis(scores, order, axis=-1)
-    n = scores.shape[-1]
-    positions = np.broadcast_to(np.arange(n), scores.shape)
-    starts_group = np.ones(scores.shape, dtype=bool)
-    starts_group[..., 1:] = ordered[..., 1:] != ordered[..., :-1]
-    ends_group = np.ones(scores.shape, dtype=bool)
-    ends_group[..., :-1] = starts_group[..., 1:]
-    first = np.maximum.accumulate(np.where(starts_group, positions, 0), axis=-1)
-    last = np.flip(np.minimum.accumulate(np.flip(np.where(ends_group, positions, n - 1), -1), axis=-1), -1)
-    ranks_in_order = (first + last) / 2.0 + 1.0
-    ranks = np.empty(scores.shape, dtype=np.float64)
-    np.put_along_axis(ranks, order, ranks_in_order, axis=-1)
-    return ranks
-
-
 def _auroc_rows(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """AUROC of each row of (R, N) scores against (R, N) 0/1 targets; NaN for one-class rows."""
     positives = targets.sum(axis=-1)
     negatives = targets.shape[-1] - positives
-    rank_sum = (_average_ranks(scores) * targets).sum(axis=-1)
+    rank_sum = (rankdata(scores, axis=-1) * targets).sum(axis=-1)  # ties share their mean rank
     with np.errstate(divide="ignore", invalid="ignore"):
         value = (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
     return np.where((positives > 0) & (negatives > 0), value, np.nan)
@@ -77,17 +60,19 @@ def macro_auroc(scores, targets) -> float:
 
 
 def roc_curve(scores, targets) -> dict:
-    """ROC points of one finding, from (0, 0) to (1, 1): one point per distinct score."""
+    """ROC points of one finding, from (0, 0) to (1, 1): one point per distinct score (a rate
+    whose class is absent stays 0)."""
+    from sklearn.metrics import roc_curve as sklearn_roc_curve
+
     scores, targets = _as_columns(scores, targets)
     s, t = scores[:, 0], targets[:, 0]
-    order = np.argsort(-s, kind="stable")
-    s, t = s[order], t[order]
-    last_of_value = np.r_[s[1:] != s[:-1], True]  # tied scores move the curve in one step
-    true_positives = np.cumsum(t)[last_of_value]
-    false_positives = np.cumsum(1.0 - t)[last_of_value]
-    n_pos, n_neg = t.sum(), len(t) - t.sum()
-    tpr = np.r_[0.0, true_positives / n_pos] if n_pos else np.zeros(len(true_positives) + 1)
-    fpr = np.r_[0.0, false_positives / n_neg] if n_neg else np.zeros(len(false_positives) + 1)
+    positives = t.sum()
+    if 0 < positives < len(t):
+        fpr, tpr, _ = sklearn_roc_curve(t, s, drop_intermediate=False)
+    else:  # one class: sklearn's curve is undefined; the present class's rate by hand
+        distinct = np.unique(s)[::-1]
+        rate = np.r_[0.0, [(s >= value).mean() for value in distinct]]
+        fpr, tpr = (rate, np.zeros_like(rate)) if positives == 0 else (np.zeros_like(rate), rate)
     return {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
 
 

@@ -49,12 +49,11 @@ import numpy as np
 from ..training.data import normalised_frames
 from ..errors import BadInputError
 from ..io.image import MedicalImage, iter_image_files, read_image
-from ..model.store import file_sha256, read_yaml_card
+from ..model.device import pick_device
+from ..model.store import CARD_FILE, WEIGHTS_FILE, file_sha256, read_yaml_card, save_model
 
 ARCHITECTURES = ("small", "resnet18", "densenet121")
 DEFAULT_INPUT_SIZE = 128
-WEIGHTS_FILE = "weights.safetensors"
-CARD_FILE = "card.yaml"
 CARD_KIND = "diagnostic-classifier"
 # Two class subfolders: the positive one is the folder with one of these names (any case) ...
 POSITIVE_FOLDER_NAMES = ("1", "positive", "lesion", "abnormal")
@@ -489,18 +488,6 @@ def _group_batches(indices: list[int], labelled: LabelledImages, batch_size: int
     return batches
 
 
-def _device(choice: str) -> str:
-    import torch
-
-    if choice not in ("auto", "cpu", "cuda"):
-        raise BadInputError(f"--device must be auto, cpu or cuda, got {choice!r}")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise BadInputError("--device cuda: no CUDA device is available")
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return choice
-
-
 def _augment(batch, max_shift: int, generator, units: list[int]):
     """Random horizontal and vertical flips and shifts of up to `max_shift` pixels (reflected
     borders): a lesion may sit anywhere, on either side. Images of one unit (`units[i]`, their
@@ -554,7 +541,7 @@ def train_classifier(
 
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    device = _device(config.device)
+    device = pick_device(config.device).type
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
 
@@ -666,7 +653,7 @@ def train_classifier(
         "history": [asdict(f) for f in history],
     }
     card["training"]["seconds"] = round(time.perf_counter() - started, 1)
-    _save(out, network, card)
+    save_model(out, network, card, half_precision=False, record_weights_hash=True)
     return ClassifierTrainingResult(out, card, history)
 
 
@@ -686,21 +673,6 @@ def _relative(path: Path, root: Path) -> str:
         return Path(os.path.relpath(path, root)).as_posix()
     except ValueError:  # another drive on Windows
         return path.name
-
-
-def _save(out: Path, network, card: dict) -> None:
-    import yaml
-    from safetensors.torch import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    state = {key: value.detach().cpu().contiguous() for key, value in network.state_dict().items()}
-    temporary = out / f".{WEIGHTS_FILE}.tmp"
-    save_file(state, str(temporary))
-    os.replace(temporary, out / WEIGHTS_FILE)
-    card["weights_sha256"] = file_sha256(out / WEIGHTS_FILE)
-    temporary = out / f".{CARD_FILE}.tmp"
-    temporary.write_text(yaml.safe_dump(card, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    os.replace(temporary, out / CARD_FILE)
 
 
 # ============================================================================== scoring ====
@@ -793,7 +765,7 @@ def load_classifier(folder: str | Path, device: str = "cpu") -> Classifier:
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise BadInputError(f"classifier {folder} has no {WEIGHTS_FILE}")
-    device = _device(device)
+    device = pick_device(device).type
     network = _build_network(str(card["architecture"]["arch"]), int(card["architecture"]["outputs"]))
     try:
         network.load_state_dict(load_file(str(weights)))

@@ -7,24 +7,21 @@ attached to a validation record and opened in any browser without the folder aro
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import math
 from pathlib import Path
 
 import numpy as np
 
+from ..io.writing import csv_text, write_atomically
 from ..jsonout import dumps
 
 
 def write_report(folder: Path, report: dict, rows: list[dict], frame_psnrs: list[float],
                  examples: list[tuple[str, str, np.ndarray, np.ndarray]]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(dumps(report, indent=2))
-    with open(folder / "per_image.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_atomically(folder / "report.json", dumps(report, indent=2))
+    write_atomically(folder / "per_image.csv", csv_text(list(rows[0]), rows))
 
     import matplotlib
 
@@ -37,8 +34,8 @@ def write_report(folder: Path, report: dict, rows: list[dict], frame_psnrs: list
     }
     for name, figure in plots.items():
         if figure is not None:
-            figure.savefig(folder / name, dpi=90)
-    (folder / "report.html").write_text(_html(report, {n: folder / n for n, f in plots.items() if f is not None}))
+            write_atomically(folder / name, lambda handle, figure=figure: figure.savefig(handle, format="png", dpi=90))
+    write_atomically(folder / "report.html", _html(report, {n: folder / n for n, f in plots.items() if f is not None}))
     import matplotlib.pyplot as plt
 
     plt.close("all")

@@ -202,16 +202,14 @@ def _image_quality(outcome, floor: QualityFloor) -> dict:
 def _percentiles(values: list[float]) -> dict:
     """Order statistics of frame PSNRs. An unchanged frame has PSNR +inf, which sorts correctly;
     JSON has no infinity, so such a statistic is reported as null (see `jsonout.json_safe`)."""
-    array = np.sort(np.asarray(values, dtype=np.float64))
-
-    def order_statistic(q: float) -> float:
-        return float(array[min(len(array) - 1, int(np.floor(q * (len(array) - 1))))])
-
+    array = np.asarray(values, dtype=np.float64)
+    # "lower": an order statistic, a PSNR some frame really has (never one between two frames)
+    p1, p5 = np.percentile(array, [1.0, 5.0], method="lower")
     return {
-        "min": float(array[0]),
-        "max": float(array[-1]),
-        "p1": order_statistic(0.01),
-        "p5": order_statistic(0.05),
+        "min": float(array.min()),
+        "max": float(array.max()),
+        "p1": float(p1),
+        "p5": float(p5),
         "median": float(np.median(array)) if np.isfinite(np.median(array)) else math.inf,
         "mean": float(np.mean(array)) if np.isfinite(array).all() else math.inf,
     }

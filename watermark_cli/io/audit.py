@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import BadInputError
 from ..jsonout import dumps
+from .writing import fsync_folder
 
 AUDIT_FILE_NAME = "wm-audit.jsonl"
 
@@ -53,12 +54,18 @@ class AuditLog:
         self._append_line(record)
 
     def _append_line(self, record: dict) -> None:
+        # Append-only, one whole line per write, fsynced (and the folder too when the log is
+        # new), so a killed run leaves every line it reported; an atomic rewrite of a growing
+        # log would cost a copy per line.
         line = dumps(record, ensure_ascii=False, separators=(",", ":"))
         try:
+            created = not self.path.exists()
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(line + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
+            if created:
+                fsync_folder(self.path.parent)
         except OSError as error:
             raise BadInputError(f"{self.path}: cannot append to the audit log ({error.strerror or error})") from None
 

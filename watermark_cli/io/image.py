@@ -12,8 +12,8 @@ pydicom, Pillow or tifffile exception escapes for bad input. Colour images are r
 than silently converted to gray, except for JPEG, which is read only to extract marks from
 exported or attacked copies (see `_read_jpeg`).
 
-Writes are atomic (temporary file in the target folder, fsync, rename), never replace an
-existing file unless asked to, and never write onto the original.
+Writes are atomic (`writing.write_atomically`), never replace an existing file unless asked
+to, and never write onto the original.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import os
 import re
-import tempfile
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 
 from ..errors import BadInputError
 from ..views import Display
+from .writing import png_bytes, write_atomically
 
 # Heavy imports (pydicom, Pillow, tifffile) happen inside the functions that need them so that
 # `wm --help` stays fast.
@@ -501,7 +501,7 @@ def write_image(original: MedicalImage, pixels: np.ndarray, out_path: str | Path
             _write_dicom(original, stored, fh, derivation, DICOM_COMPRESSIONS[compression])
     elif out_path.suffix.lower() in PNG_SUFFIXES:
         def writer(fh: BinaryIO) -> None:
-            _write_png(stored[0], fh)
+            fh.write(png_bytes(stored[0]))
     else:
         def writer(fh: BinaryIO) -> None:
             _write_tiff(stored, original.photometric, fh)
@@ -510,7 +510,7 @@ def write_image(original: MedicalImage, pixels: np.ndarray, out_path: str | Path
         out_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BadInputError(f"{out_path.parent}: cannot create folder ({exc.strerror or exc})") from exc
-    _atomic_write(out_path, writer, overwrite, verify)
+    write_atomically(out_path, writer, overwrite=overwrite, verify=verify)
     return out_path
 
 
@@ -539,72 +539,6 @@ def _validated_pixels(original: MedicalImage, pixels: np.ndarray) -> np.ndarray:
         raise ValueError(f"pixel values {pixels.min()}..{pixels.max()} outside the stored range "
                          f"{original.stored_min}..{original.stored_max}")
     return np.ascontiguousarray(pixels.astype(original.pixels.dtype.newbyteorder("=")))
-
-
-def _atomic_write(out_path: Path, writer: Callable[[BinaryIO], None], overwrite: bool,
-                  verify: Callable[[Path], None] | None = None) -> None:
-    """Write via a temporary file in the same folder so a crash never leaves a half-written image.
-
-    Without `overwrite`, the final step is a hard link, which fails instead of replacing a file
-    that appeared in the meantime (falls back to a rename where links are unsupported).
-    """
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent)
-    os.close(fd)  # reopened by name: tifffile wants a file object with a real name
-    tmp = Path(tmp_name)
-    try:
-        with open(tmp, "wb") as fh:
-            writer(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        if verify is not None:
-            verify(tmp)
-        if overwrite:
-            os.replace(tmp, out_path)
-        else:
-            try:
-                os.link(tmp, out_path)
-            except FileExistsError:
-                raise BadInputError(f"{out_path}: already exists (use --overwrite to replace it)") from None
-            except OSError:
-                if out_path.exists():
-                    raise BadInputError(f"{out_path}: already exists (use --overwrite to replace it)") from None
-                os.replace(tmp, out_path)
-    except OSError as exc:
-        raise BadInputError(f"{out_path}: cannot write ({exc.strerror or _one_line(exc)})") from exc
-    finally:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-    _fsync_folder(out_path.parent)
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Persist the rename itself (POSIX); best effort where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_png(frame: np.ndarray, fh: BinaryIO) -> None:
-    """Gray PNG; uint16 arrays become Pillow mode 'I;16', which PNG stores as 16-bit gray."""
-    from PIL import Image
-
-    Image.fromarray(np.ascontiguousarray(frame)).save(fh, format="PNG")
 
 
 def _write_tiff(pixels: np.ndarray, photometric: str, fh: BinaryIO) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import BadInputError
+from ..io.writing import write_atomically
 
 WEIGHTS_FILE = "weights.safetensors"
 CARD_FILE = "card.yaml"
@@ -83,27 +84,29 @@ class LoadedModel:
         return int(self.card["architecture"]["n_bits"])
 
 
-def save_model(folder: Path, model, card: dict) -> None:
-    from safetensors.torch import save_file
+def save_model(folder: Path, network, card: dict, *, half_precision: bool = True,
+               record_weights_hash: bool = False) -> None:
+    """Weights (`weights.safetensors`) and card (`card.yaml`) of any network, each written
+    atomically, weights first: a card on disk always describes weights that are there.
 
-    import torch
+    `half_precision`: floating-point tensors stored as float16 (the watermarking model: half the
+    size in git, and the decoder's correlations do not notice; loading casts back to float32 and
+    the figures in a card are measured on the saved weights). `record_weights_hash`: the card
+    gets `weights_sha256` (the classifier's card, which a report cites)."""
+    from safetensors.torch import save
 
     folder.mkdir(parents=True, exist_ok=True)
-    # Half precision on disk: half the size in git, and the decoder's correlations do not notice
-    # (loading casts back to float32; the figures in a card are measured on the saved weights).
-    state = {key: (value.half() if value.is_floating_point() else value).detach().cpu().contiguous()
-             for key, value in model.state_dict().items()}
-    temporary = folder / f".{WEIGHTS_FILE}.tmp"
-    save_file(state, str(temporary))
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, folder / WEIGHTS_FILE)
+    state = {key: (value.half() if half_precision and value.is_floating_point() else value).detach().cpu().contiguous()
+             for key, value in network.state_dict().items()}
+    weights = save(state)
+    write_atomically(folder / WEIGHTS_FILE, weights)
+    if record_weights_hash:
+        card["weights_sha256"] = hashlib.sha256(weights).hexdigest()
     write_card(folder, card)
 
 
 def write_card(folder: Path, card: dict) -> None:
-    temporary = folder / f".{CARD_FILE}.tmp"
-    temporary.write_text(yaml.safe_dump(card, sort_keys=False, allow_unicode=True))
-    os.replace(temporary, folder / CARD_FILE)
+    write_atomically(folder / CARD_FILE, yaml.safe_dump(card, sort_keys=False, allow_unicode=True))
 
 
 def read_yaml_card(path: Path, what: str) -> dict:

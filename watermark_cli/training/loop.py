@@ -14,9 +14,7 @@ row, keep the best model and write a checkpoint that `--resume` continues from b
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
-import os
 import random
 import time
 import typing
@@ -28,6 +26,8 @@ import numpy as np
 
 from .data import FramePool, SampleOrder, TrainingSamples, collect_image_files, split_by_file
 from ..errors import BadInputError
+from ..io.writing import csv_text, write_atomically
+from ..model.device import pick_device
 
 if TYPE_CHECKING:  # torch is imported inside the functions, so that `wm --help` stays instant
     import torch
@@ -318,18 +318,6 @@ def validate_config(config: TrainConfig) -> None:
         raise BadInputError(f"the crop attack keeps as little as {CROP_SMALLEST_SIDE:.0%} of a side, less than one "
                             f"{config.tile}-px tile of a {config.crop}-px crop; use crop >= "
                             f"{math.ceil(config.tile / CROP_SMALLEST_SIDE)}")
-
-
-def pick_device(requested: str, local_rank: int = 0):
-    import torch
-
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise BadInputError("--device cuda was asked for but no CUDA device is available")
-    if requested not in ("cpu", "cuda"):
-        raise BadInputError(f"unknown device {requested!r} (auto, cpu or cuda)")
-    return torch.device("cuda", local_rank) if requested == "cuda" else torch.device("cpu")
 
 
 def crop_psnr(clean: "torch.Tensor", marked: "torch.Tensor") -> "torch.Tensor":
@@ -712,9 +700,7 @@ def _config_dict(config: TrainConfig) -> dict:
 def save_checkpoint(output: Path, state: dict) -> None:
     import torch
 
-    temporary = output / f".{CHECKPOINT_FILE}.tmp"
-    torch.save(state, temporary)
-    os.replace(temporary, output / CHECKPOINT_FILE)  # a checkpoint on disk is always whole
+    write_atomically(output / CHECKPOINT_FILE, lambda handle: torch.save(state, handle))  # always whole
 
 
 def load_checkpoint(output: Path) -> dict:
@@ -843,13 +829,7 @@ def _model_card(config: TrainConfig, train_pool: FramePool, validation_pool: Fra
 
 
 def _write_metrics(output: Path, history: list[EpochMetrics]) -> None:
-    temporary = output / f".{METRICS_FILE}.tmp"
-    with open(temporary, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(EpochMetrics)])
-        writer.writeheader()
-        for row in history:
-            writer.writerow(asdict(row))
-    os.replace(temporary, output / METRICS_FILE)
+    write_atomically(output / METRICS_FILE, csv_text([f.name for f in fields(EpochMetrics)], map(asdict, history)))
 
 
 def _plot_metrics(output: Path, history: list[EpochMetrics], psnr_min: float) -> None:
@@ -889,5 +869,5 @@ def _plot_metrics(output: Path, history: list[EpochMetrics], psnr_min: float) ->
     for axis in axes:
         axis.set_xlabel("epoch")
     figure.tight_layout()
-    figure.savefig(output / PLOT_FILE, dpi=90)
+    write_atomically(output / PLOT_FILE, lambda handle: figure.savefig(handle, format="png", dpi=90))
     plt.close(figure)

@@ -1,0 +1,114 @@
+"""How wm writes a file: whole or not at all. The one atomic write, used by every writer.
+
+Images, model weights and cards, checkpoints, metrics, reports and data sets all go through
+`write_atomically`: the content goes to a temporary file in the target's folder, is flushed and
+fsynced, given the usual permissions, optionally verified, and then renamed (or hard-linked, when
+an existing file must not be replaced) onto the target, and the folder is fsynced so that the
+rename itself survives a power cut. A crash at any point leaves the old file or the new one,
+never half of one, and no temporary file behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterable, Mapping, Sequence
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable, Union
+
+import numpy as np
+
+from ..errors import BadInputError
+
+#: What to write: bytes, text (UTF-8), or a function that writes into the open binary file.
+Content = Union[bytes, str, Callable[[BinaryIO], None]]
+
+
+def write_atomically(path: str | Path, content: Content, *, overwrite: bool = True,
+                     verify: Callable[[Path], None] | None = None) -> Path:
+    """Write `content` to `path` atomically (see the module docstring) and return the path.
+
+    Without `overwrite`, the final step is a hard link, which fails instead of replacing a file
+    that appeared in the meantime (a rename where links are unsupported). `verify` is called
+    with the temporary file's path before it takes the target's name; whatever it raises leaves
+    the target untouched. OS errors become a one-line BadInputError naming the target.
+    """
+    path = Path(path)
+    fd, temporary_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)  # reopened by name: tifffile wants a file object with a real name
+    temporary = Path(temporary_name)
+    try:
+        with open(temporary, "wb") as handle:
+            if callable(content):
+                content(handle)
+            else:
+                handle.write(content.encode("utf-8") if isinstance(content, str) else content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        if verify is not None:
+            verify(temporary)
+        if overwrite:
+            os.replace(temporary, path)
+        else:
+            try:
+                os.link(temporary, path)
+            except FileExistsError:
+                raise BadInputError(f"{path}: already exists (use --overwrite to replace it)") from None
+            except OSError:
+                if path.exists():
+                    raise BadInputError(f"{path}: already exists (use --overwrite to replace it)") from None
+                os.replace(temporary, path)
+    except OSError as error:
+        detail = error.strerror or (str(error).splitlines() or [type(error).__name__])[0]
+        raise BadInputError(f"{path}: cannot write ({detail})") from error
+    finally:
+        try:
+            temporary.unlink()
+        except FileNotFoundError:
+            pass
+    fsync_folder(path.parent)
+    return path
+
+
+def fsync_folder(folder: str | Path) -> None:
+    """Persist a rename or a new file's name in `folder` (POSIX); best effort where folders
+    cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def png_bytes(frame: np.ndarray, compress_level: int = 6) -> bytes:
+    """A gray PNG of one 2-D frame at its own depth: uint8 as 8-bit, uint16 as 16-bit gray
+    (Pillow mode 'I;16', which PNG stores and reads back bit-exactly)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(frame)).save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence | Mapping]) -> str:
+    """CSV with a header line; rows as sequences in header order or as mappings by name."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([row[name] for name in header] if isinstance(row, Mapping) else row)
+    return buffer.getvalue()
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
