@@ -164,7 +164,7 @@ def run_digits(options: dict, seed: int, data) -> dict | None:
         return None  # rescaling a reconstruction onto the bound needs the input: not a model
     x_train, y_train, x_test, y_test = data
     settings = dict(options)
-    if "penalty_shape" in settings:  # TrainConfig's name for MethodSettings.shape
+    if "penalty_shape" in settings:  # the flat option's name for MethodSettings.shape
         settings["shape"] = settings.pop("penalty_shape")
     if settings["method"] == "fixed":
         settings["fixed_weight"] = settings["fixed_weight"] * DIGITS_FIXED_SCALE

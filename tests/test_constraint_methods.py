@@ -110,14 +110,23 @@ def test_projection_meets_the_psnr_bound_exactly_and_leaves_weak_residuals_alone
     assert torch.equal(projected[1], residual[1])  # already at 60 dB
 
 
-def test_training_config_defaults_agree_with_the_method_settings_defaults():
-    """TrainConfig repeats MethodSettings' fields flat (they are `--set` keys); a default changed
-    in one place only would make `wm train` and the reusable module disagree."""
+def test_every_training_option_has_one_home_and_round_trips_by_its_flat_key():
+    """TrainConfig holds the network's and the method's settings as their own classes (no field
+    repeated); each flat key (`--set tau_growth=...`, YAML) lands in exactly one of them, and a
+    configuration written by flat key (checkpoints, cards) comes back equal."""
     from dataclasses import fields
 
     from watermark_cli.constrained.methods import MethodSettings
-    from watermark_cli.training.loop import TrainConfig
+    from watermark_cli.model.networks import NetworkConfig
+    from watermark_cli.training.loop import TrainConfig, config_for_preset, config_options, option_homes
 
-    built = TrainConfig().method_settings()
-    assert {f.name: getattr(built, f.name) for f in fields(MethodSettings)} == \
-           {f.name: f.default for f in fields(MethodSettings)}
+    own = {f.name for f in fields(TrainConfig)} - {"network", "constraint"}
+    assert not own & {f.name for f in fields(MethodSettings)} and not own & {f.name for f in fields(NetworkConfig)}
+    homes = option_homes()
+    assert homes["tau_growth"] == ("constraint", "tau_growth") and homes["tile"] == ("network", "tile")
+    assert homes["penalty_shape"] == ("constraint", "shape") and "shape" not in homes
+    config = config_for_preset("standard", tau_growth="1.5", tile=32, penalty_shape="squared_hinge", crop=96)
+    assert config.constraint.tau_growth == 1.5 and config.network.tile == 32 and config.constraint.shape == "squared_hinge"
+    options = config_options(config)
+    assert config_for_preset(options.pop("preset"), **options) == config
+    assert TrainConfig().constraint == MethodSettings() and TrainConfig().network == NetworkConfig()

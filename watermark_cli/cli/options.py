@@ -105,81 +105,21 @@ WindowOption = Annotated[Optional[str], typer.Option(
 # Choices as Enums: typer checks them and lists them in --help. They are written out here, not
 # built from the modules that own them, because those import numpy, torch or cooper and `wm
 # --help` must stay instant; tests/test_cli.py checks that each matches its owner's tuple.
-class Compression(str, Enum):
-    """DICOM output (io.image.DICOM_COMPRESSIONS)."""
-
-    none = "none"
-    rle = "rle"
-    jpeg2000 = "jpeg2000"
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    return Enum(name, {value.replace("-", "_"): value for value in values}, type=str)
 
 
-class Preset(str, Enum):
-    """Training presets (training.loop.PRESETS)."""
-
-    quick = "quick"
-    standard = "standard"
-    paper = "paper"
-
-
-class Method(str, Enum):
-    """Constraint methods (constrained.methods.METHODS)."""
-
-    sequential = "sequential"
-    fixed = "fixed"
-    lagrangian = "lagrangian"
-    augmented_lagrangian = "augmented-lagrangian"
-    projection = "projection"
-
-
-class PenaltyShape(str, Enum):
-    """constrained.sequential_penalty.SHAPES"""
-
-    hinge = "hinge"
-    squared_hinge = "squared_hinge"
-
-
-class TauScope(str, Enum):
-    """constrained.methods.TAU_SCOPES"""
-
-    global_ = "global"
-    per_sample = "per-sample"
-
-
-class TauSchedule(str, Enum):
-    """constrained.methods.TAU_SCHEDULES"""
-
-    open_loop = "open-loop"
-    closed_loop = "closed-loop"
-
-
-class DualOptimizer(str, Enum):
-    """constrained.methods.DUAL_OPTIMIZERS"""
-
-    sgd = "sgd"
-    nupi = "nupi"
-
-
-class Device(str, Enum):
-    """model.device.DEVICE_CHOICES"""
-
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class Split(str, Enum):
-    """data.clinical.SPLITS"""
-
-    train = "train"
-    held_out = "held_out"
-
-
-class Architecture(str, Enum):
-    """diagnostic.classifier.ARCHITECTURES"""
-
-    small = "small"
-    resnet18 = "resnet18"
-    densenet121 = "densenet121"
+Compression = _choices("Compression", ("none", "rle", "jpeg2000"))  # io.image.DICOM_COMPRESSIONS
+Preset = _choices("Preset", ("quick", "standard", "paper"))  # training.loop.PRESETS
+# constrained.methods.METHODS
+Method = _choices("Method", ("sequential", "fixed", "lagrangian", "augmented-lagrangian", "projection"))
+PenaltyShape = _choices("PenaltyShape", ("hinge", "squared_hinge"))  # constrained.sequential_penalty.SHAPES
+TauScope = _choices("TauScope", ("global", "per-sample"))  # constrained.methods.TAU_SCOPES
+TauSchedule = _choices("TauSchedule", ("open-loop", "closed-loop"))  # constrained.methods.TAU_SCHEDULES
+DualOptimizer = _choices("DualOptimizer", ("sgd", "nupi"))  # constrained.methods.DUAL_OPTIMIZERS
+Device = _choices("Device", ("auto", "cpu", "cuda"))  # model.device.DEVICE_CHOICES
+Split = _choices("Split", ("train", "held_out"))  # data.clinical.SPLITS
+Architecture = _choices("Architecture", ("small", "resnet18", "densenet121"))  # diagnostic.classifier.ARCHITECTURES
 
 
 def value_of(choice: Enum | None):

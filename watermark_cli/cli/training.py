@@ -19,7 +19,7 @@ def train(
         help="Files or folders of DICOM/PNG/TIFF images (or `data:` in --config).", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Model folder to write (default: runs/model).")] = None,
     config_file: Annotated[Optional[Path], typer.Option(
-        "--config", help="YAML file of training options (any TrainConfig field, plus data, out, preset); "
+        "--config", help="YAML file of training options (any --set key, plus data, out, preset); "
                          "flags given here override it.")] = None,
     resume: Annotated[Optional[Path], typer.Option(
         "--resume", help="Continue the run in this folder from its last checkpoint (bit-exact); "

@@ -27,7 +27,9 @@ import numpy as np
 from .data import FramePool, SampleOrder, TrainingSamples, collect_image_files, split_by_file
 from ..errors import BadInputError
 from ..io.writing import csv_text, write_atomically
+from ..constrained.methods import MethodSettings
 from ..model.device import pick_device
+from ..model.networks import NetworkConfig
 
 if TYPE_CHECKING:  # torch is imported inside the functions, so that `wm --help` stays instant
     import torch
@@ -40,11 +42,13 @@ METRICS_FILE = "metrics.csv"
 PLOT_FILE = "metrics.png"
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
+    """Everything `wm train` runs with. The network's and the constraint method's settings are
+    their own classes (`network`, `constraint`); presets, `--config` YAML, `--set` and the flags
+    name every setting by one flat key (`tile`, `tau_growth`, ...: `option_homes`)."""
+
     preset: str = "quick"
-    method: str = "sequential"
-    n_bits: int = 256
     psnr_min: float = 40.0
     psnr_margin: float = DEFAULT_MARGIN_DB
     crop: int = 64
@@ -57,32 +61,9 @@ class TrainConfig:
     # Cosine decay to this rate over the run (None: constant). A calm end lets the decoder
     # settle after the last growths of tau.
     learning_rate_final: float | None = None
-    # Sequential penalty (method "sequential"): tau grows by `tau_growth` every `tau_period`
-    # optimiser steps, for one global tau or one tau per sample; closed loop grows it only while
-    # violations do not fall by `tau_required_decrease` and validation images still miss the floor.
-    penalty_shape: str = "hinge"
-    tau_scope: str = "global"
-    tau_schedule: str = "open-loop"
-    tau_initial: float = 0.1
-    tau_growth: float = 1.25
-    tau_period: int = 100
-    tau_max: float = 500.0
-    tau_required_decrease: float = 0.1
-    # Baselines: a constant penalty weight ("fixed"); Lagrange multipliers ("lagrangian",
-    # "augmented-lagrangian", through cooper) with their dual optimiser and step.
-    fixed_weight: float = 1.0
-    dual_optimizer: str = "sgd"
-    dual_lr: float = 0.05
-    nupi_kp: float = 1.0
-    penalty_rho: float = 1.0
     attacks: tuple[str, ...] = ("identity", "noise", "quantise8", "blur")
     rescale_min: float = 1.0  # random rescale of training crops (anatomy at many pixel scales)
     rescale_max: float = 1.0
-    tile: int = 32
-    strength_channels: int = 16
-    decoder_channels: int = 16
-    decoder_maps: int = 2
-    carrier_smoothing: float = 0.0
     # How frames become training images (training.data.FRAME_VIEWS): "reader" shows every frame in
     # every view the floor holds in, the view's peak as 1; "nominal" divides by 2^BitsStored − 1.
     frame_views: str = "nominal"
@@ -95,29 +76,43 @@ class TrainConfig:
     device: str = "auto"
     # bf16 autocast for the networks on a GPU (ignored on a CPU); PSNRs stay in float32.
     mixed_precision: bool = True
+    # The carrier tiles and networks (n_bits, tile, widths, carrier smoothing).
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    # The constraint method: sequential penalty (tau grows by `tau_growth` every `tau_period`
+    # steps, for one global tau or one per sample; closed loop grows it only while violations do
+    # not fall by `tau_required_decrease`), or a baseline: a fixed weight, Lagrange multipliers.
+    constraint: MethodSettings = field(default_factory=MethodSettings)
 
-    def network_config(self):
-        from ..model.networks import NetworkConfig
+    @property
+    def n_bits(self) -> int:
+        return self.network.n_bits
 
-        return NetworkConfig(
-            n_bits=self.n_bits,
-            tile=self.tile,
-            strength_channels=self.strength_channels,
-            decoder_channels=self.decoder_channels,
-            decoder_maps=self.decoder_maps,
-            carrier_smoothing=self.carrier_smoothing,
-        )
+    @property
+    def tile(self) -> int:
+        return self.network.tile
 
-    def method_settings(self):
-        from ..constrained.methods import MethodSettings
+    @property
+    def method(self) -> str:
+        return self.constraint.method
 
-        return MethodSettings(
-            method=self.method, shape=self.penalty_shape, tau_scope=self.tau_scope, tau_schedule=self.tau_schedule,
-            tau_initial=self.tau_initial, tau_growth=self.tau_growth, tau_period=self.tau_period,
-            tau_max=self.tau_max, tau_required_decrease=self.tau_required_decrease,
-            fixed_weight=self.fixed_weight, dual_optimizer=self.dual_optimizer, dual_lr=self.dual_lr,
-            nupi_kp=self.nupi_kp, penalty_rho=self.penalty_rho,
-        )
+
+#: The sections of TrainConfig that are settings classes of their own.
+_SECTIONS = {"network": NetworkConfig, "constraint": MethodSettings}
+#: Flat keys whose name differs from the field they set.
+_RENAMED = {"penalty_shape": ("constraint", "shape")}
+
+
+def option_homes() -> dict[str, tuple[str | None, str]]:
+    """Every training option's flat key → (section or None for TrainConfig itself, field)."""
+    homes: dict[str, tuple[str | None, str]] = {f.name: (None, f.name) for f in fields(TrainConfig)
+                                                 if f.name not in _SECTIONS}
+    for section, settings in _SECTIONS.items():
+        for f in fields(settings):
+            homes[f.name] = (section, f.name)
+    for key, home in _RENAMED.items():
+        del homes[home[1]]
+        homes[key] = home
+    return homes
 
 
 PRESETS: dict[str, dict] = {
@@ -161,7 +156,7 @@ PRESETS: dict[str, dict] = {
 
 # ---- configuration from presets, a YAML file, --set KEY=VALUE and flags -----------------------
 
-_CONFIG_FIELDS = {f.name for f in fields(TrainConfig)}
+_CONFIG_FIELDS = set(option_homes())
 
 
 def config_for_preset(preset: str, **overrides) -> TrainConfig:
@@ -176,12 +171,30 @@ def config_for_preset(preset: str, **overrides) -> TrainConfig:
     if unknown:
         raise BadInputError(f"unknown training option(s): {', '.join(sorted(unknown))}")
     values.update({k: coerce_option(k, v) for k, v in overrides.items() if v is not None})
-    return TrainConfig(preset=preset, **values)
+    homes = option_homes()
+    own: dict = {}
+    sections: dict[str, dict] = {section: {} for section in _SECTIONS}
+    for key, value in values.items():
+        section, name = homes[key]
+        (own if section is None else sections[section])[name] = value
+    return TrainConfig(preset=preset, **own, **{section: _SECTIONS[section](**given) for section, given in sections.items()})
+
+
+def config_options(config: TrainConfig) -> dict:
+    """The configuration by flat key, as `--set` and `--config` name it (lists for tuples): what
+    checkpoints and cards record, and what `config_for_preset` takes back."""
+    options = {"preset": config.preset}
+    for key, (section, name) in option_homes().items():
+        value = getattr(config if section is None else getattr(config, section), name)
+        options[key] = list(value) if isinstance(value, tuple) else value
+    return options
 
 
 def coerce_option(name: str, value):
-    """`value` as the type TrainConfig declares for `name` (text as from --set is parsed)."""
-    hint = typing.get_type_hints(TrainConfig)[name]
+    """`value` as the type its settings class declares for the option `name` (text as from
+    --set is parsed)."""
+    section, field_name = option_homes()[name]
+    hint = typing.get_type_hints(TrainConfig if section is None else _SECTIONS[section])[field_name]
     optional = type(None) in typing.get_args(hint)
     base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
     if value is None or (optional and isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
@@ -304,7 +317,7 @@ def validate_config(config: TrainConfig) -> None:
     if config.frame_views not in FRAME_VIEWS:
         raise BadInputError(f"unknown frame_views {config.frame_views!r} (choose from {', '.join(FRAME_VIEWS)})")
     try:
-        config.method_settings().check()
+        config.constraint.check()
     except ValueError as error:
         raise BadInputError(str(error)) from None
     from ..attacks.layers import TRAINING_ATTACKS
@@ -429,12 +442,12 @@ def _train(config: TrainConfig, data: list[Path], output: Path, progress, resume
 
     # ---- model, optimiser, constraint method ------------------------------------------------------
     torch.manual_seed(config.seed)  # the same initial weights in every process
-    model = WatermarkModel(config.network_config()).to(device)
+    model = WatermarkModel(config.network).to(device)
     if config.init_from and checkpoint is None:
         _load_initial_weights(model, config)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     constraint = PerSampleConstraint("psnr_db", bound=config.psnr_min + config.psnr_margin, sense="ge")
-    method = build_method(config.method_settings(), constraint, len(samples), config.batch_size, device)
+    method = build_method(config.constraint, constraint, len(samples), config.batch_size, device)
     training_pass = TrainingPass(model, projection_psnr=constraint.bound if method.projects else None)
     if cluster.parallel:
         from torch.nn.parallel import DistributedDataParallel
@@ -531,7 +544,7 @@ def _train(config: TrainConfig, data: list[Path], output: Path, progress, resume
             output.mkdir(parents=True, exist_ok=True)
             save_checkpoint(output, {
                 # Absolute paths: a run may be resumed from another working folder.
-                "format": 1, "config": _config_dict(config), "data": _absolute(data),
+                "format": 1, "config": config_options(config), "data": _absolute(data),
                 "train_files": _absolute(train_pool.files), "validation_files": _absolute(validation_pool.files),
                 "world_size": cluster.world_size, "epoch": epoch, "step": step,
                 "seconds": metrics.seconds,
@@ -599,9 +612,9 @@ def _load_initial_weights(model, config: TrainConfig) -> None:
 
     start = load_model(config.init_from)
     theirs = NetworkConfig(**{k: v for k, v in start.card["architecture"].items() if k != "type"})
-    if theirs != config.network_config():
+    if theirs != config.network:
         raise BadInputError(f"init_from {config.init_from}: its architecture ({theirs}) is not this run's "
-                            f"({config.network_config()})")
+                            f"({config.network})")
     model.load_state_dict({k: v.float() for k, v in start.model.state_dict().items()})
 
 
@@ -693,10 +706,6 @@ def _validate(training_pass, images, bits, psnr_min: float, cluster) -> tuple[fl
 
 # ---- checkpoints and random states ------------------------------------------------------------------
 
-def _config_dict(config: TrainConfig) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
-
-
 def save_checkpoint(output: Path, state: dict) -> None:
     import torch
 
@@ -739,7 +748,7 @@ def resume_config(output: Path, epochs: int | None = None, device: str | None = 
 def _check_resumable(checkpoint: dict, config: TrainConfig, train_pool: FramePool, validation_pool: FramePool,
                      cluster) -> None:
     saved = dict(checkpoint["config"])
-    current = _config_dict(config)
+    current = config_options(config)
     changed = sorted(k for k in current if k not in ("epochs", "device") and saved.get(k) != current[k])
     if changed:
         raise BadInputError(f"cannot resume with a different configuration ({', '.join(changed)} changed); "
@@ -799,14 +808,14 @@ def _model_card(config: TrainConfig, train_pool: FramePool, validation_pool: Fra
     return {
         "name": f"wm-{config.preset}-{config.n_bits}b",
         "format_version": 1,
-        "architecture": {"type": "carrier-tiles", **config.network_config().to_dict()},
+        "architecture": {"type": "carrier-tiles", **config.network.to_dict()},
         "payload": PayloadCodec(config.n_bits).describe(),
         "quality_floor": {"psnr_min_db": config.psnr_min, "trained_with_margin_db": config.psnr_margin,
                           # The unit training measured PSNR in: every reader view, or the nominal peak.
                           "trained_in": "reader views" if config.frame_views == "reader" else "nominal peak"},
         "training": {
             "method": config.method,
-            "config": _config_dict(config),
+            "config": config_options(config),
             "device": str(device.type),
             "processes": world_size,
             "seconds": round(seconds, 1),
