@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from watermark_cli.constrained.methods import MethodSettings, build_method
-from watermark_cli.training.data import SampleOrder, normalised_frames
+from watermark_cli.model.inputs import normalised_frames
+from watermark_cli.training.data import SampleOrder
 from watermark_cli.constrained.sequential_penalty import PerSampleConstraint
 
 # (label, options): the same options go to `wm train` (watermark) and to the toy's settings.

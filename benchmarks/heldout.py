@@ -16,7 +16,7 @@ from __future__ import annotations
 from functools import partial
 
 from watermark_cli.data.clinical import clinical_files
-from watermark_cli.evaluation.run import rule_of_three_upper_bound
+from watermark_cli.evaluation.run import upper_bound_95
 from watermark_cli.io.image import read_image
 from watermark_cli.data.slices import held_out_slices, slice_image
 
@@ -47,7 +47,7 @@ def sources(name: str) -> list:
 
 def recovery_with_bound(recovered: int, trials: int) -> tuple[float, float]:
     """The exact-recovery rate and its one-sided 95 % lower bound (Clopper–Pearson)."""
-    return recovered / trials, 1.0 - rule_of_three_upper_bound(trials - recovered, trials)
+    return recovered / trials, 1.0 - upper_bound_95(trials - recovered, trials)
 
 
 def verdict(attack: str, rate: float, lower: float) -> str:

@@ -167,7 +167,7 @@ def attack_gain(messages: int) -> None:
     """Format 1 vs format 2 on the same decoder outputs, on the held-out sets."""
     import heldout
     from watermark_cli.attacks.codecs import FrameContext, parse_attack_list
-    from watermark_cli.evaluation.run import evaluation_messages, rule_of_three_upper_bound
+    from watermark_cli.evaluation.run import evaluation_messages, upper_bound_95
     from watermark_cli.model.store import load_model
     from watermark_cli.quality import QualityFloor
     from watermark_cli.marking.image import embed_pixels, read_frames
@@ -202,7 +202,7 @@ def attack_gain(messages: int) -> None:
             print(f"\n== {set_name}, {length}-byte messages, {messages} per image: exact recovery, same decoder outputs")
             print(f"{'attack':<14}{'format 1':>10}{'format 2':>10}{'n':>6}{'format 2, 95 % lower':>22}")
             for name, (old_ok, new_ok, trials) in counts.items():
-                lower = 1.0 - rule_of_three_upper_bound(trials - new_ok, trials)
+                lower = 1.0 - upper_bound_95(trials - new_ok, trials)
                 print(f"{name:<14}{old_ok / trials:>10.1%}{new_ok / trials:>10.1%}{trials:>6}{lower:>22.1%}")
 
 

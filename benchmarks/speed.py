@@ -19,7 +19,7 @@ import time
 import torch
 
 from watermark_cli.data.clinical import clinical_file
-from watermark_cli.training.data import normalised_frames
+from watermark_cli.model.inputs import normalised_frames
 from watermark_cli.io.image import read_image
 from watermark_cli.model.store import load_model, write_card
 from watermark_cli.quality import QualityFloor

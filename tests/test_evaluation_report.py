@@ -12,7 +12,7 @@ import pytest
 
 from watermark_cli.attacks.codecs import parse_attack_list
 from watermark_cli.data.clinical import clinical_files
-from watermark_cli.evaluation.run import EvaluationOptions, evaluate_images, rule_of_three_upper_bound
+from watermark_cli.evaluation.run import EvaluationOptions, evaluate_images, upper_bound_95
 from watermark_cli.evaluation.report import write_report
 from watermark_cli.io.image import read_image
 from watermark_cli.model.store import load_model
@@ -63,9 +63,9 @@ def test_report_folder_is_complete_and_self_contained(evaluated):
 
 
 def test_upper_bound_on_a_rate():
-    assert rule_of_three_upper_bound(0, 100) == pytest.approx(1 - 0.05 ** (1 / 100))
-    assert rule_of_three_upper_bound(0, 3000) < 0.001
-    assert rule_of_three_upper_bound(5, 10) > 0.5
+    assert upper_bound_95(0, 100) == pytest.approx(1 - 0.05 ** (1 / 100))
+    assert upper_bound_95(0, 3000) < 0.001
+    assert upper_bound_95(5, 10) > 0.5
 
 
 class MeanBrightness:

@@ -9,7 +9,7 @@ This module provides that classifier:
   picks the positive class of two);
 - preprocessing (`classifier_input`): one frame per image (the middle one of a multi-frame
   image), stored values mapped to [0, 1] over the nominal stored range exactly as the watermark
-  model sees them (`training.data.normalised_frames`), letterboxed to a square and resampled with
+  model sees them (`model.inputs.normalised_frames`), letterboxed to a square and resampled with
   antialiasing to the input size. It takes stored pixel values, so originals read from disk and
   watermarked pixels held in memory go through the very same function;
 - networks trained from scratch: a small CNN that learns on a CPU in a minute or two (default),
@@ -26,9 +26,10 @@ This module provides that classifier:
   few real backgrounds;
 - a classifier folder: `weights.safetensors` + `card.yaml`; `load_classifier` gives a scorer.
 
-Integration entry points: `read_labels(csv_or_folder) -> LabelledImages` and
-`load_classifier(folder) -> Classifier` with `.label_names` and
-`.score_pixels(pixel_arrays, stored_ranges) -> (N, K) probabilities`.
+What `wm evaluate` uses: `read_labels(csv_or_folder) -> LabelledImages`, `load_classifier(folder)
+-> Classifier` with `.label_names`, `classifier_input` (one image's network input, from stored
+pixels) and `.score_inputs(inputs) -> (N, K) probabilities`; `.score_pixels` and `.score_images`
+do both steps for scripts.
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..training.data import normalised_frames
 from ..errors import BadInputError
 from ..io.image import MedicalImage, iter_image_files, read_image
 from ..model.device import pick_device
+from ..model.inputs import normalised_frames
 from ..model.store import CARD_FILE, WEIGHTS_FILE, file_sha256, read_yaml_card, save_model
 
 ARCHITECTURES = ("small", "resnet18", "densenet121")
@@ -614,7 +615,7 @@ def train_classifier(
         "label_names": list(labelled.label_names),
         "preprocessing": {
             "frame": "middle frame of multi-frame images",
-            "intensity": "stored values over the nominal stored range to [0, 1] (datasets.normalised_frames), "
+            "intensity": "stored values over the nominal stored range to [0, 1] (model.inputs.normalised_frames), "
                          "then zero mean and unit variance per image inside the network",
             "geometry": f"letterboxed (aspect kept, 0-padded) and resampled to {config.input_size}x{config.input_size} "
                         "with Pillow's antialiased bilinear filter",
@@ -732,12 +733,6 @@ class Classifier:
         """MedicalImages (as read from disk) → (N, K) probabilities."""
         return self.score_pixels([image.pixels for image in images],
                                  [(image.stored_min, image.stored_max) for image in images], batch_size)
-
-    def score_files(self, paths: Sequence[Path], batch_size: int = 64) -> np.ndarray:
-        scores = []
-        for start in range(0, len(paths), batch_size):
-            scores.append(self.score_images([read_image(p) for p in paths[start : start + batch_size]], batch_size))
-        return np.concatenate(scores) if scores else np.zeros((0, len(self.label_names)))
 
 
 def read_classifier_card(folder: Path) -> dict:

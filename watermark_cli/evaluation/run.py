@@ -57,8 +57,9 @@ def evaluation_messages(count: int, length: int, seed: int) -> list[bytes]:
     return [("".join(rng.choice(alphabet) for _ in range(length))).encode() for _ in range(count)]
 
 
-def rule_of_three_upper_bound(failures: int, trials: int) -> float:
-    """One-sided 95 % upper bound on a rate (exact Clopper–Pearson for 0 failures is 1 - 0.05^(1/n))."""
+def upper_bound_95(failures: int, trials: int) -> float:
+    """One-sided 95 % upper bound on a rate from `failures` in `trials` (exact Clopper–Pearson;
+    with no failure it is 1 − 0.05^(1/n), close to the rule of three's 3/n)."""
     if trials == 0:
         return 1.0
     if failures == 0:
@@ -233,7 +234,7 @@ def _summarise(rows, frame_psnrs, embeddings, options, model, guard_acted, false
             "bit_accuracy": float(np.mean([r["bit_accuracy"] for r in subset])),
             "payload_recovery": float(np.mean([r["payload_recovered"] for r in subset])),
             # One-sided 95 % lower bound on the recovery rate (Clopper–Pearson on the failures).
-            "payload_recovery_lower_95": 1.0 - rule_of_three_upper_bound(len(subset) - recovered, len(subset)),
+            "payload_recovery_lower_95": 1.0 - upper_bound_95(len(subset) - recovered, len(subset)),
             "n": len(subset),
         }
     n_images = len({r["path"] for r in rows})
@@ -268,7 +269,7 @@ def _summarise(rows, frame_psnrs, embeddings, options, model, guard_acted, false
             "false_positives": false_positives,
             "n_clean": clean_tries,
             "false_positive_rate": false_positives / clean_tries if clean_tries else None,
-            "false_positive_rate_upper_95": rule_of_three_upper_bound(false_positives, clean_tries),
+            "false_positive_rate_upper_95": upper_bound_95(false_positives, clean_tries),
             "false_positive_bound_per_image": image_false_positive_bound(codec_for(model, options.key)),
         },
         "skipped": skipped,

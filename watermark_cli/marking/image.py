@@ -1,7 +1,7 @@
 """Embedding and extraction on whole images: model, payload codec and quality guard together.
 
-`embed_pixels` is pure (pixels in, pixels out, nothing written); `embed` in the CLI writes the
-file, re-reads it and measures what was actually stored. Extraction averages the decoder's
+`embed_pixels` is pure (pixels in, pixels out, nothing written); `marking.files.embed_file`
+writes the file, re-reads it and measures what was actually stored. Extraction averages the decoder's
 logits over all frames, since every frame carries the same payload.
 """
 
@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..allocation import spread_over_views
-from ..training.data import MIN_SIDE, normalised_frames
 from ..errors import BadInputError
 from ..guard import GuardedFrame, guard_image
 from ..io.image import MedicalImage
+from ..model.inputs import MIN_SIDE, normalised_frames
 from ..model.store import LoadedModel
 from ..payload import DecodedPayload, LegacyPayloadCodec, PayloadCodec
 from ..quality import FrameMeter, QualityFloor, frame_meters

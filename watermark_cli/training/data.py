@@ -22,17 +22,9 @@ import numpy as np
 
 from ..errors import BadInputError
 from ..io.image import MedicalImage, iter_image_files, read_image  # noqa: E402
-
-MIN_SIDE = 64
-
+from ..model.inputs import MIN_SIDE, normalised_frames  # noqa: F401 - re-exported for training code
 
 FRAME_VIEWS = ("reader", "nominal")
-
-
-def normalised_frames(image: MedicalImage) -> np.ndarray:
-    """(frames, rows, cols) float32 in [0, 1] on the nominal stored range."""
-    span = float(image.stored_max - image.stored_min)
-    return ((image.pixels.astype(np.float32) - image.stored_min) / span).astype(np.float32)
 
 
 def reader_view_frames(image: MedicalImage) -> np.ndarray:

@@ -363,10 +363,6 @@ class EpochMetrics:
     val_min_psnr: float
     val_mean_psnr: float
 
-    @property
-    def tau(self) -> float:
-        return self.coefficient_mean
-
 
 @dataclass
 class TrainResult:
