@@ -28,10 +28,10 @@ from .data import FramePool, SampleOrder, TrainingSamples, collect_image_files, 
 from ..errors import BadInputError
 from ..io.writing import csv_text, write_atomically
 from ..constrained.methods import MethodSettings
-from ..model.device import pick_device
+from ..model.device import DEVICE_CHOICES, pick_device
 from ..model.networks import NetworkConfig
 
-if TYPE_CHECKING:  # torch is imported inside the functions, so that `wm --help` stays instant
+if TYPE_CHECKING:  # torch comes with the network and method settings; only `wm train` imports this
     import torch
 
 # Training aims a little above the user's floor so that held-out images clear it without the
@@ -310,8 +310,8 @@ def validate_config(config: TrainConfig) -> None:
         raise BadInputError("the learning rate must be positive")
     if config.validation_crops < 1:
         raise BadInputError("validation_crops must be positive")
-    if config.device not in ("auto", "cpu", "cuda"):
-        raise BadInputError(f"unknown device {config.device!r} (auto, cpu or cuda)")
+    if config.device not in DEVICE_CHOICES:
+        raise BadInputError(f"unknown device {config.device!r} ({', '.join(DEVICE_CHOICES)})")
     from .data import FRAME_VIEWS
 
     if config.frame_views not in FRAME_VIEWS:
