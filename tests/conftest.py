@@ -26,6 +26,29 @@ def run_wm(*args: str, cwd: Path | None = None) -> CommandResult:
     return CommandResult(completed.returncode, completed.stdout, completed.stderr)
 
 
+def run_wm_here(*args: str) -> CommandResult:
+    """The same command line in this process (`main()` with these arguments): the same one-line
+    errors and exit codes, without a new interpreter importing torch. For argument and message
+    checks; the end-to-end runs keep `run_wm`."""
+    import contextlib
+    import io
+
+    from watermark_cli.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.argv
+    sys.argv = ["wm", *map(str, args)]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    finally:
+        sys.argv = saved
+    return CommandResult(code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory) -> dict[str, Path]:
     from watermark_cli.data.synthetic import write_synthetic_dataset

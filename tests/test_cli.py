@@ -12,7 +12,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from skimage.metrics import peak_signal_noise_ratio
 
-from conftest import run_wm
+from conftest import run_wm, run_wm_here
 from watermark_cli.io.image import DICOM_ELEMENTS_CHANGED_ON_WRITE
 
 
@@ -143,15 +143,15 @@ def test_missing_file_is_a_one_line_error(trained_model, tmp_path):
 def test_corrupt_file_is_a_one_line_error_and_writes_nothing(trained_model, tmp_path):
     corrupt = tmp_path / "broken.dcm"
     corrupt.write_bytes(b"DICM" + bytes(range(256)) * 7)
-    result = run_wm("embed", corrupt, "x", "--model", trained_model)
+    result = run_wm_here("embed", corrupt, "x", "--model", trained_model)
     assert result.code == 2
     assert "broken.dcm" in _one_line_error(result)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.dcm"]
-    assert run_wm("extract", corrupt, "--model", trained_model).code == 2
+    assert run_wm_here("extract", corrupt, "--model", trained_model).code == 2
 
 
 def test_message_too_long_is_refused_before_writing(trained_model, held_out_png):
-    result = run_wm("embed", held_out_png, "x" * 100, "--model", trained_model)
+    result = run_wm_here("embed", held_out_png, "x" * 100, "--model", trained_model)
     assert result.code == 2
     assert "at most 16 bytes" in _one_line_error(result)
     assert sorted(p.name for p in held_out_png.parent.iterdir()) == [held_out_png.name]
@@ -160,7 +160,7 @@ def test_message_too_long_is_refused_before_writing(trained_model, held_out_png)
 def test_image_smaller_than_64_px_is_refused(trained_model, tmp_path):
     small = tmp_path / "small.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 200), dtype=np.uint8)).save(small)
-    result = run_wm("embed", small, "x", "--model", trained_model)
+    result = run_wm_here("embed", small, "x", "--model", trained_model)
     assert result.code == 2
     assert "64 px" in _one_line_error(result)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.png"]
@@ -210,24 +210,24 @@ def test_evaluate_writes_a_report_with_no_image_below_the_floor(trained_model, s
 
 
 def test_usage_errors_exit_2(trained_model, held_out_png):
-    assert run_wm("embed", held_out_png).code == 2
-    result = run_wm("embed", held_out_png, "x", "--model", trained_model, "--psnr-min", "-3")
+    assert run_wm_here("embed", held_out_png).code == 2
+    result = run_wm_here("embed", held_out_png, "x", "--model", trained_model, "--psnr-min", "-3")
     assert result.code == 2 and "--psnr-min" in _one_line_error(result)
-    result = run_wm("evaluate", held_out_png, "--model", trained_model, "--attacks", "bogus:1")
+    result = run_wm_here("evaluate", held_out_png, "--model", trained_model, "--attacks", "bogus:1")
     assert result.code == 2 and "unknown attack" in _one_line_error(result)
 
 
 def test_more_bad_inputs_get_one_line_errors(trained_model, held_out_png, tmp_path):
-    result = run_wm("embed", held_out_png, "x", "--model", trained_model, "--psnr-domain", "window", "--window", "nan,nan")
+    result = run_wm_here("embed", held_out_png, "x", "--model", trained_model, "--psnr-domain", "window", "--window", "nan,nan")
     assert result.code == 2 and "--window" in _one_line_error(result)
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = run_wm("train", empty, "--out", tmp_path / "m")
+    result = run_wm_here("train", empty, "--out", tmp_path / "m")
     assert result.code == 2 and "no image files" in _one_line_error(result)
     broken_model = tmp_path / "broken_model"
     broken_model.mkdir()
     (broken_model / "card.yaml").write_text("architecture: {n_bits: 256}\npayload: {}\n")
-    result = run_wm("extract", held_out_png, "--model", broken_model)
+    result = run_wm_here("extract", held_out_png, "--model", broken_model)
     assert result.code == 2 and "lacks" in _one_line_error(result)
 
 
@@ -289,7 +289,7 @@ def test_the_cli_choices_are_the_choices_of_the_modules_that_own_them():
 def test_a_choice_or_range_outside_the_interface_is_one_line_and_exit_2(tmp_path):
     for arguments in (["embed", tmp_path, "m", "--compress", "zip"], ["embed", tmp_path, "m", "--workers", "0"],
                       ["train", tmp_path, "--method", "adam"], ["data", "clinical", tmp_path, "--split", "test"]):
-        result = run_wm(*arguments)
+        result = run_wm_here(*arguments)
         assert result.code == 2, (arguments, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.stderr, result.stderr

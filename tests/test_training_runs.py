@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import run_wm
+from conftest import run_wm, run_wm_here
 
 # A few seconds of training per run: 128 bits (the fewest a payload v2 fits in: 5 bytes), 64² crops,
 # tiny validation set.
@@ -115,7 +115,7 @@ def test_cli_resume_extends_a_run_and_refuses_a_changed_configuration(run_from_c
 def test_bad_config_is_a_one_line_error(tiny_data, tmp_path, contents, message):
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump(contents))
-    result = run_wm("train", tiny_data, "--config", config, "--out", tmp_path / "m")
+    result = run_wm_here("train", tiny_data, "--config", config, "--out", tmp_path / "m")
     assert result.code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "m").exists()
 
@@ -125,7 +125,7 @@ def test_a_folder_with_no_usable_image_is_a_one_line_error(tmp_path):
     folder.mkdir()
     (folder / "notes.txt").write_text("not an image")
     Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(folder / "tiny.png")  # below 64 px
-    result = run_wm("train", folder, "--out", tmp_path / "m")
+    result = run_wm_here("train", folder, "--out", tmp_path / "m")
     assert result.code == 2 and "no usable training image" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -220,7 +220,7 @@ def test_interrupted_run_resumed_ends_with_the_same_weights_as_an_uninterrupted_
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_asking_for_cuda_without_a_gpu_is_a_one_line_error(tiny_data, tmp_path):
-    result = run_wm("train", tiny_data, "--out", tmp_path / "m", "--device", "cuda")
+    result = run_wm_here("train", tiny_data, "--out", tmp_path / "m", "--device", "cuda")
     assert result.code == 2 and "no CUDA device" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
