@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import BadInputError
 from ..io.image import MedicalImage, iter_image_files, read_image  # noqa: E402
-from ..model.inputs import MIN_SIDE, normalised_frames  # noqa: F401 - re-exported for training code
+from ..model.inputs import MIN_SIDE, normalised_frames
 
 FRAME_VIEWS = ("reader", "nominal")
 
