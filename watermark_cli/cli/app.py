@@ -135,6 +135,13 @@ class progress_bar:
 
 
 def main() -> None:
+    import warnings
+
+    # Libraries' warnings about the files they read (pydicom on a non-conformant value, Pillow
+    # on a large image) are not for the user of a command line: what matters reaches them as
+    # wm's own one-line errors and warnings. PYTHONWARNINGS still turns them back on.
+    if not sys.warnoptions:
+        warnings.simplefilter("ignore")
     # Not standalone: usage errors come back as exceptions, so that they too are one line.
     try:
         code = app(standalone_mode=False)

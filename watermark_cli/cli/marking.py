@@ -11,7 +11,8 @@ from rich.table import Table
 
 from ..errors import BadInputError, CheckFailedError, NoWatermarkError, WmError
 from .app import GracefulStop, app, emit_json, format_db, open_model, progress_bar, stderr, stdout
-from .options import (Compression, JsonOption, KeyFileOption, KeyOption, ModelOption, PsnrDomain, PsnrDomainOption,
+from .options import (Compression, JsonOption, KeyFileOption, KeyOption, MaxPixelsOption, ModelOption, PsnrDomain,
+                      PsnrDomainOption,
                       PsnrOption, PsnrPeak, PsnrPeakOption, WindowOption, message_bytes, parse_window, quality_floor,
                       resolve_key)
 
@@ -47,13 +48,15 @@ def embed(
     fill_budget: Annotated[bool, typer.Option("--fill-budget/--model-strength", help="Strengthen the mark until each frame sits just above the floor (most robust), or keep the model's own strength.")] = True,
     workers: Annotated[int, typer.Option("--workers", min=1, max=256, help="Worker processes for a folder.")] = 1,
     audit: Annotated[Optional[Path], typer.Option("--audit", help="Audit log (JSON lines) to append to; default: wm-audit.jsonl in the output folder.")] = None,
+    max_pixels: MaxPixelsOption = 100_000_000,
     json_output: JsonOption = False,
 ) -> None:
     """Hide MESSAGE in INPUT; every written frame keeps PSNR >= --psnr-min, measured on its stored
     values, in every view a reader uses (its data range and every window it declares)."""
-    from ..io.audit import AuditLog, audit_record, default_audit_path
-    from ..marking.files import EmbedSettings, check_free_space, embed_files
+    from ..io.audit import AuditLog, default_audit_path
     from ..io.image import scan_folder
+    from ..io.writing import exclusive_folder, remove_stale_temporaries
+    from ..marking.files import EmbedSettings, check_free_space
 
     floor = quality_floor(psnr_min, psnr_peak, psnr_domain, max_abs_error)
     window_override = parse_window(window)
@@ -67,45 +70,103 @@ def embed(
     codec = codec_for(loaded, secret)
     codec.encode(payload)  # a too-long message fails here, before any file is touched
 
-    not_images: list[Path] = []
-    existing: list[tuple[Path, Path]] = []
-    if input.is_dir():
-        target = output or _default_output(input, is_folder=True)
-        if target.exists() and not target.is_dir():
-            raise BadInputError(f"{target}: exists and is not a folder")
-        images, not_images = scan_folder(input, exclude=target)
-        if not images:
-            raise BadInputError(f"no image files in {input}")
-        jobs = [(path, target / path.relative_to(input)) for path in images]
-        if not overwrite:
-            # A re-run does not redo work: outputs are written atomically, so one that exists is whole.
-            existing = [job for job in jobs if job[1].exists()]
-            jobs = [job for job in jobs if not job[1].exists()]
-        check_free_space([source for source, _ in jobs], target)
-    else:
-        target = output or _default_output(input, is_folder=False)
-        jobs = [(input, target)]
-    audit_log = AuditLog(audit or default_audit_path(target, input.is_dir()))
-    if jobs:
-        audit_log.check_writable()
-
     settings = EmbedSettings(payload=payload, floor=floor, window_override=window_override, overwrite=overwrite,
                              allow_unverified=allow_unverified, compression=compress.value, fill_budget=fill_budget,
-                             model=model, key=secret)
-    failures: list = []
+                             model=model, max_pixels=max_pixels, key=secret)
+    if not input.is_dir():
+        target = output or _default_output(input, is_folder=False)
+        audit_log = AuditLog(audit or default_audit_path(target, False))
+        audit_log.check_writable()
+        _mark(input, [(input, target)], settings, loaded, codec, workers, audit_log, json_output)
+        return
+
+    target = output or _default_output(input, is_folder=True)
+    if target.exists() and not target.is_dir():
+        raise BadInputError(f"{target}: exists and is not a folder")
+    if target.resolve() == input.resolve():
+        raise BadInputError(f"{target}: the output folder is the input folder; give another one with -o")
+    images, skipped = scan_folder(input, exclude=target)
+    if not images:
+        raise BadInputError(f"no image files in {input}")
+    created = _make_output_folder(target)
+    try:
+        with exclusive_folder(target):  # a second run into the same folder fails at once
+            remove_stale_temporaries(target)
+            jobs = [(path, target / path.relative_to(input)) for path in images]
+            existing: list[tuple[Path, Path]] = []
+            if not overwrite:
+                # A re-run does not redo work: outputs are written atomically, so one that exists is whole.
+                existing = [job for job in jobs if job[1].exists()]
+                jobs = [job for job in jobs if not job[1].exists()]
+            check_free_space([source for source, _ in jobs], target, max_pixels)
+            audit_log = AuditLog(audit or default_audit_path(target, True))
+            audit_log.check_writable()
+            recovered = _audit_unaudited(existing, settings, loaded, codec, audit_log)
+            _mark(input, jobs, settings, loaded, codec, workers, audit_log, json_output,
+                  escaping=_outside_folder(jobs, target), existing=existing, skipped=skipped, recovered=recovered)
+    finally:
+        if created and not any(target.iterdir()):
+            target.rmdir()  # a run that wrote nothing leaves nothing
+
+
+def _make_output_folder(target: Path) -> bool:
+    """Create the output folder (True if it did not exist), or fail in one line when it cannot be
+    written: one error instead of one per file."""
+    import os
+
+    created = not target.exists()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise BadInputError(f"{target}: cannot create the output folder ({error.strerror or error})") from None
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise BadInputError(f"{target}: the output folder is not writable")
+    return created
+
+
+def _outside_folder(jobs: list[tuple[Path, Path]], target: Path) -> list[tuple[Path, Path]]:
+    """Jobs whose output would land outside the output folder (a linked subfolder in it)."""
+    root = target.resolve()
+    return [job for job in jobs if root not in job[1].parent.resolve().parents and job[1].parent.resolve() != root]
+
+
+def _audit_unaudited(existing, settings, loaded, codec, audit_log) -> int:
+    """Outputs a killed run wrote but did not get to audit get their line now (see `AuditLog`)."""
+    from ..io.audit import audit_record
+    from ..marking.files import recovered_results
+
+    audited = audit_log.outputs()
+    unaudited = [job for job in existing if str(job[1].resolve()) not in audited]
+    count = 0
+    for result in recovered_results(unaudited, settings, loaded, codec):
+        audit_log.append(audit_record(result, settings.payload, codec))
+        count += 1
+    return count
+
+
+def _mark(input: Path, jobs, settings, loaded, codec, workers: int, audit_log, json_output: bool, *,
+          escaping=(), existing=(), skipped=(), recovered: int = 0) -> None:
+    """Mark every job, audit and report each file as it completes; the batch summary and exit code."""
+    from ..io.audit import audit_record
+    from ..marking.files import FileOutcome, embed_files
+
+    failures: list = [FileOutcome(source, destination, exit_code=2, error=f"{destination}: would be written outside "
+                                  "the output folder (a link inside it); not marked") for source, destination in escaping]
+    jobs = [job for job in jobs if job not in escaping]
     results: list[dict] = []
+    single = not input.is_dir()
     with progress_bar(len(jobs) > 1 and not json_output) as progress, GracefulStop() as stop:
         task = progress.add_task("embedding", total=len(jobs)) if progress else None
         for outcome in embed_files(jobs, settings, loaded, codec, workers, stop_requested=stop.requested):
             if outcome.result is not None:
                 results.append(outcome.result)
-                audit_log.append(audit_record(outcome.result, payload, codec))
+                audit_log.append(audit_record(outcome.result, settings.payload, codec))
                 _warn_below_floor(outcome.result)
                 if json_output:
                     emit_json(outcome.result)
             else:
                 failures.append(outcome)
-                if len(jobs) == 1 and not input.is_dir():
+                if single:
                     raise (BadInputError if outcome.exit_code == 2 else CheckFailedError)(outcome.error)
                 if json_output:
                     emit_json({"input": str(outcome.source), "error": outcome.error})
@@ -116,13 +177,14 @@ def embed(
     results.sort(key=lambda r: r["input"])
     if not json_output:
         _print_embed_table(results)
-        _print_batch_summary(input, results, failures, existing, not_images, audit_log.path if results else None)
+        _print_batch_summary(input, results, failures, existing, skipped, recovered,
+                             audit_log.path if results or recovered else None)
     if failures:
-        summary = f"{len(failures)} of {len(jobs)} file(s) could not be marked (see above)"
+        summary = f"{len(failures)} of {len(jobs) + len(escaping)} file(s) could not be marked (see above)"
         raise BadInputError(summary) if all(f.exit_code == 2 for f in failures) else CheckFailedError(summary)
 
 
-def _print_batch_summary(input: Path, results, failures, existing, not_images, audit_path) -> None:
+def _print_batch_summary(input: Path, results, failures, existing, skipped, recovered, audit_path) -> None:
     """For folders: what was skipped and what failed, one line each, then the counts."""
     if not input.is_dir():
         if audit_path:
@@ -130,13 +192,16 @@ def _print_batch_summary(input: Path, results, failures, existing, not_images, a
         return
     for outcome in sorted(failures, key=lambda f: str(f.source)):
         stderr.print(f"[red]failed:[/] {outcome.error}", highlight=False, soft_wrap=True)
-    for path in not_images:
-        stdout.print(f"skipped, not an image: {path}", highlight=False, soft_wrap=True)
+    for path, why in skipped:
+        stdout.print(f"skipped, {why}: {path}", highlight=False, soft_wrap=True)
     if existing:
         stdout.print(f"skipped, output already exists (--overwrite to redo): {len(existing)} file(s)",
                      highlight=False)
+    if recovered:
+        stdout.print(f"audited {recovered} output(s) an interrupted run wrote without its audit line",
+                     highlight=False)
     stdout.print(f"marked {len(results)}, failed {len(failures)}, already done {len(existing)}, "
-                 f"not images {len(not_images)}" + (f"; audit: {audit_path}" if audit_path else ""),
+                 f"skipped {len(skipped)}" + (f"; audit: {audit_path}" if audit_path else ""),
                  highlight=False, soft_wrap=True)
 
 
@@ -186,12 +251,14 @@ def extract(
     accept_format_1: Annotated[bool, typer.Option(
         "--accept-format-1", help="Also accept marks in the payload format wm wrote before v2: "
                                   "unauthenticated, so anyone could have forged them.")] = False,
+    max_pixels: MaxPixelsOption = 100_000_000,
     json_output: JsonOption = False,
 ) -> None:
     """Read the hidden message. Exit 0: found; 1: no valid watermark; 2: bad input."""
-    from ..io.image import iter_image_files, read_image
-    from ..payload import bytes_to_text, key_kind
-    from ..marking.image import codec_for, extract_payload, legacy_codec_for
+    from ..io.image import iter_image_files
+    from ..io.isolation import IsolatedReader
+    from ..marking.image import codec_for, legacy_codec_for
+    from ..payload import key_kind
 
     if not input.exists():
         raise BadInputError(f"no such file or folder: {input}")
@@ -199,53 +266,64 @@ def extract(
     if not files:
         raise BadInputError(f"no image files in {input}")
     secret = resolve_key(key, key_file)
-    loaded = open_model(model)
-    codec = codec_for(loaded, secret)
-    legacy = legacy_codec_for(loaded, secret)
     kind = key_kind(secret)
-    missing = 0
-    bad = 0
-    for path in files:
-        try:
-            image = read_image(path)
-            decoded = extract_payload(loaded, codec, image)
-            old_mark = None
-            if not decoded.found and legacy is not None:
-                old_mark = extract_payload(loaded, legacy, image, full_search=accept_format_1)
-                if accept_format_1 and old_mark.found:
-                    decoded, old_mark = old_mark, None
-        except WmError as error:
-            if len(files) == 1:
-                raise
-            bad += 1
-            stderr.print(f"[red]error:[/] {error}", highlight=False)
-            if json_output:
-                emit_json({"input": str(path), "error": str(error)})
-            continue
-        text = bytes_to_text(decoded.message) if decoded.found else None
-        missing += int(not decoded.found)
-        hint = old_mark is not None and old_mark.found
-        if json_output:
-            emit_json({"input": str(path), "found": decoded.found, "message": text,
-                        "confidence": round(decoded.confidence, 4), "bit_errors": decoded.bit_errors,
-                        "format": decoded.format if decoded.found else None,
-                        "authenticated": decoded.authenticated and kind == "custom", "key": kind,
-                        **({"format_1_mark": True} if hint else {})})
-        elif len(files) == 1:
-            if decoded.found:
-                sys.stdout.write(text + "\n")
-                if decoded.format == 1:
-                    stderr.print("[yellow]warning:[/] a format-1 mark: unauthenticated, anyone could have written it",
-                                 highlight=False)
-        else:
-            stdout.print(f"{path}: " + (text + (" (format 1, unauthenticated)" if decoded.format == 1 else "")
-                                        if decoded.found else "[yellow]no watermark[/]"), highlight=False)
-        if hint:
-            stderr.print(f"{path}: holds a mark in the old payload format 1 (unauthenticated); read it with "
-                         "--accept-format-1", highlight=False, soft_wrap=True)
+    single = len(files) == 1
+    outcomes = {"found": 0, "missing": 0, "bad": 0}
+    with IsolatedReader(max_pixels) as reader:  # its interpreter starts while the model loads
+        loaded = open_model(model)
+        codec = codec_for(loaded, secret)
+        legacy = legacy_codec_for(loaded, secret)
+        for path in files:
+            outcomes[_extract_one(path, reader.read, loaded, codec, legacy, kind, accept_format_1, json_output,
+                                  single)] += 1
+    missing, bad = outcomes["missing"], outcomes["bad"]
     if bad:
         raise BadInputError(f"{bad} of {len(files)} file(s) could not be read")
     if missing:
         raise NoWatermarkError(
             f"no valid watermark in {input}" if len(files) == 1 else f"no valid watermark in {missing} of {len(files)} files"
         )
+
+
+def _extract_one(path: Path, read, loaded, codec, legacy, kind: str, accept_format_1: bool, json_output: bool,
+                 single: bool) -> str:
+    """Read one file's mark and print it; 'found', 'missing' or 'bad' (a single file's error is raised)."""
+    from ..marking.image import extract_payload
+    from ..payload import bytes_to_text
+
+    try:
+        image = read(path)
+        decoded = extract_payload(loaded, codec, image)
+        old_mark = None
+        if not decoded.found and legacy is not None:
+            old_mark = extract_payload(loaded, legacy, image, full_search=accept_format_1)
+            if accept_format_1 and old_mark.found:
+                decoded, old_mark = old_mark, None
+    except WmError as error:
+        if single:
+            raise
+        stderr.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        if json_output:
+            emit_json({"input": str(path), "error": str(error)})
+        return "bad"
+    text = bytes_to_text(decoded.message) if decoded.found else None
+    hint = old_mark is not None and old_mark.found
+    if json_output:
+        emit_json({"input": str(path), "found": decoded.found, "message": text,
+                   "confidence": round(decoded.confidence, 4), "bit_errors": decoded.bit_errors,
+                   "format": decoded.format if decoded.found else None,
+                   "authenticated": decoded.authenticated and kind == "custom", "key": kind,
+                   **({"format_1_mark": True} if hint else {})})
+    elif single:
+        if decoded.found:
+            sys.stdout.write(text + "\n")
+            if decoded.format == 1:
+                stderr.print("[yellow]warning:[/] a format-1 mark: unauthenticated, anyone could have written it",
+                             highlight=False)
+    else:
+        stdout.print(f"{path}: " + (text + (" (format 1, unauthenticated)" if decoded.format == 1 else "")
+                                    if decoded.found else "[yellow]no watermark[/]"), highlight=False)
+    if hint:
+        stderr.print(f"{path}: holds a mark in the old payload format 1 (unauthenticated); read it with "
+                     "--accept-format-1", highlight=False, soft_wrap=True)
+    return "found" if decoded.found else "missing"

@@ -19,6 +19,10 @@ KeyFileOption = Annotated[Optional[Path], typer.Option(
     "--key-file", help="File holding the secret key (one trailing newline is dropped).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 PsnrOption = Annotated[float, typer.Option("--psnr-min", help="PSNR floor in dB that every written frame keeps.")]
+# The default is io.image.DEFAULT_MAX_PIXELS (kept literal here: importing io.image would slow `wm --help`).
+MaxPixelsOption = Annotated[int, typer.Option(
+    "--max-pixels", min=1, help="Refuse, before decoding, any image whose header declares more pixels "
+                                "(rows x columns x frames).")]
 
 
 def parse_window(window: str | None) -> tuple[float, float] | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+from collections.abc import Sequence
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,25 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
 _MAX_DERIVATION_CHARS = 1024  # DerivationDescription is ST
+
+#: Default for `--max-pixels`: rows x columns x frames an input may declare before anything is
+#: decoded (10^8, e.g. 381 CT slices of 512 x 512; at 16 bits 200 MB of stored values). Headers are
+#: checked against it before any pixel is decoded, so a decompression bomb or a header that lies
+#: costs a header read, not the memory it asks for.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+# Decoder warnings that mean the decoded values are not the image the header describes: frames
+# the header does not declare, an RLE segment of the wrong length, compressed data the size of
+# uncompressed data (a wrong transfer syntax), a colour codestream in a grayscale header. Other
+# warnings (trailing padding removed, a plugin switched) leave the values right.
+_GARBAGE_WARNINGS = (
+    "frames have been found",
+    "sufficient to contain",
+    "doesn't match the expected amount",
+    "matches the expected number for uncompressed",
+    "indicates it should be",
+    "indicate it should be",
+)
 
 #: Lossless DICOM re-encodings `write_image` offers (name -> transfer syntax UID); 'none' writes
 #: native Explicit VR Little Endian. JPEG-LS is absent: no JPEG-LS encoder is installed.
@@ -164,28 +184,49 @@ def iter_image_files(folder: str | Path) -> list[Path]:
     return scan_folder(folder)[0]
 
 
-def scan_folder(folder: str | Path, exclude: Path | None = None) -> tuple[list[Path], list[Path]]:
-    """(image files, other files) below `folder`, recursively, each sorted.
+def scan_folder(folder: str | Path, exclude: Path | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(image files, [(skipped file, why)]) below `folder`, recursively, each sorted.
 
     Hidden files and folders are skipped silently, so that our own `.NAME.tmp-*` files and `.git`
     never count; so are DICOMDIRs (an index, not an image) and everything under `exclude` (an
     output folder placed inside the input folder must not become input on the next run).
+    Symbolic links are never followed out of `folder`: a linked folder is not entered (a link
+    can make a loop) and a linked file counts only when it resolves inside `folder`; both are
+    listed as skipped otherwise, so nothing outside the tree the user named is read.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise BadInputError(f"{folder}: not a folder")
+    root_resolved = folder.resolve()
     excluded = exclude.resolve() if exclude is not None else None
     images: list[Path] = []
-    others: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                         and (excluded is None or (Path(root) / d).resolve() != excluded))
+        kept = []
+        for name in sorted(dirs):
+            candidate = Path(root) / name
+            if name.startswith(".") or (excluded is not None and candidate.resolve() == excluded):
+                continue
+            if candidate.is_symlink():
+                skipped.append((candidate, "a linked folder (links are not followed)"))
+                continue
+            kept.append(name)
+        dirs[:] = kept
         for name in files:
             if name.startswith(".") or name.upper() == "DICOMDIR":
                 continue
             candidate = Path(root) / name
-            (images if is_image_file(candidate) else others).append(candidate)
-    return sorted(images), sorted(others)
+            if candidate.is_symlink() and not _is_within(candidate.resolve(), root_resolved):
+                skipped.append((candidate, "a link leading outside the input folder"))
+            elif is_image_file(candidate):
+                images.append(candidate)
+            else:
+                skipped.append((candidate, "not an image"))
+    return sorted(images), sorted(skipped)
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
 
 
 def _sniff(path: Path) -> str | None:
@@ -207,13 +248,22 @@ def _sniff(path: Path) -> str | None:
 # Reading
 
 
-def read_image(path: str | Path) -> MedicalImage:
-    """Read a DICOM, PNG, TIFF or JPEG file into a `MedicalImage`; BadInputError for any problem."""
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> MedicalImage:
+    """Read a DICOM, PNG, TIFF or JPEG file into a `MedicalImage`; BadInputError for any problem.
+
+    The declared size (rows x columns x frames) is checked against `max_pixels` before any pixel is
+    decoded. Whatever a decoder raises, Python exception or a native extension's panic (pyo3's
+    PanicException derives from BaseException), becomes the one-line error; only Ctrl-C and exit
+    pass through. A decoder that kills the interpreter cannot be caught here: `isolation` runs
+    this function in a process of its own for that.
+    """
     path = Path(path)
     if not path.exists():
         raise BadInputError(f"{path}: no such file")
     if path.is_dir():
         raise BadInputError(f"{path}: is a folder, not an image file")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise BadInputError(f"{path}: not a regular file")
     try:
         kind = _sniff(path)
     except OSError as exc:
@@ -227,15 +277,44 @@ def read_image(path: str | Path) -> MedicalImage:
             expected = _format_name(suffix)
             raise BadInputError(f"{path}: not a valid {expected} file (unrecognised content)")
 
-    readers: dict[str, Callable[[Path], MedicalImage]] = {
+    size = path.stat().st_size
+    if size > _max_file_bytes(max_pixels):
+        raise BadInputError(f"{path}: file of {size / 2**20:.0f} MiB is larger than an image of at most "
+                            f"{max_pixels:,} pixels can be (raise --max-pixels to read it)")
+    readers: dict[str, Callable[[Path, int], MedicalImage]] = {
         "dicom": _read_dicom, "png": _read_png, "tiff": _read_tiff, "jpeg": _read_jpeg,
     }
     try:
-        return readers[kind](path)
+        return readers[kind](path, max_pixels)
     except BadInputError:
         raise
-    except Exception as exc:  # any library error on a bad file becomes a one-line message
-        raise BadInputError(f"{path}: cannot read {kind.upper()} file: {_one_line(exc)}") from exc
+    except MemoryError:
+        raise BadInputError(f"{path}: not enough memory to decode this {kind.upper()} file") from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # any library error or native panic on a bad file: one line
+        raise BadInputError(f"{path}: cannot read {kind.upper()} file: {_one_line(exc)}") from None
+
+
+def _max_file_bytes(max_pixels: int) -> int:
+    """The largest file an image of `max_pixels` 16-bit samples can honestly be: twice its
+    uncompressed size (padding, overlays, private data) plus room for a large header."""
+    return 4 * max_pixels + 64 * 2**20
+
+
+def check_declared_size(path: Path, dimensions: Sequence[int], max_pixels: int, what: str = "") -> None:
+    """Refuse, before decoding, an image whose header declares more pixels than `max_pixels`
+    (or none at all). `dimensions` are the declared sizes, e.g. (frames, rows, columns)."""
+    sizes = [int(d) for d in dimensions]
+    total = 1
+    for value in sizes:
+        total *= value
+    shape = " x ".join(str(d) for d in sizes)
+    if any(d <= 0 for d in sizes):
+        raise BadInputError(f"{path}: {what}header declares an empty image ({shape})")
+    if total > max_pixels:
+        raise BadInputError(f"{path}: {what}header declares {total:,} pixels ({shape}), more than the limit of "
+                            f"{max_pixels:,} (--max-pixels); nothing decoded")
 
 
 def _format_name(suffix: str) -> str:
@@ -251,7 +330,7 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _read_dicom(path: Path) -> MedicalImage:
+def _read_dicom(path: Path, max_pixels: int) -> MedicalImage:
     """DICOM through pydicom (compressed syntaxes decode via the pylibjpeg plugins).
 
     Only single-sample MONOCHROME1/2 images with 8 or 16 bits allocated are accepted: those are
@@ -302,12 +381,12 @@ def _read_dicom(path: Path) -> MedicalImage:
         raise BadInputError(f"{path}: inconsistent DICOM header (BitsStored {bits_stored}, "
                             f"BitsAllocated {bits_allocated})")
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-
-    try:
-        decoded = pixel_array(ds)
-    except Exception as exc:
-        raise BadInputError(f"{path}: cannot decode DICOM pixel data: {_one_line(exc)}") from exc
     rows, cols = int(ds.Rows), int(ds.Columns)
+    frames = _declared_frames(path, ds)
+    check_declared_size(path, (frames, rows, cols), max_pixels, "DICOM ")
+    _check_native_length(path, ds, frames * rows * cols * (bits_allocated // 8))
+
+    decoded = _decode_dicom_pixels(path, ds, pixel_array)
     dtype = np.dtype(f"{'i' if signed else 'u'}{bits_allocated // 8}")  # native byte order
     pixels = np.ascontiguousarray(decoded.astype(dtype).reshape(-1, rows, cols))
 
@@ -323,6 +402,49 @@ def _read_dicom(path: Path) -> MedicalImage:
         stored_min=stored_min, stored_max=stored_max, photometric=photometric, modality=modality,
         source=ds, display=display_from_dicom(ds, pixels.shape[0]),
     )
+
+
+def _declared_frames(path: Path, ds: Any) -> int:
+    value = ds.get("NumberOfFrames", 1)
+    try:
+        frames = int(value) if value not in (None, "") else 1
+    except (TypeError, ValueError):
+        raise BadInputError(f"{path}: DICOM NumberOfFrames {value!r} is not a number") from None
+    return frames or 1  # 0 is non-conformant for 1 (pydicom reads it so too)
+
+
+def _check_native_length(path: Path, ds: Any, expected: int) -> None:
+    """Uncompressed pixel data shorter than the header promises: refused before decoding (pydicom
+    would read past the frames that exist, or fill them with garbage)."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or syntax.is_compressed:
+        return
+    actual = len(ds.PixelData)
+    if actual < expected:
+        raise BadInputError(f"{path}: DICOM header promises {expected:,} bytes of pixel data, the file holds "
+                            f"{actual:,} (truncated or inconsistent header)")
+
+
+def _decode_dicom_pixels(path: Path, ds: Any, pixel_array: Callable[[Any], np.ndarray]) -> np.ndarray:
+    """pydicom's decode, with the warnings that mean garbage values (see _GARBAGE_WARNINGS) made
+    errors."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            decoded = pixel_array(ds)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except MemoryError:
+            raise BadInputError(f"{path}: not enough memory to decode the DICOM pixel data") from None
+        except BaseException as exc:  # pydicom's and the plugins' errors, and native panics
+            raise BadInputError(f"{path}: cannot decode DICOM pixel data: {_one_line(exc)}") from None
+    for warning in caught:
+        text = str(warning.message)
+        if any(marker in text for marker in _GARBAGE_WARNINGS):
+            raise BadInputError(f"{path}: DICOM pixel data does not match its header: {_one_line(warning.message)}")
+    return decoded
 
 
 def _record_guessed_transfer_syntax(ds: Any) -> None:
@@ -358,16 +480,17 @@ def _gray_image(path: Path, pixels: np.ndarray, kind: str, photometric: str = "M
     )
 
 
-def _png_header(path: Path) -> tuple[int, int]:
-    """(bit depth, colour type) from the IHDR chunk: Pillow hides 16-bit colour by reducing it to 8."""
+def _png_header(path: Path) -> tuple[int, int, int, int]:
+    """(width, height, bit depth, colour type) from the IHDR chunk: read before Pillow, which
+    hides 16-bit colour by reducing it to 8."""
     with open(path, "rb") as fh:
         head = fh.read(33)
     if len(head) < 33 or head[12:16] != b"IHDR":
         raise BadInputError(f"{path}: corrupt PNG file (no IHDR header)")
-    return head[24], head[25]
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"), head[24], head[25]
 
 
-def _read_png(path: Path) -> MedicalImage:
+def _read_png(path: Path, max_pixels: int) -> MedicalImage:
     """8- or 16-bit grayscale PNG.
 
     An 8-bit RGB/RGBA/gray+alpha/palette PNG is accepted as gray only when R == G == B and alpha
@@ -376,7 +499,9 @@ def _read_png(path: Path) -> MedicalImage:
     """
     from PIL import Image
 
-    bit_depth, colour_type = _png_header(path)
+    width, height, bit_depth, colour_type = _png_header(path)
+    check_declared_size(path, (height, width), max_pixels, "PNG ")
+    Image.MAX_IMAGE_PIXELS = None  # --max-pixels replaces Pillow's own bomb check
     with Image.open(path) as img:
         img.load()
         if colour_type == 0:  # grayscale
@@ -399,7 +524,7 @@ def _is_opaque_gray(rgba: np.ndarray) -> bool:
                 and np.all(rgba[..., 3] == np.iinfo(rgba.dtype).max))
 
 
-def _read_tiff(path: Path) -> MedicalImage:
+def _read_tiff(path: Path, max_pixels: int) -> MedicalImage:
     """8/16-bit (unsigned, or signed 16-bit) grayscale TIFF via tifffile; a 3-D stack is frames.
 
     Only the first series is read (pyramids and thumbnails are ignored). MINISWHITE is reported
@@ -414,6 +539,7 @@ def _read_tiff(path: Path) -> MedicalImage:
         photometric = int(page.photometric)
         if page.samplesperpixel != 1 or photometric not in (0, 1):  # 0 MINISWHITE, 1 MINISBLACK
             raise BadInputError(f"{path}: colour TIFF images are not supported (grayscale only)")
+        check_declared_size(path, tif.series[0].shape, max_pixels, "TIFF ")
         pixels = tif.series[0].asarray()
     if pixels.dtype not in (np.uint8, np.uint16, np.int16):
         raise BadInputError(f"{path}: TIFF sample type {pixels.dtype} is not supported "
@@ -424,7 +550,7 @@ def _read_tiff(path: Path) -> MedicalImage:
     return _gray_image(path, pixels, "tiff", "MONOCHROME1" if photometric == 0 else "MONOCHROME2")
 
 
-def _read_jpeg(path: Path) -> MedicalImage:
+def _read_jpeg(path: Path, max_pixels: int) -> MedicalImage:
     """8-bit JPEG, read only: JPEG inputs are exported or attacked copies handed to `extract`.
 
     Colour is tolerated here (unlike DICOM/PNG/TIFF) because an export may have been saved as
@@ -433,7 +559,9 @@ def _read_jpeg(path: Path) -> MedicalImage:
     """
     from PIL import Image
 
+    Image.MAX_IMAGE_PIXELS = None  # --max-pixels replaces Pillow's own bomb check, with its message
     with Image.open(path) as img:
+        check_declared_size(path, img.size[::-1], max_pixels, "JPEG ")
         img.load()
         if img.mode == "L":
             pixels = np.asarray(img).copy()

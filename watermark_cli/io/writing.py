@@ -13,14 +13,18 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterable, Mapping, Sequence
 import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Union
 
 import numpy as np
 
 from ..errors import BadInputError
+
+# Temporary files are named '.NAME.tmp-RANDOM': hidden, so no folder scan takes them for input.
+_TEMPORARY_MARK = ".tmp-"
 
 #: What to write: bytes, text (UTF-8), or a function that writes into the open binary file.
 Content = Union[bytes, str, Callable[[BinaryIO], None]]
@@ -36,7 +40,7 @@ def write_atomically(path: str | Path, content: Content, *, overwrite: bool = Tr
     the target untouched. OS errors become a one-line BadInputError naming the target.
     """
     path = Path(path)
-    fd, temporary_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, temporary_name = tempfile.mkstemp(prefix=f".{path.name}{_TEMPORARY_MARK}", dir=path.parent)
     os.close(fd)  # reopened by name: tifffile wants a file object with a real name
     temporary = Path(temporary_name)
     try:
@@ -71,6 +75,46 @@ def write_atomically(path: str | Path, content: Content, *, overwrite: bool = Tr
             pass
     fsync_folder(path.parent)
     return path
+
+
+@contextmanager
+def exclusive_folder(folder: str | Path) -> Iterator[None]:
+    """Hold `folder` for one writer: a second `wm embed` into the same folder fails at once with a
+    one-line error instead of marking the same files and appending the same audit lines. An
+    advisory flock(2) on the folder itself: nothing is created, and the kernel releases it
+    when the holder exits, even when killed."""
+    import fcntl
+
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as error:
+        raise BadInputError(f"{folder}: cannot open the output folder ({error.strerror or error})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BadInputError(f"{folder}: another wm embed is writing into this folder; run again when it has "
+                                "finished") from None
+        except OSError:
+            pass  # a file system without locks: no worse than before
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Remove the temporary files a killed writer left below `folder` (a SIGKILL or a power cut
+    skips `write_atomically`'s clean-up). Only safe while holding `exclusive_folder(folder)`:
+    another writer's temporary file would otherwise be taken from under it. Returns how many."""
+    removed = 0
+    for stale in Path(folder).rglob(f".*{_TEMPORARY_MARK}*"):
+        if stale.is_file() and not stale.is_symlink():
+            try:
+                stale.unlink()
+                removed += 1
+            except OSError:
+                pass
+    return removed
 
 
 def fsync_folder(folder: str | Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError, CheckFailedError, WmError
+from ..io.image import DEFAULT_MAX_PIXELS
 from ..quality import QualityFloor
 
 
@@ -33,6 +34,7 @@ class EmbedSettings:
     compression: str = "none"
     fill_budget: bool = True
     model: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS  # --max-pixels: declared size refused before decoding
     # Never printed (not even by repr, in a stray log line): results and audit lines say
     # 'default' or 'custom'.
     key: str | bytes | None = field(default=None, repr=False)
@@ -56,16 +58,18 @@ def pixel_sha256(pixels: np.ndarray) -> str:
     return hashlib.sha256(little_endian.tobytes()).hexdigest()
 
 
-def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded, codec) -> dict:
+def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded, codec,
+               read: Callable[[Path], object] | None = None) -> dict:
+    """Mark one file. `read` reads the input (an `IsolatedReader`'s `read` in a batch, so that a
+    decoder crash costs only this file); by default `read_image` in this process."""
     from .. import __version__
     from ..io.image import check_writable, read_image, write_image
     from ..model.store import file_sha256
-    from ..payload import key_kind
-    from ..quality import image_quality, meets_floor
+    from ..quality import meets_floor
     from .image import embed_pixels, extract_payload
 
     floor = settings.floor
-    image = read_image(source)
+    image = read(source) if read is not None else read_image(source, settings.max_pixels)
     destination = check_writable(image, destination, settings.overwrite)  # before any work is done
     outcome = embed_pixels(loaded, codec, image, settings.payload, floor, settings.window_override,
                            fill_budget=settings.fill_budget)
@@ -86,7 +90,7 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
     measured: dict = {}
 
     def check_written_file(temporary: Path) -> None:
-        written = read_image(temporary)
+        written = read_image(temporary, settings.max_pixels)
         if written.pixels.shape != image.pixels.shape:
             raise CheckFailedError(f"{source}: the written file has a different pixel shape; nothing written")
         if not np.array_equal(written.pixels, outcome.pixels):
@@ -100,10 +104,62 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
     written_path = write_image(image, outcome.pixels, destination, derivation=derivation,
                                overwrite=settings.overwrite, compression=settings.compression,
                                verify=check_written_file)
-    qualities = measured["qualities"]
+    return _result(source, written_path, image, measured["pixels"], measured["qualities"], outcome.meters, settings,
+                   loaded, codec, decoded, verified, min(f.scale for f in outcome.frames), measured["file_sha256"])
+
+
+def recovered_result(source: Path, destination: Path, settings: EmbedSettings, loaded, codec, read) -> dict | None:
+    """The result `embed_file` would have reported for an output that a killed run wrote but did
+    not get to audit; None when the output does not hold this run's message (it is then not
+    this batch's work and is left alone). Measured again from the two files, so every figure is
+    the real one; only the guard's scale is lost (None)."""
+    from ..model.store import file_sha256
+    from ..quality import frame_meters
+    from .image import extract_payload
+
+    image = read(source)
+    written = read(destination)
+    if written.pixels.shape != image.pixels.shape:
+        return None
+    decoded = extract_payload(loaded, codec, written)
+    if not (decoded.found and decoded.message == settings.payload):
+        return None
+    meters = frame_meters(image, settings.floor, settings.window_override)
+    qualities = [meter.with_ssim(meter.measure(frame), frame) for meter, frame in zip(meters, written.pixels)]
+    result = _result(source, destination, image, written.pixels, qualities, meters, settings, loaded, codec,
+                     decoded, True, None, file_sha256(destination))
+    return {**result, "recovered": True}
+
+
+def recovered_results(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, codec) -> Iterator[dict]:
+    """`recovered_result` for each (source, existing output); files that cannot be read are left
+    to the next `--overwrite` run."""
+    from ..io.isolation import IsolatedReader
+
+    if not jobs:
+        return
+    with IsolatedReader(settings.max_pixels) as reader:
+        for source, destination in jobs:
+            try:
+                result = recovered_result(source, destination, settings, loaded, codec, reader.read)
+            except WmError:
+                continue
+            if result is not None:
+                yield result
+
+
+def _result(source: Path, written_path: Path, image, written_pixels: np.ndarray, qualities, meters,
+            settings: EmbedSettings, loaded, codec, decoded, verified: bool, guard_scale: float | None,
+            output_sha256: str) -> dict:
+    """Every figure the summary table and the audit line give for one marked file."""
+    from ..model.store import file_sha256
+    from ..payload import key_kind
+    from ..quality import image_quality
+
+    floor = settings.floor
     summary = image_quality(qualities)
     worst = min(range(len(qualities)), key=lambda i: qualities[i].psnr)
-    binding = outcome.meters[worst].view_named(summary.binding_view)
+    binding = meters[worst].view_named(summary.binding_view)
     below = sorted({name for q in qualities for name in q.below_floor(floor)})
     return {
         "input": str(source),
@@ -122,7 +178,7 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
         "max_abs_error": summary.max_abs_error,
         "frames": int(image.n_frames),
         "frame_psnr": [_finite(q.psnr) for q in qualities],
-        "guard_scale": round(min(f.scale for f in outcome.frames), 4),
+        "guard_scale": round(guard_scale, 4) if guard_scale is not None else None,
         "payload_bits": codec.n_bits,
         "payload_format": codec.format,
         "message_bytes": len(settings.payload),
@@ -134,8 +190,8 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
         "compression": settings.compression if image.kind == "dicom" else None,
         "input_file_sha256": file_sha256(source),
         "input_pixels_sha256": pixel_sha256(image.pixels),
-        "output_file_sha256": measured["file_sha256"],
-        "output_pixels_sha256": pixel_sha256(measured["pixels"]),
+        "output_file_sha256": output_sha256,
+        "output_pixels_sha256": pixel_sha256(written_pixels),
     }
 
 
@@ -148,9 +204,9 @@ def _finite(value: float | None) -> float | None:
     return round(float(value), 4)
 
 
-def _run_one(source: Path, destination: Path, settings: EmbedSettings, loaded, codec) -> FileOutcome:
+def _run_one(source: Path, destination: Path, settings: EmbedSettings, loaded, codec, read) -> FileOutcome:
     try:
-        return FileOutcome(source, destination, result=embed_file(source, destination, settings, loaded, codec))
+        return FileOutcome(source, destination, result=embed_file(source, destination, settings, loaded, codec, read))
     except WmError as error:
         return FileOutcome(source, destination, error=str(error), exit_code=error.exit_code)
 
@@ -167,6 +223,7 @@ def _start_worker(settings: EmbedSettings, threads: int) -> None:
 
     import torch
 
+    from ..io.isolation import IsolatedReader
     from ..model.store import load_model
     from .image import codec_for
 
@@ -175,12 +232,13 @@ def _start_worker(settings: EmbedSettings, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     loaded = load_model(settings.model)
-    _worker_state.update(settings=settings, loaded=loaded, codec=codec_for(loaded, settings.key))
+    reader = IsolatedReader(settings.max_pixels).__enter__()  # closed when the worker exits
+    _worker_state.update(settings=settings, loaded=loaded, codec=codec_for(loaded, settings.key), reader=reader)
 
 
 def _work(job: tuple[Path, Path]) -> FileOutcome:
     state = _worker_state
-    return _run_one(job[0], job[1], state["settings"], state["loaded"], state["codec"])
+    return _run_one(job[0], job[1], state["settings"], state["loaded"], state["codec"], state["reader"].read)
 
 
 def embed_files(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, codec,
@@ -188,12 +246,16 @@ def embed_files(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, 
     """Mark every (source, destination) job; yield outcomes as they complete.
 
     Once `stop_requested()` is true, no new file is started; files already being marked are
-    finished and yielded, so that every written file is also reported (and audited)."""
+    finished and yielded, so that every written file is also reported (and audited). Inputs are
+    decoded in an `IsolatedReader` (one per worker), so a decoder that crashes fails one file."""
+    from ..io.isolation import IsolatedReader
+
     if workers <= 1 or len(jobs) <= 1:
-        for source, destination in jobs:
-            if stop_requested():
-                return
-            yield _run_one(source, destination, settings, loaded, codec)
+        with IsolatedReader(settings.max_pixels) as reader:
+            for source, destination in jobs:
+                if stop_requested():
+                    return
+                yield _run_one(source, destination, settings, loaded, codec, reader.read)
         return
 
     import multiprocessing
@@ -229,10 +291,11 @@ def embed_files(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, 
 _SPARE_BYTES = 64 * 1024 * 1024
 
 
-def estimated_output_bytes(source: Path) -> int:
+def estimated_output_bytes(source: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
     """A generous estimate of one output file's size, from headers only (no pixel decoding).
 
-    Compressed inputs become uncompressed DICOM, so the decoded size is what counts.
+    Compressed inputs become uncompressed DICOM, so the decoded size is what counts. A header
+    that declares more than `max_pixels` counts nothing: that file is refused before decoding.
     """
     size = source.stat().st_size
     try:
@@ -243,22 +306,24 @@ def estimated_output_bytes(source: Path) -> int:
             import pydicom
 
             ds = pydicom.dcmread(source, stop_before_pixels=True, force=True)
-            frames = int(ds.get("NumberOfFrames", 1) or 1)
-            decoded = int(ds.Rows) * int(ds.Columns) * frames * max(1, int(ds.BitsAllocated) // 8)
-            return max(size, decoded + size // 2 + 4096)
-        from PIL import Image
+            pixels = int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1)
+            decoded, extra = pixels * max(1, int(ds.BitsAllocated) // 8), size // 2 + 4096
+        else:
+            from PIL import Image
 
-        with Image.open(source) as image:
-            width, height = image.size
-            return max(size, width * height * 2 + 4096)
+            with Image.open(source) as image:
+                width, height = image.size
+            pixels = width * height
+            decoded, extra = pixels * 2, 4096
+        return 0 if pixels > max_pixels else max(size, decoded + extra)
     except Exception:  # unreadable headers fail later with a proper message; estimate plainly
         return 2 * size
 
 
-def check_free_space(sources: list[Path], output_folder: Path) -> None:
+def check_free_space(sources: list[Path], output_folder: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     import shutil
 
-    needed = sum(estimated_output_bytes(source) for source in sources) + _SPARE_BYTES
+    needed = sum(estimated_output_bytes(source, max_pixels) for source in sources) + _SPARE_BYTES
     existing = output_folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
