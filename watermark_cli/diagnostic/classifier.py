@@ -51,7 +51,8 @@ from ..errors import BadInputError
 from ..io.image import MedicalImage, iter_image_files, read_image
 from ..model.device import pick_device
 from ..model.inputs import normalised_frames
-from ..model.store import CARD_FILE, WEIGHTS_FILE, file_sha256, read_yaml_card, save_model
+from ..model.store import (CARD_FILE, PICKLED_WEIGHT_SUFFIXES, WEIGHTS_FILE, file_sha256, load_safetensors,
+                           load_torch_tensors, read_yaml_card, save_model)
 
 ARCHITECTURES = ("small", "resnet18", "densenet121")
 DEFAULT_INPUT_SIZE = 128
@@ -351,15 +352,11 @@ def _read_weights_file(path: Path) -> dict:
 
     if not path.is_file():
         raise BadInputError(f"--weights: no such file: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # any library error on a bad file is bad input
-        raise BadInputError(f"--weights {path}: cannot read ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+    # Tensors only, either way: a pickle that would run code is refused unread.
+    if path.suffix == ".safetensors":
+        state = load_safetensors(path, "--weights")
+    else:
+        state = load_torch_tensors(path, "--weights")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -751,19 +748,20 @@ def read_classifier_card(folder: Path) -> dict:
 
 def load_classifier(folder: str | Path, device: str = "cpu") -> Classifier:
     """The classifier written by `wm classifier train` to `folder`, frozen, on `device`."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     if not folder.is_dir():
         raise BadInputError(f"classifier folder not found: {folder}")
     card = read_classifier_card(folder)
     weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
-        raise BadInputError(f"classifier {folder} has no {WEIGHTS_FILE}")
+    if not weights.exists():
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLED_WEIGHT_SUFFIXES)
+        found = f" (it has {', '.join(pickled)}: wm only loads safetensors weights)" if pickled else ""
+        raise BadInputError(f"classifier {folder} has no {WEIGHTS_FILE}{found}")
+    state = load_safetensors(weights, "classifier weights")
     device = pick_device(device).type
     network = _build_network(str(card["architecture"]["arch"]), int(card["architecture"]["outputs"]))
     try:
-        network.load_state_dict(load_file(str(weights)))
+        network.load_state_dict(state)
     except Exception as error:  # a damaged or mismatched file is bad input, not a crash
         raise BadInputError(f"cannot load classifier weights {weights}: {str(error).splitlines()[0]}") from None
     network.to(device).eval()

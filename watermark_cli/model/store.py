@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from ..io.writing import write_atomically
 WEIGHTS_FILE = "weights.safetensors"
 CARD_FILE = "card.yaml"
 DEFAULT_MODEL_NAME = "default"
+# Weights in formats wm never loads from a model folder: pickles (torch.save, joblib, ...) can run code.
+PICKLED_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".joblib")
 
 
 def shipped_models_folder() -> Path:
@@ -36,6 +39,8 @@ def shipped_models_folder() -> Path:
 def resolve_model_path(name_or_path: str | None) -> Path:
     """A model folder from a path, or from a name under the shipped models folder."""
     candidate = Path(name_or_path) if name_or_path else None
+    if candidate is not None and candidate.is_dir():
+        _refuse_pickled_weights(candidate)
     if candidate is not None and (candidate / CARD_FILE).is_file():
         return candidate
     name = name_or_path or DEFAULT_MODEL_NAME
@@ -45,6 +50,92 @@ def resolve_model_path(name_or_path: str | None) -> Path:
     if name_or_path is None:
         raise BadInputError(f"no default model in {shipped_models_folder()}; pass --model PATH (see `wm train`)")
     raise BadInputError(f"no model at {name_or_path} (expected a folder with {CARD_FILE} and {WEIGHTS_FILE})")
+
+
+def _refuse_pickled_weights(folder: Path) -> None:
+    """BadInputError for a model folder whose weights are only in a pickle format (weights.pt,
+    model.pth, pytorch_model.bin, ...): wm loads safetensors weights only, and nothing else in
+    such a folder is opened."""
+    if (folder / WEIGHTS_FILE).exists():
+        return
+    try:
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLED_WEIGHT_SUFFIXES)
+    except OSError:
+        return  # an unreadable folder: the card or weights check that follows names it
+    if pickled:
+        raise BadInputError(f"model {folder} has {', '.join(pickled)} but no {WEIGHTS_FILE}: wm only loads "
+                            "safetensors weights (pickle files can run code; nothing in it was loaded)")
+
+
+def check_safetensors_file(path: Path, what: str) -> None:
+    """BadInputError unless `path` is a file that starts as a safetensors file does: an 8-byte
+    little-endian header length that fits the file, then a JSON object. Checked before any
+    library sees the file, so a pickle (what `torch.save` writes), a zip, random bytes or an
+    empty file are refused by name and never parsed."""
+    path = Path(path)
+    if path.is_dir():
+        raise BadInputError(f"{what} {path} is a folder, not a safetensors file")
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            head = handle.read(9)
+    except OSError as error:
+        raise BadInputError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    length = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
+    if len(head) == 9 and 2 <= length <= size - 8 and head[8:9] == b"{":
+        return
+    if size == 0:
+        found = "an empty file"
+    elif head.startswith(b"PK\x03\x04"):
+        found = "a zip archive, e.g. what torch.save writes"
+    elif head[:1] == b"\x80":
+        found = "a Python pickle"
+    else:
+        found = "unrecognised content"
+    raise BadInputError(f"{what} {path} is not a safetensors file ({found}); wm only loads safetensors weights")
+
+
+def load_safetensors(path: Path, what: str, device: str = "cpu") -> dict:
+    """The tensors of the safetensors file `path` (checked first by `check_safetensors_file`);
+    a damaged one is a one-line BadInputError naming it."""
+    from safetensors.torch import load_file
+
+    check_safetensors_file(path, what)
+    try:
+        return load_file(str(path), device=device)
+    except Exception as error:  # safetensors' errors on a damaged file are bad input, not a crash
+        raise BadInputError(f"{what} {path} is not a valid safetensors file: {_first_line(error)}") from None
+
+
+def load_torch_tensors(path: Path, what: str, allowed_globals: tuple = ()) -> object:
+    """What `torch.save` wrote to `path`, read with torch's weights-only unpickler: tensors and
+    plain containers (plus `allowed_globals`), never an arbitrary object, so loading runs no
+    code from the file. Anything else is a one-line BadInputError naming the file."""
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings(), torch.serialization.safe_globals(list(allowed_globals)):
+            warnings.simplefilter("ignore")  # e.g. torch's note on a pickle protocol: not for the user
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # whatever torch raises on a foreign or damaged file is bad input
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if refused:
+            raise BadInputError(f"{what} {path} holds Python objects ({refused.group(1)}), not only tensors; "
+                                "refused without running them (wm never unpickles code)") from None
+        if "Weights only load failed" in str(error):
+            raise BadInputError(f"{what} {path} is not a torch file of tensors (refused unread: wm never "
+                                "unpickles code)") from None
+        raise BadInputError(f"{what} {path} is not a readable torch file: {_first_line(error)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    """The first line of a library's error, without colour codes or a C++ "[enforce fail at …]"
+    prefix (which the terminal's markup would swallow anyway)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    text = re.sub(r"^\[[^\]]*\][\s.]*", "", text)
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def file_sha256(path: Path) -> str:
@@ -135,21 +226,22 @@ def read_card(folder: Path) -> dict:
 
 def load_model(name_or_path: str | None, device: str = "cpu") -> LoadedModel:
     import torch
-    from safetensors.torch import load_file
 
     from .networks import NetworkConfig, WatermarkModel
 
     folder = resolve_model_path(name_or_path)
+    _refuse_pickled_weights(folder)
     card = read_card(folder)
     weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
+    if not weights.exists():
         raise BadInputError(f"model {folder} has no {WEIGHTS_FILE}")
+    state = load_safetensors(weights, "model weights", device=device)
     try:
         architecture = {k: v for k, v in card["architecture"].items() if k != "type"}
         model = WatermarkModel(NetworkConfig(**architecture))
-        model.load_state_dict(load_file(str(weights), device=device))
-    except Exception as error:  # a damaged or mismatched checkpoint is bad input, not a crash
-        raise BadInputError(f"cannot load model weights {weights}: {error}".splitlines()[0]) from None
+        model.load_state_dict(state)
+    except Exception as error:  # mismatched weights or card are bad input, not a crash
+        raise BadInputError(f"cannot load model weights {weights}: {_first_line(error)}") from None
     # Channels-last convolution weights: on a CPU, oneDNN then runs the 16-channel convolutions
     # of both networks about 2.5× faster (512² CT: encoder ~50 → ~20 ms); values agree to 1e-6.
     model.eval().to(device, memory_format=torch.channels_last)

@@ -712,19 +712,28 @@ def load_checkpoint(output: Path) -> dict:
     path = Path(output) / CHECKPOINT_FILE
     if not path.is_file():
         raise BadInputError(f"no checkpoint to resume from in {output} (expected {CHECKPOINT_FILE})")
-    import torch
+    from cooper.optim.torch_optimizers.nupi_optimizer import nuPIInitType
+
+    from ..model.store import load_torch_tensors
 
     try:
-        from cooper.optim.torch_optimizers.nupi_optimizer import nuPIInitType
-
-        # Tensors and plain containers only: loading a checkpoint never runs code from it.
-        with torch.serialization.safe_globals([nuPIInitType]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a damaged or foreign file is bad input, not a crash
-        raise BadInputError(f"cannot read checkpoint {path}: {str(error).splitlines()[0] if str(error) else error!r}") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != 1:
+        with open(path, "rb") as handle:
+            is_zip = handle.read(4) == b"PK\x03\x04"
+    except OSError as error:
+        raise BadInputError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
+    if not is_zip:  # torch.save has written zip files since torch 1.6; anything else is not wm's
+        raise BadInputError(f"{path} is not a wm training checkpoint (not a torch file); refused unread")
+    # Tensors and plain containers only: loading a checkpoint never runs code from it.
+    checkpoint = load_torch_tensors(path, "checkpoint", allowed_globals=(nuPIInitType,))
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != 1 \
+            or any(key not in checkpoint for key in _CHECKPOINT_KEYS) or not isinstance(checkpoint["config"], dict) \
+            or "preset" not in checkpoint["config"] or not isinstance(checkpoint["data"], list):
         raise BadInputError(f"{path} is not a wm training checkpoint")
     return checkpoint
+
+
+_CHECKPOINT_KEYS = ("config", "data", "train_files", "validation_files", "world_size", "epoch", "step", "seconds",
+                    "model", "optimiser", "method", "order", "history", "best", "rng")
 
 
 def resume_config(output: Path, epochs: int | None = None, device: str | None = None) -> tuple[TrainConfig, list[Path]]:
