@@ -461,3 +461,30 @@ def test_two_runs_on_one_folder_at_once_corrupt_nothing_and_audit_each_file_once
         assert any("another wm embed is writing into this folder" in stderr for _, stderr in answers)
     records = _check_whole(output, "twice")
     assert len(records) == 8 == len(list(output.glob("img*.png")))
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def test_a_worker_killed_mid_batch_is_replaced_and_the_batch_completes(tmp_path):
+    folder = _batch_folder(tmp_path, 10)
+    output = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "watermark_cli", "embed", str(folder), "workers",
+                                "-o", str(output), "--workers", "2"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(output.glob("img*.png")):
+        time.sleep(0.02)
+    # The workers are the children that have children of their own (each its decoder process).
+    workers = [child for child in _children(process.pid) if _children(child)]
+    assert workers, "no worker process found"
+    os.kill(workers[0], signal.SIGKILL)
+    stdout, stderr = process.communicate(timeout=300)
+    assert "Traceback" not in stderr
+    assert process.returncode == 0, stderr
+    records = _check_whole(output, "workers")
+    assert len(records) == 10 == len(list(output.glob("img*.png")))

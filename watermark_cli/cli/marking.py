@@ -228,7 +228,8 @@ def _print_embed_table(results: list[dict]) -> None:
         table.add_row(
             Path(r["output"]).name, format_db(r["psnr"]), r["binding_view"],
             f"{r['ssim']:.4f}" if r["ssim"] is not None else "-", f"{r['max_abs_error']:g}",
-            f"{r['guard_scale']:.2f}", "yes" if r["verified"] else "[red]NO[/]",
+            f"{r['guard_scale']:.2f}" if r["guard_scale"] is not None else "-",  # None: recovered
+            "yes" if r["verified"] else "[red]NO[/]",
         )
     stdout.print(table)
     stdout.print(f"floor {results[0]['psnr_min']:g} dB in the {results[0]['psnr_domain']} domain", highlight=False)

@@ -258,8 +258,38 @@ def embed_files(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, 
                 yield _run_one(source, destination, settings, loaded, codec, reader.read)
         return
 
+    # A worker that dies (the kernel's out-of-memory killer, a crash outside decoding) breaks
+    # its pool: every file it had not finished is tried again once in a new pool, so the batch
+    # goes on; a file that fails in two pools is reported failed.
+    attempts = {job: 0 for job in jobs}
+    remaining = list(jobs)
+    while remaining:
+        lost: list[tuple[Path, Path]] = []
+        for outcome in _run_pool(remaining, settings, workers, stop_requested, lost):
+            yield outcome
+        remaining = []
+        for job in lost:
+            if job[1].exists() and not settings.overwrite:
+                # The worker died after its file was in place: audit that file, do not mark it again.
+                recovered = next(recovered_results([job], settings, loaded, codec), None)
+                yield (FileOutcome(job[0], job[1], result=recovered) if recovered is not None else
+                       FileOutcome(job[0], job[1], exit_code=1, error=f"{job[1]}: written by a worker that died; "
+                                   "it does not read back (--overwrite to redo it)"))
+                continue
+            attempts[job] += 1
+            if attempts[job] < 2 and not stop_requested():
+                remaining.append(job)
+            else:
+                yield FileOutcome(job[0], job[1], exit_code=1,
+                                  error=f"{job[0]}: the worker process died while marking it (twice); not marked")
+
+
+def _run_pool(jobs: list[tuple[Path, Path]], settings: EmbedSettings, workers: int,
+              stop_requested: Callable[[], bool], lost: list[tuple[Path, Path]]) -> Iterator[FileOutcome]:
+    """One pool of worker processes over `jobs`; jobs lost with a dead worker go to `lost`."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
     workers = min(workers, len(jobs))
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -275,7 +305,9 @@ def embed_files(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, 
                 continue
             try:
                 yield future.result()
-            except Exception as error:  # a worker died (e.g. out of memory): that file failed
+            except BrokenProcessPool:
+                lost.append(futures[future])
+            except Exception as error:  # a worker that could not start (its model, say): that file failed
                 source, destination = futures[future]
                 yield FileOutcome(source, destination, error=f"{source}: worker failed ({type(error).__name__}: "
                                   f"{str(error).splitlines()[0] if str(error) else 'no message'})", exit_code=1)
