@@ -488,3 +488,32 @@ def test_a_worker_killed_mid_batch_is_replaced_and_the_batch_completes(tmp_path)
     assert process.returncode == 0, stderr
     records = _check_whole(output, "workers")
     assert len(records) == 10 == len(list(output.glob("img*.png")))
+
+
+def test_messages_and_keys_that_are_not_plain_text_get_one_line_or_are_taken_as_bytes(tmp_path):
+    from watermark_cli.payload import bytes_to_text
+
+    ct = shutil.copy(data_file("CT_small.dcm"), tmp_path / "ct.dcm")
+    out = tmp_path / "out.dcm"
+    not_utf8 = b"id-\xff\xfe".decode("utf-8", "surrogateescape")  # what Python makes of such argv bytes
+    for message, needle in ((not_utf8, "not valid UTF-8"), ("id\x1b[2J", "control characters"),
+                            ("x" * 100_000, "at most 16 bytes"), ("abc", "not hexadecimal")):
+        result = run_wm_here("embed", ct, message, "-o", out, *(["--hex"] if message == "abc" else []))
+        assert result.code == 2 and needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert not out.exists()
+    assert bytes_to_text(b"id\x1b[2J") == "69641b5b324a"  # a read-back escape sequence is shown as hex
+
+    huge, folder_key = tmp_path / "huge.key", tmp_path / "keys"
+    huge.write_bytes(b"k" * (2**20 + 1))
+    folder_key.mkdir()
+    for key_file, needle in ((huge, "too large"), (folder_key, "cannot read"), (tmp_path / "absent.key", "cannot read")):
+        result = run_wm_here("embed", ct, "m", "--key-file", key_file, "-o", out)
+        assert result.code == 2 and needle in result.stderr and "k" * 50 not in result.stderr
+
+    # A key typed in a terminal that is not UTF-8 is its bytes: the same bytes read the mark back.
+    key = b"s\xe9cret".decode("utf-8", "surrogateescape")
+    assert run_wm_here("embed", ct, "keyed", "--key", key, "-o", out).code == 0
+    key_file = tmp_path / "latin1.key"
+    key_file.write_bytes(b"s\xe9cret")
+    found = run_wm_here("extract", out, "--key-file", key_file, "--json")
+    assert found.code == 0 and json.loads(found.stdout)["message"] == "keyed"

@@ -429,12 +429,23 @@ class LegacyPayloadCodec:
 
 
 def bytes_to_text(message: bytes) -> str:
-    """The message as text: UTF-8 when it is valid UTF-8, otherwise lowercase hex (e.g. from --hex).
+    """The message as text: UTF-8 when it is valid UTF-8 without control characters, otherwise
+    lowercase hex (e.g. from --hex).
 
-    Hex keeps binary payloads printable and copy-pasteable; a caller that needs to tell the two
-    cases apart should try ``message.decode('utf-8')`` itself.
+    Hex keeps binary payloads printable and copy-pasteable, and a payload of terminal escape
+    sequences is shown, never obeyed; a caller that needs to tell the cases apart should try
+    ``message.decode('utf-8')`` itself.
     """
     try:
-        return bytes(message).decode("utf-8")
+        text = bytes(message).decode("utf-8")
     except UnicodeDecodeError:
         return bytes(message).hex()
+    return bytes(message).hex() if has_control_characters(text) else text
+
+
+def has_control_characters(text: str) -> bool:
+    """C0/C1 controls and other format characters a terminal may act on (Unicode category C*,
+    but not the private-use and unassigned ones, which print as boxes)."""
+    import unicodedata
+
+    return any(unicodedata.category(char) in ("Cc", "Cf") for char in text)

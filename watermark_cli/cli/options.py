@@ -40,6 +40,8 @@ def resolve_key(key: str | None, key_file: Path | None) -> bytes | None:
         raise BadInputError("give the key once: --key or --key-file, not both")
     if key_file is not None:
         try:
+            if key_file.is_file() and key_file.stat().st_size > _MAX_KEY_FILE_BYTES:
+                raise BadInputError(f"--key-file {key_file}: too large for a key file (at most 1 MiB)")
             secret = key_file.read_bytes()
         except OSError as error:
             raise BadInputError(f"--key-file {key_file}: cannot read it ({error.strerror or 'unreadable'})") from None
@@ -48,18 +50,32 @@ def resolve_key(key: str | None, key_file: Path | None) -> bytes | None:
         if not secret:
             raise BadInputError(f"--key-file {key_file} is empty")
         return secret
+    # A key is bytes: one typed in a terminal that is not UTF-8 is taken as the bytes it typed
+    # (Python hands undecodable argument bytes over as surrogates; surrogateescape gives them back).
     if key is not None:
-        return key.encode("utf-8")
+        return key.encode("utf-8", "surrogateescape")
     if "WM_KEY" in os.environ:
         if not os.environ["WM_KEY"]:
             raise BadInputError("WM_KEY is set but empty; unset it for the public default key")
-        return os.environ["WM_KEY"].encode("utf-8")
+        return os.environ["WM_KEY"].encode("utf-8", "surrogateescape")
     return None
+
+
+_MAX_KEY_FILE_BYTES = 2**20
 
 
 def message_bytes(message: str, hex_message: bool) -> bytes:
     if not hex_message:
-        return message.encode("utf-8")
+        from ..payload import has_control_characters
+
+        try:
+            encoded = message.encode("utf-8")
+        except UnicodeEncodeError:  # argument bytes that are not UTF-8 arrive as lone surrogates
+            raise BadInputError("MESSAGE is not valid UTF-8 text; give bytes with --hex") from None
+        if has_control_characters(message):
+            raise BadInputError("MESSAGE holds control characters (a terminal would act on them when it is "
+                                "read back); give such bytes with --hex")
+        return encoded
     try:
         return bytes.fromhex(message)
     except ValueError:
