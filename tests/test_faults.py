@@ -517,3 +517,17 @@ def test_messages_and_keys_that_are_not_plain_text_get_one_line_or_are_taken_as_
     key_file.write_bytes(b"s\xe9cret")
     found = run_wm_here("extract", out, "--key-file", key_file, "--json")
     assert found.code == 0 and json.loads(found.stdout)["message"] == "keyed"
+
+
+def test_file_names_that_look_like_terminal_markup_are_printed_as_they_are(tmp_path):
+    folder = tmp_path / "a[" / "b]"  # with the name below: '[/b]' would close a markup tag
+    folder.mkdir(parents=True)
+    a_png(folder / "[red]good.png", 8)
+    (folder / "[bold]bad.png").write_bytes(b"not a png")
+    result = run_wm_here("embed", folder, "names", "-o", tmp_path / "out")
+    assert result.code == 2 and "Traceback" not in result.stderr
+    assert f"failed: {folder / '[bold]bad.png'}: not a valid PNG file" in result.stderr
+    read = run_wm_here("extract", tmp_path / "out" / "[red]good.png")
+    assert read.code == 0 and read.stdout.strip() == "names"
+    missing = run_wm_here("extract", folder / "[bold]bad.png")
+    assert missing.code == 2 and "[bold]bad.png" in missing.stderr

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import WmError
@@ -158,10 +159,10 @@ def main() -> None:
         message = " ".join(message.split())
         if not message:  # e.g. `wm` alone: the help was printed, nothing else to say
             sys.exit(getattr(error, "exit_code", 2) or 2)
-        stderr.print(f"error: {message} (see wm --help)", highlight=False, soft_wrap=True)
+        stderr.print(f"error: {escape(message)} (see wm --help)", highlight=False, soft_wrap=True)
         sys.exit(getattr(error, "exit_code", 2) or 2)
     except WmError as error:
-        stderr.print(f"error: {error}", highlight=False, soft_wrap=True)
+        stderr.print(f"error: {escape(str(error))}", highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         stderr.print("interrupted; no partial file was left behind", highlight=False)
@@ -170,7 +171,7 @@ def main() -> None:
         if state["debug"]:
             raise
         first_line = (str(error).splitlines() or [""])[0]
-        stderr.print(f"error: unexpected {type(error).__name__}: {first_line} (rerun with --debug for details)",
+        stderr.print(f"error: unexpected {type(error).__name__}: {escape(first_line)} (rerun with --debug for details)",
                      highlight=False, soft_wrap=True)
         sys.exit(2)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import BadInputError, CheckFailedError, NoWatermarkError, WmError
@@ -188,12 +189,12 @@ def _print_batch_summary(input: Path, results, failures, existing, skipped, reco
     """For folders: what was skipped and what failed, one line each, then the counts."""
     if not input.is_dir():
         if audit_path:
-            stdout.print(f"  audit: {audit_path}", highlight=False, soft_wrap=True)
+            stdout.print(f"  audit: {escape(str(audit_path))}", highlight=False, soft_wrap=True)
         return
     for outcome in sorted(failures, key=lambda f: str(f.source)):
-        stderr.print(f"[red]failed:[/] {outcome.error}", highlight=False, soft_wrap=True)
+        stderr.print(f"[red]failed:[/] {escape(outcome.error)}", highlight=False, soft_wrap=True)
     for path, why in skipped:
-        stdout.print(f"skipped, {why}: {path}", highlight=False, soft_wrap=True)
+        stdout.print(f"skipped, {why}: {escape(str(path))}", highlight=False, soft_wrap=True)
     if existing:
         stdout.print(f"skipped, output already exists (--overwrite to redo): {len(existing)} file(s)",
                      highlight=False)
@@ -201,7 +202,7 @@ def _print_batch_summary(input: Path, results, failures, existing, skipped, reco
         stdout.print(f"audited {recovered} output(s) an interrupted run wrote without its audit line",
                      highlight=False)
     stdout.print(f"marked {len(results)}, failed {len(failures)}, already done {len(existing)}, "
-                 f"skipped {len(skipped)}" + (f"; audit: {audit_path}" if audit_path else ""),
+                 f"skipped {len(skipped)}" + (f"; audit: {escape(str(audit_path))}" if audit_path else ""),
                  highlight=False, soft_wrap=True)
 
 
@@ -213,7 +214,7 @@ def _print_embed_table(results: list[dict]) -> None:
         others = ", ".join(f"{name} {format_db(value)}" for name, value in r["psnr_views"].items()
                            if name != r["binding_view"])
         stdout.print(
-            f"wrote {r['output']}\n"
+            f"wrote {escape(r['output'])}\n"
             f"  PSNR {format_db(r['psnr'])} dB in its binding view, {r['binding_view']} (floor {r['psnr_min']:g} dB, "
             f"{r['psnr_domain']} domain)\n"
             + (f"  other views: {others} dB\n" if others else "")
@@ -226,7 +227,7 @@ def _print_embed_table(results: list[dict]) -> None:
         table.add_column(column, overflow="fold")
     for r in results:
         table.add_row(
-            Path(r["output"]).name, format_db(r["psnr"]), r["binding_view"],
+            escape(Path(r["output"]).name), format_db(r["psnr"]), r["binding_view"],
             f"{r['ssim']:.4f}" if r["ssim"] is not None else "-", f"{r['max_abs_error']:g}",
             f"{r['guard_scale']:.2f}" if r["guard_scale"] is not None else "-",  # None: recovered
             "yes" if r["verified"] else "[red]NO[/]",
@@ -238,7 +239,7 @@ def _print_embed_table(results: list[dict]) -> None:
 def _warn_below_floor(result: dict) -> None:
     """One line when the chosen domain left a reader's view under the floor (design §1)."""
     if result["views_below_floor"]:
-        stderr.print(f"[yellow]warning:[/] {result['output']}: below the {result['psnr_min']:g} dB floor in "
+        stderr.print(f"[yellow]warning:[/] {escape(result['output'])}: below the {result['psnr_min']:g} dB floor in "
                      f"{', '.join(result['views_below_floor'])} (--psnr-domain {result['psnr_domain']} does not hold "
                      "there)", highlight=False, soft_wrap=True)
 
@@ -303,7 +304,7 @@ def _extract_one(path: Path, read, loaded, codec, legacy, kind: str, accept_form
     except WmError as error:
         if single:
             raise
-        stderr.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        stderr.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         if json_output:
             emit_json({"input": str(path), "error": str(error)})
         return "bad"
@@ -322,9 +323,9 @@ def _extract_one(path: Path, read, loaded, codec, legacy, kind: str, accept_form
                 stderr.print("[yellow]warning:[/] a format-1 mark: unauthenticated, anyone could have written it",
                              highlight=False)
     else:
-        stdout.print(f"{path}: " + (text + (" (format 1, unauthenticated)" if decoded.format == 1 else "")
+        stdout.print(f"{escape(str(path))}: " + (escape(text) + (" (format 1, unauthenticated)" if decoded.format == 1 else "")
                                     if decoded.found else "[yellow]no watermark[/]"), highlight=False)
     if hint:
-        stderr.print(f"{path}: holds a mark in the old payload format 1 (unauthenticated); read it with "
+        stderr.print(f"{escape(str(path))}: holds a mark in the old payload format 1 (unauthenticated); read it with "
                      "--accept-format-1", highlight=False, soft_wrap=True)
     return "found" if decoded.found else "missing"
