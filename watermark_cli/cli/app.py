@@ -135,6 +135,18 @@ class progress_bar:
             self.bar.__exit__(*exc)
 
 
+def _unblock_stop_signals() -> None:
+    """A blocked signal mask is inherited across exec: a parent that blocked SIGINT/SIGTERM (some
+    thread libraries do) would leave Ctrl-C and a scheduler's stop without effect, and a batch
+    could not be stopped gracefully. Ignored signals (`nohup`) stay ignored (see GracefulStop)."""
+    import signal
+
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
 def main() -> None:
     import warnings
 
@@ -143,6 +155,7 @@ def main() -> None:
     # wm's own one-line errors and warnings. PYTHONWARNINGS still turns them back on.
     if not sys.warnoptions:
         warnings.simplefilter("ignore")
+    _unblock_stop_signals()
     # Not standalone: usage errors come back as exceptions, so that they too are one line.
     try:
         code = app(standalone_mode=False)

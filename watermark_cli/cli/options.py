@@ -53,12 +53,19 @@ def resolve_key(key: str | None, key_file: Path | None) -> bytes | None:
     # A key is bytes: one typed in a terminal that is not UTF-8 is taken as the bytes it typed
     # (Python hands undecodable argument bytes over as surrogates; surrogateescape gives them back).
     if key is not None:
-        return key.encode("utf-8", "surrogateescape")
+        return _key_text_bytes(key, "--key")
     if "WM_KEY" in os.environ:
         if not os.environ["WM_KEY"]:
             raise BadInputError("WM_KEY is set but empty; unset it for the public default key")
-        return os.environ["WM_KEY"].encode("utf-8", "surrogateescape")
+        return _key_text_bytes(os.environ["WM_KEY"], "WM_KEY")
     return None
+
+
+def _key_text_bytes(text: str, where: str) -> bytes:
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate no terminal byte makes (only an API caller can)
+        raise BadInputError(f"{where} is not text that can be encoded (use --key-file for binary keys)") from None
 
 
 _MAX_KEY_FILE_BYTES = 2**20

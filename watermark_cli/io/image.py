@@ -385,6 +385,7 @@ def _read_dicom(path: Path, max_pixels: int) -> MedicalImage:
     frames = _declared_frames(path, ds)
     check_declared_size(path, (frames, rows, cols), max_pixels, "DICOM ")
     _check_native_length(path, ds, frames * rows * cols * (bits_allocated // 8))
+    _check_codestream_sizes(path, ds, rows, cols)
 
     decoded = _decode_dicom_pixels(path, ds, pixel_array)
     dtype = np.dtype(f"{'i' if signed else 'u'}{bits_allocated // 8}")  # native byte order
@@ -423,6 +424,58 @@ def _check_native_length(path: Path, ds: Any, expected: int) -> None:
     if actual < expected:
         raise BadInputError(f"{path}: DICOM header promises {expected:,} bytes of pixel data, the file holds "
                             f"{actual:,} (truncated or inconsistent header)")
+
+
+def _check_codestream_sizes(path: Path, ds: Any, rows: int, cols: int) -> None:
+    """A JPEG or JPEG 2000 frame carries its own size; a decoder allocates what the codestream
+    says, not what Rows and Columns say (a small file whose frame header claims 65535 x 65535
+    costs gigabytes). Every fragment that starts a codestream is checked against the header
+    before anything is decoded."""
+    import struct
+
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or not syntax.is_compressed or "PixelData" not in ds:
+        return
+    from pydicom.encaps import generate_fragments
+
+    try:
+        fragments = list(generate_fragments(ds.PixelData))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # broken encapsulation: named here instead of by the decoder
+        raise BadInputError(f"{path}: broken encapsulated DICOM pixel data: {_one_line(exc)}") from None
+    for fragment in fragments:
+        size = _codestream_size(bytes(fragment[:65536]), struct)
+        if size is not None and size != (rows, cols):
+            raise BadInputError(f"{path}: a compressed frame declares {size[1]} x {size[0]} pixels, the DICOM "
+                                f"header {cols} x {rows} (inconsistent file); nothing decoded")
+
+
+def _codestream_size(head: bytes, struct: Any) -> tuple[int, int] | None:
+    """(rows, columns) a JPEG (SOFn, JPEG-LS SOF55) or JPEG 2000 (SIZ) codestream declares at its
+    start, or None when the fragment does not start one (a continuation) or declares none."""
+    if head.startswith(b"\xff\xd8"):  # JPEG: walk the marker segments up to the frame header
+        at = 2
+        while at + 9 <= len(head):
+            if head[at] != 0xFF:
+                return None
+            marker = head[at + 1]
+            if marker == 0xFF:  # fill byte
+                at += 1
+                continue
+            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7):
+                height, width = struct.unpack(">HH", head[at + 5:at + 9])
+                return height, width  # a height of 0 (set later by a DNL marker) is refused too
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                at += 2
+                continue
+            at += 2 + struct.unpack(">H", head[at + 2:at + 4])[0]
+        return None
+    siz = head.find(b"\xff\x4f\xff\x51")  # JPEG 2000: SOC then SIZ (bare, or inside a JP2 box)
+    if siz < 0 or siz + 24 > len(head) or not (siz == 0 or head[4:8] == b"jP  "):
+        return None
+    x_size, y_size, x_offset, y_offset = struct.unpack(">IIII", head[siz + 8:siz + 24])
+    return y_size - y_offset, x_size - x_offset
 
 
 def _decode_dicom_pixels(path: Path, ds: Any, pixel_array: Callable[[Any], np.ndarray]) -> np.ndarray:
