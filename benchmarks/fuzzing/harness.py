@@ -2,9 +2,10 @@
 
 Contract checked per input: `read_image` returns a MedicalImage or raises a WmError whose message
 is one line naming the file. Anything else is a crash: another exception (a BaseException such as
-pyo3's PanicException included), the child dying (signal), a MemoryError anywhere in the chain
-(the child runs under an address-space limit, so an allocation that size was attempted), a
-resident set above the memory limit, or an input slower than the slow limit / the time limit.
+pyo3's PanicException included), the child dying (signal), a MemoryError that escapes as
+anything but a WmError, a resident set above the memory limit, or an input slower than the slow
+limit / the time limit. A WmError caused by a MemoryError under the child's address-space limit
+(a virtual allocation the guard refused, pages never touched) is a clean error, counted as a note.
 
 Each child generates its inputs itself from (run seed, family, index), so nothing but indices
 crosses the pipe; the input a dead child was reading is rebuilt in the parent from its index
