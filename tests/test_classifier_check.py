@@ -89,8 +89,9 @@ def test_operating_point_and_flips_at_the_clean_threshold():
 def test_identical_scores_give_no_flips_a_zero_interval_and_a_pass():
     rng = np.random.default_rng(3)
     targets = rng.integers(0, 2, size=(60, 2))
-    scores = np.clip(0.3 * targets + rng.random((60, 2)), 0, 1)
+    scores = np.clip(0.8 * targets + rng.random((60, 2)), 0, 1)  # a classifier that sees both findings
     result = compare_classifier(scores, scores.copy(), targets, ["a", "b"], seed=1)
+    assert result["auroc_clean_ci95"][0] > 0.7
     assert result["flip_rate"] == 0.0 and result["flips"] == 0
     assert result["delta_auroc"] == 0.0
     assert result["delta_auroc_ci95"] == [0.0, 0.0]
@@ -324,3 +325,33 @@ def test_pretrained_weights_must_fit_the_architecture(tmp_path):
     config = ClassifierTrainingConfig(epochs=1, input_size=32, weights=foreign)
     with pytest.raises(BadInputError, match="tensors fit this architecture"):
         train_classifier(read_labels(tmp_path), tmp_path / "c", config)
+
+
+def test_a_classifier_that_does_not_see_the_finding_gets_no_verdict():
+    """At chance, identical clean and marked scores (ΔAUROC exactly 0) still prove nothing."""
+    rng = np.random.default_rng(4)
+    targets = np.repeat([0, 1], 60)
+    chance = rng.random(120)
+    result = compare_classifier(chance, chance.copy(), targets)
+    assert result["delta_auroc"] == 0.0 and result["delta_auroc_ci95"] == [0.0, 0.0]
+    assert result["verdict"] == "inconclusive" and result["non_inferior"] is False
+    assert "does not clearly see the finding" in result["reason"]
+    assert result["images_needed"] is None or result["auroc_clean"] > 0.7  # more images cannot help at chance
+
+    weak = 0.35 * targets + rng.random(120)  # sees the finding a little: more images would show it
+    result = compare_classifier(weak, weak.copy(), targets)
+    low, high = result["auroc_clean_ci95"]
+    assert result["auroc_clean"] > 0.7 >= low and result["verdict"] == "inconclusive"
+    assert result["images_needed"] > 120
+
+
+def test_a_ci_that_straddles_the_margin_is_inconclusive_with_the_images_needed():
+    rng = np.random.default_rng(5)
+    targets = np.repeat([0, 1], 40)
+    clean = 1.2 * targets + rng.random(80)
+    marked = clean + rng.normal(0, 0.25, 80)  # a real but small disturbance, measured on 80 images
+    result = compare_classifier(clean, marked, targets, margin=0.01)
+    low, high = result["delta_auroc_ci95"]
+    assert result["auroc_clean_ci95"][0] > 0.7
+    assert low < -0.01 <= high and result["verdict"] == "inconclusive"
+    assert "too few images" in result["reason"] and (result["images_needed"] is None or result["images_needed"] > 80)

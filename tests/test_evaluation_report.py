@@ -79,7 +79,15 @@ class MeanBrightness:
         return inputs[:, 8:24, 8:24].mean(axis=(1, 2))[:, None].astype(np.float64)
 
 
-def test_classifier_check_joins_the_report(tmp_path):
+class CornerBrightness(MeanBrightness):
+    """A classifier that looks where the finding is not: at chance."""
+
+    def score_inputs(self, inputs: np.ndarray) -> np.ndarray:
+        return inputs[:, :6, :6].mean(axis=(1, 2))[:, None].astype(np.float64)
+
+
+def _checked_report(tmp_path, classifier, count: int = 8) -> dict:
+    """`evaluate` with the classifier check on `count` 16-bit images, half with a bright centre."""
     from PIL import Image
 
     from watermark_cli.diagnostic.classifier import read_labels
@@ -87,7 +95,7 @@ def test_classifier_check_joins_the_report(tmp_path):
 
     rng = np.random.default_rng(4)
     rows = ["path,label"]
-    for index in range(8):
+    for index in range(count):
         label = index % 2
         image = rng.normal(20000, 3000, (128, 128))
         image[40:88, 40:88] += 15000 * label  # a bright centre is the finding
@@ -95,10 +103,23 @@ def test_classifier_check_joins_the_report(tmp_path):
         rows.append(f"img{index}.png,{label}")
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
 
-    check = ClassifierCheck(MeanBrightness(), read_labels(tmp_path / "labels.csv"), margin=0.01)
+    check = ClassifierCheck(classifier, read_labels(tmp_path / "labels.csv"), margin=0.01)
     options = EvaluationOptions(floor=QualityFloor(40.0), attacks=parse_attack_list("identity"), messages=1)
-    report = evaluate([tmp_path], load_model(None), options, tmp_path / "report",
-                      on_marked=check.on_marked, finish=check.finish)
+    return evaluate([tmp_path], load_model(None), options, tmp_path / "report",
+                    on_marked=check.on_marked, finish=check.finish)
+
+
+def test_a_classifier_at_chance_makes_the_check_inconclusive_in_the_json_and_the_html(tmp_path):
+    block = _checked_report(tmp_path, CornerBrightness(), count=12)["classifier"]
+    assert block["verdict"] == "inconclusive" and not block["non_inferior"]
+    assert "does not clearly see the finding" in block["reason"]
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["classifier"]["verdict"] == "inconclusive"
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "inconclusive" in page and "does not clearly see the finding" in page
+
+
+def test_classifier_check_joins_the_report(tmp_path):
+    report = _checked_report(tmp_path, MeanBrightness())
     block = report["classifier"]
     assert block["n_images"] == 8 and block["auroc_clean"] == 1.0 and block["auroc_watermarked"] == 1.0
     assert block["delta_auroc"] == 0.0 and block["non_inferior"] and block["flip_rate"] == 0.0

@@ -69,7 +69,10 @@ def evaluate(
     problems = []
     if summary["below_floor"]:
         problems.append(f"{summary['below_floor']} frame(s) below the {psnr_min:g} dB floor")
-    if summary.get("classifier") and not summary["classifier"]["non_inferior"]:
+    block = summary.get("classifier")
+    if block and block["verdict"] == "inconclusive":
+        problems.append(f"the classifier check is inconclusive: {block['reason']}")
+    elif block and not block["non_inferior"]:
         problems.append(f"the classifier check failed its −{margin:g} ΔAUROC margin")
     if problems:
         raise CheckFailedError("; ".join(problems))
@@ -100,7 +103,8 @@ def _print_evaluation(summary: dict, report: Path) -> None:
     if block:
         ci = block["delta_auroc_ci95"]
         interval = f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci[0] is not None else "undefined"
-        verdict = "[green]non-inferior[/]" if block["non_inferior"] else "[red]NOT shown non-inferior[/]"
+        verdict = ("[green]non-inferior[/]" if block["non_inferior"] else
+                   "[yellow]inconclusive[/]" if block["verdict"] == "inconclusive" else "[red]shown inferior[/]")
         stdout.print(
             f"classifier check ({block['n_images']} labelled images): AUROC {block['auroc_clean']:.4f} → "
             f"{block['auroc_watermarked']:.4f}, Δ {block['delta_auroc']:+.4f}, 95 % CI {interval}, margin "

@@ -15,7 +15,12 @@ figure can be checked on constructed cases.
   (sensitivity + specificity − 1) on the clean scores. Accuracy, sensitivity and specificity are
   then measured at that same threshold on clean and on marked scores, and the prediction-flip
   rate is the fraction of image × finding decisions that differ.
-- Verdict: non-inferior iff the lower bound of the ΔAUROC CI is ≥ −margin (default 0.01).
+- Verdict. No verdict without a classifier that sees the finding: unless the lower bound of the
+  clean AUROC's bootstrap 95 % CI is above `MIN_CLEAN_AUROC` (0.7), the check is 'inconclusive'
+  (a classifier at chance cannot be hurt by the mark, so its "no change" proves nothing). Then:
+  'pass' (non-inferior) iff the ΔAUROC CI's lower bound is ≥ −margin (default 0.01); 'fail' when
+  its upper bound is below −margin (shown inferior); otherwise 'inconclusive', too few images for
+  the CI to decide, with an estimate of how many would (the CI's width shrinks as 1/√n).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from ..errors import BadInputError
 
 DEFAULT_MARGIN = 0.01
 DEFAULT_RESAMPLES = 2000
+#: The clean AUROC's 95 % lower bound must exceed this before the check decides anything.
+MIN_CLEAN_AUROC = 0.7
 
 
 # -- AUROC ------------------------------------------------------------------------------------
@@ -123,11 +130,19 @@ def _mean_of(per_label: list[dict], key: str) -> float | None:
 def paired_bootstrap_delta(clean, marked, targets, resamples: int = DEFAULT_RESAMPLES,
                            seed: int = 0) -> tuple[np.ndarray, int]:
     """ΔAUROC (macro) of each resample that has both classes for every finding; (deltas, dropped)."""
+    deltas, _, dropped = paired_bootstrap(clean, marked, targets, resamples, seed)
+    return deltas, dropped
+
+
+def paired_bootstrap(clean, marked, targets, resamples: int = DEFAULT_RESAMPLES,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+    """(ΔAUROC, clean AUROC) (macro) of each resample that has both classes for every finding,
+    and how many resamples were dropped."""
     clean, targets = _as_columns(clean, targets)
     marked, _ = _as_columns(marked, targets)
     n, k = clean.shape
     rng = np.random.default_rng(seed)
-    deltas, dropped = [], 0
+    deltas, cleans, dropped = [], [], 0
     for start in range(0, resamples, 250):  # bounded memory: 250 × n × k at a time
         count = min(250, resamples - start)
         picks = rng.integers(0, n, size=(count, n))
@@ -140,7 +155,44 @@ def paired_bootstrap_delta(clean, marked, targets, resamples: int = DEFAULT_RESA
         dropped += int(count - usable.sum())
         macro = values[usable].mean(axis=2)
         deltas.append(macro[:, 1] - macro[:, 0])
-    return np.concatenate(deltas), dropped
+        cleans.append(macro[:, 0])
+    return np.concatenate(deltas), np.concatenate(cleans), dropped
+
+
+def _images_needed(n: int, estimate: float, bound: float, target: float) -> int | None:
+    """About how many images would put a 95 % bound on the right side of `target`: the bound's
+    distance from the estimate shrinks as 1/√n. None when the estimate itself is on the wrong side
+    (more images cannot help)."""
+    room, spread = estimate - target, estimate - bound
+    if room <= 0:
+        return None
+    return int(np.ceil(n * max(1.0, (spread / room) ** 2)))
+
+
+def classifier_verdict(n: int, auroc_clean: float, clean_ci: list, delta: float, delta_ci: list,
+                       margin: float) -> dict:
+    """verdict ('pass' | 'fail' | 'inconclusive'), non_inferior, reason, images_needed (see the
+    module docstring)."""
+    if clean_ci[0] is None or delta_ci[0] is None:
+        return {"verdict": "inconclusive", "non_inferior": False, "images_needed": None,
+                "reason": "too few images of one class: no bootstrap resample had both classes"}
+    if not clean_ci[0] > MIN_CLEAN_AUROC:
+        needed = _images_needed(n, auroc_clean, clean_ci[0], MIN_CLEAN_AUROC)
+        return {"verdict": "inconclusive", "non_inferior": False, "images_needed": needed,
+                "reason": f"the classifier does not clearly see the finding: clean AUROC {auroc_clean:.3f}, 95 % "
+                          f"lower bound {clean_ci[0]:.3f}, not above {MIN_CLEAN_AUROC:g}"
+                          + (f" (about {needed} images would show it)" if needed else
+                             " (a better classifier is needed, not more images)")}
+    if delta_ci[0] >= -margin:
+        return {"verdict": "pass", "non_inferior": True, "images_needed": None,
+                "reason": f"ΔAUROC 95 % lower bound {delta_ci[0]:+.4f} ≥ −{margin:g}"}
+    if delta_ci[1] < -margin:
+        return {"verdict": "fail", "non_inferior": False, "images_needed": None,
+                "reason": f"ΔAUROC 95 % upper bound {delta_ci[1]:+.4f} < −{margin:g}: shown inferior"}
+    needed = _images_needed(n, delta, delta_ci[0], -margin)
+    return {"verdict": "inconclusive", "non_inferior": False, "images_needed": needed,
+            "reason": f"the ΔAUROC 95 % CI [{delta_ci[0]:+.4f}, {delta_ci[1]:+.4f}] contains −{margin:g}: too few "
+                      "images to decide" + (f" (about {needed} would)" if needed else "")}
 
 
 def compare_classifier(
@@ -162,7 +214,9 @@ def compare_classifier(
       auroc_clean, auroc_watermarked, delta_auroc (watermarked − clean; macro over findings);
       delta_auroc_ci95 [low, high]: paired percentile bootstrap over images;
       bootstrap {resamples, used, dropped_single_class, seed};
-      non_inferior (bool): delta_auroc_ci95[0] ≥ −margin; verdict 'pass' | 'fail';
+      auroc_clean_ci95, min_clean_auroc: the clean AUROC's bootstrap CI and the bound it must clear;
+      verdict 'pass' | 'fail' | 'inconclusive', non_inferior (pass), reason, images_needed (about how
+        many would decide an inconclusive check; None otherwise or when more cannot help);
       flip_rate, flips, decisions: image × finding decisions that change at the clean threshold;
       clean / watermarked {accuracy, sensitivity, specificity}: at the clean operating point
         (macro over findings);
@@ -213,26 +267,28 @@ def compare_classifier(
 
     auroc_clean = macro_auroc(clean[:, columns], truth[:, columns])
     auroc_marked = macro_auroc(marked[:, columns], truth[:, columns])
-    deltas, dropped = paired_bootstrap_delta(clean[:, columns], marked[:, columns], truth[:, columns],
-                                             resamples=resamples, seed=seed)
+    deltas, cleans, dropped = paired_bootstrap(clean[:, columns], marked[:, columns], truth[:, columns],
+                                               resamples=resamples, seed=seed)
     if deltas.size:
         ci = [float(np.percentile(deltas, 2.5)), float(np.percentile(deltas, 97.5))]
-        non_inferior = bool(ci[0] >= -margin)
+        clean_ci = [float(np.percentile(cleans, 2.5)), float(np.percentile(cleans, 97.5))]
     else:  # every resample lost a class: too few images of one class to say anything
-        ci, non_inferior = [None, None], False
+        ci, clean_ci = [None, None], [None, None]
+    decision = classifier_verdict(n, auroc_clean, clean_ci, auroc_marked - auroc_clean, ci, margin)
     return {
         "n_images": n,
         "labels": names,
         "task": "binary" if k == 1 else "multilabel",
         "margin": float(margin),
         "auroc_clean": auroc_clean,
+        "auroc_clean_ci95": clean_ci,
+        "min_clean_auroc": MIN_CLEAN_AUROC,
         "auroc_watermarked": auroc_marked,
         "delta_auroc": auroc_marked - auroc_clean,
         "delta_auroc_ci95": ci,
         "bootstrap": {"resamples": int(resamples), "used": int(deltas.size),
                       "dropped_single_class": dropped, "seed": int(seed)},
-        "non_inferior": non_inferior,
-        "verdict": "pass" if non_inferior else "fail",
+        **decision,
         "flip_rate": flips_total / (n * k),
         "flips": flips_total,
         "decisions": n * k,

@@ -242,10 +242,13 @@ def _classifier_section(classifier: dict) -> str:
     passed = bool(classifier.get("non_inferior"))
     ci = classifier.get("delta_auroc_ci95") or [None, None]
     margin = classifier.get("margin")
+    verdict = {"pass": "non-inferior", "fail": "shown inferior"}.get(classifier.get("verdict"), "inconclusive")
     lines = [
-        "<p>" + _verdict(passed, "non-inferior" if passed else "NOT shown non-inferior") +
+        "<p>" + _verdict(passed, verdict) + f" ({html.escape(str(classifier.get('reason', '')))})"
         f" — ΔAUROC (watermarked − originals) {_number(classifier.get('delta_auroc'), 4)}, paired bootstrap 95 % CI "
-        f"{_number(ci[0], 4)} to {_number(ci[1], 4)}; the check passes when the lower bound is ≥ −{_number(margin, 3)}. "
+        f"{_number(ci[0], 4)} to {_number(ci[1], 4)}; the check passes when the lower bound is ≥ −{_number(margin, 3)} "
+        f"and decides nothing unless the clean AUROC's 95 % lower bound is above "
+        f"{_number(classifier.get('min_clean_auroc'), 2)}. "
         f"{classifier.get('n_images', '?')} labelled images, {html.escape(classifier.get('task', ''))} task; "
         f"classifier {html.escape(str(classifier.get('classifier', '')))}.</p>",
     ]
