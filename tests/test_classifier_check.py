@@ -355,3 +355,22 @@ def test_a_ci_that_straddles_the_margin_is_inconclusive_with_the_images_needed()
     assert result["auroc_clean_ci95"][0] > 0.7
     assert low < -0.01 <= high and result["verdict"] == "inconclusive"
     assert "too few images" in result["reason"] and (result["images_needed"] is None or result["images_needed"] > 80)
+
+
+def test_mcnemar_counts_the_decisions_the_mark_made_wrong_and_right():
+    from scipy.stats import binomtest
+
+    from watermark_cli.diagnostic.check import mcnemar_exact
+
+    truth = np.repeat([0, 1], 50)
+    clean = 0.6 * truth + 0.4 * np.linspace(0, 1, 100)  # separable: every clean decision right
+    marked = clean.copy()
+    marked[50:62] -= 0.55  # twelve positives pushed below any threshold: wrong after the mark
+    result = compare_classifier(clean, marked, truth)
+    test = result["flips_mcnemar"]
+    assert test["made_wrong"] == result["flips"] == 12 and test["made_right"] == 0
+    assert test["p_value"] == pytest.approx(binomtest(12, 12, 0.5).pvalue) and test["p_value"] < 0.001
+    same = mcnemar_exact(np.ones(10, bool), np.ones(10, bool))
+    assert same == {"made_wrong": 0, "made_right": 0, "p_value": 1.0}
+    balanced = mcnemar_exact(np.array([True, False] * 5), np.array([False, True] * 5))
+    assert balanced["made_wrong"] == balanced["made_right"] == 5 and balanced["p_value"] == 1.0

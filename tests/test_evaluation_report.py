@@ -125,4 +125,5 @@ def test_classifier_check_joins_the_report(tmp_path):
     assert block["delta_auroc"] == 0.0 and block["non_inferior"] and block["flip_rate"] == 0.0
     page = (tmp_path / "report" / "report.html").read_text()
     assert "non-inferior" in page and 'alt="ROC curves clean vs watermarked" src="data:image/png;base64,' in page
+    assert block["flips_mcnemar"] == {"made_wrong": 0, "made_right": 0, "p_value": 1.0} and "McNemar" in page
     assert json.loads((tmp_path / "report" / "report.json").read_text())["classifier"]["verdict"] == "pass"

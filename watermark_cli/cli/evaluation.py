@@ -108,7 +108,9 @@ def _print_evaluation(summary: dict, report: Path) -> None:
         stdout.print(
             f"classifier check ({block['n_images']} labelled images): AUROC {block['auroc_clean']:.4f} → "
             f"{block['auroc_watermarked']:.4f}, Δ {block['delta_auroc']:+.4f}, 95 % CI {interval}, margin "
-            f"−{block['margin']:g}: {verdict}; flip rate {block['flip_rate']:.4f}", highlight=False)
+            f"−{block['margin']:g}: {verdict}; flip rate {block['flip_rate']:.4f} ({block['flips_mcnemar']['made_wrong']} "
+            f"made wrong, {block['flips_mcnemar']['made_right']} made right, McNemar p = "
+            f"{block['flips_mcnemar']['p_value']:.3g})", highlight=False)
     quality = summary.get("quality") or {}
     parts = [f"{name} median {quality[name]['median']:.{digits}f}" for name, digits in
              (("psnr_data_range", 2), ("psnr_window", 2), ("psnr_nominal", 2), ("ssim", 4)) if quality.get(name)]

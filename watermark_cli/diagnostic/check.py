@@ -14,7 +14,8 @@ figure can be checked on constructed cases.
 - The clean operating point: per finding, the threshold that maximises Youden's J
   (sensitivity + specificity − 1) on the clean scores. Accuracy, sensitivity and specificity are
   then measured at that same threshold on clean and on marked scores, and the prediction-flip
-  rate is the fraction of image × finding decisions that differ.
+  rate is the fraction of image × finding decisions that differ; McNemar's exact test (scipy's
+  binomial test of the discordant pairs) asks whether more of them became wrong than right.
 - Verdict. No verdict without a classifier that sees the finding: unless the lower bound of the
   clean AUROC's bootstrap 95 % CI is above `MIN_CLEAN_AUROC` (0.7), the check is 'inconclusive'
   (a classifier at chance cannot be hurt by the mark, so its "no change" proves nothing). Then:
@@ -119,6 +120,19 @@ def _decision_figures(called: np.ndarray, truth: np.ndarray) -> dict:
     }
 
 
+def mcnemar_exact(clean_right: np.ndarray, marked_right: np.ndarray) -> dict:
+    """McNemar's exact test of paired decisions: of the decisions that changed, are those the mark
+    made wrong more than those it made right? Two-sided binomial test of the discordant pairs
+    (scipy), the test for paired proportions."""
+    from scipy.stats import binomtest
+
+    made_wrong = int(np.sum(clean_right & ~marked_right))
+    made_right = int(np.sum(~clean_right & marked_right))
+    discordant = made_wrong + made_right
+    p_value = float(binomtest(made_wrong, discordant, 0.5).pvalue) if discordant else 1.0
+    return {"made_wrong": made_wrong, "made_right": made_right, "p_value": p_value}
+
+
 def _mean_of(per_label: list[dict], key: str) -> float | None:
     values = [item[key] for item in per_label if item[key] is not None]
     return float(np.mean(values)) if values else None
@@ -218,6 +232,8 @@ def compare_classifier(
       verdict 'pass' | 'fail' | 'inconclusive', non_inferior (pass), reason, images_needed (about how
         many would decide an inconclusive check; None otherwise or when more cannot help);
       flip_rate, flips, decisions: image × finding decisions that change at the clean threshold;
+      flips_mcnemar {made_wrong, made_right, p_value}: McNemar's exact test of the decisions that
+        changed (did the mark make more of them wrong than right?);
       clean / watermarked {accuracy, sensitivity, specificity}: at the clean operating point
         (macro over findings);
       per_label {NAME: n_positive, n_negative, threshold, auroc_clean, auroc_watermarked,
@@ -243,13 +259,15 @@ def compare_classifier(
     columns = np.flatnonzero(has_both)
 
     per_label, roc, flips_total = {}, {}, 0
-    figures_clean, figures_marked = [], []
+    figures_clean, figures_marked, right_clean, right_marked = [], [], [], []
     for label, name in enumerate(names):
         threshold = youden_threshold(clean[:, label], truth[:, label])
         called_clean = clean[:, label] >= threshold
         called_marked = marked[:, label] >= threshold
         flips = int(np.sum(called_clean != called_marked))
         flips_total += flips
+        right_clean.append(called_clean == (truth[:, label] == 1))
+        right_marked.append(called_marked == (truth[:, label] == 1))
         on_clean = _decision_figures(called_clean, truth[:, label])
         on_marked = _decision_figures(called_marked, truth[:, label])
         figures_clean.append(on_clean)
@@ -291,6 +309,7 @@ def compare_classifier(
         **decision,
         "flip_rate": flips_total / (n * k),
         "flips": flips_total,
+        "flips_mcnemar": mcnemar_exact(np.concatenate(right_clean), np.concatenate(right_marked)),
         "decisions": n * k,
         "clean": {key: _mean_of(figures_clean, key) for key in ("accuracy", "sensitivity", "specificity")},
         "watermarked": {key: _mean_of(figures_marked, key) for key in ("accuracy", "sensitivity", "specificity")},

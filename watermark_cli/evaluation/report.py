@@ -258,6 +258,10 @@ def _classifier_section(classifier: dict) -> str:
         rows.append([name + " (at the clean operating point)", _number(clean.get(name), 4), _number(marked.get(name), 4)])
     rows.append(["prediction flip rate", "", f"{_number(classifier.get('flip_rate'), 4)} "
                  f"({classifier.get('flips', '?')} of {classifier.get('decisions', '?')} decisions)"])
+    mcnemar = classifier.get("flips_mcnemar")
+    if mcnemar:
+        rows.append(["flips made wrong / made right (McNemar exact p)", "",
+                     f"{mcnemar['made_wrong']} / {mcnemar['made_right']} (p = {_number(mcnemar['p_value'], 3)})"])
     lines.append(_table(["metric", "originals", "watermarked"], rows))
     return "\n".join(lines)
 
