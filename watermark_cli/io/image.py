@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import struct
 from collections.abc import Sequence
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
@@ -431,8 +432,6 @@ def _check_codestream_sizes(path: Path, ds: Any, rows: int, cols: int) -> None:
     says, not what Rows and Columns say (a small file whose frame header claims 65535 x 65535
     costs gigabytes). Every fragment that starts a codestream is checked against the header
     before anything is decoded."""
-    import struct
-
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is None or not syntax.is_compressed or "PixelData" not in ds:
         return
@@ -445,13 +444,13 @@ def _check_codestream_sizes(path: Path, ds: Any, rows: int, cols: int) -> None:
     except BaseException as exc:  # broken encapsulation: named here instead of by the decoder
         raise BadInputError(f"{path}: broken encapsulated DICOM pixel data: {_one_line(exc)}") from None
     for fragment in fragments:
-        size = _codestream_size(bytes(fragment[:65536]), struct)
+        size = _codestream_size(bytes(fragment[:65536]))
         if size is not None and size != (rows, cols):
             raise BadInputError(f"{path}: a compressed frame declares {size[1]} x {size[0]} pixels, the DICOM "
                                 f"header {cols} x {rows} (inconsistent file); nothing decoded")
 
 
-def _codestream_size(head: bytes, struct: Any) -> tuple[int, int] | None:
+def _codestream_size(head: bytes) -> tuple[int, int] | None:
     """(rows, columns) a JPEG (SOFn, JPEG-LS SOF55) or JPEG 2000 (SIZ) codestream declares at its
     start, or None when the fragment does not start one (a continuation) or declares none."""
     if head.startswith(b"\xff\xd8"):  # JPEG: walk the marker segments up to the frame header
