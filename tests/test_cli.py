@@ -274,6 +274,7 @@ def test_the_cli_choices_are_the_choices_of_the_modules_that_own_them():
     from watermark_cli.constrained.sequential_penalty import SHAPES
     from watermark_cli.data.clinical import SPLITS
     from watermark_cli.diagnostic.classifier import ARCHITECTURES
+    from watermark_cli.data.lesions import LESION_TASKS
     from watermark_cli.io.image import DICOM_COMPRESSIONS
     from watermark_cli.model.device import DEVICE_CHOICES
     from watermark_cli.training.loop import PRESETS
@@ -281,7 +282,7 @@ def test_the_cli_choices_are_the_choices_of_the_modules_that_own_them():
     owners = {options.Compression: DICOM_COMPRESSIONS, options.Preset: PRESETS, options.Method: METHODS,
               options.PenaltyShape: SHAPES, options.TauScope: TAU_SCOPES, options.TauSchedule: TAU_SCHEDULES,
               options.DualOptimizer: DUAL_OPTIMIZERS, options.Device: DEVICE_CHOICES, options.Split: SPLITS,
-              options.Architecture: ARCHITECTURES}
+              options.Architecture: ARCHITECTURES, options.LesionTask: LESION_TASKS}
     for choice, owned in owners.items():
         assert [member.value for member in choice] == list(owned), choice.__name__
 

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
+from ..errors import BadInputError
 from .app import app, emit_json, stdout
-from .options import JsonOption, Split
+from .options import JsonOption, LesionTask, Split
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: synthetic images, the real clinical DICOMs and held-out slices.")
@@ -72,26 +73,39 @@ def data_slices(
 @data_app.command("lesions")
 def data_lesions(
     out: Annotated[Path, typer.Argument(help="Folder to write the images, labels.csv, manifest.csv and README.txt into.")],
-    split: Annotated[Split, typer.Option("--split", help="Which clinical images give the real backgrounds.")] = Split.train,
-    n: Annotated[int, typer.Option("--n", help="Number of images (about half with a lesion).")] = 400,
+    task: Annotated[LesionTask, typer.Option("--task", help="nodules: 16-bit nodules on clinical crops and phantoms; faint-brain: faint 4-10 px blobs on real 8-bit brain slices.")] = LesionTask.nodules,
+    split: Annotated[Split, typer.Option("--split", help="Which real images give the backgrounds (train and held_out never share one).")] = Split.train,
+    n: Annotated[int, typer.Option("--n", help="Number of images (half with a lesion).")] = 400,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    size: Annotated[int, typer.Option("--size", help="Side in pixels.")] = 256,
-    real_fraction: Annotated[float, typer.Option("--real-fraction", help="Share of images on real clinical backgrounds.")] = 0.5,
+    size: Annotated[int, typer.Option("--size", help="Side in pixels (nodules; faint-brain is 256).")] = 256,
+    real_fraction: Annotated[float, typer.Option("--real-fraction", help="Share of images on real clinical backgrounds (nodules).")] = 0.5,
     json_output: JsonOption = False,
 ) -> None:
     """Labelled images for the diagnostic classifier check. THE LESIONS ARE SYNTHETIC.
 
-    A small blurred nodule (the phantoms' lesion) drawn by the program on half of the images; the backgrounds are crops of the real pydicom-data clinical images of one split (train and held_out never mixed; crops without anatomy rejected) and the synthetic CT/MR/radiograph phantoms.
+    nodules: a small blurred nodule drawn by the program on half of the images; the backgrounds are crops of the real pydicom-data clinical images of one split (crops without anatomy rejected) and the synthetic CT/MR/radiograph phantoms; 16-bit PNG.
 
-    Images come in pairs sharing a background, one with the nodule and one without. Writes 16-bit PNGs, labels.csv (path,label,group; label 1 = lesion, group = the pair), manifest.csv and a README.txt that says the lesions are synthetic.
+    faint-brain: one faint blurred bright blob (radius 4-10 px, peak 12-30 % of full scale) inside the brain on half of the images; the backgrounds are flipped, rotated, scaled and gamma-changed variants of the real brain slices of dipy and pydicom-data, split by slice; 8-bit 256² PNG.
+
+    Images come in pairs sharing a background, one with the lesion and one without. Writes labels.csv (path,label,group; label 1 = lesion, group = the background), manifest.csv and a README.txt that says the lesions are synthetic.
     """  # one line per paragraph: the help output wraps them to the terminal
-    from ..data.lesions import LesionDatasetConfig, write_lesion_dataset
+    split, task = split.value, task.value
+    if task == "faint-brain":
+        from ..data.faint_lesions import SIDE, FaintLesionConfig, write_faint_lesion_dataset
 
-    split = split.value
-    config = LesionDatasetConfig(split=split, n=n, size=size, seed=seed, real_fraction=real_fraction)
-    labels = write_lesion_dataset(out, config)
-    if json_output:
-        emit_json({"output": str(out), "split": split, "n": n, "labels": str(labels), "lesions": "synthetic"})
+        if size != SIDE:
+            raise BadInputError(f"faint-brain images are {SIDE} pixels a side; --size applies to the nodules task")
+        depth = 8
+        labels = write_faint_lesion_dataset(out, FaintLesionConfig(split=split, n=n, seed=seed))
     else:
-        stdout.print(f"wrote {n} images ({size}×{size}, 16-bit PNG; {split} backgrounds) and {labels}; "
+        from ..data.lesions import LesionDatasetConfig, write_lesion_dataset
+
+        depth = 16
+        labels = write_lesion_dataset(out, LesionDatasetConfig(split=split, n=n, size=size, seed=seed,
+                                                               real_fraction=real_fraction))
+    if json_output:
+        emit_json({"output": str(out), "task": task, "split": split, "n": n, "size": size, "bit_depth": depth,
+                   "labels": str(labels), "lesions": "synthetic"})
+    else:
+        stdout.print(f"wrote {n} {task} images ({size}×{size}, {depth}-bit PNG; {split} backgrounds) and {labels}; "
                      "[bold]the lesions are synthetic[/] (see README.txt there)")

@@ -147,6 +147,7 @@ DualOptimizer = _choices("DualOptimizer", ("sgd", "nupi"))  # constrained.method
 Device = _choices("Device", ("auto", "cpu", "cuda"))  # model.device.DEVICE_CHOICES
 Split = _choices("Split", ("train", "held_out"))  # data.clinical.SPLITS
 Architecture = _choices("Architecture", ("small", "resnet18", "densenet121"))  # diagnostic.classifier.ARCHITECTURES
+LesionTask = _choices("LesionTask", ("nodules", "faint-brain"))  # data.lesions.LESION_TASKS
 
 
 def value_of(choice: Enum | None):

@@ -40,6 +40,7 @@ from ..io.writing import csv_text, png_bytes, write_atomically
 from ..views import VoiView, reader_views
 from .synthetic import KINDS, add_nodule, synth_image
 
+LESION_TASKS = ("nodules", "faint-brain")  # this module's task, and data.faint_lesions'
 LESION_CONTRAST = (0.30, 0.70)  # fraction of the mean tissue value under the nodule
 _SPLIT_STREAM = {"train": 0, "held_out": 1}  # the same --seed gives different images per split
 _MAX_CROP_TRIES = 60
