@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -304,6 +305,65 @@ def test_lesion_dataset_then_classifier_train_through_the_cli(tmp_path):
 
     again = run_wm("classifier", "train", data, "--out", out, "--epochs", "1")
     assert again.code == 2 and "not empty" in again.stderr
+
+
+def test_faint_brain_task_is_faint_blobs_inside_real_brains_split_by_slice(tmp_path):
+    """`wm data lesions --task faint-brain`: 8-bit 256² real brain slices in pairs, one of each
+    pair with a blob of radius 4-10 px and peak 12-30 % of full scale inside the brain; no slice
+    is in both splits."""
+    from watermark_cli.data.faint_lesions import brain_mask, brain_slices
+
+    data = tmp_path / "faint"
+    made = run_wm("data", "lesions", data, "--task", "faint-brain", "--n", "12", "--json")
+    assert made.code == 0, made.stderr
+    summary = json.loads(made.stdout)
+    assert summary["lesions"] == "synthetic" and summary["bit_depth"] == 8 and summary["size"] == 256
+    labels, manifest = _rows(data / "labels.csv"), _rows(data / "manifest.csv")
+    assert len(labels) == 12 and sum(int(r["label"]) for r in labels) == 6
+    for first, second in zip(manifest[0::2], manifest[1::2]):
+        assert first["group"] == second["group"] and int(first["label"]) + int(second["label"]) == 1
+        lesion = first if first["label"] == "1" else second
+        a, b = (np.asarray(Image.open(data / r["path"])) for r in (first, second))
+        assert a.dtype == np.uint8 and a.shape == (256, 256)
+        changed = np.argwhere(a != b)
+        row, col = int(lesion["lesion_row"]), int(lesion["lesion_col"])
+        radius, contrast = float(lesion["lesion_radius_px"]), float(lesion["lesion_contrast"])
+        assert 4 <= radius <= 10 and 0.12 <= contrast <= 0.30
+        # The pair differs only around the blob's centre, by at most its peak contrast (8-bit
+        # rounding aside), and the centre lies inside the brain of the moved slice.
+        assert np.hypot(changed[:, 0] - row, changed[:, 1] - col).max() <= 2 * radius + 2
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= round(contrast * 255) + 1
+        assert brain_mask(np.asarray(Image.open(data / lesion["path"]), dtype=np.float32) / 255)[row, col]
+    assert {r["group"] for r in labels} == {r["slice"] for r in manifest}  # the group is the slice
+    assert "SYNTHETIC" in (data / "README.txt").read_text()
+    train, held_out = ({item.group for item in brain_slices(split)} for split in ("train", "held_out"))
+    assert len(train) >= 20 and len(held_out) >= 8 and not train & held_out
+
+
+def test_the_recipe_trains_at_the_images_own_side_balances_and_stops_early(tmp_path):
+    """No --input-size: the images' own side (96 here); positives weighted by negatives /
+    positives; training stops `patience` epochs after the best validation AUROC."""
+    from watermark_cli.diagnostic.classifier import native_input_size
+
+    rng = np.random.default_rng(0)
+    rows = ["path,label"]
+    for i in range(24):
+        label = int(i % 3 == 0)  # one in three: imbalanced
+        image = rng.normal(20000, 2000, (96, 96))
+        image[40:56, 40:56] += 8000 * label
+        Image.fromarray(np.clip(image, 0, 65535).astype(np.uint16)).save(tmp_path / f"i{i}.png")
+        rows.append(f"i{i}.png,{label}")
+    _write(tmp_path / "labels.csv", "\n".join(rows) + "\n")
+    labelled = read_labels(tmp_path)
+    assert native_input_size(labelled.paths) == 96
+    result = train_classifier(labelled, tmp_path / "c", ClassifierTrainingConfig(epochs=30, patience=2))
+    card = result.card
+    assert card["architecture"]["input_size"] == 96
+    weight = float(re.search(r"label ([0-9.]+)", card["training"]["loss"]).group(1))
+    positives = card["training"]["positives_train"]["label"]
+    assert weight == pytest.approx((card["training"]["n_train"] - positives) / positives, rel=1e-2) and weight > 1.5
+    run, best = card["training"]["epochs_run"], card["training"]["selected_epoch"]
+    assert run == len(card["history"]) and (run == 30 or run - best == 2)
 
 
 def test_classifier_train_refuses_bad_labels_in_one_line(tmp_path):

@@ -24,7 +24,7 @@ def classifier_train(
     arch: Annotated[Architecture, typer.Option("--arch", help="small runs on a CPU; resnet18 and densenet121 want a GPU.")] = Architecture.small,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Local pretrained weights to start from (safetensors or torch state dict).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Training epochs (default: 40).")] = None,
-    input_size: Annotated[int, typer.Option("--input-size", help="Network input side in pixels.")] = 128,
+    input_size: Annotated[Optional[int], typer.Option("--input-size", min=32, help="Network input side in pixels (default: the images' own side, at most 256).")] = None,
     device: Annotated[Device, typer.Option("--device")] = Device.auto,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     json_output: JsonOption = False,
@@ -55,6 +55,7 @@ def classifier_train(
     summary = {
         "output": str(out), "arch": arch, "task": card["task"], "labels": card["label_names"],
         "seconds": card["training"]["seconds"], "device": card["training"]["device"], "epochs": config.epochs,
+        "input_size": card["architecture"]["input_size"], "epochs_run": card["training"]["epochs_run"],
         "selected_epoch": card["training"]["selected_epoch"], "n_train": card["training"]["n_train"],
         "n_validation": card["training"]["n_validation"],
         "validation_auroc": card["validation"]["auroc_macro"], "validation_auroc_per_label": card["validation"]["auroc"],

@@ -10,7 +10,8 @@ This module provides that classifier:
 - preprocessing (`classifier_input`): one frame per image (the middle one of a multi-frame
   image), stored values mapped to [0, 1] over the nominal stored range exactly as the watermark
   model sees them (`model.inputs.normalised_frames`), letterboxed to a square and resampled with
-  antialiasing to the input size. It takes stored pixel values, so originals read from disk and
+  antialiasing to the input size: by default the training images' own side up to 256, so that a
+  small finding is not halved by downsampling. It takes stored pixel values, so originals read from disk and
   watermarked pixels held in memory go through the very same function;
 - networks trained from scratch: a small CNN that learns on a CPU in a minute or two (default),
   or torchvision's ResNet-18 / DenseNet-121 with one input channel (for a GPU). Every network
@@ -18,9 +19,10 @@ This module provides that classifier:
   few hundred of 65536 stored values and a full-range PNG look alike to it. `--weights` loads
   local pretrained weights (nothing is ever downloaded);
 - training (`train_classifier`) on the clean training split: binary cross-entropy with logits
-  (one output per finding), Adam with a one-cycle learning rate, flips and small shifts, a
-  validation split by file (by group where the labels have a `group` column), a fixed seed, the
-  epoch with the best validation AUROC kept. Images of one group train in the same batch with
+  (one output per finding, positives weighted to balance the classes), Adam with a one-cycle
+  learning rate, the eight right-angle turns and mirrorings and small shifts, a validation split
+  by file (by group where the labels have a `group` column), a fixed seed, the epoch with the
+  best validation AUROC kept and early stopping some epochs after it. Images of one group train in the same batch with
   the same augmentation: for the pairs of `wm data lesions` (one background with and without a
   nodule) that is what lets a small CNN find the lesion in a minute instead of memorising the
   few real backgrounds;
@@ -55,7 +57,10 @@ from ..model.store import (CARD_FILE, PICKLED_WEIGHT_SUFFIXES, WEIGHTS_FILE, fil
                            load_torch_tensors, read_yaml_card, save_model)
 
 ARCHITECTURES = ("small", "resnet18", "densenet121")
-DEFAULT_INPUT_SIZE = 128
+DEFAULT_INPUT_SIZE = 128  # for scoring callers that name no size
+# Training's default input side: the images' own (a 4-px finding halved by resampling is a
+# 2-px one), up to this; a larger image is resampled down to it.
+MAX_NATIVE_INPUT = 256
 CARD_KIND = "diagnostic-classifier"
 # Two class subfolders: the positive one is the folder with one of these names (any case) ...
 POSITIVE_FOLDER_NAMES = ("1", "positive", "lesion", "abnormal")
@@ -267,6 +272,13 @@ def image_input(image: MedicalImage, size: int = DEFAULT_INPUT_SIZE) -> np.ndarr
     return classifier_input(image.pixels, (image.stored_min, image.stored_max), size)
 
 
+def native_input_size(paths: Sequence[Path]) -> int:
+    """The side that keeps every image at full resolution (its longer side), capped at
+    MAX_NATIVE_INPUT and at least 32: each image is decoded once more to learn its shape."""
+    longest = max(max(read_image(path).pixels.shape[1:]) for path in paths)
+    return int(min(MAX_NATIVE_INPUT, max(32, longest)))
+
+
 def _load_inputs(paths: Sequence[Path], size: int) -> np.ndarray:
     inputs = np.empty((len(paths), size, size), dtype=np.float32)
     for i, path in enumerate(paths):
@@ -405,13 +417,15 @@ def load_initial_weights(network, path: Path) -> dict:
 @dataclass(frozen=True)
 class ClassifierTrainingConfig:
     arch: str = "small"
-    input_size: int = DEFAULT_INPUT_SIZE
+    input_size: int | None = None  # None: the images' own side, up to MAX_NATIVE_INPUT
     epochs: int = 40
+    patience: int = 12  # stop after this many epochs without a better validation AUROC
     batch_size: int = 16
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     validation_fraction: float = 0.2
     max_shift: float = 0.06  # augmentation: random shift up to this fraction of the side
+    balance_classes: bool = True  # weigh each finding's positives by negatives / positives
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     weights: Path | None = None  # local pretrained weights to start from
@@ -487,16 +501,19 @@ def _group_batches(indices: list[int], labelled: LabelledImages, batch_size: int
 
 
 def _augment(batch, max_shift: int, generator, units: list[int]):
-    """Random horizontal and vertical flips and shifts of up to `max_shift` pixels (reflected
-    borders): a lesion may sit anywhere, on either side. Images of one unit (`units[i]`, their
-    group) get the same transform, so that they still differ only where their content does."""
+    """Random horizontal and vertical flips, a transpose (with the flips: all eight right-angle
+    turns and mirrorings of the square input) and shifts of up to `max_shift` pixels (reflected
+    borders): a lesion may sit anywhere, at any orientation. Images of one unit (`units[i]`,
+    their group) get the same transform, so that they still differ only where their content
+    does."""
     import torch
 
     n, _, size, _ = batch.shape
     unit_index = torch.tensor(units)
-    flips = torch.rand(int(unit_index.max()) + 1, 2, generator=generator)[unit_index]
+    flips = torch.rand(int(unit_index.max()) + 1, 3, generator=generator)[unit_index]
     batch = torch.where((flips[:, 0] < 0.5)[:, None, None, None], batch.flip(3), batch)
     batch = torch.where((flips[:, 1] < 0.5)[:, None, None, None], batch.flip(2), batch)
+    batch = torch.where((flips[:, 2] < 0.5)[:, None, None, None], batch.transpose(2, 3), batch)
     if max_shift <= 0:
         return batch
     padded = torch.nn.functional.pad(batch, (max_shift,) * 4, mode="reflect")
@@ -513,8 +530,9 @@ def train_classifier(
 ) -> ClassifierTrainingResult:
     """Train from scratch (or from `config.weights`) on `labelled`; write `out/` and return.
 
-    The epoch with the best validation AUROC (macro; ties: lower validation loss) is kept; with
-    no validation images (too few to split), the last epoch is.
+    The epoch with the best validation AUROC (macro; ties: lower validation loss) is kept, and
+    training stops `config.patience` epochs after it; with no validation images (too few to
+    split), every epoch runs and the last is kept.
     """
     import torch
 
@@ -524,8 +542,10 @@ def train_classifier(
         raise BadInputError(f"unknown classifier architecture {config.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     if config.epochs < 1:
         raise BadInputError("--epochs must be at least 1")
-    if config.input_size < 32:
+    if config.input_size is not None and config.input_size < 32:
         raise BadInputError("the classifier input size must be at least 32 pixels")
+    if config.patience < 1:
+        raise BadInputError("the early-stopping patience must be at least 1 epoch")
     if len(labelled) < 2:
         raise BadInputError("at least two labelled images are needed to train a classifier")
     for k, name in enumerate(labelled.label_names):
@@ -544,9 +564,16 @@ def train_classifier(
     generator = torch.Generator().manual_seed(config.seed)
 
     train_idx, val_idx = validation_split(labelled, config.validation_fraction, config.seed)
-    inputs = torch.from_numpy(_load_inputs(labelled.paths, config.input_size)).unsqueeze(1)
+    size = config.input_size or native_input_size(labelled.paths)
+    inputs = torch.from_numpy(_load_inputs(labelled.paths, size)).unsqueeze(1)
     targets = torch.from_numpy(labelled.targets)
     k = len(labelled.label_names)
+    # Class balance: a finding's positives weigh negatives / positives of the training split, so
+    # a rare finding is not learnt as "never".
+    positives = targets[train_idx].sum(dim=0)
+    negatives = len(train_idx) - positives
+    positive_weight = (negatives / positives.clamp(min=1.0)).clamp(min=1e-3) if config.balance_classes \
+        else torch.ones(k)
 
     network = _build_network(config.arch, k)
     initial = load_initial_weights(network, Path(config.weights)) if config.weights else "random (trained from scratch)"
@@ -556,11 +583,12 @@ def train_classifier(
     steps_per_epoch = len(train_idx) // config.batch_size + 1
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate,
                                                    total_steps=config.epochs * steps_per_epoch, pct_start=0.2)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    shift = int(round(config.max_shift * config.input_size))
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=positive_weight.to(device))
+    validation_loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=positive_weight)
+    shift = int(round(config.max_shift * size))
 
     history: list[EpochFigures] = []
-    best_state, best_key = None, None
+    best_state, best_key, best_epoch = None, None, 0
     for epoch in range(1, config.epochs + 1):
         network.train()
         total, seen = 0.0, 0
@@ -578,17 +606,19 @@ def train_classifier(
         figures = EpochFigures(epoch, total / max(seen, 1), None, None)
         if val_idx:
             logits = _logits(network, inputs[val_idx], device)
-            figures.validation_loss = float(loss_fn(logits, targets[val_idx]))
+            figures.validation_loss = float(validation_loss_fn(logits, targets[val_idx]))
             value = macro_auroc(torch.sigmoid(logits).numpy(), labelled.targets[val_idx])
             figures.validation_auroc = value if math.isfinite(value) else None
         history.append(figures)
         key = (figures.validation_auroc if figures.validation_auroc is not None else -1.0,
                -(figures.validation_loss if figures.validation_loss is not None else -epoch))
         if best_key is None or key > best_key:
-            best_key = key
+            best_key, best_epoch = key, epoch
             best_state = {name: tensor.detach().cpu().clone() for name, tensor in network.state_dict().items()}
         if on_epoch:
             on_epoch(figures)
+        if val_idx and epoch - best_epoch >= config.patience:
+            break  # early stopping: the validation AUROC has not improved for `patience` epochs
 
     network.load_state_dict(best_state)
     selected = max(history, key=lambda f: (f.validation_auroc if f.validation_auroc is not None else -1.0,
@@ -607,15 +637,16 @@ def train_classifier(
     card = {
         "kind": CARD_KIND,
         "name": out.name,
-        "architecture": {"arch": config.arch, "input_channels": 1, "outputs": k, "input_size": config.input_size},
+        "architecture": {"arch": config.arch, "input_channels": 1, "outputs": k, "input_size": size},
         "task": labelled.task,
         "label_names": list(labelled.label_names),
         "preprocessing": {
             "frame": "middle frame of multi-frame images",
             "intensity": "stored values over the nominal stored range to [0, 1] (model.inputs.normalised_frames), "
                          "then zero mean and unit variance per image inside the network",
-            "geometry": f"letterboxed (aspect kept, 0-padded) and resampled to {config.input_size}x{config.input_size} "
-                        "with Pillow's antialiased bilinear filter",
+            "geometry": f"letterboxed (aspect kept, 0-padded) and resampled to {size}x{size} "
+                        "with Pillow's antialiased bilinear filter"
+                        + (" (the training images' own side)" if config.input_size is None else ""),
         },
         "output": "sigmoid probability per finding",
         "training": {
@@ -626,16 +657,22 @@ def train_classifier(
             "device": device,
             "seed": config.seed,
             "initial_weights": initial,
-            "loss": "binary cross-entropy with logits, one output per finding",
+            "loss": "binary cross-entropy with logits, one output per finding"
+                    + (", positives weighted by negatives / positives (class balance): "
+                       + ", ".join(f"{name} {float(w):.3g}" for name, w in zip(labelled.label_names, positive_weight))
+                       if config.balance_classes else ""),
             "optimiser": f"Adam, one-cycle learning rate up to {config.learning_rate:g}, weight decay {config.weight_decay:g}",
-            "augmentation": f"random horizontal/vertical flips, shifts up to {shift} px (reflected borders); "
-                            "the same for all images of a group",
+            "augmentation": f"random flips and transposes (the eight right-angle turns and mirrorings), shifts "
+                            f"up to {shift} px (reflected borders); the same for all images of a group",
             "groups": "from the labels' group column: one side of the validation split, one batch"
                       if labelled.groups is not None else "none: each image alone",
             "epochs": config.epochs,
+            "epochs_run": len(history),
+            "patience": config.patience,
             "batch_size": config.batch_size,
             "selected_epoch": selected.epoch,
-            "selection": "best validation AUROC (macro), ties to the lower validation loss",
+            "selection": "best validation AUROC (macro), ties to the lower validation loss; early stopping "
+                         f"{config.patience} epochs after it",
             "n_train": len(train_idx),
             "n_validation": len(val_idx),
             "positives_train": train_set.positives(),
