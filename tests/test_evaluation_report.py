@@ -127,3 +127,35 @@ def test_classifier_check_joins_the_report(tmp_path):
     assert "non-inferior" in page and 'alt="ROC curves clean vs watermarked" src="data:image/png;base64,' in page
     assert block["flips_mcnemar"] == {"made_wrong": 0, "made_right": 0, "p_value": 1.0} and "McNemar" in page
     assert json.loads((tmp_path / "report" / "report.json").read_text())["classifier"]["verdict"] == "pass"
+
+
+class RecordingContrast(MeanBrightness):
+    """Scores the central region against the whole input in units of its spread, as a network
+    that standardises its input does (an 8-bit export stretches each image to its own range),
+    and keeps every batch of inputs it was asked to score."""
+
+    def __init__(self):
+        self.batches = []
+
+    def score_inputs(self, inputs: np.ndarray) -> np.ndarray:
+        self.batches.append(inputs.copy())
+        spread = inputs.std(axis=(1, 2)) + 1e-9
+        return ((super().score_inputs(inputs)[:, 0] - inputs.mean(axis=(1, 2))) / spread)[:, None]
+
+
+def test_the_check_is_repeated_after_a_jpeg_q80_export_of_the_budgeted_view(tmp_path):
+    classifier = RecordingContrast()
+    block = _checked_report(tmp_path, classifier)["classifier"]
+    exported = block["after_export"]
+    assert exported["export"].startswith("jpeg:80") and exported["n_images"] == 8
+    assert exported["auroc_clean"] == 1.0 and exported["verdict"] == "pass"
+    # Four score calls: originals and marked as archived, then both exported. An export is the
+    # same picture on another scale (8 bits over the view), through a real lossy JPEG: closely
+    # correlated with the archived input, never equal to it.
+    archived_clean, archived_marked, exported_clean, exported_marked = classifier.batches
+    for archived, through_jpeg in ((archived_clean, exported_clean), (archived_marked, exported_marked)):
+        for before, after in zip(archived, through_jpeg):
+            assert not np.array_equal(before, after)
+            assert np.corrcoef(before.ravel(), after.ravel())[0, 1] > 0.95
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "after JPEG q80 export" in page and "as archived" in page

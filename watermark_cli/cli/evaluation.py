@@ -69,11 +69,13 @@ def evaluate(
     problems = []
     if summary["below_floor"]:
         problems.append(f"{summary['below_floor']} frame(s) below the {psnr_min:g} dB floor")
-    block = summary.get("classifier")
-    if block and block["verdict"] == "inconclusive":
-        problems.append(f"the classifier check is inconclusive: {block['reason']}")
-    elif block and not block["non_inferior"]:
-        problems.append(f"the classifier check failed its −{margin:g} ΔAUROC margin")
+    from ..diagnostic.check import checked_readings
+
+    for reading, block in checked_readings(summary["classifier"]) if summary.get("classifier") else []:
+        if block["verdict"] == "inconclusive":
+            problems.append(f"the classifier check ({reading}) is inconclusive: {block['reason']}")
+        elif not block["non_inferior"]:
+            problems.append(f"the classifier check ({reading}) failed its −{margin:g} ΔAUROC margin")
     if problems:
         raise CheckFailedError("; ".join(problems))
 
@@ -99,14 +101,15 @@ def _print_evaluation(summary: dict, report: Path) -> None:
         f"false positives on unmarked originals: {detection['false_positives']} of {detection['n_clean']} "
         f"(95 % upper bound {detection['false_positive_rate_upper_95']:.3g}); report: {report}"
     )
-    block = summary.get("classifier")
-    if block:
+    from ..diagnostic.check import checked_readings
+
+    for reading, block in checked_readings(summary["classifier"]) if summary.get("classifier") else []:
         ci = block["delta_auroc_ci95"]
         interval = f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci[0] is not None else "undefined"
         verdict = ("[green]non-inferior[/]" if block["non_inferior"] else
                    "[yellow]inconclusive[/]" if block["verdict"] == "inconclusive" else "[red]shown inferior[/]")
         stdout.print(
-            f"classifier check ({block['n_images']} labelled images): AUROC {block['auroc_clean']:.4f} → "
+            f"classifier check {reading} ({block['n_images']} labelled images): AUROC {block['auroc_clean']:.4f} → "
             f"{block['auroc_watermarked']:.4f}, Δ {block['delta_auroc']:+.4f}, 95 % CI {interval}, margin "
             f"−{block['margin']:g}: {verdict}; flip rate {block['flip_rate']:.4f} ({block['flips_mcnemar']['made_wrong']} "
             f"made wrong, {block['flips_mcnemar']['made_right']} made right, McNemar p = "

@@ -333,3 +333,13 @@ def _as_columns(scores, targets) -> tuple[np.ndarray, np.ndarray]:
     if not np.isin(t, (0.0, 1.0)).all():
         raise BadInputError("targets must be 0 or 1")
     return s, t
+
+
+def checked_readings(block: dict) -> list[tuple[str, dict]]:
+    """The check's readings in report order: ("as archived", block), then ("after export", its
+    `after_export` block) where `wm evaluate` measured one. Each has its own verdict; the check
+    holds only when every one passes."""
+    readings = [("as archived", block)]
+    if isinstance(block.get("after_export"), dict):
+        readings.append(("after JPEG q80 export", block["after_export"]))
+    return readings

@@ -220,7 +220,11 @@ def _html(report: dict, plots: dict[str, Path]) -> str:
     classifier = report.get("classifier")
     sections.append("<h2>3. Does a diagnostic classifier still see the same thing?</h2>")
     if classifier:
-        sections.append(_classifier_section(classifier))
+        from ..diagnostic.check import checked_readings
+
+        for reading, block in checked_readings(classifier):
+            sections.append(f"<h3>{html.escape(reading)}</h3>")
+            sections.append(_classifier_section(block))
         if "roc.png" in plots:
             sections.append(_image_tag(plots["roc.png"], "ROC curves clean vs watermarked"))
     else:

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..attacks.codecs import Attack, FrameContext
+from ..attacks.codecs import Attack, FrameContext, parse_attack
 from ..training.data import collect_image_files
 from ..errors import BadInputError, WmError
 from ..io.image import MedicalImage, read_image
@@ -42,9 +42,10 @@ class EvaluationOptions:
     message_bytes: int | None = None  # length of the evaluation messages (default: the capacity)
 
 
-# Called once per image with the original and its pixels marked with the first message (no
-# attack): the diagnostic classifier check scores both.
-MarkedImageHook = Callable[[str, MedicalImage, np.ndarray], None]
+# Called once per image with the original, its pixels marked with the first message (no attack)
+# and each frame's budgeted view: the diagnostic classifier check scores both, as archived and
+# exported through that view.
+MarkedImageHook = Callable[[str, MedicalImage, np.ndarray, list], None]
 
 # An example for the report: label, view name, the original and marked frame in that view.
 Example = tuple[str, str, np.ndarray, np.ndarray]
@@ -142,7 +143,7 @@ def evaluate_images(
                             for meter, frame in zip(outcome.meters, outcome.frames)]
                 if index == 0:
                     if on_marked is not None:
-                        on_marked(path, image, outcome.pixels)
+                        on_marked(path, image, outcome.pixels, budgeted)
                     if with_examples and len(examples) < options.examples:
                         middle = image.n_frames // 2
                         view = budgeted[middle]
@@ -276,13 +277,21 @@ def _summarise(rows, frame_psnrs, embeddings, options, model, guard_acted, false
     }
 
 
+# What a classifier in a hospital also reads: the image exported to 8 bits through the view the
+# mark was budgeted in (a CT's window) and saved as JPEG at quality 80, the most common export.
+CLASSIFIER_EXPORT = "jpeg:80"
+
+
 class ClassifierCheck:
     """The diagnostic classifier check inside `wm evaluate`.
 
     The frozen classifier scores every labelled image twice: as it came, and marked with the
-    first evaluation message (no attack), which is what a hospital would archive. The paired
-    scores then go to `diagnostic.check.compare_classifier`. Unlabelled images are still
-    evaluated for quality and robustness; they simply take no part in this check.
+    first evaluation message (no attack, default view-floor settings), which is what a hospital
+    would archive; and both again after CLASSIFIER_EXPORT, the original and the marked image
+    exported through the same view. Each pair of score sets goes to
+    `diagnostic.check.compare_classifier`; the export's block is `after_export` inside the
+    archived one. Unlabelled images are still evaluated for quality and robustness; they simply
+    take no part in this check.
     """
 
     def __init__(self, classifier, labelled, margin: float, seed: int = 0) -> None:
@@ -293,10 +302,13 @@ class ClassifierCheck:
         self._row_of = {path.resolve(): row for row, path in enumerate(labelled.paths)}
         self._clean: list[np.ndarray] = []
         self._marked: list[np.ndarray] = []
+        self._clean_exported: list[np.ndarray] = []
+        self._marked_exported: list[np.ndarray] = []
+        self._export = parse_attack(CLASSIFIER_EXPORT)
         self._rows: list[int] = []
         self._unlabelled = 0
 
-    def on_marked(self, path: str, image: MedicalImage, marked_pixels: np.ndarray) -> None:
+    def on_marked(self, path: str, image: MedicalImage, marked_pixels: np.ndarray, views: list) -> None:
         from ..diagnostic.classifier import classifier_input
 
         row = self._row_of.get(Path(path).resolve())
@@ -307,6 +319,11 @@ class ClassifierCheck:
         size = self.classifier.input_size
         self._clean.append(classifier_input(image.pixels, stored_range, size))
         self._marked.append(classifier_input(marked_pixels, stored_range, size))
+        middle = image.n_frames // 2  # the frame the classifier reads
+        context = FrameContext(image.stored_min, image.stored_max, views[middle], seed=self.seed)
+        for frames, inputs in ((image.pixels, self._clean_exported), (marked_pixels, self._marked_exported)):
+            exported = self._export(np.asarray(frames[middle], dtype=np.float64), context)
+            inputs.append(classifier_input(exported, (0, 255), size))
         self._rows.append(row)
 
     def finish(self, report: dict) -> None:
@@ -314,10 +331,14 @@ class ClassifierCheck:
 
         if not self._rows:
             raise BadInputError(f"none of the evaluated images has a label in {self.labelled.source}")
-        clean = self.classifier.score_inputs(np.stack(self._clean))
-        marked = self.classifier.score_inputs(np.stack(self._marked))
-        block = compare_classifier(clean, marked, self.labelled.targets[self._rows], self.labelled.label_names,
-                                   margin=self.margin, seed=self.seed)
+        targets, names = self.labelled.targets[self._rows], self.labelled.label_names
+        block, exported = (compare_classifier(self.classifier.score_inputs(np.stack(clean)),
+                                              self.classifier.score_inputs(np.stack(marked)), targets, names,
+                                              margin=self.margin, seed=self.seed)
+                           for clean, marked in ((self._clean, self._marked),
+                                                 (self._clean_exported, self._marked_exported)))
+        exported["export"] = f"{CLASSIFIER_EXPORT}: 8-bit export through the budgeted view, then JPEG quality 80"
+        block["after_export"] = exported
         block["classifier"] = str(self.classifier.path)
         block["labels_source"] = str(self.labelled.source)
         block["unlabelled_images"] = self._unlabelled
