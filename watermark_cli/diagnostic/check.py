@@ -336,8 +336,8 @@ def _as_columns(scores, targets) -> tuple[np.ndarray, np.ndarray]:
 
 
 def checked_readings(block: dict) -> list[tuple[str, dict]]:
-    """The check's readings in report order: ("as archived", block), then ("after export", its
-    `after_export` block) where `wm evaluate` measured one. Each has its own verdict; the check
+    """The check's readings in report order: ("as archived", block), then ("after JPEG q80
+    export", its `after_export` block) where `wm evaluate` measured one. Each has its own verdict; the check
     holds only when every one passes."""
     readings = [("as archived", block)]
     if isinstance(block.get("after_export"), dict):

@@ -11,9 +11,9 @@ This module provides that classifier:
   image), stored values mapped to [0, 1] over the nominal stored range exactly as the watermark
   model sees them (`model.inputs.normalised_frames`), letterboxed to a square and resampled with
   antialiasing to the input size: by default the training images' own side up to 256, so that a
-  small finding is not halved by downsampling. It takes stored pixel values, so originals read from disk and
-  watermarked pixels held in memory go through the very same function;
-- networks trained from scratch: a small CNN that learns on a CPU in a minute or two (default),
+  small finding is not halved by downsampling. It takes stored pixel values, so originals read
+  from disk and watermarked pixels held in memory go through the very same function;
+- networks trained from scratch: a small CNN that learns on a CPU in a few minutes (default),
   or torchvision's ResNet-18 / DenseNet-121 with one input channel (for a GPU). Every network
   first standardises each image to zero mean and unit variance, so a CT whose anatomy spans a
   few hundred of 65536 stored values and a full-range PNG look alike to it. `--weights` loads
@@ -22,10 +22,11 @@ This module provides that classifier:
   (one output per finding, positives weighted to balance the classes), Adam with a one-cycle
   learning rate, the eight right-angle turns and mirrorings and small shifts, a validation split
   by file (by group where the labels have a `group` column), a fixed seed, the epoch with the
-  best validation AUROC kept and early stopping some epochs after it. Images of one group train in the same batch with
-  the same augmentation: for the pairs of `wm data lesions` (one background with and without a
-  nodule) that is what lets a small CNN find the lesion in a minute instead of memorising the
-  few real backgrounds;
+  best validation AUROC kept and early stopping some epochs after it. Images of one group train
+  in the same batch with the same augmentation: for the pairs of `wm data lesions` (one
+  background with and without a nodule) that is what lets a small CNN find the nodule in a few
+  minutes instead of memorising the few real backgrounds. It does not find the faint blobs of
+  `--task faint-brain` (README: the recipe stays at chance there);
 - a classifier folder: `weights.safetensors` + `card.yaml`; `load_classifier` gives a scorer.
 
 What `wm evaluate` uses: `read_labels(csv_or_folder) -> LabelledImages`, `load_classifier(folder)
