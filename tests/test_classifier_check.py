@@ -321,7 +321,7 @@ def test_faint_brain_task_is_faint_blobs_inside_real_brains_split_by_slice(tmp_p
     labels, manifest = _rows(data / "labels.csv"), _rows(data / "manifest.csv")
     assert len(labels) == 12 and sum(int(r["label"]) for r in labels) == 6
     for first, second in zip(manifest[0::2], manifest[1::2]):
-        assert first["group"] == second["group"] and int(first["label"]) + int(second["label"]) == 1
+        assert first["pair"] == second["pair"] and int(first["label"]) + int(second["label"]) == 1
         lesion = first if first["label"] == "1" else second
         a, b = (np.asarray(Image.open(data / r["path"])) for r in (first, second))
         assert a.dtype == np.uint8 and a.shape == (256, 256)

@@ -13,9 +13,9 @@ is the anatomy under the blob; the blob is drawn by the program.
   99.5th percentile and brought to 256²;
 - split by slice, fixed here: every fourth slice of each volume (and the T1 slice) is held out,
   so no held-out background was ever seen in training in any variant;
-- each image is a variant of one slice — a random flip, rotation (±12°), scale (0.9-1.1), shift
-  (±8 px) and gamma (0.8-1.25) — and within each slice the variants alternate between lesion and
-  no lesion, so the label says nothing about the background: a classifier must find the blob;
+- images come in pairs: one variant of one slice — a random flip, rotation (±12°), scale
+  (0.9-1.1), shift (±8 px) and gamma (0.8-1.25) — with and without the blob, so the label says
+  nothing about the background: a classifier must find the blob;
 - the blob is a disc of radius r blurred with a Gaussian of sd r/3, added (and clipped at white)
   at a random point of the brain mask eroded by r + 2 px, so the whole lesion lies in brain.
 
@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import BadInputError
 from ..io.writing import csv_text, png_bytes, write_atomically
+from .slices import dipy_file, dipy_volume, to_side
 
 SIDE = 256
 LESION_RADIUS = (4.0, 10.0)  # pixels at 256²
@@ -58,39 +59,16 @@ class BrainSlice:
     display: np.ndarray  # (SIDE, SIDE) float32 in [0, 1]
 
 
-def _dipy_file(name: str) -> Path:
-    try:
-        import dipy
-    except ImportError:
-        raise BadInputError("dipy is not installed (pip install 'wm[slices]'): it ships the real brain volumes "
-                            "of the faint-lesion task") from None
-    path = Path(dipy.__file__).parent / "data" / "files" / name
-    if not path.is_file():
-        raise BadInputError(f"dipy's {name} is missing from {path.parent}")
-    return path
-
-
-def _dipy_volume(name: str) -> np.ndarray:
-    try:
-        import nibabel
-    except ImportError:
-        raise BadInputError("nibabel is not installed (pip install 'wm[slices]'): it reads dipy's brain volumes") from None
-    volume = np.asarray(nibabel.load(str(_dipy_file(name))).get_fdata(), dtype=np.float64)
-    return volume.reshape(volume.shape[0], volume.shape[1], -1)
-
-
-def _to_side(display: np.ndarray) -> np.ndarray:
-    from PIL import Image
-
-    image = Image.fromarray(np.ascontiguousarray(display, dtype=np.float32), mode="F")
-    return np.clip(np.asarray(image.resize((SIDE, SIDE), Image.Resampling.BICUBIC)), 0.0, 1.0).astype(np.float32)
-
-
 def _volume_slices(label: str, name: str, keep: range) -> list[tuple[int, BrainSlice]]:
-    volume = _dipy_volume(name)
+    """Slices `keep` of a dipy volume, stretched to its 99.5th percentile, upright, at SIDE²."""
+    volume = dipy_volume(name)
     top = float(np.percentile(volume, 99.5))
-    return [(k, BrainSlice(f"{label} slice {k:02d}", name, _to_side(np.rot90(volume[:, :, k]) / top)))
+    return [(k, BrainSlice(f"{label} slice {k:02d}", name, _at_side(np.rot90(volume[:, :, k]) / top)))
             for k in keep]
+
+
+def _at_side(display: np.ndarray) -> np.ndarray:
+    return to_side(display, SIDE).astype(np.float32)
 
 
 def _head_ct() -> BrainSlice:
@@ -104,7 +82,7 @@ def _head_ct() -> BrainSlice:
     windows = [view for view in reader_views(image, 0) if isinstance(view, VoiView) and "brain" in view.name]
     if not windows:
         raise BadInputError(f"{path.name}: no brain window")
-    return BrainSlice("ct-693 brain window", path.name, _to_side(windows[0].display(image.pixels[0])))
+    return BrainSlice("ct-693 brain window", path.name, _at_side(windows[0].display(image.pixels[0])))
 
 
 def brain_slices(split: str) -> list[BrainSlice]:
@@ -118,9 +96,9 @@ def brain_slices(split: str) -> list[BrainSlice]:
         piesno = _volume_slices("dipy-piesno", "test_piesno.nii.gz", range(2, 3))
         chosen += [item for _, item in piesno] + [_head_ct()]
     else:
-        t1 = np.load(_dipy_file("t1_coronal_slice.npy")).astype(np.float64)
+        t1 = np.load(dipy_file("t1_coronal_slice.npy")).astype(np.float64)
         chosen.append(BrainSlice("dipy-t1 coronal", "t1_coronal_slice.npy",
-                                 _to_side(t1 / float(np.percentile(t1, 99.5)))))
+                                 _at_side(t1 / float(np.percentile(t1, 99.5)))))
     return chosen
 
 
@@ -191,18 +169,19 @@ diagnostic classifier check of `wm evaluate`; they are not for any clinical use.
 
 The backgrounds are real brain slices ({slices} in this split: dipy's MR volumes and pydicom-data's
 head CT; every fourth slice of a volume is held out), each image a randomly flipped, rotated,
-scaled, shifted and gamma-changed variant of one slice. labels.csv: path,label,group (label 1 =
-lesion, group = the slice); manifest.csv: every variant's parameters and the lesion's centre,
-radius and contrast. 8-bit grayscale PNG, {side}x{side}. Seed {seed}; {n} images.
+scaled, shifted and gamma-changed variant of one slice; images come in pairs, the same variant
+with and without the blob. labels.csv: path,label,group (label 1 = lesion, group = the slice);
+manifest.csv: each image's pair, slice, variant parameters and the lesion's centre, radius and
+contrast. 8-bit grayscale PNG, {side}x{side}. Seed {seed}; {n} images.
 """
 
 
 def write_faint_lesion_dataset(out_dir: Path, config: FaintLesionConfig) -> Path:
     """Write the images, labels.csv, manifest.csv and README.txt; return labels.csv's path.
 
-    Image i is variant i // S of slice i % S (S slices in the split), so the slices are used
-    evenly; it has the lesion when (variant + slice) is odd, so each slice's variants alternate
-    and the label is independent of the background. Image i depends only on (seed, split, i).
+    Images 2j and 2j + 1 are one pair: variant j // S of slice j % S (S slices in the split, so
+    the slices are used evenly), one of the two at random with the blob. Pair j depends only on
+    (seed, split, j); with an odd n the last pair has one image.
     """
     if config.split not in _SPLIT_STREAM:
         raise BadInputError(f"unknown split {config.split!r} (train or held_out)")
@@ -239,13 +218,14 @@ def write_faint_lesion_dataset(out_dir: Path, config: FaintLesionConfig) -> Path
         file_name = f"brain_{i:05d}.png"
         write_atomically(out / file_name, png_bytes(np.rint(image * 255.0).astype(np.uint8), compress_level=1))
         label_rows.append((file_name, label, item.group))
-        manifest_rows.append((file_name, label, f"{item.group} variant {variant:03d}", item.group, item.source, variant, *motion.values(), *centre,
-                              round(radius, 2) if label else "", round(contrast, 3) if label else ""))
+        manifest_rows.append((file_name, label, f"pair{pair:05d}", item.group, item.source, variant,
+                              *motion.values(), *centre, round(radius, 2) if label else "",
+                              round(contrast, 3) if label else ""))
 
     labels_path = out / "labels.csv"
     write_atomically(labels_path, csv_text(["path", "label", "group"], label_rows))
     write_atomically(out / "manifest.csv", csv_text(
-        ["path", "label", "group", "slice", "source_file", "variant", "flip", "rotation_deg", "scale", "shift_rows",
+        ["path", "label", "pair", "slice", "source_file", "variant", "flip", "rotation_deg", "scale", "shift_rows",
          "shift_cols", "gamma", "lesion_row", "lesion_col", "lesion_radius_px", "lesion_contrast"], manifest_rows))
     write_atomically(out / "README.txt", _README.format(
         split=config.split, r_low=r_low, r_high=r_high, c_low=c_low, c_high=c_high, slices=len(slices),

@@ -38,7 +38,7 @@ class Slice:
     pixels: np.ndarray  # (SIDE, SIDE) uint8
 
 
-def _to_side(display: np.ndarray, side: int) -> np.ndarray:
+def to_side(display: np.ndarray, side: int) -> np.ndarray:
     """A [0, 1] display brought to side × side with Pillow's antialiased bicubic."""
     from PIL import Image
 
@@ -56,9 +56,9 @@ def _mostly_black(pixels: np.ndarray) -> bool:
 
 
 def _cut(name: str, source: str, display: np.ndarray) -> list[Slice]:
-    candidates = [Slice(f"{name} whole", source, _eight_bit(_to_side(display, SIDE)))]
+    candidates = [Slice(f"{name} whole", source, _eight_bit(to_side(display, SIDE)))]
     if min(display.shape) > SIDE:
-        double = _eight_bit(_to_side(display, 2 * SIDE))
+        double = _eight_bit(to_side(display, 2 * SIDE))
         for top in range(0, SIDE + 1, SIDE // 2):
             for left in range(0, SIDE + 1, SIDE // 2):
                 tile = np.ascontiguousarray(double[top : top + SIDE, left : left + SIDE])
@@ -85,30 +85,34 @@ def held_out_dicom_slices() -> list[Slice]:
     return slices
 
 
-def dipy_volume_path() -> Path:
+def dipy_file(name: str = DIPY_VOLUME) -> Path:
+    """One of the real data files that ship inside dipy (nothing is downloaded)."""
     try:
         import dipy
     except ImportError:
-        raise BadInputError("dipy is not installed (pip install 'wm[slices]'): it ships the real MR volume "
-                            f"{DIPY_VOLUME}") from None
-    path = Path(dipy.__file__).parent / "data" / "files" / DIPY_VOLUME
+        raise BadInputError(f"dipy is not installed (pip install 'wm[slices]'): it ships the real MR data {name}") from None
+    path = Path(dipy.__file__).parent / "data" / "files" / name
     if not path.is_file():
-        raise BadInputError(f"dipy's {DIPY_VOLUME} is missing from {path.parent}")
+        raise BadInputError(f"dipy's {name} is missing from {path.parent}")
     return path
+
+
+def dipy_volume(name: str = DIPY_VOLUME) -> np.ndarray:
+    """A dipy volume as float64 (rows, cols, slices), any further axes folded into the slices."""
+    try:
+        import nibabel
+    except ImportError:
+        raise BadInputError("nibabel is not installed (pip install 'wm[slices]'): it reads dipy's MR volumes") from None
+    volume = np.asarray(nibabel.load(str(dipy_file(name))).get_fdata(), dtype=np.float64)
+    return volume.reshape(volume.shape[0], volume.shape[1], -1)
 
 
 def dipy_slices() -> list[Slice]:
     """The ten axial slices of dipy's S0 volume (128², b = 0 MR), each stretched to its volume's
     99.5th percentile, turned upright and brought to 256²."""
-    try:
-        import nibabel
-    except ImportError:
-        raise BadInputError("nibabel is not installed (pip install 'wm[slices]'): it reads dipy's MR volume") from None
-    path = dipy_volume_path()
-    volume = np.asarray(nibabel.load(str(path)).get_fdata(), dtype=np.float64)
-    volume = volume.reshape(volume.shape[0], volume.shape[1], -1)
+    volume = dipy_volume(DIPY_VOLUME)
     top = float(np.percentile(volume, 99.5))
-    return [Slice(f"dipy S0 slice {k}", DIPY_VOLUME, _eight_bit(_to_side(np.rot90(volume[:, :, k]) / top, SIDE)))
+    return [Slice(f"dipy S0 slice {k}", DIPY_VOLUME, _eight_bit(to_side(np.rot90(volume[:, :, k]) / top, SIDE)))
             for k in range(volume.shape[2])]
 
 
