@@ -366,6 +366,27 @@ def test_the_recipe_trains_at_the_images_own_side_balances_and_stops_early(tmp_p
     assert run == len(card["history"]) and (run == 30 or run - best == 2)
 
 
+def test_a_large_group_trains_in_chunks_of_half_a_batch_and_small_groups_whole(tmp_path):
+    import torch
+
+    from watermark_cli.diagnostic.classifier import LabelledImages, _group_batches
+
+    groups = ["slice"] * 20 + [f"pair{i // 2}" for i in range(12)]
+    labelled = LabelledImages([tmp_path / f"{i}.png" for i in range(32)], np.zeros((32, 1), np.float32),
+                              ["label"], tmp_path / "labels.csv", groups)
+    chunks = [set(range(0, 8)), set(range(8, 16)), set(range(16, 20))]  # half a batch, in order
+    spread = []
+    for seed in range(5):
+        batches = _group_batches(list(range(32)), labelled, 16, torch.Generator().manual_seed(seed))
+        assert sorted(i for batch in batches for i in batch) == list(range(32))  # each image once an epoch
+        for batch in batches:
+            assert all((i ^ 1) in batch for i in batch if i >= 20)  # a pair is never split
+            assert all(chunk <= set(batch) or not chunk & set(batch) for chunk in chunks)
+        spread.append(sum(any(i < 20 for i in batch) for batch in batches))
+    # The old rule (whole groups) put all 20 images of the slice in one batch, every epoch.
+    assert max(spread) >= 2
+
+
 def test_classifier_train_refuses_bad_labels_in_one_line(tmp_path):
     _png(tmp_path / "a.png")
     _write(tmp_path / "labels.csv", "path,label\na.png,maybe\n")

@@ -480,14 +480,17 @@ def _short_name(group: str) -> str:
 
 
 def _group_batches(indices: list[int], labelled: LabelledImages, batch_size: int, generator) -> list[list[int]]:
-    """Shuffled batches of whole groups: a group's images (e.g. one background with and without
-    a lesion) are seen together, so their difference drives the step."""
+    """Shuffled batches of groups: a group's images (e.g. one background with and without a
+    lesion) are seen together, so their difference drives the step. A group larger than half a
+    batch (a patient, a slice with many variants) is cut into chunks of half a batch in listing
+    order, so that a batch still mixes several groups and an epoch still takes many steps."""
     import torch
 
     members: dict[str, list[int]] = {}
     for i in indices:
         members.setdefault(labelled.group_of(i), []).append(i)
-    groups = list(members.values())
+    chunk = max(2, batch_size // 2)
+    groups = [images[start : start + chunk] for images in members.values() for start in range(0, len(images), chunk)]
     batches, current = [], []
     for position in torch.randperm(len(groups), generator=generator).tolist():
         current += groups[position]
