@@ -355,7 +355,8 @@ def test_the_recipe_trains_at_the_images_own_side_balances_and_stops_early(tmp_p
         rows.append(f"i{i}.png,{label}")
     _write(tmp_path / "labels.csv", "\n".join(rows) + "\n")
     labelled = read_labels(tmp_path)
-    assert native_input_size(labelled.paths) == 96
+    assert native_input_size([(96, 96), (40, 90)]) == 96
+    assert native_input_size([(300, 200)]) == 256 and native_input_size([(20, 16)]) == 32
     result = train_classifier(labelled, tmp_path / "c", ClassifierTrainingConfig(epochs=30, patience=2))
     card = result.card
     assert card["architecture"]["input_size"] == 96

@@ -63,12 +63,9 @@ def _volume_slices(label: str, name: str, keep: range) -> list[tuple[int, BrainS
     """Slices `keep` of a dipy volume, stretched to its 99.5th percentile, upright, at SIDE²."""
     volume = dipy_volume(name)
     top = float(np.percentile(volume, 99.5))
-    return [(k, BrainSlice(f"{label} slice {k:02d}", name, _at_side(np.rot90(volume[:, :, k]) / top)))
+    return [(k, BrainSlice(f"{label} slice {k:02d}", name, to_side(np.rot90(volume[:, :, k]) / top, SIDE)))
             for k in keep]
 
-
-def _at_side(display: np.ndarray) -> np.ndarray:
-    return to_side(display, SIDE).astype(np.float32)
 
 
 def _head_ct() -> BrainSlice:
@@ -82,7 +79,7 @@ def _head_ct() -> BrainSlice:
     windows = [view for view in reader_views(image, 0) if isinstance(view, VoiView) and "brain" in view.name]
     if not windows:
         raise BadInputError(f"{path.name}: no brain window")
-    return BrainSlice("ct-693 brain window", path.name, _at_side(windows[0].display(image.pixels[0])))
+    return BrainSlice("ct-693 brain window", path.name, to_side(windows[0].display(image.pixels[0]), SIDE))
 
 
 def brain_slices(split: str) -> list[BrainSlice]:
@@ -98,7 +95,7 @@ def brain_slices(split: str) -> list[BrainSlice]:
     else:
         t1 = np.load(dipy_file("t1_coronal_slice.npy")).astype(np.float64)
         chosen.append(BrainSlice("dipy-t1 coronal", "t1_coronal_slice.npy",
-                                 _at_side(t1 / float(np.percentile(t1, 99.5)))))
+                                 to_side(t1 / float(np.percentile(t1, 99.5)), SIDE)))
     return chosen
 
 

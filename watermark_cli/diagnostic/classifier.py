@@ -269,21 +269,26 @@ def classifier_input(pixels: np.ndarray, stored_range: tuple[int, int], size: in
     return out
 
 
-def image_input(image: MedicalImage, size: int = DEFAULT_INPUT_SIZE) -> np.ndarray:
-    return classifier_input(image.pixels, (image.stored_min, image.stored_max), size)
-
-
-def native_input_size(paths: Sequence[Path]) -> int:
-    """The side that keeps every image at full resolution (its longer side), capped at
-    MAX_NATIVE_INPUT and at least 32: each image is decoded once more to learn its shape."""
-    longest = max(max(read_image(path).pixels.shape[1:]) for path in paths)
+def native_input_size(shapes: Sequence[tuple[int, int]]) -> int:
+    """The side that keeps every frame of these (rows, cols) at full resolution (the longest
+    side), capped at MAX_NATIVE_INPUT and at least 32."""
+    longest = max(max(shape) for shape in shapes)
     return int(min(MAX_NATIVE_INPUT, max(32, longest)))
 
 
-def _load_inputs(paths: Sequence[Path], size: int) -> np.ndarray:
-    inputs = np.empty((len(paths), size, size), dtype=np.float32)
-    for i, path in enumerate(paths):
-        inputs[i] = image_input(read_image(path), size)
+def _load_inputs(paths: Sequence[Path], size: int | None) -> np.ndarray:
+    """(N, size, size) network inputs of the files; size None: `native_input_size` of them.
+
+    Each file is decoded once: its middle frame (all the network reads) is kept in stored
+    values until every shape is known."""
+    frames = []
+    for path in paths:
+        image = read_image(path)
+        frames.append((image.pixels[image.n_frames // 2], (image.stored_min, image.stored_max)))
+    size = size or native_input_size([frame.shape for frame, _ in frames])
+    inputs = np.empty((len(frames), size, size), dtype=np.float32)
+    for i, (frame, stored_range) in enumerate(frames):
+        inputs[i] = classifier_input(frame, stored_range, size)
     return inputs
 
 
@@ -568,8 +573,8 @@ def train_classifier(
     generator = torch.Generator().manual_seed(config.seed)
 
     train_idx, val_idx = validation_split(labelled, config.validation_fraction, config.seed)
-    size = config.input_size or native_input_size(labelled.paths)
-    inputs = torch.from_numpy(_load_inputs(labelled.paths, size)).unsqueeze(1)
+    inputs = torch.from_numpy(_load_inputs(labelled.paths, config.input_size)).unsqueeze(1)
+    size = int(inputs.shape[-1])
     targets = torch.from_numpy(labelled.targets)
     k = len(labelled.label_names)
     # Class balance: a finding's positives weigh negatives / positives of the training split, so
