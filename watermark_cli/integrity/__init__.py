@@ -1,0 +1,1 @@
+"""Restoration records, pixel integrity and DICOM digital signatures (`wm restore`, `wm verify`)."""
