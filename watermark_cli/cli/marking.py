@@ -13,7 +13,7 @@ from rich.table import Table
 from ..errors import BadInputError, CheckFailedError, NoWatermarkError, WmError
 from .app import GracefulStop, app, emit_json, format_db, open_model, progress_bar, stderr, stdout
 from .options import (Compression, JsonOption, KeyFileOption, KeyOption, MaxPixelsOption, ModelOption, PsnrDomain,
-                      PsnrDomainOption,
+                      PsnrDomainOption, RecipientOption,
                       PsnrOption, PsnrPeak, PsnrPeakOption, WindowOption, message_bytes, parse_window, quality_floor,
                       resolve_key)
 
@@ -50,6 +50,10 @@ def embed(
     workers: Annotated[int, typer.Option("--workers", min=1, max=256, help="Worker processes for a folder.")] = 1,
     audit: Annotated[Optional[Path], typer.Option("--audit", help="Audit log (JSON lines) to append to; default: wm-audit.jsonl in the output folder.")] = None,
     max_pixels: MaxPixelsOption = 100_000_000,
+    restore_record: Annotated[bool, typer.Option("--restore-record/--no-restore-record", help="Keep an encrypted record of the exact difference in the output, for `wm restore` and `wm verify` (0 dB; a few % of the pixel data).")] = True,
+    sign: Annotated[Optional[Path], typer.Option("--sign", help="RSA private key (PEM, unencrypted): sign each DICOM output (PS3.15 Creator RSA profile, SHA-256).")] = None,
+    cert: Annotated[Optional[Path], typer.Option("--cert", help="The signer's X.509 certificate (PEM), with --sign.")] = None,
+    recipient: RecipientOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Hide MESSAGE in INPUT; every written frame keeps PSNR >= --psnr-min, measured on its stored
@@ -70,10 +74,20 @@ def embed(
 
     codec = codec_for(loaded, secret)
     codec.encode(payload)  # a too-long message fails here, before any file is touched
+    signing = _signing_material(sign, cert)
+    recipient_pem = None
+    if recipient is not None:
+        from ..integrity.envelope import read_pem, recipient_from_pem
+
+        recipient_pem = read_pem(recipient, "--recipient")
+        recipient_from_pem(recipient_pem, f"--recipient {recipient}")  # a bad certificate fails before any file
+        if not restore_record:
+            raise BadInputError("--recipient encrypts the restoration record: it cannot go with --no-restore-record")
 
     settings = EmbedSettings(payload=payload, floor=floor, window_override=window_override, overwrite=overwrite,
                              allow_unverified=allow_unverified, compression=compress.value, fill_budget=fill_budget,
-                             model=model, max_pixels=max_pixels, key=secret)
+                             model=model, max_pixels=max_pixels, key=secret, restore_record=restore_record,
+                             signing=signing, recipient=recipient_pem)
     if not input.is_dir():
         target = output or _default_output(input, is_folder=False)
         audit_log = AuditLog(audit or default_audit_path(target, False))
@@ -108,6 +122,24 @@ def embed(
     finally:
         if created and not any(target.iterdir()):
             target.rmdir()  # a run that wrote nothing leaves nothing
+
+
+def _signing_material(sign: Path | None, cert: Path | None) -> tuple[bytes, bytes] | None:
+    """The PEM bytes of --sign and --cert, checked (key and certificate match) before any file is marked."""
+    if sign is None and cert is None:
+        return None
+    if sign is None or cert is None:
+        raise BadInputError("--sign and --cert go together: the private key and its certificate")
+    material = []
+    for option, path in (("--sign", sign), ("--cert", cert)):
+        try:
+            material.append(path.read_bytes())
+        except OSError as error:
+            raise BadInputError(f"{option} {path}: cannot read it ({error.strerror or 'unreadable'})") from None
+    from ..integrity.signature import load_signer
+
+    load_signer(*material)
+    return material[0], material[1]
 
 
 def _make_output_folder(target: Path) -> bool:

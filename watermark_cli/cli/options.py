@@ -17,12 +17,29 @@ KeyOption = Annotated[Optional[str], typer.Option(
                   "Default: the public default key, which detects but neither hides nor authenticates.")]
 KeyFileOption = Annotated[Optional[Path], typer.Option(
     "--key-file", help="File holding the secret key (one trailing newline is dropped).")]
+RecipientOption = Annotated[Optional[Path], typer.Option(
+    "--recipient", help="The recipient's X.509 certificate (PEM, RSA): the restoration record is encrypted for it "
+                        "(CMS; DICOM's Encrypted Attributes Sequence) instead of under --key.")]
+RecipientKeyOption = Annotated[Optional[Path], typer.Option(
+    "--recipient-key", help="The recipient's private key (PEM, unencrypted), with --recipient, to open a record "
+                            "encrypted for it.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 PsnrOption = Annotated[float, typer.Option("--psnr-min", help="PSNR floor in dB that every written frame keeps.")]
 # The default is io.image.DEFAULT_MAX_PIXELS (kept literal here: importing io.image would slow `wm --help`).
 MaxPixelsOption = Annotated[int, typer.Option(
     "--max-pixels", min=1, help="Refuse, before decoding, any image whose header declares more pixels "
                                 "(rows x columns x frames).")]
+
+
+def recipient_for_opening(certificate: Path | None, private_key: Path | None):
+    """--recipient and --recipient-key, loaded (None without them); they go together."""
+    if certificate is None and private_key is None:
+        return None
+    if certificate is None or private_key is None:
+        raise BadInputError("--recipient and --recipient-key go together: the certificate and its private key")
+    from ..integrity.envelope import load_recipient
+
+    return load_recipient(certificate, private_key)
 
 
 def parse_window(window: str | None) -> tuple[float, float] | None:

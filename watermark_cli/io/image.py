@@ -56,6 +56,12 @@ SUPPORTED_SUFFIXES = frozenset(DICOM_SUFFIXES | PNG_SUFFIXES | TIFF_SUFFIXES | J
 #:   or single-valued).
 #: - DerivationDescription: the caller's `derivation` text (at most 1024 characters, ST).
 #: - SourceImageSequence: one item appended that references the original SOP Class/Instance.
+#: - DigitalSignaturesSequence, MACParametersSequence: earlier signatures removed (they do not
+#:   match the new instance); with a signer, one new signature over the instance as written.
+#: - WmRestorationRecord: the private element (0077,xx01) of creator 'WM RESTORATION RECORD 1'
+#:   and its creator element, when a restoration record is written (integrity.containers).
+#: - EncryptedAttributesSequence: one item appended when the record is written for a recipient
+#:   (integrity.envelope).
 #: - File meta: TransferSyntaxUID (Explicit VR Little Endian, or the lossless syntax asked for), MediaStorageSOPInstanceUID (the new
 #:   SOPInstanceUID), FileMetaInformationGroupLength (recomputed), and, only where the original
 #:   lacked them, FileMetaInformationVersion, ImplementationClassUID, ImplementationVersionName and
@@ -72,6 +78,10 @@ DICOM_ELEMENTS_CHANGED_ON_WRITE: tuple[str, ...] = (
     "ImageType",
     "DerivationDescription",
     "SourceImageSequence",
+    "DigitalSignaturesSequence",
+    "MACParametersSequence",
+    "WmRestorationRecord",
+    "EncryptedAttributesSequence",
     "TransferSyntaxUID",
     "MediaStorageSOPInstanceUID",
     "FileMetaInformationGroupLength",
@@ -660,7 +670,8 @@ def check_writable(original: MedicalImage, out_path: str | Path, overwrite: bool
 
 def write_image(original: MedicalImage, pixels: np.ndarray, out_path: str | Path, *,
                 derivation: str, overwrite: bool = False, compression: str = "none",
-                verify: Callable[[Path], None] | None = None) -> Path:
+                verify: Callable[[Path], None] | None = None, record: bytes | None = None,
+                signer: Any = None) -> Path:
     """Write `pixels` (same shape and stored range as `original.pixels`) as a new image file.
 
     DICOM originals give DICOM output (whatever the suffix): the original dataset with new pixel
@@ -668,23 +679,31 @@ def write_image(original: MedicalImage, pixels: np.ndarray, out_path: str | Path
     originals are written as PNG or TIFF according to `out_path`'s suffix, in the original dtype.
     `derivation` is recorded in DICOM only, and so is `compression` (a DICOM_COMPRESSIONS name;
     PNG and TIFF are always lossless). `verify`, if given, is called on the complete
-    temporary file before it is moved into place; if it raises, nothing is written. Returns the
-    path written.
+    temporary file before it is moved into place; if it raises, nothing is written. `record` (a
+    sealed restoration record) is stored in the file (integrity.containers says where), and
+    `signer` (DICOM only, an integrity.signature.Signer) signs the instance as written. Returns
+    the path written.
     """
     out_path = check_writable(original, out_path, overwrite)
     if compression not in DICOM_COMPRESSIONS:
         raise BadInputError(f"unknown compression {compression!r} (choose from {', '.join(DICOM_COMPRESSIONS)})")
     stored = _validated_pixels(original, pixels)
 
+    if signer is not None and original.kind != "dicom":
+        raise BadInputError(f"{original.path}: only DICOM files can carry a digital signature (--sign)")
+    from ..integrity import containers
+
     if original.kind == "dicom":
         def writer(fh: BinaryIO) -> None:
-            _write_dicom(original, stored, fh, derivation, DICOM_COMPRESSIONS[compression])
+            _write_dicom(original, stored, fh, derivation, DICOM_COMPRESSIONS[compression], record, signer)
     elif out_path.suffix.lower() in PNG_SUFFIXES:
         def writer(fh: BinaryIO) -> None:
-            fh.write(png_bytes(stored[0]))
+            png = png_bytes(stored[0])
+            fh.write(containers.png_with_record(png, record) if record is not None else png)
     else:
         def writer(fh: BinaryIO) -> None:
-            _write_tiff(stored, original.photometric, fh)
+            _write_tiff(stored, original.photometric, fh,
+                        extratags=[containers.tiff_record_tag(record)] if record is not None else ())
 
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -721,44 +740,36 @@ def _validated_pixels(original: MedicalImage, pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(pixels.astype(original.pixels.dtype.newbyteorder("=")))
 
 
-def _write_tiff(pixels: np.ndarray, photometric: str, fh: BinaryIO) -> None:
+def _write_tiff(pixels: np.ndarray, photometric: str, fh: BinaryIO, extratags=()) -> None:
     """Uncompressed TIFF; a single frame is written as a plain 2-D image, several as a stack."""
     import tifffile
 
     data = pixels[0] if pixels.shape[0] == 1 else pixels
-    tifffile.imwrite(fh, data, photometric="miniswhite" if photometric == "MONOCHROME1" else "minisblack")
+    tifffile.imwrite(fh, data, photometric="miniswhite" if photometric == "MONOCHROME1" else "minisblack",
+                     extratags=list(extratags))
 
 
 _WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 
 
 def _write_dicom(original: MedicalImage, pixels: np.ndarray, fh: BinaryIO, derivation: str,
-                 compression_uid: str | None = None) -> None:
+                 compression_uid: str | None = None, record: bytes | None = None, signer: Any = None) -> None:
     """The original dataset as a derived image with new little-endian pixel data: native, or
-    losslessly re-encoded with `compression_uid`."""
+    losslessly re-encoded with `compression_uid`; with the restoration record and a signature
+    when given."""
     import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
+
+    from ..integrity import containers
 
     ds = copy.deepcopy(original.source)
-    if getattr(ds, "file_meta", None) is None:
-        ds.file_meta = FileMetaDataset()
-    # Encoders code BitsStored bits only: the high bits are kept in native output alone.
-    words = _with_original_high_bits(ds, pixels) if compression_uid is None else pixels
-    if not _is_little_endian(ds):
-        _swap_words_to_little_endian(ds)
-
-    for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
+    set_native_pixel_data(ds, pixels, keep_high_bits=compression_uid is None)
+    # An earlier signature no longer matches the new instance (the record keeps it for restore).
+    for keyword in ("DigitalSignaturesSequence", "MACParametersSequence"):
         if keyword in ds:
             del ds[keyword]
-    data = words.astype(words.dtype.newbyteorder("<")).tobytes()
-    if len(data) % 2:
-        data += b"\x00"  # DICOM values have even length
-    ds.PixelData = data
-    ds["PixelData"].VR = "OB" if pixels.dtype.itemsize == 1 else "OW"
-    ds["PixelData"].is_undefined_length = False
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
 
     source_class = ds.get("SOPClassUID")
     source_instance = ds.get("SOPInstanceUID")
@@ -777,13 +788,55 @@ def _write_dicom(original: MedicalImage, pixels: np.ndarray, fh: BinaryIO, deriv
         ds.SourceImageSequence = Sequence()
     ds.SourceImageSequence.append(reference)
 
+    if record is not None:
+        from ..integrity.envelope import is_envelope
+
+        if is_envelope(record):  # for a recipient: the standard Encrypted Attributes Sequence
+            containers.dicom_attach_envelope(ds, record)
+        else:
+            containers.dicom_attach_record(ds, record)
     if compression_uid is not None:
-        try:
-            ds.compress(compression_uid)
-        except Exception as exc:  # the encoders raise many types; the message names the problem
-            raise BadInputError(f"{original.path}: cannot re-encode losslessly as "
-                                f"{pydicom.uid.UID(compression_uid).name}: {_one_line(exc)}") from exc
+        compress_losslessly(ds, compression_uid, original.path)
+    if signer is not None:
+        from ..integrity.signature import sign_dataset
+
+        sign_dataset(ds, signer)
     pydicom.dcmwrite(fh, ds, enforce_file_format=True)
+
+
+def set_native_pixel_data(ds: Any, pixels: np.ndarray, keep_high_bits: bool = True) -> None:
+    """`pixels` as the dataset's native little-endian pixel data (Explicit VR Little Endian), in
+    place; with `keep_high_bits`, unsigned words keep the dataset's bits above BitsStored where
+    it holds native data (data to be compressed has none: encoders code BitsStored bits only)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    if getattr(ds, "file_meta", None) is None:
+        ds.file_meta = FileMetaDataset()
+    words = _with_original_high_bits(ds, pixels) if keep_high_bits else pixels
+    if not _is_little_endian(ds):
+        _swap_words_to_little_endian(ds)
+    for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
+        if keyword in ds:
+            del ds[keyword]
+    data = words.astype(words.dtype.newbyteorder("<")).tobytes()
+    if len(data) % 2:
+        data += b"\x00"  # DICOM values have even length
+    ds.PixelData = data
+    ds["PixelData"].VR = "OB" if pixels.dtype.itemsize == 1 else "OW"
+    ds["PixelData"].is_undefined_length = False
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+
+
+def compress_losslessly(ds: Any, compression_uid: str, path: Path) -> None:
+    """Re-encode the dataset's native pixel data with a lossless transfer syntax, in place."""
+    import pydicom
+
+    try:
+        ds.compress(compression_uid, generate_instance_uid=False)  # the caller decides the identity
+    except Exception as exc:  # the encoders raise many types; the message names the problem
+        raise BadInputError(f"{path}: cannot re-encode losslessly as "
+                            f"{pydicom.uid.UID(compression_uid).name}: {_one_line(exc)}") from exc
 
 
 def _with_original_high_bits(ds: Any, pixels: np.ndarray) -> np.ndarray:

@@ -35,6 +35,11 @@ class EmbedSettings:
     fill_budget: bool = True
     model: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS  # --max-pixels: declared size refused before decoding
+    restore_record: bool = True  # keep the sealed restoration record in the output (integrity.record)
+    recipient: bytes | None = None  # --recipient: PEM certificate; the record goes in a CMS envelope for it
+    # --sign/--cert: the PEM bytes of an RSA key and its certificate (DICOM outputs are signed).
+    # Bytes, not key objects: settings travel to worker processes.
+    signing: tuple[bytes, bytes] | None = field(default=None, repr=False)
     # Never printed (not even by repr, in a stray log line): results and audit lines say
     # 'default' or 'custom'.
     key: str | bytes | None = field(default=None, repr=False)
@@ -87,10 +92,17 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
     # The guarantee is about the file: the complete temporary file is read back and measured
     # in every view before it is moved into place, so a file that misses the floor never
     # appears. Its bytes are hashed there too: the file moved into place is that very file.
+    record = (restoration_record(image, outcome.pixels, settings.key, settings.recipient)
+              if settings.restore_record else None)
+    signer = _signer(settings.signing) if settings.signing is not None else None
     measured: dict = {}
 
     def check_written_file(temporary: Path) -> None:
+        from ..integrity.containers import file_record
+
         written = read_image(temporary, settings.max_pixels)
+        if record is not None and file_record(written) != record:
+            raise CheckFailedError(f"{source}: the written file does not hold its restoration record; nothing written")
         if written.pixels.shape != image.pixels.shape:
             raise CheckFailedError(f"{source}: the written file has a different pixel shape; nothing written")
         if not np.array_equal(written.pixels, outcome.pixels):
@@ -103,9 +115,51 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
     derivation = f"Invisible watermark embedded by wm {__version__}, model {loaded.name}"
     written_path = write_image(image, outcome.pixels, destination, derivation=derivation,
                                overwrite=settings.overwrite, compression=settings.compression,
-                               verify=check_written_file)
-    return _result(source, written_path, image, measured["pixels"], measured["qualities"], outcome.meters, settings,
-                   loaded, codec, decoded, verified, min(f.scale for f in outcome.frames), measured["file_sha256"])
+                               verify=check_written_file, record=record, signer=signer)
+    result = _result(source, written_path, image, measured["pixels"], measured["qualities"], outcome.meters,
+                     settings, loaded, codec, decoded, verified, min(f.scale for f in outcome.frames),
+                     measured["file_sha256"])
+    return {**result, "restoration_record_bytes": len(record) if record is not None else None,
+            "pixel_data_bytes": int(image.pixels.nbytes), "signed": signer is not None}
+
+
+# The largest record any of the three containers holds (a PNG chunk's length is 31 bits).
+_MAX_RECORD_BYTES = 2**31 - 1
+
+
+def restoration_record(image, marked: np.ndarray, key, recipient_certificate: bytes | None = None) -> bytes:
+    """The sealed restoration record of `image` marked as `marked` (see integrity.record): under
+    `key`, or under a random key in a CMS envelope for the recipient's certificate (PEM)."""
+    from .. import __version__
+    from ..integrity import containers
+    from ..integrity.record import seal
+
+    kept = None
+    if image.kind == "dicom":
+        kept, absent = containers.dicom_original_elements(image.source)
+        elements = containers.dataset_bytes(kept)
+        uid = str(image.source.get("SOPInstanceUID", "")) or None
+    else:
+        elements, absent, uid = b"", (), None
+    if recipient_certificate is not None:
+        from ..integrity.envelope import envelope, new_record_key, recipient_from_pem
+
+        key = new_record_key()
+    record = seal(image.pixels, marked, key, original_elements=elements, added_elements=absent,
+                  original_sop_instance_uid=uid, creator=f"wm {__version__}")
+    if recipient_certificate is not None:
+        modified = containers.modified_attributes_item(kept) if kept is not None else None
+        record = envelope(record, key, recipient_from_pem(recipient_certificate), modified)
+    if len(record) > _MAX_RECORD_BYTES:
+        raise BadInputError(f"{image.path}: the restoration record ({len(record) / 2**20:.0f} MiB) is too large to "
+                            "store in the file; mark it with --no-restore-record")
+    return record
+
+
+def _signer(signing: tuple[bytes, bytes]):
+    from ..integrity.signature import load_signer
+
+    return load_signer(*signing)
 
 
 def recovered_result(source: Path, destination: Path, settings: EmbedSettings, loaded, codec, read) -> dict | None:

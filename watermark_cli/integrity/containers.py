@@ -1,0 +1,204 @@
+"""Where a restoration record lives in each file format, and which DICOM elements it keeps.
+
+- DICOM: one private OB element, (0077,xx01) of the private creator ``WM RESTORATION RECORD 1``.
+  Private elements are kept by conforming archives and copied by most tools; a tool that strips
+  them (an anonymiser) removes the record, and `wm verify` then says "no record".
+- PNG: an ancillary, private, unsafe-to-copy chunk ``wmRR`` before IEND. "Unsafe to copy" tells an
+  editor that changes the image to drop it, which is what a record of the old pixels should get.
+- TIFF: private tag 65137 (UNDEFINED bytes) in the first page.
+
+The record stores no file structure for PNG and TIFF: restoring one gives the original stored
+values in a new file of the same format.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+RECORD_CREATOR = "WM RESTORATION RECORD 1"
+RECORD_GROUP = 0x0077
+_RECORD_ELEMENT = 0x01
+PNG_CHUNK = b"wmRR"
+TIFF_TAG = 65137
+
+#: Top-level elements `wm embed` changes, removes or adds; the record keeps their original values
+#: (or notes their absence) so that `wm restore` can put them back. Earlier digital signatures are
+#: among them: they no longer match the marked instance, and match the restored one again.
+DICOM_CHANGED_ELEMENTS = ("SOPInstanceUID", "ImageType", "DerivationDescription", "SourceImageSequence",
+                          "ExtendedOffsetTable", "ExtendedOffsetTableLengths", "DigitalSignaturesSequence",
+                          "MACParametersSequence", "EncryptedAttributesSequence")
+#: File meta elements the writer sets or fills in.
+DICOM_CHANGED_META = ("TransferSyntaxUID", "MediaStorageSOPInstanceUID", "MediaStorageSOPClassUID",
+                      "FileMetaInformationVersion", "ImplementationClassUID", "ImplementationVersionName")
+
+
+# ---- DICOM -----------------------------------------------------------------------------------
+
+def dataset_bytes(ds) -> bytes:
+    """A data set (no preamble, no file meta) encoded as Explicit VR Little Endian."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+def dicom_original_elements(ds):
+    """The original values of the elements embed changes (a Dataset; file meta elements in it
+    keep their group 0002 tags), and the keywords of those the original lacks (restore removes them)."""
+    from pydicom.dataset import Dataset
+
+    kept, absent = Dataset(), []
+    meta = getattr(ds, "file_meta", None)
+    for keyword in DICOM_CHANGED_ELEMENTS:
+        if keyword in ds:
+            kept[keyword] = ds[keyword]
+        else:
+            absent.append(keyword)
+    for keyword in DICOM_CHANGED_META:
+        if meta is not None and keyword in meta:
+            kept[keyword] = meta[keyword]
+        else:
+            absent.append(keyword)
+    return kept, tuple(absent)
+
+
+def modified_attributes_item(kept):
+    """The Modified Attributes Sequence item of an Encrypted Attributes envelope: the original
+    top-level values (file meta elements do not belong in a data set's attributes)."""
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    for element in kept:
+        if element.tag.group != 0x0002:
+            item[element.tag] = element
+    return item
+
+
+def dicom_restore_elements(ds, original_elements: bytes, absent: tuple[str, ...]) -> None:
+    """Put the original values (and absences) of the changed elements back into `ds`, in place."""
+    from io import BytesIO
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filereader import read_dataset
+
+    kept = read_dataset(BytesIO(original_elements), is_implicit_VR=False, is_little_endian=True)
+    if getattr(ds, "file_meta", None) is None:
+        ds.file_meta = FileMetaDataset()
+    for element in kept:
+        target = ds.file_meta if element.tag.group == 0x0002 else ds
+        target[element.tag] = element
+    for keyword in absent:
+        for target in (ds, ds.file_meta):
+            if keyword in target:
+                del target[keyword]
+
+
+def dicom_attach_record(ds, record: bytes) -> None:
+    block = ds.private_block(RECORD_GROUP, RECORD_CREATOR, create=True)
+    block.add_new(_RECORD_ELEMENT, "OB", record)
+
+
+def dicom_attach_envelope(ds, der: bytes) -> None:
+    """An item of the Encrypted Attributes Sequence (PS3.3 C.12.1.1.4) holding a CMS envelope."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    item = Dataset()
+    item.EncryptedContentTransferSyntaxUID = ExplicitVRLittleEndian
+    item.add_new(0x04000520, "OB", der)  # Encrypted Content
+    if "EncryptedAttributesSequence" not in ds:
+        ds.EncryptedAttributesSequence = Sequence()
+    ds.EncryptedAttributesSequence.append(item)
+
+
+def dicom_envelopes(ds) -> list[bytes]:
+    """The Encrypted Content of every Encrypted Attributes item, the last first (wm appends)."""
+    from .envelope import der_trimmed
+
+    items = ds.get("EncryptedAttributesSequence") or []
+    return [der_trimmed(bytes(item.EncryptedContent)) for item in reversed(list(items)) if "EncryptedContent" in item]
+
+
+def dicom_record(ds) -> bytes | None:
+    """The shared-key record if the file has one, else the last CMS envelope, else None."""
+    try:
+        block = ds.private_block(RECORD_GROUP, RECORD_CREATOR)
+        value = block[_RECORD_ELEMENT].value
+    except KeyError:
+        envelopes = dicom_envelopes(ds)
+        return envelopes[0] if envelopes else None
+    if not isinstance(value, (bytes, bytearray)):
+        return None
+    from .record import trimmed
+
+    return trimmed(bytes(value))  # DICOM pads an odd-length value with one zero byte
+
+
+def dicom_remove_record(ds) -> None:
+    try:
+        block = ds.private_block(RECORD_GROUP, RECORD_CREATOR)
+    except KeyError:
+        return
+    for tag in [block.get_tag(_RECORD_ELEMENT), (RECORD_GROUP << 16) | (block.block_start >> 8)]:
+        if tag in ds:
+            del ds[tag]
+
+
+# ---- PNG -------------------------------------------------------------------------------------
+
+def png_with_record(png: bytes, record: bytes) -> bytes:
+    """`png` with a `wmRR` chunk holding `record` inserted before IEND."""
+    end = png.rindex(b"IEND") - 4  # the IEND chunk starts with its 4-byte length
+    chunk = struct.pack(">I", len(record)) + PNG_CHUNK + record
+    chunk += struct.pack(">I", zlib.crc32(PNG_CHUNK + record) & 0xFFFFFFFF)
+    return png[:end] + chunk + png[end:]
+
+
+def png_record(data: bytes) -> bytes | None:
+    """The `wmRR` chunk's data (CRC checked), or None."""
+    offset = 8
+    while offset + 12 <= len(data):
+        (length,) = struct.unpack_from(">I", data, offset)
+        kind = data[offset + 4:offset + 8]
+        body = data[offset + 8:offset + 8 + length]
+        if kind == PNG_CHUNK:
+            (crc,) = struct.unpack_from(">I", data, offset + 8 + length)
+            return body if zlib.crc32(kind + body) & 0xFFFFFFFF == crc else None
+        if kind == b"IEND":
+            return None
+        offset += 12 + length
+    return None
+
+
+# ---- TIFF ------------------------------------------------------------------------------------
+
+def tiff_record_tag(record: bytes) -> tuple:
+    """The record as a tifffile `extratags` entry (code, type UNDEFINED, count, value, write once)."""
+    return (TIFF_TAG, 7, len(record), record, True)
+
+
+def tiff_record(path: Path) -> bytes | None:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        tag = tif.pages[0].tags.get(TIFF_TAG) if tif.pages else None
+        return bytes(tag.value) if tag is not None else None
+
+
+# ---- any file --------------------------------------------------------------------------------
+
+def file_record(image) -> bytes | None:
+    """The record stored in the file `image` was read from (a MedicalImage), or None."""
+    if image.kind == "dicom":
+        return dicom_record(image.source)
+    if image.kind == "png":
+        return png_record(Path(image.path).read_bytes())
+    if image.kind == "tiff":
+        return tiff_record(Path(image.path))
+    return None  # JPEG (an export) carries no record

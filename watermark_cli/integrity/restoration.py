@@ -1,0 +1,119 @@
+"""`wm restore`: the original back from a marked file and its restoration record, bit-exactly.
+
+The stored values come back exactly (original = marked + the recorded difference) and are
+checked against the record's SHA-256 of the original before anything is written; the SOP
+Instance UID and every other element the embed changed get their original values back, and
+every other element stays as it is in the marked file (so a correction made after marking, say
+to a description, is kept). The restored file is written atomically and read back first.
+
+Transfer syntax: a native little-endian original is restored in its own syntax, and so is a
+deflated one; RLE Lossless and JPEG 2000 Lossless originals are re-encoded with their own
+syntax (the same stored values; the codestream's bytes may differ from the original encoder's);
+anything else (big endian, lossy JPEG, JPEG-LS, JPEG lossless) is restored as Explicit VR Little
+Endian: the decoded values are identical, the compressed bytes are not kept.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from ..errors import BadInputError, CheckFailedError
+from .record import RecordNotAuthenticError, RestorationRecord, changed_blocks, open_record
+
+
+class NoRecordError(CheckFailedError):
+    """The file holds no restoration record (exit 1)."""
+
+
+def opened_record(image, key, recipient=None) -> tuple[RestorationRecord, bytes]:
+    """The file's record, opened, and its block-tag key: NoRecordError when there is none,
+    RecordNotAuthenticError when it was not sealed with `key` (or for `recipient`, an
+    envelope.Recipient with its private key) or was changed."""
+    from .containers import dicom_envelopes, file_record
+    from .envelope import is_envelope, open_envelope
+
+    blob = file_record(image)
+    if blob is None:
+        where = "a JPEG export carries no record" if image.kind == "jpeg" else \
+            "marked with --no-restore-record, or a tool removed it"
+        raise NoRecordError(f"{image.path}: no restoration record ({where})")
+    if not is_envelope(blob):
+        return open_record(blob, key)
+    for der in dicom_envelopes(image.source) if image.kind == "dicom" else [blob]:
+        opened = open_envelope(der, recipient)
+        if opened is not None:
+            return open_record(*opened)
+    raise RecordNotAuthenticError(f"{image.path}: the restoration record is not encrypted for this recipient "
+                                  "(or it was changed)")
+
+
+def restore_file(marked: Path, out: Path, key, overwrite: bool = False, recipient=None) -> dict:
+    """Write the original of `marked` to `out`; the figures of what was restored."""
+    from ..io.image import check_writable, read_image, write_image
+    from ..io.writing import write_atomically
+    from ..marking.files import pixel_sha256
+
+    image = read_image(marked)
+    out = check_writable(image, out, overwrite)
+    record, tag_key = opened_record(image, key, recipient)
+    original = record.original_pixels(image.pixels)
+    if pixel_sha256(image.pixels) != record.marked_pixels_sha256:
+        changed = changed_blocks(record, image.pixels, tag_key)
+        frame, row, col = changed[0] if changed else (0, 0, 0)
+        raise CheckFailedError(f"{marked}: the pixels changed since marking ({len(changed)} block(s), the first at "
+                               f"frame {frame}, row {row}, column {col}); the original cannot be restored exactly")
+    if pixel_sha256(original) != record.original_pixels_sha256:
+        raise CheckFailedError(f"{marked}: the restored pixels do not match the record's SHA-256 of the original; "
+                               "nothing written")
+
+    def check_restored(temporary: Path) -> None:
+        back = read_image(temporary)
+        if pixel_sha256(back.pixels) != record.original_pixels_sha256:
+            raise CheckFailedError(f"{marked}: the restored file does not read back as the original; nothing written")
+
+    transfer_syntax = None
+    if image.kind == "dicom":
+        ds, transfer_syntax = _restored_dataset(image, original, record)
+
+        def writer(handle) -> None:
+            import pydicom
+
+            pydicom.dcmwrite(handle, ds, enforce_file_format=True)
+
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BadInputError(f"{out.parent}: cannot create folder ({exc.strerror or exc})") from exc
+        write_atomically(out, writer, overwrite=overwrite, verify=check_restored)
+    else:
+        write_image(image, original, out, derivation="", overwrite=overwrite, verify=check_restored)
+    return {"input": str(marked), "output": str(out), "restored": True,
+            "pixels_sha256": record.original_pixels_sha256,
+            "sop_instance_uid": record.original_sop_instance_uid, "transfer_syntax": transfer_syntax}
+
+
+def _restored_dataset(image, original, record: RestorationRecord):
+    """The marked dataset with the original pixel data and the original changed elements."""
+    from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                             UID)
+
+    from ..io.image import DICOM_COMPRESSIONS, compress_losslessly, set_native_pixel_data
+    from .containers import dicom_remove_record, dicom_restore_elements
+
+    ds = copy.deepcopy(image.source)
+    set_native_pixel_data(ds, original)  # the marked file's high bits are the original's
+    dicom_remove_record(ds)
+    for keyword in ("DigitalSignaturesSequence", "MACParametersSequence"):  # the marker's, if any
+        if keyword in ds:
+            del ds[keyword]
+    dicom_restore_elements(ds, record.original_elements, record.added_elements)
+    syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)))
+    if syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
+        pass  # native little endian: the pixel data set above is written in it
+    elif syntax in DICOM_COMPRESSIONS.values():
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        compress_losslessly(ds, syntax, image.path)
+    else:
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds, UID(str(ds.file_meta.TransferSyntaxUID)).name
