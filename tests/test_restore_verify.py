@@ -303,7 +303,10 @@ def test_record_for_a_recipient_opens_with_its_private_key_only(name, shipped, t
     restore_file(marked, restored, None, recipient=recipient)
     assert pixel_sha256(read_image(restored).pixels) == pixel_sha256(read_image(source).pixels)
     loaded, codec = shipped
-    assert verify_image(read_image(marked), KEY, loaded, codec, recipient).intact
+    # Confidential, not authentic: anyone with the certificate could have written the record.
+    unsigned = verify_image(read_image(marked), KEY, loaded, codec, recipient)
+    assert unsigned.record_authentic and unsigned.changed_blocks == [] and not unsigned.intact
+    assert unsigned.authenticity == "none (recipient record, unsigned)"
     with pytest.raises(BadInputError, match="encrypted for a recipient"):
         restore_file(marked, tmp_path / f"x{source.suffix}", KEY)
     with pytest.raises(RecordNotAuthenticError):
@@ -407,3 +410,123 @@ def test_odd_length_records_survive_dicom_padding(tmp_path):
         again = pydicom.dcmread(path)
         stored = file_record(read_image(path)) if read else dicom_envelopes(again)[0]
         assert stored == blob
+
+
+def test_what_stands_behind_intact_signer_removed_replaced_or_default_key(shipped, tmp_path):
+    from watermark_cli.integrity.signature import load_signer, sign_dataset
+
+    key_path, cert_path = rsa_identity(tmp_path, "marker")
+    other_key, other_cert = rsa_identity(tmp_path, "someone-else")
+    marked = tmp_path / "signed.dcm"
+    mark(clinical_file("693_UNCR.dcm"), marked, shipped, signing=(key_path.read_bytes(), cert_path.read_bytes()))
+    loaded, codec = shipped
+    signed = verify_image(read_image(marked), KEY, loaded, codec)
+    assert signed.intact and signed.authenticity == "secret key"
+
+    ds = pydicom.dcmread(marked)
+    del ds.DigitalSignaturesSequence, ds.MACParametersSequence
+    ds.save_as(tmp_path / "stripped.dcm", enforce_file_format=True)
+    stripped = verify_image(read_image(tmp_path / "stripped.dcm"), KEY, loaded, codec)
+    assert not stripped.intact and stripped.status == "tampered: the signature made at marking is gone"
+
+    ds.PatientName = "Changed^Name"
+    sign_dataset(ds, load_signer(other_key.read_bytes(), other_cert.read_bytes()))
+    ds.save_as(tmp_path / "resigned.dcm", enforce_file_format=True)
+    resigned = verify_image(read_image(tmp_path / "resigned.dcm"), KEY, loaded, codec)
+    assert resigned.signatures[0].valid and not resigned.intact
+    assert resigned.status == "tampered: signed by another certificate than at marking"
+
+    public = tmp_path / "public.dcm"
+    loaded, _ = shipped
+    embed_file(clinical_file("693_UNCR.dcm"), public, EmbedSettings(MESSAGE, QualityFloor(40.0)), loaded,
+               codec_for(loaded, None))
+    report = verify_image(read_image(public), None, loaded, codec_for(loaded, None))
+    assert report.intact and report.authenticity == "none (public default key)" and "default key" in report.status
+
+
+def test_restore_gives_back_the_high_bits_even_from_a_compressed_copy(shipped, tmp_path):
+    """Unused high bits (old overlays) are the original's too: a native marked copy keeps them, a
+    compressed one cannot, and the record brings them back either way."""
+    ds = pydicom.dcmread(clinical_file("MR2_UNCR.dcm"))  # 12 of 16 bits
+    words = np.frombuffer(ds.PixelData, dtype="<u2").copy()
+    words |= (np.random.default_rng(16).integers(0, 16, words.size, dtype=np.uint16) << 12)
+    ds.PixelData = words.tobytes()
+    source = tmp_path / "high_bits.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    for compression in ("none", "rle"):
+        marked = tmp_path / f"{compression}.wm.dcm"
+        mark(source, marked, shipped, compression=compression)
+        restored = tmp_path / f"{compression}.restored.dcm"
+        restore_file(marked, restored, KEY)
+        assert pydicom.dcmread(restored).PixelData == ds.PixelData, compression
+
+
+def test_a_marked_file_marked_again_restores_step_by_step(shipped, tmp_path):
+    source = clinical_file("693_UNCR.dcm")
+    first, second = tmp_path / "first.dcm", tmp_path / "second.dcm"
+    mark(source, first, shipped)
+    loaded, _ = shipped
+    embed_file(first, second, EmbedSettings(b"SECOND", QualityFloor(36.0), key=b"other key"), loaded,
+               codec_for(loaded, b"other key"))
+    assert verify_image(read_image(second), b"other key", loaded, codec_for(loaded, b"other key")).intact
+    back_to_first = tmp_path / "back1.dcm"
+    restore_file(second, back_to_first, b"other key")
+    assert pydicom.dcmread(back_to_first).PixelData == pydicom.dcmread(first).PixelData
+    back_to_original = tmp_path / "back0.dcm"
+    restore_file(back_to_first, back_to_original, KEY)
+    assert pydicom.dcmread(back_to_original).PixelData == pydicom.dcmread(source).PixelData
+    assert pydicom.dcmread(back_to_original).SOPInstanceUID == pydicom.dcmread(source).SOPInstanceUID
+
+    plain = tmp_path / "plain.dcm"
+    embed_file(first, plain, EmbedSettings(b"PLAIN", QualityFloor(36.0), key=b"k3", restore_record=False),
+               loaded, codec_for(loaded, b"k3"))
+    assert file_record(read_image(plain)) is None  # the first marking's record no longer matches: gone
+
+
+def test_the_map_never_replaces_a_file_and_a_bloated_record_is_refused(shipped, tmp_path):
+    import lzma
+
+    from watermark_cli.errors import BadInputError
+    from watermark_cli.integrity.containers import dicom_attach_record
+    from watermark_cli.integrity.record import seal
+
+    marked = tmp_path / "marked.dcm"
+    mark(clinical_file("693_UNCR.dcm"), marked, shipped)
+    loaded, codec = shipped
+    report = verify_image(read_image(marked), KEY, loaded, codec)
+    before = marked.read_bytes()
+    with pytest.raises(BadInputError, match="already exists"):
+        write_change_map(read_image(marked), report, marked)
+    assert marked.read_bytes() == before
+    assert write_change_map(read_image(marked), report, tmp_path / "new" / "map.png").is_file()
+
+    # A record whose difference inflates far beyond its declared shape is damaged, not a memory bomb.
+    import watermark_cli.integrity.record as record_module
+
+    values = read_image(marked).pixels
+    original_compress = record_module._compress_difference
+    record_module._compress_difference = lambda d: ("xz", lzma.compress(bytes(256 * 2**20)))
+    try:
+        bloated = seal(values, values, KEY)
+    finally:
+        record_module._compress_difference = original_compress
+    ds = pydicom.dcmread(marked)
+    dicom_remove_record(ds)
+    dicom_attach_record(ds, bloated)
+    ds.save_as(tmp_path / "bloated.dcm", enforce_file_format=True)
+    with pytest.raises(RecordNotAuthenticError, match="damaged"):
+        restore_file(tmp_path / "bloated.dcm", tmp_path / "x.dcm", KEY)
+
+
+def test_a_change_to_how_the_pixels_are_read_is_tampering(shipped, tmp_path):
+    """Rescale or photometric changes alter what a reader sees without touching a stored value."""
+    marked = tmp_path / "marked.dcm"
+    mark(clinical_file("693_UNCR.dcm"), marked, shipped)
+    loaded, codec = shipped
+    ds = pydicom.dcmread(marked)
+    ds.RescaleIntercept = -3000
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.save_as(tmp_path / "reread.dcm", enforce_file_format=True)
+    report = verify_image(read_image(tmp_path / "reread.dcm"), KEY, loaded, codec)
+    assert report.changed_blocks == [] and not report.intact
+    assert report.reading_changed == ["PhotometricInterpretation", "RescaleIntercept"]

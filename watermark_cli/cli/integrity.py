@@ -98,6 +98,8 @@ def _print_verification(result, change_map: Path | None) -> None:
         more = f" and {len(result.changed_blocks) - 8} more" if len(result.changed_blocks) > 8 else ""
         lines.append(f"  pixels: {len(result.changed_blocks)} of {result.n_blocks} blocks of "
                      f"{result.block_size}x{result.block_size} changed" + (f" ({changed}{more})" if changed else ""))
+    if result.record_authentic:
+        lines.append(f"  authenticity: {result.authenticity}")
     for check in result.signatures:
         lines.append(f"  signature {check.uid} by {escape(check.signer)}: "
                      + ("[green]valid[/]" if check.valid else f"[red]invalid[/] ({escape(check.reason)})"))

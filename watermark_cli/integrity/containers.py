@@ -64,7 +64,56 @@ def dicom_original_elements(ds):
             kept[keyword] = meta[keyword]
         else:
             absent.append(keyword)
+    # An input marked before carries its own record: embed removes it (it would not match), and
+    # restore puts it back, so that the first marked file, and through it the original, return.
+    for tag in _record_tags(ds):
+        kept[tag] = ds[tag]
     return kept, tuple(absent)
+
+
+def _record_tags(ds) -> list:
+    try:
+        block = ds.private_block(RECORD_GROUP, RECORD_CREATOR)
+    except KeyError:
+        return []
+    creator = (RECORD_GROUP << 16) | (block.block_start >> 8)
+    return [tag for tag in (creator, block.get_tag(_RECORD_ELEMENT)) if tag in ds]
+
+
+#: What decides how a reader turns stored values into what it shows and measures: a change to any
+#: of them changes the image without changing a stored value, so the record keeps them.
+PIXEL_INTERPRETATION = ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "PhotometricInterpretation",
+                        "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "RescaleSlope",
+                        "RescaleIntercept", "RescaleType", "ModalityLUTSequence", "WindowCenter", "WindowWidth",
+                        "VOILUTFunction", "VOILUTSequence", "PixelSpacing", "ImagerPixelSpacing",
+                        "PixelAspectRatio", "PixelPaddingValue", "PixelPaddingRangeLimit")
+
+
+def pixel_interpretation(ds) -> dict:
+    """The PIXEL_INTERPRETATION elements present, as text (sequences by their SHA-256)."""
+    import hashlib
+
+    values = {}
+    for keyword in PIXEL_INTERPRETATION:
+        if keyword in ds:
+            value = ds[keyword].value
+            text = str(value) if ds[keyword].VR != "SQ" else hashlib.sha256(str(value).encode()).hexdigest()
+            values[keyword] = text
+    return values
+
+
+def dicom_high_bits(ds, pixels, bits_stored: int):
+    """The original words' bits above BitsStored (word >> BitsStored) where any is set, else None:
+    old files keep overlays there, and a compressed marked copy cannot keep them."""
+    import numpy as np
+
+    from ..io.image import _with_original_high_bits
+
+    words = _with_original_high_bits(ds, pixels)
+    if words is pixels or words.dtype.kind != "u":
+        return None
+    high = words.astype(np.uint32) >> bits_stored
+    return high.astype(np.uint16) if high.any() else None
 
 
 def modified_attributes_item(kept):
@@ -141,13 +190,8 @@ def dicom_record(ds) -> bytes | None:
 
 
 def dicom_remove_record(ds) -> None:
-    try:
-        block = ds.private_block(RECORD_GROUP, RECORD_CREATOR)
-    except KeyError:
-        return
-    for tag in [block.get_tag(_RECORD_ELEMENT), (RECORD_GROUP << 16) | (block.block_start >> 8)]:
-        if tag in ds:
-            del ds[tag]
+    for tag in _record_tags(ds):
+        del ds[tag]
 
 
 # ---- PNG -------------------------------------------------------------------------------------

@@ -69,6 +69,14 @@ class RestorationRecord:
     block_size: int = BLOCK
     difference_codec: str = "xz"
     creator: str = ""
+    # DICOM with BitsStored < BitsAllocated whose unused high bits were not all zero (overlays):
+    # those bits of every original word (word >> BitsStored), so restore gives the very words back.
+    high_bits: np.ndarray | None = field(default=None, repr=False)
+    # SHA-256 of the certificate the marked instance was signed with (--sign), if it was: a
+    # signature removed or replaced by another signer's is then seen.
+    signer_sha256: str | None = None
+    # DICOM: how the stored values are read (see containers.pixel_interpretation), at marking.
+    interpretation: dict = field(default_factory=dict)
 
     def original_pixels(self, marked: np.ndarray) -> np.ndarray:
         """The original stored values from the marked ones (exact integer arithmetic)."""
@@ -154,9 +162,17 @@ def _compress_difference(difference: np.ndarray) -> tuple[str, bytes]:
 
 
 def _decompress_difference(codec: str, data: bytes, dtype: str, shape) -> np.ndarray:
+    """The array back; a record whose data do not decompress to exactly its declared shape is damaged
+    (and is never decompressed beyond that size: a forged record cannot exhaust memory)."""
     if codec != "xz":
         raise BadInputError(f"restoration record: unknown difference codec {codec!r}")
-    raw = lzma.decompress(data)
+    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    try:
+        raw = lzma.LZMADecompressor().decompress(data, max_length=expected + 1)
+    except lzma.LZMAError:
+        raw = b""
+    if len(raw) != expected:
+        raise RecordNotAuthenticError("the restoration record is damaged (its data do not match its shape)")
     return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape)
 
 
@@ -164,7 +180,8 @@ def _decompress_difference(codec: str, data: bytes, dtype: str, shape) -> np.nda
 
 def seal(original: np.ndarray, marked: np.ndarray, key: str | bytes | None, *, original_elements: bytes = b"",
          added_elements: tuple[str, ...] = (), original_sop_instance_uid: str | None = None,
-         creator: str = "") -> bytes:
+         creator: str = "", high_bits: np.ndarray | None = None, signer_sha256: str | None = None,
+         interpretation: dict | None = None) -> bytes:
     """The sealed record for one marked image (stored values `marked`, from `original`)."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -178,12 +195,14 @@ def seal(original: np.ndarray, marked: np.ndarray, key: str | bytes | None, *, o
     codec, packed = _compress_difference(difference)
     tags = block_tags(marked, _derive(material, salt, _BLOCK_TAG_LABEL))
     sections = {"difference": packed, "block_tags": tags, "original_elements": original_elements}
+    if high_bits is not None:
+        sections["high_bits"] = lzma.compress(np.ascontiguousarray(high_bits, dtype="<u2").tobytes(), preset=6)
     header = {
         "shape": list(original.shape), "dtype": original.dtype.newbyteorder("<").str,
         "difference_dtype": difference.dtype.str, "difference_codec": codec, "block_size": BLOCK,
         "original_pixels_sha256": pixel_sha256(original), "marked_pixels_sha256": pixel_sha256(marked),
         "original_sop_instance_uid": original_sop_instance_uid, "added_elements": list(added_elements),
-        "creator": creator, "sections": [[name, len(data)] for name, data in sections.items()],  # in order
+        "creator": creator, "signer_sha256": signer_sha256, "interpretation": interpretation or {}, "sections": [[name, len(data)] for name, data in sections.items()],  # in order
     }
     header_bytes = json.dumps(header, sort_keys=True).encode("utf-8")
     plaintext = struct.pack(">I", len(header_bytes)) + header_bytes + b"".join(sections.values())
@@ -238,5 +257,8 @@ def open_record(blob: bytes, key: str | bytes | None) -> tuple[RestorationRecord
         block_tags=sections["block_tags"], original_elements=sections["original_elements"],
         added_elements=tuple(header["added_elements"]), original_sop_instance_uid=header["original_sop_instance_uid"],
         block_size=int(header["block_size"]), difference_codec=header["difference_codec"], creator=header["creator"],
+        high_bits=(_decompress_difference("xz", sections["high_bits"], "<u2", shape) if "high_bits" in sections
+                   else None),
+        signer_sha256=header.get("signer_sha256"), interpretation=header.get("interpretation") or {},
     )
     return record, _derive(material, salt, _BLOCK_TAG_LABEL)

@@ -26,10 +26,12 @@ class NoRecordError(CheckFailedError):
     """The file holds no restoration record (exit 1)."""
 
 
-def opened_record(image, key, recipient=None) -> tuple[RestorationRecord, bytes]:
-    """The file's record, opened, and its block-tag key: NoRecordError when there is none,
-    RecordNotAuthenticError when it was not sealed with `key` (or for `recipient`, an
-    envelope.Recipient with its private key) or was changed."""
+def opened_record(image, key, recipient=None) -> tuple[RestorationRecord, bytes, str]:
+    """The file's record, opened, its block-tag key, and how it was sealed ('key' or 'recipient'):
+    NoRecordError when there is none, RecordNotAuthenticError when it was not sealed with `key`
+    (or for `recipient`, an envelope.Recipient with its private key) or was changed. A record for
+    a recipient is confidential, not authentic: anyone with the certificate can make one (a
+    signature, --sign, is what proves who did)."""
     from .containers import dicom_envelopes, file_record
     from .envelope import is_envelope, open_envelope
 
@@ -39,11 +41,11 @@ def opened_record(image, key, recipient=None) -> tuple[RestorationRecord, bytes]
             "marked with --no-restore-record, or a tool removed it"
         raise NoRecordError(f"{image.path}: no restoration record ({where})")
     if not is_envelope(blob):
-        return open_record(blob, key)
+        return (*open_record(blob, key), "key")
     for der in dicom_envelopes(image.source) if image.kind == "dicom" else [blob]:
         opened = open_envelope(der, recipient)
         if opened is not None:
-            return open_record(*opened)
+            return (*open_record(*opened), "recipient")
     raise RecordNotAuthenticError(f"{image.path}: the restoration record is not encrypted for this recipient "
                                   "(or it was changed)")
 
@@ -56,7 +58,7 @@ def restore_file(marked: Path, out: Path, key, overwrite: bool = False, recipien
 
     image = read_image(marked)
     out = check_writable(image, out, overwrite)
-    record, tag_key = opened_record(image, key, recipient)
+    record, tag_key, _ = opened_record(image, key, recipient)
     original = record.original_pixels(image.pixels)
     if pixel_sha256(image.pixels) != record.marked_pixels_sha256:
         changed = changed_blocks(record, image.pixels, tag_key)
@@ -102,7 +104,11 @@ def _restored_dataset(image, original, record: RestorationRecord):
     from .containers import dicom_remove_record, dicom_restore_elements
 
     ds = copy.deepcopy(image.source)
-    set_native_pixel_data(ds, original)  # the marked file's high bits are the original's
+    set_native_pixel_data(ds, original)  # the marked file's high bits, where it has native data
+    if record.high_bits is not None:  # the original's own, from the record (a compressed copy has none)
+        bits = int(ds.get("BitsStored", ds.BitsAllocated))
+        words = (record.high_bits.astype("<u2") << bits) | (original.astype("<u2") & ((1 << bits) - 1))
+        ds.PixelData = words.astype("<u2").tobytes()
     dicom_remove_record(ds)
     for keyword in ("DigitalSignaturesSequence", "MACParametersSequence"):  # the marker's, if any
         if keyword in ds:

@@ -108,6 +108,15 @@ class Signer:
     def subject(self) -> str:
         return self.certificate.subject.rfc4514_string()
 
+    @property
+    def certificate_sha256(self) -> str:
+        return certificate_sha256(self.certificate)
+
+
+def certificate_sha256(certificate: x509.Certificate) -> str:
+    """The certificate's SHA-256 fingerprint (of its DER), hex: what names a signer exactly."""
+    return certificate.fingerprint(hashes.SHA256()).hex()
+
 
 @dataclass(frozen=True)
 class SignatureCheck:
@@ -115,6 +124,7 @@ class SignatureCheck:
     signer: str  # the certificate's subject, RFC 4514 string ('' when it cannot be read)
     valid: bool
     reason: str  # '' when valid, else one short line
+    certificate_sha256: str = ""  # the signer certificate's fingerprint ('' when it cannot be read)
 
 
 def load_signer(key_pem: bytes, cert_pem: bytes, password: bytes | None = None) -> Signer:
@@ -251,9 +261,10 @@ def _check_signature(item, stored_item, mac_items, stored, stored_by_tag) -> Sig
     uid = _text(item, DIGITAL_SIGNATURE_UID)
     certificate, problem = _certificate_of_signer(item)
     signer = certificate.subject.rfc4514_string() if certificate is not None else ""
+    fingerprint = certificate_sha256(certificate) if certificate is not None else ""
 
     def invalid(reason: str) -> SignatureCheck:
-        return SignatureCheck(uid=uid, signer=signer, valid=False, reason=reason)
+        return SignatureCheck(uid=uid, signer=signer, valid=False, reason=reason, certificate_sha256=fingerprint)
 
     if certificate is None:
         return invalid(problem)
@@ -312,7 +323,7 @@ def _check_signature(item, stored_item, mac_items, stored, stored_by_tag) -> Sig
         return invalid("Digital Signature DateTime is missing or malformed")
     if not certificate.not_valid_before_utc <= signed_at <= certificate.not_valid_after_utc:
         return invalid("the signer's certificate was not valid at the signature date and time")
-    return SignatureCheck(uid=uid, signer=signer, valid=True, reason="")
+    return SignatureCheck(uid=uid, signer=signer, valid=True, reason="", certificate_sha256=fingerprint)
 
 
 def _certificate_of_signer(item) -> tuple[x509.Certificate | None, str]:

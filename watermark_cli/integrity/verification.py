@@ -32,11 +32,34 @@ class Verification:
     n_blocks: int | None = None
     size_changed: bool = False
     signatures: list = field(default_factory=list)  # signature.SignatureCheck
+    sealing: str | None = None  # how the record was sealed: 'key', 'default key' or 'recipient'
+    expected_signer_sha256: str | None = None  # the certificate the record says the file was signed with
+    reading_changed: list = field(default_factory=list)  # pixel-interpretation elements changed since marking
+
+    @property
+    def signer_problem(self) -> str:
+        """Why the signatures do not hold ('' when they do)."""
+        if not all(check.valid for check in self.signatures):
+            return "a digital signature does not verify"
+        if self.expected_signer_sha256 and not any(check.certificate_sha256 == self.expected_signer_sha256
+                                                   for check in self.signatures):
+            return ("the signature made at marking is gone" if not self.signatures else
+                    "signed by another certificate than at marking")
+        if self.sealing == "recipient" and not self.signatures:
+            return ""  # said by `authenticity`: the record alone proves nothing
+        return ""
+
+    @property
+    def authenticity(self) -> str:
+        """What stands behind an 'intact': a secret key, a signature, or nothing."""
+        if self.sealing == "recipient":
+            return "signature" if self.signatures and not self.signer_problem else "none (recipient record, unsigned)"
+        return {"key": "secret key", "default key": "none (public default key)"}.get(self.sealing or "", "none")
 
     @property
     def intact(self) -> bool:
         return (self.mark_found and self.record_authentic and not self.changed_blocks and not self.size_changed
-                and all(check.valid for check in self.signatures))
+                and not self.reading_changed and not self.signer_problem and not self.authenticity.startswith("none (recipient"))
 
     @property
     def status(self) -> str:
@@ -49,38 +72,49 @@ class Verification:
             return "tampered: the image size changed since marking"
         if self.changed_blocks:
             return f"tampered: {len(self.changed_blocks)} block(s) changed since marking"
-        if not all(check.valid for check in self.signatures):
-            return "tampered: a digital signature does not verify"
-        return "intact" if self.mark_found else "pixels as marked, but the mark is not found (wrong key?)"
+        if self.reading_changed:
+            return f"tampered: how the pixels are read changed since marking ({', '.join(self.reading_changed)})"
+        if self.signer_problem:
+            return f"tampered: {self.signer_problem}"
+        if self.authenticity.startswith("none (recipient"):
+            return ("pixels as marked, but unproven: anyone with the recipient's certificate can write such a "
+                    "record (sign with --sign to prove it)")
+        if not self.mark_found:
+            return "pixels as marked, but the mark is not found (wrong key?)"
+        if self.sealing == "default key":
+            return "intact, under the public default key (proves nothing against a deliberate change)"
+        return "intact"
 
     def as_json(self) -> dict:
         return {
             "input": self.input, "mark_found": self.mark_found, "message": self.message,
             "record_found": self.record_found, "record_authentic": self.record_authentic,
-            "intact": self.intact, "status": self.status,
+            "intact": self.intact, "status": self.status, "authenticity": self.authenticity,
             "changed_blocks": [{"frame": f, "row": r, "col": c} for f, r, c in self.changed_blocks],
-            "block_size": self.block_size, "n_blocks": self.n_blocks, "size_changed": self.size_changed,
-            "signatures": [{"uid": s.uid, "signer": s.signer, "valid": s.valid, "reason": s.reason}
-                           for s in self.signatures],
+            "pixel_reading_changed": self.reading_changed, "block_size": self.block_size, "n_blocks": self.n_blocks, "size_changed": self.size_changed,
+            "signatures": [{"uid": s.uid, "signer": s.signer, "valid": s.valid, "reason": s.reason,
+                            "certificate_sha256": s.certificate_sha256} for s in self.signatures],
         }
 
 
 def verify_image(image, key, loaded, codec, recipient=None) -> Verification:
     """Every check on one read image (see the module docstring)."""
     from ..marking.image import extract_payload
-    from ..payload import bytes_to_text
+    from ..payload import bytes_to_text, key_kind
     from .record import block_grid
 
     decoded = extract_payload(loaded, codec, image)
     result = Verification(str(image.path), decoded.found, bytes_to_text(decoded.message) if decoded.found else None)
     try:
-        record, tag_key = opened_record(image, key, recipient)
+        record, tag_key, sealing = opened_record(image, key, recipient)
     except NoRecordError:
         pass
     except RecordNotAuthenticError as error:
         result.record_found, result.record_problem = True, str(error)
     else:
         result.record_found = result.record_authentic = True
+        result.sealing = "default key" if sealing == "key" and key_kind(key) == "default" else sealing
+        result.expected_signer_sha256 = record.signer_sha256
         result.block_size = record.block_size
         frames, block_rows, block_cols = block_grid(record.shape, record.block_size)
         result.n_blocks = frames * block_rows * block_cols
@@ -88,6 +122,12 @@ def verify_image(image, key, loaded, codec, recipient=None) -> Verification:
             result.size_changed = True
         else:
             result.changed_blocks = changed_blocks(record, image.pixels, tag_key)
+        if image.kind == "dicom" and record.interpretation:
+            from .containers import pixel_interpretation
+
+            now = pixel_interpretation(image.source)
+            result.reading_changed = sorted(k for k in set(now) | set(record.interpretation)
+                                            if now.get(k) != record.interpretation.get(k))
     if image.kind == "dicom":
         from .signature import verify_signatures
 
@@ -98,8 +138,16 @@ def verify_image(image, key, loaded, codec, recipient=None) -> Verification:
 def write_change_map(image, verification: Verification, path: Path) -> Path:
     """A PNG of the frames with changed blocks (the first frame when none changed), each in its
     own data range, changed blocks tinted red and outlined; frames stacked top to bottom."""
+    from ..errors import BadInputError
     from ..io.writing import write_atomically
 
+    path = Path(path)
+    if path.exists():  # never the input, never any other file: a map is always new
+        raise BadInputError(f"--map {path}: already exists; give a new file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise BadInputError(f"--map {path}: cannot create its folder ({error.strerror or error})") from None
     size = verification.block_size or 32
     frames = sorted({frame for frame, _, _ in verification.changed_blocks}) or [0]
     tiles = []
@@ -123,5 +171,5 @@ def write_change_map(image, verification: Verification, path: Path) -> Path:
 
         Image.fromarray(picture, mode="RGB").save(handle, format="PNG")
 
-    return write_atomically(path, writer)
+    return write_atomically(path, writer, overwrite=False)
 

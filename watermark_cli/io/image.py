@@ -788,6 +788,7 @@ def _write_dicom(original: MedicalImage, pixels: np.ndarray, fh: BinaryIO, deriv
         ds.SourceImageSequence = Sequence()
     ds.SourceImageSequence.append(reference)
 
+    containers.dicom_remove_record(ds)  # an earlier marking's record (kept in the new record, if any)
     if record is not None:
         from ..integrity.envelope import is_envelope
 

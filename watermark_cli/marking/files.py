@@ -92,9 +92,12 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
     # The guarantee is about the file: the complete temporary file is read back and measured
     # in every view before it is moved into place, so a file that misses the floor never
     # appears. Its bytes are hashed there too: the file moved into place is that very file.
-    record = (restoration_record(image, outcome.pixels, settings.key, settings.recipient)
-              if settings.restore_record else None)
     signer = _signer(settings.signing) if settings.signing is not None else None
+    if signer is not None and image.kind != "dicom":
+        raise BadInputError(f"{source}: only DICOM files can carry a digital signature (--sign); not marked")
+    record = (restoration_record(image, outcome.pixels, settings.key, settings.recipient,
+                                 signer.certificate_sha256 if signer is not None else None)
+              if settings.restore_record else None)
     measured: dict = {}
 
     def check_written_file(temporary: Path) -> None:
@@ -127,26 +130,30 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
 _MAX_RECORD_BYTES = 2**31 - 1
 
 
-def restoration_record(image, marked: np.ndarray, key, recipient_certificate: bytes | None = None) -> bytes:
+def restoration_record(image, marked: np.ndarray, key, recipient_certificate: bytes | None = None,
+                       signer_sha256: str | None = None) -> bytes:
     """The sealed restoration record of `image` marked as `marked` (see integrity.record): under
     `key`, or under a random key in a CMS envelope for the recipient's certificate (PEM)."""
     from .. import __version__
     from ..integrity import containers
     from ..integrity.record import seal
 
-    kept = None
+    kept, high_bits = None, None
     if image.kind == "dicom":
         kept, absent = containers.dicom_original_elements(image.source)
         elements = containers.dataset_bytes(kept)
         uid = str(image.source.get("SOPInstanceUID", "")) or None
+        high_bits = containers.dicom_high_bits(image.source, image.pixels, image.bits_stored)
+        interpretation = containers.pixel_interpretation(image.source)  # embed changes none of them
     else:
-        elements, absent, uid = b"", (), None
+        elements, absent, uid, interpretation = b"", (), None, {}
     if recipient_certificate is not None:
         from ..integrity.envelope import envelope, new_record_key, recipient_from_pem
 
         key = new_record_key()
     record = seal(image.pixels, marked, key, original_elements=elements, added_elements=absent,
-                  original_sop_instance_uid=uid, creator=f"wm {__version__}")
+                  original_sop_instance_uid=uid, creator=f"wm {__version__}", high_bits=high_bits,
+                  signer_sha256=signer_sha256, interpretation=interpretation)
     if recipient_certificate is not None:
         modified = containers.modified_attributes_item(kept) if kept is not None else None
         record = envelope(record, key, recipient_from_pem(recipient_certificate), modified)
