@@ -14,12 +14,22 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
   .venv/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
 fi
 .venv/bin/pip install --quiet -e '.[dev]'
-# dcmtk (Debian package): `dcmj2pnm` makes the exports a real DICOM viewer or PACS makes.
-if ! command -v dcmj2pnm >/dev/null 2>&1; then
+# Debian packages the tests use as real peers: dcmtk (`dcmj2pnm` makes the exports a viewer or
+# PACS makes; `dcmsign` checks signatures; `storescu` sends to `wm serve`) and orthanc (the
+# archive `wm serve` forwards to; the tests start their own, on loopback ports).
+missing=()
+command -v dcmj2pnm >/dev/null 2>&1 && command -v dcmsign >/dev/null 2>&1 || missing+=(dcmtk)
+command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || missing+=(orthanc)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk) >/dev/null
+    # orthanc's package would start a system service; policy-rc.d keeps it from starting here.
+    policy=/usr/sbin/policy-rc.d
+    created_policy=0
+    if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created_policy=1; fi
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null
+    if [ "$created_policy" = 1 ]; then rm -f "$policy"; fi
   else
-    echo "setup: dcmtk is not installed and cannot be installed here (not root or no apt-get);" \
-         "the tests of dcmtk exports will fail: install the 'dcmtk' package" >&2
+    echo "setup: ${missing[*]} not installed and cannot be installed here (not root or no apt-get);" \
+         "the tests against real DICOM peers will fail: install the Debian packages ${missing[*]}" >&2
   fi
 fi

@@ -1,0 +1,217 @@
+"""`wm serve` against real peers (issue 17): dcmtk's storescu sends real pydicom-data files to the
+node, which forwards to Orthanc; the instances are read back through Orthanc's REST API.
+
+Every peer runs on loopback ports picked free for the test, with its own temporary configuration
+and storage. dcmtk and orthanc are Debian packages that scripts/setup_env.sh installs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import yaml
+
+from dicom_peers import Orthanc, free_port, tool, wait_for
+from watermark_cli.data.clinical import clinical_file
+from watermark_cli.io.image import read_image
+from watermark_cli.marking.image import codec_for, extract_payload
+from watermark_cli.model.store import load_model
+from watermark_cli.quality import QualityFloor, frame_meters
+
+STUDY = ["693_UNCR.dcm", "JPEG2000_UNC.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm"]
+KEY = "serve-test-key"
+
+
+class Node:
+    """`wm serve` as a subprocess, its JSON log lines in a file."""
+
+    def __init__(self, folder: Path, orthanc: Orthanc, **settings) -> None:
+        self.folder, self.port = folder, free_port()
+        self.log = folder / "serve.log"
+        key_file = folder / "key.txt"
+        key_file.write_text(KEY)
+        self.config = folder / "serve.yaml"
+        self.config.write_text(yaml.safe_dump({
+            "port": self.port, "ae_title": "WMNODE", "allow": ["STORESCU"], "spool": str(folder / "spool"),
+            "forward": {"host": "127.0.0.1", "port": orthanc.dicom, "ae_title": "ORTHANC"},
+            "key_file": str(key_file), "workers": 2, "retry_max_seconds": 2, **settings}))
+        self.process = None
+
+    def start(self) -> "Node":
+        log = open(self.log, "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "watermark_cli", "serve", "--config", str(self.config)],
+                                        stdout=log, stderr=log)
+        wait_for(lambda: self.events("listening")[self.starts:], 120, "wm serve to listen")
+        self.starts += 1
+        return self
+
+    starts = 0
+
+    def events(self, kind: str | None = None) -> list[dict]:
+        lines = []
+        for line in self.log.read_text().splitlines() if self.log.exists() else []:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if kind is None or entry.get("event") == kind:
+                lines.append(entry)
+        return lines
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def terminate(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=120)
+
+
+def storescu(node: Node, files, calling: str = "STORESCU") -> subprocess.CompletedProcess:
+    return subprocess.run([tool("storescu"), "-aet", calling, "-aec", "WMNODE", "+sd", "-xs", "127.0.0.1",
+                           str(node.port), *map(str, files)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def peers(tmp_path):
+    orthanc = Orthanc(tmp_path / "orthanc")
+    started = []
+
+    def node(**settings) -> Node:
+        folder = tmp_path / f"node{len(started)}"
+        folder.mkdir()
+        started.append(Node(folder, orthanc, **settings))
+        return started[-1]
+
+    yield orthanc, node
+    for each in started:
+        if each.process is not None and each.process.poll() is None:
+            each.process.kill()
+    orthanc.stop()
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    loaded = load_model(None)
+    return loaded, codec_for(loaded, KEY.encode())
+
+
+def study_files() -> list[Path]:
+    return [clinical_file(name) for name in STUDY]
+
+
+def check_arrived_once_and_marked(orthanc: Orthanc, node: Node, shipped, folder: Path) -> None:
+    """Orthanc holds exactly one marked instance per original: mark found, view floor met, new UID."""
+    loaded, codec = shipped
+    originals = {str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID): path for path in study_files()}
+    wait_for(lambda: len(orthanc.instances()) >= len(originals), 180, "every instance in Orthanc")
+    time.sleep(1.0)  # a duplicate would arrive now
+    instances = orthanc.instances()
+    assert len(instances) == len(originals)
+    messages = {entry["sop_instance_uid"]: entry["message"] for entry in node.events("marked")}
+    folder.mkdir(exist_ok=True)
+    seen = []
+    for instance in instances:
+        path = orthanc.file(instance, folder)
+        ds = pydicom.dcmread(path)
+        original_uid = str(ds.SourceImageSequence[-1].ReferencedSOPInstanceUID)
+        seen.append(original_uid)
+        assert ds.SOPInstanceUID != original_uid
+        marked = read_image(path)
+        decoded = extract_payload(loaded, codec, marked)
+        assert decoded.found and decoded.message.decode() == messages[original_uid]
+        original = read_image(originals[original_uid])
+        for meter, frame in zip(frame_meters(original, QualityFloor(40.0)), marked.pixels):
+            assert meter.measure(frame).psnr >= 40.0
+    assert sorted(seen) == sorted(originals)
+
+
+def test_a_study_goes_through_marked_and_colour_is_refused(peers, shipped, tmp_path):
+    orthanc, make_node = peers
+    orthanc.start()
+    node = make_node().start()
+    colour = pydicom.data.get_testdata_file("US1_UNCR.dcm")
+    sent = storescu(node, [*study_files(), colour])
+    assert sent.returncode != 0  # the colour instance was refused
+    check_arrived_once_and_marked(orthanc, node, shipped, tmp_path / "got")
+    failed = node.events("failed")
+    assert len(failed) == 1 and "colour" in failed[0]["why"]
+    assert all(entry["psnr"] >= 40.0 for entry in node.events("marked"))
+    echo = subprocess.run([tool("echoscu"), "-aet", "STORESCU", "-aec", "WMNODE", "127.0.0.1", str(node.port)],
+                          capture_output=True, text=True, timeout=60)
+    assert echo.returncode == 0
+    assert node.terminate() == 0 and node.events("stopped")
+
+
+def test_an_unknown_calling_ae_title_is_rejected(peers, tmp_path):
+    orthanc, make_node = peers
+    orthanc.start()
+    node = make_node().start()
+    sent = storescu(node, study_files()[:1], calling="INTRUDER")
+    assert sent.returncode != 0 and "Rejected" in (sent.stderr + sent.stdout)
+    assert node.events("rejected")[0]["calling_ae_title"] == "INTRUDER"
+    assert not node.events("received") and orthanc.instances() == []
+
+
+def test_orthanc_down_mid_study_everything_arrives_once(peers, shipped, tmp_path):
+    orthanc, make_node = peers
+    orthanc.start()
+    node = make_node().start()
+    files = study_files()
+    assert storescu(node, files[:2]).returncode == 0
+    wait_for(lambda: len(orthanc.instances()) == 2, 120, "the first two instances")
+    orthanc.stop()
+    assert storescu(node, files[2:]).returncode == 0  # the node spools while the archive is down
+    wait_for(lambda: node.events("forward failed"), 60, "a failed forward")
+    orthanc.start()
+    check_arrived_once_and_marked(orthanc, node, shipped, tmp_path / "got")
+
+
+def test_serve_killed_mid_study_everything_arrives_once(peers, shipped, tmp_path):
+    orthanc, make_node = peers
+    node = make_node().start()  # Orthanc is down: what is received stays in the spool
+    files = study_files()
+    assert storescu(node, files[:3]).returncode == 0
+    wait_for(lambda: len(node.events("marked")) == 3, 120, "three marked instances")
+    node.kill()
+    # The sender did not hear about the last file before the kill (say): it sends it again, with the rest.
+    orthanc.start()
+    node.start()
+    assert storescu(node, files[2:]).returncode == 0
+    check_arrived_once_and_marked(orthanc, node, shipped, tmp_path / "got")
+    assert len(node.events("marked")) == len(files)  # the resent instance was not marked twice
+    assert node.events("duplicate")
+
+
+def test_a_full_spool_answers_out_of_resources(peers, tmp_path):
+    orthanc, make_node = peers
+    node = make_node(max_spool_instances=1).start()  # Orthanc down: nothing leaves the spool
+    sent = storescu(node, study_files()[:2])
+    assert sent.returncode != 0
+    assert len(node.events("marked")) == 1 and node.events("refused")[0]["why"] == "spool full"
+
+
+def test_serve_check_validates_a_config(tmp_path):
+    from conftest import run_wm
+
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"port": 11112, "forward": "127.0.0.1:4242:ORTHANC", "spool": str(tmp_path)}))
+    assert run_wm("serve", "--check", "--config", good).code == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"port": 70000, "forward": "127.0.0.1:4242:ORTHANC"}))
+    result = run_wm("serve", "--check", "--config", bad)
+    assert result.code == 2 and "port 70000" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text(yaml.safe_dump({"forward": "127.0.0.1:4242:ORTHANC", "colour": "blue"}))
+    result = run_wm("serve", "--check", "--config", unknown)
+    assert result.code == 2 and "colour" in result.stderr
+    np.testing.assert_equal(os.path.exists(tmp_path / "wm-spool"), False)

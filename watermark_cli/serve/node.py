@@ -1,0 +1,302 @@
+"""`wm serve`: a DICOM node (pynetdicom) that marks every image on its way to the archive.
+
+C-STORE in → the instance is written to the spool and fsynced → marked with the default
+(view-floor) settings, the mark read back and the written file re-measured (marking.files) →
+"success" to the sender → forwarded by C-STORE to the destination, retried with backoff while
+the destination is down → done. What cannot be marked (colour, too small, unreadable) gets a
+DIMSE failure status (0xC000, with the reason as Error Comment) and is audited, or is forwarded
+unmarked when configured so. A full spool answers 0xA700 (out of resources). One JSON line per
+event on stdout; SIGTERM stops accepting, drains what is in flight and exits 0.
+
+Who may connect: the calling AE titles of `allow` (and, where `allow_addresses` is given, only
+from those addresses); with no allow-list only loopback callers are accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import secrets
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import WmError
+from .config import ServeConfig
+from .spool import Spool
+
+SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
+
+
+def log_event(event: str, **facts) -> None:
+    """One JSON line on stdout, flushed (a log collector reads it line by line)."""
+    line = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "event": event, **facts}
+    sys.stdout.write(json.dumps(line, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+class MarkingNode:
+    """The node's state: configuration, spool, model, and the forwarding thread."""
+
+    def __init__(self, config: ServeConfig, key: bytes | None) -> None:
+        from ..io.audit import AuditLog
+        from ..marking.image import codec_for
+        from ..model.store import load_model
+
+        self.config = config
+        self.key = key
+        self.spool = Spool(config.spool, config.max_spool_instances)
+        self.loaded = load_model(config.model)
+        self.codec = codec_for(self.loaded, key)
+        self.audit = AuditLog(Path(config.spool) / "audit.jsonl")
+        self.marking_slots = threading.BoundedSemaphore(config.workers)
+        self.stopping = threading.Event()
+        self.wake_forwarder = threading.Event()
+        self.forwarder = threading.Thread(target=self._forward_loop, name="wm-forwarder", daemon=True)
+        self.server = None
+
+    # ---- the message -------------------------------------------------------------------------
+
+    def message_for(self, ds) -> bytes:
+        study = str(ds.get("StudyInstanceUID", "") or "")
+        study_hash = hmac.new(self.key or b"wm-default-key", study.encode("ascii", "replace"),
+                              hashlib.sha256).hexdigest()[:12]
+        return self.config.message.format(random=secrets.token_hex(6), study=study_hash).encode("utf-8")
+
+    # ---- association control -----------------------------------------------------------------
+
+    def address_allowed(self, address: str) -> bool:
+        if not self.config.allow:
+            try:
+                return ipaddress.ip_address(address).is_loopback
+            except ValueError:
+                return False
+        return not self.config.allow_addresses or address in self.config.allow_addresses
+
+    def _on_requested(self, event) -> None:
+        """Reject (permanent, calling AE title not recognised) before any data is accepted. An
+        AE title off the allow-list is rejected by pynetdicom's own negotiation (require_calling_aet);
+        the caller's address is checked here."""
+        requestor = event.assoc.requestor
+        title = str(requestor.primitive.calling_ae_title).strip()  # the request, not yet negotiated
+        title_allowed = not self.config.allow or title in self.config.allow
+        if not (title_allowed and self.address_allowed(requestor.address)):
+            log_event("rejected", calling_ae_title=title, address=requestor.address)
+        if title_allowed and not self.address_allowed(requestor.address):
+            event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected-permanent, service user, calling AET
+
+    # ---- C-STORE -----------------------------------------------------------------------------
+
+    def _on_store(self, event) -> int | object:
+        if self.stopping.is_set():
+            return OUT_OF_RESOURCES
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        uid = str(ds.get("SOPInstanceUID", "") or "")
+        if not uid:
+            return _failure(CANNOT_UNDERSTAND, "no SOP Instance UID")
+        name = self.spool.name(uid)
+        state = self.spool.state_of(name)
+        if state in ("received", "marked", "done"):
+            log_event("duplicate", sop_instance_uid=uid, state=state)  # never a second marked instance
+            return SUCCESS
+        if self.spool.is_full():
+            log_event("refused", sop_instance_uid=uid, why="spool full")
+            return _failure(OUT_OF_RESOURCES, "wm spool is full; retry later")
+        received = self.spool.receive(name, event.encoded_dataset())
+        log_event("received", sop_instance_uid=uid, calling_ae_title=str(event.assoc.requestor.ae_title).strip())
+        status = self._mark(name, uid, received, ds)
+        self.wake_forwarder.set()
+        return SUCCESS if status is None else status
+
+    def _mark(self, name: str, uid: str, received: Path, ds) -> object | None:
+        """Mark one received instance; None on success, else the failure status to answer."""
+        from ..marking.files import EmbedSettings, embed_file
+        from ..quality import QualityFloor
+
+        message = self.message_for(ds)
+        settings = EmbedSettings(payload=message, floor=QualityFloor(self.config.psnr_min), model=self.config.model,
+                                 key=self.key)
+        with self.marking_slots:
+            try:
+                result = embed_file(received, self.spool.path("marked", name), settings, self.loaded, self.codec)
+            except WmError as error:
+                reason = str(error).replace(str(received), "instance")
+                if self.config.forward_unmarkable:
+                    import os
+
+                    os.replace(received, self.spool.path("marked", name))
+                    log_event("unmarkable", sop_instance_uid=uid, why=reason, forwarded_unmarked=True)
+                    return None
+                self.spool.failed(name, {"sop_instance_uid": uid, "why": reason})
+                log_event("failed", sop_instance_uid=uid, why=reason)
+                return _failure(CANNOT_UNDERSTAND, f"wm cannot mark this instance: {reason}"[:1024])
+        from ..io.audit import audit_record
+
+        self.audit.append({**audit_record(result, message, self.codec), "sop_instance_uid": uid})
+        self.spool.marked(name)
+        log_event("marked", sop_instance_uid=uid, psnr=result["psnr"], binding_view=result["binding_view"],
+                  psnr_min=result["psnr_min"], message=message.decode("utf-8", "replace"))
+        return None
+
+    # ---- forwarding --------------------------------------------------------------------------
+
+    def _forward_loop(self) -> None:
+        delay = 1.0
+        while True:
+            waiting = self.spool.waiting("marked")
+            if not waiting:
+                if self.stopping.is_set():
+                    return
+                self.wake_forwarder.wait(timeout=1.0)
+                self.wake_forwarder.clear()
+                continue
+            sent = self._forward(waiting)
+            if sent:
+                delay = 1.0
+                continue
+            if self.stopping.is_set() and self._drain_deadline_passed():
+                log_event("stopped with instances not forwarded", waiting=len(waiting))
+                return
+            time.sleep(delay)
+            delay = min(delay * 2.0, self.config.retry_max_seconds)
+
+    def _drain_deadline_passed(self) -> bool:
+        return time.monotonic() > self._drain_deadline
+
+    def _forward(self, names: list[str]) -> int:
+        """Send every named marked instance over one association; how many went through."""
+        import pydicom
+        from pynetdicom import AE
+
+        destination = self.config.forward
+        files = {name: self.spool.path("marked", name) for name in names}
+        datasets = {}
+        for name, path in files.items():
+            try:
+                datasets[name] = pydicom.dcmread(path)
+            except FileNotFoundError:
+                continue
+        if not datasets:
+            return 0
+        ae = AE(ae_title=self.config.ae_title)
+        for sop_class, syntax in sorted({(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID) for ds in datasets.values()}):
+            ae.add_requested_context(sop_class, syntax)
+        try:
+            assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
+                                 tls_args=self._client_tls())
+        except Exception as error:  # pynetdicom raises for refused connections and TLS failures
+            log_event("forward failed", why=f"{type(error).__name__}: {error}", waiting=len(datasets))
+            return 0
+        if not assoc.is_established:
+            log_event("forward failed", why="association not established", waiting=len(datasets))
+            return 0
+        sent = 0
+        try:
+            for name, ds in datasets.items():
+                status = assoc.send_c_store(ds)
+                code = getattr(status, "Status", None)
+                if code is None:
+                    log_event("forward failed", why="no response (connection lost)", waiting=len(datasets) - sent)
+                    break
+                if code not in (0x0000, 0xB000, 0xB007, 0xB006):  # success, and warnings (stored)
+                    log_event("forward failed", sop_instance_uid=str(ds.SOPInstanceUID), status=f"0x{code:04X}")
+                    continue
+                original = ds.SourceImageSequence[-1].ReferencedSOPInstanceUID if "SourceImageSequence" in ds else None
+                self.spool.done(name, {"sop_instance_uid": str(original), "marked_sop_instance_uid":
+                                       str(ds.SOPInstanceUID), "status": f"0x{code:04X}"})
+                log_event("forwarded", sop_instance_uid=str(original), marked_sop_instance_uid=str(ds.SOPInstanceUID),
+                          destination=destination.ae_title)
+                sent += 1
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return sent
+
+    def _client_tls(self):
+        if self.config.tls is None:
+            return None
+        import ssl
+
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.config.tls.ca_certificates)
+        context.check_hostname = False if self.config.tls.ca_certificates is None else context.check_hostname
+        if self.config.tls.ca_certificates is None:
+            context.verify_mode = ssl.CERT_NONE
+        context.load_cert_chain(self.config.tls.certificate, self.config.tls.private_key)
+        return context, self.config.forward.host
+
+    def _server_tls(self):
+        if self.config.tls is None:
+            return None
+        import ssl
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.config.tls.ca_certificates)
+        context.load_cert_chain(self.config.tls.certificate, self.config.tls.private_key)
+        context.verify_mode = ssl.CERT_REQUIRED if self.config.tls.ca_certificates else ssl.CERT_NONE
+        return context
+
+    # ---- life cycle --------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """After a restart: resolve instances left in two states, mark what was received."""
+        self.spool.resolve_doubles()
+        for name in self.spool.waiting("received"):
+            import pydicom
+
+            path = self.spool.path("received", name)
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception as error:
+                self.spool.failed(name, {"why": f"unreadable after restart: {error}"})
+                continue
+            log_event("resumed", sop_instance_uid=str(ds.get("SOPInstanceUID", "")))
+            self._mark(name, str(ds.get("SOPInstanceUID", "")), path, ds)
+
+    def serve(self) -> None:
+        """Run until SIGTERM or SIGINT; then drain and return."""
+        import signal
+
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+        from pynetdicom.sop_class import Verification
+
+        self.recover()
+        self._drain_deadline = float("inf")
+        self.forwarder.start()
+        ae = AE(ae_title=self.config.ae_title)
+        ae.add_supported_context(Verification)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.maximum_associations = max(4, self.config.workers * 2)
+        if self.config.allow:
+            ae.require_calling_aet = list(self.config.allow)
+        handlers = [(evt.EVT_REQUESTED, self._on_requested), (evt.EVT_C_STORE, self._on_store),
+                    (evt.EVT_C_ECHO, lambda event: SUCCESS)]
+        self.server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers,
+                                      ssl_context=self._server_tls())
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        log_event("listening", port=self.config.port, ae_title=self.config.ae_title,
+                  forward=f"{self.config.forward.host}:{self.config.forward.port}:{self.config.forward.ae_title}")
+        while not stop.wait(0.5):
+            pass
+        log_event("stopping", in_spool=self.spool.pending())
+        self.stopping.set()
+        self.server.shutdown()  # waits for the associations in progress to end
+        self._drain_deadline = time.monotonic() + 30.0
+        self.wake_forwarder.set()
+        self.forwarder.join()
+        log_event("stopped", in_spool=self.spool.pending())
+
+
+def _failure(code: int, comment: str):
+    from pydicom.dataset import Dataset
+
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:64]  # LO
+    return status

@@ -1,0 +1,105 @@
+"""The crash-safe spool of `wm serve`: every instance is in exactly one state, on disk.
+
+    received/NAME.dcm   as it arrived (written and fsynced before the sender hears "success")
+    marked/NAME.dcm     marked, waiting to be forwarded (the received file is then removed)
+    done/NAME.json      forwarded (the marked file is then removed)
+    failed/NAME.json    could not be marked (and NAME.dcm beside it, as it arrived)
+
+NAME is a hash of the original SOP Instance UID, so a second receipt of the same instance finds
+the first one's state and never makes a second, different marked instance. Every step is an
+atomic write (io.writing) followed by the removal of the previous state's file, so a kill or a
+power cut between the two leaves an instance in two states, which the restart resolves towards
+the later one; it never leaves none. After a crash the node marks what is received and forwards
+what is marked: an instance can then reach the destination twice, as the very same instance
+(same SOP Instance UID, same bytes), which a PACS stores once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from ..io.writing import fsync_folder, remove_stale_temporaries, write_atomically
+
+STATES = ("received", "marked", "done", "failed")
+
+
+class Spool:
+    def __init__(self, root: Path, max_instances: int) -> None:
+        self.root = Path(root)
+        self.max_instances = max_instances
+        for state in STATES:
+            (self.root / state).mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.root / state)
+
+    @staticmethod
+    def name(sop_instance_uid: str) -> str:
+        return hashlib.sha256(sop_instance_uid.encode("ascii", "replace")).hexdigest()[:40]
+
+    def path(self, state: str, name: str) -> Path:
+        return self.root / state / (f"{name}.json" if state == "done" else f"{name}.dcm")
+
+    def state_of(self, name: str) -> str | None:
+        """The latest state the instance reached (see the module docstring)."""
+        if self.path("done", name).exists():
+            return "done"
+        if (self.root / "failed" / f"{name}.json").exists():
+            return "failed"
+        for state in ("marked", "received"):
+            if self.path(state, name).exists():
+                return state
+        return None
+
+    def pending(self) -> int:
+        """Instances received or marked and not yet forwarded: what the bound counts."""
+        return sum(1 for state in ("received", "marked") for entry in os.scandir(self.root / state)
+                   if entry.name.endswith(".dcm") and not entry.name.startswith("."))
+
+    def is_full(self) -> bool:
+        return self.pending() >= self.max_instances
+
+    def receive(self, name: str, encoded: bytes) -> Path:
+        return write_atomically(self.path("received", name), encoded)
+
+    def marked(self, name: str) -> None:
+        """The marked file is in place: the received copy goes."""
+        _remove(self.path("received", name))
+
+    def done(self, name: str, facts: dict) -> None:
+        write_atomically(self.path("done", name), json.dumps(facts, sort_keys=True) + "\n")
+        _remove(self.path("marked", name))
+
+    def failed(self, name: str, facts: dict) -> None:
+        received = self.path("received", name)
+        if received.exists():
+            os.replace(received, self.root / "failed" / received.name)
+        write_atomically(self.root / "failed" / f"{name}.json", json.dumps(facts, sort_keys=True) + "\n")
+        fsync_folder(self.root / "received")
+
+    def waiting(self, state: str) -> list[str]:
+        """Names in `state` (received or marked) that no later state holds, oldest first."""
+        entries = [entry for entry in os.scandir(self.root / state)
+                   if entry.name.endswith(".dcm") and not entry.name.startswith(".")]
+        entries.sort(key=lambda entry: entry.stat().st_mtime)
+        names = [entry.name[:-4] for entry in entries]
+        later = STATES[STATES.index(state) + 1:]
+        return [name for name in names if self.state_of(name) not in later]
+
+    def resolve_doubles(self) -> None:
+        """After a crash: remove the earlier copy of an instance that reached a later state."""
+        for state in ("received", "marked"):
+            for entry in list(os.scandir(self.root / state)):
+                if entry.name.endswith(".dcm") and not entry.name.startswith("."):
+                    name = entry.name[:-4]
+                    if STATES.index(self.state_of(name)) > STATES.index(state):
+                        _remove(Path(entry.path))
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    fsync_folder(path.parent)
