@@ -1,5 +1,7 @@
 # wm on CPU: docker build -t wm . && docker run --rm -v "$PWD:/data" wm embed /data/scan.dcm "audit:1234"
-FROM python:3.11-slim
+# The DICOM node (docs/serve.md): docker build --target serve -t wm-serve . &&
+#   docker run -d -p 11112:11112 -v /etc/wm:/etc/wm:ro -v wm-spool:/var/spool/wm wm-serve
+FROM python:3.11-slim AS base
 WORKDIR /app
 ENV PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 # torch first and pinned, so that the project's range cannot pull a newer release.
@@ -7,6 +9,16 @@ RUN pip install torch==2.14.1 torchvision==0.29.1
 COPY pyproject.toml README.md ./
 COPY watermark_cli ./watermark_cli
 RUN pip install .
+
+FROM base AS serve
+# The spool must outlive the container: nothing received is lost across restarts.
+VOLUME /var/spool/wm
+EXPOSE 11112
+# SIGTERM (docker stop) drains in-flight work and exits 0; give it time: docker stop -t 60.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["wm", "serve", "--config", "/etc/wm/serve.yaml", "--spool", "/var/spool/wm"]
+
+FROM base AS cli
 WORKDIR /data
 ENTRYPOINT ["wm"]
 CMD ["--help"]
