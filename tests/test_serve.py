@@ -215,3 +215,41 @@ def test_serve_check_validates_a_config(tmp_path):
     result = run_wm("serve", "--check", "--config", unknown)
     assert result.code == 2 and "colour" in result.stderr
     np.testing.assert_equal(os.path.exists(tmp_path / "wm-spool"), False)
+
+
+def test_unmarkable_instances_are_forwarded_unmarked_only_when_configured(peers, tmp_path):
+    orthanc, make_node = peers
+    orthanc.start()
+    node = make_node(forward_unmarkable=True).start()
+    colour = pydicom.data.get_testdata_file("US1_UNCR.dcm")
+    assert storescu(node, [colour]).returncode == 0
+    wait_for(lambda: len(orthanc.instances()) == 1, 120, "the colour instance in Orthanc")
+    arrived = pydicom.dcmread(orthanc.file(orthanc.instances()[0], tmp_path))
+    assert arrived.SOPInstanceUID == pydicom.dcmread(colour).SOPInstanceUID  # as it was sent: unmarked
+    assert node.events("unmarkable")[0]["forwarded_unmarked"] is True
+
+
+def test_tls_callers_are_served_and_plain_ones_are_not(peers, shipped, tmp_path):
+    import ssl
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+    from test_restore_verify import rsa_identity
+
+    key_path, cert_path = rsa_identity(tmp_path, "wm-node")
+    orthanc, make_node = peers
+    orthanc.start()
+    node = make_node(tls={"certificate": str(cert_path), "private_key": str(key_path)}).start()
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert_path))
+    context.check_hostname = False
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(Verification)
+    ds = pydicom.dcmread(study_files()[0])
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="WMNODE", tls_args=(context, None))
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0 and assoc.send_c_store(ds).Status == 0
+    assoc.release()
+    wait_for(lambda: len(orthanc.instances()) == 1, 120, "the instance sent over TLS")
+    plain = storescu(node, study_files()[:1])  # no TLS: no association
+    assert plain.returncode != 0

@@ -50,7 +50,8 @@ class ServeConfig:
     max_spool_instances: int = 1000
     forward_unmarkable: bool = False  # forward what cannot be marked, unmarked (audited either way)
     retry_max_seconds: float = 60.0
-    tls: TlsSettings | None = None
+    tls: TlsSettings | None = None  # TLS for callers (and, with forward_tls, towards the destination)
+    forward_tls: bool = False
     extra: dict = field(default_factory=dict, repr=False)
 
     def check(self) -> "ServeConfig":
@@ -82,6 +83,8 @@ class ServeConfig:
                                ("tls.ca_certificates", self.tls.ca_certificates)):
                 if path is not None and not Path(path).is_file():
                     raise BadInputError(f"serve config: {name} {path} does not exist")
+        if self.forward_tls and self.tls is None:
+            raise BadInputError("serve config: forward_tls needs tls (this node's certificate and key)")
         if self.extra:
             raise BadInputError(f"serve config: unknown key(s) {', '.join(sorted(self.extra))}")
         return self

@@ -54,6 +54,10 @@ class MarkingNode:
         self.codec = codec_for(self.loaded, key)
         self.audit = AuditLog(Path(config.spool) / "audit.jsonl")
         self.marking_slots = threading.BoundedSemaphore(config.workers)
+        # Two associations may deliver the same instance at once: claiming its name under this
+        # lock makes the second one a duplicate, never a second marking.
+        self._claims = threading.Lock()
+        self._in_progress: set[str] = set()
         self.stopping = threading.Event()
         self.wake_forwarder = threading.Event()
         self.forwarder = threading.Thread(target=self._forward_loop, name="wm-forwarder", daemon=True)
@@ -100,16 +104,23 @@ class MarkingNode:
         if not uid:
             return _failure(CANNOT_UNDERSTAND, "no SOP Instance UID")
         name = self.spool.name(uid)
-        state = self.spool.state_of(name)
-        if state in ("received", "marked", "done"):
-            log_event("duplicate", sop_instance_uid=uid, state=state)  # never a second marked instance
-            return SUCCESS
-        if self.spool.is_full():
-            log_event("refused", sop_instance_uid=uid, why="spool full")
-            return _failure(OUT_OF_RESOURCES, "wm spool is full; retry later")
-        received = self.spool.receive(name, event.encoded_dataset())
-        log_event("received", sop_instance_uid=uid, calling_ae_title=str(event.assoc.requestor.ae_title).strip())
-        status = self._mark(name, uid, received, ds)
+        with self._claims:
+            state = "receiving" if name in self._in_progress else self.spool.state_of(name)
+            if state in ("receiving", "received", "marked", "done"):
+                log_event("duplicate", sop_instance_uid=uid, state=state)  # never a second marked instance
+                return SUCCESS
+            if self.spool.is_full():
+                log_event("refused", sop_instance_uid=uid, why="spool full")
+                return _failure(OUT_OF_RESOURCES, "wm spool is full; retry later")
+            self._in_progress.add(name)
+        try:
+            received = self.spool.receive(name, event.encoded_dataset())
+            log_event("received", sop_instance_uid=uid,
+                      calling_ae_title=str(event.assoc.requestor.ae_title).strip())
+            status = self._mark(name, uid, received, ds)
+        finally:
+            with self._claims:
+                self._in_progress.discard(name)
         self.wake_forwarder.set()
         return SUCCESS if status is None else status
 
@@ -218,15 +229,18 @@ class MarkingNode:
         return sent
 
     def _client_tls(self):
-        if self.config.tls is None:
+        """TLS towards the destination (`forward_tls`): this node's certificate, and the
+        destination's checked against `ca_certificates` when given."""
+        if not self.config.forward_tls:
             return None
         import ssl
 
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.config.tls.ca_certificates)
-        context.check_hostname = False if self.config.tls.ca_certificates is None else context.check_hostname
-        if self.config.tls.ca_certificates is None:
+        tls = self.config.tls
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_certificates)
+        if tls.ca_certificates is None:
+            context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        context.load_cert_chain(self.config.tls.certificate, self.config.tls.private_key)
+        context.load_cert_chain(tls.certificate, tls.private_key)
         return context, self.config.forward.host
 
     def _server_tls(self):
