@@ -53,6 +53,15 @@ class MarkingNode:
         self.loaded = load_model(config.model)
         self.codec = codec_for(self.loaded, key)
         self.audit = AuditLog(Path(config.spool) / "audit.jsonl")
+        # One isolated decoder process per marking slot: a decoder that crashes on a hostile
+        # instance fails that instance (a DIMSE failure), never the node.
+        import queue
+
+        from ..io.isolation import IsolatedReader
+
+        self.readers: queue.Queue = queue.Queue()
+        for _ in range(config.workers):
+            self.readers.put(IsolatedReader().__enter__())
         self.marking_slots = threading.BoundedSemaphore(config.workers)
         # Two associations may deliver the same instance at once: claiming its name under this
         # lock makes the second one a duplicate, never a second marking.
@@ -133,8 +142,10 @@ class MarkingNode:
         settings = EmbedSettings(payload=message, floor=QualityFloor(self.config.psnr_min), model=self.config.model,
                                  key=self.key)
         with self.marking_slots:
+            reader = self.readers.get()
             try:
-                result = embed_file(received, self.spool.path("marked", name), settings, self.loaded, self.codec)
+                result = embed_file(received, self.spool.path("marked", name), settings, self.loaded, self.codec,
+                                    read=reader.read)
             except WmError as error:
                 reason = str(error).replace(str(received), "instance")
                 if self.config.forward_unmarkable:
@@ -146,6 +157,8 @@ class MarkingNode:
                 self.spool.failed(name, {"sop_instance_uid": uid, "why": reason})
                 log_event("failed", sop_instance_uid=uid, why=reason)
                 return _failure(CANNOT_UNDERSTAND, f"wm cannot mark this instance: {reason}"[:1024])
+            finally:
+                self.readers.put(reader)
         from ..io.audit import audit_record
 
         self.audit.append({**audit_record(result, message, self.codec), "sop_instance_uid": uid})
@@ -304,6 +317,8 @@ class MarkingNode:
         self._drain_deadline = time.monotonic() + 30.0
         self.wake_forwarder.set()
         self.forwarder.join()
+        while not self.readers.empty():
+            self.readers.get().close()
         log_event("stopped", in_spool=self.spool.pending())
 
 
