@@ -25,7 +25,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import WmError
+from ..errors import BadInputError, WmError
 from .config import ServeConfig
 from .spool import Spool
 
@@ -302,8 +302,13 @@ class MarkingNode:
             ae.require_calling_aet = list(self.config.allow)
         handlers = [(evt.EVT_REQUESTED, self._on_requested), (evt.EVT_C_STORE, self._on_store),
                     (evt.EVT_C_ECHO, lambda event: SUCCESS)]
-        self.server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers,
-                                      ssl_context=self._server_tls())
+        try:
+            self.server = ae.start_server((self.config.host, self.config.port), block=False,
+                                          evt_handlers=handlers, ssl_context=self._server_tls())
+        except OSError as error:
+            self.stopping.set()
+            raise BadInputError(f"cannot listen on {self.config.host}:{self.config.port} "
+                                f"({error.strerror or error})") from None
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())

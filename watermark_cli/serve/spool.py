@@ -21,6 +21,7 @@ import json
 import os
 from pathlib import Path
 
+from ..errors import BadInputError
 from ..io.writing import fsync_folder, remove_stale_temporaries, write_atomically
 
 STATES = ("received", "marked", "done", "failed")
@@ -31,8 +32,13 @@ class Spool:
         self.root = Path(root)
         self.max_instances = max_instances
         for state in STATES:
-            (self.root / state).mkdir(parents=True, exist_ok=True)
+            try:
+                (self.root / state).mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise BadInputError(f"spool {self.root}: cannot create {state}/ ({error.strerror or error})") from None
             remove_stale_temporaries(self.root / state)
+        if not os.access(self.root, os.W_OK):
+            raise BadInputError(f"spool {self.root}: not writable")
 
     @staticmethod
     def name(sop_instance_uid: str) -> str:
