@@ -30,6 +30,7 @@ from .config import ServeConfig
 from .spool import Spool
 
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
+_FORWARD_BATCH = 32  # instances read and sent per association
 
 
 def log_event(event: str, **facts) -> None:
@@ -198,7 +199,8 @@ class MarkingNode:
         from pynetdicom import AE
 
         destination = self.config.forward
-        files = {name: self.spool.path("marked", name) for name in names}
+        # A bounded batch per association: a spool of large instances is never all in memory.
+        files = {name: self.spool.path("marked", name) for name in names[:_FORWARD_BATCH]}
         datasets = {}
         for name, path in files.items():
             try:
