@@ -12,11 +12,12 @@ from pathlib import Path
 
 from ..errors import BadInputError
 
-#: Message templates: never patient data by default. {random}: 12 random hex digits per instance;
-#: {study}: a keyed hash (HMAC-SHA256 under the marking key) of the Study Instance UID, the same
-#: for every instance of a study and meaningless without the key. The audit log links either to
-#: the instance.
-MESSAGE_FIELDS = ("random", "study")
+#: Message templates: never patient data. {instance}: a keyed hash (HMAC-SHA256 under the marking
+#: key, 12 hex digits) of the SOP Instance UID, the default: one ID per instance, meaningless
+#: without the key, and the same again if the instance is marked again after a crash; {study}:
+#: the same of the Study Instance UID (one ID per study); {random}: 12 random hex digits. The
+#: audit log links each to its instance.
+MESSAGE_FIELDS = ("instance", "study", "random")
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class ServeConfig:
     model: str | None = None
     key_file: Path | None = None
     workers: int = 2
-    message: str = "wm-{random}"
+    message: str = "wm-{instance}"
     psnr_min: float = 40.0
     max_spool_instances: int = 1000
     forward_unmarkable: bool = False  # forward what cannot be marked, unmarked (audited either way)

@@ -76,10 +76,12 @@ class MarkingNode:
     # ---- the message -------------------------------------------------------------------------
 
     def message_for(self, ds) -> bytes:
-        study = str(ds.get("StudyInstanceUID", "") or "")
-        study_hash = hmac.new(self.key or b"wm-default-key", study.encode("ascii", "replace"),
-                              hashlib.sha256).hexdigest()[:12]
-        return self.config.message.format(random=secrets.token_hex(6), study=study_hash).encode("utf-8")
+        def keyed(uid_keyword: str) -> str:
+            uid = str(ds.get(uid_keyword, "") or "")
+            return hmac.new(self.key or b"wm-default-key", uid.encode("ascii", "replace"), hashlib.sha256).hexdigest()[:12]
+
+        return self.config.message.format(random=secrets.token_hex(6), study=keyed("StudyInstanceUID"),
+                                          instance=keyed("SOPInstanceUID")).encode("utf-8")
 
     # ---- association control -----------------------------------------------------------------
 
@@ -271,7 +273,9 @@ class MarkingNode:
     # ---- life cycle --------------------------------------------------------------------------
 
     def recover(self) -> None:
-        """After a restart: resolve instances left in two states, mark what was received."""
+        """After a restart: audit what was marked but not audited, resolve instances left in two
+        states, mark what was received."""
+        self._audit_unaudited()
         self.spool.resolve_doubles()
         for name in self.spool.waiting("received"):
             import pydicom
@@ -284,6 +288,42 @@ class MarkingNode:
                 continue
             log_event("resumed", sop_instance_uid=str(ds.get("SOPInstanceUID", "")))
             self._mark(name, str(ds.get("SOPInstanceUID", "")), path, ds)
+
+    def _audit_unaudited(self) -> None:
+        """A kill between writing a marked file and its audit line leaves both the received and
+        the marked copy: the marked one is audited from the pair when it holds this instance's
+        message (templates without {random} give the same message again), else it is removed and
+        the instance marked anew (it was never forwarded)."""
+        import pydicom
+
+        from ..marking.files import EmbedSettings, recovered_result
+        from ..quality import QualityFloor
+
+        audited = self.audit.outputs()
+        for name in self.spool.names("received"):
+            marked = self.spool.path("marked", name)
+            if not marked.exists() or str(marked.resolve()) in audited:
+                continue
+            received = self.spool.path("received", name)
+            ds = pydicom.dcmread(received, stop_before_pixels=True)
+            message = self.message_for(ds)
+            settings = EmbedSettings(payload=message, floor=QualityFloor(self.config.psnr_min), key=self.key)
+            reader = self.readers.get()
+            try:
+                result = recovered_result(received, marked, settings, self.loaded, self.codec, reader.read)
+            except WmError:
+                result = None
+            finally:
+                self.readers.put(reader)
+            uid = str(ds.get("SOPInstanceUID", ""))
+            if result is None:
+                marked.unlink()
+                continue
+            from ..io.audit import audit_record
+
+            self.audit.append({**audit_record(result, message, self.codec), "sop_instance_uid": uid})
+            log_event("marked", sop_instance_uid=uid, psnr=result["psnr"], binding_view=result["binding_view"],
+                      psnr_min=result["psnr_min"], message=message.decode("utf-8", "replace"), recovered=True)
 
     def serve(self) -> None:
         """Run until SIGTERM or SIGINT; then drain and return."""

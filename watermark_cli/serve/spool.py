@@ -84,23 +84,24 @@ class Spool:
         write_atomically(self.root / "failed" / f"{name}.json", json.dumps(facts, sort_keys=True) + "\n")
         fsync_folder(self.root / "received")
 
-    def waiting(self, state: str) -> list[str]:
-        """Names in `state` (received or marked) that no later state holds, oldest first."""
+    def names(self, state: str) -> list[str]:
+        """Every name with a file in `state` (received or marked), oldest first."""
         entries = [entry for entry in os.scandir(self.root / state)
                    if entry.name.endswith(".dcm") and not entry.name.startswith(".")]
         entries.sort(key=lambda entry: entry.stat().st_mtime)
-        names = [entry.name[:-4] for entry in entries]
+        return [entry.name[:-4] for entry in entries]
+
+    def waiting(self, state: str) -> list[str]:
+        """Names in `state` (received or marked) that no later state holds, oldest first."""
         later = STATES[STATES.index(state) + 1:]
-        return [name for name in names if self.state_of(name) not in later]
+        return [name for name in self.names(state) if self.state_of(name) not in later]
 
     def resolve_doubles(self) -> None:
         """After a crash: remove the earlier copy of an instance that reached a later state."""
         for state in ("received", "marked"):
-            for entry in list(os.scandir(self.root / state)):
-                if entry.name.endswith(".dcm") and not entry.name.startswith("."):
-                    name = entry.name[:-4]
-                    if STATES.index(self.state_of(name)) > STATES.index(state):
-                        _remove(Path(entry.path))
+            for name in self.names(state):
+                if STATES.index(self.state_of(name)) > STATES.index(state):
+                    _remove(self.path(state, name))
 
 
 def _remove(path: Path) -> None:
