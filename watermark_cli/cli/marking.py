@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..errors import BadInputError, CheckFailedError, NoWatermarkError, WmError
 from .app import GracefulStop, app, emit_json, format_db, open_model, progress_bar, stderr, stdout
-from .options import (Compression, JsonOption, KeyFileOption, KeyOption, MaxPixelsOption, ModelOption, PsnrDomain,
+from .options import (Compression, Engine, JsonOption, KeyFileOption, KeyOption, MaxPixelsOption, ModelOption, PsnrDomain,
                       PsnrDomainOption, RecipientOption,
                       PsnrOption, PsnrPeak, PsnrPeakOption, WindowOption, message_bytes, parse_window, quality_floor,
                       resolve_key)
@@ -54,6 +54,9 @@ def embed(
     sign: Annotated[Optional[Path], typer.Option("--sign", help="RSA private key (PEM, unencrypted): sign each DICOM output (PS3.15 Creator RSA profile, SHA-256).")] = None,
     cert: Annotated[Optional[Path], typer.Option("--cert", help="The signer's X.509 certificate (PEM), with --sign.")] = None,
     recipient: RecipientOption = None,
+    engine: Annotated[Engine, typer.Option("--engine", help="A folder: local (this machine's processes) or dask (a Dask cluster: --scheduler, or a LocalCluster of --workers processes).")] = Engine.local,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="With --engine dask: a running scheduler's address (tcp://host:8786).")] = None,
+    shard_spec: Annotated[Optional[str], typer.Option("--shard", help="I/N: mark only the deterministic I-th of N parts of a folder (0 <= I < N), for job arrays.")] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Hide MESSAGE in INPUT; every written frame keeps PSNR >= --psnr-min, measured on its stored
@@ -100,14 +103,27 @@ def embed(
         raise BadInputError(f"{target}: exists and is not a folder")
     if target.resolve() == input.resolve():
         raise BadInputError(f"{target}: the output folder is the input folder; give another one with -o")
+    from ..marking.shards import parse_shard, shard
+
+    part = parse_shard(shard_spec) if shard_spec else None
+    if engine is Engine.dask:
+        import importlib.util
+
+        if importlib.util.find_spec("distributed") is None:
+            raise BadInputError("--engine dask needs Dask distributed: pip install 'wm[dask]'")
+    elif scheduler:
+        raise BadInputError("--scheduler goes with --engine dask")
     images, skipped = scan_folder(input, exclude=target)
     if not images:
         raise BadInputError(f"no image files in {input}")
     created = _make_output_folder(target)
     try:
-        with exclusive_folder(target):  # a second run into the same folder fails at once
-            remove_stale_temporaries(target)
-            jobs = [(path, target / path.relative_to(input)) for path in images]
+        jobs = [(path, target / path.relative_to(input)) for path in images]
+        if part is not None:
+            jobs = shard(jobs, input, *part)
+        # A second run into the same folder (the same shard) fails at once.
+        with exclusive_folder(target, f"shard-{part[0]}-of-{part[1]}" if part else None):
+            remove_stale_temporaries(target, {job[1] for job in jobs} if part else None)
             existing: list[tuple[Path, Path]] = []
             if not overwrite:
                 # A re-run does not redo work: outputs are written atomically, so one that exists is whole.
@@ -118,7 +134,8 @@ def embed(
             audit_log.check_writable()
             recovered = _audit_unaudited(existing, settings, loaded, codec, audit_log)
             _mark(input, jobs, settings, loaded, codec, workers, audit_log, json_output,
-                  escaping=_outside_folder(jobs, target), existing=existing, skipped=skipped, recovered=recovered)
+                  escaping=_outside_folder(jobs, target), existing=existing, skipped=skipped, recovered=recovered,
+                  engine=engine, scheduler=scheduler)
     finally:
         if created and not any(target.iterdir()):
             target.rmdir()  # a run that wrote nothing leaves nothing
@@ -178,7 +195,8 @@ def _audit_unaudited(existing, settings, loaded, codec, audit_log) -> int:
 
 
 def _mark(input: Path, jobs, settings, loaded, codec, workers: int, audit_log, json_output: bool, *,
-          escaping=(), existing=(), skipped=(), recovered: int = 0) -> None:
+          escaping=(), existing=(), skipped=(), recovered: int = 0, engine: Engine = Engine.local,
+          scheduler: str | None = None) -> None:
     """Mark every job, audit and report each file as it completes; the batch summary and exit code."""
     from ..io.audit import audit_record
     from ..marking.files import FileOutcome, embed_files
@@ -190,7 +208,13 @@ def _mark(input: Path, jobs, settings, loaded, codec, workers: int, audit_log, j
     single = not input.is_dir()
     with progress_bar(len(jobs) > 1 and not json_output) as progress, GracefulStop() as stop:
         task = progress.add_task("embedding", total=len(jobs)) if progress else None
-        for outcome in embed_files(jobs, settings, loaded, codec, workers, stop_requested=stop.requested):
+        if engine is Engine.dask and jobs:
+            from ..marking.cluster import embed_files_on_cluster
+
+            outcomes = embed_files_on_cluster(jobs, settings, workers, scheduler, stop_requested=stop.requested)
+        else:
+            outcomes = embed_files(jobs, settings, loaded, codec, workers, stop_requested=stop.requested)
+        for outcome in outcomes:
             if outcome.result is not None:
                 results.append(outcome.result)
                 audit_log.append(audit_record(outcome.result, settings.payload, codec))

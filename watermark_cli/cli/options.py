@@ -106,6 +106,11 @@ def message_bytes(message: str, hex_message: bool) -> bytes:
         raise BadInputError(f"--hex message is not hexadecimal: {message!r}") from None
 
 
+class Engine(str, Enum):
+    local = "local"
+    dask = "dask"
+
+
 class PsnrDomain(str, Enum):
     """Where the floor holds (design §1): every view a reader uses, the stored values, or one window."""
 

@@ -78,23 +78,25 @@ def write_atomically(path: str | Path, content: Content, *, overwrite: bool = Tr
 
 
 @contextmanager
-def exclusive_folder(folder: str | Path) -> Iterator[None]:
+def exclusive_folder(folder: str | Path, part: str | None = None) -> Iterator[None]:
     """Hold `folder` for one writer: a second `wm embed` into the same folder fails at once with a
     one-line error instead of marking the same files and appending the same audit lines. An
     advisory flock(2) on the folder itself: nothing is created, and the kernel releases it
-    when the holder exits, even when killed."""
+    when the holder exits, even when killed. With `part` (a shard, e.g. '0-of-4'), only that part
+    is held, through a hidden lock file of its own: the other parts may run at the same time."""
     import fcntl
 
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        fd = (os.open(Path(folder) / f".wm-{part}.lock", os.O_RDONLY | os.O_CREAT, 0o644) if part is not None
+              else os.open(folder, os.O_RDONLY))
     except OSError as error:
         raise BadInputError(f"{folder}: cannot open the output folder ({error.strerror or error})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise BadInputError(f"{folder}: another wm embed is writing into this folder; run again when it has "
-                                "finished") from None
+            raise BadInputError(f"{folder}: another wm embed is writing into this folder"
+                                + (f" (shard {part})" if part else "") + "; run again when it has finished") from None
         except OSError:
             pass  # a file system without locks: no worse than before
         yield
@@ -102,12 +104,16 @@ def exclusive_folder(folder: str | Path) -> Iterator[None]:
         os.close(fd)
 
 
-def remove_stale_temporaries(folder: str | Path) -> int:
+def remove_stale_temporaries(folder: str | Path, targets: set[Path] | None = None) -> int:
     """Remove the temporary files a killed writer left below `folder` (a SIGKILL or a power cut
     skips `write_atomically`'s clean-up). Only safe while holding `exclusive_folder(folder)`:
-    another writer's temporary file would otherwise be taken from under it. Returns how many."""
+    another writer's temporary file would otherwise be taken from under it. With `targets`,
+    only the temporaries of those files (a shard's). Returns how many."""
     removed = 0
     for stale in Path(folder).rglob(f".*{_TEMPORARY_MARK}*"):
+        target = stale.with_name(stale.name[1:].split(_TEMPORARY_MARK)[0])
+        if targets is not None and target not in targets:
+            continue
         if stale.is_file() and not stale.is_symlink():
             try:
                 stale.unlink()

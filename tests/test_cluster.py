@@ -1,0 +1,117 @@
+"""`wm embed --engine dask` and `--shard I/N` (issue 18) on real pydicom-data files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import run_wm
+from watermark_cli.data.clinical import clinical_file
+from watermark_cli.io.image import read_image
+from watermark_cli.marking.image import codec_for, extract_payload
+from watermark_cli.marking.shards import shard, shard_of
+from watermark_cli.model.store import load_model
+
+MESSAGE = "cluster-18"
+FILES = ["693_UNCR.dcm", "JPEG2000_UNC.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm", "CT_small.dcm"]
+
+
+def real_folder(root: Path, copies: int = 1) -> Path:
+    """Real DICOMs in a folder with a subfolder, plus one file that is not an image."""
+    folder = root / "src"
+    (folder / "sub").mkdir(parents=True)
+    for copy in range(copies):
+        for index, name in enumerate(FILES):
+            target = folder / ("sub" if index % 2 else "") / f"{copy}_{name}"
+            shutil.copyfile(clinical_file(name), target)
+    (folder / "broken.dcm").write_text("not an image")
+    return folder
+
+
+def outputs(folder: Path) -> set[str]:
+    return {path.relative_to(folder).as_posix() for path in folder.rglob("*.dcm")}
+
+
+def audit_outputs(folder: Path) -> list[str]:
+    return [json.loads(line)["output"] for line in (folder / "wm-audit.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    loaded = load_model(None)
+    return loaded, codec_for(loaded, None)
+
+
+def test_dask_engine_gives_the_same_outcome_as_local(tmp_path, shipped):
+    source = real_folder(tmp_path)
+    local = run_wm("embed", source, MESSAGE, "-o", tmp_path / "local", "--json")
+    dask = run_wm("embed", source, MESSAGE, "-o", tmp_path / "dask", "--engine", "dask", "--workers", "2", "--json")
+    assert dask.code == local.code == 2 and "broken.dcm" in dask.stdout  # the bad file, reported, not stopping
+    assert outputs(tmp_path / "dask") == outputs(tmp_path / "local") == {
+        f"{'sub/' if i % 2 else ''}0_{name}" for i, name in enumerate(FILES)}
+    loaded, codec = shipped
+    for name in outputs(tmp_path / "dask"):
+        decoded = extract_payload(loaded, codec, read_image(tmp_path / "dask" / name))
+        assert decoded.found and decoded.message.decode() == MESSAGE
+    audited = audit_outputs(tmp_path / "dask")
+    assert len(audited) == len(set(audited)) == len(FILES)
+    again = run_wm("embed", source, MESSAGE, "-o", tmp_path / "dask", "--engine", "dask", "--workers", "2")
+    assert "already done 4" in again.stdout and len(audit_outputs(tmp_path / "dask")) == len(FILES)
+
+
+def test_a_worker_killed_mid_run_loses_nothing_and_doubles_nothing(tmp_path, shipped):
+    import psutil
+
+    from watermark_cli.marking.cluster import embed_files_on_cluster
+    from watermark_cli.marking.files import EmbedSettings
+    from watermark_cli.quality import QualityFloor
+
+    source = real_folder(tmp_path, copies=3)
+    out = tmp_path / "out"
+    jobs = [(path, out / path.relative_to(source)) for path in sorted(source.rglob("*_*.dcm"))]
+    settings = EmbedSettings(MESSAGE.encode(), QualityFloor(40.0))
+    results, killed = [], []
+    for outcome in embed_files_on_cluster(jobs, settings, workers=2):
+        results.append(outcome)
+        if not killed:
+            # A worker is a child of this process that has a child of its own (its isolated reader).
+            workers = [child for child in psutil.Process().children() if child.children()]
+            assert workers, "no worker process found"
+            workers[0].kill()
+            killed.append(workers[0].pid)
+    assert killed
+    assert sorted(str(o.source) for o in results) == sorted(str(source) for source, _ in jobs)  # each once
+    assert all(o.result is not None for o in results), [o.error for o in results if o.result is None]
+    loaded, codec = shipped
+    for _, destination in jobs:
+        assert extract_payload(loaded, codec, read_image(destination)).message.decode() == MESSAGE
+    assert not [path for path in out.rglob(".*") if path.is_file()]  # no temporary file left
+
+
+def test_shards_are_disjoint_and_complete(tmp_path, shipped):
+    paths = [f"study{i // 50}/series{i % 7}/image{i}.dcm" for i in range(100_000)]
+    counts = [0] * 8
+    for path in paths:
+        counts[shard_of(path, 8)] += 1
+    assert sum(counts) == len(paths) and max(counts) / min(counts) < 1.05  # balanced
+    root = Path("/data")
+    jobs = [(root / path, Path("/out") / path) for path in paths[:1000]]
+    parts = [shard(jobs, root, index, 3) for index in range(3)]
+    assert sorted(job for part in parts for job in part) == sorted(jobs)
+
+    source = real_folder(tmp_path)
+    out = tmp_path / "out"
+    written = []
+    for index in range(2):
+        result = run_wm("embed", source, MESSAGE, "-o", out, "--shard", f"{index}/2")
+        assert result.code in (0, 2), result.stderr
+        written.append(outputs(out) - set().union(*written) if written else outputs(out))
+    assert not (written[0] & written[1]) and written[0] | written[1] == outputs(out)
+    assert len(outputs(out)) == len(FILES)
+    audited = audit_outputs(out)
+    assert len(audited) == len(set(audited)) == len(FILES)
+    bad = run_wm("embed", source, MESSAGE, "-o", out, "--shard", "2/2")
+    assert bad.code == 2 and "--shard" in bad.stderr
