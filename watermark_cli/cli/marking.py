@@ -137,7 +137,9 @@ def embed(
                   escaping=_outside_folder(jobs, target), existing=existing, skipped=skipped, recovered=recovered,
                   engine=engine, scheduler=scheduler)
     finally:
-        if created and not any(target.iterdir()):
+        if created and all(entry.name.startswith(".wm-shard-") for entry in target.iterdir()):
+            for lock in target.iterdir():  # a shard's lock file, in a folder this run created
+                lock.unlink()
             target.rmdir()  # a run that wrote nothing leaves nothing
 
 
