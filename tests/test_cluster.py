@@ -61,6 +61,24 @@ def test_dask_engine_gives_the_same_outcome_as_local(tmp_path, shipped):
     again = run_wm("embed", source, MESSAGE, "-o", tmp_path / "dask", "--engine", "dask", "--workers", "2")
     assert "already done 4" in again.stdout and len(audit_outputs(tmp_path / "dask")) == len(FILES)
 
+    # wm extract --engine dask reads the same as local: marked files, an unmarked original, a bad file
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tmp_path / "dask", mixed)
+    shutil.copyfile(clinical_file(FILES[0]), mixed / "unmarked.dcm")
+    (mixed / "broken.dcm").write_text("not an image")
+    read_local = run_wm("extract", mixed, "--json")
+    read_dask = run_wm("extract", mixed, "--engine", "dask", "--workers", "2", "--json")
+    assert read_dask.code == read_local.code == 2  # a bad file outranks a missing mark
+
+    def by_input(result) -> dict:
+        lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+        return {Path(line["input"]).relative_to(mixed).as_posix(): (line.get("message"), "error" in line)
+                for line in lines}
+
+    expected = {name: (MESSAGE, False) for name in outputs(tmp_path / "dask")}
+    expected.update({"unmarked.dcm": (None, False), "broken.dcm": (None, True)})
+    assert by_input(read_dask) == by_input(read_local) == expected
+
 
 def test_a_worker_killed_mid_run_loses_nothing_and_doubles_nothing(tmp_path, shipped):
     import psutil

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import BadInputError, CheckFailedError, NoWatermarkError, WmError
+from ..errors import BadInputError, CheckFailedError, NoWatermarkError
 from .app import GracefulStop, app, emit_json, format_db, open_model, progress_bar, stderr, stdout
 from .options import (Compression, Engine, JsonOption, KeyFileOption, KeyOption, MaxPixelsOption, ModelOption, PsnrDomain,
                       PsnrDomainOption, RecipientOption,
@@ -106,13 +106,7 @@ def embed(
     from ..marking.shards import parse_shard, shard
 
     part = parse_shard(shard_spec) if shard_spec else None
-    if engine is Engine.dask:
-        import importlib.util
-
-        if importlib.util.find_spec("distributed") is None:
-            raise BadInputError("--engine dask needs Dask distributed: pip install 'wm[dask]'")
-    elif scheduler:
-        raise BadInputError("--scheduler goes with --engine dask")
+    check_engine(engine, scheduler)
     images, skipped = scan_folder(input, exclude=target)
     if not images:
         raise BadInputError(f"no image files in {input}")
@@ -141,6 +135,17 @@ def embed(
             for lock in target.iterdir():  # a shard's lock file, in a folder this run created
                 lock.unlink()
             target.rmdir()  # a run that wrote nothing leaves nothing
+
+
+def check_engine(engine: Engine, scheduler: str | None) -> None:
+    """--engine dask needs Dask distributed installed; --scheduler needs --engine dask."""
+    if engine is Engine.dask:
+        import importlib.util
+
+        if importlib.util.find_spec("distributed") is None:
+            raise BadInputError("--engine dask needs Dask distributed: pip install 'wm[dask]'")
+    elif scheduler:
+        raise BadInputError("--scheduler goes with --engine dask")
 
 
 def _signing_material(sign: Path | None, cert: Path | None) -> tuple[bytes, bytes] | None:
@@ -312,16 +317,21 @@ def extract(
         "--accept-format-1", help="Also accept marks in the payload format wm wrote before v2: "
                                   "unauthenticated, so anyone could have forged them.")] = False,
     max_pixels: MaxPixelsOption = 100_000_000,
+    engine: Annotated[Engine, typer.Option("--engine", help="A folder: local (this process) or dask (a Dask cluster: --scheduler, or a LocalCluster of --workers processes).")] = Engine.local,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="With --engine dask: a running scheduler's address (tcp://host:8786).")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=256, help="With --engine dask and no --scheduler: LocalCluster worker processes.")] = 2,
     json_output: JsonOption = False,
 ) -> None:
     """Read the hidden message. Exit 0: found; 1: no valid watermark; 2: bad input."""
     from ..io.image import iter_image_files
     from ..io.isolation import IsolatedReader
+    from ..marking.files import read_mark
     from ..marking.image import codec_for, legacy_codec_for
     from ..payload import key_kind
 
     if not input.exists():
         raise BadInputError(f"no such file or folder: {input}")
+    check_engine(engine, scheduler)
     files = iter_image_files(input) if input.is_dir() else [input]
     if not files:
         raise BadInputError(f"no image files in {input}")
@@ -329,13 +339,27 @@ def extract(
     kind = key_kind(secret)
     single = len(files) == 1
     outcomes = {"found": 0, "missing": 0, "bad": 0}
-    with IsolatedReader(max_pixels) as reader:  # its interpreter starts while the model loads
-        loaded = open_model(model)
-        codec = codec_for(loaded, secret)
-        legacy = legacy_codec_for(loaded, secret)
-        for path in files:
-            outcomes[_extract_one(path, reader.read, loaded, codec, legacy, kind, accept_format_1, json_output,
-                                  single)] += 1
+    if engine is Engine.dask and not single:
+        from ..marking.cluster import read_marks_on_cluster
+
+        open_model(model)  # a missing or damaged model is one line here, not an error per file
+        with progress_bar(not json_output) as progress, GracefulStop() as stop:
+            task = progress.add_task("reading", total=len(files)) if progress else None
+            for reading in read_marks_on_cluster(files, model, secret, max_pixels, accept_format_1, workers,
+                                                 scheduler, stop_requested=stop.requested):
+                outcomes[_report_mark(reading, kind, json_output, single)] += 1
+                if progress:
+                    progress.advance(task)
+        if stop.requested():
+            raise KeyboardInterrupt
+    else:
+        with IsolatedReader(max_pixels) as reader:  # its interpreter starts while the model loads
+            loaded = open_model(model)
+            codec = codec_for(loaded, secret)
+            legacy = legacy_codec_for(loaded, secret)
+            for path in files:
+                reading = read_mark(path, reader.read, loaded, codec, legacy, accept_format_1)
+                outcomes[_report_mark(reading, kind, json_output, single)] += 1
     missing, bad = outcomes["missing"], outcomes["bad"]
     if bad:
         raise BadInputError(f"{bad} of {len(files)} file(s) could not be read")
@@ -345,29 +369,20 @@ def extract(
         )
 
 
-def _extract_one(path: Path, read, loaded, codec, legacy, kind: str, accept_format_1: bool, json_output: bool,
-                 single: bool) -> str:
-    """Read one file's mark and print it; 'found', 'missing' or 'bad' (a single file's error is raised)."""
-    from ..marking.image import extract_payload
+def _report_mark(reading, kind: str, json_output: bool, single: bool) -> str:
+    """Print one file's mark; 'found', 'missing' or 'bad' (a single file's error is raised)."""
     from ..payload import bytes_to_text
 
-    try:
-        image = read(path)
-        decoded = extract_payload(loaded, codec, image)
-        old_mark = None
-        if not decoded.found and legacy is not None:
-            old_mark = extract_payload(loaded, legacy, image, full_search=accept_format_1)
-            if accept_format_1 and old_mark.found:
-                decoded, old_mark = old_mark, None
-    except WmError as error:
+    path, decoded = reading.source, reading.decoded
+    if reading.error is not None:
         if single:
-            raise
-        stderr.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+            raise (BadInputError if reading.exit_code == 2 else CheckFailedError)(reading.error)
+        stderr.print(f"[red]error:[/] {escape(reading.error)}", highlight=False, soft_wrap=True)
         if json_output:
-            emit_json({"input": str(path), "error": str(error)})
+            emit_json({"input": str(path), "error": reading.error})
         return "bad"
     text = bytes_to_text(decoded.message) if decoded.found else None
-    hint = old_mark is not None and old_mark.found
+    hint = reading.format_1_seen
     if json_output:
         emit_json({"input": str(path), "found": decoded.found, "message": text,
                    "confidence": round(decoded.confidence, 4), "bit_errors": decoded.bit_errors,

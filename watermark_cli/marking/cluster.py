@@ -1,7 +1,7 @@
-"""Marking a folder on a Dask cluster (`wm embed --engine dask`), and deterministic shards.
+"""Marking and reading a folder on a Dask cluster (`wm embed|extract --engine dask`).
 
-The same job as `embed_files` (marking.files), spread over Dask distributed workers: a
-`LocalCluster` of `workers` processes on this machine, or a running cluster at `scheduler`
+The same jobs as `embed_files` and `read_mark` (marking.files), spread over Dask distributed
+workers: a `LocalCluster` of `workers` processes on this machine, or a running cluster at `scheduler`
 (dask-scheduler + dask-worker, dask-jobqueue on Slurm, dask-kubernetes). What goes over the
 network is paths and results, never pixels: every worker reads and writes the shared storage
 itself. Each worker process loads the model once (a worker plugin) and decodes in its own
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from distributed import WorkerPlugin
 
-from .files import EmbedSettings, FileOutcome
+from .files import EmbedSettings, FileOutcome, MarkReading, read_mark
 
 _IN_FLIGHT_PER_WORKER = 4
 _PLUGIN_NAME = "wm-marking"
@@ -32,52 +32,76 @@ _PLUGIN_NAME = "wm-marking"
 
 # ---- on the workers --------------------------------------------------------------------------
 
-class MarkingPlugin(WorkerPlugin):
-    """Loads the model and opens an isolated reader once per worker process."""
+class _ModelPlugin(WorkerPlugin):
+    """Loads the model and opens an isolated reader once per worker process; `worker.wm` then
+    holds them (and what `_more_state` adds) for every task that worker runs."""
 
     name = _PLUGIN_NAME
 
-    def __init__(self, settings: EmbedSettings, threads: int) -> None:
+    def __init__(self, model: str | None, key, max_pixels: int, threads: int) -> None:
         super().__init__()
-        self.settings = settings
-        self.threads = threads
+        self.model, self.key, self.max_pixels, self.threads = model, key, max_pixels, threads
 
     def setup(self, worker) -> None:
         import torch
 
+        from ..io.image import read_image
         from ..io.isolation import IsolatedReader
         from ..model.store import load_model
         from .image import codec_for
 
         torch.set_num_threads(self.threads)
-        loaded = load_model(self.settings.model)
+        loaded = load_model(self.model)
         # A daemonic worker process (Dask's default) may not start the reader's child process:
         # it then decodes in process. Workers started with distributed.worker.daemon = False
         # (as LocalCluster here is) isolate their decoders.
-        reader = None if multiprocessing.current_process().daemon else IsolatedReader(self.settings.max_pixels)
-        worker.wm_marking = {"settings": self.settings, "loaded": loaded,
-                             "codec": codec_for(loaded, self.settings.key),
-                             "reader": reader.__enter__() if reader is not None else None}
+        reader = None if multiprocessing.current_process().daemon else IsolatedReader(self.max_pixels).__enter__()
+        read = reader.read if reader is not None else (lambda path: read_image(path, self.max_pixels))
+        worker.wm = {"loaded": loaded, "codec": codec_for(loaded, self.key), "reader": reader, "read": read,
+                     **self._more_state(loaded)}
+
+    def _more_state(self, loaded) -> dict:
+        return {}
 
     def teardown(self, worker) -> None:
-        state = getattr(worker, "wm_marking", None)
+        state = getattr(worker, "wm", None)
         if state and state["reader"] is not None:
             state["reader"].close()
 
 
-def mark_on_worker(source: str, destination: str) -> FileOutcome:
-    """One file, on whichever worker Dask chose (the task's whole payload: two paths)."""
+class MarkingPlugin(_ModelPlugin):
+    """For `wm embed`: the embed settings travel once per worker, not with every task."""
+
+    def __init__(self, settings: EmbedSettings, threads: int) -> None:
+        super().__init__(settings.model, settings.key, settings.max_pixels, threads)
+        self.settings = settings
+
+    def _more_state(self, loaded) -> dict:
+        return {"settings": self.settings}
+
+
+class ReadingPlugin(_ModelPlugin):
+    """For `wm extract`: the current codec and, for the format-1 hint, the legacy one."""
+
+    def _more_state(self, loaded) -> dict:
+        from .image import legacy_codec_for
+
+        return {"legacy": legacy_codec_for(loaded, self.key)}
+
+
+def _worker_state() -> dict:
     from distributed import get_worker
 
+    return get_worker().wm
+
+
+def mark_on_worker(source: str, destination: str) -> FileOutcome:
+    """One file, on whichever worker Dask chose (the task's whole payload: two paths)."""
     from ..errors import WmError
     from .files import _run_one, recovered_result
 
-    from ..io.image import read_image
-
-    state = get_worker().wm_marking
-    settings, loaded, codec = state["settings"], state["loaded"], state["codec"]
-    read = state["reader"].read if state["reader"] is not None else (
-        lambda path: read_image(path, settings.max_pixels))
+    state = _worker_state()
+    settings, loaded, codec, read = state["settings"], state["loaded"], state["codec"], state["read"]
     source_path, destination_path = Path(source), Path(destination)
     if destination_path.exists() and not settings.overwrite:
         # A retry after the worker that had this task died: its output may be whole and in place.
@@ -90,12 +114,47 @@ def mark_on_worker(source: str, destination: str) -> FileOutcome:
     return _run_one(source_path, destination_path, settings, loaded, codec, read)
 
 
+def read_mark_on_worker(source: str, accept_format_1: bool) -> MarkReading:
+    """One file's mark, read on a worker (the task's payload: a path and a flag)."""
+    state = _worker_state()
+    return read_mark(Path(source), state["read"], state["loaded"], state["codec"], state["legacy"], accept_format_1)
+
+
 # ---- on the client ---------------------------------------------------------------------------
 
 def embed_files_on_cluster(jobs: list[tuple[Path, Path]], settings: EmbedSettings, workers: int = 2,
                            scheduler: str | None = None,
                            stop_requested: Callable[[], bool] = lambda: False) -> Iterator[FileOutcome]:
     """`embed_files` on Dask: yields each file's outcome as it completes."""
+
+    def failed(job: tuple[Path, Path], why: str) -> FileOutcome:
+        return FileOutcome(job[0], job[1], exit_code=1, error=f"{job[0]}: failed on the cluster ({why})")
+
+    yield from _run_on_cluster(jobs, lambda job: (mark_on_worker, str(job[0]), str(job[1])),
+                               lambda threads: MarkingPlugin(settings, threads), failed, workers, scheduler,
+                               stop_requested)
+
+
+def read_marks_on_cluster(paths: list[Path], model: str | None, key, max_pixels: int, accept_format_1: bool,
+                          workers: int = 2, scheduler: str | None = None,
+                          stop_requested: Callable[[], bool] = lambda: False) -> Iterator[MarkReading]:
+    """`read_mark` of every file on Dask: yields each file's reading as it completes."""
+
+    def failed(path: Path, why: str) -> MarkReading:
+        return MarkReading(path, error=f"{path}: failed on the cluster ({why})")
+
+    yield from _run_on_cluster(paths, lambda path: (read_mark_on_worker, str(path), accept_format_1),
+                               lambda threads: ReadingPlugin(model, key, max_pixels, threads), failed, workers,
+                               scheduler, stop_requested)
+
+
+def _run_on_cluster(items: list, task_of: Callable, plugin_for: Callable, failed: Callable, workers: int,
+                    scheduler: str | None, stop_requested: Callable[[], bool]) -> Iterator:
+    """Run `task_of(item)` = (function, *arguments) for every item on a cluster (`scheduler`, or
+    a LocalCluster of `workers` processes) with the plugin `plugin_for(threads per worker)`;
+    yield results as they complete, `failed(item, why)` for a task that failed on every worker
+    it was tried on. At most a few tasks per worker are submitted at a time; once
+    `stop_requested()`, no more."""
     import os
 
     from distributed import Client, LocalCluster, as_completed
@@ -111,32 +170,31 @@ def embed_files_on_cluster(jobs: list[tuple[Path, Path]], settings: EmbedSetting
     try:
         n_workers = max(1, len(client.scheduler_info()["workers"]))
         threads = max(1, (os.cpu_count() or 1) // n_workers) if cluster is not None else 1
-        client.register_plugin(MarkingPlugin(settings, threads), name=_PLUGIN_NAME)
-        pending, running, jobs_of = iter(jobs), as_completed(), {}
+        client.register_plugin(plugin_for(threads), name=_PLUGIN_NAME)
+        pending, running, item_of = iter(items), as_completed(), {}
+
+        def submit_next() -> bool:
+            item = next(pending, None)
+            if item is None:
+                return False
+            function, *arguments = task_of(item)
+            future = client.submit(function, *arguments, pure=False, retries=2)
+            item_of[future.key] = item
+            running.add(future)
+            return True
+
         for _ in range(n_workers * _IN_FLIGHT_PER_WORKER):
-            if not _submit_next(client, pending, running, jobs_of):
+            if not submit_next():
                 break
         for future in running:
-            source, destination = jobs_of.pop(future.key)
+            item = item_of.pop(future.key)
             try:
                 yield future.result()
-            except Exception as error:  # a task that failed on every worker it was tried on
-                yield FileOutcome(source, destination, exit_code=1,
-                                  error=f"{source}: failed on the cluster ({type(error).__name__}: "
-                                        f"{(str(error).splitlines() or ['no message'])[0]})")
+            except Exception as error:  # failed on every worker it was tried on
+                yield failed(item, f"{type(error).__name__}: {(str(error).splitlines() or ['no message'])[0]}")
             if not stop_requested():
-                _submit_next(client, pending, running, jobs_of)
+                submit_next()
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
-
-
-def _submit_next(client, pending, running, jobs_of: dict) -> bool:
-    job = next(pending, None)
-    if job is None:
-        return False
-    future = client.submit(mark_on_worker, str(job[0]), str(job[1]), pure=False, retries=2)
-    jobs_of[future.key] = job
-    running.add(future)
-    return True

@@ -56,6 +56,37 @@ class FileOutcome:
     exit_code: int = 0
 
 
+@dataclass(frozen=True)
+class MarkReading:
+    """What `wm extract` read from one file: the decoded payload, whether an old unauthenticated
+    (format 1) mark was seen that was not accepted, or the error that kept the file unread."""
+
+    source: Path
+    decoded: object | None = None  # payload.DecodedPayload
+    format_1_seen: bool = False
+    error: str | None = None
+    exit_code: int = 0
+
+
+def read_mark(source: Path, read, loaded, codec, legacy, accept_format_1: bool) -> MarkReading:
+    """Read one file's mark with `codec`; where none is found, look for a format-1 mark with
+    `legacy` (accepted only with `accept_format_1`, else reported as seen). Never raises a
+    WmError: a file that cannot be read is a MarkReading with its error."""
+    from .image import extract_payload
+
+    try:
+        image = read(source)
+        decoded = extract_payload(loaded, codec, image)
+        old = None
+        if not decoded.found and legacy is not None:
+            old = extract_payload(loaded, legacy, image, full_search=accept_format_1)
+            if accept_format_1 and old.found:
+                decoded, old = old, None
+    except WmError as error:
+        return MarkReading(source, error=str(error), exit_code=error.exit_code)
+    return MarkReading(source, decoded, format_1_seen=old is not None and old.found)
+
+
 def pixel_sha256(pixels: np.ndarray) -> str:
     """SHA-256 of stored values as little-endian words in (frame, row, column) order: the same
     digest whatever file format or transfer syntax holds them."""
