@@ -9,8 +9,8 @@ at 1 and 2 workers; prints images per second, seconds per image and the Dask ove
 against the local engine at the same worker count (model loading and cluster start-up included,
 as a user sees them).
 
-Part 2: `--paths` synthetic paths stream through the Dask engine's submission loop (a no-op task
-per path, the same bounded number in flight) on a LocalCluster; prints the scheduler process's
+Part 2: `--paths` synthetic paths stream through the Dask engine's own submission loop (a no-op
+task per path, the same bounded number in flight) on a LocalCluster; prints the scheduler process's
 resident memory before and at the end: the listing never becomes a task graph the scheduler holds.
 
 On a real cluster: start `dask-scheduler` and `dask-worker tcp://SCHEDULER:8786 --nworkers N
@@ -47,26 +47,27 @@ def noop(path: str) -> int:
 
 
 def scheduler_memory(paths: int) -> tuple[float, float]:
-    from distributed import Client, LocalCluster, as_completed
+    """The scheduler's resident MiB before and after `paths` no-op tasks went through the Dask
+    engine's own submission loop (marking.cluster), as `wm embed --scheduler` drives it."""
+    from distributed import Client, LocalCluster, WorkerPlugin
+
+    from watermark_cli.marking.cluster import _run_on_cluster
+
+    class NothingToLoad(WorkerPlugin):
+        pass
+
+    def rss() -> float:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
-        def rss() -> float:
-            import psutil
-
-            return psutil.Process().memory_info().rss / 2**20
-
         before = client.run_on_scheduler(rss)
         listing = (f"/archive/study{i // 200}/series{i % 9}/image{i}.dcm" for i in range(paths))
-        running = as_completed()
-        for _ in range(8):
-            running.add(client.submit(noop, next(listing), pure=False))
-        done = 0
-        for _future in running:
-            done += 1
-            path = next(listing, None)
-            if path is not None:
-                running.add(client.submit(noop, path, pure=False))
+        for _ in _run_on_cluster(listing, lambda path: (noop, path), lambda threads: NothingToLoad(),
+                                 lambda path, why: None, 2, cluster.scheduler_address, lambda: False):
+            pass
         return before, client.run_on_scheduler(rss)
 
 
