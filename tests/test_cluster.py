@@ -133,3 +133,39 @@ def test_shards_are_disjoint_and_complete(tmp_path, shipped):
     assert len(audited) == len(set(audited)) == len(FILES)
     bad = run_wm("embed", source, MESSAGE, "-o", out, "--shard", "2/2")
     assert bad.code == 2 and "--shard" in bad.stderr
+
+
+def test_a_key_file_is_read_by_the_workers_and_the_key_never_travels(tmp_path, shipped):
+    import cloudpickle
+
+    from watermark_cli.errors import BadInputError
+    from watermark_cli.marking.cluster import MarkingPlugin, ReadingPlugin
+    from watermark_cli.marking.files import EmbedSettings
+    from watermark_cli.payload import KeyFileReference
+    from watermark_cli.quality import QualityFloor
+
+    secret = b"cluster secret 7b1f0c"
+    key_file = tmp_path / "wm.key"
+    key_file.write_bytes(secret + b"\n")
+    reference = KeyFileReference.of(key_file, secret)
+    settings = EmbedSettings(MESSAGE.encode(), QualityFloor(40.0), key=secret)
+    for plugin in (MarkingPlugin(settings, 1, reference), ReadingPlugin(None, reference, 10**8, 1)):
+        assert secret not in cloudpickle.dumps(plugin)  # what the scheduler would hold and forward
+    assert reference.read() == secret
+    key_file.write_bytes(b"another key")  # a worker whose copy of the file differs refuses to work
+    with pytest.raises(BadInputError, match="another key"):
+        reference.read()
+    key_file.write_bytes(secret + b"\n")
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in FILES[:2]:
+        shutil.copyfile(clinical_file(name), source / name)
+    marked = run_wm("embed", source, MESSAGE, "-o", tmp_path / "out", "--engine", "dask", "--workers", "2",
+                    "--key-file", key_file)
+    assert marked.code == 0, marked.stderr
+    read = run_wm("extract", tmp_path / "out", "--engine", "dask", "--workers", "2", "--key-file", key_file, "--json")
+    assert read.code == 0, read.stderr
+    assert [json.loads(line)["message"] for line in read.stdout.splitlines() if line.startswith("{")] == [MESSAGE] * 2
+    loaded, codec = shipped  # the public default key does not read them
+    assert not any(extract_payload(loaded, codec, read_image(path)).found for path in (tmp_path / "out").glob("*.dcm"))

@@ -98,6 +98,56 @@ def _key_bytes(key: str | bytes | None) -> bytes:
     return bytes(key)
 
 
+_MAX_KEY_FILE_BYTES = 2**20
+
+
+def read_key_file(path) -> bytes:
+    """A key file's bytes, without one trailing newline (LF or CRLF); errors never show the key."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        if path.is_file() and path.stat().st_size > _MAX_KEY_FILE_BYTES:
+            raise BadInputError(f"--key-file {path}: too large for a key file (at most 1 MiB)")
+        secret = path.read_bytes()
+    except OSError as error:
+        raise BadInputError(f"--key-file {path}: cannot read it ({error.strerror or 'unreadable'})") from None
+    secret = secret[:-1] if secret.endswith(b"\n") else secret
+    secret = secret[:-1] if secret.endswith(b"\r") else secret
+    if not secret:
+        raise BadInputError(f"--key-file {path} is empty")
+    return secret
+
+
+@dataclass(frozen=True)
+class KeyFileReference:
+    """A key that remote workers read from the storage they share with the caller, so that the key
+    itself never crosses the network; `check` lets each of them confirm it read the same key.
+    The check is scrypt of the key under a random salt: costly to guess a weak key from."""
+
+    path: str  # absolute
+    salt: bytes
+    check: bytes
+
+    @classmethod
+    def of(cls, path, secret: bytes) -> "KeyFileReference":
+        import os
+        from pathlib import Path
+
+        salt = os.urandom(16)
+        return cls(str(Path(path).resolve()), salt, _key_check(secret, salt))
+
+    def read(self) -> bytes:
+        secret = read_key_file(self.path)
+        if not hmac.compare_digest(_key_check(secret, self.salt), self.check):
+            raise BadInputError(f"--key-file {self.path} holds another key on this worker than on the caller")
+        return secret
+
+
+def _key_check(secret: bytes, salt: bytes) -> bytes:
+    return hashlib.scrypt(secret, salt=salt, n=2**14, r=8, p=1, dklen=32)
+
+
 def key_kind(key: str | bytes | None) -> str:
     """'default' for the public default key, else 'custom' (what JSON and audit lines show)."""
     return "default" if key is None or _key_bytes(key) == DEFAULT_KEY.encode("utf-8") else "custom"

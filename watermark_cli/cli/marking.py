@@ -129,7 +129,7 @@ def embed(
             recovered = _audit_unaudited(existing, settings, loaded, codec, audit_log)
             _mark(input, jobs, settings, loaded, codec, workers, audit_log, json_output,
                   escaping=_outside_folder(jobs, target), existing=existing, skipped=skipped, recovered=recovered,
-                  engine=engine, scheduler=scheduler)
+                  engine=engine, scheduler=scheduler, key_file=key_file)
     finally:
         if created and all(entry.name.startswith(".wm-shard-") for entry in target.iterdir()):
             for lock in target.iterdir():  # a shard's lock file, in a folder this run created
@@ -203,7 +203,7 @@ def _audit_unaudited(existing, settings, loaded, codec, audit_log) -> int:
 
 def _mark(input: Path, jobs, settings, loaded, codec, workers: int, audit_log, json_output: bool, *,
           escaping=(), existing=(), skipped=(), recovered: int = 0, engine: Engine = Engine.local,
-          scheduler: str | None = None) -> None:
+          scheduler: str | None = None, key_file: Path | None = None) -> None:
     """Mark every job, audit and report each file as it completes; the batch summary and exit code."""
     from ..io.audit import audit_record
     from ..marking.files import FileOutcome, embed_files
@@ -218,7 +218,8 @@ def _mark(input: Path, jobs, settings, loaded, codec, workers: int, audit_log, j
         if engine is Engine.dask and jobs:
             from ..marking.cluster import embed_files_on_cluster
 
-            outcomes = embed_files_on_cluster(jobs, settings, workers, scheduler, stop_requested=stop.requested)
+            outcomes = embed_files_on_cluster(jobs, settings, workers, scheduler, stop_requested=stop.requested,
+                                              key_file=key_file)
         else:
             outcomes = embed_files(jobs, settings, loaded, codec, workers, stop_requested=stop.requested)
         for outcome in outcomes:
@@ -346,7 +347,7 @@ def extract(
         with progress_bar(not json_output) as progress, GracefulStop() as stop:
             task = progress.add_task("reading", total=len(files)) if progress else None
             for reading in read_marks_on_cluster(files, model, secret, max_pixels, accept_format_1, workers,
-                                                 scheduler, stop_requested=stop.requested):
+                                                 scheduler, stop_requested=stop.requested, key_file=key_file):
                 outcomes[_report_mark(reading, kind, json_output, single)] += 1
                 if progress:
                     progress.advance(task)

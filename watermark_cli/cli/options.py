@@ -56,17 +56,9 @@ def resolve_key(key: str | None, key_file: Path | None) -> bytes | None:
     if key is not None and key_file is not None:
         raise BadInputError("give the key once: --key or --key-file, not both")
     if key_file is not None:
-        try:
-            if key_file.is_file() and key_file.stat().st_size > _MAX_KEY_FILE_BYTES:
-                raise BadInputError(f"--key-file {key_file}: too large for a key file (at most 1 MiB)")
-            secret = key_file.read_bytes()
-        except OSError as error:
-            raise BadInputError(f"--key-file {key_file}: cannot read it ({error.strerror or 'unreadable'})") from None
-        secret = secret[:-1] if secret.endswith(b"\n") else secret
-        secret = secret[:-1] if secret.endswith(b"\r") else secret
-        if not secret:
-            raise BadInputError(f"--key-file {key_file} is empty")
-        return secret
+        from ..payload import read_key_file
+
+        return read_key_file(key_file)
     # A key is bytes: one typed in a terminal that is not UTF-8 is taken as the bytes it typed
     # (Python hands undecodable argument bytes over as surrogates; surrogateescape gives them back).
     if key is not None:
@@ -84,8 +76,6 @@ def _key_text_bytes(text: str, where: str) -> bytes:
     except UnicodeEncodeError:  # a lone surrogate no terminal byte makes (only an API caller can)
         raise BadInputError(f"{where} is not text that can be encoded (use --key-file for binary keys)") from None
 
-
-_MAX_KEY_FILE_BYTES = 2**20
 
 
 def message_bytes(message: str, hex_message: bool) -> bytes:

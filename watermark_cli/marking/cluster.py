@@ -34,7 +34,8 @@ _PLUGIN_NAME = "wm-marking"
 
 class _ModelPlugin(WorkerPlugin):
     """Loads the model and opens an isolated reader once per worker process; `worker.wm` then
-    holds them (and what `_more_state` adds) for every task that worker runs."""
+    holds them (and what `_more_state` adds) for every task that worker runs. `key` is the key,
+    or a KeyFileReference that each worker reads (the key then never travels)."""
 
     name = _PLUGIN_NAME
 
@@ -48,8 +49,10 @@ class _ModelPlugin(WorkerPlugin):
         from ..io.image import read_image
         from ..io.isolation import IsolatedReader
         from ..model.store import load_model
+        from ..payload import KeyFileReference
         from .image import codec_for
 
+        key = self.key.read() if isinstance(self.key, KeyFileReference) else self.key
         torch.set_num_threads(self.threads)
         loaded = load_model(self.model)
         # A daemonic worker process (Dask's default) may not start the reader's child process:
@@ -57,10 +60,10 @@ class _ModelPlugin(WorkerPlugin):
         # (as LocalCluster here is) isolate their decoders.
         reader = None if multiprocessing.current_process().daemon else IsolatedReader(self.max_pixels).__enter__()
         read = reader.read if reader is not None else (lambda path: read_image(path, self.max_pixels))
-        worker.wm = {"loaded": loaded, "codec": codec_for(loaded, self.key), "reader": reader, "read": read,
-                     **self._more_state(loaded)}
+        worker.wm = {"loaded": loaded, "codec": codec_for(loaded, key), "reader": reader, "read": read,
+                     **self._more_state(loaded, key)}
 
-    def _more_state(self, loaded) -> dict:
+    def _more_state(self, loaded, key) -> dict:
         return {}
 
     def teardown(self, worker) -> None:
@@ -70,23 +73,29 @@ class _ModelPlugin(WorkerPlugin):
 
 
 class MarkingPlugin(_ModelPlugin):
-    """For `wm embed`: the embed settings travel once per worker, not with every task."""
+    """For `wm embed`: the embed settings travel once per worker, not with every task (without
+    their key when `key` is a KeyFileReference)."""
 
-    def __init__(self, settings: EmbedSettings, threads: int) -> None:
-        super().__init__(settings.model, settings.key, settings.max_pixels, threads)
-        self.settings = settings
+    def __init__(self, settings: EmbedSettings, threads: int, key=None) -> None:
+        from dataclasses import replace
 
-    def _more_state(self, loaded) -> dict:
-        return {"settings": self.settings}
+        key = settings.key if key is None else key
+        super().__init__(settings.model, key, settings.max_pixels, threads)
+        self.settings = settings if key is settings.key else replace(settings, key=None)
+
+    def _more_state(self, loaded, key) -> dict:
+        from dataclasses import replace
+
+        return {"settings": replace(self.settings, key=key)}
 
 
 class ReadingPlugin(_ModelPlugin):
     """For `wm extract`: the current codec and, for the format-1 hint, the legacy one."""
 
-    def _more_state(self, loaded) -> dict:
+    def _more_state(self, loaded, key) -> dict:
         from .image import legacy_codec_for
 
-        return {"legacy": legacy_codec_for(loaded, self.key)}
+        return {"legacy": legacy_codec_for(loaded, key)}
 
 
 def _worker_state() -> dict:
@@ -124,21 +133,32 @@ def read_mark_on_worker(source: str, accept_format_1: bool) -> MarkReading:
 
 def embed_files_on_cluster(jobs: list[tuple[Path, Path]], settings: EmbedSettings, workers: int = 2,
                            scheduler: str | None = None,
-                           stop_requested: Callable[[], bool] = lambda: False) -> Iterator[FileOutcome]:
-    """`embed_files` on Dask: yields each file's outcome as it completes."""
+                           stop_requested: Callable[[], bool] = lambda: False,
+                           key_file: Path | None = None) -> Iterator[FileOutcome]:
+    """`embed_files` on Dask: yields each file's outcome as it completes. With `key_file` (the
+    file settings.key was read from, on storage the workers share), each worker reads the key
+    from it: the key never goes through the scheduler."""
+    from ..payload import KeyFileReference
+
+    key = KeyFileReference.of(key_file, settings.key) if key_file is not None else None
 
     def failed(job: tuple[Path, Path], why: str) -> FileOutcome:
         return FileOutcome(job[0], job[1], exit_code=1, error=f"{job[0]}: failed on the cluster ({why})")
 
     yield from _run_on_cluster(jobs, lambda job: (mark_on_worker, str(job[0]), str(job[1])),
-                               lambda threads: MarkingPlugin(settings, threads), failed, workers, scheduler,
+                               lambda threads: MarkingPlugin(settings, threads, key), failed, workers, scheduler,
                                stop_requested)
 
 
 def read_marks_on_cluster(paths: list[Path], model: str | None, key, max_pixels: int, accept_format_1: bool,
                           workers: int = 2, scheduler: str | None = None,
-                          stop_requested: Callable[[], bool] = lambda: False) -> Iterator[MarkReading]:
-    """`read_mark` of every file on Dask: yields each file's reading as it completes."""
+                          stop_requested: Callable[[], bool] = lambda: False,
+                          key_file: Path | None = None) -> Iterator[MarkReading]:
+    """`read_mark` of every file on Dask: yields each file's reading as it completes. With
+    `key_file`, as for `embed_files_on_cluster`: the workers read the key themselves."""
+    from ..payload import KeyFileReference
+
+    key = KeyFileReference.of(key_file, key) if key_file is not None else key
 
     def failed(path: Path, why: str) -> MarkReading:
         return MarkReading(path, error=f"{path}: failed on the cluster ({why})")
