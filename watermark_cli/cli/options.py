@@ -77,7 +77,6 @@ def _key_text_bytes(text: str, where: str) -> bytes:
         raise BadInputError(f"{where} is not text that can be encoded (use --key-file for binary keys)") from None
 
 
-
 def message_bytes(message: str, hex_message: bool) -> bytes:
     if not hex_message:
         from ..payload import has_control_characters

@@ -1,8 +1,8 @@
 """Marking and reading a folder on a Dask cluster (`wm embed|extract --engine dask`).
 
 The same jobs as `embed_files` and `read_mark` (marking.files), spread over Dask distributed
-workers: a `LocalCluster` of `workers` processes on this machine, or a running cluster at `scheduler`
-(dask-scheduler + dask-worker, dask-jobqueue on Slurm, dask-kubernetes). What goes over the
+workers: a `LocalCluster` of `workers` processes on this machine, or a running cluster at
+`scheduler` (dask-scheduler + dask-worker, dask-jobqueue on Slurm, dask-kubernetes). What goes over the
 network is paths and results, never pixels: every worker reads and writes the shared storage
 itself. Each worker process loads the model once (a worker plugin) and decodes in its own
 isolated reader. At most a few tasks per worker are in flight at a time, so a listing of
