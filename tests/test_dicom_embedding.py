@@ -276,8 +276,16 @@ def test_ctrl_c_during_a_batch_leaves_only_whole_files(tmp_path):
         folder.mkdir()
         for index in range(count):
             (folder / f"img{index:02d}.dcm").write_bytes(data_file("693_UNCR.dcm").read_bytes())
-        process = subprocess.Popen([sys.executable, "-m", "watermark_cli", "embed", folder, "x"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        # A user's Ctrl-C meets a run whose SIGINT is not ignored. A suite started in the background
+        # of a shell without job control inherits an ignored SIGINT (which wm rightly keeps), so
+        # the child is started with Python's handler here: exec turns that into the default.
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            process = subprocess.Popen([sys.executable, "-m", "watermark_cli", "embed", folder, "x"],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                       start_new_session=True)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         output = tmp_path / f"many{attempt}_wm"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not list(output.glob("img*.dcm")):
