@@ -24,6 +24,7 @@ from pathlib import Path
 
 from distributed import WorkerPlugin
 
+from ..payload import KeyFileReference
 from .files import EmbedSettings, FileOutcome, MarkReading, read_mark
 
 _IN_FLIGHT_PER_WORKER = 4
@@ -49,7 +50,6 @@ class _ModelPlugin(WorkerPlugin):
         from ..io.image import read_image
         from ..io.isolation import IsolatedReader
         from ..model.store import load_model
-        from ..payload import KeyFileReference
         from .image import codec_for
 
         key = self.key.read() if isinstance(self.key, KeyFileReference) else self.key
@@ -74,14 +74,13 @@ class _ModelPlugin(WorkerPlugin):
 
 class MarkingPlugin(_ModelPlugin):
     """For `wm embed`: the embed settings travel once per worker, not with every task (without
-    their key when `key` is a KeyFileReference)."""
+    their key when a `key_file` reference is given: each worker reads the key itself)."""
 
-    def __init__(self, settings: EmbedSettings, threads: int, key=None) -> None:
+    def __init__(self, settings: EmbedSettings, threads: int, key_file: KeyFileReference | None = None) -> None:
         from dataclasses import replace
 
-        key = settings.key if key is None else key
-        super().__init__(settings.model, key, settings.max_pixels, threads)
-        self.settings = settings if key is settings.key else replace(settings, key=None)
+        super().__init__(settings.model, key_file or settings.key, settings.max_pixels, threads)
+        self.settings = settings if key_file is None else replace(settings, key=None)
 
     def _more_state(self, loaded, key) -> dict:
         from dataclasses import replace
@@ -138,8 +137,6 @@ def embed_files_on_cluster(jobs: list[tuple[Path, Path]], settings: EmbedSetting
     """`embed_files` on Dask: yields each file's outcome as it completes. With `key_file` (the
     file settings.key was read from, on storage the workers share), each worker reads the key
     from it: the key never goes through the scheduler."""
-    from ..payload import KeyFileReference
-
     key = KeyFileReference.of(key_file, settings.key) if key_file is not None else None
 
     def failed(job: tuple[Path, Path], why: str) -> FileOutcome:
@@ -156,8 +153,6 @@ def read_marks_on_cluster(paths: list[Path], model: str | None, key, max_pixels:
                           key_file: Path | None = None) -> Iterator[MarkReading]:
     """`read_mark` of every file on Dask: yields each file's reading as it completes. With
     `key_file`, as for `embed_files_on_cluster`: the workers read the key themselves."""
-    from ..payload import KeyFileReference
-
     key = KeyFileReference.of(key_file, key) if key_file is not None else key
 
     def failed(path: Path, why: str) -> MarkReading:
