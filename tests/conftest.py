@@ -1,13 +1,63 @@
-"""Shared fixtures: a small synthetic dataset and a model trained on it once per session."""
+"""Shared fixtures (a small synthetic dataset, a model trained on it once per session) and the
+two lanes of the suite.
+
+Lanes: `--lane fast` (what `bash scripts/test.sh` runs) leaves out the tests marked `slow` and
+fails any other test whose setup and call take more than WM_FAST_TEST_SECONDS (default 5) — so
+the fast lane stays fast as tests are added; `--lane all` (the default of a plain `pytest`, and
+what `bash scripts/test.sh --all` and CI run) runs every test, without the time guard.
+"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+FAST_TEST_SECONDS = float(os.environ.get("WM_FAST_TEST_SECONDS", "5"))
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--lane", choices=("fast", "all"), default="all",
+                     help="fast: leave out tests marked slow and fail a test of the fast lane that takes more than "
+                          "WM_FAST_TEST_SECONDS; all: every test (default)")
+
+
+def _fast_lane(config) -> bool:
+    return config.getoption("--lane") == "fast"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if not _fast_lane(config):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In the fast lane a test that took too long fails, naming its time: mark it `slow` (it then
+    runs in `--all` and CI) or make it faster. Setup counts: a costly fixture is a costly test."""
+    outcome = yield
+    report = outcome.get_result()
+    if not _fast_lane(item.config):
+        return
+    spent = item.stash.setdefault(_SPENT, {})
+    spent[report.when] = report.duration
+    if report.when == "call" and report.passed:
+        total = spent.get("setup", 0.0) + report.duration
+        if total > FAST_TEST_SECONDS:
+            report.outcome = "failed"
+            report.longrepr = (f"{item.nodeid} took {total:.1f} s (setup {spent.get('setup', 0.0):.1f} s), over the "
+                               f"fast lane's {FAST_TEST_SECONDS:g} s: mark it @pytest.mark.slow or make it faster")
+
+
+_SPENT = pytest.StashKey[dict]()
 
 
 @dataclass

@@ -1,4 +1,9 @@
-"""End to end through the real command line: train → embed → extract, and every bad input."""
+"""End to end through the command line: embed → extract with the shipped model, a model `wm train`
+wrote, and every bad input.
+
+Most runs go through `main()` in this process (`run_wm_here`: the same parsing, one-line errors
+and exit codes, without a new interpreter importing torch each time); a few run the real
+`python -m watermark_cli` in a subprocess (`run_wm`) for the exit-code contract of the process."""
 
 from __future__ import annotations
 
@@ -31,9 +36,9 @@ def held_out_png(synthetic_data, tmp_path):
     return target
 
 
-def test_embed_then_extract_png_keeps_the_floor_on_the_written_file(trained_model, held_out_png, tmp_path):
+def test_embed_then_extract_png_keeps_the_floor_on_the_written_file(held_out_png, tmp_path):
     original_bytes = held_out_png.read_bytes()
-    result = run_wm("embed", held_out_png, "audit:42 ✓", "--model", trained_model, "--json")
+    result = run_wm_here("embed", held_out_png, "audit:42 ✓", "--json")
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
     output = tmp_path / held_out_png.name.replace(".png", ".wm.png")
@@ -54,62 +59,57 @@ def test_embed_then_extract_png_keeps_the_floor_on_the_written_file(trained_mode
     assert measured == pytest.approx(report["psnr"], abs=1e-3)
     assert held_out_png.read_bytes() == original_bytes  # the input is never modified
 
-    extracted = run_wm("extract", output, "--model", trained_model)
+    extracted = run_wm_here("extract", output)
     assert extracted.code == 0, extracted.stderr
     assert extracted.stdout.strip() == "audit:42 ✓"
 
 
-def test_unmarked_image_and_wrong_key_give_no_watermark(trained_model, held_out_png, tmp_path):
-    clean = run_wm("extract", held_out_png, "--model", trained_model, "--json")
+def test_unmarked_image_and_wrong_key_give_no_watermark(held_out_png, tmp_path):
+    clean = run_wm("extract", held_out_png, "--json")  # the real process: its exit code and streams
     assert clean.code == 1
     assert json.loads(clean.stdout)["found"] is False
     assert "no valid watermark" in _one_line_error(clean)
 
     marked = tmp_path / "marked.png"
-    assert run_wm("embed", held_out_png, "secret-id", "--model", trained_model, "--key", "k1", "-o", marked).code == 0
-    wrong = run_wm("extract", marked, "--model", trained_model, "--key", "k2")
+    assert run_wm_here("embed", held_out_png, "secret-id", "--key", "k1", "-o", marked).code == 0
+    wrong = run_wm_here("extract", marked, "--key", "k2")
     assert wrong.code == 1 and wrong.stdout == ""
-    right = run_wm("extract", marked, "--model", trained_model, "--key", "k1")
+    right = run_wm_here("extract", marked, "--key", "k1")
     assert right.code == 0 and right.stdout.strip() == "secret-id"
 
 
-def test_keys_come_from_a_file_or_the_environment_and_are_never_shown(trained_model, held_out_png, tmp_path):
-    import os
-    import subprocess
-    import sys
-
+def test_keys_come_from_a_file_or_the_environment_and_are_never_shown(held_out_png, tmp_path, monkeypatch):
     secret = "k3y-never-printed-7f3a"
     key_file = tmp_path / "site.key"
     key_file.write_text(secret + "\n")
     marked = tmp_path / "keyed.png"
-    embedded = run_wm("embed", held_out_png, "id-0042", "--model", trained_model, "--key-file", key_file,
-                      "-o", marked, "--json")
+    embedded = run_wm_here("embed", held_out_png, "id-0042", "--key-file", key_file, "-o", marked, "--json")
     assert embedded.code == 0, embedded.stderr
     assert json.loads(embedded.stdout)["key"] == "custom"
     audit = (tmp_path / "wm-audit.jsonl").read_text()
     assert json.loads(audit)["payload"]["key"] == "custom"
-    environment = {**os.environ, "WM_KEY": secret}
-    read = subprocess.run([sys.executable, "-m", "watermark_cli", "extract", str(marked), "--model", str(trained_model),
-                           "--json"], capture_output=True, text=True, env=environment, timeout=600)
+    with monkeypatch.context() as environment:
+        environment.setenv("WM_KEY", secret)
+        read = run_wm_here("extract", marked, "--json")
     line = json.loads(read.stdout)
-    assert read.returncode == 0 and line["message"] == "id-0042" and line["authenticated"] and line["key"] == "custom"
-    public = run_wm("extract", marked, "--model", trained_model, "--json")  # the default key
+    assert read.code == 0 and line["message"] == "id-0042" and line["authenticated"] and line["key"] == "custom"
+    public = run_wm_here("extract", marked, "--json")  # the default key
     assert public.code == 1 and json.loads(public.stdout)["key"] == "default"
-    for result in (embedded, public):
+    for result in (embedded, read, public):
         assert secret not in result.stdout + result.stderr
     assert secret not in audit
-    both = run_wm("embed", held_out_png, "x", "--model", trained_model, "--key", "a", "--key-file", key_file)
+    both = run_wm_here("embed", held_out_png, "x", "--key", "a", "--key-file", key_file)
     empty = tmp_path / "empty.key"
     empty.write_text("\n")
-    blank = run_wm("extract", marked, "--model", trained_model, "--key-file", empty)
+    blank = run_wm_here("extract", marked, "--key-file", empty)
     assert both.code == 2 and "not both" in _one_line_error(both)
     assert blank.code == 2 and "empty" in _one_line_error(blank)
 
 
-def test_real_ct_dicom_round_trip_keeps_every_other_element(trained_model, tmp_path):
+def test_real_ct_dicom_round_trip_keeps_every_other_element(tmp_path):
     source = get_testdata_file("693_J2KR.dcm")  # real CT, 512², JPEG 2000 lossless
     output = tmp_path / "ct.wm.dcm"
-    result = run_wm("embed", source, "ct-0001", "--model", trained_model, "-o", output, "--json")
+    result = run_wm_here("embed", source, "ct-0001", "-o", output, "--json")
     assert result.code == 0, result.stderr
     assert json.loads(result.stdout)["psnr"] >= 40.0
 
@@ -129,73 +129,89 @@ def test_real_ct_dicom_round_trip_keeps_every_other_element(trained_model, tmp_p
                                    data_range=2**bits - 1)
     assert psnr >= 40.0
 
-    extracted = run_wm("extract", output, "--model", trained_model)
+    extracted = run_wm_here("extract", output)
     assert extracted.code == 0 and extracted.stdout.strip() == "ct-0001"
 
 
-def test_missing_file_is_a_one_line_error(trained_model, tmp_path):
-    result = run_wm("embed", tmp_path / "nope.dcm", "x", "--model", trained_model)
+@pytest.mark.slow
+def test_a_model_that_wm_train_wrote_marks_and_reads_back(trained_model, held_out_png, tmp_path):
+    """train → embed → extract, each a real process: a model folder `wm train` writes is a model."""
+    output = tmp_path / "marked.png"
+    embedded = run_wm("embed", held_out_png, "trained-42", "--model", trained_model, "-o", output, "--json")
+    assert embedded.code == 0, embedded.stderr
+    report = json.loads(embedded.stdout)
+    assert report["verified"] and report["psnr"] >= 40.0 and report["model"] != "wm-default-v2"
+    extracted = run_wm("extract", output, "--model", trained_model)
+    assert extracted.code == 0 and extracted.stdout.strip() == "trained-42"
+    other = run_wm("extract", output)  # the shipped model does not read another model's mark
+    assert other.code == 1
+
+
+def test_missing_file_is_a_one_line_error(tmp_path):
+    result = run_wm("embed", tmp_path / "nope.dcm", "x")  # the real process
     assert result.code == 2
     assert "nope.dcm" in _one_line_error(result)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_corrupt_file_is_a_one_line_error_and_writes_nothing(trained_model, tmp_path):
+def test_corrupt_file_is_a_one_line_error_and_writes_nothing(tmp_path):
     corrupt = tmp_path / "broken.dcm"
     corrupt.write_bytes(b"DICM" + bytes(range(256)) * 7)
-    result = run_wm_here("embed", corrupt, "x", "--model", trained_model)
+    result = run_wm_here("embed", corrupt, "x")
     assert result.code == 2
     assert "broken.dcm" in _one_line_error(result)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.dcm"]
-    assert run_wm_here("extract", corrupt, "--model", trained_model).code == 2
+    assert run_wm_here("extract", corrupt).code == 2
 
 
-def test_message_too_long_is_refused_before_writing(trained_model, held_out_png):
-    result = run_wm_here("embed", held_out_png, "x" * 100, "--model", trained_model)
+def test_message_too_long_is_refused_before_writing(held_out_png):
+    result = run_wm_here("embed", held_out_png, "x" * 100)
     assert result.code == 2
     assert "at most 16 bytes" in _one_line_error(result)
     assert sorted(p.name for p in held_out_png.parent.iterdir()) == [held_out_png.name]
 
 
-def test_image_smaller_than_64_px_is_refused(trained_model, tmp_path):
+def test_image_smaller_than_two_tiles_is_refused(tmp_path):
     small = tmp_path / "small.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 200), dtype=np.uint8)).save(small)
-    result = run_wm_here("embed", small, "x", "--model", trained_model)
+    result = run_wm_here("embed", small, "x")
     assert result.code == 2
-    assert "64 px" in _one_line_error(result)
+    assert "128 px" in _one_line_error(result)  # two 64-px tiles of the shipped model
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.png"]
 
 
-def test_existing_output_is_never_replaced_without_overwrite(trained_model, held_out_png, tmp_path):
+def test_existing_output_is_never_replaced_without_overwrite(held_out_png, tmp_path):
     output = tmp_path / "out.png"
     output.write_bytes(b"precious")
-    result = run_wm("embed", held_out_png, "x", "--model", trained_model, "-o", output)
+    result = run_wm_here("embed", held_out_png, "x", "-o", output)
     assert result.code == 2 and "already exists" in _one_line_error(result)
     assert output.read_bytes() == b"precious"
-    assert run_wm("embed", held_out_png, "x", "--model", trained_model, "-o", output, "--overwrite").code == 0
+    assert run_wm_here("embed", held_out_png, "x", "-o", output, "--overwrite").code == 0
     assert output.read_bytes() != b"precious"
 
 
-def test_folder_embed_marks_good_files_and_reports_bad_ones(trained_model, synthetic_data, tmp_path):
+@pytest.mark.slow
+def test_folder_embed_marks_good_files_and_reports_bad_ones(synthetic_data, tmp_path):
     folder = tmp_path / "study"
     (folder / "series").mkdir(parents=True)
     for source in sorted(synthetic_data["held_out"].glob("*.png"))[:2]:
         shutil.copy(source, folder / "series" / source.name)
     (folder / "series" / "corrupt.png").write_bytes(b"not a png")
-    result = run_wm("embed", folder, "batch-7", "--model", trained_model, "--json")
+    result = run_wm("embed", folder, "batch-7", "--json")
     assert result.code == 2  # the only failure is bad input (a corrupt file)
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert sum("error" in line for line in lines) == 1
     marked = sorted((tmp_path / "study_wm" / "series").glob("*.png"))
     assert len(marked) == 2
-    extracted = run_wm("extract", tmp_path / "study_wm", "--model", trained_model, "--json")
+    extracted = run_wm("extract", tmp_path / "study_wm", "--json")
     assert extracted.code == 0
     assert [json.loads(line)["message"] for line in extracted.stdout.splitlines()] == ["batch-7", "batch-7"]
 
 
-def test_evaluate_writes_a_report_with_no_image_below_the_floor(trained_model, synthetic_data, tmp_path):
+@pytest.mark.slow
+def test_evaluate_writes_a_report_with_no_image_below_the_floor(synthetic_data, tmp_path):
     report_dir = tmp_path / "report"
-    result = run_wm("evaluate", synthetic_data["held_out"], "--model", trained_model, "--attacks",
+    result = run_wm("evaluate", synthetic_data["held_out"], "--attacks",
                     "identity,noise:0.01,crop:0.7", "--messages", "2", "--report", report_dir, "--json")
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
@@ -209,16 +225,16 @@ def test_evaluate_writes_a_report_with_no_image_below_the_floor(trained_model, s
     assert (report_dir / "per_image.csv").read_text().count("\n") == 1 + 6 * 2 * 3
 
 
-def test_usage_errors_exit_2(trained_model, held_out_png):
+def test_usage_errors_exit_2(held_out_png):
     assert run_wm_here("embed", held_out_png).code == 2
-    result = run_wm_here("embed", held_out_png, "x", "--model", trained_model, "--psnr-min", "-3")
+    result = run_wm_here("embed", held_out_png, "x", "--psnr-min", "-3")
     assert result.code == 2 and "--psnr-min" in _one_line_error(result)
-    result = run_wm_here("evaluate", held_out_png, "--model", trained_model, "--attacks", "bogus:1")
+    result = run_wm_here("evaluate", held_out_png, "--attacks", "bogus:1")
     assert result.code == 2 and "unknown attack" in _one_line_error(result)
 
 
-def test_more_bad_inputs_get_one_line_errors(trained_model, held_out_png, tmp_path):
-    result = run_wm_here("embed", held_out_png, "x", "--model", trained_model, "--psnr-domain", "window", "--window", "nan,nan")
+def test_more_bad_inputs_get_one_line_errors(held_out_png, tmp_path):
+    result = run_wm_here("embed", held_out_png, "x", "--psnr-domain", "window", "--window", "nan,nan")
     assert result.code == 2 and "--window" in _one_line_error(result)
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -231,16 +247,16 @@ def test_more_bad_inputs_get_one_line_errors(trained_model, held_out_png, tmp_pa
     assert result.code == 2 and "lacks" in _one_line_error(result)
 
 
-def test_a_jpeg_export_is_read_and_a_marked_jpeg_becomes_png(trained_model, held_out_png, tmp_path):
+def test_a_jpeg_export_is_read_and_a_marked_jpeg_becomes_png(held_out_png, tmp_path):
     marked = tmp_path / "marked.png"
-    assert run_wm("embed", held_out_png, "from-jpeg", "--model", trained_model, "-o", marked).code == 0
+    assert run_wm_here("embed", held_out_png, "from-jpeg", "-o", marked).code == 0
     exported = tmp_path / "export.jpg"
     pixels = np.asarray(Image.open(marked)).astype(np.float64)
     Image.fromarray(np.round(pixels / 257.0).astype(np.uint8)).save(exported, quality=95)
-    result = run_wm("extract", exported, "--model", trained_model, "--json")
+    result = run_wm_here("extract", exported, "--json")
     assert json.loads(result.stdout)["input"] == str(exported)
-    assert result.code in (0, 1)  # a quick test model need not survive JPEG; it must answer cleanly
-    remarked = run_wm("embed", exported, "again", "--model", trained_model, "--json", "--allow-unverified")
+    assert result.code == 0 and json.loads(result.stdout)["message"] == "from-jpeg"
+    remarked = run_wm_here("embed", exported, "again", "--json")
     assert remarked.code == 0, remarked.stderr
     assert json.loads(remarked.stdout)["output"].endswith("export.wm.png")
 
@@ -253,6 +269,7 @@ def test_help_is_fast_and_does_not_import_torch():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
+@pytest.mark.slow
 def test_the_shipped_default_model_marks_a_real_mr_without_model_option(tmp_path):
     source = get_testdata_file("MR2_UNCR.dcm", download=False)  # held-out MR, 1024², 12-bit
     output = tmp_path / "mr.wm.dcm"

@@ -19,6 +19,8 @@ from pydicom.data import get_testdata_file
 
 from conftest import run_wm
 
+pytestmark = pytest.mark.slow
+
 MESSAGE = "export-0042"
 # (pydicom-data file, modality): one per modality of the held-out split.
 HELD_OUT = [("693_UNCR.dcm", "CT"), ("MR2_UNCR.dcm", "MR"), ("RG3_UNCR.dcm", "CR, MONOCHROME1"),

@@ -115,7 +115,11 @@ def encoded_case(name: str, folder: Path) -> Path:
         ds.compress(pydicom.uid.RLELossless)
         ds.save_as(target)
     return target
-@pytest.mark.parametrize("name", [name for name, _ in DICOM_CASES])
+
+
+# The 1760² CR takes seconds: it runs with the slow lane.
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name == "RG3_UNCR.dcm" else name
+                                  for name, _ in DICOM_CASES])
 def test_every_dicom_case_is_marked_under_the_floor_and_read_back(name, shipped, tmp_path):
     loaded, codec = shipped
     source = encoded_case(name, tmp_path)
@@ -163,6 +167,7 @@ def test_lossless_re_encoding_stores_exactly_the_marked_values(compression, synt
     assert extract_payload(loaded, codec, read_image(tmp_path / "packed.dcm")).message == MESSAGE
 
 
+@pytest.mark.slow
 def test_unused_high_bits_are_left_as_they_were(shipped, tmp_path):
     """BitsStored 12 of 16 with something in the top 4 bits (old files keep overlays there)."""
     loaded, codec = shipped
@@ -228,6 +233,7 @@ def make_mixed_folder(root: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_mixed_folder_marks_the_good_reports_the_rest_and_loses_nothing(tmp_path):
     folder = make_mixed_folder(tmp_path)
     before = {p: file_sha256(p) for p in folder.rglob("*") if p.is_file()}
@@ -267,6 +273,7 @@ def test_mixed_folder_marks_the_good_reports_the_rest_and_loses_nothing(tmp_path
     assert "marked 3" in redo.stdout and len((tmp_path / "elsewhere.jsonl").read_text().splitlines()) == 3
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_batch_leaves_only_whole_files(tmp_path):
     # The signal goes when the first output appears. If the test process is held up long enough
     # for the run to start its last file first, the run rightly ends with every file marked and
@@ -358,6 +365,7 @@ def test_the_mark_is_confined_to_the_range_only_where_enough_pixels_are_inside_i
     assert np.array_equal(confined[1], residual[1])  # too little inside: the one-sided mark is kept
 
 
+@pytest.mark.slow
 def test_anatomy_outside_the_read_region_keeps_its_mark(shipped):
     """Extraction reads the centre 1024² of large images. A 2048² frame that is black but for a
     patch in a corner must not be confined (the centre would carry nothing) and must read back."""
@@ -378,6 +386,7 @@ def test_anatomy_outside_the_read_region_keeps_its_mark(shipped):
     assert decoded.found and decoded.message == MESSAGE
 
 
+@pytest.mark.slow
 def test_the_nominal_peak_on_request_warns_in_one_line_where_a_reader_would_see_the_mark(tmp_path):
     """`--psnr-domain stored --psnr-peak nominal` is the expert's old behaviour: the CT meets 40 dB
     against 2^14 − 1 and falls far below it in its own C40/W100 window, which embed names."""
@@ -391,6 +400,7 @@ def test_the_nominal_peak_on_request_warns_in_one_line_where_a_reader_would_see_
     assert len(warnings) == 1 and "window C40/W100" in warnings[0] and "--psnr-domain stored" in warnings[0]
 
 
+@pytest.mark.slow
 def test_a_frame_too_small_to_mark_is_refused_in_one_line(tmp_path):
     result = run_wm("embed", data_file("emri_small.dcm"), "x", "-o", tmp_path / "out.dcm")
     assert result.code == 2 and not (tmp_path / "out.dcm").exists()

@@ -9,6 +9,8 @@ import sys
 
 import yaml
 
+pytestmark = pytest.mark.slow
+
 
 def test_two_gloo_processes_train_one_model_with_per_sample_state_kept_in_step(tmp_path):
     from watermark_cli.data.synthetic import write_synthetic_dataset

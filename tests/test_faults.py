@@ -69,6 +69,7 @@ def panicking_rle_file(path: Path) -> Path:
     raise AssertionError("no damaged RLE stream made the decoder panic")
 
 
+@pytest.mark.slow
 def test_a_decoder_panic_fails_one_file_and_the_batch_goes_on(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -91,6 +92,7 @@ def test_a_decoder_panic_fails_one_file_and_the_batch_goes_on(tmp_path):
     assert [("error" in line) for line in lines] == [True, False, False]  # sorted: broken_rle, ct, good
 
 
+@pytest.mark.slow
 def test_every_corpus_file_and_every_lying_header_is_refused_in_one_line_and_good_files_are_marked(tmp_path):
     """The 'Done when' folder: every crasher the fuzzer found, the malformed files of the limits
     (bombs, headers that promise more than the file holds) and good files, in one batch."""
@@ -256,6 +258,7 @@ def test_max_pixels_is_an_option_with_a_documented_default(tmp_path):
 
 # ---- an isolated decoder -----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_decoder_that_dies_or_hangs_costs_one_file_and_the_next_file_is_read():
     ct = data_file("CT_small.dcm")
     with IsolatedReader(timeout_s=2) as reader:
@@ -332,6 +335,7 @@ def _check_whole(output: Path, message: str | None = None) -> list[dict]:
     return records
 
 
+@pytest.mark.slow
 def test_a_batch_killed_at_random_points_leaves_whole_files_and_a_rerun_completes_it(tmp_path):
     count = 8
     folder = _batch_folder(tmp_path, count)
@@ -463,6 +467,7 @@ def test_links_are_never_followed_out_of_the_input_or_the_output_folder(tmp_path
     assert all(str(output.resolve()) in r["output"] for r in _check_whole(output))
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_folder_at_once_corrupt_nothing_and_audit_each_file_once(tmp_path):
     folder = _batch_folder(tmp_path, 8)
     output = tmp_path / "out"
@@ -487,6 +492,7 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_batch_is_replaced_and_the_batch_completes(tmp_path):
     folder = _batch_folder(tmp_path, 10)
     output = tmp_path / "out"

@@ -151,6 +151,7 @@ def test_the_decoder_finds_the_length_class_it_is_not_told():
 # -- authenticity -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_no_forgery_from_one_known_message():
     """The v1 attack: raw bits XOR the encodings of a known message and a wanted one (under any
     other key, the code being public and linear) must not give a valid mark under the secret key."""
@@ -168,6 +169,7 @@ def test_no_forgery_from_one_known_message():
     assert accepted == 0
 
 
+@pytest.mark.slow
 def test_no_forgery_by_xor_of_encodings_under_other_keys():
     rng = np.random.default_rng(12)
     secret = PayloadCodec(256, key=SECRET)
@@ -179,6 +181,7 @@ def test_no_forgery_by_xor_of_encodings_under_other_keys():
     assert accepted == 0
 
 
+@pytest.mark.slow
 def test_flipping_bits_never_gives_another_valid_message():
     rng = np.random.default_rng(13)
     codec = PayloadCodec(256, key=SECRET)
@@ -217,6 +220,7 @@ def test_degenerate_inputs_are_not_found(n_bits):
         assert not codec.decode(probabilities).found
 
 
+@pytest.mark.slow
 def test_random_probabilities_give_no_false_positives():
     """3000 unmarked 'images', soft and hard: the bound is 2.9e-11 per decode, so any hit is a bug
     (benchmarks/payload_coding.py --false-positives runs 3 × 10⁵)."""

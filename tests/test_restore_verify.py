@@ -69,7 +69,9 @@ def flip_one_dicom_pixel(path: Path, out: Path, frame: int, row: int, col: int) 
     ds.save_as(out, enforce_file_format=True)
 
 
-@pytest.mark.parametrize("name", [name for name, _ in DICOM_CASES])
+# The 1760² CR takes seconds: it runs with the slow lane.
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name == "RG3_UNCR.dcm" else name
+                                  for name, _ in DICOM_CASES])
 def test_dicom_restore_is_bit_exact_and_one_changed_pixel_is_localised(name, shipped, tmp_path):
     source = clinical_file(name)
     marked = tmp_path / "marked.dcm"
@@ -228,6 +230,7 @@ def test_no_restore_record_omits_it(shipped, tmp_path):
     assert file_record(read_image(tmp_path / "plain.dcm")) is None
 
 
+@pytest.mark.slow
 def test_restore_and_verify_command_lines(trained_model, tmp_path):
     source = clinical_file("693_UNCR.dcm")
     marked = tmp_path / "ct.wm.dcm"
@@ -339,6 +342,7 @@ def dcmsign_verify(path: Path, cert: Path) -> subprocess.CompletedProcess:
                           timeout=60)
 
 
+@pytest.mark.slow
 def test_signed_embed_passes_dcmsign_and_verify_sees_a_changed_header(trained_model, tmp_path):
     key_path, cert_path = rsa_identity(tmp_path, "signer")
     marked = tmp_path / "signed.wm.dcm"
@@ -444,6 +448,7 @@ def test_what_stands_behind_intact_signer_removed_replaced_or_default_key(shippe
     assert report.intact and report.authenticity == "none (public default key)" and "default key" in report.status
 
 
+@pytest.mark.slow
 def test_restore_gives_back_the_high_bits_even_from_a_compressed_copy(shipped, tmp_path):
     """Unused high bits (old overlays) are the original's too: a native marked copy keeps them, a
     compressed one cannot, and the record brings them back either way."""
@@ -483,6 +488,7 @@ def test_a_marked_file_marked_again_restores_step_by_step(shipped, tmp_path):
     assert file_record(read_image(plain)) is None  # the first marking's record no longer matches: gone
 
 
+@pytest.mark.slow
 def test_the_map_never_replaces_a_file_and_a_bloated_record_is_refused(shipped, tmp_path):
     import lzma
 

@@ -135,6 +135,7 @@ def check_arrived_once_and_marked(orthanc: Orthanc, node: Node, shipped, folder:
     assert sorted(seen) == sorted(originals)
 
 
+@pytest.mark.slow
 def test_a_study_goes_through_marked_and_colour_is_refused(peers, shipped, tmp_path):
     orthanc, make_node = peers
     orthanc.start()
@@ -152,6 +153,7 @@ def test_a_study_goes_through_marked_and_colour_is_refused(peers, shipped, tmp_p
     assert node.terminate() == 0 and node.events("stopped")
 
 
+@pytest.mark.slow
 def test_an_unknown_calling_ae_title_is_rejected(peers, tmp_path):
     orthanc, make_node = peers
     orthanc.start()
@@ -162,6 +164,7 @@ def test_an_unknown_calling_ae_title_is_rejected(peers, tmp_path):
     assert not node.events("received") and orthanc.instances() == []
 
 
+@pytest.mark.slow
 def test_orthanc_down_mid_study_everything_arrives_once(peers, shipped, tmp_path):
     orthanc, make_node = peers
     orthanc.start()
@@ -176,6 +179,7 @@ def test_orthanc_down_mid_study_everything_arrives_once(peers, shipped, tmp_path
     check_arrived_once_and_marked(orthanc, node, shipped, tmp_path / "got")
 
 
+@pytest.mark.slow
 def test_serve_killed_mid_study_everything_arrives_once(peers, shipped, tmp_path):
     orthanc, make_node = peers
     node = make_node().start()  # Orthanc is down: what is received stays in the spool
@@ -192,6 +196,7 @@ def test_serve_killed_mid_study_everything_arrives_once(peers, shipped, tmp_path
     assert node.events("duplicate")
 
 
+@pytest.mark.slow
 def test_a_full_spool_answers_out_of_resources(peers, tmp_path):
     orthanc, make_node = peers
     node = make_node(max_spool_instances=1).start()  # Orthanc down: nothing leaves the spool
@@ -200,6 +205,7 @@ def test_a_full_spool_answers_out_of_resources(peers, tmp_path):
     assert len(node.events("marked")) == 1 and node.events("refused")[0]["why"] == "spool full"
 
 
+@pytest.mark.slow
 def test_serve_check_validates_a_config(tmp_path):
     from conftest import run_wm
 
@@ -217,6 +223,7 @@ def test_serve_check_validates_a_config(tmp_path):
     np.testing.assert_equal(os.path.exists(tmp_path / "wm-spool"), False)
 
 
+@pytest.mark.slow
 def test_unmarkable_instances_are_forwarded_unmarked_only_when_configured(peers, tmp_path):
     orthanc, make_node = peers
     orthanc.start()
@@ -229,6 +236,7 @@ def test_unmarkable_instances_are_forwarded_unmarked_only_when_configured(peers,
     assert node.events("unmarkable")[0]["forwarded_unmarked"] is True
 
 
+@pytest.mark.slow
 def test_tls_callers_are_served_and_plain_ones_are_not(peers, shipped, tmp_path):
     import ssl
 
@@ -255,6 +263,7 @@ def test_tls_callers_are_served_and_plain_ones_are_not(peers, shipped, tmp_path)
     assert plain.returncode != 0
 
 
+@pytest.mark.slow
 def test_serve_killed_while_receiving_and_marking_everything_arrives_once(peers, shipped, tmp_path):
     """SIGKILL at whatever point the second instance has reached (being written, marked, or
     forwarded); the sender, told nothing or told of a failure, sends the whole study again."""

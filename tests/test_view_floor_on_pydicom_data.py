@@ -23,6 +23,8 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from conftest import run_wm
 
+pytestmark = pytest.mark.slow
+
 FLOOR = 40.0
 MESSAGE = "id-7f3a9c0b"
 CT_STANDARD = [(40.0, 80.0), (40.0, 400.0), (-600.0, 1500.0), (400.0, 1800.0)]  # brain, soft tissue, lung, bone
