@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 
 from watermark_cli.data.clinical import clinical_file
-from watermark_cli.integrity.containers import file_record
 from watermark_cli.integrity.record import changed_blocks, open_record
-from watermark_cli.integrity.restoration import restore_file
-from watermark_cli.io.image import read_image
+from watermark_cli.io.image import file_record, read_image
 from watermark_cli.marking.files import EmbedSettings, embed_file
 from watermark_cli.marking.image import codec_for
+from watermark_cli.marking.restoration import restore_file
 from watermark_cli.model.store import load_model
 from watermark_cli.quality import QualityFloor
 

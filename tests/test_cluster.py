@@ -143,7 +143,7 @@ def test_a_key_file_is_read_by_the_workers_and_the_key_never_travels(tmp_path, s
     from watermark_cli.errors import BadInputError
     from watermark_cli.marking.cluster import MarkingPlugin, ReadingPlugin
     from watermark_cli.marking.files import EmbedSettings
-    from watermark_cli.payload import KeyFileReference
+    from watermark_cli.keys import KeyFileReference
     from watermark_cli.quality import QualityFloor
 
     secret = b"cluster secret 7b1f0c"

@@ -22,13 +22,14 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from conftest import run_wm
-from watermark_cli.marking.files import EmbedSettings, embed_file, pixel_sha256
 from watermark_cli.errors import BadInputError
+from watermark_cli.hashing import file_sha256, pixel_sha256
 from watermark_cli.io.image import read_image
-from watermark_cli.model.store import file_sha256, load_model
-from watermark_cli.payload import DEFAULT_KEY
-from watermark_cli.quality import QualityFloor
+from watermark_cli.keys import DEFAULT_KEY
+from watermark_cli.marking.files import EmbedSettings, embed_file
 from watermark_cli.marking.image import codec_for, extract_payload
+from watermark_cli.model.store import load_model
+from watermark_cli.quality import QualityFloor
 
 MESSAGE = b"PACS-2026-0042"
 

@@ -24,10 +24,9 @@ from pydicom.data import get_testdata_file
 
 from conftest import run_wm, run_wm_here
 from watermark_cli.errors import BadInputError
+from watermark_cli.hashing import file_sha256, pixel_sha256
 from watermark_cli.io.image import read_image
 from watermark_cli.io.isolation import IsolatedReader
-from watermark_cli.marking.files import pixel_sha256
-from watermark_cli.model.store import file_sha256
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
 

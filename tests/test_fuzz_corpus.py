@@ -116,7 +116,8 @@ def test_corpus_file_is_read_or_refused_in_one_line(path: Path, replayer):
 
 @pytest.mark.parametrize("path", CASES, ids=lambda p: p.name)
 def test_message_and_key_cases_give_a_value_or_one_line(path: Path, tmp_path: Path, monkeypatch):
-    from watermark_cli.cli.options import message_bytes, resolve_key
+    from watermark_cli.cli.options import message_bytes
+    from watermark_cli.keys import resolve_key
 
     case = json.loads(path.read_text(encoding="utf-8"))
     monkeypatch.delenv("WM_KEY", raising=False)

@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from watermark_cli.errors import BadInputError, MessageTooLongError
-from watermark_cli.payload import (DEFAULT_KEY, LIST_SIZE, TAG_BITS, LegacyPayloadCodec, PayloadCodec,
-                                   bytes_to_text, has_control_characters, key_kind, length_classes)
+from watermark_cli.keys import DEFAULT_KEY, key_kind
+from watermark_cli.payload import (LIST_SIZE, TAG_BITS, LegacyPayloadCodec, PayloadCodec, bytes_to_text,
+                                   has_control_characters, length_classes)
 
 N_BITS = [128, 200, 256, 512]
 SECRET = "site-secret"

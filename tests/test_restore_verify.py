@@ -22,13 +22,14 @@ from PIL import Image
 from conftest import run_wm
 from watermark_cli.data.clinical import clinical_file
 from watermark_cli.errors import CheckFailedError
-from watermark_cli.integrity.containers import dicom_remove_record, file_record
+from watermark_cli.hashing import pixel_sha256
+from watermark_cli.integrity.containers import dicom_remove_record
 from watermark_cli.integrity.record import BLOCK, RecordNotAuthenticError
-from watermark_cli.integrity.restoration import NoRecordError, restore_file
-from watermark_cli.integrity.verification import verify_image, write_change_map
-from watermark_cli.io.image import read_image
-from watermark_cli.marking.files import EmbedSettings, embed_file, pixel_sha256
+from watermark_cli.io.image import file_record, read_image
+from watermark_cli.marking.files import EmbedSettings, embed_file
 from watermark_cli.marking.image import codec_for
+from watermark_cli.marking.restoration import NoRecordError, restore_file
+from watermark_cli.marking.verification import verify_image, write_change_map
 from watermark_cli.model.store import load_model
 from watermark_cli.quality import QualityFloor
 

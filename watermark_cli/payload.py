@@ -69,12 +69,10 @@ import numpy as np
 import reedsolo
 
 from watermark_cli.errors import BadInputError, MessageTooLongError
+from watermark_cli.keys import key_bytes
 from watermark_cli.polar import PolarCode
 
 FORMAT = 2
-DEFAULT_KEY = "wm-default-key"
-"""Public key used when none is given: no secrecy, no authenticity (see module docstring)."""
-
 TAG_BITS = 40
 LIST_SIZE = 8
 # The largest class keeps at least this share of the raw bits as redundancy.
@@ -82,75 +80,6 @@ _LARGEST_RATE = 0.70
 _CLASSES = 4
 _LABEL = b"wm-payload-v2"
 _LARGEST_MESSAGE = 255
-
-
-def _key_bytes(key: str | bytes | None) -> bytes:
-    if key is None:
-        return DEFAULT_KEY.encode("utf-8")
-    if isinstance(key, str):
-        key = key.encode("utf-8")
-    if not isinstance(key, (bytes, bytearray)):
-        raise BadInputError(f"key must be text or bytes, not {type(key).__name__}")
-    if len(key) == 0:
-        # An empty key is nearly always an unset variable (--key "$WM_KEY"); refuse it rather than
-        # silently marking with a key the user did not mean.
-        raise BadInputError("the key is empty; give a non-empty key, or none for the public default key")
-    return bytes(key)
-
-
-_MAX_KEY_FILE_BYTES = 2**20
-
-
-def read_key_file(path) -> bytes:
-    """A key file's bytes, without one trailing newline (LF or CRLF); errors never show the key."""
-    from pathlib import Path
-
-    path = Path(path)
-    try:
-        if path.is_file() and path.stat().st_size > _MAX_KEY_FILE_BYTES:
-            raise BadInputError(f"--key-file {path}: too large for a key file (at most 1 MiB)")
-        secret = path.read_bytes()
-    except OSError as error:
-        raise BadInputError(f"--key-file {path}: cannot read it ({error.strerror or 'unreadable'})") from None
-    secret = secret[:-1] if secret.endswith(b"\n") else secret
-    secret = secret[:-1] if secret.endswith(b"\r") else secret
-    if not secret:
-        raise BadInputError(f"--key-file {path} is empty")
-    return secret
-
-
-@dataclass(frozen=True)
-class KeyFileReference:
-    """A key that remote workers read from the storage they share with the caller, so that the key
-    itself never crosses the network; `check` lets each of them confirm it read the same key.
-    The check is scrypt of the key under a random salt: costly to guess a weak key from."""
-
-    path: str  # absolute
-    salt: bytes
-    check: bytes
-
-    @classmethod
-    def of(cls, path, secret: bytes) -> "KeyFileReference":
-        import os
-        from pathlib import Path
-
-        salt = os.urandom(16)
-        return cls(str(Path(path).resolve()), salt, _key_check(secret, salt))
-
-    def read(self) -> bytes:
-        secret = read_key_file(self.path)
-        if not hmac.compare_digest(_key_check(secret, self.salt), self.check):
-            raise BadInputError(f"--key-file {self.path} holds another key on this worker than on the caller")
-        return secret
-
-
-def _key_check(secret: bytes, salt: bytes) -> bytes:
-    return hashlib.scrypt(secret, salt=salt, n=2**14, r=8, p=1, dklen=32)
-
-
-def key_kind(key: str | bytes | None) -> str:
-    """'default' for the public default key, else 'custom' (what JSON and audit lines show)."""
-    return "default" if key is None or _key_bytes(key) == DEFAULT_KEY.encode("utf-8") else "custom"
 
 
 def _stream(secret: bytes, label: bytes, n_bytes: int) -> bytes:
@@ -253,7 +182,7 @@ class PayloadCodec:
         self.n_bits = int(n_bits)
         self.classes = length_classes(self.n_bits)
         self.capacity_bytes = self.classes[-1].capacity
-        secret = _key_bytes(key)
+        secret = key_bytes(key)
         self._tag_key = hmac.new(secret, _LABEL + b" tag", hashlib.sha256).digest()
         self._encryption_key = hmac.new(secret, _LABEL + b" encryption", hashlib.sha256).digest()
         pad_key = hmac.new(secret, _LABEL + b" pad", hashlib.sha256).digest()
@@ -410,7 +339,7 @@ class LegacyPayloadCodec:
             raise BadInputError(f"{n_bits} bits cannot hold format 1's frame plus {self.parity_bytes} parity bytes")
         self.capacity_bytes = min(capacity, 255)
         self._frame_bytes = self.n_bytes - self.parity_bytes
-        self._keystream = np.frombuffer(_stream(_key_bytes(key), _V1_KEYSTREAM_DOMAIN, self.n_bytes), dtype=np.uint8)
+        self._keystream = np.frombuffer(_stream(key_bytes(key), _V1_KEYSTREAM_DOMAIN, self.n_bytes), dtype=np.uint8)
         self._rs = reedsolo.RSCodec(self.parity_bytes) if self.parity_bytes > 0 else None
 
     def _erasure_counts(self) -> range:

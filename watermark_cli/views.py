@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import BadInputError
+
 #: (name, centre, width) in HU: views of every CT frame, beside its declared windows.
 CT_STANDARD_WINDOWS: tuple[tuple[str, float, float], ...] = (
     ("brain", 40.0, 80.0),
@@ -230,8 +232,6 @@ class StoredView(View):
 def parse_window(text: str, what: str = "--window") -> tuple[float, float]:
     """A window written CENTER,WIDTH in modality units (HU for CT), as the command line and the
     `window8:C,W` attack take it; anything else is a one-line error naming `what`."""
-    from .errors import BadInputError
-
     try:
         center, width = (float(part) for part in text.split(","))
     except ValueError:

@@ -354,7 +354,8 @@ def run_message_key(count: int, seconds: float, out: Path, run_seed: int = 0) ->
     import resource
     import tempfile
 
-    from watermark_cli.cli.options import message_bytes, resolve_key
+    from watermark_cli.cli.options import message_bytes
+    from watermark_cli.keys import resolve_key
     from watermark_cli.errors import WmError
     from watermark_cli.marking.image import codec_for
     from watermark_cli.model.store import load_model

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import BadInputError
-from ..views import View, parse_window
+from ..views import ModalityTransform, View, VoiView, VoiWindow, parse_window
 
 
 @dataclass(frozen=True)
@@ -206,8 +206,6 @@ class Attack:
 
 def _window_view(window: tuple[float, float], context: FrameContext, frame: np.ndarray) -> View:
     """The `window8:C,W` export window, in the modality units of the budgeted view's frame."""
-    from ..views import ModalityTransform, VoiView, VoiWindow
-
     modality = getattr(context.view, "modality", None) or ModalityTransform()
     return VoiView(modality, VoiWindow(window[0], window[1], origin="user"), frame)
 

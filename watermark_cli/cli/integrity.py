@@ -9,9 +9,10 @@ import typer
 from rich.markup import escape
 
 from ..errors import BadInputError, CheckFailedError
+from ..keys import resolve_key
 from .app import app, emit_json, open_model, stdout
 from .options import (JsonOption, KeyFileOption, KeyOption, MaxPixelsOption, ModelOption, RecipientKeyOption,
-                      RecipientOption, recipient_for_opening, resolve_key)
+                      RecipientOption, recipient_for_opening)
 
 
 def _default_restored(marked: Path) -> Path:
@@ -35,7 +36,7 @@ def restore(
     """Write the original of MARKED, bit-exact, from the restoration record `wm embed` stored in it
     (pixels checked against the original's SHA-256 before anything is written; original SOP
     Instance UID back). Exit 1: no record, not authentic, wrong key, or pixels changed since marking."""
-    from ..integrity.restoration import restore_file
+    from ..marking.restoration import restore_file
 
     if not marked.is_file():
         raise BadInputError(f"no such file: {marked}")
@@ -67,7 +68,7 @@ def verify(
     since marking (which blocks), do the file's digital signatures hold. Exit 0 intact; 1 tampered,
     no mark or no record (integrity unknown); 2 bad input."""
     from ..io.image import read_image
-    from ..integrity.verification import verify_image, write_change_map
+    from ..marking.verification import verify_image, write_change_map
     from ..marking.image import codec_for
 
     if not input.is_file():

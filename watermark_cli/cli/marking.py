@@ -11,11 +11,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import BadInputError, CheckFailedError, NoWatermarkError
+from ..keys import resolve_key
 from .app import GracefulStop, app, emit_json, format_db, open_model, progress_bar, stderr, stdout
 from .options import (Compression, Engine, JsonOption, KeyFileOption, KeyOption, MaxPixelsOption, ModelOption, PsnrDomain,
                       PsnrDomainOption, RecipientOption,
-                      PsnrOption, PsnrPeak, PsnrPeakOption, WindowOption, message_bytes, parse_window, quality_floor,
-                      resolve_key)
+                      PsnrOption, PsnrPeak, PsnrPeakOption, WindowOption, message_bytes, parse_window, quality_floor)
 
 
 def _default_output(input_path: Path, is_folder: bool) -> Path:
@@ -328,7 +328,7 @@ def extract(
     from ..io.isolation import IsolatedReader
     from ..marking.files import read_mark
     from ..marking.image import codec_for, legacy_codec_for
-    from ..payload import key_kind
+    from ..keys import key_kind
 
     if not input.exists():
         raise BadInputError(f"no such file or folder: {input}")

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import BadInputError
+from ..keys import resolve_key  # noqa: F401 - the commands take the key through their options
 
 ModelOption = Annotated[Optional[str], typer.Option("--model", "-m", help="Model folder or shipped model name.")]
 KeyOption = Annotated[Optional[str], typer.Option(
@@ -46,35 +47,6 @@ def parse_window(window: str | None) -> tuple[float, float] | None:
     from ..views import parse_window as parse
 
     return None if window is None else parse(window, "--window")
-
-
-def resolve_key(key: str | None, key_file: Path | None) -> bytes | None:
-    """The payload key from --key, --key-file or the WM_KEY variable (in that order; at most one
-    of the first two), None for the public default key. Errors never show the key."""
-    import os
-
-    if key is not None and key_file is not None:
-        raise BadInputError("give the key once: --key or --key-file, not both")
-    if key_file is not None:
-        from ..payload import read_key_file
-
-        return read_key_file(key_file)
-    # A key is bytes: one typed in a terminal that is not UTF-8 is taken as the bytes it typed
-    # (Python hands undecodable argument bytes over as surrogates; surrogateescape gives them back).
-    if key is not None:
-        return _key_text_bytes(key, "--key")
-    if "WM_KEY" in os.environ:
-        if not os.environ["WM_KEY"]:
-            raise BadInputError("WM_KEY is set but empty; unset it for the public default key")
-        return _key_text_bytes(os.environ["WM_KEY"], "WM_KEY")
-    return None
-
-
-def _key_text_bytes(text: str, where: str) -> bytes:
-    try:
-        return text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a lone surrogate no terminal byte makes (only an API caller can)
-        raise BadInputError(f"{where} is not text that can be encoded (use --key-file for binary keys)") from None
 
 
 def message_bytes(message: str, hex_message: bool) -> bytes:

@@ -8,8 +8,9 @@ from typing import Annotated, List, Optional
 import typer
 from rich.markup import escape
 
+from ..keys import resolve_key
 from .app import app, stdout
-from .options import KeyFileOption, ModelOption, resolve_key
+from .options import KeyFileOption, ModelOption
 
 
 @app.command()

@@ -32,7 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError
+from ..io.image import read_image
 from ..io.writing import csv_text, png_bytes, write_atomically
+from ..views import VoiView, reader_views
+from .clinical import clinical_file
 from .slices import dipy_file, dipy_volume, to_side
 
 SIDE = 256
@@ -67,13 +70,8 @@ def _volume_slices(label: str, name: str, keep: range) -> list[tuple[int, BrainS
             for k in keep]
 
 
-
 def _head_ct() -> BrainSlice:
     """pydicom-data's head CT in its brain window (the view a reader uses for a brain lesion)."""
-    from .clinical import clinical_file
-    from ..io.image import read_image
-    from ..views import VoiView, reader_views
-
     path = clinical_file("693_UNCR.dcm")
     image = read_image(path)
     windows = [view for view in reader_views(image, 0) if isinstance(view, VoiView) and "brain" in view.name]

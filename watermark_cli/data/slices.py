@@ -22,6 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError
+from ..io.image import MedicalImage, read_image
+from ..io.writing import png_bytes, write_atomically
+from ..views import VoiView, reader_views
+from .clinical import clinical_files
 
 SIDE = 256
 # A slice is kept when at least these shares of its pixels are black and not black.
@@ -69,10 +73,6 @@ def _cut(name: str, source: str, display: np.ndarray) -> list[Slice]:
 def held_out_dicom_slices() -> list[Slice]:
     """The CT and MR frames of the held-out split, in each declared window (a CT without one:
     the brain preset), as 8-bit 256² slices."""
-    from .clinical import clinical_files
-    from ..io.image import read_image
-    from ..views import VoiView, reader_views
-
     slices: list[Slice] = []
     for group, path in clinical_files("held_out"):
         if group.modality not in ("CT", "MR"):
@@ -122,8 +122,6 @@ def held_out_slices() -> list[Slice]:
 
 def write_slices(out: Path) -> list[Path]:
     """Write every held-out slice as an 8-bit PNG, plus a README saying where each came from."""
-    from ..io.writing import png_bytes, write_atomically
-
     out.mkdir(parents=True, exist_ok=True)
     written = []
     lines = ["256² 8-bit slices from held-out real images (wm data slices); never used in training.", ""]
@@ -138,7 +136,5 @@ def write_slices(out: Path) -> list[Path]:
 
 def slice_image(item: Slice):
     """A slice as the `MedicalImage` of an 8-bit PNG (viewed as stored, peak 255)."""
-    from ..io.image import MedicalImage
-
     return MedicalImage(pixels=item.pixels[None].copy(), kind="png", path=Path(item.name), bits_stored=8,
                         stored_min=0, stored_max=255, photometric="MONOCHROME2", modality=None)

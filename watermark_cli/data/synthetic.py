@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from watermark_cli.errors import BadInputError
+from ..errors import BadInputError
+from ..io.writing import csv_text, png_bytes, write_atomically
+
 
 KINDS = ("ct", "mr", "xray")
 
@@ -456,8 +458,6 @@ def _to_stored(image: np.ndarray, bit_depth: int) -> np.ndarray:
 
 
 def _write(path: Path, pixels: np.ndarray) -> None:
-    from ..io.writing import png_bytes, write_atomically
-
     if path.suffix == ".png":
         write_atomically(path, png_bytes(pixels, compress_level=1))
     else:
@@ -524,7 +524,6 @@ def write_synthetic_dataset(
             job.result()
 
     csv_path = out / "labels.csv"
-    from ..io.writing import csv_text, write_atomically
 
     write_atomically(csv_path, csv_text(["path", "label"], rows))
     return csv_path

@@ -25,7 +25,7 @@ from ..training.data import collect_image_files
 from ..errors import BadInputError, WmError
 from ..io.image import MedicalImage, read_image
 from ..model.store import LoadedModel
-from ..payload import key_kind
+from ..keys import key_kind
 from ..quality import QualityFloor, image_quality
 from ..marking.image import codec_for, embed_pixels, image_false_positive_bound, read_frames
 

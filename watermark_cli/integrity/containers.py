@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import struct
 import zlib
-from pathlib import Path
+
+from .record import trimmed
 
 RECORD_CREATOR = "WM RESTORATION RECORD 1"
 RECORD_GROUP = 0x0077
@@ -102,20 +103,6 @@ def pixel_interpretation(ds) -> dict:
     return values
 
 
-def dicom_high_bits(ds, pixels, bits_stored: int):
-    """The original words' bits above BitsStored (word >> BitsStored) where any is set, else None:
-    old files keep overlays there, and a compressed marked copy cannot keep them."""
-    import numpy as np
-
-    from ..io.image import _with_original_high_bits
-
-    words = _with_original_high_bits(ds, pixels)
-    if words is pixels or words.dtype.kind != "u":
-        return None
-    high = words.astype(np.uint32) >> bits_stored
-    return high.astype(np.uint16) if high.any() else None
-
-
 def modified_attributes_item(kept):
     """The Modified Attributes Sequence item of an Encrypted Attributes envelope: the original
     top-level values (file meta elements do not belong in a data set's attributes)."""
@@ -168,8 +155,6 @@ def dicom_attach_envelope(ds, der: bytes) -> None:
 
 def dicom_envelopes(ds) -> list[bytes]:
     """The Encrypted Content of every Encrypted Attributes item, the last first (wm appends)."""
-    from .envelope import der_trimmed
-
     items = ds.get("EncryptedAttributesSequence") or []
     return [der_trimmed(bytes(item.EncryptedContent)) for item in reversed(list(items)) if "EncryptedContent" in item]
 
@@ -184,14 +169,20 @@ def dicom_record(ds) -> bytes | None:
         return envelopes[0] if envelopes else None
     if not isinstance(value, (bytes, bytearray)):
         return None
-    from .record import trimmed
-
     return trimmed(bytes(value))  # DICOM pads an odd-length value with one zero byte
 
 
 def dicom_remove_record(ds) -> None:
     for tag in _record_tags(ds):
         del ds[tag]
+
+
+def der_trimmed(blob: bytes) -> bytes:
+    """The DER value without the padding a container added after it (DICOM pads to even length)."""
+    if len(blob) < 2 or blob[1] < 0x80:
+        return blob[:2 + blob[1]] if len(blob) >= 2 else blob
+    size = blob[1] & 0x7F
+    return blob[:2 + size + int.from_bytes(blob[2:2 + size], "big")]
 
 
 # ---- PNG -------------------------------------------------------------------------------------
@@ -225,24 +216,3 @@ def png_record(data: bytes) -> bytes | None:
 def tiff_record_tag(record: bytes) -> tuple:
     """The record as a tifffile `extratags` entry (code, type UNDEFINED, count, value, write once)."""
     return (TIFF_TAG, 7, len(record), record, True)
-
-
-def tiff_record(path: Path) -> bytes | None:
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        tag = tif.pages[0].tags.get(TIFF_TAG) if tif.pages else None
-        return bytes(tag.value) if tag is not None else None
-
-
-# ---- any file --------------------------------------------------------------------------------
-
-def file_record(image) -> bytes | None:
-    """The record stored in the file `image` was read from (a MedicalImage), or None."""
-    if image.kind == "dicom":
-        return dicom_record(image.source)
-    if image.kind == "png":
-        return png_record(Path(image.path).read_bytes())
-    if image.kind == "tiff":
-        return tiff_record(Path(image.path))
-    return None  # JPEG (an export) carries no record

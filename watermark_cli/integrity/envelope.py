@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BadInputError
+from .containers import RECORD_CREATOR, RECORD_GROUP, dataset_bytes
+from .record import trimmed
 
 RECORD_KEY_BYTES = 32
 _BLOB_ELEMENT, _KEY_ELEMENT = 0x01, 0x02
@@ -91,8 +93,6 @@ def envelope(record: bytes, record_key: bytes, recipient: Recipient, modified_at
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
-    from .containers import RECORD_CREATOR, RECORD_GROUP, dataset_bytes
-
     content = Dataset()
     if modified_attributes is not None:
         content.ModifiedAttributesSequence = Sequence([modified_attributes])
@@ -112,9 +112,6 @@ def open_envelope(der: bytes, recipient: Recipient | None) -> tuple[bytes, bytes
     from cryptography.hazmat.primitives.serialization import pkcs7
     from pydicom.filereader import read_dataset
 
-    from .containers import RECORD_CREATOR, RECORD_GROUP
-    from .record import trimmed
-
     if recipient is None or recipient.private_key is None:
         raise BadInputError("the restoration record is encrypted for a recipient: give --recipient CERT.pem and "
                             "--recipient-key KEY.pem")
@@ -125,14 +122,6 @@ def open_envelope(der: bytes, recipient: Recipient | None) -> tuple[bytes, bytes
         return trimmed(bytes(block[_BLOB_ELEMENT].value)), bytes(block[_KEY_ELEMENT].value)
     except (ValueError, KeyError):
         return None
-
-
-def der_trimmed(blob: bytes) -> bytes:
-    """The DER value without the padding a container added after it (DICOM pads to even length)."""
-    if len(blob) < 2 or blob[1] < 0x80:
-        return blob[:2 + blob[1]] if len(blob) >= 2 else blob
-    size = blob[1] & 0x7F
-    return blob[:2 + size + int.from_bytes(blob[2:2 + size], "big")]
 
 
 def is_envelope(blob: bytes) -> bool:

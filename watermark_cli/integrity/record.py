@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import BadInputError, CheckFailedError
+from ..hashing import pixel_sha256
+from ..keys import key_bytes
 
 MAGIC = b"WMRR"  # wm restoration record
 VERSION = 1
@@ -99,12 +101,6 @@ def _derive(key_material: bytes, salt: bytes, label: bytes) -> bytes:
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=label).derive(key_material)
-
-
-def _key_material(key: str | bytes | None) -> bytes:
-    from ..payload import _key_bytes
-
-    return _key_bytes(key)  # the same key rules as the payload: the public default, no empty key
 
 
 # ---- block tags ------------------------------------------------------------------------------
@@ -185,12 +181,10 @@ def seal(original: np.ndarray, marked: np.ndarray, key: str | bytes | None, *, o
     """The sealed record for one marked image (stored values `marked`, from `original`)."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    from ..marking.files import pixel_sha256
-
     if original.shape != marked.shape or original.ndim != 3:
         raise ValueError("original and marked stored values must have the same (frames, rows, cols) shape")
     salt, nonce = os.urandom(_SALT_BYTES), os.urandom(_NONCE_BYTES)
-    material = _key_material(key)
+    material = key_bytes(key)  # the same key rules as the payload: the public default, no empty key
     difference = _smallest_signed(original.astype(np.int64) - marked.astype(np.int64))
     codec, packed = _compress_difference(difference)
     tags = block_tags(marked, _derive(material, salt, _BLOCK_TAG_LABEL))
@@ -235,7 +229,7 @@ def open_record(blob: bytes, key: str | bytes | None) -> tuple[RestorationRecord
     magic, version, salt, nonce, length = _HEADER.unpack_from(blob)
     if version != VERSION:
         raise BadInputError(f"restoration record version {version} is not supported (this wm reads {VERSION})")
-    material = _key_material(key)
+    material = key_bytes(key)
     try:
         plaintext = AESGCM(_derive(material, salt, _ENCRYPTION_LABEL)).decrypt(
             nonce, blob[_HEADER.size:_HEADER.size + length], blob[:_HEADER.size])

@@ -16,8 +16,10 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .. import __version__
 from ..errors import BadInputError
 from ..jsonout import dumps
+from ..payload import bytes_to_text
 from .writing import fsync_folder
 
 AUDIT_FILE_NAME = "wm-audit.jsonl"
@@ -113,9 +115,6 @@ def _cut_torn_line(fd: int) -> None:
 
 def audit_record(result: dict, payload: bytes, codec) -> dict:
     """The audit line for one `embedding.embed_file` result."""
-    from .. import __version__
-    from ..payload import bytes_to_text
-
     return {
         "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         "wm_version": __version__,

@@ -31,7 +31,10 @@ from typing import Any, BinaryIO, Callable
 import numpy as np
 
 from ..errors import BadInputError
-from ..views import Display
+from ..integrity import containers
+from ..integrity.envelope import is_envelope
+from ..integrity.signature import sign_dataset
+from ..views import Display, VoiWindow, display_from_dicom, window_in_stored_units
 from .writing import png_bytes, write_atomically
 
 # Heavy imports (pydicom, Pillow, tifffile) happen inside the functions that need them so that
@@ -144,8 +147,6 @@ class MedicalImage:
     def window(self) -> tuple[float, float] | None:
         """The first declared linear VOI window of the first frame, in stored units (None when
         there is none, or when a Modality LUT makes stored and modality values non-linear)."""
-        from ..views import VoiWindow, window_in_stored_units
-
         frame = self.display.frame(0)
         first = next((voi for voi in frame.vois if isinstance(voi, VoiWindow)), None)
         return window_in_stored_units(frame.modality, first) if first is not None else None
@@ -185,7 +186,7 @@ def is_image_file(path: str | Path) -> bool:
     if suffix in SUPPORTED_SUFFIXES and suffix != "":
         return True
     try:
-        return _sniff(path) == "dicom"
+        return sniff_kind(path) == "dicom"
     except OSError:
         return False
 
@@ -240,7 +241,7 @@ def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _sniff(path: Path) -> str | None:
+def sniff_kind(path: Path) -> str | None:
     """The format named by the file's first bytes, or None; trusting content over suffix."""
     with open(path, "rb") as fh:
         head = fh.read(132)
@@ -276,7 +277,7 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Medica
     if not path.is_file():  # a FIFO or a device would block or never end
         raise BadInputError(f"{path}: not a regular file")
     try:
-        kind = _sniff(path)
+        kind = sniff_kind(path)
     except OSError as exc:
         raise BadInputError(f"{path}: cannot open ({exc.strerror or exc})") from exc
 
@@ -350,8 +351,6 @@ def _read_dicom(path: Path, max_pixels: int) -> MedicalImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import pixel_array
-
-    from ..views import display_from_dicom
 
     try:
         ds = pydicom.dcmread(path)
@@ -639,6 +638,24 @@ def _read_jpeg(path: Path, max_pixels: int) -> MedicalImage:
 
 
 # --------------------------------------------------------------------------------------------
+# The restoration record a file carries (integrity.containers says where each format keeps it)
+
+def file_record(image: MedicalImage) -> bytes | None:
+    """The sealed record stored in the file `image` was read from, or None."""
+    if image.kind == "dicom":
+        return containers.dicom_record(image.source)
+    if image.kind == "png":
+        return containers.png_record(Path(image.path).read_bytes())
+    if image.kind == "tiff":
+        import tifffile
+
+        with tifffile.TiffFile(image.path) as tif:
+            tag = tif.pages[0].tags.get(containers.TIFF_TAG) if tif.pages else None
+            return bytes(tag.value) if tag is not None else None
+    return None  # JPEG (an export) carries no record
+
+
+# --------------------------------------------------------------------------------------------
 # Writing
 
 
@@ -691,8 +708,6 @@ def write_image(original: MedicalImage, pixels: np.ndarray, out_path: str | Path
 
     if signer is not None and original.kind != "dicom":
         raise BadInputError(f"{original.path}: only DICOM files can carry a digital signature (--sign)")
-    from ..integrity import containers
-
     if original.kind == "dicom":
         def writer(fh: BinaryIO) -> None:
             _write_dicom(original, stored, fh, derivation, DICOM_COMPRESSIONS[compression], record, signer)
@@ -762,8 +777,6 @@ def _write_dicom(original: MedicalImage, pixels: np.ndarray, fh: BinaryIO, deriv
     from pydicom.sequence import Sequence
     from pydicom.uid import generate_uid
 
-    from ..integrity import containers
-
     ds = copy.deepcopy(original.source)
     set_native_pixel_data(ds, pixels, keep_high_bits=compression_uid is None)
     # An earlier signature no longer matches the new instance (the record keeps it for restore).
@@ -790,8 +803,6 @@ def _write_dicom(original: MedicalImage, pixels: np.ndarray, fh: BinaryIO, deriv
 
     containers.dicom_remove_record(ds)  # an earlier marking's record (kept in the new record, if any)
     if record is not None:
-        from ..integrity.envelope import is_envelope
-
         if is_envelope(record):  # for a recipient: the standard Encrypted Attributes Sequence
             containers.dicom_attach_envelope(ds, record)
         else:
@@ -799,8 +810,6 @@ def _write_dicom(original: MedicalImage, pixels: np.ndarray, fh: BinaryIO, deriv
     if compression_uid is not None:
         compress_losslessly(ds, compression_uid, original.path)
     if signer is not None:
-        from ..integrity.signature import sign_dataset
-
         sign_dataset(ds, signer)
     pydicom.dcmwrite(fh, ds, enforce_file_format=True)
 
@@ -864,6 +873,17 @@ def _with_original_high_bits(ds: Any, pixels: np.ndarray) -> np.ndarray:
     new_words = pixels.reshape(-1).view(unsigned) & mask
     combined = (original_words & ~mask) | new_words
     return combined.view(pixels.dtype).reshape(pixels.shape)
+
+
+def dicom_high_bits(ds: Any, pixels: np.ndarray, bits_stored: int) -> np.ndarray | None:
+    """The original words' bits above BitsStored (word >> BitsStored) where any is set, else None:
+    old files keep overlays there, and a compressed marked copy cannot keep them (the
+    restoration record does)."""
+    words = _with_original_high_bits(ds, pixels)
+    if words is pixels or words.dtype.kind != "u":
+        return None
+    high = words.astype(np.uint32) >> bits_stored
+    return high.astype(np.uint16) if high.any() else None
 
 
 def _derived_image_type(value: Any) -> list[str]:

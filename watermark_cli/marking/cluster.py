@@ -24,8 +24,13 @@ from pathlib import Path
 
 from distributed import WorkerPlugin
 
-from ..payload import KeyFileReference
-from .files import EmbedSettings, FileOutcome, MarkReading, read_mark
+from ..errors import WmError
+from ..io.image import read_image
+from ..io.isolation import IsolatedReader
+from ..keys import KeyFileReference
+from ..model.store import load_model
+from .files import EmbedSettings, FileOutcome, MarkReading, _run_one, read_mark, recovered_result
+from .image import codec_for, legacy_codec_for
 
 _IN_FLIGHT_PER_WORKER = 4
 _PLUGIN_NAME = "wm-marking"
@@ -46,11 +51,6 @@ class _ModelPlugin(WorkerPlugin):
 
     def setup(self, worker) -> None:
         import torch
-
-        from ..io.image import read_image
-        from ..io.isolation import IsolatedReader
-        from ..model.store import load_model
-        from .image import codec_for
 
         key = self.key.read() if isinstance(self.key, KeyFileReference) else self.key
         torch.set_num_threads(self.threads)
@@ -92,8 +92,6 @@ class ReadingPlugin(_ModelPlugin):
     """For `wm extract`: the current codec and, for the format-1 hint, the legacy one."""
 
     def _more_state(self, loaded, key) -> dict:
-        from .image import legacy_codec_for
-
         return {"legacy": legacy_codec_for(loaded, key)}
 
 
@@ -105,9 +103,6 @@ def _worker_state() -> dict:
 
 def mark_on_worker(source: str, destination: str) -> FileOutcome:
     """One file, on whichever worker Dask chose (the task's whole payload: two paths)."""
-    from ..errors import WmError
-    from .files import _run_one, recovered_result
-
     state = _worker_state()
     settings, loaded, codec, read = state["settings"], state["loaded"], state["codec"], state["read"]
     source_path, destination_path = Path(source), Path(destination)

@@ -9,7 +9,6 @@ outcome as it completes, so that a failed file never stops the batch.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -17,9 +16,20 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import __version__
 from ..errors import BadInputError, CheckFailedError, WmError
-from ..io.image import DEFAULT_MAX_PIXELS
-from ..quality import QualityFloor
+from ..hashing import file_sha256, pixel_sha256
+from ..integrity import containers
+from ..integrity.envelope import envelope, new_record_key, recipient_from_pem
+from ..integrity.record import seal
+from ..integrity.signature import load_signer
+from ..io.image import (DEFAULT_MAX_PIXELS, check_writable, dicom_high_bits, file_record, read_image, sniff_kind,
+                        write_image)
+from ..io.isolation import IsolatedReader
+from ..keys import key_kind
+from ..model.store import load_model
+from ..quality import QualityFloor, frame_meters, image_quality, meets_floor
+from .image import codec_for, embed_pixels, extract_payload
 
 
 @dataclass(frozen=True)
@@ -72,8 +82,6 @@ def read_mark(source: Path, read, loaded, codec, legacy, accept_format_1: bool) 
     """Read one file's mark with `codec`; where none is found, look for a format-1 mark with
     `legacy` (accepted only with `accept_format_1`, else reported as seen). Never raises a
     WmError: a file that cannot be read is a MarkReading with its error."""
-    from .image import extract_payload
-
     try:
         image = read(source)
         decoded = extract_payload(loaded, codec, image)
@@ -87,23 +95,10 @@ def read_mark(source: Path, read, loaded, codec, legacy, accept_format_1: bool) 
     return MarkReading(source, decoded, format_1_seen=old is not None and old.found)
 
 
-def pixel_sha256(pixels: np.ndarray) -> str:
-    """SHA-256 of stored values as little-endian words in (frame, row, column) order: the same
-    digest whatever file format or transfer syntax holds them."""
-    little_endian = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<"))
-    return hashlib.sha256(little_endian.tobytes()).hexdigest()
-
-
 def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded, codec,
                read: Callable[[Path], object] | None = None) -> dict:
     """Mark one file. `read` reads the input (an `IsolatedReader`'s `read` in a batch, so that a
     decoder crash costs only this file); by default `read_image` in this process."""
-    from .. import __version__
-    from ..io.image import check_writable, read_image, write_image
-    from ..model.store import file_sha256
-    from ..quality import meets_floor
-    from .image import embed_pixels, extract_payload
-
     floor = settings.floor
     image = read(source) if read is not None else read_image(source, settings.max_pixels)
     destination = check_writable(image, destination, settings.overwrite)  # before any work is done
@@ -132,8 +127,6 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
     measured: dict = {}
 
     def check_written_file(temporary: Path) -> None:
-        from ..integrity.containers import file_record
-
         written = read_image(temporary, settings.max_pixels)
         if record is not None and file_record(written) != record:
             raise CheckFailedError(f"{source}: the written file does not hold its restoration record; nothing written")
@@ -165,22 +158,16 @@ def restoration_record(image, marked: np.ndarray, key, recipient_certificate: by
                        signer_sha256: str | None = None) -> bytes:
     """The sealed restoration record of `image` marked as `marked` (see integrity.record): under
     `key`, or under a random key in a CMS envelope for the recipient's certificate (PEM)."""
-    from .. import __version__
-    from ..integrity import containers
-    from ..integrity.record import seal
-
     kept, high_bits = None, None
     if image.kind == "dicom":
         kept, absent = containers.dicom_original_elements(image.source)
         elements = containers.dataset_bytes(kept)
         uid = str(image.source.get("SOPInstanceUID", "")) or None
-        high_bits = containers.dicom_high_bits(image.source, image.pixels, image.bits_stored)
+        high_bits = dicom_high_bits(image.source, image.pixels, image.bits_stored)
         interpretation = containers.pixel_interpretation(image.source)  # embed changes none of them
     else:
         elements, absent, uid, interpretation = b"", (), None, {}
     if recipient_certificate is not None:
-        from ..integrity.envelope import envelope, new_record_key, recipient_from_pem
-
         key = new_record_key()
     record = seal(image.pixels, marked, key, original_elements=elements, added_elements=absent,
                   original_sop_instance_uid=uid, creator=f"wm {__version__}", high_bits=high_bits,
@@ -195,8 +182,6 @@ def restoration_record(image, marked: np.ndarray, key, recipient_certificate: by
 
 
 def _signer(signing: tuple[bytes, bytes]):
-    from ..integrity.signature import load_signer
-
     return load_signer(*signing)
 
 
@@ -205,10 +190,6 @@ def recovered_result(source: Path, destination: Path, settings: EmbedSettings, l
     not get to audit; None when the output does not hold this run's message (it is then not
     this batch's work and is left alone). Measured again from the two files, so every figure is
     the real one; only the guard's scale is lost (None)."""
-    from ..model.store import file_sha256
-    from ..quality import frame_meters
-    from .image import extract_payload
-
     image = read(source)
     written = read(destination)
     if written.pixels.shape != image.pixels.shape:
@@ -226,8 +207,6 @@ def recovered_result(source: Path, destination: Path, settings: EmbedSettings, l
 def recovered_results(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, codec) -> Iterator[dict]:
     """`recovered_result` for each (source, existing output); files that cannot be read are left
     to the next `--overwrite` run."""
-    from ..io.isolation import IsolatedReader
-
     if not jobs:
         return
     with IsolatedReader(settings.max_pixels) as reader:
@@ -244,10 +223,6 @@ def _result(source: Path, written_path: Path, image, written_pixels: np.ndarray,
             settings: EmbedSettings, loaded, codec, decoded, verified: bool, guard_scale: float | None,
             output_sha256: str) -> dict:
     """Every figure the summary table and the audit line give for one marked file."""
-    from ..model.store import file_sha256
-    from ..payload import key_kind
-    from ..quality import image_quality
-
     floor = settings.floor
     summary = image_quality(qualities)
     worst = min(range(len(qualities)), key=lambda i: qualities[i].psnr)
@@ -315,10 +290,6 @@ def _start_worker(settings: EmbedSettings, threads: int) -> None:
 
     import torch
 
-    from ..io.isolation import IsolatedReader
-    from ..model.store import load_model
-    from .image import codec_for
-
     # Ctrl-C reaches the whole process group: the parent decides what happens (see
     # cli.GracefulStop); a worker always finishes the file it is writing.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -340,8 +311,6 @@ def embed_files(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, 
     Once `stop_requested()` is true, no new file is started; files already being marked are
     finished and yielded, so that every written file is also reported (and audited). Inputs are
     decoded in an `IsolatedReader` (one per worker), so a decoder that crashes fails one file."""
-    from ..io.isolation import IsolatedReader
-
     if workers <= 1 or len(jobs) <= 1:
         with IsolatedReader(settings.max_pixels) as reader:
             for source, destination in jobs:
@@ -423,9 +392,7 @@ def estimated_output_bytes(source: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -
     """
     size = source.stat().st_size
     try:
-        from ..io.image import _sniff
-
-        kind = _sniff(source)
+        kind = sniff_kind(source)
         if kind == "dicom" or source.suffix.lower() in (".dcm", ".dicom", ""):
             import pydicom
 

@@ -19,6 +19,7 @@ from ..model.inputs import MIN_SIDE, normalised_frames
 from ..model.store import LoadedModel
 from ..payload import DecodedPayload, LegacyPayloadCodec, PayloadCodec
 from ..quality import FrameMeter, QualityFloor, frame_meters
+from .synchronisation import estimate_rotation, estimate_tile_period, mark_autocorrelation, resample, rotate
 
 
 # Marking needs this many whole tiles along each side: the decoder folds (averages) the tiles,
@@ -257,8 +258,6 @@ def read_frames(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, qui
     if no payload is found, rescaled back when the mark's period says the image was resized,
     then turned back when its lattice says the image was rotated. `quick` tries the uncropped
     grid alone (one decoder pass)."""
-    from .synchronisation import estimate_rotation, estimate_tile_period, mark_autocorrelation, resample, rotate
-
     frames = _centre_region(np.asarray(frames, dtype=np.float64), DECODE_REGION)
     tile = model.model.config.tile
     if frames.ndim != 3 or min(frames.shape[-2:]) < tile:

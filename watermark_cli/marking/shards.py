@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from ..errors import BadInputError
+
 
 def shard_of(relative: str, count: int) -> int:
     """Which of `count` shards a file belongs to: stable across machines, runs and Python versions."""
@@ -20,8 +22,6 @@ def shard(jobs: list[tuple[Path, Path]], root: Path, index: int, count: int) -> 
 
 def parse_shard(text: str) -> tuple[int, int]:
     """'I/N' with 0 <= I < N."""
-    from ..errors import BadInputError
-
     index, _, count = text.partition("/")
     if not (index.isdigit() and count.isdigit()) or not 0 <= int(index) < int(count):
         raise BadInputError(f"--shard {text!r}: expected I/N with 0 <= I < N (e.g. 0/4 ... 3/4)")

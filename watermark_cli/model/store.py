@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import BadInputError
+from ..hashing import file_sha256
 from ..io.writing import write_atomically
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -136,14 +137,6 @@ def _first_line(error: Exception) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
     text = re.sub(r"^\[[^\]]*\][\s.]*", "", text)
     return text.splitlines()[0] if text else type(error).__name__
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

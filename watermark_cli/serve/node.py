@@ -26,6 +26,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import BadInputError, WmError
+from ..io.audit import AuditLog, audit_record
+from ..io.isolation import IsolatedReader
+from ..marking.files import EmbedSettings, embed_file, recovered_result
+from ..marking.image import codec_for
+from ..model.store import load_model
+from ..quality import QualityFloor
 from .config import ServeConfig
 from .spool import Spool
 
@@ -44,10 +50,6 @@ class MarkingNode:
     """The node's state: configuration, spool, model, and the forwarding thread."""
 
     def __init__(self, config: ServeConfig, key: bytes | None) -> None:
-        from ..io.audit import AuditLog
-        from ..marking.image import codec_for
-        from ..model.store import load_model
-
         self.config = config
         self.key = key
         self.spool = Spool(config.spool, config.max_spool_instances)
@@ -57,8 +59,6 @@ class MarkingNode:
         # One isolated decoder process per marking slot: a decoder that crashes on a hostile
         # instance fails that instance (a DIMSE failure), never the node.
         import queue
-
-        from ..io.isolation import IsolatedReader
 
         self.readers: queue.Queue = queue.Queue()
         for _ in range(config.workers):
@@ -138,9 +138,6 @@ class MarkingNode:
 
     def _mark(self, name: str, uid: str, received: Path, ds) -> object | None:
         """Mark one received instance; None on success, else the failure status to answer."""
-        from ..marking.files import EmbedSettings, embed_file
-        from ..quality import QualityFloor
-
         message = self.message_for(ds)
         settings = EmbedSettings(payload=message, floor=QualityFloor(self.config.psnr_min), model=self.config.model,
                                  key=self.key)
@@ -162,7 +159,6 @@ class MarkingNode:
                 return _failure(CANNOT_UNDERSTAND, f"wm cannot mark this instance: {reason}"[:1024])
             finally:
                 self.readers.put(reader)
-        from ..io.audit import audit_record
 
         self.audit.append({**audit_record(result, message, self.codec), "sop_instance_uid": uid})
         self.spool.marked(name)
@@ -296,9 +292,6 @@ class MarkingNode:
         the instance marked anew (it was never forwarded)."""
         import pydicom
 
-        from ..marking.files import EmbedSettings, recovered_result
-        from ..quality import QualityFloor
-
         audited = self.audit.outputs()
         for name in self.spool.names("received"):
             marked = self.spool.path("marked", name)
@@ -319,7 +312,6 @@ class MarkingNode:
             if result is None:
                 marked.unlink()
                 continue
-            from ..io.audit import audit_record
 
             self.audit.append({**audit_record(result, message, self.codec), "sop_instance_uid": uid})
             log_event("marked", sop_instance_uid=uid, psnr=result["psnr"], binding_view=result["binding_view"],

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .record import RecordNotAuthenticError, changed_blocks
+from ..errors import BadInputError
+from ..integrity.containers import pixel_interpretation
+from ..integrity.record import RecordNotAuthenticError, block_grid, changed_blocks
+from ..integrity.signature import verify_signatures
+from ..io.writing import write_atomically
+from ..keys import key_kind
+from ..payload import bytes_to_text
+from .image import extract_payload
 from .restoration import NoRecordError, opened_record
 
 
@@ -97,10 +104,6 @@ class Verification:
 
 def verify_image(image, key, loaded, codec, recipient=None) -> Verification:
     """Every check on one read image (see the module docstring)."""
-    from ..marking.image import extract_payload
-    from ..payload import bytes_to_text, key_kind
-    from .record import block_grid
-
     decoded = extract_payload(loaded, codec, image)
     result = Verification(str(image.path), decoded.found, bytes_to_text(decoded.message) if decoded.found else None)
     try:
@@ -121,14 +124,10 @@ def verify_image(image, key, loaded, codec, recipient=None) -> Verification:
         else:
             result.changed_blocks = changed_blocks(record, image.pixels, tag_key)
         if image.kind == "dicom" and record.interpretation:
-            from .containers import pixel_interpretation
-
             now = pixel_interpretation(image.source)
             result.reading_changed = sorted(k for k in set(now) | set(record.interpretation)
                                             if now.get(k) != record.interpretation.get(k))
     if image.kind == "dicom":
-        from .signature import verify_signatures
-
         result.signatures = verify_signatures(image.source)
     return result
 
@@ -136,9 +135,6 @@ def verify_image(image, key, loaded, codec, recipient=None) -> Verification:
 def write_change_map(image, verification: Verification, path: Path) -> Path:
     """A PNG of the frames with changed blocks (the first frame when none changed), each in its
     own data range, changed blocks tinted red and outlined; frames stacked top to bottom."""
-    from ..errors import BadInputError
-    from ..io.writing import write_atomically
-
     path = Path(path)
     if path.exists():  # never the input, never any other file: a map is always new
         raise BadInputError(f"--map {path}: already exists; give a new file name")

@@ -19,7 +19,13 @@ import copy
 from pathlib import Path
 
 from ..errors import BadInputError, CheckFailedError
-from .record import RecordNotAuthenticError, RestorationRecord, changed_blocks, open_record
+from ..hashing import pixel_sha256
+from ..integrity.containers import dicom_envelopes, dicom_remove_record, dicom_restore_elements
+from ..integrity.envelope import is_envelope, open_envelope
+from ..integrity.record import RecordNotAuthenticError, RestorationRecord, changed_blocks, open_record
+from ..io.image import (DICOM_COMPRESSIONS, check_writable, compress_losslessly, file_record, read_image,
+                        set_native_pixel_data, write_image)
+from ..io.writing import write_atomically
 
 
 class NoRecordError(CheckFailedError):
@@ -32,9 +38,6 @@ def opened_record(image, key, recipient=None) -> tuple[RestorationRecord, bytes,
     (or for `recipient`, an envelope.Recipient with its private key) or was changed. A record for
     a recipient is confidential, not authentic: anyone with the certificate can make one (a
     signature, --sign, is what proves who did)."""
-    from .containers import dicom_envelopes, file_record
-    from .envelope import is_envelope, open_envelope
-
     blob = file_record(image)
     if blob is None:
         where = "a JPEG export carries no record" if image.kind == "jpeg" else \
@@ -52,10 +55,6 @@ def opened_record(image, key, recipient=None) -> tuple[RestorationRecord, bytes,
 
 def restore_file(marked: Path, out: Path, key, overwrite: bool = False, recipient=None) -> dict:
     """Write the original of `marked` to `out`; the figures of what was restored."""
-    from ..io.image import check_writable, read_image, write_image
-    from ..io.writing import write_atomically
-    from ..marking.files import pixel_sha256
-
     image = read_image(marked)
     out = check_writable(image, out, overwrite)
     record, tag_key, _ = opened_record(image, key, recipient)
@@ -99,9 +98,6 @@ def _restored_dataset(image, original, record: RestorationRecord):
     """The marked dataset with the original pixel data and the original changed elements."""
     from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
                              UID)
-
-    from ..io.image import DICOM_COMPRESSIONS, compress_losslessly, set_native_pixel_data
-    from .containers import dicom_remove_record, dicom_restore_elements
 
     ds = copy.deepcopy(image.source)
     set_native_pixel_data(ds, original)  # the marked file's high bits, where it has native data
