@@ -8,6 +8,7 @@ ENV PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 RUN pip install torch==2.14.1 torchvision==0.29.1
 COPY pyproject.toml README.md ./
 COPY watermark_cli ./watermark_cli
+COPY models ./models
 RUN pip install .
 
 FROM base AS serve

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Retrain the shipped default model from scratch (about 25 minutes on 2 CPU cores, less on a GPU),
 # then measure it on the held-out real images and write the figures into its card.
-#   bash scripts/train_default_model.sh [OUT]      (default OUT: watermark_cli/model/shipped/default; must not exist)
+#   bash scripts/train_default_model.sh [OUT]      (default OUT: models/default; must not exist)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-watermark_cli/model/shipped/default}
+OUT=${1:-models/default}
 bash scripts/setup_env.sh
 WM=.venv/bin/wm
 DATA=runs/default_data

@@ -1,5 +1,6 @@
-"""A plain (non-editable) install carries the default model: build a wheel, install it into a
-fresh virtual environment and mark an image from outside the checkout."""
+"""A plain (non-editable) install carries the default model, which the checkout keeps in its
+top-level `models/` folder: build a wheel, install it into a fresh virtual environment and mark a
+real DICOM and a PNG from outside the checkout."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
+from pydicom.data import get_testdata_file
 
 pytestmark = pytest.mark.slow
 
@@ -21,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_a_wheel_installed_into_a_fresh_venv_marks_with_its_own_default_model(tmp_path):
     source = tmp_path / "source"
-    shutil.copytree(ROOT / "watermark_cli", source / "watermark_cli",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for folder in ("watermark_cli", "models"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, source / name)
     dist = tmp_path / "dist"
@@ -31,8 +34,11 @@ def test_a_wheel_installed_into_a_fresh_venv_marks_with_its_own_default_model(tm
     (wheel,) = dist.glob("wm-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-    assert "watermark_cli/model/shipped/default/weights.safetensors" in names
-    assert "watermark_cli/model/shipped/default/card.yaml" in names
+    assert "watermark_cli/shipped_models/default/weights.safetensors" in names
+    assert "watermark_cli/shipped_models/default/card.yaml" in names
+    # pyproject lists the packages (one maps to models/): no folder of the package is left out.
+    folders = {str(p.parent.relative_to(ROOT)).replace("/", ".") for p in (ROOT / "watermark_cli").rglob("__init__.py")}
+    assert folders <= {name.rsplit("/", 1)[0].replace("/", ".") for name in names if name.endswith("__init__.py")}
 
     # A fresh venv whose only extra path is the dependencies' site-packages (torch and the rest
     # are not installed twice); the .pth files there, the checkout's editable hook among them,
@@ -52,6 +58,7 @@ def test_a_wheel_installed_into_a_fresh_venv_marks_with_its_own_default_model(tm
     smooth = np.cumsum(np.cumsum(rng.normal(0, 1, (256, 256)), 0), 1)
     image = (255 * (smooth - smooth.min()) / np.ptp(smooth)).astype(np.uint8)
     Image.fromarray(image).save(work / "scan.png")
+    shutil.copy2(get_testdata_file("693_UNCR.dcm"), work / "ct.dcm")  # a real CT, 512², 14 of 16 bits
     environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "WM_MODELS", "WM_KEY")}
     where = subprocess.run([python, "-c", "import watermark_cli, watermark_cli.model.store as s; "
                                           "print(watermark_cli.__file__); print(s.shipped_models_folder())"],
@@ -64,3 +71,7 @@ def test_a_wheel_installed_into_a_fresh_venv_marks_with_its_own_default_model(tm
     assert marked.returncode == 0, marked.stderr
     read = subprocess.run([wm, "extract", "marked.png"], cwd=work, env=environment, capture_output=True, text=True)
     assert read.returncode == 0 and read.stdout.strip() == "id-0042", read.stderr
+    marked = subprocess.run([wm, "embed", "ct.dcm", "ct-0042"], cwd=work, env=environment, capture_output=True, text=True)
+    assert marked.returncode == 0, marked.stderr
+    read = subprocess.run([wm, "extract", "ct.wm.dcm"], cwd=work, env=environment, capture_output=True, text=True)
+    assert read.returncode == 0 and read.stdout.strip() == "ct-0042", read.stderr

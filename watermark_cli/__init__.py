@@ -1,10 +1,13 @@
 """wm: medical image watermarking with a per-image PSNR guarantee.
 
-The package's folders name its architecture: `cli` (the command line), `io` (files in and out),
-`model` (networks and the model store, with the shipped models), `marking` (pixels → mark →
-file), `constrained` (learning under per-sample constraints; imports nothing else of wm),
-`attacks`, `training`, `evaluation`, `diagnostic` (the classifier check) and `data` (image sets).
-The core every folder may use stays at the top: `errors`, `jsonout`, `views` (how a reader views a
+The package's folders name its architecture, and data flows one way through them (file → pixels
+→ model → guard → file; tests/test_architecture.py holds each folder to its allowed imports):
+`cli` (the command line), `io` (files in and out), `integrity` (codecs of the restoration record
+and signatures), `model` (networks and the model store; the shipped models sit in the checkout's
+top-level `models/`), `marking` (pixels → mark → file, and restore and verify), `constrained`
+(learning under per-sample constraints; imports nothing else of wm), `attacks`, `training`,
+`evaluation`, `diagnostic` (the classifier check) and `data` (image sets). The core every folder
+may use stays at the top: `errors`, `keys`, `hashing`, `jsonout`, `views` (how a reader views a
 frame), `quality`, `allocation`, `guard`, `payload` and `polar`.
 """
 

@@ -27,14 +27,14 @@ PICKLED_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".
 
 
 def shipped_models_folder() -> Path:
-    """The models shipped inside the package, `watermark_cli/model/shipped/` (package data, so a
-    plain install has them too); WM_MODELS overrides it."""
+    """The shipped models: the checkout's top-level `models/` folder, installed as the package
+    data of `watermark_cli.shipped_models` (so a plain install has them too); WM_MODELS overrides it."""
     override = os.environ.get("WM_MODELS")
     if override:
         return Path(override)
     from importlib.resources import files
 
-    return Path(str(files(__package__) / "shipped"))
+    return Path(str(files("watermark_cli.shipped_models")))
 
 
 def resolve_model_path(name_or_path: str | None) -> Path:
