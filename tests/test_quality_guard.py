@@ -117,3 +117,18 @@ def test_guard_works_per_frame():
     assert [f.scale for f in frames][0] == 1.0
     assert frames[1].scale < 1.0 and frames[2].scale < frames[1].scale
     assert all(f.quality.psnr >= 40.0 for f in frames)
+
+
+@pytest.mark.parametrize("value", [-3, 0, 0.0, float("nan"), float("inf"), -float("inf"), 200, "40", True, None])
+def test_a_floor_that_would_check_nothing_is_refused_wherever_it_is_made(value):
+    """QualityFloor checks itself: a negative, zero, infinite or NaN floor, or one that is not a
+    number, never reaches the guard (a floor of −3 dB once let a 22.7 dB mark through as verified)."""
+    from watermark_cli.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="psnr_min must be a number of dB"):
+        QualityFloor(value)
+    assert QualityFloor(40).psnr_min == 40.0 and QualityFloor(np.float32(41.5)).psnr_min == 41.5
+    with pytest.raises(BadInputError, match="--max-abs-error"):
+        QualityFloor(40.0, max_abs_error=-1)
+    with pytest.raises(BadInputError, match="--psnr-peak applies"):
+        QualityFloor(40.0, peak="range", domain="view")

@@ -223,6 +223,18 @@ def test_serve_check_validates_a_config(tmp_path):
     np.testing.assert_equal(os.path.exists(tmp_path / "wm-spool"), False)
 
 
+@pytest.mark.parametrize("floor", ["-3", ".nan", ".inf", "-.inf", "abc"])
+def test_serve_check_refuses_a_floor_that_checks_nothing(floor, tmp_path):
+    from conftest import run_wm_here
+
+    config = tmp_path / "floor.yaml"
+    config.write_text(f"forward: 127.0.0.1:4242:ORTHANC\npsnr_min: {floor}\n")
+    result = run_wm_here("serve", "--check", "--config", config, "--spool", tmp_path / "spool")
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 2 and len(lines) == 1 and "psnr_min" in lines[0], result.stderr
+    assert not (tmp_path / "spool").exists()
+
+
 @pytest.mark.slow
 def test_unmarkable_instances_are_forwarded_unmarked_only_when_configured(peers, tmp_path):
     orthanc, make_node = peers

@@ -19,6 +19,21 @@ from .views import View, VoiView, VoiWindow, nominal_view, reader_views, stored_
 
 PeakKind = Literal["nominal", "range"]
 Domain = Literal["view", "stored", "window"]
+PEAK_KINDS = ("nominal", "range")
+DOMAINS = ("view", "stored", "window")
+# A floor outside (0, 200) dB is a mistake (a negative floor allows any change; 200 dB is below
+# the rounding of any stored value): refused wherever it comes from.
+_FLOOR_RANGE_DB = (0.0, 200.0)
+
+
+def checked_psnr_min(value, name: str = "psnr_min") -> float:
+    """`value` as a floor in dB, or a one-line BadInputError naming `name` (an option, a config
+    key): a number, finite, above 0 and below 200 dB. Text, booleans and NaN are refused."""
+    low, high = _FLOOR_RANGE_DB
+    number = value if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) else None
+    if number is None or not low < float(number) < high:  # `not <` also refuses NaN
+        raise BadInputError(f"{name} must be a number of dB above {low:g} and below {high:g}, got {value!r}")
+    return float(number)
 
 
 def mean_squared_error(reference: np.ndarray, test: np.ndarray) -> float:
@@ -65,6 +80,21 @@ class QualityFloor:
     peak: PeakKind = "nominal"
     domain: Domain = "view"
     max_abs_error: float | None = None
+
+    def __post_init__(self) -> None:
+        # Checked wherever a floor is made (command line, YAML, the serve config, Python): no
+        # floor that checks nothing reaches the guard.
+        object.__setattr__(self, "psnr_min", checked_psnr_min(self.psnr_min))
+        if self.peak not in PEAK_KINDS:
+            raise BadInputError(f"the PSNR peak must be one of {', '.join(PEAK_KINDS)}, got {self.peak!r}")
+        if self.domain not in DOMAINS:
+            raise BadInputError(f"the PSNR domain must be one of {', '.join(DOMAINS)}, got {self.domain!r}")
+        if self.peak != "nominal" and self.domain != "stored":
+            raise BadInputError("--psnr-peak applies to --psnr-domain stored only (every view has its own peak)")
+        error = self.max_abs_error
+        if error is not None and (isinstance(error, bool) or not isinstance(error, (int, float, np.integer, np.floating))
+                                  or not (np.isfinite(error) and error >= 0)):
+            raise BadInputError(f"--max-abs-error must be a finite number >= 0, got {error!r}")
 
 
 @dataclass(frozen=True)

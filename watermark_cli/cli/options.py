@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -88,15 +87,11 @@ class PsnrPeak(str, Enum):
 
 
 def quality_floor(psnr_min: float, psnr_peak: PsnrPeak, psnr_domain: PsnrDomain, max_abs_error: float | None):
-    from ..quality import QualityFloor
+    """The floor of --psnr-min, --psnr-peak, --psnr-domain and --max-abs-error (QualityFloor
+    checks itself; the floor's own error names the option here)."""
+    from ..quality import QualityFloor, checked_psnr_min
 
-    if not (0 < psnr_min < 200):  # also rejects NaN
-        raise BadInputError("--psnr-min must be between 0 and 200 dB")
-    if max_abs_error is not None and not (math.isfinite(max_abs_error) and max_abs_error >= 0):
-        raise BadInputError("--max-abs-error must be a finite number >= 0")
-    if psnr_peak is not PsnrPeak.nominal and psnr_domain is not PsnrDomain.stored:
-        raise BadInputError("--psnr-peak applies to --psnr-domain stored only (every view has its own peak)")
-    return QualityFloor(psnr_min, psnr_peak.value, psnr_domain.value, max_abs_error)
+    return QualityFloor(checked_psnr_min(psnr_min, "--psnr-min"), psnr_peak.value, psnr_domain.value, max_abs_error)
 
 
 PsnrDomainOption = Annotated[PsnrDomain, typer.Option(

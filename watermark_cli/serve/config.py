@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from ..errors import BadInputError
+from ..quality import checked_psnr_min
 
 #: Message templates: never patient data. {instance}: a keyed hash (HMAC-SHA256 under the marking
 #: key, 12 hex digits) of the SOP Instance UID, the default: one ID per instance, meaningless
@@ -68,6 +69,7 @@ class ServeConfig:
                                 "HOST:PORT:AET")
         if not 0 < self.forward.port < 65536:
             raise BadInputError(f"serve config: forward.port {self.forward.port} is not a TCP port")
+        checked_psnr_min(self.psnr_min, "serve config: psnr_min")
         if self.workers < 1 or self.max_spool_instances < 1:
             raise BadInputError("serve config: workers and max_spool_instances must be at least 1")
         if self.allow_addresses and not self.allow:
@@ -142,7 +144,10 @@ def _typed(values: dict, path) -> dict:
         for name, kind in (("port", int), ("workers", int), ("max_spool_instances", int), ("psnr_min", float),
                            ("retry_max_seconds", float)):
             if name in values:
-                values[name] = kind(values[name])
+                try:
+                    values[name] = kind(values[name])
+                except (TypeError, ValueError):
+                    raise BadInputError(f"{where}: {name} {values[name]!r} is not a number") from None
     except (KeyError, TypeError, ValueError) as error:
         raise BadInputError(f"{where}: bad value ({type(error).__name__}: {error})") from None
     return values
