@@ -2,7 +2,7 @@
 two lanes of the suite.
 
 Lanes: `--lane fast` (what `bash scripts/test.sh` runs) leaves out the tests marked `slow` and
-fails any other test whose setup and call take more than WM_FAST_TEST_SECONDS (default 5) — so
+fails any other test whose setup and call take more than WM_FAST_TEST_SECONDS (default 8) — so
 the fast lane stays fast as tests are added; `--lane all` (the default of a plain `pytest`, and
 what `bash scripts/test.sh --all` and CI run) runs every test, without the time guard.
 """
@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-FAST_TEST_SECONDS = float(os.environ.get("WM_FAST_TEST_SECONDS", "5"))
+# A fast test takes well under 2 s; the guard leaves room for a busy machine (a real `wm` process
+# alone starts in about 2.5 s: torch, the model).
+FAST_TEST_SECONDS = float(os.environ.get("WM_FAST_TEST_SECONDS", "8"))
 
 
 def pytest_addoption(parser) -> None:
