@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import WmError
+from ..jsonout import write_json_line
 
 app = typer.Typer(
     add_completion=False,
@@ -35,10 +36,7 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks f
 
 
 def emit_json(payload: dict) -> None:
-    from ..jsonout import dumps
-
-    sys.stdout.write(dumps(payload) + "\n")
-    sys.stdout.flush()
+    write_json_line(payload)
 
 
 class GracefulStop:

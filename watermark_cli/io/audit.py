@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import BadInputError
-from ..jsonout import dumps
+from ..jsonout import json_line
 from ..payload import bytes_to_text
 from .writing import fsync_folder
 
@@ -81,7 +81,7 @@ class AuditLog:
         # concurrent writers never interleave), fsynced (and the folder too when the log is new),
         # so a killed run leaves every line it reported; an atomic rewrite of a growing log would
         # cost a copy per line.
-        line = (dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        line = json_line(record, compact=True).encode("utf-8")
         try:
             created = not self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)

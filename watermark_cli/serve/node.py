@@ -17,9 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import json
 import secrets
-import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -28,6 +26,7 @@ from pathlib import Path
 from ..errors import BadInputError, WmError
 from ..io.audit import AuditLog, audit_record
 from ..io.isolation import IsolatedReader
+from ..jsonout import write_json_line
 from ..marking.files import EmbedSettings, embed_file, recovered_result
 from ..marking.image import codec_for
 from ..model.store import load_model
@@ -41,9 +40,7 @@ _FORWARD_BATCH = 32  # instances read and sent per association
 
 def log_event(event: str, **facts) -> None:
     """One JSON line on stdout, flushed (a log collector reads it line by line)."""
-    line = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "event": event, **facts}
-    sys.stdout.write(json.dumps(line, sort_keys=False, default=str) + "\n")
-    sys.stdout.flush()
+    write_json_line({"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "event": event, **facts})
 
 
 class MarkingNode:

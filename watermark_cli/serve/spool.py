@@ -17,12 +17,12 @@ what is marked: an instance can then reach the destination twice, as the very sa
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 from ..errors import BadInputError
 from ..io.writing import fsync_folder, remove_stale_temporaries, write_atomically
+from ..jsonout import json_line
 
 STATES = ("received", "marked", "done", "failed")
 
@@ -74,14 +74,14 @@ class Spool:
         _remove(self.path("received", name))
 
     def done(self, name: str, facts: dict) -> None:
-        write_atomically(self.path("done", name), json.dumps(facts, sort_keys=True) + "\n")
+        write_atomically(self.path("done", name), json_line(facts))
         _remove(self.path("marked", name))
 
     def failed(self, name: str, facts: dict) -> None:
         received = self.path("received", name)
         if received.exists():
             os.replace(received, self.root / "failed" / received.name)
-        write_atomically(self.root / "failed" / f"{name}.json", json.dumps(facts, sort_keys=True) + "\n")
+        write_atomically(self.root / "failed" / f"{name}.json", json_line(facts))
         fsync_folder(self.root / "received")
 
     def names(self, state: str) -> list[str]:
