@@ -84,7 +84,7 @@ NOISE_SIGMA = 0.02  # of the peak: the attack under which the main metric is rea
 
 def measure_watermark(training_pass, images: torch.Tensor, n_bits: int, floor: float, seed: int) -> dict:
     """Per image: PSNR of the 16-bit marked image; bits read back clean and after Gaussian noise."""
-    from watermark_cli.training.loop import crop_psnr, marked_for_evaluation
+    from watermark_cli.training import crop_psnr, marked_for_evaluation
 
     generator = torch.Generator().manual_seed(seed)
     psnr, correct, correct_noisy = [], 0.0, 0.0
@@ -106,7 +106,7 @@ def run_watermark(options: dict, seed: int, train_dir: Path, tiles: torch.Tensor
     from watermark_cli.training.data import TrainingSamples
     from watermark_cli.model.store import load_model
     from watermark_cli.model.networks import TrainingPass
-    from watermark_cli.training.loop import config_for_preset, load_training_data, train
+    from watermark_cli.training import config_for_preset, load_training_data, train
 
     config = config_for_preset("quick", **{**WATERMARK_CONFIG, **options, "seed": seed, "device": "cpu"})
     started = time.perf_counter()
@@ -244,7 +244,7 @@ def main() -> int:
     parser.add_argument("--watermark-option", action="append", default=[], metavar="KEY=VALUE",
                         help="change a training option of the watermark task for every variant (sensitivity runs)")
     args = parser.parse_args()
-    from watermark_cli.training.loop import parse_assignments
+    from watermark_cli.training import parse_assignments
 
     WATERMARK_CONFIG.update(parse_assignments(args.watermark_option))
     torch.set_num_threads(args.threads)

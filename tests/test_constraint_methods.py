@@ -118,7 +118,7 @@ def test_every_training_option_has_one_home_and_round_trips_by_its_flat_key():
 
     from watermark_cli.constrained.methods import MethodSettings
     from watermark_cli.model.networks import NetworkConfig
-    from watermark_cli.training.loop import TrainConfig, config_for_preset, config_options, option_homes
+    from watermark_cli.training import TrainConfig, config_for_preset, config_options, option_homes
 
     own = {f.name for f in fields(TrainConfig)} - {"network", "constraint"}
     assert not own & {f.name for f in fields(MethodSettings)} and not own & {f.name for f in fields(NetworkConfig)}

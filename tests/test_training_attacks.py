@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from watermark_cli.errors import BadInputError
-from watermark_cli.training.loop import config_for_preset, validate_config
+from watermark_cli.training import config_for_preset, validate_config
 from watermark_cli.attacks.layers import (CROP_SMALLEST_SIDE, TRAINING_ATTACKS, _rotate_about_centre,
                                             crop_keeping_area)
 
@@ -61,7 +61,7 @@ def test_the_crop_attack_is_refused_when_a_crop_could_hold_less_than_one_tile():
 
 def test_training_runs_with_the_crop_and_rotation_layers(tmp_path):
     from watermark_cli.data.synthetic import write_synthetic_dataset
-    from watermark_cli.training.loop import train
+    from watermark_cli.training import train
 
     write_synthetic_dataset(tmp_path / "data", 6, size=128, seed=5)
     config = config_for_preset("quick", n_bits=128, epochs=1, steps_per_epoch=4, batch_size=4, train_samples=8,

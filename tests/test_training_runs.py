@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def test_a_folder_with_no_usable_image_is_a_one_line_error(tmp_path):
 
 def test_a_requested_stop_writes_the_best_model_so_far_and_the_run_can_be_resumed(tiny_data, tmp_path):
     """Ctrl-C or a scheduler's SIGTERM: stop mid-epoch, drop that epoch, write the best model."""
-    from watermark_cli.training.loop import TrainingInterrupted, config_for_preset, load_checkpoint, train
+    from watermark_cli.training import TrainingInterrupted, config_for_preset, load_checkpoint, train
 
     config = config_for_preset("quick", n_bits=128, epochs=3, steps_per_epoch=3, batch_size=4, train_samples=8,
                                validation_crops=4, validation_crop=64)
@@ -181,10 +182,36 @@ def test_sigterm_stops_training_gracefully_through_the_cli(tiny_data, tmp_path):
     assert (out / "weights.safetensors").exists() and (out / "card.yaml").exists()
 
 
+@pytest.mark.slow
+def test_off_a_terminal_each_epoch_is_one_plain_line_on_stderr(tiny_data, tmp_path):
+    """In a job scheduler, under nohup or in CI, stderr is no terminal and a live bar shows nothing
+    until the end: each epoch is one line instead, with that epoch's figures as metrics.csv holds
+    them. --json still makes stdout the one JSON object."""
+    out = tmp_path / "m"
+    result = run_wm("train", tiny_data, "--out", out, *TINY, "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["epochs"] == 2
+    line = re.compile(r"epoch (\d+)/2: τ ([\d.e+-]+), floor met by ([\d.]+)% of validation crops, "
+                      r"min PSNR ([\d.]+) dB, bit accuracy ([\d.]+), elapsed ([\d.]+) s")
+    lines = result.stderr.splitlines()
+    rows = _rows(out / "metrics.csv")
+    assert len(lines) == len(rows) == 2, result.stderr
+    for text, row in zip(lines, rows):
+        match = line.fullmatch(text)
+        assert match, text
+        epoch, tau, met, min_psnr, accuracy, seconds = match.groups()
+        assert epoch == row["epoch"]
+        assert float(tau) == pytest.approx(float(row["coefficient_mean"]), rel=1e-2)
+        assert float(met) / 100 == pytest.approx(float(row["val_fraction_satisfied"]), abs=1e-3)
+        assert float(min_psnr) == pytest.approx(float(row["val_min_psnr"]), abs=0.01)
+        assert float(accuracy) == pytest.approx(float(row["val_bit_accuracy"]), abs=1e-4)
+        assert float(seconds) == pytest.approx(float(row["seconds"]), abs=0.1)
+
+
 def test_interrupted_run_resumed_ends_with_the_same_weights_as_an_uninterrupted_one(tiny_data, tmp_path):
     """Per-sample closed-loop tau and the Lagrangian's multipliers and nuPI state are the state
     most easily lost; both must come back exactly, with every random generator."""
-    from watermark_cli.training.loop import TrainingInterrupted, config_for_preset, load_checkpoint, train
+    from watermark_cli.training import TrainingInterrupted, config_for_preset, load_checkpoint, train
 
     for method, options in [("sequential", {"tau_scope": "per-sample", "tau_schedule": "closed-loop"}),
                              ("lagrangian", {"dual_optimizer": "nupi"})]:

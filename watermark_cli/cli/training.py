@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,10 +11,15 @@ import typer
 from ..errors import BadInputError
 from .app import GracefulStop, app, emit_json, print_summary_table, progress_bar, state, stderr
 from .options import (Device, DualOptimizer, JsonOption, Method, PenaltyShape, Preset, TauSchedule, TauScope,
-                      value_of)
+                      examples, value_of)
 
 
-@app.command()
+@app.command(epilog=examples(
+    ("wm data synth synthetic/ --n 300 && wm train synthetic/ --preset quick --out my_model",
+     "a model in a few CPU-minutes"),
+    ("wm train data/ --preset standard --psnr-min 42 --device cuda --out my_model", "longer, on a GPU"),
+    ("wm train --resume my_model --epochs 80", "continue a stopped run, bit-exactly"),
+))
 def train(
     data: Annotated[Optional[list[Path]], typer.Argument(
         help="Files or folders of DICOM/PNG/TIFF images (or `data:` in --config).", show_default=False)] = None,
@@ -45,8 +51,8 @@ def train(
     """Train an encoder/decoder pair under PSNR_i >= floor for every training image."""
     import os
 
-    from ..training.loop import (TrainingInterrupted, config_for_preset, parse_assignments, read_config_file,
-                           resume_config, train as run_training, validate_config)
+    from ..training import (TrainingInterrupted, config_for_preset, parse_assignments, read_config_file,
+                            resume_config, train as run_training, validate_config)
 
     method, penalty_shape, tau_scope, tau_schedule, dual_optimizer, device, preset = map(
         value_of, (method, penalty_shape, tau_scope, tau_schedule, dual_optimizer, device, preset))
@@ -79,7 +85,10 @@ def train(
     speaks = int(os.environ.get("RANK", "0")) == 0
     stop = GracefulStop("stopping after this training step; the best model so far will be written "
                         "(Ctrl-C again to stop now)", signal_names=("SIGINT", "SIGTERM"), speaks=speaks)
-    with stop, progress_bar(speaks and not json_output) as progress:
+    # A terminal gets the live bar; anywhere else (a job scheduler, nohup, CI) the bar would show
+    # nothing until the end, so each epoch is one plain line a log keeps. --json changes only stdout.
+    live = stderr.is_terminal and not stderr.is_dumb_terminal
+    with stop, progress_bar(speaks and live and not json_output) as progress:
         task = progress.add_task("training", total=config.epochs) if progress else None
         symbol = "λ" if "lagrangian" in config.method else "τ"
 
@@ -88,6 +97,9 @@ def train(
                 progress.update(task, completed=metrics.epoch, description=(
                     f"epoch {metrics.epoch}: bits {metrics.val_bit_accuracy:.4f}, "
                     f"floor met {metrics.val_fraction_satisfied:.0%}, {symbol} {metrics.coefficient_mean:.3g}"))
+            elif speaks and not live:
+                stderr.print(_epoch_line(metrics, config.epochs, symbol), markup=False, emoji=False, highlight=False,
+                             soft_wrap=True)
 
         try:
             result = run_training(config, list(data), out, report, resume=resume is not None,
@@ -103,6 +115,16 @@ def train(
     if stopped:
         state["stopped_gracefully"] = True  # the line above says what happened; no "interrupted"
         raise typer.Exit(130)
+
+
+def _epoch_line(metrics, epochs: int, symbol: str) -> str:
+    """One epoch as a log line: its coefficient (τ or λ, mean over samples; none for projection),
+    the held-out figures, and the run's elapsed time (as metrics.csv records them)."""
+    coefficient = "none" if math.isnan(metrics.coefficient_mean) else f"{metrics.coefficient_mean:.3g}"
+    return (f"epoch {metrics.epoch}/{epochs}: {symbol} {coefficient}, "
+            f"floor met by {metrics.val_fraction_satisfied:.1%} of validation crops, "
+            f"min PSNR {metrics.val_min_psnr:.2f} dB, bit accuracy {metrics.val_bit_accuracy:.4f}, "
+            f"elapsed {metrics.seconds:.1f} s")
 
 
 def _print_training_summary(config, result, out: Path, json_output: bool) -> None:

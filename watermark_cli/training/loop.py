@@ -6,9 +6,11 @@ only by the constraint method (`--method`, see constrained/methods.py); there is
 term. The training set is a fixed set of N crops (training.data.TrainingSamples), so that each sample
 keeps its identity for per-sample coefficients and multipliers, visited in shuffled passes.
 
-The loop reads top to bottom: take the next samples, draw messages, embed, attack, decode, hand
-the per-sample PSNRs to the method, step; every epoch validate on held-out files, log one CSV
-row, keep the best model and write a checkpoint that `--resume` continues from bit-exactly.
+The loop reads top to bottom (`_train`): set up (or pick up a checkpoint); then every epoch take
+the next samples, draw messages, embed, attack, decode, hand the per-sample PSNRs to the method,
+step; validate on held-out files, keep the best model, write a checkpoint that `--resume`
+continues from bit-exactly (checkpoints.py) and one CSV row (artifacts.py); at the end, or at a
+requested stop, write the best model.
 """
 
 from __future__ import annotations
@@ -17,328 +19,25 @@ import contextlib
 import math
 import random
 import time
-import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from .artifacts import model_card, plot_metrics, write_metrics
+from .checkpoints import absolute_paths, check_resumable, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig, config_options, validate_config
 from .data import FramePool, SampleOrder, TrainingSamples, collect_image_files, split_by_file
+from .distributed import Cluster, start_cluster
 from ..errors import BadInputError
-from ..io.writing import csv_text, write_atomically
-from ..constrained.methods import MethodSettings
-from ..model.device import DEVICE_CHOICES, pick_device
-from ..model.networks import NetworkConfig
+from ..model.device import pick_device
+from ..model.store import load_model, save_model
 
-if TYPE_CHECKING:  # torch comes with the network and method settings; only `wm train` imports this
+if TYPE_CHECKING:  # torch comes with the networks; only `wm train` imports this module
     import torch
 
-# Training aims a little above the user's floor so that held-out images clear it without the
-# guard having to act; the guard still enforces the floor itself on every written file.
-DEFAULT_MARGIN_DB = 0.5
-CHECKPOINT_FILE = "checkpoint.pt"
-METRICS_FILE = "metrics.csv"
-PLOT_FILE = "metrics.png"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything `wm train` runs with. The network's and the constraint method's settings are
-    their own classes (`network`, `constraint`); presets, `--config` YAML, `--set` and the flags
-    name every setting by one flat key (`tile`, `tau_growth`, ...: `option_homes`)."""
-
-    preset: str = "quick"
-    psnr_min: float = 40.0
-    psnr_margin: float = DEFAULT_MARGIN_DB
-    crop: int = 64
-    batch_size: int = 32
-    epochs: int = 16
-    steps_per_epoch: int = 50
-    # The training set: this many fixed crops of the training files (see TrainingSamples).
-    train_samples: int = 4096
-    learning_rate: float = 2e-3
-    # Cosine decay to this rate over the run (None: constant). A calm end lets the decoder
-    # settle after the last growths of tau.
-    learning_rate_final: float | None = None
-    attacks: tuple[str, ...] = ("identity", "noise", "quantise8", "blur")
-    rescale_min: float = 1.0  # random rescale of training crops (anatomy at many pixel scales)
-    rescale_max: float = 1.0
-    # How frames become training images (training.data.FRAME_VIEWS): "reader" shows every frame in
-    # every view the floor holds in, the view's peak as 1; "nominal" divides by 2^BitsStored − 1.
-    frame_views: str = "nominal"
-    # Start from this model's weights (a model folder with the same architecture), not at random.
-    init_from: str | None = None
-    held_out_fraction: float = 0.1
-    validation_crops: int = 64
-    validation_crop: int = 128
-    seed: int = 0
-    device: str = "auto"
-    # bf16 autocast for the networks on a GPU (ignored on a CPU); PSNRs stay in float32.
-    mixed_precision: bool = True
-    # The carrier tiles and networks (n_bits, tile, widths, carrier smoothing).
-    network: NetworkConfig = field(default_factory=NetworkConfig)
-    # The constraint method: sequential penalty (tau grows by `tau_growth` every `tau_period`
-    # steps, for one global tau or one per sample; closed loop grows it only while violations do
-    # not fall by `tau_required_decrease`), or a baseline: a fixed weight, Lagrange multipliers.
-    constraint: MethodSettings = field(default_factory=MethodSettings)
-
-    @property
-    def n_bits(self) -> int:
-        return self.network.n_bits
-
-    @property
-    def tile(self) -> int:
-        return self.network.tile
-
-    @property
-    def method(self) -> str:
-        return self.constraint.method
-
-
-#: The sections of TrainConfig that are settings classes of their own.
-_SECTIONS = {"network": NetworkConfig, "constraint": MethodSettings}
-#: Flat keys whose name differs from the field they set.
-_RENAMED = {"penalty_shape": ("constraint", "shape")}
-
-
-def option_homes() -> dict[str, tuple[str | None, str]]:
-    """Every training option's flat key → (section or None for TrainConfig itself, field)."""
-    homes: dict[str, tuple[str | None, str]] = {f.name: (None, f.name) for f in fields(TrainConfig)
-                                                 if f.name not in _SECTIONS}
-    for section, settings in _SECTIONS.items():
-        for f in fields(settings):
-            homes[f.name] = (section, f.name)
-    for key, home in _RENAMED.items():
-        del homes[home[1]]
-        homes[key] = home
-    return homes
-
-
-PRESETS: dict[str, dict] = {
-    # Minutes on two CPU cores: enough for demos, tests and a usable model.
-    "quick": {},
-    # The shipped model: longer, wider attacks.
-    "standard": {
-        "epochs": 40,
-        "steps_per_epoch": 100,
-        "train_samples": 16384,
-        "tau_period": 150,
-        "learning_rate_final": 2e-4,
-        "rescale_min": 0.5,
-        "rescale_max": 1.5,
-        "carrier_smoothing": 1.0,
-        # 64-px carrier tiles: 16 px² per bit instead of 4 lets the carriers live at lower
-        # frequencies, which JPEG's 8×8 quantisation keeps (q50 on radiographs: 0 % → 100 %).
-        # A crop must hold several tiles, so crops are 128² and batches 16.
-        "tile": 64,
-        "crop": 128,
-        "batch_size": 16,
-        # Listed twice = drawn twice as often: JPEG exports are the hardest attack to learn.
-        "attacks": ("identity", "noise", "quantise8", "blur", "brightness_contrast", "window8", "jpeg", "jpeg",
-                    "resize"),
-    },
-    # The paper's configuration (arXiv 2601.16812), for comparison.
-    "paper": {
-        "n_bits": 200,
-        "crop": 224,
-        "batch_size": 32,
-        "epochs": 200,
-        "steps_per_epoch": 100,
-        "learning_rate": 1e-4,
-        "tau_initial": 0.1,
-        "tau_growth": 1.1,
-        "tau_max": 500.0,
-        "attacks": ("identity",),
-        "psnr_margin": 0.0,
-    },
-}
-
-# ---- configuration from presets, a YAML file, --set KEY=VALUE and flags -----------------------
-
-_CONFIG_FIELDS = set(option_homes())
-
-
-def config_for_preset(preset: str, **overrides) -> TrainConfig:
-    """The preset's values, then every override that is not None, each checked and converted."""
-    if preset not in PRESETS:
-        raise BadInputError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
-    values = dict(PRESETS[preset])
-    if preset == "paper":
-        # The paper grows tau every 10 epochs.
-        values["tau_period"] = 10 * values["steps_per_epoch"]
-    unknown = {k for k in overrides if k not in _CONFIG_FIELDS or k == "preset"}
-    if unknown:
-        raise BadInputError(f"unknown training option(s): {', '.join(sorted(unknown))}")
-    values.update({k: coerce_option(k, v) for k, v in overrides.items() if v is not None})
-    homes = option_homes()
-    own: dict = {}
-    sections: dict[str, dict] = {section: {} for section in _SECTIONS}
-    for key, value in values.items():
-        section, name = homes[key]
-        (own if section is None else sections[section])[name] = value
-    return TrainConfig(preset=preset, **own, **{section: _SECTIONS[section](**given) for section, given in sections.items()})
-
-
-def config_options(config: TrainConfig) -> dict:
-    """The configuration by flat key, as `--set` and `--config` name it (lists for tuples): what
-    checkpoints and cards record, and what `config_for_preset` takes back."""
-    options = {"preset": config.preset}
-    for key, (section, name) in option_homes().items():
-        value = getattr(config if section is None else getattr(config, section), name)
-        options[key] = list(value) if isinstance(value, tuple) else value
-    return options
-
-
-def coerce_option(name: str, value):
-    """`value` as the type its settings class declares for the option `name` (text as from
-    --set is parsed)."""
-    section, field_name = option_homes()[name]
-    hint = typing.get_type_hints(TrainConfig if section is None else _SECTIONS[section])[field_name]
-    optional = type(None) in typing.get_args(hint)
-    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
-    if value is None or (optional and isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
-        if optional:
-            return None
-        raise BadInputError(f"training option {name} needs a value")
-    try:
-        if base is bool:
-            if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-                return value.strip().lower() in ("true", "yes", "on", "1")
-            if isinstance(value, bool):
-                return value
-            raise ValueError
-        if base is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if base is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if base is str:
-            if not isinstance(value, str):
-                raise ValueError
-            return value
-        if typing.get_origin(base) is tuple:
-            items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
-            if not items or not all(isinstance(v, str) and v for v in items):
-                raise ValueError
-            return tuple(items)
-    except (TypeError, ValueError):
-        pass
-    kind = {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(base, "a list of names")
-    raise BadInputError(f"training option {name} must be {kind}{' or null' if optional else ''}, got {value!r}")
-
-
-@dataclass
-class ConfigFile:
-    """What a `--config run.yaml` holds: training options, and optionally data, out and preset."""
-
-    options: dict
-    data: list[Path] | None = None
-    out: Path | None = None
-    preset: str | None = None
-
-
-def read_config_file(path: Path) -> ConfigFile:
-    """Read a YAML mapping of TrainConfig fields (dashes or underscores) plus `data`, `out` and
-    `preset`. Relative paths in it are relative to the file's own folder."""
-    import yaml
-
-    try:
-        loaded = yaml.safe_load(Path(path).read_text())
-    except (OSError, UnicodeDecodeError) as error:
-        raise BadInputError(f"cannot read config file {path}: {error}") from None
-    except yaml.YAMLError as error:
-        raise BadInputError(f"config file {path} is not valid YAML: {' '.join(str(error).split())}") from None
-    if loaded is None:
-        loaded = {}
-    if not isinstance(loaded, dict):
-        raise BadInputError(f"config file {path} must hold a mapping of option: value")
-    base = Path(path).parent
-    values = {str(k).replace("-", "_"): v for k, v in loaded.items()}
-    data = values.pop("data", None)
-    out = values.pop("out", None)
-    preset = values.pop("preset", None)
-    unknown = sorted(k for k in values if k not in _CONFIG_FIELDS)
-    if unknown:
-        raise BadInputError(f"config file {path}: unknown option(s) {', '.join(unknown)}")
-    if data is not None:
-        items = [data] if isinstance(data, str) else data
-        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
-            raise BadInputError(f"config file {path}: data must be a path or a list of paths")
-        data = [base / item for item in items]
-    if out is not None:
-        if not isinstance(out, str):
-            raise BadInputError(f"config file {path}: out must be a path")
-        out = base / out
-    if preset is not None and not isinstance(preset, str):
-        raise BadInputError(f"config file {path}: preset must be a name")
-    return ConfigFile({k: coerce_option(k, v) for k, v in values.items()}, data, out, preset)
-
-
-def parse_assignments(assignments: list[str]) -> dict:
-    """`--set key=value` pairs (repeatable) as training options."""
-    options = {}
-    for assignment in assignments:
-        key, equals, value = assignment.partition("=")
-        key = key.strip().replace("-", "_")
-        if not equals or not key:
-            raise BadInputError(f"--set takes KEY=VALUE, got {assignment!r}")
-        if key not in _CONFIG_FIELDS or key == "preset":
-            raise BadInputError(f"--set: unknown training option {key!r}")
-        options[key] = coerce_option(key, value)
-    return options
-
-
-def validate_config(config: TrainConfig) -> None:
-    if config.n_bits < 8 or config.n_bits % 8:
-        raise BadInputError("--bits must be a positive multiple of 8")
-    from ..payload import PayloadCodec
-
-    PayloadCodec(config.n_bits)  # a payload with no room for an authenticated message fails here
-    if config.crop < config.tile or config.crop % config.tile:
-        raise BadInputError(f"crop size must be a multiple of the {config.tile}-px tile")
-    if config.epochs < 1 or config.steps_per_epoch < 1 or config.batch_size < 1:
-        raise BadInputError("epochs, steps per epoch and batch size must be positive")
-    if config.train_samples < config.batch_size:
-        raise BadInputError(f"train_samples ({config.train_samples}) must be at least the batch size ({config.batch_size})")
-    if not (math.isfinite(config.psnr_min) and config.psnr_min > 0):
-        raise BadInputError(f"--psnr-min must be a positive number of dB, got {config.psnr_min}")
-    if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
-        raise BadInputError("the learning rate must be positive")
-    if config.validation_crops < 1:
-        raise BadInputError("validation_crops must be positive")
-    if config.device not in DEVICE_CHOICES:
-        raise BadInputError(f"unknown device {config.device!r} ({', '.join(DEVICE_CHOICES)})")
-    from .data import FRAME_VIEWS
-
-    if config.frame_views not in FRAME_VIEWS:
-        raise BadInputError(f"unknown frame_views {config.frame_views!r} (choose from {', '.join(FRAME_VIEWS)})")
-    try:
-        config.constraint.check()
-    except ValueError as error:
-        raise BadInputError(str(error)) from None
-    from ..attacks.layers import TRAINING_ATTACKS
-
-    unknown = [a for a in config.attacks if a not in TRAINING_ATTACKS]
-    if unknown:
-        raise BadInputError(f"unknown training attack(s): {', '.join(unknown)}")
-    from ..attacks.layers import CROP_SMALLEST_SIDE
-
-    if "crop" in config.attacks and math.floor(config.crop * CROP_SMALLEST_SIDE) < config.tile:
-        raise BadInputError(f"the crop attack keeps as little as {CROP_SMALLEST_SIDE:.0%} of a side, less than one "
-                            f"{config.tile}-px tile of a {config.crop}-px crop; use crop >= "
-                            f"{math.ceil(config.tile / CROP_SMALLEST_SIDE)}")
-
-
-def crop_psnr(clean: "torch.Tensor", marked: "torch.Tensor") -> "torch.Tensor":
-    """PSNR per image in dB with peak 1 (the nominal range, or the view's peak: see frame_views)."""
-    import torch
-
-    mse = (marked.float() - clean.float()).square().mean(dim=(1, 2, 3)).clamp_min(1e-12)
-    return -10.0 * torch.log10(mse)
+    from ..constrained.methods import ConstraintMethod
 
 
 # ---- what a run reports ------------------------------------------------------------------------
@@ -377,13 +76,6 @@ class TrainResult:
     stopped_after_epoch: int | None = None
 
 
-@dataclass
-class _Best:
-    score: tuple[float, float]
-    metrics: EpochMetrics
-    state: dict
-
-
 class TrainingInterrupted(Exception):
     """Raised by a progress callback to stop after an epoch (tests, schedulers)."""
 
@@ -404,8 +96,6 @@ def train(
     When `stop_requested()` turns true, the run stops after the current step, drops that
     unfinished epoch (the checkpoint stays at the last whole one, so --resume is still exact)
     and writes the best model so far; TrainingInterrupted if no epoch was completed."""
-    from .distributed import start_cluster
-
     validate_config(config)
     cluster = start_cluster(use_cuda=pick_device(config.device).type == "cuda")
     try:
@@ -414,21 +104,75 @@ def train(
         cluster.stop()
 
 
-def _train(config: TrainConfig, data: list[Path], output: Path, progress, resume: bool, cluster,
+def _train(config: TrainConfig, data: list[Path], output: Path, progress, resume: bool, cluster: Cluster,
            stop_requested: Callable[[], bool]) -> TrainResult:
-    import torch
-    import torch.nn.functional as F
+    """The run as it happens: set up (or pick up the checkpoint), then per epoch train, validate,
+    keep the best and checkpoint; at the end, or at a requested stop, write the best model."""
+    run = _set_up(config, data, output, cluster, resume)
+    stopped = False
+    for epoch in range(run.first_epoch, config.epochs + 1):
+        totals = _train_one_epoch(run, stop_requested)
+        if totals is None:  # a stop was requested: the unfinished epoch leaves no trace
+            stopped = True
+            break
+        metrics = _end_epoch(run, epoch, totals)
+        _keep_the_best(run, metrics)
+        _write_checkpoint(run, metrics)
+        if progress:
+            progress(metrics)
+    return _finish(run, stopped)
 
-    from ..constrained.methods import build_method
-    from ..model.networks import TrainingPass, WatermarkModel
-    from ..constrained.sequential_penalty import PerSampleConstraint
-    from ..attacks.layers import pick_training_attack
+
+@dataclass
+class _Best:
+    score: tuple[float, float]
+    metrics: EpochMetrics
+    state: dict
+
+
+@dataclass
+class _Run:
+    """What the steps of one run share: set up once, then advanced epoch by epoch."""
+
+    config: TrainConfig
+    data: list[Path]
+    output: Path
+    cluster: Cluster
+    device: "torch.device"
+    started: float  # time.perf_counter() at the start of this process's part of the run
+    train_pool: FramePool
+    validation_pool: FramePool  # the training pool when no file is held out
+    has_validation_files: bool
+    samples: TrainingSamples
+    order: SampleOrder
+    own_slice: slice  # this process's share of every global batch
+    model: "torch.nn.Module"
+    optimiser: "torch.optim.Optimizer"
+    method: ConstraintMethod
+    training_pass: "torch.nn.Module"  # the model's pass with attacks; DistributedDataParallel under torchrun
+    rng: random.Random  # messages, attack draws and noise: this process's own
+    autocast: Callable
+    val_images: "torch.Tensor"
+    val_bits: "torch.Tensor"
+    history: list[EpochMetrics] = field(default_factory=list)
+    best: _Best | None = None
+    step: int = 0
+    first_epoch: int = 1
+    seconds_before: float = 0.0  # training time of the run before it was resumed
+
+
+# ---- set up: data, model and method, validation set, or a checkpoint's state ---------------------
+# The order of the random draws from here to the last step is what makes --resume bit-exact.
+
+def _set_up(config: TrainConfig, data: list[Path], output: Path, cluster: Cluster, resume: bool) -> _Run:
+    """Data, model, optimiser, method, the validation set; then a checkpoint's state if resuming."""
+    import torch
 
     device = pick_device(config.device, cluster.local_rank)
     started = time.perf_counter()
     checkpoint = load_checkpoint(output) if resume else None
 
-    # ---- data: split each source by file, weight sources equally, fix the training samples ----
+    # Each source split by file, sources weighted equally; then the fixed training samples.
     train_pool, validation_pool, has_validation_files = load_training_data(config, data)
     samples = TrainingSamples(train_pool, config.train_samples, config.crop, config.seed,
                               (config.rescale_min, config.rescale_max))
@@ -436,141 +180,21 @@ def _train(config: TrainConfig, data: list[Path], output: Path, progress, resume
     # Each process takes its own slice of every global batch of batch_size × processes samples.
     own_slice = slice(cluster.rank * config.batch_size, (cluster.rank + 1) * config.batch_size)
 
-    # ---- model, optimiser, constraint method ------------------------------------------------------
-    torch.manual_seed(config.seed)  # the same initial weights in every process
-    model = WatermarkModel(config.network).to(device)
-    if config.init_from and checkpoint is None:
-        _load_initial_weights(model, config)
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    constraint = PerSampleConstraint("psnr_db", bound=config.psnr_min + config.psnr_margin, sense="ge")
-    method = build_method(config.constraint, constraint, len(samples), config.batch_size, device)
-    training_pass = TrainingPass(model, projection_psnr=constraint.bound if method.projects else None)
-    if cluster.parallel:
-        from torch.nn.parallel import DistributedDataParallel
-
-        training_pass = DistributedDataParallel(training_pass, device_ids=[device.index] if device.type == "cuda" else None)
+    model, optimiser, method, training_pass = _build_model(config, len(samples), device, cluster,
+                                                           warm_start=checkpoint is None)
     # Messages, attack draws and noise differ between processes; the sample order does not.
     rng = random.Random(config.seed + 7919 * cluster.rank)
     if cluster.rank:
         torch.manual_seed(config.seed + 7919 * cluster.rank)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (
         device.type == "cuda" and config.mixed_precision) else contextlib.nullcontext
+    val_images, val_bits = _validation_set(config, validation_pool, device)
 
-    # A fixed validation set: crops of held-out files with fixed messages.
-    val_rng = random.Random(config.seed + 1)
-    # Frames smaller than the validation crop are reflect-padded by the sampler.
-    val_size = max(config.tile, config.validation_crop - config.validation_crop % config.tile)
-    val_images = torch.from_numpy(validation_pool.sample_crops(config.validation_crops, val_size, val_rng)).to(device)
-    val_bits = torch.from_numpy(np.array(
-        [[val_rng.randrange(2) for _ in range(config.n_bits)] for _ in range(config.validation_crops)],
-        dtype=np.float32)).to(device)
-
-    history: list[EpochMetrics] = []
-    best: _Best | None = None
-    step = 0
-    first_epoch = 1
-    seconds_before = 0.0
+    run = _Run(config, data, output, cluster, device, started, train_pool, validation_pool, has_validation_files,
+               samples, order, own_slice, model, optimiser, method, training_pass, rng, autocast, val_images, val_bits)
     if checkpoint is not None:
-        _check_resumable(checkpoint, config, train_pool, validation_pool, cluster)
-        model.load_state_dict(checkpoint["model"])
-        optimiser.load_state_dict(checkpoint["optimiser"])
-        method.load_state_dict(checkpoint["method"])
-        order.load_state_dict(checkpoint["order"])
-        history = [EpochMetrics(**row) for row in checkpoint["history"]]
-        if checkpoint["best"] is not None:
-            saved = checkpoint["best"]
-            best = _Best(tuple(saved["score"]), EpochMetrics(**saved["metrics"]), saved["state"])
-        step = int(checkpoint["step"])
-        first_epoch = int(checkpoint["epoch"]) + 1
-        seconds_before = float(checkpoint["seconds"])
-        _set_rng_state(checkpoint["rng"][cluster.rank], rng, device)
-
-    stopped = False
-    for epoch in range(first_epoch, config.epochs + 1):
-        model.train()
-        totals = _Totals()
-        for _ in range(config.steps_per_epoch):
-            # Every process must stop at the same step, or the others would wait forever.
-            stopped = cluster.sum([1.0 if stop_requested() else 0.0])[0] > 0 if cluster.parallel else stop_requested()
-            if stopped:
-                break
-            _set_learning_rate(optimiser, config, step)
-            batch_indices = order.next(config.batch_size * cluster.world_size)[own_slice]
-            clean = torch.from_numpy(samples.crops(batch_indices.tolist())).to(device)
-            indices = batch_indices.to(device)
-            bits = torch.randint(0, 2, (config.batch_size, config.n_bits), device=device).float()
-            _, attack = pick_training_attack(config.attacks, rng)
-            with autocast():
-                marked, logits = training_pass(clean, bits, attack, rng)
-            message_loss = F.binary_cross_entropy_with_logits(logits, bits)
-            psnr_values = crop_psnr(clean, marked)
-            observed_psnr = cluster.gather(psnr_values.detach())
-            observed_indices = cluster.gather(indices)
-            objective, _ = method.objective(message_loss, psnr_values, indices, observed_psnr, observed_indices)
-            optimiser.zero_grad(set_to_none=True)
-            objective.backward()
-            optimiser.step()
-            method.after_step(observed_psnr, observed_indices)
-            step += 1
-            totals.add(message_loss, logits, bits, psnr_values, config.psnr_min)
-        if stopped:
-            break
-
-        train_figures = totals.reduce(cluster)
-        val_accuracy, val_satisfied, val_min, val_mean = _validate(
-            training_pass.module if cluster.parallel else training_pass, val_images, val_bits, config.psnr_min, cluster)
-        method.end_of_epoch(held_out_satisfied=val_satisfied >= 1.0)
-        coefficient_mean, coefficient_max = method.coefficient_summary()
-        if cluster.parallel:
-            _check_processes_agree(cluster, model, (coefficient_mean, coefficient_max))
-        metrics = EpochMetrics(
-            epoch=epoch, step=step, seconds=round(seconds_before + time.perf_counter() - started, 2),
-            method=method.name, coefficient_mean=coefficient_mean, coefficient_max=coefficient_max,
-            **train_figures,
-            val_bit_accuracy=val_accuracy, val_fraction_satisfied=val_satisfied,
-            val_min_psnr=val_min, val_mean_psnr=val_mean,
-        )
-        history.append(metrics)
-        # Model selection: first the share of held-out crops meeting the floor, then bit accuracy.
-        score = (val_satisfied, val_accuracy)
-        if best is None or score >= best.score:
-            best = _Best(score, metrics, {k: v.detach().clone() for k, v in model.state_dict().items()})
-        rng_states = cluster.gather_objects(_rng_state(rng, device))
-        if cluster.is_writer:
-            output.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(output, {
-                # Absolute paths: a run may be resumed from another working folder.
-                "format": 1, "config": config_options(config), "data": _absolute(data),
-                "train_files": _absolute(train_pool.files), "validation_files": _absolute(validation_pool.files),
-                "world_size": cluster.world_size, "epoch": epoch, "step": step,
-                "seconds": metrics.seconds,
-                "model": model.state_dict(), "optimiser": optimiser.state_dict(), "method": method.state_dict(),
-                "order": order.state_dict(), "history": [asdict(m) for m in history],
-                "best": {"score": list(best.score), "metrics": asdict(best.metrics), "state": best.state},
-                "rng": rng_states,
-            })
-            _write_metrics(output, history)
-        if progress:
-            progress(metrics)
-
-    if best is None:
-        raise TrainingInterrupted("stopped before the first epoch was complete; nothing was written")
-    model.load_state_dict(best.state)
-    seconds = seconds_before + time.perf_counter() - started
-    if cluster.is_writer:
-        card = _model_card(config, train_pool, validation_pool if has_validation_files else None, best.metrics,
-                           seconds, device, cluster.world_size)
-        if stopped:
-            card["training"]["stopped_after_epoch"] = history[-1].epoch
-        from ..model.store import save_model
-
-        save_model(output, model, card)
-        _write_metrics(output, history)
-        _plot_metrics(output, history, config.psnr_min)
-    cluster.barrier()  # no process leaves before the files are written
-    return TrainResult(output, best.metrics, history, seconds, train_pool.files,
-                       validation_pool.files if has_validation_files else [], rank=cluster.rank,
-                       stopped_after_epoch=history[-1].epoch if stopped else None)
+        _resume_from(run, checkpoint)
+    return run
 
 
 def load_training_data(config: TrainConfig, data: list[Path]) -> tuple[FramePool, FramePool, bool]:
@@ -601,9 +225,32 @@ def load_training_data(config: TrainConfig, data: list[Path]) -> tuple[FramePool
     return train_pool, validation_pool, has_validation_files
 
 
+def _build_model(config: TrainConfig, n_samples: int, device, cluster: Cluster, warm_start: bool):
+    """The networks (the same initial weights in every process), Adam, the constraint method,
+    and the training pass the steps call (wrapped for data parallelism under torchrun)."""
+    import torch
+
+    from ..constrained.methods import build_method
+    from ..constrained.sequential_penalty import PerSampleConstraint
+    from ..model.networks import TrainingPass, WatermarkModel
+
+    torch.manual_seed(config.seed)  # the same initial weights in every process
+    model = WatermarkModel(config.network).to(device)
+    if config.init_from and warm_start:
+        _load_initial_weights(model, config)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    constraint = PerSampleConstraint("psnr_db", bound=config.psnr_min + config.psnr_margin, sense="ge")
+    method = build_method(config.constraint, constraint, n_samples, config.batch_size, device)
+    training_pass = TrainingPass(model, projection_psnr=constraint.bound if method.projects else None)
+    if cluster.parallel:
+        from torch.nn.parallel import DistributedDataParallel
+
+        training_pass = DistributedDataParallel(training_pass, device_ids=[device.index] if device.type == "cuda" else None)
+    return model, optimiser, method, training_pass
+
+
 def _load_initial_weights(model, config: TrainConfig) -> None:
     """Warm start: the weights of `config.init_from`, whose architecture must be this run's."""
-    from ..model.store import load_model
     from ..model.networks import NetworkConfig
 
     start = load_model(config.init_from)
@@ -614,6 +261,88 @@ def _load_initial_weights(model, config: TrainConfig) -> None:
     model.load_state_dict({k: v.float() for k, v in start.model.state_dict().items()})
 
 
+def _validation_set(config: TrainConfig, validation_pool: FramePool, device) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """A fixed validation set: crops of held-out files with fixed messages."""
+    import torch
+
+    val_rng = random.Random(config.seed + 1)
+    # Frames smaller than the validation crop are reflect-padded by the sampler.
+    val_size = max(config.tile, config.validation_crop - config.validation_crop % config.tile)
+    val_images = torch.from_numpy(validation_pool.sample_crops(config.validation_crops, val_size, val_rng)).to(device)
+    val_bits = torch.from_numpy(np.array(
+        [[val_rng.randrange(2) for _ in range(config.n_bits)] for _ in range(config.validation_crops)],
+        dtype=np.float32)).to(device)
+    return val_images, val_bits
+
+
+def _resume_from(run: _Run, checkpoint: dict) -> None:
+    """Carry on where the checkpoint stopped: every state it holds, the random ones last."""
+    check_resumable(checkpoint, run.config, run.train_pool, run.validation_pool, run.cluster)
+    run.model.load_state_dict(checkpoint["model"])
+    run.optimiser.load_state_dict(checkpoint["optimiser"])
+    run.method.load_state_dict(checkpoint["method"])
+    run.order.load_state_dict(checkpoint["order"])
+    run.history = [EpochMetrics(**row) for row in checkpoint["history"]]
+    if checkpoint["best"] is not None:
+        saved = checkpoint["best"]
+        run.best = _Best(tuple(saved["score"]), EpochMetrics(**saved["metrics"]), saved["state"])
+    run.step = int(checkpoint["step"])
+    run.first_epoch = int(checkpoint["epoch"]) + 1
+    run.seconds_before = float(checkpoint["seconds"])
+    set_rng_state(checkpoint["rng"][run.cluster.rank], run.rng, run.device)
+
+
+# ---- one epoch: steps until the epoch ends or a stop is requested ---------------------------------
+
+def _train_one_epoch(run: _Run, stop_requested: Callable[[], bool]) -> _Totals | None:
+    """The epoch's training figures, or None when a stop was requested before its last step."""
+    run.model.train()
+    totals = _Totals()
+    for _ in range(run.config.steps_per_epoch):
+        if _stop_agreed(run.cluster, stop_requested):
+            return None
+        _training_step(run, totals)
+    return totals
+
+
+def _stop_agreed(cluster: Cluster, stop_requested: Callable[[], bool]) -> bool:
+    """Every process must stop at the same step, or the others would wait forever."""
+    if cluster.parallel:
+        return cluster.sum([1.0 if stop_requested() else 0.0])[0] > 0
+    return stop_requested()
+
+
+def _training_step(run: _Run, totals: _Totals) -> None:
+    """One batch: draw messages and an attack, embed, attack, decode; the method turns the message
+    loss and the per-sample PSNRs into the objective; one optimiser step."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..attacks.layers import pick_training_attack
+
+    config, cluster, device = run.config, run.cluster, run.device
+    _set_learning_rate(run.optimiser, config, run.step)
+    batch_indices = run.order.next(config.batch_size * cluster.world_size)[run.own_slice]
+    clean = torch.from_numpy(run.samples.crops(batch_indices.tolist())).to(device)
+    indices = batch_indices.to(device)
+    bits = torch.randint(0, 2, (config.batch_size, config.n_bits), device=device).float()
+    _, attack = pick_training_attack(config.attacks, run.rng)
+    with run.autocast():
+        marked, logits = run.training_pass(clean, bits, attack, run.rng)
+    message_loss = F.binary_cross_entropy_with_logits(logits, bits)
+    psnr_values = crop_psnr(clean, marked)
+    # Every process's constraint values, so that per-sample coefficients stay the same everywhere.
+    observed_psnr = cluster.gather(psnr_values.detach())
+    observed_indices = cluster.gather(indices)
+    objective, _ = run.method.objective(message_loss, psnr_values, indices, observed_psnr, observed_indices)
+    run.optimiser.zero_grad(set_to_none=True)
+    objective.backward()
+    run.optimiser.step()
+    run.method.after_step(observed_psnr, observed_indices)
+    run.step += 1
+    totals.add(message_loss, logits, bits, psnr_values, config.psnr_min)
+
+
 def _set_learning_rate(optimiser, config: TrainConfig, step: int) -> None:
     if config.learning_rate_final is None:
         return
@@ -622,6 +351,14 @@ def _set_learning_rate(optimiser, config: TrainConfig, step: int) -> None:
         1.0 + math.cos(math.pi * progress_fraction))
     for group in optimiser.param_groups:
         group["lr"] = rate
+
+
+def crop_psnr(clean: "torch.Tensor", marked: "torch.Tensor") -> "torch.Tensor":
+    """PSNR per image in dB with peak 1 (the nominal range, or the view's peak: see frame_views)."""
+    import torch
+
+    mse = (marked.float() - clean.float()).square().mean(dim=(1, 2, 3)).clamp_min(1e-12)
+    return -10.0 * torch.log10(mse)
 
 
 class _Totals:
@@ -643,7 +380,7 @@ class _Totals:
         self.images += psnr.numel()
         self.min_psnr = min(self.min_psnr, float(psnr.min()))
 
-    def reduce(self, cluster) -> dict:
+    def reduce(self, cluster: Cluster) -> dict:
         loss, batches, correct, bits, satisfied, psnr_sum, images = cluster.sum(
             [self.loss, self.batches, self.correct_bits, self.bits, self.satisfied, self.psnr_sum, self.images])
         (min_psnr,) = cluster.min([self.min_psnr])
@@ -652,29 +389,32 @@ class _Totals:
                 "train_mean_psnr": psnr_sum / images}
 
 
-def _check_processes_agree(cluster, model, coefficients: tuple[float, float]) -> None:
-    """Data-parallel processes must hold the same weights and coefficients; a cheap fingerprint
-    per epoch catches a divergence before it silently ruins a long run."""
-    import torch
+# ---- validate: the held-out figures, the method's end of epoch, the epoch's row ------------------
 
-    with torch.no_grad():
-        weights = sum(float(p.double().sum()) for p in model.parameters())
-    # NaN (no coefficient) never equals itself: compare it as None.
-    fingerprints = cluster.gather_objects(tuple(None if math.isnan(v) else round(v, 9) for v in (weights, *coefficients)))
-    if any(f != fingerprints[0] for f in fingerprints):
-        raise RuntimeError(f"data-parallel processes diverged: {fingerprints}")
+def _end_epoch(run: _Run, epoch: int, totals: _Totals) -> EpochMetrics:
+    """The epoch's row: training figures of every process, held-out figures, the coefficients
+    after the method has ended its epoch."""
+    cluster = run.cluster
+    train_figures = totals.reduce(cluster)
+    val_accuracy, val_satisfied, val_min, val_mean = _validate(
+        run.training_pass.module if cluster.parallel else run.training_pass, run.val_images, run.val_bits,
+        run.config.psnr_min, cluster)
+    run.method.end_of_epoch(held_out_satisfied=val_satisfied >= 1.0)
+    coefficient_mean, coefficient_max = run.method.coefficient_summary()
+    if cluster.parallel:
+        _check_processes_agree(cluster, run.model, (coefficient_mean, coefficient_max))
+    metrics = EpochMetrics(
+        epoch=epoch, step=run.step, seconds=round(run.seconds_before + time.perf_counter() - run.started, 2),
+        method=run.method.name, coefficient_mean=coefficient_mean, coefficient_max=coefficient_max,
+        **train_figures,
+        val_bit_accuracy=val_accuracy, val_fraction_satisfied=val_satisfied,
+        val_min_psnr=val_min, val_mean_psnr=val_mean,
+    )
+    run.history.append(metrics)
+    return metrics
 
 
-def marked_for_evaluation(training_pass, images: "torch.Tensor", bits: "torch.Tensor") -> "torch.Tensor":
-    """The marked images as a file would store them: the model's output (projected for the
-    projection method, as in training) rounded to 16 bits."""
-    import torch
-
-    marked = training_pass.embed(images, bits)
-    return torch.round(marked * 65535.0) / 65535.0
-
-
-def _validate(training_pass, images, bits, psnr_min: float, cluster) -> tuple[float, float, float, float]:
+def _validate(training_pass, images, bits, psnr_min: float, cluster: Cluster) -> tuple[float, float, float, float]:
     """Bit accuracy, fraction meeting the floor, min and mean PSNR on the validation crops; each
     process measures its share and the figures are combined."""
     import torch
@@ -700,188 +440,78 @@ def _validate(training_pass, images, bits, psnr_min: float, cluster) -> tuple[fl
     return correct / bits.numel(), satisfied / count, psnr_min_seen, psnr_sum / count
 
 
-# ---- checkpoints and random states ------------------------------------------------------------------
-
-def save_checkpoint(output: Path, state: dict) -> None:
+def marked_for_evaluation(training_pass, images: "torch.Tensor", bits: "torch.Tensor") -> "torch.Tensor":
+    """The marked images as a file would store them: the model's output (projected for the
+    projection method, as in training) rounded to 16 bits."""
     import torch
 
-    write_atomically(output / CHECKPOINT_FILE, lambda handle: torch.save(state, handle))  # always whole
+    marked = training_pass.embed(images, bits)
+    return torch.round(marked * 65535.0) / 65535.0
 
 
-def load_checkpoint(output: Path) -> dict:
-    path = Path(output) / CHECKPOINT_FILE
-    if not path.is_file():
-        raise BadInputError(f"no checkpoint to resume from in {output} (expected {CHECKPOINT_FILE})")
-    from cooper.optim.torch_optimizers.nupi_optimizer import nuPIInitType
-
-    from ..model.store import load_torch_tensors
-
-    try:
-        with open(path, "rb") as handle:
-            is_zip = handle.read(4) == b"PK\x03\x04"
-    except OSError as error:
-        raise BadInputError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
-    if not is_zip:  # torch.save has written zip files since torch 1.6; anything else is not wm's
-        raise BadInputError(f"{path} is not a wm training checkpoint (not a torch file); refused unread")
-    # Tensors and plain containers only: loading a checkpoint never runs code from it.
-    checkpoint = load_torch_tensors(path, "checkpoint", allowed_globals=(nuPIInitType,))
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != 1 \
-            or any(key not in checkpoint for key in _CHECKPOINT_KEYS) or not isinstance(checkpoint["config"], dict) \
-            or "preset" not in checkpoint["config"] or not isinstance(checkpoint["data"], list):
-        raise BadInputError(f"{path} is not a wm training checkpoint")
-    return checkpoint
-
-
-_CHECKPOINT_KEYS = ("config", "data", "train_files", "validation_files", "world_size", "epoch", "step", "seconds",
-                    "model", "optimiser", "method", "order", "history", "best", "rng")
-
-
-def resume_config(output: Path, epochs: int | None = None, device: str | None = None) -> tuple[TrainConfig, list[Path]]:
-    """The configuration and data of the run checkpointed in `output`, with epochs and device
-    optionally changed (a longer run; another machine)."""
-    checkpoint = load_checkpoint(output)
-    values = dict(checkpoint["config"])
-    preset = values.pop("preset")
-    values.pop("parity_bytes", None)  # format 1's Reed-Solomon parity: gone with payload v2
-    if epochs is not None:
-        values["epochs"] = epochs
-    if device is not None:
-        values["device"] = device
-    return config_for_preset(preset, **values), [Path(p) for p in checkpoint["data"]]
-
-
-def _check_resumable(checkpoint: dict, config: TrainConfig, train_pool: FramePool, validation_pool: FramePool,
-                     cluster) -> None:
-    saved = dict(checkpoint["config"])
-    current = config_options(config)
-    changed = sorted(k for k in current if k not in ("epochs", "device") and saved.get(k) != current[k])
-    if changed:
-        raise BadInputError(f"cannot resume with a different configuration ({', '.join(changed)} changed); "
-                            "only epochs and device may change")
-    if checkpoint["train_files"] != _absolute(train_pool.files) or \
-            checkpoint["validation_files"] != _absolute(validation_pool.files):
-        raise BadInputError("the training data differ from the checkpoint's; resume with the same data")
-    if int(checkpoint["world_size"]) != cluster.world_size:
-        raise BadInputError(f"the checkpoint was written by {checkpoint['world_size']} process(es); "
-                            f"resume with the same number (now {cluster.world_size})")
-    if int(checkpoint["epoch"]) > config.epochs:
-        raise BadInputError(f"the checkpoint is at epoch {checkpoint['epoch']}, past --epochs {config.epochs}")
-
-
-def _absolute(paths) -> list[str]:
-    return [str(Path(p).resolve()) for p in paths]
-
-
-def _rng_state(rng: random.Random, device) -> dict:
-    """Every random state the loop draws from: this process's Python generator, the global
-    Python, NumPy and torch generators and the GPU's."""
+def _check_processes_agree(cluster: Cluster, model, coefficients: tuple[float, float]) -> None:
+    """Data-parallel processes must hold the same weights and coefficients; a cheap fingerprint
+    per epoch catches a divergence before it silently ruins a long run."""
     import torch
 
-    numpy_state = np.random.get_state()
-    state = {
-        "python": rng.getstate(),
-        "python_global": random.getstate(),
-        "numpy": (numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]),
-        "torch": torch.get_rng_state(),
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+    with torch.no_grad():
+        weights = sum(float(p.double().sum()) for p in model.parameters())
+    # NaN (no coefficient) never equals itself: compare it as None.
+    fingerprints = cluster.gather_objects(tuple(None if math.isnan(v) else round(v, 9) for v in (weights, *coefficients)))
+    if any(f != fingerprints[0] for f in fingerprints):
+        raise RuntimeError(f"data-parallel processes diverged: {fingerprints}")
 
 
-def _set_rng_state(state: dict, rng: random.Random, device) -> None:
-    import torch
+# ---- keep the best, checkpoint every epoch ---------------------------------------------------------
 
-    def as_tuple(value):  # what was saved as a tuple may come back as a list
-        return tuple(as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-    rng.setstate(as_tuple(state["python"]))
-    random.setstate(as_tuple(state["python_global"]))
-    kind, keys, position, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+def _keep_the_best(run: _Run, metrics: EpochMetrics) -> None:
+    """Model selection: first the share of held-out crops meeting the floor, then bit accuracy;
+    a later epoch wins a tie."""
+    score = (metrics.val_fraction_satisfied, metrics.val_bit_accuracy)
+    if run.best is None or score >= run.best.score:
+        run.best = _Best(score, metrics, {k: v.detach().clone() for k, v in run.model.state_dict().items()})
 
 
-# ---- files ----------------------------------------------------------------------------------------
-
-def _model_card(config: TrainConfig, train_pool: FramePool, validation_pool: FramePool | None,
-                best: EpochMetrics, seconds: float, device, world_size: int) -> dict:
-    from ..payload import PayloadCodec
-
-    return {
-        "name": f"wm-{config.preset}-{config.n_bits}b",
-        "format_version": 1,
-        "architecture": {"type": "carrier-tiles", **config.network.to_dict()},
-        "payload": PayloadCodec(config.n_bits).describe(),
-        "quality_floor": {"psnr_min_db": config.psnr_min, "trained_with_margin_db": config.psnr_margin,
-                          # The unit training measured PSNR in: every reader view, or the nominal peak.
-                          "trained_in": "reader views" if config.frame_views == "reader" else "nominal peak"},
-        "training": {
-            "method": config.method,
-            "config": config_options(config),
-            "device": str(device.type),
-            "processes": world_size,
-            "seconds": round(seconds, 1),
-            "files": {
-                "train": [str(p) for p in train_pool.files],
-                "validation": [str(p) for p in validation_pool.files] if validation_pool else [],
-            },
-        },
-        "figures": {
-            "note": "held-out crops, float model output rounded to 16 bits, no attack, no guard"
-                    + (" (residual projected onto the floor, as the projection method trains)"
-                       if config.method == "projection" else ""),
-            "selected_epoch": best.epoch,
-            "val_bit_accuracy": round(best.val_bit_accuracy, 6),
-            "val_fraction_meeting_floor": round(best.val_fraction_satisfied, 6),
-            "val_min_psnr_db": round(best.val_min_psnr, 3),
-            "val_mean_psnr_db": round(best.val_mean_psnr, 3),
-        },
-    }
+def _write_checkpoint(run: _Run, metrics: EpochMetrics) -> None:
+    """Everything --resume needs to carry on bit-exactly after `metrics.epoch`, and metrics.csv."""
+    rng_states = run.cluster.gather_objects(rng_state(run.rng, run.device))  # every process's
+    if not run.cluster.is_writer:
+        return
+    run.output.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(run.output, {
+        # Absolute paths: a run may be resumed from another working folder.
+        "format": 1, "config": config_options(run.config), "data": absolute_paths(run.data),
+        "train_files": absolute_paths(run.train_pool.files),
+        "validation_files": absolute_paths(run.validation_pool.files),
+        "world_size": run.cluster.world_size, "epoch": metrics.epoch, "step": run.step,
+        "seconds": metrics.seconds,
+        "model": run.model.state_dict(), "optimiser": run.optimiser.state_dict(), "method": run.method.state_dict(),
+        "order": run.order.state_dict(), "history": [asdict(m) for m in run.history],
+        "best": {"score": list(run.best.score), "metrics": asdict(run.best.metrics), "state": run.best.state},
+        "rng": rng_states,
+    })
+    write_metrics(run.output, run.history)
 
 
-def _write_metrics(output: Path, history: list[EpochMetrics]) -> None:
-    write_atomically(output / METRICS_FILE, csv_text([f.name for f in fields(EpochMetrics)], map(asdict, history)))
+# ---- the end, or a requested stop: the best model, its card, metrics and plot -----------------------
 
-
-def _plot_metrics(output: Path, history: list[EpochMetrics], psnr_min: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [m.epoch for m in history]
-    figure, axes = plt.subplots(1, 4, figsize=(17, 3.6))
-    axes[0].plot(epochs, [m.train_bit_accuracy for m in history], label="train")
-    axes[0].plot(epochs, [m.val_bit_accuracy for m in history], label="validation")
-    axes[0].set_title("bit accuracy")
-    axes[0].legend()
-    axes[1].plot(epochs, [m.train_min_psnr for m in history], label="train min", linestyle=":")
-    axes[1].plot(epochs, [m.val_min_psnr for m in history], label="validation min")
-    axes[1].plot(epochs, [m.val_mean_psnr for m in history], label="validation mean")
-    axes[1].axhline(psnr_min, color="red", linestyle="--", label="floor")
-    axes[1].set_title("PSNR (dB)")
-    axes[1].legend()
-    axes[2].plot(epochs, [m.train_fraction_satisfied for m in history], label="train")
-    axes[2].plot(epochs, [m.val_fraction_satisfied for m in history], label="validation")
-    axes[2].set_ylim(-0.02, 1.02)
-    axes[2].set_title("fraction meeting the floor")
-    axes[2].legend()
-    coefficients = [(m.coefficient_mean, m.coefficient_max) for m in history]
-    if all(math.isnan(mean) for mean, _ in coefficients):
-        axes[3].text(0.5, 0.5, f"no coefficient ({history[0].method})", ha="center", va="center",
-                     transform=axes[3].transAxes)
-    else:
-        axes[3].plot(epochs, [mean for mean, _ in coefficients], label="mean")
-        axes[3].plot(epochs, [top for _, top in coefficients], label="max")
-        if all(top > 0 for _, top in coefficients):
-            axes[3].set_yscale("log")
-        axes[3].legend()
-    axes[3].set_title(f"{'multiplier λ' if 'lagrangian' in history[0].method else 'coefficient τ'} ({history[0].method})")
-    for axis in axes:
-        axis.set_xlabel("epoch")
-    figure.tight_layout()
-    write_atomically(output / PLOT_FILE, lambda handle: figure.savefig(handle, format="png", dpi=90))
-    plt.close(figure)
+def _finish(run: _Run, stopped: bool) -> TrainResult:
+    """The best model, its card, metrics.csv and metrics.png (written by one process)."""
+    if run.best is None:
+        raise TrainingInterrupted("stopped before the first epoch was complete; nothing was written")
+    cluster = run.cluster
+    run.model.load_state_dict(run.best.state)
+    seconds = run.seconds_before + time.perf_counter() - run.started
+    held_out = run.validation_pool if run.has_validation_files else None
+    if cluster.is_writer:
+        card = model_card(run.config, run.train_pool, held_out, run.best.metrics, seconds, run.device,
+                          cluster.world_size)
+        if stopped:
+            card["training"]["stopped_after_epoch"] = run.history[-1].epoch
+        save_model(run.output, run.model, card)
+        write_metrics(run.output, run.history)
+        plot_metrics(run.output, run.history, run.config.psnr_min)
+    cluster.barrier()  # no process leaves before the files are written
+    return TrainResult(run.output, run.best.metrics, run.history, seconds, run.train_pool.files,
+                       held_out.files if held_out is not None else [], rank=cluster.rank,
+                       stopped_after_epoch=run.history[-1].epoch if stopped else None)
