@@ -21,7 +21,9 @@ import numpy as np
 
 from watermark_cli.data.faint_lesions import FaintLesionConfig, write_faint_lesion_dataset
 from watermark_cli.diagnostic.check import auroc, paired_bootstrap
-from watermark_cli.diagnostic.classifier import ClassifierTrainingConfig, load_classifier, read_labels, train_classifier
+from watermark_cli.diagnostic.classifier import load_classifier
+from watermark_cli.diagnostic.labels import read_labels
+from watermark_cli.diagnostic.training import ClassifierTrainingConfig, train_classifier
 from watermark_cli.io.image import read_image
 
 

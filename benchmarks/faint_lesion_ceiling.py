@@ -34,7 +34,8 @@ import numpy as np
 
 from watermark_cli.data.faint_lesions import FaintLesionConfig, brain_mask, write_faint_lesion_dataset
 from watermark_cli.diagnostic.check import auroc, paired_bootstrap
-from watermark_cli.diagnostic.classifier import _load_inputs, read_labels
+from watermark_cli.diagnostic.inputs import read_inputs
+from watermark_cli.diagnostic.labels import read_labels
 
 PATCH = 48
 BATCH = 64
@@ -44,7 +45,7 @@ def _split(folder: Path) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """(inputs as the classifier sees them, labels, manifest rows) of a written split."""
     labelled = read_labels(folder / "labels.csv")
     rows = {row["path"]: row for row in csv.DictReader(open(folder / "manifest.csv", encoding="utf-8"))}
-    return (_load_inputs(labelled.paths, None), labelled.targets[:, 0],
+    return (read_inputs(labelled.paths, None), labelled.targets[:, 0],
             [rows[path.name] for path in labelled.paths])
 
 

@@ -13,15 +13,11 @@ import pytest
 from PIL import Image
 
 from conftest import run_wm
-from watermark_cli.diagnostic.classifier import (
-    ClassifierTrainingConfig,
-    classifier_input,
-    load_classifier,
-    read_labels,
-    train_classifier,
-    validation_split,
-)
 from watermark_cli.data.clinical import CLINICAL_GROUPS
+from watermark_cli.diagnostic.classifier import load_classifier
+from watermark_cli.diagnostic.inputs import classifier_input
+from watermark_cli.diagnostic.labels import read_labels
+from watermark_cli.diagnostic.training import ClassifierTrainingConfig, train_classifier, validation_split
 from watermark_cli.diagnostic.check import (
     auroc,
     compare_classifier,
@@ -246,6 +242,41 @@ def test_classifier_input_uses_the_middle_frame_the_stored_range_and_keeps_the_a
     assert classifier_input(signed, (-32768, 32767), size=16)[8, 8] == pytest.approx((32768 - 1024) / 65535)
 
 
+# -- networks ---------------------------------------------------------------------------------
+
+
+def test_the_small_network_keeps_the_weight_names_of_the_classifier_folders_already_written():
+    """The keys of `weights.safetensors`: a renamed attribute would orphan every classifier folder
+    `wm classifier train` has written (five conv stages of conv + batch norm, then the head)."""
+    from watermark_cli.diagnostic.networks import build_network
+
+    widths = (1, 8, 16, 32, 64, 128)
+    expected = {}
+    for stage, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
+        conv, norm = f"backbone.features.{4 * stage}", f"backbone.features.{4 * stage + 1}"
+        expected[f"{conv}.weight"] = (cout, cin, 3, 3)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            expected[f"{norm}.{name}"] = (cout,)
+        expected[f"{norm}.num_batches_tracked"] = ()
+    expected["backbone.head.weight"], expected["backbone.head.bias"] = (2, 256), (2,)
+    state = build_network("small", 2).state_dict()
+    assert {key: tuple(tensor.shape) for key, tensor in state.items()} == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, first, head", [
+    ("resnet18", "backbone.conv1.weight", "backbone.fc"),
+    ("densenet121", "backbone.features.conv0.weight", "backbone.classifier"),
+])
+def test_the_torchvision_networks_keep_their_weight_names_with_one_input_channel(arch, first, head):
+    from watermark_cli.diagnostic.networks import build_network
+
+    state = build_network(arch, 3).state_dict()
+    assert all(key.startswith("backbone.") for key in state)
+    assert tuple(state[first].shape) == (64, 1, 7, 7)
+    assert tuple(state[f"{head}.weight"].shape)[0] == 3 and tuple(state[f"{head}.bias"].shape) == (3,)
+
+
 # -- the synthetic-lesion dataset and `wm classifier train`, end to end --------------------------------
 
 
@@ -343,7 +374,7 @@ def test_faint_brain_task_is_faint_blobs_inside_real_brains_split_by_slice(tmp_p
 def test_the_recipe_trains_at_the_images_own_side_balances_and_stops_early(tmp_path):
     """No --input-size: the images' own side (96 here); positives weighted by negatives /
     positives; training stops `patience` epochs after the best validation AUROC."""
-    from watermark_cli.diagnostic.classifier import native_input_size
+    from watermark_cli.diagnostic.inputs import native_input_size
 
     rng = np.random.default_rng(0)
     rows = ["path,label"]
@@ -370,7 +401,8 @@ def test_the_recipe_trains_at_the_images_own_side_balances_and_stops_early(tmp_p
 def test_a_large_group_trains_in_chunks_of_half_a_batch_and_small_groups_whole(tmp_path):
     import torch
 
-    from watermark_cli.diagnostic.classifier import LabelledImages, _group_batches
+    from watermark_cli.diagnostic.labels import LabelledImages
+    from watermark_cli.diagnostic.training import _group_batches
 
     groups = ["slice"] * 20 + [f"pair{i // 2}" for i in range(12)]
     labelled = LabelledImages([tmp_path / f"{i}.png" for i in range(32)], np.zeros((32, 1), np.float32),

@@ -22,7 +22,7 @@ from conftest import run_wm_here
 
 import watermark_cli.model.store as store
 
-SHIPPED_DEFAULT = Path(store.__file__).parent / "shipped" / "default"
+SHIPPED_DEFAULT = store.shipped_models_folder() / "default"
 
 
 class _RunsCode:
@@ -243,11 +243,12 @@ def _classifier_folder(tmp_path: Path) -> Path:
 
 
 def test_a_classifier_with_safetensors_weights_still_loads(tmp_path):
-    from watermark_cli.diagnostic.classifier import _build_network, load_classifier
+    from watermark_cli.diagnostic.classifier import load_classifier
+    from watermark_cli.diagnostic.networks import build_network
 
     folder = _classifier_folder(tmp_path)
     card = yaml.safe_load((folder / store.CARD_FILE).read_text())
-    store.save_model(folder, _build_network("small", 1), card, half_precision=False)
+    store.save_model(folder, build_network("small", 1), card, half_precision=False)
     assert load_classifier(folder, device="cpu").label_names == ["label"]
 
 

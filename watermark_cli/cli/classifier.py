@@ -30,7 +30,8 @@ def classifier_train(
     json_output: JsonOption = False,
 ) -> None:
     """Train a diagnostic classifier from scratch on clean (never watermarked) training images."""
-    from ..diagnostic.classifier import ClassifierTrainingConfig, read_labels, train_classifier
+    from ..diagnostic.labels import read_labels
+    from ..diagnostic.training import ClassifierTrainingConfig, train_classifier
 
     if not data.exists():
         raise BadInputError(f"no such file or folder: {data}")
