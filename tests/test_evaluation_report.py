@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
+import shutil
 from functools import partial
+from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 
+from conftest import run_wm_here
 from watermark_cli.attacks.codecs import parse_attack_list
 from watermark_cli.data.clinical import clinical_files
-from watermark_cli.evaluation.run import EvaluationOptions, evaluate_images, upper_bound_95
-from watermark_cli.evaluation.report import write_report
+from watermark_cli.evaluation.run import EvaluationOptions, _add_example, evaluate_images, upper_bound_95
+from watermark_cli.evaluation.report import per_image_csv, write_report
 from watermark_cli.io.image import read_image
 from watermark_cli.model.store import load_model
 from watermark_cli.quality import QualityFloor
@@ -44,6 +50,7 @@ def test_report_figures_agree_with_the_rows(evaluated):
     quality = report["quality"]
     assert quality["psnr"]["min"] >= 40.0 and quality["psnr"]["min"] <= quality["psnr"]["median"] <= quality["psnr"]["max"]
     assert 0 < quality["ssim"]["min"] <= 1 and quality["max_abs_error"]["max"] >= 1
+    assert quality["psnr"]["n_images"] == quality["psnr_data_range"]["n_images"] == 2
     # The unmarked originals were read too, and nothing was found in them.
     assert report["detection"] == {**report["detection"], "false_positives": 0, "n_clean": 2}
 
@@ -68,6 +75,104 @@ def test_upper_bound_on_a_rate():
     assert upper_bound_95(5, 10) > 0.5
 
 
+def test_per_image_csv_has_the_union_of_the_rows_columns_and_blanks_where_a_view_does_not_apply():
+    rows = [  # a CT (data range and windows), an 8-bit PNG (stored values only), an NM (data range)
+        {"path": "ct.dcm", "psnr": 40.1, "psnr_data_range": 44.0, "psnr_window": 40.1, "ssim": 0.98},
+        {"path": "cut.png", "psnr": 40.3, "psnr_stored": 40.3, "ssim": 0.97},
+        {"path": "nm.dcm", "psnr": 41.0, "psnr_data_range": 41.0, "ssim": 0.99, "note": None},
+    ]
+    header, *lines = list(csv.reader(io.StringIO(per_image_csv(rows))))
+    # Columns every row has, in the first row's order; then the others as they first appear.
+    assert header == ["path", "psnr", "ssim", "psnr_data_range", "psnr_window", "psnr_stored", "note"]
+    assert lines == [["ct.dcm", "40.1", "0.98", "44.0", "40.1", "", ""],
+                     ["cut.png", "40.3", "0.97", "", "", "40.3", ""],
+                     ["nm.dcm", "41.0", "0.99", "41.0", "", "", ""]]
+
+
+def test_examples_show_each_kind_of_binding_view_before_a_second_of_one_kind():
+    def shown(kinds: list[str], limit: int = 3) -> list[str]:
+        examples, example_kinds = [], []
+        for index, kind in enumerate(kinds):
+            _add_example(examples, example_kinds, limit, kind, lambda: (f"img{index}", kind))
+        assert [kind for _, kind in examples] == example_kinds
+        return [label for label, _ in examples]
+
+    assert shown(["window"] * 5) == ["img0", "img1", "img2"]  # one kind: the first images
+    assert shown(["window", "window", "window", "data range", "window", "stored"]) == ["img0", "img3", "img5"]
+    assert shown(["window", "window", "stored", "data range", "voi lut"]) == ["img0", "img2", "img3"]
+    assert shown(["stored", "window"], limit=0) == []
+
+
+def _mixed_folder(folder: Path) -> Path:
+    """Real pixels of every kind `wm` reads, at least 128² (the default model's smallest frame):
+    a CT that declares no window (the standard CT windows still apply), a 2-frame enhanced CT with
+    per-frame windows, an NM DICOM with no window at all, and 256² cuts of a real CT written as an
+    8-bit PNG, a 16-bit TIFF and a JPEG."""
+    from PIL import Image
+
+    folder.mkdir()
+    for name, target in (("CT_small.dcm", "ct_no_declared_window.dcm"), ("eCT_Supplemental.dcm", "ct_2_frames.dcm"),
+                         ("JPEG2000_UNC.dcm", "nm_no_window.dcm")):
+        shutil.copyfile(get_testdata_file(name, download=False), folder / target)
+    ct = pydicom.dcmread(get_testdata_file("693_UNCR.dcm", download=False)).pixel_array.astype(np.int64)
+    cut = ct[128:384, 128:384] - ct[128:384, 128:384].min()
+    eight_bit = np.rint(255.0 * cut / cut.max()).astype(np.uint8)
+    Image.fromarray(eight_bit).save(folder / "cut_8bit.png")
+    Image.fromarray(cut.astype(np.uint16)).save(folder / "cut_16bit.tif")
+    Image.fromarray(eight_bit).save(folder / "cut.jpg", quality=90)
+    return folder
+
+
+@pytest.mark.slow
+def test_wm_evaluate_on_a_folder_that_mixes_every_kind_of_image(tmp_path):
+    folder = _mixed_folder(tmp_path / "mixed")
+    declared = {path.name: any(element.keyword == "WindowCenter"  # top level or per frame
+                               for element in pydicom.dcmread(path, stop_before_pixels=True).iterall())
+                for path in folder.glob("*.dcm")}
+    assert declared == {"ct_no_declared_window.dcm": False, "ct_2_frames.dcm": True, "nm_no_window.dcm": False}
+    report_folder = tmp_path / "report"
+
+    result = run_wm_here("evaluate", folder, "--attacks", "identity", "--messages", "1", "--report", report_folder)
+    assert result.code == 0, result.stderr
+
+    report = json.loads((report_folder / "report.json").read_text())
+    assert report["n_images"] == 6 and report["n_frames_marked"] == 7 and report["below_floor"] == 0
+    assert not report["skipped"] and report["attacks"]["identity"]["n"] == 6
+    # Each view's figures over the images that have it, and how many those are.
+    quality = report["quality"]
+    covered = {name: figures["n_images"] for name, figures in quality.items() if figures}
+    assert covered == {"psnr": 6, "psnr_data_range": 4, "psnr_window": 2, "psnr_stored": 2, "psnr_nominal": 6,
+                       "ssim": 6, "max_abs_error": 6}
+    assert quality["psnr_voi_lut"] is None
+    for name in covered:
+        if name.startswith("psnr"):
+            assert quality[name]["min"] >= 40.0
+    assert set(report["binding_views"]) <= {"window", "data range", "stored"}
+    assert report["binding_views"]["stored"] == 2  # an 8-bit file has no other view
+
+    with open(report_folder / "per_image.csv") as handle:
+        reader = csv.DictReader(handle)
+        header, rows = reader.fieldnames, {Path(row["path"]).name: row for row in reader}
+    assert header[0] == "path" and header[-3:] == ["psnr_data_range", "psnr_window", "psnr_stored"]
+    assert len(rows) == 6 and all(row["psnr"] and row["confidence"] for row in rows.values())
+    blank = {name: sorted(column for column in header[-3:] if row[column] == "") for name, row in rows.items()}
+    assert blank == {"ct_no_declared_window.dcm": ["psnr_stored"], "ct_2_frames.dcm": ["psnr_stored"],
+                     "nm_no_window.dcm": ["psnr_stored", "psnr_window"],
+                     "cut_16bit.tif": ["psnr_stored", "psnr_window"],
+                     "cut_8bit.png": ["psnr_data_range", "psnr_window"], "cut.jpg": ["psnr_data_range", "psnr_window"]}
+
+    page = (report_folder / "report.html").read_text()
+    assert "0 frame(s) below the floor" in page
+    for title, share in (("PSNR, data range (dB)", "4 of 6"), ("PSNR, lowest declared or standard window (dB)", "2 of 6"),
+                         ("PSNR, 8-bit as stored (dB)", "2 of 6"), ("SSIM in the binding view", "6 of 6")):
+        assert f"<td>{title}</td><td>{share}</td>" in page
+    assert "VOI LUT" not in page
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 2  # histogram, examples (one attack: no curves)
+    assert (report_folder / "psnr_histogram.png").stat().st_size and (report_folder / "examples.png").stat().st_size
+    summary = " ".join(result.stdout.split())
+    assert "psnr_window median" in summary and "(2 of 6 images)" in summary and "psnr_stored median" in summary
+
+
 class MeanBrightness:
     """A stand-in diagnostic classifier: the score is the mean of the central input region. On
     images whose label is 'brighter centre' it is perfect, and a 40 dB mark cannot move it."""
@@ -90,7 +195,7 @@ def _checked_report(tmp_path, classifier, count: int = 8) -> dict:
     """`evaluate` with the classifier check on `count` 16-bit images, half with a bright centre."""
     from PIL import Image
 
-    from watermark_cli.diagnostic.classifier import read_labels
+    from watermark_cli.diagnostic.labels import read_labels
     from watermark_cli.evaluation.run import ClassifierCheck, evaluate
 
     rng = np.random.default_rng(4)
@@ -109,6 +214,7 @@ def _checked_report(tmp_path, classifier, count: int = 8) -> dict:
                     on_marked=check.on_marked, finish=check.finish)
 
 
+@pytest.mark.slow
 def test_a_classifier_at_chance_makes_the_check_inconclusive_in_the_json_and_the_html(tmp_path):
     block = _checked_report(tmp_path, CornerBrightness(), count=12)["classifier"]
     assert block["verdict"] == "inconclusive" and not block["non_inferior"]
@@ -118,6 +224,7 @@ def test_a_classifier_at_chance_makes_the_check_inconclusive_in_the_json_and_the
     assert "inconclusive" in page and "does not clearly see the finding" in page
 
 
+@pytest.mark.slow
 def test_classifier_check_joins_the_report(tmp_path):
     report = _checked_report(tmp_path, MeanBrightness())
     block = report["classifier"]
@@ -143,6 +250,7 @@ class RecordingContrast(MeanBrightness):
         return ((super().score_inputs(inputs)[:, 0] - inputs.mean(axis=(1, 2))) / spread)[:, None]
 
 
+@pytest.mark.slow
 def test_the_check_is_repeated_after_a_jpeg_q80_export_of_the_budgeted_view(tmp_path):
     classifier = RecordingContrast()
     block = _checked_report(tmp_path, classifier)["classifier"]

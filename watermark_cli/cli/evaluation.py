@@ -10,12 +10,19 @@ import typer
 from rich.table import Table
 
 from ..errors import BadInputError, CheckFailedError
+from ..keys import resolve_key
 from .app import app, emit_json, open_model, progress_bar, stderr, stdout
-from .options import (JsonOption, KeyFileOption, KeyOption, ModelOption, PsnrDomain, PsnrDomainOption, PsnrOption,
-                      PsnrPeak, PsnrPeakOption, WindowOption, parse_window, quality_floor, resolve_key)
+from .options import (ATTACK_NAMES, JsonOption, KeyFileOption, KeyOption, ModelOption, PsnrDomain, PsnrDomainOption,
+                      PsnrOption, PsnrPeak, PsnrPeakOption, WindowOption, examples, parse_window, quality_floor)
 
 
-@app.command()
+@app.command(epilog=examples(
+    ("wm data clinical held_out/ --split held_out && wm evaluate held_out/ --report report/",
+     "the default attack suite on real DICOMs; report/report.html"),
+    ("wm evaluate held_out/ --attacks identity,jpeg:80,crop:0.7 --messages 1", "a quick look"),
+    ("wm evaluate les_held/ --classifier clf --labels les_held/labels.csv",
+     "does a classifier score marked images as it scores the originals?"),
+))
 def evaluate(
     data: Annotated[list[Path], typer.Argument(help="Files or folders of images (held-out!).")],
     model: ModelOption = None,
@@ -23,7 +30,9 @@ def evaluate(
     psnr_domain: PsnrDomainOption = PsnrDomain.view,
     psnr_peak: PsnrPeakOption = PsnrPeak.nominal,
     window: WindowOption = None,
-    attacks: Annotated[str, typer.Option("--attacks", help="default | none | NAME[:STRENGTH],...")] = "default",
+    attacks: Annotated[str, typer.Option(
+        "--attacks", help=f"default (the full graded suite) | none | NAME[:STRENGTH],... (A+B: B after A), NAME one "
+                          f"of {', '.join(ATTACK_NAMES)}.")] = "default",
     messages: Annotated[int, typer.Option("--messages", min=1, help="Fixed messages per image.")] = 3,
     key: KeyOption = None,
     key_file: KeyFileOption = None,
@@ -34,10 +43,12 @@ def evaluate(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     json_output: JsonOption = False,
 ) -> None:
-    """Quality, message recovery under attacks, false positives, and (with --classifier and
-    --labels) whether a diagnostic classifier scores watermarked images as it scores originals."""
+    """Measure a model: quality in every view, recovery under attacks, false positives.
+
+    With --classifier and --labels, also whether a diagnostic classifier scores watermarked images
+    as it scores the originals. Writes report.json, per_image.csv, report.html and plots."""
     from ..attacks.codecs import parse_attack_list
-    from ..training.data import collect_image_files
+    from ..io.image import collect_image_files
     from ..evaluation.run import ClassifierCheck, EvaluationOptions, evaluate as run_evaluation
 
     floor = quality_floor(psnr_min, psnr_peak, psnr_domain, None)
@@ -49,7 +60,8 @@ def evaluate(
     n_files = len(collect_image_files(data))
     check = None
     if classifier is not None:
-        from ..diagnostic.classifier import load_classifier, read_labels
+        from ..diagnostic.classifier import load_classifier
+        from ..diagnostic.labels import read_labels
 
         check = ClassifierCheck(load_classifier(classifier), read_labels(labels), margin, seed)
     loaded = open_model(model)
@@ -115,8 +127,14 @@ def _print_evaluation(summary: dict, report: Path) -> None:
             f"made wrong, {block['flips_mcnemar']['made_right']} made right, McNemar p = "
             f"{block['flips_mcnemar']['p_value']:.3g})", highlight=False)
     quality = summary.get("quality") or {}
-    parts = [f"{name} median {quality[name]['median']:.{digits}f}" for name, digits in
-             (("psnr_data_range", 2), ("psnr_window", 2), ("psnr_nominal", 2), ("ssim", 4)) if quality.get(name)]
+    parts = []
+    for name, digits in (("psnr_data_range", 2), ("psnr_window", 2), ("psnr_voi_lut", 2), ("psnr_stored", 2),
+                         ("psnr_nominal", 2), ("ssim", 4)):
+        stats = quality.get(name)
+        if stats:  # over the images that have this view: in a mixed folder, the PNGs have no window
+            covers = stats["n_images"]
+            share = "" if covers == summary["n_images"] else f" ({covers} of {summary['n_images']} images)"
+            parts.append(f"{name} median {stats['median']:.{digits}f}{share}")
     if parts:
         stdout.print("quality per marked image: " + ", ".join(parts) +
                      f"; report.html in {report}", highlight=False)

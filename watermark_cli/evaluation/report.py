@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..diagnostic.check import checked_readings
 from ..io.writing import csv_text, write_atomically
 from ..jsonout import dumps
 
@@ -21,7 +22,7 @@ def write_report(folder: Path, report: dict, rows: list[dict], frame_psnrs: list
                  examples: list[tuple[str, str, np.ndarray, np.ndarray]]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     write_atomically(folder / "report.json", dumps(report, indent=2))
-    write_atomically(folder / "per_image.csv", csv_text(list(rows[0]), rows))
+    write_atomically(folder / "per_image.csv", per_image_csv(rows))
 
     import matplotlib
 
@@ -39,6 +40,17 @@ def write_report(folder: Path, report: dict, rows: list[dict], frame_psnrs: list
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def per_image_csv(rows: list[dict]) -> str:
+    """The rows as CSV over the union of their columns. Images of different kinds have different
+    views (a CT its windows, an 8-bit PNG only its stored values), so rows differ in their
+    `psnr_<kind>` keys: the columns every row has come first, in the first row's order, then the
+    others in the order they first appear; a cell is blank where a view does not apply."""
+    appearing = list(dict.fromkeys(name for row in rows for name in row))
+    shared = [name for name in rows[0] if all(name in row for row in rows)]
+    header = shared + [name for name in appearing if name not in shared]
+    return csv_text(header, ([row.get(name) for name in header] for row in rows))
 
 
 # ---- plots ------------------------------------------------------------------------------------
@@ -195,9 +207,10 @@ def _html(report: dict, plots: dict[str, Path]) -> str:
                                 ("ssim", "SSIM in the binding view", 4),
                                 ("max_abs_error", "max |error| (stored units)", 0)):
         stats = quality.get(name)
-        if stats:
-            body.append([title] + [_number(stats[k], digits) for k in ("min", "p1", "p5", "median", "mean", "max")])
-    sections.append(_table(["per marked image", "min", "p1", "p5", "median", "mean", "max"], body))
+        if stats:  # over the images that have this view: a mixed folder's PNGs have no window
+            body.append([title, f"{stats['n_images']} of {report['n_images']}"] +
+                        [_number(stats[k], digits) for k in ("min", "p1", "p5", "median", "mean", "max")])
+    sections.append(_table(["per marked image", "images", "min", "p1", "p5", "median", "mean", "max"], body))
     if "psnr_histogram.png" in plots:
         sections.append(_image_tag(plots["psnr_histogram.png"], "PSNR histogram"))
 
@@ -220,8 +233,6 @@ def _html(report: dict, plots: dict[str, Path]) -> str:
     classifier = report.get("classifier")
     sections.append("<h2>3. Does a diagnostic classifier still see the same thing?</h2>")
     if classifier:
-        from ..diagnostic.check import checked_readings
-
         for reading, block in checked_readings(classifier):
             sections.append(f"<h3>{html.escape(reading)}</h3>")
             sections.append(_classifier_section(block))

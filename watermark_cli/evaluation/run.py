@@ -21,13 +21,15 @@ from typing import Callable
 import numpy as np
 
 from ..attacks.codecs import Attack, FrameContext, parse_attack
-from ..training.data import collect_image_files
+from ..diagnostic.check import compare_classifier
+from ..diagnostic.inputs import classifier_input
 from ..errors import BadInputError, WmError
-from ..io.image import MedicalImage, read_image
-from ..model.store import LoadedModel
+from ..io.image import MedicalImage, collect_image_files, read_image
 from ..keys import key_kind
-from ..quality import QualityFloor, image_quality
 from ..marking.image import codec_for, embed_pixels, image_false_positive_bound, read_frames
+from ..model.store import LoadedModel
+from ..quality import QualityFloor, image_quality
+from .report import write_report
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,6 @@ def evaluate(
 ) -> dict:
     """Evaluate the image files under `data` and write the report folder. `finish` may add
     blocks to the report (the classifier check) before it is written."""
-    from .report import write_report
-
     files = collect_image_files(data)
     if not files:
         raise BadInputError(f"no images found in {', '.join(map(str, data))}")
@@ -122,8 +122,9 @@ def evaluate_images(
 
     rows: list[dict] = []
     frame_psnrs: list[float] = []
-    embeddings: list[dict] = []  # one quality record per image × message
+    embeddings: list[tuple[str, dict]] = []  # (path, quality record), one per image × message
     examples: list[Example] = []
+    example_kinds: list[str] = []  # the kind of binding view each example is shown in
     skipped: list[dict] = []
     guard_acted = 0
     false_positives = 0
@@ -138,17 +139,18 @@ def evaluate_images(
                 guard_acted += int(outcome.guard_acted)
                 frame_psnrs.extend(frame.quality.psnr for frame in outcome.frames)
                 quality = _image_quality(outcome, options.floor)
-                embeddings.append(quality)
+                embeddings.append((path, quality))
                 budgeted = [meter.view_named(frame.quality.binding_view)
                             for meter, frame in zip(outcome.meters, outcome.frames)]
                 if index == 0:
                     if on_marked is not None:
                         on_marked(path, image, outcome.pixels, budgeted)
-                    if with_examples and len(examples) < options.examples:
+                    if with_examples:
                         middle = image.n_frames // 2
                         view = budgeted[middle]
-                        examples.append((path, view.name, view.display(image.pixels[middle]),
-                                         view.display(outcome.pixels[middle])))
+                        _add_example(examples, example_kinds, options.examples, view.kind,
+                                     lambda: (path, view.name, view.display(image.pixels[middle]),
+                                              view.display(outcome.pixels[middle])))
                 contexts = [FrameContext(image.stored_min, image.stored_max, view, seed=options.seed + index)
                             for view in budgeted]
                 for attack in options.attacks:
@@ -175,6 +177,20 @@ def evaluate_images(
     if with_examples:
         return report, rows, frame_psnrs, examples
     return report, rows, frame_psnrs
+
+
+def _add_example(examples: list[Example], kinds: list[str], limit: int, kind: str,
+                 make: Callable[[], Example]) -> None:
+    """Keep the first `limit` images as examples, except that an image whose binding view is of a
+    kind not shown yet replaces the latest example of a kind shown twice: a mixed folder's report
+    shows a CT window, a data range and an 8-bit PNG, not only its first three CTs."""
+    if len(examples) >= limit:
+        repeated = [index for index, shown in enumerate(kinds) if kinds.count(shown) > 1]
+        if kind in kinds or not repeated:
+            return
+        del examples[repeated[-1]], kinds[repeated[-1]]
+    examples.append(make())
+    kinds.append(kind)
 
 
 def _image_quality(outcome, floor: QualityFloor) -> dict:
@@ -223,6 +239,19 @@ QUALITY_FIGURES = ("psnr", "psnr_data_range", "psnr_window", "psnr_voi_lut", "ps
                    "ssim", "max_abs_error")
 
 
+def _quality_figures(embeddings: list[tuple[str, dict]]) -> dict:
+    """Each of QUALITY_FIGURES over the marked images (worst frame, × messages) that have it, with
+    `n_images`, how many images that is: a kind of view only exists where an image has one (a
+    window in a CT or a DICOM that declares it, the 8-bit stored view in an 8-bit PNG or JPEG).
+    None where no image has it."""
+    figures = {}
+    for key in QUALITY_FIGURES:
+        measured = [(path, quality[key]) for path, quality in embeddings if quality.get(key) is not None]
+        figures[key] = ({**_percentiles([value for _, value in measured]),
+                         "n_images": len({path for path, _ in measured})} if measured else None)
+    return figures
+
+
 def _summarise(rows, frame_psnrs, embeddings, options, model, guard_acted, false_positives,
                clean_tries, skipped, messages) -> dict:
     attacks: dict[str, dict] = {}
@@ -240,8 +269,8 @@ def _summarise(rows, frame_psnrs, embeddings, options, model, guard_acted, false
         }
     n_images = len({r["path"] for r in rows})
     binding_kinds: dict[str, int] = {}
-    for embedding in embeddings:
-        binding_kinds[embedding["binding_view_kind"]] = binding_kinds.get(embedding["binding_view_kind"], 0) + 1
+    for _, quality in embeddings:
+        binding_kinds[quality["binding_view_kind"]] = binding_kinds.get(quality["binding_view_kind"], 0) + 1
     return {
         "model": model.name,
         "model_path": str(model.path),
@@ -257,13 +286,8 @@ def _summarise(rows, frame_psnrs, embeddings, options, model, guard_acted, false
         "binding_views": binding_kinds,
         "psnr": _percentiles(frame_psnrs),
         # Frames below the floor in any view they were measured in (binding or reported).
-        "below_floor": int(sum(e["frames_below_floor"] for e in embeddings)),
-        # Per marked image (worst frame), over images × messages; a kind of view only where images have one.
-        "quality": {
-            key: _percentiles(values) if values else None
-            for key in QUALITY_FIGURES
-            for values in ([e[key] for e in embeddings if e.get(key) is not None],)
-        },
+        "below_floor": int(sum(quality["frames_below_floor"] for _, quality in embeddings)),
+        "quality": _quality_figures(embeddings),
         "guard_acted": guard_acted,
         "attacks": attacks,
         "detection": {
@@ -309,8 +333,6 @@ class ClassifierCheck:
         self._unlabelled = 0
 
     def on_marked(self, path: str, image: MedicalImage, marked_pixels: np.ndarray, views: list) -> None:
-        from ..diagnostic.classifier import classifier_input
-
         row = self._row_of.get(Path(path).resolve())
         if row is None:
             self._unlabelled += 1
@@ -327,8 +349,6 @@ class ClassifierCheck:
         self._rows.append(row)
 
     def finish(self, report: dict) -> None:
-        from ..diagnostic.check import compare_classifier
-
         if not self._rows:
             raise BadInputError(f"none of the evaluated images has a label in {self.labelled.source}")
         targets, names = self.labelled.targets[self._rows], self.labelled.label_names
