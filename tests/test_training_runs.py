@@ -40,6 +40,7 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, extra", [
     ("sequential", ["--tau-scope", "per-sample", "--tau-schedule", "closed-loop", "--penalty-shape", "squared_hinge"]),
     ("fixed", ["--fixed-weight", "0.5"]),
@@ -88,12 +89,14 @@ def run_from_config_file(tiny_data, tmp_path_factory) -> Path:
     return folder / "from_file"  # `out` is relative to the config file's folder
 
 
+@pytest.mark.slow
 def test_config_file_holds_the_run_and_flags_override_it(run_from_config_file):
     trained = yaml.safe_load((run_from_config_file / "card.yaml").read_text())["training"]["config"]
     assert trained["method"] == "fixed" and trained["fixed_weight"] == 3.0 and trained["learning_rate"] == 5e-4
     assert trained["attacks"] == ["identity", "noise"] and trained["epochs"] == 1 and trained["n_bits"] == 128
 
 
+@pytest.mark.slow
 def test_cli_resume_extends_a_run_and_refuses_a_changed_configuration(run_from_config_file, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(run_from_config_file, out)
@@ -157,6 +160,7 @@ def test_a_requested_stop_writes_the_best_model_so_far_and_the_run_can_be_resume
     assert not (tmp_path / "early" / "weights.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_stops_training_gracefully_through_the_cli(tiny_data, tmp_path):
     import signal
     import subprocess
@@ -208,6 +212,7 @@ def test_off_a_terminal_each_epoch_is_one_plain_line_on_stderr(tiny_data, tmp_pa
         assert float(seconds) == pytest.approx(float(row["seconds"]), abs=0.1)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumed_ends_with_the_same_weights_as_an_uninterrupted_one(tiny_data, tmp_path):
     """Per-sample closed-loop tau and the Lagrangian's multipliers and nuPI state are the state
     most easily lost; both must come back exactly, with every random generator."""
@@ -252,11 +257,13 @@ def test_asking_for_cuda_without_a_gpu_is_a_one_line_error(tiny_data, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_frames_in_reader_views_and_a_warm_start(tiny_data, tmp_path):
     """frame_views=reader trains on every frame in each view the floor holds in (a 16-bit PNG:
     its data range, so a crop spans [0, 1]); init_from starts from another run's weights and
     refuses a different architecture."""
-    from watermark_cli.training.data import FramePool, collect_image_files
+    from watermark_cli.io.image import collect_image_files
+    from watermark_cli.training.data import FramePool
 
     files = collect_image_files([tiny_data])[:2]
     reader = FramePool.load(files, frame_views="reader")

@@ -13,12 +13,12 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .data import FRAME_VIEWS
-from ..errors import BadInputError
 from ..constrained.methods import MethodSettings
+from ..errors import BadInputError
 from ..model.device import DEVICE_CHOICES
 from ..model.networks import NetworkConfig
 from ..payload import PayloadCodec
+from .data import FRAME_VIEWS
 
 # Training aims a little above the user's floor so that held-out images clear it without the
 # guard having to act; the guard still enforces the floor itself on every written file.

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError
-from ..io.image import MedicalImage, iter_image_files, read_image  # noqa: E402
+from ..io.image import MedicalImage, read_image
 from ..model.inputs import MIN_SIDE, normalised_frames
+from ..views import reader_views
 
 FRAME_VIEWS = ("reader", "nominal")
 
@@ -30,8 +31,6 @@ FRAME_VIEWS = ("reader", "nominal")
 def reader_view_frames(image: MedicalImage) -> np.ndarray:
     """(frames × views, rows, cols) float32: every frame in every reader view, clipped to [0, 1]
     (a window clips what lies outside it, as the reader sees it)."""
-    from ..views import reader_views
-
     shown = [np.clip(view.display(frame), 0.0, 1.0).astype(np.float32)
              for index, frame in enumerate(image.pixels) for view in reader_views(image, index)]
     return np.stack(shown)
@@ -43,19 +42,6 @@ def training_frames(image: MedicalImage, frame_views: str) -> np.ndarray:
     if frame_views == "nominal":
         return normalised_frames(image)
     raise BadInputError(f"unknown frame_views {frame_views!r} (choose from {', '.join(FRAME_VIEWS)})")
-
-
-def collect_image_files(inputs: list[Path]) -> list[Path]:
-    files: list[Path] = []
-    for item in inputs:
-        item = Path(item)
-        if item.is_dir():
-            files.extend(iter_image_files(item))
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise BadInputError(f"no such file or folder: {item}")
-    return sorted(dict.fromkeys(files))
 
 
 def split_by_file(files: list[Path], held_out_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:

@@ -25,14 +25,15 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from ..errors import BadInputError
+from ..io.image import collect_image_files
+from ..model.device import pick_device
+from ..model.store import load_model, save_model
 from .artifacts import model_card, plot_metrics, write_metrics
 from .checkpoints import absolute_paths, check_resumable, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, config_options, validate_config
-from .data import FramePool, SampleOrder, TrainingSamples, collect_image_files, split_by_file
+from .data import FramePool, SampleOrder, TrainingSamples, split_by_file
 from .distributed import Cluster, start_cluster
-from ..errors import BadInputError
-from ..model.device import pick_device
-from ..model.store import load_model, save_model
 
 if TYPE_CHECKING:  # torch comes with the networks; only `wm train` imports this module
     import torch
