@@ -151,3 +151,19 @@ def test_the_floor_holds_in_the_data_range_and_every_window(case, floor_db, fill
             shown = [ps33_window(v, window.center, window.width, window.function) for v in (before, after)]
             mse = np.mean((shown[0] - shown[1]) ** 2)
             assert mse == 0 or 10 * np.log10(1 / mse) >= floor_db, window
+
+
+def test_the_window_domain_takes_a_window_and_a_voi_lut_alone_is_a_clear_refusal():
+    """`--psnr-domain window` means one VOI window: a file whose only VOI is a LUT (pydicom's
+    vlut_04) is refused in one line naming what it needs, and a --window of the user's is taken."""
+    from pydicom.data import get_testdata_file
+
+    from watermark_cli.errors import BadInputError
+    from watermark_cli.io.image import read_image
+    from watermark_cli.quality import QualityFloor, frame_meters
+
+    image = read_image(get_testdata_file("vlut_04.dcm"))
+    with pytest.raises(BadInputError, match="needs a VOI window"):
+        frame_meters(image, QualityFloor(40.0, domain="window"))
+    (meter,) = frame_meters(image, QualityFloor(40.0, domain="window"), window=(2000.0, 4000.0))
+    assert [view.name for view in meter.binding] == ["window C2000/W4000 (--window)"]

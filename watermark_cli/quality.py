@@ -169,7 +169,8 @@ def frame_meters(image, floor: QualityFloor, window: tuple[float, float] | None 
         elif floor.domain == "stored":
             binding = [nominal if floor.peak == "nominal" else stored_range_view(original)]
         elif floor.domain == "window":
-            windows = [v for v in readers if isinstance(v, VoiView) and v.voi.origin in ("user", "declared")]
+            windows = [v for v in readers if isinstance(v, VoiView) and isinstance(v.voi, VoiWindow)
+                       and v.voi.origin in ("user", "declared")]  # a window, not a VOI LUT
             chosen = [v for v in windows if v.voi.origin == "user"] or windows[:1]
             if not chosen:
                 raise BadInputError(f"{image.path}: the window domain needs a VOI window (Window Center/Width "
