@@ -73,7 +73,7 @@ def main() -> None:
             record, tag_key = open_record(file_record(image), KEY)
             blocks = median_seconds(lambda: changed_blocks(record, image.pixels, tag_key), args.repeats)
             frames, rows, cols = image.pixels.shape
-            size, pixel_bytes = result["restoration_record_bytes"], result["pixel_data_bytes"]
+            size, pixel_bytes = result.restoration_record_bytes, result.pixel_data_bytes
             print(f"| {modality} | {name} | {frames}x{rows}x{cols} | {pixel_bytes / 1024:.0f} KiB | "
                   f"{size / 1024:.1f} KiB | {100 * size / pixel_bytes:.1f} % | {plain:.2f} | {with_record:.2f} | "
                   f"{restore:.2f} | {blocks:.3f} |", flush=True)

@@ -285,6 +285,7 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_lesion_dataset_then_classifier_train_through_the_cli(tmp_path):
     data = tmp_path / "lesions"
     made = run_wm("data", "lesions", data, "--split", "train", "--n", "24", "--size", "96", "--seed", "3", "--json")
@@ -371,6 +372,7 @@ def test_faint_brain_task_is_faint_blobs_inside_real_brains_split_by_slice(tmp_p
     assert len(train) >= 20 and len(held_out) >= 8 and not train & held_out
 
 
+@pytest.mark.slow
 def test_the_recipe_trains_at_the_images_own_side_balances_and_stops_early(tmp_path):
     """No --input-size: the images' own side (96 here); positives weighted by negatives /
     positives; training stops `patience` epochs after the best validation AUROC."""

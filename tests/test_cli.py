@@ -258,7 +258,8 @@ def test_a_jpeg_export_is_read_and_a_marked_jpeg_becomes_png(held_out_png, tmp_p
     assert result.code == 0 and json.loads(result.stdout)["message"] == "from-jpeg"
     remarked = run_wm_here("embed", exported, "again", "--json")
     assert remarked.code == 0, remarked.stderr
-    assert json.loads(remarked.stdout)["output"].endswith("export.wm.png")
+    # A JPEG is written as PNG under its whole name: it never takes a PNG's output (export.wm.png).
+    assert json.loads(remarked.stdout)["output"].endswith("export.jpg.wm.png")
 
 
 def test_help_is_fast_and_does_not_import_torch():
@@ -290,11 +291,11 @@ def test_the_cli_choices_are_the_choices_of_the_modules_that_own_them():
     from watermark_cli.constrained.methods import DUAL_OPTIMIZERS, METHODS, TAU_SCHEDULES, TAU_SCOPES
     from watermark_cli.constrained.sequential_penalty import SHAPES
     from watermark_cli.data.clinical import SPLITS
-    from watermark_cli.diagnostic.classifier import ARCHITECTURES
+    from watermark_cli.diagnostic.networks import ARCHITECTURES
     from watermark_cli.data.lesions import LESION_TASKS
     from watermark_cli.io.image import DICOM_COMPRESSIONS
     from watermark_cli.model.device import DEVICE_CHOICES
-    from watermark_cli.training.loop import PRESETS
+    from watermark_cli.training import PRESETS
 
     owners = {options.Compression: DICOM_COMPRESSIONS, options.Preset: PRESETS, options.Method: METHODS,
               options.PenaltyShape: SHAPES, options.TauScope: TAU_SCOPES, options.TauSchedule: TAU_SCHEDULES,
@@ -302,6 +303,9 @@ def test_the_cli_choices_are_the_choices_of_the_modules_that_own_them():
               options.Architecture: ARCHITECTURES, options.LesionTask: LESION_TASKS}
     for choice, owned in owners.items():
         assert [member.value for member in choice] == list(owned), choice.__name__
+    from watermark_cli.attacks.codecs import ATTACKS
+
+    assert options.ATTACK_NAMES == tuple(ATTACKS)  # listed in `wm evaluate --help`
 
 
 def test_a_choice_or_range_outside_the_interface_is_one_line_and_exit_2(tmp_path):

@@ -126,7 +126,7 @@ def test_every_dicom_case_is_marked_under_the_floor_and_read_back(name, shipped,
     source = encoded_case(name, tmp_path)
     settings = EmbedSettings(payload=MESSAGE, floor=QualityFloor(40.0))
     result = embed_file(source, tmp_path / "out.dcm", settings, loaded, codec)
-    assert result["verified"]
+    assert result.verified
 
     original = read_image(source)
     written_ds = pydicom.dcmread(tmp_path / "out.dcm")
@@ -163,7 +163,7 @@ def test_lossless_re_encoding_stores_exactly_the_marked_values(compression, synt
                         EmbedSettings(MESSAGE, QualityFloor(40.0), compression=compression), loaded, codec)
     written = pydicom.dcmread(tmp_path / "packed.dcm")
     assert written.file_meta.TransferSyntaxUID == syntax
-    assert packed["output_pixels_sha256"] == plain["output_pixels_sha256"]  # same stored values
+    assert packed.output_pixels_sha256 == plain.output_pixels_sha256  # same stored values
     assert (tmp_path / "packed.dcm").stat().st_size < (tmp_path / "plain.dcm").stat().st_size
     assert extract_payload(loaded, codec, read_image(tmp_path / "packed.dcm")).message == MESSAGE
 
@@ -213,10 +213,10 @@ def test_window_domain_floor_holds_in_the_window_and_says_where_it_does_not(ship
         return 10 * np.log10(1 / np.mean((shown[0] - shown[1]) ** 2))
 
     assert window_psnr(2000.0, 4000.0) >= 40.0
-    assert result["psnr_domain"] == "window" and result["binding_view"] == "window C2000/W4000 (--window)"
+    assert result.psnr_domain == "window" and result.binding_view == "window C2000/W4000 (--window)"
     assert window_psnr(1000.0, 2000.0) < 40.0  # the file's own window, half as wide
-    assert "window C1000/W2000" in result["views_below_floor"]
-    assert result["psnr_views"]["window C1000/W2000"] == pytest.approx(window_psnr(1000.0, 2000.0), abs=1e-3)
+    assert "window C1000/W2000" in result.views_below_floor
+    assert result.psnr_views["window C1000/W2000"] == pytest.approx(window_psnr(1000.0, 2000.0), abs=1e-3)
 
 
 # ------------------------------------------------------------------------------ folders ----

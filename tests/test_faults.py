@@ -391,7 +391,7 @@ def small_disk(tmp_path):
 
 
 def test_a_full_disk_mid_batch_is_a_clean_error_with_no_partial_file(tmp_path, small_disk, monkeypatch):
-    from watermark_cli.marking import files
+    from watermark_cli.marking import batch
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -400,7 +400,7 @@ def test_a_full_disk_mid_batch_is_a_clean_error_with_no_partial_file(tmp_path, s
     before = {p: file_sha256(p) for p in folder.iterdir()}
     # The free-space estimate would refuse the batch up front (tested elsewhere); here the
     # disk must fill while files are being written.
-    monkeypatch.setattr(files, "check_free_space", lambda *arguments: None)
+    monkeypatch.setattr(batch, "check_free_space", lambda *arguments: None)
     output = small_disk / "out"
     result = run_wm_here("embed", folder, "full", "-o", output)
     assert result.code == 2, result.stderr
@@ -422,7 +422,7 @@ def test_a_read_only_output_folder_is_one_line_before_any_work(tmp_path):
         assert result.code == 2 and "Read-only file system" in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
         single = run_wm_here("embed", folder / "img00.png", "x", "-o", mount / "one.png")
-        assert single.code == 2 and "no write permission" in single.stderr, single.stderr  # its audit log, first
+        assert single.code == 2 and "the output folder is not writable" in single.stderr, single.stderr  # first
         assert len(single.stderr.strip().splitlines()) == 1 and not (mount / "one.png").exists()
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)

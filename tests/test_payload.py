@@ -114,7 +114,7 @@ def test_confidence_reflects_bit_certainty():
 # -- the channel: raw bit errors, hard and soft --------------------------------------------------
 
 
-@pytest.mark.parametrize("length, rate", [(8, 0.05), (16, 0.02)])
+@pytest.mark.parametrize("length, rate", [(8, 0.05), pytest.param(16, 0.02, marks=pytest.mark.slow)])
 def test_ids_come_back_through_the_error_rates_the_issue_asks_for(length, rate):
     """Hard decisions, 300 trials each (issue 12: ≥ 99 %; format 1 managed 0.7 % and 68.7 %)."""
     rng = np.random.default_rng(length)

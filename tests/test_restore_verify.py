@@ -26,7 +26,7 @@ from watermark_cli.hashing import pixel_sha256
 from watermark_cli.integrity.containers import dicom_remove_record
 from watermark_cli.integrity.record import BLOCK, RecordNotAuthenticError
 from watermark_cli.io.image import file_record, read_image
-from watermark_cli.marking.files import EmbedSettings, embed_file
+from watermark_cli.marking.files import EmbedResult, EmbedSettings, embed_file
 from watermark_cli.marking.image import codec_for
 from watermark_cli.marking.restoration import NoRecordError, restore_file
 from watermark_cli.marking.verification import verify_image, write_change_map
@@ -54,7 +54,7 @@ def shipped():
     return loaded, codec_for(loaded, KEY)
 
 
-def mark(source: Path, destination: Path, shipped, **settings) -> dict:
+def mark(source: Path, destination: Path, shipped, **settings) -> EmbedResult:
     loaded, codec = shipped
     return embed_file(source, destination, EmbedSettings(MESSAGE, QualityFloor(40.0), key=KEY, **settings),
                       loaded, codec)
@@ -77,7 +77,7 @@ def test_dicom_restore_is_bit_exact_and_one_changed_pixel_is_localised(name, shi
     source = clinical_file(name)
     marked = tmp_path / "marked.dcm"
     result = mark(source, marked, shipped)
-    assert 0 < result["restoration_record_bytes"]
+    assert 0 < result.restoration_record_bytes
     original = pydicom.dcmread(source)
     original_pixels = read_image(source).pixels
 
@@ -227,18 +227,18 @@ def test_legitimate_rewrites_keep_the_pixels_intact(shipped, tmp_path):
 
 def test_no_restore_record_omits_it(shipped, tmp_path):
     result = mark(clinical_file("693_UNCR.dcm"), tmp_path / "plain.dcm", shipped, restore_record=False)
-    assert result["restoration_record_bytes"] is None
+    assert result.restoration_record_bytes is None
     assert file_record(read_image(tmp_path / "plain.dcm")) is None
 
 
 @pytest.mark.slow
-def test_restore_and_verify_command_lines(trained_model, tmp_path):
+def test_restore_and_verify_command_lines(tmp_path):
     source = clinical_file("693_UNCR.dcm")
     marked = tmp_path / "ct.wm.dcm"
-    embedded = run_wm("embed", source, "cli-16", "--model", trained_model, "--key", "k1", "-o", marked, "--json")
+    embedded = run_wm("embed", source, "cli-16", "--key", "k1", "-o", marked, "--json")
     assert embedded.code == 0, embedded.stderr
 
-    verified = run_wm("verify", marked, "--model", trained_model, "--key", "k1", "--json")
+    verified = run_wm("verify", marked, "--key", "k1", "--json")
     assert verified.code == 0, verified.stderr
     report = json.loads(verified.stdout)
     assert report["intact"] and report["mark_found"] and report["message"] == "cli-16" and report["record_found"]
@@ -255,13 +255,13 @@ def test_restore_and_verify_command_lines(trained_model, tmp_path):
 
     tampered = tmp_path / "tampered.dcm"
     flip_one_dicom_pixel(marked, tampered, 0, 300, 40)
-    changed = run_wm("verify", tampered, "--model", trained_model, "--key", "k1", "--json", "--map", tmp_path / "m.png")
+    changed = run_wm("verify", tampered, "--key", "k1", "--json", "--map", tmp_path / "m.png")
     assert changed.code == 1
     report = json.loads(changed.stdout)
     assert not report["intact"] and report["changed_blocks"] == [{"frame": 0, "row": 288, "col": 32}]
     assert (tmp_path / "m.png").is_file()
 
-    missing = run_wm("verify", tmp_path / "nothing.dcm", "--model", trained_model)
+    missing = run_wm("verify", tmp_path / "nothing.dcm")
     assert missing.code == 2 and "no such file" in missing.stderr
 
 
@@ -344,19 +344,19 @@ def dcmsign_verify(path: Path, cert: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_signed_embed_passes_dcmsign_and_verify_sees_a_changed_header(trained_model, tmp_path):
+def test_signed_embed_passes_dcmsign_and_verify_sees_a_changed_header(tmp_path):
     key_path, cert_path = rsa_identity(tmp_path, "signer")
     marked = tmp_path / "signed.wm.dcm"
     for name in ("693_UNCR.dcm", "JPEG2000_UNC.dcm"):
         marked = tmp_path / f"{name}.wm.dcm"
-        result = run_wm("embed", clinical_file(name), "signed-16", "--model", trained_model, "--key", "k1",
+        result = run_wm("embed", clinical_file(name), "signed-16", "--key", "k1",
                         "--sign", key_path, "--cert", cert_path, "-o", marked, "--json")
         assert result.code == 0, result.stderr
         assert json.loads(result.stdout)["signed"] is True
         checked = dcmsign_verify(marked, cert_path)
         assert checked.returncode == 0 and "Signature Verification : OK" in checked.stderr, checked.stderr
 
-    verified = run_wm("verify", marked, "--model", trained_model, "--key", "k1", "--json")
+    verified = run_wm("verify", marked, "--key", "k1", "--json")
     report = json.loads(verified.stdout)
     assert verified.code == 0 and report["intact"]
     assert [s["valid"] for s in report["signatures"]] == [True] and "signer" in report["signatures"][0]["signer"]
@@ -366,12 +366,12 @@ def test_signed_embed_passes_dcmsign_and_verify_sees_a_changed_header(trained_mo
     ds.PatientName = "Someone^Else"
     ds.save_as(changed, enforce_file_format=True)
     assert dcmsign_verify(changed, cert_path).returncode != 0
-    verified = run_wm("verify", changed, "--model", trained_model, "--key", "k1", "--json")
+    verified = run_wm("verify", changed, "--key", "k1", "--json")
     report = json.loads(verified.stdout)
     assert verified.code == 1 and not report["intact"] and report["changed_blocks"] == []
     assert report["status"] == "tampered: a digital signature does not verify"
 
-    refused = run_wm("embed", clinical_file("693_UNCR.dcm"), "x", "--model", trained_model, "--sign", key_path,
+    refused = run_wm("embed", clinical_file("693_UNCR.dcm"), "x", "--sign", key_path,
                      "-o", tmp_path / "never.dcm")
     assert refused.code == 2 and "--cert" in refused.stderr and not (tmp_path / "never.dcm").exists()
 

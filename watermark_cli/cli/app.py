@@ -30,13 +30,24 @@ stderr = Console(stderr=True)
 state = {"debug": False}
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from .. import __version__
+
+        stdout.print(f"wm {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for unexpected errors.")] = False) -> None:
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for unexpected errors.")] = False,
+          version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="Print wm's version and exit.")] = False) -> None:
     state["debug"] = debug
 
 
 def emit_json(payload: dict) -> None:
     write_json_line(payload)
+    state["json_written"] = True
 
 
 class GracefulStop:
@@ -145,8 +156,20 @@ def _unblock_stop_signals() -> None:
         pass
 
 
+def _fail(message: str, code: int) -> None:
+    """The one way a command ends in error: one line on stderr and, under --json when the command
+    printed no JSON of its own (its per-file lines already say what failed), one JSON object on
+    stdout (a script reading stdout gets something to parse), then the exit code."""
+    stderr.print(f"error: {escape(message)}", highlight=False, soft_wrap=True)
+    if "--json" in sys.argv[1:] and not state.get("json_written"):
+        emit_json({"error": message, "exit_code": code})
+    sys.exit(code)
+
+
 def main() -> None:
     import warnings
+
+    state.update(debug=False, json_written=False, stopped_gracefully=False)  # one command per call
 
     # Libraries' warnings about the files they read (pydicom on a non-conformant value, Pillow
     # on a large image) are not for the user of a command line: what matters reaches them as
@@ -170,11 +193,9 @@ def main() -> None:
         message = " ".join(message.split())
         if not message:  # e.g. `wm` alone: the help was printed, nothing else to say
             sys.exit(getattr(error, "exit_code", 2) or 2)
-        stderr.print(f"error: {escape(message)} (see wm --help)", highlight=False, soft_wrap=True)
-        sys.exit(getattr(error, "exit_code", 2) or 2)
+        _fail(f"{message} (see wm --help)", getattr(error, "exit_code", 2) or 2)
     except WmError as error:
-        stderr.print(f"error: {escape(str(error))}", highlight=False, soft_wrap=True)
-        sys.exit(error.exit_code)
+        _fail(str(error), error.exit_code)
     except KeyboardInterrupt:
         stderr.print("interrupted; no partial file was left behind", highlight=False)
         sys.exit(130)
@@ -182,7 +203,5 @@ def main() -> None:
         if state["debug"]:
             raise
         first_line = (str(error).splitlines() or [""])[0]
-        stderr.print(f"error: unexpected {type(error).__name__}: {escape(first_line)} (rerun with --debug for details)",
-                     highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(f"unexpected {type(error).__name__}: {first_line} (rerun with --debug for details)", 2)
 

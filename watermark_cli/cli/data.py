@@ -60,7 +60,10 @@ def data_slices(
     out: Annotated[Path, typer.Argument(help="Folder to write the slices (8-bit PNG) and a README into.")],
     json_output: JsonOption = False,
 ) -> None:
-    """256² 8-bit slices with a mostly black background from held-out real images (pydicom-data's held-out split in its windows, dipy's MR volume): the hardest everyday case, never used in training."""
+    """Write 256² 8-bit slices with a mostly black background from held-out real images.
+
+    From pydicom-data's held-out split in its windows and dipy's MR volume: the hardest everyday
+    case, never used in training."""
     from ..data.slices import write_slices
 
     written = write_slices(out)

@@ -8,11 +8,11 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from ..errors import BadInputError, CheckFailedError
+from ..errors import BadInputError, CheckFailedError, WmError
 from ..keys import resolve_key
-from .app import app, emit_json, open_model, stdout
-from .options import (JsonOption, KeyFileOption, KeyOption, MaxPixelsOption, ModelOption, RecipientKeyOption,
-                      RecipientOption, recipient_for_opening)
+from .app import app, emit_json, open_model, stderr, stdout
+from .options import (OUTPUT, JsonOption, KeyFileOption, KeyOption, MaxPixelsOption, ModelOption, RecipientKeyOption,
+                      RecipientOption, examples, recipient_for_opening)
 
 
 def _default_restored(marked: Path) -> Path:
@@ -22,7 +22,9 @@ def _default_restored(marked: Path) -> Path:
     return marked.with_name(f"{stem}.restored{marked.suffix}")
 
 
-@app.command()
+@app.command(epilog=examples(
+    ("wm restore scan.wm.dcm --key-file site.key", "scan.restored.dcm: the original's pixel data and UID"),
+))
 def restore(
     marked: Annotated[Path, typer.Argument(help="A file written by `wm embed` (DICOM, PNG or TIFF).")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the original (default: NAME.restored.EXT).")] = None,
@@ -33,9 +35,11 @@ def restore(
     recipient_key: RecipientKeyOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Write the original of MARKED, bit-exact, from the restoration record `wm embed` stored in it
-    (pixels checked against the original's SHA-256 before anything is written; original SOP
-    Instance UID back). Exit 1: no record, not authentic, wrong key, or pixels changed since marking."""
+    """Write the original of MARKED back, bit-exact.
+
+    From the restoration record `wm embed` stored in it: pixels checked against the original's
+    SHA-256 before anything is written; the original SOP Instance UID back. Exit 1: no record,
+    not authentic, wrong key, or pixels changed since marking."""
     from ..marking.restoration import restore_file
 
     if not marked.is_file():
@@ -52,40 +56,69 @@ def restore(
                  highlight=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(epilog=examples(
+    ("wm verify scan.wm.dcm --key-file site.key", "exit 0 only when intact and proved by the secret key"),
+    ("wm verify *.wm.dcm --key-file site.key --json", "one JSON line per file"),
+    ("wm verify scan.wm.dcm --key-file site.key --map changes.png", "where the pixels changed, outlined in red"),
+))
 def verify(
-    input: Annotated[Path, typer.Argument(help="A marked file (DICOM, PNG, TIFF; a JPEG export has no record).")],
+    inputs: Annotated[list[Path], typer.Argument(
+        metavar="INPUT...", help="Marked files (DICOM, PNG, TIFF; a JPEG export has no record).")],
     model: ModelOption = None,
     key: KeyOption = None,
     key_file: KeyFileOption = None,
-    change_map: Annotated[Optional[Path], typer.Option("--map", help="Write a PNG of the frames with changed blocks outlined in red.")] = None,
+    change_map: Annotated[Optional[Path], typer.Option(
+        "--map", rich_help_panel=OUTPUT,
+        help="Write a PNG of the frames with changed blocks outlined in red (one input only).")] = None,
     recipient: RecipientOption = None,
     recipient_key: RecipientKeyOption = None,
     max_pixels: MaxPixelsOption = 100_000_000,
     json_output: JsonOption = False,
 ) -> None:
-    """Is the mark there, is the restoration record there and authentic, have the pixels changed
-    since marking (which blocks), do the file's digital signatures hold. Exit 0 intact; 1 tampered,
-    no mark or no record (integrity unknown); 2 bad input."""
-    from ..io.image import read_image
-    from ..marking.verification import verify_image, write_change_map
-    from ..marking.image import codec_for
+    """Say whether a marked file is intact since marking, and what changed.
 
-    if not input.is_file():
-        raise BadInputError(f"no such file: {input}")
+    Is the mark there, is the restoration record there and authentic, have the pixels changed
+    since marking (which blocks), do the file's digital signatures hold. Exit 0 when every file is
+    intact and proved (a secret key or a signature); 1 tampered, no mark or no record (integrity
+    unknown); 2 bad input."""
+    from ..io.image import read_image
+    from ..marking.image import codec_for
+    from ..marking.verification import verify_image, write_change_map
+
+    if len(inputs) == 1 and not inputs[0].is_file():
+        raise BadInputError(f"no such file: {inputs[0]}")
+    if change_map is not None and len(inputs) > 1:
+        raise BadInputError("--map draws one file's changes: give one INPUT with it")
     secret = resolve_key(key, key_file)
     opener = recipient_for_opening(recipient, recipient_key)
-    image = read_image(input, max_pixels)
     loaded = open_model(model)
-    result = verify_image(image, secret, loaded, codec_for(loaded, secret), opener)
-    if change_map is not None:
-        write_change_map(image, result, change_map)
-    if json_output:
-        emit_json(result.as_json())
-    else:
-        _print_verification(result, change_map)
-    if not result.intact:
-        raise CheckFailedError(f"{input}: {result.status}")
+    codec = codec_for(loaded, secret)
+    problems, unreadable = [], 0
+    for path in inputs:
+        try:
+            image = read_image(path, max_pixels)
+            result = verify_image(image, secret, loaded, codec, opener)
+            if change_map is not None:
+                write_change_map(image, result, change_map)
+        except WmError as error:  # one bad file never stops the others
+            if len(inputs) == 1:
+                raise
+            unreadable += 1
+            stderr.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+            if json_output:
+                emit_json({"input": str(path), "error": str(error), "exit_code": error.exit_code})
+            continue
+        if json_output:
+            emit_json(result.as_json())
+        else:
+            _print_verification(result, change_map)
+        if not result.intact:
+            problems.append(f"{path}: {result.status}")
+    if unreadable:
+        raise BadInputError(f"{unreadable} of {len(inputs)} file(s) could not be verified (see above)")
+    if problems:
+        raise CheckFailedError(problems[0] if len(inputs) == 1 else
+                               f"{len(problems)} of {len(inputs)} files are not proved intact (see above)")
 
 
 def _print_verification(result, change_map: Path | None) -> None:

@@ -9,25 +9,40 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import BadInputError
-from ..keys import resolve_key  # noqa: F401 - the commands take the key through their options
 
-ModelOption = Annotated[Optional[str], typer.Option("--model", "-m", help="Model folder or shipped model name.")]
+# The panels `--help` groups options into.
+OUTPUT, QUALITY, KEY, INTEGRITY, BATCH = ("Output", "Quality floor", "Model, key and payload",
+                                         "Restoration record and signature", "Batches and limits")
+
+
+def examples(*lines: tuple[str, str]) -> str:
+    """A command's help epilog: example command lines, each followed by what it does."""
+    from rich.markup import escape
+
+    return "[bold]Examples[/]\n\n" + "\n\n".join(f"  {escape(command)}\n    [dim]→ {escape(what)}[/]"
+                                                 for command, what in lines)
+
+
+ModelOption = Annotated[Optional[str], typer.Option(
+    "--model", "-m", rich_help_panel=KEY, help="Model folder or shipped model name (`wm models`).")]
 KeyOption = Annotated[Optional[str], typer.Option(
-    "--key", help="Secret key of the payload (visible to other users in `ps`: prefer --key-file or WM_KEY). "
+    "--key", rich_help_panel=KEY, help="Secret key of the payload (visible to other users in `ps`: prefer --key-file or WM_KEY). "
                   "Default: the public default key, which detects but neither hides nor authenticates.")]
 KeyFileOption = Annotated[Optional[Path], typer.Option(
-    "--key-file", help="File holding the secret key (one trailing newline is dropped).")]
+    "--key-file", rich_help_panel=KEY, help="File holding the secret key (one trailing newline is dropped).")]
 RecipientOption = Annotated[Optional[Path], typer.Option(
-    "--recipient", help="The recipient's X.509 certificate (PEM, RSA): the restoration record is encrypted for it "
+    "--recipient", rich_help_panel=INTEGRITY, help="The recipient's X.509 certificate (PEM, RSA): the restoration record is encrypted for it "
                         "(CMS; DICOM's Encrypted Attributes Sequence) instead of under --key.")]
 RecipientKeyOption = Annotated[Optional[Path], typer.Option(
-    "--recipient-key", help="The recipient's private key (PEM, unencrypted), with --recipient, to open a record "
+    "--recipient-key", rich_help_panel=INTEGRITY, help="The recipient's private key (PEM, unencrypted), with --recipient, to open a record "
                             "encrypted for it.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
-PsnrOption = Annotated[float, typer.Option("--psnr-min", help="PSNR floor in dB that every written frame keeps.")]
+JsonOption = Annotated[bool, typer.Option(
+    "--json", rich_help_panel=OUTPUT, help="Machine-readable JSON on stdout (errors too: one object each).")]
+PsnrOption = Annotated[float, typer.Option(
+    "--psnr-min", rich_help_panel=QUALITY, help="PSNR floor in dB that every written frame keeps.")]
 # The default is io.image.DEFAULT_MAX_PIXELS (kept literal here: importing io.image would slow `wm --help`).
 MaxPixelsOption = Annotated[int, typer.Option(
-    "--max-pixels", min=1, help="Refuse, before decoding, any image whose header declares more pixels "
+    "--max-pixels", min=1, rich_help_panel=BATCH, help="Refuse, before decoding, any image whose header declares more pixels "
                                 "(rows x columns x frames).")]
 
 
@@ -95,15 +110,15 @@ def quality_floor(psnr_min: float, psnr_peak: PsnrPeak, psnr_domain: PsnrDomain,
 
 
 PsnrDomainOption = Annotated[PsnrDomain, typer.Option(
-    "--psnr-domain", help="view (default): every view a reader uses — the frame's data range, each VOI window "
+    "--psnr-domain", rich_help_panel=QUALITY, help="view (default): every view a reader uses — the frame's data range, each VOI window "
                           "the file declares (a CT also the brain, soft tissue, lung and bone presets) and --window; "
                           "8-bit PNG/TIFF/JPEG as stored. stored: the stored values against --psnr-peak. window: one "
                           "window only (--window, else the file's first).")]
 PsnrPeakOption = Annotated[PsnrPeak, typer.Option(
-    "--psnr-peak", help="With --psnr-domain stored: nominal (2^BitsStored-1 / dtype max) or range (max-min of the "
+    "--psnr-peak", rich_help_panel=QUALITY, help="With --psnr-domain stored: nominal (2^BitsStored-1 / dtype max) or range (max-min of the "
                         "original frame).")]
 WindowOption = Annotated[Optional[str], typer.Option(
-    "--window", help="A VOI window CENTER,WIDTH in modality units (HU for CT) that the floor must hold in too: "
+    "--window", rich_help_panel=QUALITY, help="A VOI window CENTER,WIDTH in modality units (HU for CT) that the floor must hold in too: "
                      "the view an export of yours will use.")]
 
 
@@ -115,7 +130,7 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 
 
 Compression = _choices("Compression", ("none", "rle", "jpeg2000"))  # io.image.DICOM_COMPRESSIONS
-Preset = _choices("Preset", ("quick", "standard", "paper"))  # training.loop.PRESETS
+Preset = _choices("Preset", ("quick", "standard", "paper"))  # training.config.PRESETS
 # constrained.methods.METHODS
 Method = _choices("Method", ("sequential", "fixed", "lagrangian", "augmented-lagrangian", "projection"))
 PenaltyShape = _choices("PenaltyShape", ("hinge", "squared_hinge"))  # constrained.sequential_penalty.SHAPES
@@ -124,8 +139,11 @@ TauSchedule = _choices("TauSchedule", ("open-loop", "closed-loop"))  # constrain
 DualOptimizer = _choices("DualOptimizer", ("sgd", "nupi"))  # constrained.methods.DUAL_OPTIMIZERS
 Device = _choices("Device", ("auto", "cpu", "cuda"))  # model.device.DEVICE_CHOICES
 Split = _choices("Split", ("train", "held_out"))  # data.clinical.SPLITS
-Architecture = _choices("Architecture", ("small", "resnet18", "densenet121"))  # diagnostic.classifier.ARCHITECTURES
+Architecture = _choices("Architecture", ("small", "resnet18", "densenet121"))  # diagnostic.networks.ARCHITECTURES
 LesionTask = _choices("LesionTask", ("nodules", "faint-brain"))  # data.lesions.LESION_TASKS
+# attacks.codecs.ATTACKS (the names; each takes an optional :STRENGTH)
+ATTACK_NAMES = ("identity", "png16", "noise", "window8", "jpeg", "jpeg2000", "blur", "contrast", "resize", "crop",
+                "rotate")
 
 
 def value_of(choice: Enum | None):

@@ -26,8 +26,10 @@ def serve(
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, max=64, help="Instances marked at once.")] = None,
     check: Annotated[bool, typer.Option("--check", help="Validate the configuration and exit (0 valid, 2 not).")] = False,
 ) -> None:
-    """A DICOM node: C-STORE in, mark under the view floor, C-STORE out to --forward, with a
-    crash-safe spool. Exit 0 after SIGTERM once in-flight work is done."""
+    """Run a DICOM node that marks every image on its way to the archive.
+
+    C-STORE in, mark under the view floor, C-STORE out to --forward, with a crash-safe spool.
+    Exit 0 after SIGTERM once in-flight work is done."""
     from ..serve.config import load_config, parse_destination
 
     config = load_config(config_file, port=port, ae_title=ae_title, spool=spool, model=model, key_file=key_file,

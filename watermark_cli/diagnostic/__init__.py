@@ -2,8 +2,8 @@
 
 Lives here: the classifier's labels (`labels`), how an image becomes its input (`inputs`), its
 networks (`networks`), its training recipe (`training`), what a trained classifier is and how
-it scores (`classifier`), and the check's statistics (`check`). May import wm's core, io, model
-(the store) and training data. `networks` imports torch at import time, so its names are not
+it scores (`classifier`), and the check's statistics (`check`). May import wm's core, io and model
+(the store). `networks` imports torch at import time, so its names are not
 re-exported here: the other modules import it inside the functions that build or run a network.
 """
 

@@ -8,29 +8,19 @@ back. Lines are only ever appended, each in one write and fsynced before the nex
 reported, so an interrupted batch leaves a log that matches the files on disk: at most the file
 being reported when the run was killed lacks its line, and the next run over the folder audits
 it (`recovered`). A line torn by a power cut is cut off before the next line is appended.
+What a line holds is `marking.batch.audit_line`'s to say; this module keeps the file.
 """
 
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 
-from .. import __version__
 from ..errors import BadInputError
 from ..jsonout import json_line
-from ..payload import bytes_to_text
 from .writing import fsync_folder
 
 AUDIT_FILE_NAME = "wm-audit.jsonl"
-
-# The embed result fields copied into the audit line, in this order.
-_FIGURES = (
-    "psnr", "psnr_min", "psnr_domain", "binding_view", "psnr_peak", "psnr_peak_kind", "psnr_views",
-    "views_below_floor", "psnr_nominal", "ssim", "max_abs_error", "frames", "frame_psnr", "guard_scale", "verified", "confidence",
-    "restoration_record_bytes", "signed",
-)
-
 
 def default_audit_path(output: Path, is_folder: bool) -> Path:
     """Inside the output folder, or beside the output file."""
@@ -111,31 +101,3 @@ def _cut_torn_line(fd: int) -> None:
     tail = os.pread(fd, size - start, start)
     newline = tail.rfind(b"\n")
     os.ftruncate(fd, start + newline + 1 if newline >= 0 else 0 if start == 0 else size)
-
-
-def audit_record(result: dict, payload: bytes, codec) -> dict:
-    """The audit line for one `embedding.embed_file` result."""
-    return {
-        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-        "wm_version": __version__,
-        "input": str(Path(result["input"]).resolve()),
-        "output": str(Path(result["output"]).resolve()),
-        "input_file_sha256": result["input_file_sha256"],
-        "input_pixels_sha256": result["input_pixels_sha256"],
-        "output_file_sha256": result["output_file_sha256"],
-        "output_pixels_sha256": result["output_pixels_sha256"],
-        "compression": result.get("compression"),
-        "payload": {
-            "text": bytes_to_text(payload),
-            "hex": payload.hex(),
-            "bytes": len(payload),
-            "raw_bits": codec.n_bits,
-            "format": codec.format,
-            "key": result["key"],  # 'default' or 'custom': the key itself is never written
-        },
-        "model": result["model"],
-        "model_weights_sha256": result["model_weights_sha256"],
-        **{name: result.get(name) for name in _FIGURES},
-        # Audited by a later run: the file was written by a run killed before its line.
-        **({"recovered": True} if result.get("recovered") else {}),
-    }

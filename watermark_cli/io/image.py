@@ -196,6 +196,20 @@ def iter_image_files(folder: str | Path) -> list[Path]:
     return scan_folder(folder)[0]
 
 
+def collect_image_files(inputs: Sequence[str | Path]) -> list[Path]:
+    """The image files of `inputs`, files and folders (recursively), each once, sorted; a path
+    that does not exist is a one-line error."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files.extend(iter_image_files(item))
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise BadInputError(f"no such file or folder: {item}")
+    return sorted(dict.fromkeys(files))
+
+
 def scan_folder(folder: str | Path, exclude: Path | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:
     """(image files, [(skipped file, why)]) below `folder`, recursively, each sorted.
 

@@ -10,8 +10,9 @@ outcome as it completes, so that a failed file never stops the batch.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,12 +57,56 @@ class EmbedSettings:
 
 
 @dataclass(frozen=True)
+class EmbedResult:
+    """Every figure of one marked file, as measured on the file written: what `wm embed --json`
+    prints (`as_json`), what its summary table shows and what its audit line records
+    (`marking.batch.audit_line`). PSNRs are in dB and None where a frame did not change (+inf)."""
+
+    input: str
+    output: str
+    psnr: float | None  # in the binding view, the worst frame
+    psnr_min: float
+    psnr_domain: str
+    binding_view: str
+    psnr_peak: float  # the binding view's peak in stored units (a window's width, the frame's range, ...)
+    psnr_peak_kind: str
+    psnr_views: dict[str, float | None]  # every view measured, binding or reported
+    views_below_floor: list[str]  # reader's views under the floor (only outside the default view domain)
+    psnr_nominal: float | None  # against 2^BitsStored - 1: reported, never binding by default
+    ssim: float | None
+    max_abs_error: float
+    frames: int
+    frame_psnr: list[float | None]
+    guard_scale: float | None  # None: audited from the files of an interrupted run
+    payload_bits: int
+    payload_format: int
+    message_bytes: int
+    key: str  # 'default' or 'custom', never the key
+    verified: bool
+    confidence: float
+    model: str
+    model_weights_sha256: str
+    compression: str | None
+    input_file_sha256: str
+    input_pixels_sha256: str
+    output_file_sha256: str
+    output_pixels_sha256: str
+    restoration_record_bytes: int | None = None
+    pixel_data_bytes: int | None = None
+    signed: bool = False
+    recovered: bool = False  # written by a run that was killed before its audit line
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class FileOutcome:
-    """What happened to one input: a result dict when marked, else an error and its exit code."""
+    """What happened to one input: its result when marked, else an error and its exit code."""
 
     source: Path
     destination: Path
-    result: dict | None = None
+    result: EmbedResult | None = None
     error: str | None = None
     exit_code: int = 0
 
@@ -76,6 +121,27 @@ class MarkReading:
     format_1_seen: bool = False
     error: str | None = None
     exit_code: int = 0
+    hint: str | None = None  # where no mark was found but the file says wm marked it: what to try
+
+
+# What `embed` writes into a DICOM's Derivation Description (the model is named there).
+_DERIVATION = "Invisible watermark embedded by wm {version}, model {model}"
+_DERIVATION_MODEL = re.compile(r"embedded by wm \S+, model (.+)$")
+
+
+def marked_by_hint(image, loaded) -> str | None:
+    """Why a file without a readable mark may still hold one: its DICOM header names the model
+    that marked it, or it carries a wm restoration record (a marked file with a wrong key)."""
+    named = None
+    if image.kind == "dicom":
+        found = _DERIVATION_MODEL.search(str(image.source.get("DerivationDescription", "") or ""))
+        named = found.group(1).strip() if found else None
+    if named is not None and named != loaded.name:
+        return f"its header says model {named} marked it, not {loaded.name}: try --model {named}"
+    if named is not None or file_record(image) is not None:
+        return ("it was marked by wm" + (f" with model {named}" if named else "") + ": the key may be wrong "
+                "(give the one it was marked with: --key-file, WM_KEY or --key)")
+    return None
 
 
 def read_mark(source: Path, read, loaded, codec, legacy, accept_format_1: bool) -> MarkReading:
@@ -90,13 +156,14 @@ def read_mark(source: Path, read, loaded, codec, legacy, accept_format_1: bool) 
             old = extract_payload(loaded, legacy, image, full_search=accept_format_1)
             if accept_format_1 and old.found:
                 decoded, old = old, None
+        hint = marked_by_hint(image, loaded) if not decoded.found else None
     except WmError as error:
         return MarkReading(source, error=str(error), exit_code=error.exit_code)
-    return MarkReading(source, decoded, format_1_seen=old is not None and old.found)
+    return MarkReading(source, decoded, format_1_seen=old is not None and old.found, hint=hint)
 
 
 def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded, codec,
-               read: Callable[[Path], object] | None = None) -> dict:
+               read: Callable[[Path], object] | None = None) -> EmbedResult:
     """Mark one file. `read` reads the input (an `IsolatedReader`'s `read` in a batch, so that a
     decoder crash costs only this file); by default `read_image` in this process."""
     floor = settings.floor
@@ -110,10 +177,9 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
     verified = bool(decoded.found and decoded.message == settings.payload)
     if not verified and not settings.allow_unverified:
         binding = min((frame.quality for frame in outcome.frames), key=lambda q: q.psnr).binding_view
-        raise CheckFailedError(
-            f"{source}: the mark could not be read back at PSNR >= {floor.psnr_min:g} dB in its {binding} view "
-            "(image too small or too flat for this model); nothing written (--allow-unverified to force)"
-        )
+        raise CheckFailedError(f"{source}: the mark could not be read back at PSNR >= {floor.psnr_min:g} dB in its "
+                               f"{binding} view ({_why_unreadable(floor, loaded)}); nothing written "
+                               "(--allow-unverified to force)")
 
     # The guarantee is about the file: the complete temporary file is read back and measured
     # in every view before it is moved into place, so a file that misses the floor never
@@ -139,15 +205,23 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
             raise CheckFailedError(f"{source}: the written file missed the floor on re-measurement; nothing written")
         measured.update(qualities=qualities, pixels=written.pixels, file_sha256=file_sha256(temporary))
 
-    derivation = f"Invisible watermark embedded by wm {__version__}, model {loaded.name}"
+    derivation = _DERIVATION.format(version=__version__, model=loaded.name)
     written_path = write_image(image, outcome.pixels, destination, derivation=derivation,
                                overwrite=settings.overwrite, compression=settings.compression,
                                verify=check_written_file, record=record, signer=signer)
-    result = _result(source, written_path, image, measured["pixels"], measured["qualities"], outcome.meters,
-                     settings, loaded, codec, decoded, verified, min(f.scale for f in outcome.frames),
-                     measured["file_sha256"])
-    return {**result, "restoration_record_bytes": len(record) if record is not None else None,
-            "pixel_data_bytes": int(image.pixels.nbytes), "signed": signer is not None}
+    return _result(source, written_path, image, measured["pixels"], measured["qualities"], outcome.meters,
+                   settings, loaded, codec, decoded, verified, min(f.scale for f in outcome.frames),
+                   measured["file_sha256"], restoration_record_bytes=len(record) if record is not None else None,
+                   pixel_data_bytes=int(image.pixels.nbytes), signed=signer is not None)
+
+
+def _why_unreadable(floor: QualityFloor, loaded) -> str:
+    """The likely reason a mark at the floor does not read back, and what to do about it."""
+    trained = loaded.trained_floor_db
+    if trained is not None and floor.psnr_min > trained + 1.0:
+        return (f"the floor of {floor.psnr_min:g} dB leaves too weak a mark: model {loaded.name} is made for "
+                f"{trained:g} dB; lower --psnr-min")
+    return "the image is too small or too flat for this model; a larger or more textured image carries it"
 
 
 # The largest record any of the three containers holds (a PNG chunk's length is 31 bits).
@@ -185,7 +259,8 @@ def _signer(signing: tuple[bytes, bytes]):
     return load_signer(*signing)
 
 
-def recovered_result(source: Path, destination: Path, settings: EmbedSettings, loaded, codec, read) -> dict | None:
+def recovered_result(source: Path, destination: Path, settings: EmbedSettings, loaded, codec,
+                     read) -> EmbedResult | None:
     """The result `embed_file` would have reported for an output that a killed run wrote but did
     not get to audit; None when the output does not hold this run's message (it is then not
     this batch's work and is left alone). Measured again from the two files, so every figure is
@@ -199,67 +274,51 @@ def recovered_result(source: Path, destination: Path, settings: EmbedSettings, l
         return None
     meters = frame_meters(image, settings.floor, settings.window_override)
     qualities = [meter.with_ssim(meter.measure(frame), frame) for meter, frame in zip(meters, written.pixels)]
-    result = _result(source, destination, image, written.pixels, qualities, meters, settings, loaded, codec,
-                     decoded, True, None, file_sha256(destination))
-    return {**result, "recovered": True}
-
-
-def recovered_results(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, codec) -> Iterator[dict]:
-    """`recovered_result` for each (source, existing output); files that cannot be read are left
-    to the next `--overwrite` run."""
-    if not jobs:
-        return
-    with IsolatedReader(settings.max_pixels) as reader:
-        for source, destination in jobs:
-            try:
-                result = recovered_result(source, destination, settings, loaded, codec, reader.read)
-            except WmError:
-                continue
-            if result is not None:
-                yield result
+    return _result(source, destination, image, written.pixels, qualities, meters, settings, loaded, codec,
+                   decoded, True, None, file_sha256(destination), recovered=True)
 
 
 def _result(source: Path, written_path: Path, image, written_pixels: np.ndarray, qualities, meters,
             settings: EmbedSettings, loaded, codec, decoded, verified: bool, guard_scale: float | None,
-            output_sha256: str) -> dict:
-    """Every figure the summary table and the audit line give for one marked file."""
+            output_sha256: str, **more) -> EmbedResult:
+    """Every figure of one marked file (`more`: EmbedResult's optional fields)."""
     floor = settings.floor
     summary = image_quality(qualities)
     worst = min(range(len(qualities)), key=lambda i: qualities[i].psnr)
     binding = meters[worst].view_named(summary.binding_view)
     below = sorted({name for q in qualities for name in q.below_floor(floor)})
-    return {
-        "input": str(source),
-        "output": str(written_path),
-        "psnr": _finite(summary.psnr),
-        "psnr_min": floor.psnr_min,
-        "psnr_domain": floor.domain,
-        "binding_view": summary.binding_view,
-        # The binding view's peak in stored units (a window's width, the frame's range, ...).
-        "psnr_peak": round(binding.stored_span, 4),
-        "psnr_peak_kind": binding.kind,
-        "psnr_views": {name: _finite(value) for name, value in summary.views.items()},
-        "views_below_floor": below,
-        "psnr_nominal": _finite(summary.nominal_psnr),
-        "ssim": _finite(summary.ssim),
-        "max_abs_error": summary.max_abs_error,
-        "frames": int(image.n_frames),
-        "frame_psnr": [_finite(q.psnr) for q in qualities],
-        "guard_scale": round(guard_scale, 4) if guard_scale is not None else None,
-        "payload_bits": codec.n_bits,
-        "payload_format": codec.format,
-        "message_bytes": len(settings.payload),
-        "key": key_kind(settings.key),  # 'default' or 'custom', never the key
-        "verified": verified,
-        "confidence": round(decoded.confidence, 4),
-        "model": loaded.name,
-        "model_weights_sha256": loaded.weights_sha256,
-        "compression": settings.compression if image.kind == "dicom" else None,
-        "input_file_sha256": file_sha256(source),
-        "input_pixels_sha256": pixel_sha256(image.pixels),
-        "output_file_sha256": output_sha256,
-        "output_pixels_sha256": pixel_sha256(written_pixels),
-    }
+    return EmbedResult(
+        input=str(source),
+        output=str(written_path),
+        psnr=_finite(summary.psnr),
+        psnr_min=floor.psnr_min,
+        psnr_domain=floor.domain,
+        binding_view=summary.binding_view,
+        psnr_peak=round(binding.stored_span, 4),
+        psnr_peak_kind=binding.kind,
+        psnr_views={name: _finite(value) for name, value in summary.views.items()},
+        views_below_floor=below,
+        psnr_nominal=_finite(summary.nominal_psnr),
+        ssim=_finite(summary.ssim),
+        max_abs_error=summary.max_abs_error,
+        frames=int(image.n_frames),
+        frame_psnr=[_finite(q.psnr) for q in qualities],
+        guard_scale=round(guard_scale, 4) if guard_scale is not None else None,
+        payload_bits=codec.n_bits,
+        payload_format=codec.format,
+        message_bytes=len(settings.payload),
+        key=key_kind(settings.key),
+        verified=verified,
+        confidence=round(decoded.confidence, 4),
+        model=loaded.name,
+        model_weights_sha256=loaded.weights_sha256,
+        compression=settings.compression if image.kind == "dicom" else None,
+        input_file_sha256=file_sha256(source),
+        input_pixels_sha256=pixel_sha256(image.pixels),
+        output_file_sha256=output_sha256,
+        output_pixels_sha256=pixel_sha256(written_pixels),
+        **more,
+    )
 
 
 def _finite(value: float | None) -> float | None:
@@ -332,7 +391,7 @@ def embed_files(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, 
         for job in lost:
             if job[1].exists() and not settings.overwrite:
                 # The worker died after its file was in place: audit that file, do not mark it again.
-                recovered = next(recovered_results([job], settings, loaded, codec), None)
+                recovered = _recovered_or_none(job, settings, loaded, codec)
                 yield (FileOutcome(job[0], job[1], result=recovered) if recovered is not None else
                        FileOutcome(job[0], job[1], exit_code=1, error=f"{job[1]}: written by a worker that died; "
                                    "it does not read back (--overwrite to redo it)"))
@@ -343,6 +402,14 @@ def embed_files(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, 
             else:
                 yield FileOutcome(job[0], job[1], exit_code=1,
                                   error=f"{job[0]}: the worker process died while marking it (twice); not marked")
+
+
+def _recovered_or_none(job: tuple[Path, Path], settings: EmbedSettings, loaded, codec) -> EmbedResult | None:
+    with IsolatedReader(settings.max_pixels) as reader:
+        try:
+            return recovered_result(job[0], job[1], settings, loaded, codec, reader.read)
+        except WmError:
+            return None
 
 
 def _run_pool(jobs: list[tuple[Path, Path]], settings: EmbedSettings, workers: int,

@@ -40,7 +40,8 @@ def check_image_size(image: MedicalImage, smallest: int, action: str = "mark") -
     if image.rows < smallest or image.cols < smallest:
         raise BadInputError(
             f"{image.path}: image is {image.rows}×{image.cols} px; this model needs at least {smallest} px on "
-            f"each side to {action} it"
+            f"each side to {action} it ({TILES_PER_SIDE_TO_MARK} of its carrier tiles): {action} the full-size "
+            "image, not a crop or a thumbnail (`wm models` lists each model's smallest frame)"
         )
 
 

@@ -167,6 +167,12 @@ class LoadedModel:
     def n_bits(self) -> int:
         return int(self.card["architecture"]["n_bits"])
 
+    @property
+    def trained_floor_db(self) -> float | None:
+        """The PSNR floor the model was trained for (its card's), None when the card does not say."""
+        value = (self.card.get("quality_floor") or {}).get("psnr_min_db")
+        return float(value) if value is not None else None
+
 
 def save_model(folder: Path, network, card: dict, *, half_precision: bool = True,
                record_weights_hash: bool = False) -> None:

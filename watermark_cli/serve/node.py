@@ -20,14 +20,16 @@ import ipaddress
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import BadInputError, WmError
-from ..io.audit import AuditLog, audit_record
+from ..io.audit import AuditLog
 from ..io.isolation import IsolatedReader
 from ..jsonout import write_json_line
-from ..marking.files import EmbedSettings, embed_file, recovered_result
+from ..marking.batch import Written, audit_line, recover_unaudited
+from ..marking.files import EmbedSettings, embed_file
 from ..marking.image import codec_for
 from ..model.store import load_model
 from ..quality import QualityFloor
@@ -136,8 +138,7 @@ class MarkingNode:
     def _mark(self, name: str, uid: str, received: Path, ds) -> object | None:
         """Mark one received instance; None on success, else the failure status to answer."""
         message = self.message_for(ds)
-        settings = EmbedSettings(payload=message, floor=QualityFloor(self.config.psnr_min), model=self.config.model,
-                                 key=self.key)
+        settings = self._settings(message)
         with self.marking_slots:
             reader = self.readers.get()
             try:
@@ -157,11 +158,16 @@ class MarkingNode:
             finally:
                 self.readers.put(reader)
 
-        self.audit.append({**audit_record(result, message, self.codec), "sop_instance_uid": uid})
+        self.audit.append(audit_line(result, message, self.codec, sop_instance_uid=uid))
         self.spool.marked(name)
-        log_event("marked", sop_instance_uid=uid, psnr=result["psnr"], binding_view=result["binding_view"],
-                  psnr_min=result["psnr_min"], message=message.decode("utf-8", "replace"))
+        log_event("marked", sop_instance_uid=uid, psnr=result.psnr, binding_view=result.binding_view,
+                  psnr_min=result.psnr_min, message=message.decode("utf-8", "replace"))
         return None
+
+    def _settings(self, message: bytes) -> EmbedSettings:
+        """The node marks with the default settings: the view floor, verified, with a record."""
+        return EmbedSettings(payload=message, floor=QualityFloor(self.config.psnr_min), model=self.config.model,
+                             key=self.key)
 
     # ---- forwarding --------------------------------------------------------------------------
 
@@ -289,30 +295,26 @@ class MarkingNode:
         the instance marked anew (it was never forwarded)."""
         import pydicom
 
-        audited = self.audit.outputs()
-        for name in self.spool.names("received"):
-            marked = self.spool.path("marked", name)
-            if not marked.exists() or str(marked.resolve()) in audited:
-                continue
-            received = self.spool.path("received", name)
-            ds = pydicom.dcmread(received, stop_before_pixels=True)
-            message = self.message_for(ds)
-            settings = EmbedSettings(payload=message, floor=QualityFloor(self.config.psnr_min), key=self.key)
-            reader = self.readers.get()
-            try:
-                result = recovered_result(received, marked, settings, self.loaded, self.codec, reader.read)
-            except WmError:
-                result = None
-            finally:
-                self.readers.put(reader)
-            uid = str(ds.get("SOPInstanceUID", ""))
-            if result is None:
-                marked.unlink()
-                continue
+        def written() -> Iterator[Written]:
+            for name in self.spool.names("received"):
+                marked = self.spool.path("marked", name)
+                if marked.exists():
+                    received = self.spool.path("received", name)
+                    ds = pydicom.dcmread(received, stop_before_pixels=True)
+                    yield Written(received, marked, self._settings(self.message_for(ds)),
+                                  {"sop_instance_uid": str(ds.get("SOPInstanceUID", ""))})
 
-            self.audit.append({**audit_record(result, message, self.codec), "sop_instance_uid": uid})
-            log_event("marked", sop_instance_uid=uid, psnr=result["psnr"], binding_view=result["binding_view"],
-                      psnr_min=result["psnr_min"], message=message.decode("utf-8", "replace"), recovered=True)
+        reader = self.readers.get()
+        try:
+            for item, result in recover_unaudited(written(), self.audit, self.loaded, self.codec, reader.read):
+                if result is None:
+                    item.output.unlink()  # not this instance's mark: it is marked anew (never forwarded)
+                    continue
+                log_event("marked", sop_instance_uid=item.extra["sop_instance_uid"], psnr=result.psnr,
+                          binding_view=result.binding_view, psnr_min=result.psnr_min,
+                          message=item.settings.payload.decode("utf-8", "replace"), recovered=True)
+        finally:
+            self.readers.put(reader)
 
     def serve(self) -> None:
         """Run until SIGTERM or SIGINT; then drain and return."""
