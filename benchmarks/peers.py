@@ -69,7 +69,7 @@ import watermark_cli.evaluation.run as evaluation
 from watermark_cli.attacks.codecs import Attack, FrameContext, jpeg, parse_attack_list, window_8bit
 from watermark_cli.evaluation.run import EvaluationOptions, evaluate_images, evaluation_messages
 from watermark_cli.guard import quantise
-from watermark_cli.io.image import MedicalImage
+from watermark_cli.io.medical_image import MedicalImage
 from watermark_cli.jsonout import dumps
 from watermark_cli.model.store import load_model
 from watermark_cli.quality import FrameMeter, QualityFloor, frame_meters, meets_floor

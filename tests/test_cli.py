@@ -18,7 +18,7 @@ from pydicom.data import get_testdata_file
 from skimage.metrics import peak_signal_noise_ratio
 
 from conftest import run_wm, run_wm_here
-from watermark_cli.io.image import DICOM_ELEMENTS_CHANGED_ON_WRITE
+from watermark_cli.io.dicom import DICOM_ELEMENTS_CHANGED_ON_WRITE
 
 
 def _one_line_error(result) -> str:
@@ -293,7 +293,7 @@ def test_the_cli_choices_are_the_choices_of_the_modules_that_own_them():
     from watermark_cli.data.clinical import SPLITS
     from watermark_cli.diagnostic.networks import ARCHITECTURES
     from watermark_cli.data.lesions import LESION_TASKS
-    from watermark_cli.io.image import DICOM_COMPRESSIONS
+    from watermark_cli.io.dicom import DICOM_COMPRESSIONS
     from watermark_cli.model.device import DEVICE_CHOICES
     from watermark_cli.training import PRESETS
 

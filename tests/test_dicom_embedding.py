@@ -372,7 +372,7 @@ def test_anatomy_outside_the_read_region_keeps_its_mark(shipped):
     patch in a corner must not be confined (the centre would carry nothing) and must read back."""
     from scipy.ndimage import gaussian_filter
 
-    from watermark_cli.io.image import MedicalImage
+    from watermark_cli.io.medical_image import MedicalImage
     from watermark_cli.marking.image import embed_pixels, read_frames
 
     loaded, codec = shipped

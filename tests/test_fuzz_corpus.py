@@ -41,7 +41,8 @@ import json, resource, sys, time, warnings
 resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]), int(sys.argv[1])))
 warnings.simplefilter("ignore")
 from watermark_cli.errors import WmError
-from watermark_cli.io.image import MedicalImage, read_image
+from watermark_cli.io.image import read_image
+from watermark_cli.io.medical_image import MedicalImage
 for line in sys.stdin:
     path = line.rstrip("\n")
     start = time.perf_counter()

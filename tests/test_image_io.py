@@ -23,15 +23,10 @@ from pydicom.pixels import pixel_array
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian
 
 from watermark_cli.errors import BadInputError
-from watermark_cli.io.image import (
-    DICOM_ELEMENTS_CHANGED_ON_WRITE,
-    SUPPORTED_SUFFIXES,
-    MedicalImage,
-    is_image_file,
-    iter_image_files,
-    read_image,
-    write_image,
-)
+from watermark_cli.io.dicom import DICOM_ELEMENTS_CHANGED_ON_WRITE
+from watermark_cli.io.discovery import is_image_file, iter_image_files
+from watermark_cli.io.image import read_image, write_image
+from watermark_cli.io.medical_image import SUPPORTED_SUFFIXES, MedicalImage
 
 
 def data_file(name: str) -> Path:

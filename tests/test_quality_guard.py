@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from skimage.metrics import peak_signal_noise_ratio
 
 from watermark_cli.guard import guard_frame, guard_image
-from watermark_cli.io.image import MedicalImage
+from watermark_cli.io.medical_image import MedicalImage
 from watermark_cli.quality import FrameMeter, QualityFloor, frame_meters, psnr
 from watermark_cli.views import StoredView, stored_range_view
 

@@ -262,7 +262,7 @@ def test_frames_in_reader_views_and_a_warm_start(tiny_data, tmp_path):
     """frame_views=reader trains on every frame in each view the floor holds in (a 16-bit PNG:
     its data range, so a crop spans [0, 1]); init_from starts from another run's weights and
     refuses a different architecture."""
-    from watermark_cli.io.image import collect_image_files
+    from watermark_cli.io.discovery import collect_image_files
     from watermark_cli.training.data import FramePool
 
     files = collect_image_files([tiny_data])[:2]

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 
 from watermark_cli.guard import guard_image
-from watermark_cli.io.image import MedicalImage, read_image
+from watermark_cli.io.image import read_image
+from watermark_cli.io.medical_image import MedicalImage
 from watermark_cli.quality import QualityFloor, frame_meters
 from watermark_cli.views import (CT_STANDARD_WINDOWS, Display, FrameDisplay, ModalityTransform, VoiLut, VoiWindow,
                                  reader_views)

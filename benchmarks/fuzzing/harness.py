@@ -143,7 +143,8 @@ def _child(conn, seeds_dir: str, run_seed: int, work_dir: str, limits: Limits) -
 
     warnings.simplefilter("ignore")
     from watermark_cli.errors import WmError
-    from watermark_cli.io.image import MedicalImage, read_image
+    from watermark_cli.io.image import read_image
+    from watermark_cli.io.medical_image import MedicalImage
 
     seeds = load_seeds(Path(seeds_dir))
     work = Path(work_dir)

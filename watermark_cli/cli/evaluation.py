@@ -48,7 +48,7 @@ def evaluate(
     With --classifier and --labels, also whether a diagnostic classifier scores watermarked images
     as it scores the originals. Writes report.json, per_image.csv, report.html and plots."""
     from ..attacks.codecs import parse_attack_list
-    from ..io.image import collect_image_files
+    from ..io.discovery import collect_image_files
     from ..evaluation.run import ClassifierCheck, EvaluationOptions, evaluate as run_evaluation
 
     floor = quality_floor(psnr_min, psnr_peak, psnr_domain, None)

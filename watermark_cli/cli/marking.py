@@ -13,10 +13,9 @@ from rich.table import Table
 from ..errors import BadInputError, CheckFailedError, NoWatermarkError
 from ..keys import resolve_key
 from .app import GracefulStop, app, emit_json, format_db, open_model, progress_bar, stderr, stdout
-from .options import (BATCH, INTEGRITY, KEY, OUTPUT, QUALITY, Compression, Engine, JsonOption, KeyFileOption,
-                      KeyOption, MaxPixelsOption, ModelOption, PsnrDomain, PsnrDomainOption, PsnrOption, PsnrPeak,
-                      PsnrPeakOption, RecipientOption, WindowOption, examples, message_bytes, parse_window,
-                      quality_floor)
+from .options import (BATCH, Compression, Engine, INTEGRITY, JsonOption, KEY, KeyFileOption, KeyOption, MaxPixelsOption,
+                      ModelOption, OUTPUT, PsnrDomain, PsnrDomainOption, PsnrOption, PsnrPeak, PsnrPeakOption, QUALITY,
+                      RecipientOption, WindowOption, examples, message_bytes, parse_window, quality_floor)
 
 
 @app.command(epilog=examples(
@@ -342,7 +341,7 @@ def extract(
 
     Exit 0: a valid, authenticated payload in every file (the message on stdout); 1: no valid
     watermark (never a garbled message); 2: bad input."""
-    from ..io.image import collect_image_files
+    from ..io.discovery import collect_image_files
     from ..io.isolation import IsolatedReader
     from ..keys import key_kind
     from ..marking.files import read_mark

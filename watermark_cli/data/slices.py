@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError
-from ..io.image import MedicalImage, read_image
+from ..io.image import read_image
+from ..io.medical_image import MedicalImage
 from ..io.writing import png_bytes, write_atomically
 from ..views import VoiView, reader_views
 from .clinical import clinical_files

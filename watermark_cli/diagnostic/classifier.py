@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError
-from ..io.image import MedicalImage
+from ..io.medical_image import MedicalImage
 from ..model.device import pick_device
 from ..model.store import CARD_FILE, PICKLED_WEIGHT_SUFFIXES, WEIGHTS_FILE, load_safetensors, read_yaml_card
 from .inputs import classifier_input

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError
-from ..io.image import iter_image_files
+from ..io.discovery import iter_image_files
 
 # Two class subfolders: the positive one is the folder with one of these names (any case) ...
 POSITIVE_FOLDER_NAMES = ("1", "positive", "lesion", "abnormal")

@@ -24,7 +24,9 @@ from ..attacks.codecs import Attack, FrameContext, parse_attack
 from ..diagnostic.check import compare_classifier
 from ..diagnostic.inputs import classifier_input
 from ..errors import BadInputError, WmError
-from ..io.image import MedicalImage, collect_image_files, read_image
+from ..io.discovery import collect_image_files
+from ..io.image import read_image
+from ..io.medical_image import MedicalImage
 from ..keys import key_kind
 from ..marking.image import codec_for, embed_pixels, image_false_positive_bound, read_frames
 from ..model.store import LoadedModel

@@ -22,7 +22,8 @@ import signal
 from pathlib import Path
 
 from ..errors import BadInputError, WmError
-from .image import DEFAULT_MAX_PIXELS, MedicalImage, read_image
+from .image import read_image
+from .medical_image import DEFAULT_MAX_PIXELS, MedicalImage
 
 #: A file that takes longer than this to decode is treated as a decoder that hangs.
 DECODE_TIMEOUT_S = 600.0

@@ -23,7 +23,8 @@ from pathlib import Path
 from .. import __version__
 from ..errors import BadInputError, WmError
 from ..io.audit import AuditLog
-from ..io.image import DEFAULT_MAX_PIXELS, JPEG_SUFFIXES, scan_folder
+from ..io.discovery import scan_folder
+from ..io.medical_image import DEFAULT_MAX_PIXELS, JPEG_SUFFIXES
 from ..io.writing import exclusive_folder, remove_stale_temporaries
 from ..payload import bytes_to_text
 from .files import EmbedResult, EmbedSettings, check_free_space, recovered_result

@@ -24,9 +24,11 @@ from ..integrity import containers
 from ..integrity.envelope import envelope, new_record_key, recipient_from_pem
 from ..integrity.record import seal
 from ..integrity.signature import load_signer
-from ..io.image import (DEFAULT_MAX_PIXELS, check_writable, dicom_high_bits, file_record, read_image, sniff_kind,
-                        write_image)
+from ..io.dicom import dicom_high_bits
+from ..io.discovery import sniff_kind
+from ..io.image import check_writable, file_record, read_image, write_image
 from ..io.isolation import IsolatedReader
+from ..io.medical_image import DEFAULT_MAX_PIXELS
 from ..keys import key_kind
 from ..model.store import load_model
 from ..quality import QualityFloor, frame_meters, image_quality, meets_floor

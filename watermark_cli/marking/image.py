@@ -14,7 +14,7 @@ import numpy as np
 from ..allocation import spread_over_views
 from ..errors import BadInputError
 from ..guard import GuardedFrame, guard_image
-from ..io.image import MedicalImage
+from ..io.medical_image import MedicalImage
 from ..model.inputs import MIN_SIDE, normalised_frames
 from ..model.store import LoadedModel
 from ..payload import DecodedPayload, LegacyPayloadCodec, PayloadCodec

@@ -23,8 +23,8 @@ from ..hashing import pixel_sha256
 from ..integrity.containers import dicom_envelopes, dicom_remove_record, dicom_restore_elements
 from ..integrity.envelope import is_envelope, open_envelope
 from ..integrity.record import RecordNotAuthenticError, RestorationRecord, changed_blocks, open_record
-from ..io.image import (DICOM_COMPRESSIONS, check_writable, compress_losslessly, file_record, read_image,
-                        set_native_pixel_data, write_image)
+from ..io.dicom import DICOM_COMPRESSIONS, compress_losslessly, set_native_pixel_data
+from ..io.image import check_writable, file_record, read_image, write_image
 from ..io.writing import write_atomically
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from ..io.image import MedicalImage
+    from ..io.medical_image import MedicalImage
 
 #: Frames smaller than this on a side carry too little anatomy to train or mark on.
 MIN_SIDE = 64

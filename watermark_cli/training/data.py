@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError
-from ..io.image import MedicalImage, read_image
+from ..io.image import read_image
+from ..io.medical_image import MedicalImage
 from ..model.inputs import MIN_SIDE, normalised_frames
 from ..views import reader_views
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from ..errors import BadInputError
-from ..io.image import collect_image_files
+from ..io.discovery import collect_image_files
 from ..model.device import pick_device
 from ..model.store import load_model, save_model
 from .artifacts import model_card, plot_metrics, write_metrics

@@ -1,0 +1,130 @@
+"""PNG and TIFF in and out, JPEG in (exports and attacked copies reach `wm extract` as JPEG;
+wm never writes a lossy format). Bit depth and range come from the sample type; colour is
+refused, except where all channels are equal (a gray image a viewer exported as RGB)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from ..errors import BadInputError
+from .medical_image import MedicalImage, check_declared_size
+
+# Pillow and tifffile are imported inside the functions that need them.
+
+
+def _gray_image(path: Path, pixels: np.ndarray, kind: str, photometric: str = "MONOCHROME2") -> MedicalImage:
+    """A MedicalImage for the non-DICOM formats: bit depth and range come from the dtype."""
+    info = np.iinfo(pixels.dtype)
+    return MedicalImage(
+        pixels=pixels, kind=kind, path=path, bits_stored=pixels.dtype.itemsize * 8,
+        stored_min=int(info.min), stored_max=int(info.max),
+        photometric=photometric, modality=None, source=None,
+    )
+
+
+def _png_header(path: Path) -> tuple[int, int, int, int]:
+    """(width, height, bit depth, colour type) from the IHDR chunk: read before Pillow, which
+    hides 16-bit colour by reducing it to 8."""
+    with open(path, "rb") as fh:
+        head = fh.read(33)
+    if len(head) < 33 or head[12:16] != b"IHDR":
+        raise BadInputError(f"{path}: corrupt PNG file (no IHDR header)")
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"), head[24], head[25]
+
+
+def read_png(path: Path, max_pixels: int) -> MedicalImage:
+    """8- or 16-bit grayscale PNG.
+
+    An 8-bit RGB/RGBA/gray+alpha/palette PNG is accepted as gray only when R == G == B and alpha
+    is opaque everywhere (common for gray images exported by viewers); it is written back as a
+    one-channel gray PNG with the same values. Any real colour is refused.
+    """
+    from PIL import Image
+
+    width, height, bit_depth, colour_type = _png_header(path)
+    check_declared_size(path, (height, width), max_pixels, "PNG ")
+    Image.MAX_IMAGE_PIXELS = None  # --max-pixels replaces Pillow's own bomb check
+    with Image.open(path) as img:
+        img.load()
+        if colour_type == 0:  # grayscale
+            if bit_depth not in (8, 16):
+                raise BadInputError(f"{path}: {bit_depth}-bit grayscale PNG is not supported (only 8 or 16 bits)")
+            pixels = np.asarray(img)
+            pixels = pixels.astype(np.uint8 if bit_depth == 8 else np.uint16)
+        else:
+            if bit_depth == 16:
+                raise BadInputError(f"{path}: 16-bit colour PNG images are not supported (grayscale only)")
+            rgba = np.asarray(img.convert("RGBA"))
+            if not _is_opaque_gray(rgba):
+                raise BadInputError(f"{path}: colour PNG images are not supported (grayscale only)")
+            pixels = rgba[..., 0].copy()
+    return _gray_image(path, pixels[np.newaxis], "png")
+
+
+def _is_opaque_gray(rgba: np.ndarray) -> bool:
+    return bool(np.all(rgba[..., 0] == rgba[..., 1]) and np.all(rgba[..., 0] == rgba[..., 2])
+                and np.all(rgba[..., 3] == np.iinfo(rgba.dtype).max))
+
+
+def read_tiff(path: Path, max_pixels: int) -> MedicalImage:
+    """8/16-bit (unsigned, or signed 16-bit) grayscale TIFF via tifffile; a 3-D stack is frames.
+
+    Only the first series is read (pyramids and thumbnails are ignored). MINISWHITE is reported
+    as MONOCHROME1 and kept on write, mirroring DICOM: stored values are never inverted.
+    """
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise BadInputError(f"{path}: TIFF file holds no image")
+        page = tif.series[0].pages[0]
+        photometric = int(page.photometric)
+        if page.samplesperpixel != 1 or photometric not in (0, 1):  # 0 MINISWHITE, 1 MINISBLACK
+            raise BadInputError(f"{path}: colour TIFF images are not supported (grayscale only)")
+        check_declared_size(path, tif.series[0].shape, max_pixels, "TIFF ")
+        pixels = tif.series[0].asarray()
+    if pixels.dtype not in (np.uint8, np.uint16, np.int16):
+        raise BadInputError(f"{path}: TIFF sample type {pixels.dtype} is not supported "
+                            "(only 8/16-bit integer grayscale)")
+    if pixels.ndim < 2:
+        raise BadInputError(f"{path}: TIFF image is not two-dimensional")
+    pixels = np.ascontiguousarray(pixels.reshape(-1, *pixels.shape[-2:]), dtype=pixels.dtype.newbyteorder("="))
+    return _gray_image(path, pixels, "tiff", "MONOCHROME1" if photometric == 0 else "MONOCHROME2")
+
+
+def read_jpeg(path: Path, max_pixels: int) -> MedicalImage:
+    """8-bit JPEG, read only: JPEG inputs are exported or attacked copies handed to `extract`.
+
+    Colour is tolerated here (unlike DICOM/PNG/TIFF) because an export may have been saved as
+    RGB: equal channels are taken as they are, otherwise the image is converted to luminance
+    (ITU-R 601, Pillow's 'L'), which is what the exporting viewer started from.
+    """
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None  # --max-pixels replaces Pillow's own bomb check, with its message
+    with Image.open(path) as img:
+        check_declared_size(path, img.size[::-1], max_pixels, "JPEG ")
+        img.load()
+        if img.mode == "L":
+            pixels = np.asarray(img).copy()
+        elif img.mode == "RGB":
+            rgb = np.asarray(img)
+            if np.all(rgb[..., 0] == rgb[..., 1]) and np.all(rgb[..., 0] == rgb[..., 2]):
+                pixels = rgb[..., 0].copy()
+            else:
+                pixels = np.asarray(img.convert("L")).copy()
+        else:
+            raise BadInputError(f"{path}: JPEG mode {img.mode} is not supported (8-bit gray or RGB only)")
+    return _gray_image(path, pixels.astype(np.uint8)[np.newaxis], "jpeg")
+
+
+def write_tiff(pixels: np.ndarray, photometric: str, fh: BinaryIO, extratags=()) -> None:
+    """Uncompressed TIFF; a single frame is written as a plain 2-D image, several as a stack."""
+    import tifffile
+
+    data = pixels[0] if pixels.shape[0] == 1 else pixels
+    tifffile.imwrite(fh, data, photometric="miniswhite" if photometric == "MONOCHROME1" else "minisblack",
+                     extratags=list(extratags))
