@@ -6,6 +6,7 @@ scripts/setup_env.sh installs; a missing one fails the caller with that advice.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -27,14 +28,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for(condition, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+def wait_for(condition, seconds: float, what: str, alive=None):
+    """Poll `condition` until it holds. `seconds` is the wait on an idle machine: a busy one gets
+    longer in proportion to its load (no fixed deadline that flakes), and `alive()` turning false
+    (a process that died) ends the wait at once."""
+    started = time.monotonic()
+    while True:
         value = condition()
         if value:
             return value
+        if alive is not None and not alive():
+            raise AssertionError(f"gave up waiting for {what}: the process exited")
+        load = os.getloadavg()[0] / (os.cpu_count() or 1)
+        waited = time.monotonic() - started
+        if waited > seconds * max(1.0, load):
+            raise AssertionError(f"timed out after {waited:.0f} s waiting for {what} (load {load:.1f} per core)")
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
 
 
 class Orthanc:
@@ -53,7 +62,8 @@ class Orthanc:
     def start(self) -> "Orthanc":
         log = open(self.folder / "orthanc.log", "ab")
         self.process = subprocess.Popen([tool("Orthanc"), str(self.config)], stdout=log, stderr=log)
-        wait_for(lambda: self._get("/system") is not None, 30, "Orthanc to start")
+        wait_for(lambda: self._get("/system") is not None, 30, "Orthanc to start",
+                 alive=lambda: self.process.poll() is None)
         return self
 
     def stop(self) -> None:

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +49,8 @@ class Node:
         log = open(self.log, "ab")
         self.process = subprocess.Popen([sys.executable, "-m", "watermark_cli", "serve", "--config", str(self.config)],
                                         stdout=log, stderr=log)
-        wait_for(lambda: self.events("listening")[self.starts:], 120, "wm serve to listen")
+        wait_for(lambda: self.events("listening")[self.starts:], 120, "wm serve to listen",
+                 alive=lambda: self.process.poll() is None)
         self.starts += 1
         return self
 
@@ -114,7 +114,10 @@ def check_arrived_once_and_marked(orthanc: Orthanc, node: Node, shipped, folder:
     loaded, codec = shipped
     originals = {str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID): path for path in study_files()}
     wait_for(lambda: len(orthanc.instances()) >= len(originals), 180, "every instance in Orthanc")
-    time.sleep(1.0)  # a duplicate would arrive now
+    # Every instance the node holds has been forwarded (its spool is empty): a duplicate would
+    # be in Orthanc by now, and be one "forwarded" line too many.
+    wait_for(lambda: node.process.poll() is not None or not list((node.folder / "spool" / "marked").glob("*.dcm")),
+             60, "the node's spool to empty")
     instances = orthanc.instances()
     assert len(instances) == len(originals)
     messages = {entry["sop_instance_uid"]: entry["message"] for entry in node.events("marked")}
