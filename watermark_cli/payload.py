@@ -68,9 +68,9 @@ from dataclasses import dataclass
 import numpy as np
 import reedsolo
 
-from watermark_cli.errors import BadInputError, MessageTooLongError
-from watermark_cli.keys import key_bytes
-from watermark_cli.polar import PolarCode
+from .errors import BadInputError, MessageTooLongError
+from .keys import key_bytes
+from .polar import PolarCode
 
 FORMAT = 2
 TAG_BITS = 40

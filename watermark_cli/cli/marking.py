@@ -13,9 +13,10 @@ from rich.table import Table
 from ..errors import BadInputError, CheckFailedError, NoWatermarkError
 from ..keys import resolve_key
 from .app import GracefulStop, app, emit_json, format_db, open_model, progress_bar, stderr, stdout
-from .options import (BATCH, Compression, Engine, INTEGRITY, JsonOption, KEY, KeyFileOption, KeyOption, MaxPixelsOption,
-                      ModelOption, OUTPUT, PsnrDomain, PsnrDomainOption, PsnrOption, PsnrPeak, PsnrPeakOption, QUALITY,
-                      RecipientOption, WindowOption, examples, message_bytes, parse_window, quality_floor)
+from .options import (BATCH, INTEGRITY, KEY, OUTPUT, QUALITY, Compression, Engine, EngineOption, JsonOption,
+                      KeyFileOption, KeyOption, MaxPixelsOption, ModelOption, PsnrDomain, PsnrDomainOption, PsnrOption,
+                      PsnrPeak, PsnrPeakOption, RecipientOption, SchedulerOption, WindowOption, examples, message_bytes,
+                      parse_window, quality_floor)
 
 
 @app.command(epilog=examples(
@@ -67,12 +68,8 @@ def embed(
     recipient: RecipientOption = None,
     workers: Annotated[int, typer.Option(
         "--workers", min=1, max=256, rich_help_panel=BATCH, help="Worker processes for a folder.")] = 1,
-    engine: Annotated[Engine, typer.Option(
-        "--engine", rich_help_panel=BATCH,
-        help="A folder: local (this machine's processes) or dask (a Dask cluster: --scheduler, or a LocalCluster "
-             "of --workers processes).")] = Engine.local,
-    scheduler: Annotated[Optional[str], typer.Option(
-        "--scheduler", rich_help_panel=BATCH, help="With --engine dask: a running scheduler (tcp://host:8786).")] = None,
+    engine: EngineOption = Engine.local,
+    scheduler: SchedulerOption = None,
     shard_spec: Annotated[Optional[str], typer.Option(
         "--shard", rich_help_panel=BATCH,
         help="I/N: mark only the deterministic I-th of N parts of a folder (0 <= I < N), for job arrays.")] = None,
@@ -326,12 +323,8 @@ def extract(
         help="Also accept marks in the payload format wm wrote before v2: unauthenticated, so anyone could have "
              "forged them.")] = False,
     max_pixels: MaxPixelsOption = 100_000_000,
-    engine: Annotated[Engine, typer.Option(
-        "--engine", rich_help_panel=BATCH,
-        help="Many files: local (this process) or dask (a Dask cluster: --scheduler, or a LocalCluster of --workers "
-             "processes).")] = Engine.local,
-    scheduler: Annotated[Optional[str], typer.Option(
-        "--scheduler", rich_help_panel=BATCH, help="With --engine dask: a running scheduler (tcp://host:8786).")] = None,
+    engine: EngineOption = Engine.local,
+    scheduler: SchedulerOption = None,
     workers: Annotated[int, typer.Option(
         "--workers", min=1, max=256, rich_help_panel=BATCH,
         help="With --engine dask and no --scheduler: LocalCluster worker processes.")] = 2,

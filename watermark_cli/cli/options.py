@@ -86,6 +86,14 @@ class Engine(str, Enum):
     dask = "dask"
 
 
+EngineOption = Annotated[Engine, typer.Option(
+    "--engine", rich_help_panel=BATCH,
+    help="Many files: local (this machine's processes) or dask (a Dask cluster: --scheduler, or a LocalCluster of "
+         "--workers processes).")]
+SchedulerOption = Annotated[Optional[str], typer.Option(
+    "--scheduler", rich_help_panel=BATCH, help="With --engine dask: a running scheduler (tcp://host:8786).")]
+
+
 class PsnrDomain(str, Enum):
     """Where the floor holds (design §1): every view a reader uses, the stored values, or one window."""
 

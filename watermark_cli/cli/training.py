@@ -10,8 +10,8 @@ import typer
 
 from ..errors import BadInputError
 from .app import GracefulStop, app, emit_json, print_summary_table, progress_bar, state, stderr
-from .options import (Device, DualOptimizer, JsonOption, Method, PenaltyShape, Preset, TauSchedule, TauScope,
-                      examples, value_of)
+from .options import (Device, DualOptimizer, JsonOption, Method, PenaltyShape, Preset, TauSchedule, TauScope, examples,
+                      value_of)
 
 
 @app.command(epilog=examples(

@@ -40,14 +40,8 @@ from dataclasses import dataclass
 import cooper
 import torch
 
-from .sequential_penalty import (
-    SHAPES,
-    ConstraintReport,
-    PenaltySchedule,
-    PerSampleConstraint,
-    SequentialPenalty,
-    batch_report,
-)
+from .sequential_penalty import (SHAPES, ConstraintReport, PenaltySchedule, PerSampleConstraint, SequentialPenalty,
+                                 batch_report)
 
 METHODS = ("sequential", "fixed", "lagrangian", "augmented-lagrangian", "projection")
 TAU_SCOPES = ("global", "per-sample")

@@ -34,11 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .clinical import clinical_files
 from ..errors import BadInputError
 from ..io.image import read_image
 from ..io.writing import csv_text, png_bytes, write_atomically
 from ..views import VoiView, reader_views
+from .clinical import clinical_files
 from .synthetic import KINDS, add_nodule, synth_image
 
 LESION_TASKS = ("nodules", "faint-brain")  # this module's task, and data.faint_lesions'

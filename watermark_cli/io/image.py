@@ -20,8 +20,8 @@ from ..errors import BadInputError
 from ..integrity import containers
 from .dicom import DICOM_COMPRESSIONS, read_dicom, write_dicom
 from .discovery import sniff_kind
-from .medical_image import (DEFAULT_MAX_PIXELS, DICOM_SUFFIXES, JPEG_SUFFIXES, MedicalImage, PNG_SUFFIXES,
-                            TIFF_SUFFIXES, one_line)
+from .medical_image import (DEFAULT_MAX_PIXELS, DICOM_SUFFIXES, JPEG_SUFFIXES, PNG_SUFFIXES, TIFF_SUFFIXES,
+                            MedicalImage, one_line)
 from .raster import read_jpeg, read_png, read_tiff, write_tiff
 from .writing import png_bytes, write_atomically
 

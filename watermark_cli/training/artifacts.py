@@ -11,10 +11,10 @@ import math
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from .config import TrainConfig, config_options
-from .data import FramePool
 from ..io.writing import csv_text, write_atomically
 from ..payload import PayloadCodec
+from .config import TrainConfig, config_options
+from .data import FramePool
 
 METRICS_FILE = "metrics.csv"
 PLOT_FILE = "metrics.png"

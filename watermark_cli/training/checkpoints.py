@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import TrainConfig, config_for_preset, config_options
-from .data import FramePool
 from ..errors import BadInputError
 from ..io.writing import write_atomically
 from ..model.store import load_torch_tensors
+from .config import TrainConfig, config_for_preset, config_options
+from .data import FramePool
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
