@@ -121,6 +121,10 @@ def test_failures_say_what_to_do(two_pngs, tmp_path):
     other = run_wm_here("extract", tmp_path / "other.dcm", "--json")
     assert other.code == 1 and "try --model wm-other-v9" in json.loads(other.stdout)["hint"]
     assert "try --model wm-other-v9" in one_line(other)
+    ds.DerivationDescription = "Invisible watermark embedded by wm 0.1.0, model \x1b]0;owned\x07"
+    ds.save_as(tmp_path / "hostile.dcm")  # the header is anyone's to write: no escape reaches a terminal
+    hostile = run_wm_here("extract", tmp_path / "hostile.dcm")
+    assert hostile.code == 1 and "\x1b" not in hostile.stderr and "--model" not in hostile.stderr
 
 
 def test_output_names_never_collide(tmp_path):

@@ -126,9 +126,10 @@ class MarkReading:
     hint: str | None = None  # where no mark was found but the file says wm marked it: what to try
 
 
-# What `embed` writes into a DICOM's Derivation Description (the model is named there).
+# What `embed` writes into a DICOM's Derivation Description (the model is named there). Read back
+# only as a plain model name: the header is anyone's to write, and a hint is printed to a terminal.
 _DERIVATION = "Invisible watermark embedded by wm {version}, model {model}"
-_DERIVATION_MODEL = re.compile(r"embedded by wm \S+, model (.+)$")
+_DERIVATION_MODEL = re.compile(r"embedded by wm \S+, model ([A-Za-z0-9][A-Za-z0-9._-]{0,63})$")
 
 
 def marked_by_hint(image, loaded) -> str | None:
