@@ -2,8 +2,9 @@
 two lanes of the suite.
 
 Lanes: `--lane fast` (what `bash scripts/test.sh` runs) leaves out the tests marked `slow` and
-fails any other test whose setup and call take more than WM_FAST_TEST_SECONDS (default 8) — so
-the fast lane stays fast as tests are added; `--lane all` (the default of a plain `pytest`, and
+fails any other test whose setup and call take more than WM_FAST_TEST_SECONDS (default 8; more
+in proportion on a machine loaded beyond one task per core) — so the fast lane stays fast as tests
+are added; `--lane all` (the default of a plain `pytest`, and
 what `bash scripts/test.sh --all` and CI run) runs every test, without the time guard.
 """
 
@@ -53,10 +54,15 @@ def pytest_runtest_makereport(item, call):
     spent[report.when] = report.duration
     if report.when == "call" and report.passed:
         total = spent.get("setup", 0.0) + report.duration
-        if total > FAST_TEST_SECONDS:
+        # A machine busier than one task per core (other lanes' processes, a cold disk) gets
+        # longer in proportion; an idle one holds a test to FAST_TEST_SECONDS.
+        load = os.getloadavg()[0] / (os.cpu_count() or 1)
+        allowed = FAST_TEST_SECONDS * max(1.0, load)
+        if total > allowed:
             report.outcome = "failed"
             report.longrepr = (f"{item.nodeid} took {total:.1f} s (setup {spent.get('setup', 0.0):.1f} s), over the "
-                               f"fast lane's {FAST_TEST_SECONDS:g} s: mark it @pytest.mark.slow or make it faster")
+                               f"fast lane's {allowed:.0f} s (load {load:.1f} per core): mark it @pytest.mark.slow "
+                               "or make it faster")
 
 
 _SPENT = pytest.StashKey[dict]()
