@@ -97,7 +97,7 @@ def test_an_empty_message_is_refused_and_a_created_output_folder_is_said(two_png
     assert f"created the output folder {target.parent}" in made.stderr
 
 
-def test_failures_say_what_to_do(two_pngs, tmp_path):
+def test_a_refused_mark_says_what_would_work(two_pngs, tmp_path):
     # The floor is named when it is what blocks the mark.
     high = run_wm_here("embed", two_pngs[0], "id-2", "--psnr-min", "80", "-o", tmp_path / "high.png")
     assert high.code == 1 and "floor of 80 dB" in one_line(high) and "lower --psnr-min" in one_line(high)
@@ -107,6 +107,9 @@ def test_failures_say_what_to_do(two_pngs, tmp_path):
     Image.fromarray(ct_slice()[:96, :96]).save(small)
     refused = run_wm_here("embed", small, "id-3")
     assert refused.code == 2 and "full-size image" in one_line(refused)
+
+
+def test_a_mark_not_found_says_which_key_or_model_to_try(two_pngs, tmp_path):
     # A wrong key: the file says wm marked it (its restoration record).
     keyed = tmp_path / "keyed.png"
     assert run_wm_here("embed", two_pngs[0], "id-4", "--key", "right", "-o", keyed).code == 0
@@ -154,3 +157,11 @@ def test_set_up_is_quiet_and_does_nothing_the_second_time():
     """The environment exists (the suite runs in it): the set-up command finds nothing to do."""
     done = subprocess.run(["bash", str(ROOT / "scripts/setup_env.sh")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout == "" and done.stderr == "", done.stderr
+
+
+def test_files_named_one_by_one_get_the_disk_check_a_folder_gets(two_pngs, tmp_path, monkeypatch):
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=2**20))
+    result = run_wm_here("embed", *two_pngs, "id-7", "-o", tmp_path / "out")
+    assert result.code == 2 and "not enough disk space for 2 output file(s)" in one_line(result)
+    assert not list((tmp_path / "out").glob("*.png"))

@@ -125,7 +125,7 @@ def embed(
             audit_log.check_writable()
             run.mark(batch, audit_log, workers, engine=engine, scheduler=scheduler, key_file=key_file)
         return
-    batch = plan_files(sources, output, overwrite)
+    batch = plan_files(sources, output, overwrite, max_pixels)
     audit_log = AuditLog(audit or default_audit_path(batch.jobs[0][1] if batch.jobs else sources[0], False))
     audit_log.check_writable()
     run.mark(batch, audit_log, workers)

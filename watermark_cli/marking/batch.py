@@ -66,9 +66,11 @@ class Batch:
     created_folder: Path | None = None  # the output folder this run created (said to the user)
 
 
-def plan_files(sources: list[Path], output: Path | None, overwrite: bool) -> Batch:
+def plan_files(sources: list[Path], output: Path | None, overwrite: bool,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Batch:
     """Jobs for files named one by one: each beside its input, or into the file `output` (one
-    input), or into the folder `output` (several inputs, or an existing folder), by its default name."""
+    input), or into the folder `output` (several inputs, or an existing folder), by its default
+    name; the disk checked as for a folder (against the first output's folder)."""
     created = None
     if output is not None and (len(sources) > 1 or output.is_dir()):
         if output.exists() and not output.is_dir():
@@ -83,6 +85,8 @@ def plan_files(sources: list[Path], output: Path | None, overwrite: bool) -> Bat
     batch = Batch(*_without_collisions(jobs), created_folder=created)
     if not overwrite:
         _set_aside_existing(batch)
+    if batch.jobs:
+        check_free_space([job[0] for job in batch.jobs], batch.jobs[0][1].parent, max_pixels)
     return batch
 
 
