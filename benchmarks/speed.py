@@ -58,7 +58,7 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}; model {model.name}")
     figures = {}
     for key, name, function in (
-        ("encoder", "encoder only", lambda: residual_for(model, image, bits)),
+        ("encoder", "encoder only", lambda: residual_for(model, image, bits, codec)),
         ("embed", "embed (encode + guard)",
          lambda: embed_pixels(model, codec, image, message, QualityFloor(40.0))),
         ("extract", "extract (decode + payload)", lambda: read_frames(model, codec, marked_frames)),

@@ -117,6 +117,9 @@ def test_a_mark_not_found_says_which_key_or_model_to_try(two_pngs, tmp_path):
     assert wrong.code == 1 and "the key may be wrong" in one_line(wrong)
     unmarked = run_wm_here("extract", two_pngs[1])  # nothing says wm marked it: no hint to chase
     assert unmarked.code == 1 and "key may be wrong" not in unmarked.stderr
+
+
+def test_a_header_naming_another_model_is_a_hint_and_never_a_terminal_escape(tmp_path):
     # Another model: the DICOM header names the model that marked it.
     ds = pydicom.dcmread(get_testdata_file("693_UNCR.dcm"))
     ds.DerivationDescription = "Invisible watermark embedded by wm 0.1.0, model wm-other-v9"

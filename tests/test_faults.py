@@ -35,7 +35,7 @@ def data_file(name: str) -> Path:
     return Path(get_testdata_file(name))
 
 
-def a_png(path: Path, seed: int, side: int = 160) -> Path:
+def a_png(path: Path, seed: int, side: int = 384) -> Path:
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -308,7 +308,7 @@ def _batch_folder(root: Path, count: int) -> Path:
     folder = root / "in"
     folder.mkdir()
     for index in range(count):
-        a_png(folder / f"img{index:02d}.png", 100 + index, side=128)
+        a_png(folder / f"img{index:02d}.png", 100 + index)
     return folder
 
 

@@ -36,6 +36,7 @@ def test_a_wheel_installed_into_a_fresh_venv_marks_with_its_own_default_model(tm
         names = set(archive.namelist())
     assert "watermark_cli/shipped_models/default/weights.safetensors" in names
     assert "watermark_cli/shipped_models/default/card.yaml" in names
+    assert "watermark_cli/shipped_models/wm-default-v2/weights.safetensors" in names  # its marks stay readable
     # pyproject lists the packages (one maps to models/): no folder of the package is left out.
     folders = {str(p.parent.relative_to(ROOT)).replace("/", ".") for p in (ROOT / "watermark_cli").rglob("__init__.py")}
     assert folders <= {name.rsplit("/", 1)[0].replace("/", ".") for name in names if name.endswith("__init__.py")}

@@ -167,6 +167,12 @@ def _punctured_positions(n_code: int, count: int) -> tuple[int, ...]:
     return tuple(sorted(reversed_order[:count]))
 
 
+def field_seed(key: str | bytes | None) -> bytes:
+    """The seed of the key field a keyed model multiplies its mark by: HMAC-SHA256 of the key
+    under its own label, so the field reveals nothing of the tag, encryption or pad keys."""
+    return hmac.new(key_bytes(key), b"wm-key-field-v1", hashlib.sha256).digest()
+
+
 class PayloadCodec:
     """Turns messages into a model's raw bits and back (format 2; see the module docstring).
 
@@ -187,6 +193,8 @@ class PayloadCodec:
         self._encryption_key = hmac.new(secret, _LABEL + b" encryption", hashlib.sha256).digest()
         pad_key = hmac.new(secret, _LABEL + b" pad", hashlib.sha256).digest()
         self._pad = _bits(_stream(pad_key, b"", (self.n_bits + 7) // 8), self.n_bits)
+        #: The seed of a keyed model's key field (model/key_field.py), derived under its own label.
+        self.field_seed = field_seed(secret)
         code = self.classes[0].code
         self._sent = np.setdiff1d(np.arange(code.n), np.asarray(code.punctured, dtype=np.int64))
 

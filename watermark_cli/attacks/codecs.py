@@ -195,6 +195,11 @@ class Attack:
     window: tuple[float, float] | None = None  # window8:C,W: export through this window instead
     then: tuple["Attack", ...] = ()
 
+    @property
+    def exports_8bit(self) -> bool:
+        """Whether the decoder receives an 8-bit export (0..255, a file of its own), not stored values."""
+        return self.function in (window_8bit, jpeg) or any(step.exports_8bit for step in self.then)
+
     def __call__(self, frame: np.ndarray, context: FrameContext) -> np.ndarray:
         if self.window is not None:
             context = replace(context, view=_window_view(self.window, context, frame))

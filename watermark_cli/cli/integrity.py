@@ -82,7 +82,7 @@ def verify(
     intact and proved (a secret key or a signature); 1 tampered, no mark or no record (integrity
     unknown); 2 bad input."""
     from ..io.image import read_image
-    from ..marking.image import codec_for
+    from ..marking.image import codec_for, older_readers
     from ..marking.verification import verify_image, write_change_map
 
     if len(inputs) == 1 and not inputs[0].is_file():
@@ -93,11 +93,12 @@ def verify(
     opener = recipient_for_opening(recipient, recipient_key)
     loaded = open_model(model)
     codec = codec_for(loaded, secret)
+    older = older_readers(loaded, secret)
     problems, unreadable = [], 0
     for path in inputs:
         try:
             image = read_image(path, max_pixels)
-            result = verify_image(image, secret, loaded, codec, opener)
+            result = verify_image(image, secret, loaded, codec, opener, older)
             if change_map is not None:
                 write_change_map(image, result, change_map)
         except WmError as error:  # one bad file never stops the others

@@ -338,7 +338,7 @@ def extract(
     from ..io.isolation import IsolatedReader
     from ..keys import key_kind
     from ..marking.files import read_mark
-    from ..marking.image import codec_for, legacy_codec_for
+    from ..marking.image import codec_for, legacy_codec_for, older_readers
 
     check_engine(engine, scheduler)
     files = collect_image_files(inputs)
@@ -367,8 +367,9 @@ def extract(
             loaded = open_model(model)
             codec = codec_for(loaded, secret)
             legacy = legacy_codec_for(loaded, secret)
+            older = older_readers(loaded, secret)
             for path in files:
-                reading = read_mark(path, reader.read, loaded, codec, legacy, accept_format_1)
+                reading = read_mark(path, reader.read, loaded, codec, legacy, accept_format_1, older)
                 outcomes[_report_mark(reading, kind, json_output, single, hints)] += 1
     missing, bad = outcomes["missing"], outcomes["bad"]
     if bad:
@@ -399,6 +400,8 @@ def _report_mark(reading, kind: str, json_output: bool, single: bool, hints: lis
                    "confidence": round(decoded.confidence, 4), "bit_errors": decoded.bit_errors,
                    "format": decoded.format if decoded.found else None,
                    "authenticated": decoded.authenticated and kind == "custom", "key": kind,
+                   "protected": decoded.found and kind == "custom" and reading.unprotected_model is None,
+                   **({"model": reading.unprotected_model} if reading.unprotected_model else {}),
                    **({"hint": reading.hint} if reading.hint else {}),
                    **({"format_1_mark": True} if reading.format_1_seen else {})})
     elif single:
@@ -411,6 +414,10 @@ def _report_mark(reading, kind: str, json_output: bool, single: bool, hints: lis
         shown = (escape(text) + (" (format 1, unauthenticated)" if decoded.format == 1 else "") if decoded.found
                  else "[yellow]no watermark[/]" + (f" ({escape(reading.hint)})" if reading.hint else ""))
         stdout.print(f"{escape(str(path))}: {shown}", highlight=False, soft_wrap=True)
+    if reading.unprotected_model:
+        stderr.print(f"[yellow]warning:[/] {escape(str(path))}: marked by {reading.unprotected_model}, a model whose "
+                     "marks do not depend on the key: anyone with wm can read, remove or copy it; mark the original "
+                     "again with the current model", highlight=False, soft_wrap=True)
     if reading.format_1_seen:
         stderr.print(f"{escape(str(path))}: holds a mark in the old payload format 1 (unauthenticated); read it with "
                      "--accept-format-1", highlight=False, soft_wrap=True)

@@ -11,7 +11,7 @@ from .options import JsonOption
 @app.command()
 def models(json_output: JsonOption = False) -> None:
     """List the shipped models and their payload capacity."""
-    from ..model.store import read_card, shipped_models_folder
+    from ..model.store import is_keyed, read_card, shipped_models_folder
 
     from ..marking.image import smallest_markable_side
 
@@ -22,15 +22,19 @@ def models(json_output: JsonOption = False) -> None:
         rows.append({"name": card_folder.name, "path": str(card_folder), "raw_bits": card["payload"]["raw_bits"],
                      "capacity_bytes": card["payload"]["capacity_bytes"],
                      "smallest_side_px": smallest_markable_side(int(card["architecture"].get("tile", 32))),
-                     "psnr_min_db": card.get("quality_floor", {}).get("psnr_min_db")})
+                     "psnr_min_db": card.get("quality_floor", {}).get("psnr_min_db"),
+                     # Keyed: without the key a mark cannot be read, removed or copied (README, Security).
+                     "keyed": is_keyed(card),
+                     "card_name": card.get("name")})
     if json_output:
         for row in rows:
             emit_json(row)
         return
     table = Table(title=f"models in {folder}")
-    for column in ("name", "raw bits", "capacity (bytes)", "smallest frame (px)", "trained floor (dB)"):
+    for column in ("name", "model", "keyed", "raw bits", "capacity (bytes)", "smallest frame (px)", "trained floor (dB)"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["name"], str(row["raw_bits"]), str(row["capacity_bytes"]), str(row["smallest_side_px"]),
+        table.add_row(row["name"], str(row["card_name"]), "yes" if row["keyed"] else "no (marks unprotected)",
+                      str(row["raw_bits"]), str(row["capacity_bytes"]), str(row["smallest_side_px"]),
                       str(row["psnr_min_db"]))
     stdout.print(table if rows else f"no models in {folder}")

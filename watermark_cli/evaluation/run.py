@@ -28,7 +28,8 @@ from ..io.discovery import collect_image_files
 from ..io.image import read_image
 from ..io.medical_image import MedicalImage
 from ..keys import key_kind
-from ..marking.image import codec_for, embed_pixels, image_false_positive_bound, read_frames
+from ..marking.image import (codec_for, embed_pixels, export_thresholds, image_false_positive_bound, read_frames,
+                             sign_thresholds)
 from ..model.store import LoadedModel
 from ..quality import QualityFloor, image_quality
 from .report import write_report
@@ -135,7 +136,8 @@ def evaluate_images(
         try:
             image = load()
             clean_tries += 1
-            false_positives += int(read_frames(model, codec, image.pixels).decoded.found)
+            thresholds = sign_thresholds(image)  # what `wm extract` reading the file would use
+            false_positives += int(read_frames(model, codec, image.pixels, thresholds=thresholds).decoded.found)
             for index, (message, raw_bits) in enumerate(zip(messages, encoded)):
                 outcome = embed_pixels(model, codec, image, message, options.floor, options.window)
                 guard_acted += int(outcome.guard_acted)
@@ -158,7 +160,8 @@ def evaluate_images(
                 for attack in options.attacks:
                     attacked = np.stack([attack(frame, context) for frame, context in
                                          zip(outcome.pixels.astype(np.float64), contexts)])
-                    reading = read_frames(model, codec, attacked)
+                    received = export_thresholds(len(attacked)) if attack.exports_8bit else thresholds
+                    reading = read_frames(model, codec, attacked, thresholds=received)
                     probabilities, decoded = reading.probabilities, reading.decoded
                     rows.append({
                         "path": path, "message_index": index, "message_bytes": len(message), "attack": attack.label,

@@ -30,7 +30,7 @@ from ..io.isolation import IsolatedReader
 from ..keys import KeyFileReference
 from ..model.store import load_model
 from .files import EmbedSettings, FileOutcome, MarkReading, _run_one, read_mark, recovered_result
-from .image import codec_for, legacy_codec_for
+from .image import codec_for, legacy_codec_for, older_readers
 
 _IN_FLIGHT_PER_WORKER = 4
 _PLUGIN_NAME = "wm-marking"
@@ -89,10 +89,10 @@ class MarkingPlugin(_ModelPlugin):
 
 
 class ReadingPlugin(_ModelPlugin):
-    """For `wm extract`: the current codec and, for the format-1 hint, the legacy one."""
+    """For `wm extract`: the current codec, the older models' and, for the format-1 hint, the legacy one."""
 
     def _more_state(self, loaded, key) -> dict:
-        return {"legacy": legacy_codec_for(loaded, key)}
+        return {"legacy": legacy_codec_for(loaded, key), "older": older_readers(loaded, key)}
 
 
 def _worker_state() -> dict:
@@ -120,7 +120,8 @@ def mark_on_worker(source: str, destination: str) -> FileOutcome:
 def read_mark_on_worker(source: str, accept_format_1: bool) -> MarkReading:
     """One file's mark, read on a worker (the task's payload: a path and a flag)."""
     state = _worker_state()
-    return read_mark(Path(source), state["read"], state["loaded"], state["codec"], state["legacy"], accept_format_1)
+    return read_mark(Path(source), state["read"], state["loaded"], state["codec"], state["legacy"], accept_format_1,
+                     state["older"])
 
 
 # ---- on the client ---------------------------------------------------------------------------

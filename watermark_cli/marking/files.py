@@ -32,7 +32,7 @@ from ..io.medical_image import DEFAULT_MAX_PIXELS
 from ..keys import key_kind
 from ..model.store import load_model
 from ..quality import QualityFloor, frame_meters, image_quality, meets_floor
-from .image import codec_for, embed_pixels, extract_payload
+from .image import codec_for, embed_pixels, extract_payload, read_any_mark
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,9 @@ class MarkReading:
     error: str | None = None
     exit_code: int = 0
     hint: str | None = None  # where no mark was found but the file says wm marked it: what to try
+    # The older, unkeyed model that wrote the mark found (`image.read_older_mark`), else None:
+    # the mark is authentic under the key but protects nothing (anyone can read, strip, copy it).
+    unprotected_model: str | None = None
 
 
 # What `embed` writes into a DICOM's Derivation Description (the model is named there). Read back
@@ -147,13 +150,14 @@ def marked_by_hint(image, loaded) -> str | None:
     return None
 
 
-def read_mark(source: Path, read, loaded, codec, legacy, accept_format_1: bool) -> MarkReading:
-    """Read one file's mark with `codec`; where none is found, look for a format-1 mark with
-    `legacy` (accepted only with `accept_format_1`, else reported as seen). Never raises a
-    WmError: a file that cannot be read is a MarkReading with its error."""
+def read_mark(source: Path, read, loaded, codec, legacy, accept_format_1: bool, older=()) -> MarkReading:
+    """Read one file's mark with `codec`; where none is found, a mark of an `older` unkeyed
+    model (`image.older_readers`), then a format-1 mark with `legacy` (accepted only with
+    `accept_format_1`, else reported as seen). Never raises a WmError: a file that cannot be
+    read is a MarkReading with its error."""
     try:
         image = read(source)
-        decoded = extract_payload(loaded, codec, image)
+        decoded, unprotected = read_any_mark(loaded, codec, image, older)
         old = None
         if not decoded.found and legacy is not None:
             old = extract_payload(loaded, legacy, image, full_search=accept_format_1)
@@ -162,7 +166,8 @@ def read_mark(source: Path, read, loaded, codec, legacy, accept_format_1: bool) 
         hint = marked_by_hint(image, loaded) if not decoded.found else None
     except WmError as error:
         return MarkReading(source, error=str(error), exit_code=error.exit_code)
-    return MarkReading(source, decoded, format_1_seen=old is not None and old.found, hint=hint)
+    return MarkReading(source, decoded, format_1_seen=old is not None and old.found, hint=hint,
+                       unprotected_model=unprotected)
 
 
 def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded, codec,

@@ -16,10 +16,13 @@ from ..errors import BadInputError
 from ..guard import GuardedFrame, guard_image
 from ..io.medical_image import MedicalImage
 from ..model.inputs import MIN_SIDE, normalised_frames
-from ..model.store import LoadedModel
+from ..model.key_field import host_signs, key_field
+from ..model.store import LoadedModel, load_model
 from ..payload import DecodedPayload, LegacyPayloadCodec, PayloadCodec
 from ..quality import FrameMeter, QualityFloor, frame_meters
-from .synchronisation import estimate_rotation, estimate_tile_period, mark_autocorrelation, resample, rotate
+from ..views import reader_views
+from .synchronisation import (estimate_rotation, estimate_rotation_by_pilot, estimate_scale_by_pilot,
+                              estimate_tile_period, locate_key_field, mark_autocorrelation, resample, rotate)
 
 
 # Marking needs this many whole tiles along each side: the decoder folds (averages) the tiles,
@@ -66,16 +69,57 @@ def _as_tensor(frames: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).unsqueeze(1)
 
 
-def residual_for(model: LoadedModel, image: MedicalImage, raw_bits: np.ndarray) -> np.ndarray:
-    """The encoder's residual in stored units, (frames, rows, cols) float64."""
+# A mark is carried only where the host's own content owns the sign of its secret band-pass
+# (`key_field.host_signs`): where that exceeds 3 times what a pasted pattern could give it.
+# A paste at 40 dB in the view a reader sees has an RMS of 1 % of that view's peak, and the
+# band-pass (unit norm) gives noise of RMS σ a response of RMS σ: 3 % of the narrowest view's
+# peak. Where the host is flatter than that, a mark could be copied from another image
+# together with the content that owned its signs, so none is put there.
+_SIGN_OWNERSHIP = 3 * 10 ** (-40 / 20)
+
+
+def sign_thresholds(image: MedicalImage) -> np.ndarray:
+    """Per frame, in stored units: the band-pass size above which the host owns its signs
+    (`_SIGN_OWNERSHIP` of the narrowest view a reader uses for that frame)."""
+    return np.array([_SIGN_OWNERSHIP * min(view.stored_span for view in reader_views(image, index))
+                     for index in range(image.n_frames)])
+
+
+def export_thresholds(n_frames: int) -> np.ndarray:
+    """`sign_thresholds` of an 8-bit export (PNG, JPEG): its one view is the stored 0..255."""
+    return np.full(n_frames, _SIGN_OWNERSHIP * 255.0)
+
+
+def field_for(model: LoadedModel, codec: PayloadCodec, frame: np.ndarray, threshold: float,
+              top: int = 0, left: int = 0):
+    """The field (1, 1, rows, cols) a keyed model marks and reads `frame` with, None for an
+    unkeyed model: the key field over the frame's region of the marked image's canvas (it sits
+    at `top`, `left` there), bound to the frame's content (`key_field.host_signs` above
+    `threshold`, in the frame's units)."""
+    config = model.model.config
+    if not config.keyed:
+        return None
+    rows, cols = frame.shape[-2:]
+    field = key_field(codec.field_seed, rows, cols, config.key_field_sigma, top, left)
+    return _as_tensor((field * host_signs(codec.field_seed, frame, threshold))[None])
+
+
+def residual_for(model: LoadedModel, image: MedicalImage, raw_bits: np.ndarray,
+                 codec: PayloadCodec | None = None) -> np.ndarray:
+    """The encoder's residual in stored units, (frames, rows, cols) float64. A keyed model needs
+    the codec, whose key gives the key field."""
     import torch
 
     frames = normalised_frames(image)
     bits = torch.from_numpy(np.asarray(raw_bits, dtype=np.float32)).unsqueeze(0)
+    if model.model.config.keyed and codec is None:
+        raise ValueError("a keyed model's residual needs the codec (the key field comes from its key)")
+    thresholds = sign_thresholds(image) / float(image.stored_max - image.stored_min)  # in normalised units
     residuals = []
     with torch.inference_mode():
-        for frame in frames:
-            residuals.append(model.model.encoder(_as_tensor(frame[None]), bits)[0, 0].numpy())
+        for frame, threshold in zip(frames, thresholds):
+            field = field_for(model, codec, frame, threshold) if codec is not None else None
+            residuals.append(model.model.encoder(_as_tensor(frame[None]), bits, field)[0, 0].numpy())
     span = float(image.stored_max - image.stored_min)
     residual = np.stack(residuals).astype(np.float64) * span
     return confine_to_unclipped(residual, image.pixels, image.stored_min, image.stored_max,
@@ -141,7 +185,7 @@ def embed_pixels(
     check_image_size(image, smallest_markable_side(model.model.config.tile))
     meters = frame_meters(image, floor, window)  # before the encoder runs: a bad domain fails fast
     raw_bits = codec.encode(message)
-    residual = residual_for(model, image, raw_bits)
+    residual = residual_for(model, image, raw_bits, codec)
     residual = np.stack([spread_over_views(r, frame, meter, floor.psnr_min)
                          for r, frame, meter in zip(residual, image.pixels, meters)])
     guarded = guard_image(image.pixels, residual, floor, meters, stored_min=image.stored_min,
@@ -189,11 +233,15 @@ POLARITIES_TRIED = 2
 DECODES_PER_IMAGE = OFFSETS_TRIED * GEOMETRIES_TRIED * POLARITIES_TRIED
 
 
-def image_false_positive_bound(codec: PayloadCodec) -> float:
+#: Payload decodes per older model whose marks are read too (`read_older_mark`: uncropped only).
+OLDER_MODEL_DECODES = POLARITIES_TRIED
+
+
+def image_false_positive_bound(codec: PayloadCodec, older_models: int = 0) -> float:
     """Union bound on reporting a payload in an image that holds none for this key, over every
     decode `read_frames` may make (the uncropped fast path repeats offset (0, 0) of the first
-    search with the same logits, so it adds nothing)."""
-    return DECODES_PER_IMAGE * codec.false_positive_bound
+    search with the same logits, so it adds nothing), and those of `older_models` read after it."""
+    return (DECODES_PER_IMAGE + older_models * OLDER_MODEL_DECODES) * codec.false_positive_bound
 
 
 def _logits_by_offset(model: LoadedModel, frames: np.ndarray) -> np.ndarray:
@@ -213,17 +261,37 @@ def _ranked_offsets(every_offset: np.ndarray) -> list[tuple[int, int]]:
     return [divmod(int(i), tile) for i in np.argsort(-score)[:OFFSETS_TRIED]]
 
 
-def _read_uncropped(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, rescaled_by) -> Reading:
-    """The common case, an image that was not cropped: one plain decoder pass at grid offset
-    (0, 0), without the FFT over every offset."""
+def _logits_at(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, thresholds: np.ndarray,
+               offset: tuple[int, int], features: list[np.ndarray] | None = None) -> np.ndarray:
+    """The decoder's logits for `frames` cut from the marked image at `offset` (rows, cols),
+    averaged over frames (they share a crop); a keyed model reads with its field there (bound
+    to each frame's content above its threshold, `field_for`). `features`: the frames' feature
+    maps (`_feature_maps`), when already computed."""
     import torch
 
+    decoder = model.model.decoder
+    if features is None:
+        features = [_feature_maps(model, frame) for frame in frames]
     with torch.inference_mode():
-        logits = torch.stack([model.model.decoder(_as_tensor(frame[None]))[0] for frame in frames]).mean(dim=0)
-    return _decode_logits(codec, logits.numpy().astype(np.float64), (0, 0), rescaled_by)
+        logits = torch.stack([decoder.logits_from_features(torch.from_numpy(maps.astype(np.float32))[None],
+                                                           field_for(model, codec, frame, threshold, *offset), offset)[0]
+                              for frame, threshold, maps in zip(frames, thresholds, features)])
+    return logits.mean(dim=0).numpy().astype(np.float64)
 
 
-def _read_at_offsets(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, rescaled_by) -> Reading:
+def _read_uncropped(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, thresholds: np.ndarray,
+                    rescaled_by, origin: tuple[int, int] = (0, 0), features=None) -> Reading:
+    """The common case, an image that was not cropped: one plain decoder pass, without the
+    search over offsets. `origin`: where `frames` sit in the image (its centre region), which a
+    keyed model's field must be drawn at; an unkeyed model reads its grid at (0, 0)."""
+    offset = origin if model.model.config.keyed else (0, 0)
+    return _decode_logits(codec, _logits_at(model, codec, frames, thresholds, offset, features), offset, rescaled_by)
+
+
+def _read_at_offsets(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, thresholds: np.ndarray,
+                     rescaled_by, origin: tuple[int, int] = (0, 0), features=None) -> Reading:
+    if model.model.config.keyed:
+        return _read_keyed_at_offsets(model, codec, frames, thresholds, rescaled_by, origin, features)
     every_offset = _logits_by_offset(model, frames)
     ranked = _ranked_offsets(every_offset)
     # (0, 0) first, since most images are not cropped and the score can be fooled.
@@ -238,6 +306,47 @@ def _read_at_offsets(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray
     return next(r for r in readings if r.grid_offset == ranked[0])
 
 
+_ORIGIN_SLACK = 8
+
+
+def _feature_maps(model: LoadedModel, frame: np.ndarray) -> np.ndarray:
+    """(K, rows, cols): the decoder's feature maps of one frame, what the keyed reader finds
+    its pilots in. They respond to the mark far more cleanly than a plain high-pass (256²
+    slices cut from training files: a crop's true shift ranks first or second of ~9,400 where
+    the high-pass left it in the hundreds; a 0.75 resize is the best spectral fit in 24 of 24
+    where the high-pass found it in 18)."""
+    import torch
+
+    from ..model.networks import standardise
+
+    with torch.inference_mode():
+        return model.model.decoder.features(standardise(_as_tensor(frame[None])))[0].numpy().astype(np.float64)
+
+
+def _read_keyed_at_offsets(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, thresholds: np.ndarray,
+                           rescaled_by, origin: tuple[int, int], features=None) -> Reading:
+    """A keyed mark: at `origin`, then where the key's pilot says the frames were cut from (a
+    crop moves them further from the marked image's top-left, never closer)."""
+    config = model.model.config
+    if features is None:
+        features = [_feature_maps(model, frame) for frame in frames]
+    # From a little before `origin`: after a resize it is known only to a few px.
+    base = (max(0, origin[0] - _ORIGIN_SLACK), max(0, origin[1] - _ORIGIN_SLACK))
+    responses = np.mean([maps * host_signs(codec.field_seed, frame, threshold)
+                         for frame, threshold, maps in zip(frames, thresholds, features)], axis=0)
+    located = [offset for offset in locate_key_field(responses,
+                                                     codec.field_seed, config.key_field_sigma, OFFSETS_TRIED, base)
+               if offset != origin][: OFFSETS_TRIED - 1]
+    readings = []
+    for offset in [origin] + located:
+        reading = _decode_logits(codec, _logits_at(model, codec, frames, thresholds, offset, features), offset,
+                                 rescaled_by)
+        if reading.decoded.found:
+            return reading
+        readings.append(reading)
+    return readings[1] if len(readings) > 1 else readings[0]
+
+
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * logits))
 
@@ -247,54 +356,132 @@ def _sigmoid(logits: np.ndarray) -> np.ndarray:
 DECODE_REGION = 1024
 
 
+def _centre_origin(shape: tuple[int, int], size: int) -> tuple[int, int]:
+    """Where the centre region of `size` px of an image of `shape` starts (rows, cols)."""
+    return max(0, (shape[0] - size) // 2), max(0, (shape[1] - size) // 2)
+
+
 def _centre_region(frames: np.ndarray, size: int) -> np.ndarray:
-    rows, cols = frames.shape[-2:]
-    top = max(0, (rows - size) // 2)
-    left = max(0, (cols - size) // 2)
+    top, left = _centre_origin(frames.shape[-2:], size)
     return frames[..., top : top + size, left : left + size]
 
 
-def read_frames(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, quick: bool = False) -> Reading:
+def read_frames(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, quick: bool = False,
+                thresholds: np.ndarray | None = None) -> Reading:
     """Decode (frames, rows, cols) in any intensity unit: first as they are (any crop offset);
     if no payload is found, rescaled back when the mark's period says the image was resized,
     then turned back when its lattice says the image was rotated. `quick` tries the uncropped
-    grid alone (one decoder pass)."""
-    frames = _centre_region(np.asarray(frames, dtype=np.float64), DECODE_REGION)
+    grid alone (one decoder pass). `thresholds`: per frame, in the frames' unit, where a keyed
+    mark's host owns its signs (`sign_thresholds` of the image read); by default that of the
+    frames' data range, the widest view (a narrower one, a CT window, reads more of the mark)."""
+    frames = np.asarray(frames, dtype=np.float64)
+    if thresholds is None and frames.ndim == 3:
+        thresholds = _SIGN_OWNERSHIP * np.maximum(np.ptp(frames.reshape(len(frames), -1), axis=1), 1e-12)
+    origin = _centre_origin(frames.shape[-2:], DECODE_REGION) if frames.ndim == 3 else (0, 0)
+    frames = _centre_region(frames, DECODE_REGION)
     tile = model.model.config.tile
     if frames.ndim != 3 or min(frames.shape[-2:]) < tile:
         # Less than one whole tile (e.g. a tiny image or a heavy crop): nothing can be read.
         return Reading(np.full(model.n_bits, 0.5), DecodedPayload.not_found(), (0, 0), (1.0, 1.0))
-    frames = (frames / max(float(np.abs(frames).max()), 1.0)).astype(np.float32)  # units do not matter
+    unit = max(float(np.abs(frames).max()), 1.0)
+    frames = (frames / unit).astype(np.float32)  # units do not matter
+    thresholds = np.asarray(thresholds, dtype=np.float64) / unit
     # Offset (0, 0) is decoded here and again inside the offset search when this fails: the
     # same bits give the same answer, so the false-positive bound does not change.
-    uncropped = _read_uncropped(model, codec, frames, (1.0, 1.0))
+    # A keyed reader needs the decoder's feature maps for every offset it tries and for its
+    # pilots: computed once here (the convolutions are most of a read's time).
+    features = [_feature_maps(model, frame) for frame in frames] if model.model.config.keyed else None
+    uncropped = _read_uncropped(model, codec, frames, thresholds, (1.0, 1.0), origin, features)
     if uncropped.decoded.found or quick:
         return uncropped
-    first = _read_at_offsets(model, codec, frames, (1.0, 1.0))
+    first = _read_at_offsets(model, codec, frames, thresholds, (1.0, 1.0), origin, features)
     if first.decoded.found:
         return first
-    correlation = mark_autocorrelation(frames[0])
-    period = estimate_tile_period(frames[0], tile, correlation)
+    # An unkeyed mark's period and angle come from its autocorrelation; a keyed one's from its pilot.
+    correlation = None if model.model.config.keyed else mark_autocorrelation(frames[0])
+    period = _tile_period(model, frames[0], correlation, features[0] if features else None)
     if period is not None and max(abs(p / tile - 1.0) for p in period) >= 0.005:
         factors = (tile / period[0], tile / period[1])
         region = round(DECODE_REGION / max(factors))
+        # Where the rescaled frames sit in the marked image (a keyed field is drawn there).
+        inner = _centre_origin(frames.shape[-2:], region)
+        rescaled_origin = (round((origin[0] + inner[0]) * factors[0]), round((origin[1] + inner[1]) * factors[1]))
         rescaled = np.stack([resample(frame, *factors) for frame in _centre_region(frames, region)]).astype(np.float32)
         if min(rescaled.shape[-2:]) >= tile:
-            second = _read_at_offsets(model, codec, rescaled, factors)
+            second = _read_at_offsets(model, codec, rescaled, thresholds, factors, rescaled_origin)
             if second.decoded.found:
                 return second
-    degrees = estimate_rotation(frames[0], tile, correlation)
+    degrees = _rotation(model, frames[0], correlation, features[0] if features else None)
     if degrees is not None:
         turned = np.stack([rotate(frame, degrees) for frame in frames]).astype(np.float32)
-        third = _read_at_offsets(model, codec, turned, (1.0, 1.0))
+        third = _read_at_offsets(model, codec, turned, thresholds, (1.0, 1.0), origin)
         if third.decoded.found:
             third.rotated_by = degrees
             return third
     return first
 
 
+def _tile_period(model: LoadedModel, frame: np.ndarray, correlation: np.ndarray | None,
+                 features: np.ndarray | None) -> tuple[float, float] | None:
+    """The mark's period (rows, cols) in a possibly resized frame: a keyed model's from its
+    public pilot in the frame's `features` (`estimate_scale_by_pilot`), an unkeyed one's from
+    its whole repeated mark."""
+    tile = model.model.config.tile
+    if not model.model.config.keyed:
+        return estimate_tile_period(frame, tile, correlation)
+    pilot = getattr(model.model.encoder, "sync_pilot", None)
+    if pilot is None:
+        return None
+    scale = estimate_scale_by_pilot(features, tile, pilot.numpy().astype(np.float64))
+    return None if scale is None else (scale * tile, scale * tile)
+
+
+def _rotation(model: LoadedModel, frame: np.ndarray, correlation: np.ndarray | None,
+              features: np.ndarray | None) -> float | None:
+    """Degrees to turn a frame back by: a keyed model's from its public pilot in the frame's
+    `features` (`estimate_rotation_by_pilot`), an unkeyed one's from the lattice of its
+    repeated mark."""
+    tile = model.model.config.tile
+    if not model.model.config.keyed:
+        return estimate_rotation(frame, tile, correlation)
+    pilot = getattr(model.model.encoder, "sync_pilot", None)
+    return None if pilot is None else estimate_rotation_by_pilot(features, tile, pilot.numpy().astype(np.float64))
+
+
 def extract_payload(model: LoadedModel, codec: PayloadCodec, image: MedicalImage,
                     full_search: bool = True) -> DecodedPayload:
     """The payload of an image; without `full_search`, only as marked (no crop, resize or turn)."""
     check_image_size(image, max(MIN_SIDE, model.model.config.tile), action="read")
-    return read_frames(model, codec, normalised_frames(image), quick=not full_search).decoded
+    thresholds = sign_thresholds(image) / float(image.stored_max - image.stored_min)  # normalised units
+    return read_frames(model, codec, normalised_frames(image), quick=not full_search, thresholds=thresholds).decoded
+
+
+def older_readers(model: LoadedModel, key: str | bytes | None) -> list[tuple[LoadedModel, PayloadCodec]]:
+    """The models whose marks `model` reads too (its card's `reads_marks_of`: the unkeyed
+    models shipped before it), each with its codec for `key`."""
+    return [(older, codec_for(older, key)) for older in (load_model(name) for name in model.reads_marks_of)]
+
+
+def read_older_mark(older: list[tuple[LoadedModel, PayloadCodec]], image: MedicalImage) -> tuple[DecodedPayload, str | None]:
+    """A mark an older, unkeyed model wrote, read as it was written (no crop, resize or turn:
+    each older model adds only `OLDER_MODEL_DECODES` to the false-positive bound; name it with
+    --model for the full search), and that model's name; (not found, None) when there is none.
+    Such a mark is authentic under the key, but anyone with wm can read, remove or copy it."""
+    for model, codec in older:
+        if min(image.rows, image.cols) < max(MIN_SIDE, model.model.config.tile):
+            continue
+        decoded = extract_payload(model, codec, image, full_search=False)
+        if decoded.found:
+            return decoded, model.name
+    return DecodedPayload.not_found(), None
+
+
+def read_any_mark(model: LoadedModel, codec: PayloadCodec, image: MedicalImage,
+                  older: list[tuple[LoadedModel, PayloadCodec]] = ()) -> tuple[DecodedPayload, str | None]:
+    """The image's mark, read with `model` and, where it finds none, with the `older` models;
+    and the name of the unkeyed model that wrote it (None for a keyed model's mark or none)."""
+    decoded = extract_payload(model, codec, image)
+    if decoded.found:
+        return decoded, None if model.keyed else model.name
+    return read_older_mark(older, image) if older else (decoded, None)
+

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..model.key_field import key_field
+
 # Scales (new size / original size) that the period search considers.
 MIN_SCALE = 0.4
 MAX_SCALE = 1.6
@@ -59,8 +61,36 @@ def _full_autocorrelation(detail: np.ndarray) -> np.ndarray:
 
 def mark_autocorrelation(frame: np.ndarray) -> np.ndarray:
     """What both estimates below read: the autocorrelation of the frame's detail at every lag.
-    Computed once and passed to both when a reader tries both."""
+    Computed once and passed to both when a reader tries both. (A keyed mark repeats nowhere;
+    its public synchronisation pilot, `model.key_field.sync_pilot_tile`, repeats with the tile.)"""
     return _full_autocorrelation(_high_pass(frame))
+
+
+def locate_key_field(maps: np.ndarray, seed: bytes, sigma: float, tried: int,
+                     origin: tuple[int, int] = (0, 0)) -> list[tuple[int, int]]:
+    """Where (rows, cols) in the marked image the frames of `maps` were cut from, best first,
+    found by the keyed mark's pilot: the pilot is the key field itself (times the host's signs
+    and strength map), so a map that responds to the mark correlates with the field, shifted
+    to where the crop sat, at that shift only. One FFT per map scores every shift from `origin`
+    up to ~45 % of the frame's size; only a key holder can.
+
+    `maps`: (K, rows, cols) responses to the mark, each already multiplied by the host's signs
+    (`key_field.host_signs`): the decoder's feature maps (`marking.image`). A map may respond
+    with either sign, so each is scored in robust spreads and a shift by its largest size."""
+    rows, cols = maps.shape[-2:]
+    reach_rows, reach_cols = min(512, int(0.45 * rows)), min(512, int(0.45 * cols))
+    shape = (rows + reach_rows, cols + reach_cols)
+    field_spectrum = np.fft.rfft2(key_field(seed, *shape, sigma, *origin).astype(np.float64))
+    best_size = None
+    for response in maps:
+        # Correlation at shift (dy, dx): sum over the crop of response(p) × field(p + (dy, dx)).
+        score = np.fft.irfft2(np.conj(np.fft.rfft2(response, s=shape)) * field_spectrum, s=shape)
+        score = score[: reach_rows + 1, : reach_cols + 1]
+        centre = np.median(score)
+        size = np.abs(score - centre) / (np.median(np.abs(score - centre)) + 1e-30)
+        best_size = size if best_size is None else np.maximum(best_size, size)
+    best = np.argsort(-best_size.ravel())[:tried]
+    return [(origin[0] + int(i) // best_size.shape[1], origin[1] + int(i) % best_size.shape[1]) for i in best]
 
 
 def _refined_peak(profile: np.ndarray, guess: float, radius: float) -> float | None:
@@ -133,6 +163,163 @@ def estimate_tile_period(frame: np.ndarray, tile: int,
         return None
     # A resize that keeps the aspect ratio gives one period; use the other axis's when one is missing.
     return (row_period or col_period, col_period or row_period)
+
+
+def pilot_strength(response: np.ndarray, tile: int, pilot: np.ndarray) -> float:
+    """How strongly a map that responds to the mark (at the marked scale) holds the repeated
+    `pilot` tile at its best cyclic shift, in robust spreads above the other shifts: the map
+    folded onto one tile, cross-correlated with the pilot by FFT."""
+    rows, cols = (response.shape[0] // tile) * tile, (response.shape[1] // tile) * tile
+    if rows == 0 or cols == 0:
+        return 0.0
+    folded = response[:rows, :cols].reshape(rows // tile, tile, cols // tile, tile).mean(axis=(0, 2))
+    score = np.fft.irfft2(np.fft.rfft2(folded) * np.conj(np.fft.rfft2(pilot)), s=(tile, tile)).ravel()
+    background = np.median(score)
+    spread = np.median(np.abs(score - background)) * 1.4826 + 1e-30
+    return float((score.max() - background) / spread)
+
+
+_PILOT_TEST_TILES = 6
+# A pilot this many spreads above the other shifts is there (unmarked training slices and files:
+# below 5; marked ones at the right scale: 8 and up). Only the best of the candidates is kept, and
+# whatever is kept costs the decodes the false-positive bound already counts.
+_PILOT_PRESENT = 5.5
+
+
+def estimate_scale_by_pilot(maps: np.ndarray, tile: int, pilot: np.ndarray) -> float | None:
+    """The resize factor (new size / marked size) of a frame holding a keyed mark's public
+    pilot, or None when none is evident. `maps`: (K, rows, cols) responses of the frame to the
+    mark (the decoder's feature maps: they respond to it far more cleanly than a high-pass).
+
+    The repeated pilot puts its energy on a lattice of spectral lines, at (m, n) / period for
+    its harmonics (m, n), weighted by its known spectrum; each map's magnitude spectrum,
+    sampled on that lattice for every scale in the range, scores the scales (phase-blind, so a
+    crop does not matter, and linear in the mark). The best few are then tried by scaling the
+    maps back and matching the pilot itself (`pilot_strength`), which also refines them."""
+    candidates: list[float] = []
+    for response in maps:
+        for scale in _spectral_scale_candidates(response, tile, pilot):
+            if all(abs(scale / known - 1.0) > _CANDIDATE_REACH for known in candidates):
+                candidates.append(scale)
+    candidates = [scale for scale in candidates if abs(scale - 1.0) >= 0.005]
+    if not candidates:
+        return None
+    strengths = [_pilot_strength_at(maps, tile, pilot, scale * tile) for scale in candidates]
+    best, best_strength = candidates[int(np.argmax(strengths))], max(strengths)
+    # The best candidate, refined within the spectral grid's reach.
+    for step in np.arange(-_CANDIDATE_REACH, _CANDIDATE_REACH + 1e-9, _SCALE_STEP):
+        scale = best * (1.0 + step)
+        if step and MIN_SCALE <= scale <= MAX_SCALE:
+            strength = _pilot_strength_at(maps, tile, pilot, scale * tile)
+            if strength > best_strength:
+                best, best_strength = scale, strength
+    return best if best_strength >= _PILOT_PRESENT else None
+
+
+def _whitened_spectrum(response: np.ndarray) -> np.ndarray:
+    """The map's magnitude spectrum (zero frequency at the centre), each bin against its
+    neighbourhood, so that a line stands out wherever the anatomy's own spectrum is strong
+    (low frequencies) or weak; a window keeps the map's edges from smearing the lines."""
+    from scipy.ndimage import gaussian_filter
+
+    rows, cols = response.shape
+    window = np.outer(np.hanning(rows), np.hanning(cols))
+    spectrum = np.abs(np.fft.fftshift(np.fft.fft2((response - response.mean()) * window)))
+    return spectrum / (gaussian_filter(spectrum, _WHITENING) + 1e-30)
+
+
+def _lattice_scores(spectrum: np.ndarray, tile: int, pilot: np.ndarray, scales: np.ndarray,
+                    angles: np.ndarray) -> np.ndarray:
+    """For each (scale, angle) pair: the mean whitened magnitude, per unit of pilot weight, on
+    the pilot's spectral lines where a pilot repeated every tile·scale px and turned by angle
+    (degrees; an image turned by scipy's `rotate` through d degrees scores best at d) would
+    put them."""
+    from scipy.ndimage import map_coordinates
+
+    rows, cols = spectrum.shape
+    pilot_spectrum = np.abs(np.fft.fftshift(np.fft.fft2(pilot)))
+    harmonics = np.argwhere(pilot_spectrum > 0) - tile // 2
+    weights = pilot_spectrum[pilot_spectrum > 0]
+    keep = np.argsort(-weights)[:_LATTICE_POINTS]
+    m, n, weights = harmonics[keep, 0].astype(np.float64), harmonics[keep, 1].astype(np.float64), weights[keep]
+    theta = np.deg2rad(angles)[:, None]
+    # Turning the image turns its spectrum the same way.
+    turned_m = m[None, :] * np.cos(theta) - n[None, :] * np.sin(theta)
+    turned_n = m[None, :] * np.sin(theta) + n[None, :] * np.cos(theta)
+    row_bins = rows / 2 + turned_m * rows / (tile * scales[:, None])
+    col_bins = cols / 2 + turned_n * cols / (tile * scales[:, None])
+    inside = (row_bins >= 0) & (row_bins <= rows - 1) & (col_bins >= 0) & (col_bins <= cols - 1)
+    values = map_coordinates(spectrum, [row_bins.ravel(), col_bins.ravel()], order=1, mode="nearest")
+    values = values.reshape(row_bins.shape) * inside
+    return (values * weights).sum(axis=1) / np.maximum((weights * inside).sum(axis=1), 1e-30)
+
+
+def _best_peaks(score: np.ndarray, grid: np.ndarray, count: int) -> list[float]:
+    is_peak = np.r_[False, (score[1:-1] >= score[:-2]) & (score[1:-1] >= score[2:]), False]
+    peaks = np.flatnonzero(is_peak)
+    return [float(grid[i]) for i in peaks[np.argsort(-score[peaks])][:count]]
+
+
+def _spectral_scale_candidates(response: np.ndarray, tile: int, pilot: np.ndarray) -> list[float]:
+    """The scales whose pilot lattice the map's spectrum fits best, best first."""
+    scales = np.arange(MIN_SCALE, MAX_SCALE + 1e-9, _SPECTRAL_STEP)
+    score = _lattice_scores(_whitened_spectrum(response), tile, pilot, scales, np.zeros_like(scales))
+    return _best_peaks(score, scales, _SPECTRAL_CANDIDATES)
+
+
+# Spectral lines of the pilot used, the scale grid they are scored on, the scales kept per map,
+# the whitening's reach (bins); how far around each candidate the pilot is matched, and the step.
+_LATTICE_POINTS = 1000
+_SPECTRAL_STEP = 0.002
+_SPECTRAL_CANDIDATES = 4
+_WHITENING = 2.5
+_CANDIDATE_REACH = 0.006
+_SCALE_STEP = 0.0015
+
+
+def _pilot_strength_at(maps: np.ndarray, tile: int, pilot: np.ndarray, period: float) -> float:
+    """The best `pilot_strength` over the maps' centres (six tiles a side) scaled back from `period`."""
+    side = int(np.ceil(_PILOT_TEST_TILES * period))
+    top, left = max(0, (maps.shape[1] - side) // 2), max(0, (maps.shape[2] - side) // 2)
+    factor = tile / period
+    return max(pilot_strength(resample(response[top: top + side, left: left + side], factor, factor), tile, pilot)
+               for response in maps)
+
+
+def estimate_rotation_by_pilot(maps: np.ndarray, tile: int, pilot: np.ndarray) -> float | None:
+    """Degrees to turn a frame by (scipy's sense) to undo a rotation of a keyed mark, or None.
+    The pilot's spectral lattice, turned by every angle in ±MAX_ROTATION, scores the angles
+    on each response map (`estimate_scale_by_pilot`); the best few are tried by turning the
+    maps' centres back and matching the pilot, then refined."""
+    angles = np.arange(-MAX_ROTATION, MAX_ROTATION + 1e-9, _ROTATION_STEP)
+    candidates: list[float] = []
+    for response in maps:
+        score = _lattice_scores(_whitened_spectrum(response), tile, pilot, np.ones_like(angles), angles)
+        # The lattice is found turned by the image's rotation; undoing it turns the other way.
+        for angle in (-found for found in _best_peaks(score, angles, _SPECTRAL_CANDIDATES)):
+            if all(abs(angle - known) > 2 * _ROTATION_STEP for known in candidates):
+                candidates.append(angle)
+    side = min(maps.shape[1], maps.shape[2], int(_PILOT_TEST_TILES * tile * 1.2))
+    top, left = (maps.shape[1] - side) // 2, (maps.shape[2] - side) // 2
+    centres = maps[:, top: top + side, left: left + side]
+    margin = (side - _PILOT_TEST_TILES * tile) // 2 if side > _PILOT_TEST_TILES * tile else 0
+
+    def strength(degrees: float) -> float:
+        turned = [rotate(centre, degrees) for centre in centres]
+        return max(pilot_strength(t[margin: side - margin, margin: side - margin] if margin else t, tile, pilot)
+                   for t in turned)
+
+    if not candidates:
+        return None
+    strengths = [strength(angle) for angle in candidates]
+    angle, best = candidates[int(np.argmax(strengths))], max(strengths)
+    for offset in (-0.1, -0.05, 0.05, 0.1):
+        candidate = strength(angle + offset)
+        if candidate > best:
+            angle, best = angle + offset, candidate
+    if best < _PILOT_PRESENT or abs(angle) < 2 * _ROTATION_STEP:
+        return None
+    return angle
 
 
 def estimate_rotation(frame: np.ndarray, tile: int, correlation: np.ndarray | None = None) -> float | None:

@@ -22,7 +22,7 @@ from ..integrity.signature import verify_signatures
 from ..io.writing import write_atomically
 from ..keys import key_kind
 from ..payload import bytes_to_text
-from .image import extract_payload
+from .image import read_any_mark
 from .restoration import NoRecordError, opened_record
 
 
@@ -42,6 +42,8 @@ class Verification:
     sealing: str | None = None  # how the record was sealed: 'key', 'default key' or 'recipient'
     expected_signer_sha256: str | None = None  # the certificate the record says the file was signed with
     reading_changed: list = field(default_factory=list)  # pixel-interpretation elements changed since marking
+    # The unkeyed model whose mark was found (anyone can read, strip or copy it), else None.
+    mark_model_unprotected: str | None = None
 
     @property
     def signer_problem(self) -> str:
@@ -93,6 +95,7 @@ class Verification:
     def as_json(self) -> dict:
         return {
             "input": self.input, "mark_found": self.mark_found, "message": self.message,
+            "mark_protected": self.mark_found and self.mark_model_unprotected is None,
             "record_found": self.record_found, "record_authentic": self.record_authentic,
             "intact": self.intact, "status": self.status, "authenticity": self.authenticity,
             "changed_blocks": [{"frame": f, "row": r, "col": c} for f, r, c in self.changed_blocks],
@@ -102,10 +105,12 @@ class Verification:
         }
 
 
-def verify_image(image, key, loaded, codec, recipient=None) -> Verification:
-    """Every check on one read image (see the module docstring)."""
-    decoded = extract_payload(loaded, codec, image)
-    result = Verification(str(image.path), decoded.found, bytes_to_text(decoded.message) if decoded.found else None)
+def verify_image(image, key, loaded, codec, recipient=None, older=()) -> Verification:
+    """Every check on one read image (see the module docstring). `older`: the unkeyed models
+    whose marks are read too (`image.older_readers`)."""
+    decoded, unprotected = read_any_mark(loaded, codec, image, older)
+    result = Verification(str(image.path), decoded.found, bytes_to_text(decoded.message) if decoded.found else None,
+                          mark_model_unprotected=unprotected)
     try:
         record, tag_key, sealing = opened_record(image, key, recipient)
     except NoRecordError:

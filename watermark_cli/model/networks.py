@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .key_field import random_key_fields, sync_pilot_tile
+
 
 @dataclass(frozen=True)
 class NetworkConfig:
@@ -33,6 +35,19 @@ class NetworkConfig:
     # low frequencies and drop high ones; with the PSNR budget fixed, a smoother tile puts the
     # mark's energy where it survives them. 0 disables it.
     carrier_smoothing: float = 0.0
+    # Keyed models (model/key_field.py): the smoothing (px) of the secret key field the repeated
+    # tile is multiplied by; 0 is an unkeyed model (wm-default-v2 and earlier). `pilot` is a
+    # constant added to the unit-RMS message tile before that product: under the field it is a
+    # secret pattern with no payload, which a reader with the key finds a crop's position by.
+    key_field_sigma: float = 0.0
+    pilot: float = 0.0
+    # Keyed models: the amplitude of the public repeated pattern (`key_field.sync_pilot_tile`,
+    # relative to the unit-RMS message tile) that resizes and rotations are found by.
+    sync_pilot: float = 0.0
+
+    @property
+    def keyed(self) -> bool:
+        return self.key_field_sigma > 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,6 +96,9 @@ class CarrierEncoder(nn.Module):
         self.strength = _three_layer_cnn(1, config.strength_channels, 1)
         # Start near a 1 % RMS residual (PSNR ≈ 40 dB): training begins close to the floor.
         self.log_gain = nn.Parameter(torch.tensor(-4.9))
+        if config.keyed and config.sync_pilot > 0:
+            pilot = torch.from_numpy(sync_pilot_tile(tile, max(config.carrier_smoothing, 1.0)))
+            self.register_buffer("sync_pilot", pilot, persistent=False)  # derived, not a weight
 
     def message_tile(self, bits: torch.Tensor) -> torch.Tensor:
         """Signed sum of carriers, normalised to unit RMS so that amplitude lives in the strength map."""
@@ -101,7 +119,8 @@ class CarrierEncoder(nn.Module):
         response = torch.exp(-2.0 * (torch.pi * sigma) ** 2 * (rows.square() + cols.square()))
         return torch.fft.irfft2(torch.fft.rfft2(pattern) * response, s=(tile, tile))
 
-    def forward(self, images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, bits: torch.Tensor, key_field: torch.Tensor | None = None) -> torch.Tensor:
+        """The residual; a keyed model needs the key field (B or 1, 1, H, W) of the image."""
         height, width = images.shape[-2:]
         standardised = standardise(images)
         if height * width > _LARGEST_SINGLE_PASS and not torch.is_grad_enabled():
@@ -110,6 +129,14 @@ class CarrierEncoder(nn.Module):
             features = self.strength(standardised)
         strength = F.softplus(features) * self.log_gain.exp()
         carrier = tile_to(self.message_tile(bits), height, width).unsqueeze(1)
+        if self.config.keyed:
+            field = _require_field(key_field, images)
+            carrier = field * (carrier + self.config.pilot)
+            if self.config.sync_pilot > 0:
+                repeated = tile_to(self.sync_pilot.unsqueeze(0), height, width).unsqueeze(1).to(carrier.dtype)
+                # Only where the field carries the mark (a field bound to its host is 0 where the
+                # host owns no sign): elsewhere the pilot would spend the budget alone.
+                carrier = carrier + self.config.sync_pilot * repeated * (field != 0).to(carrier.dtype)
         return strength * carrier
 
     def _strength_in_strips(self, standardised: torch.Tensor, rows: int = 256) -> torch.Tensor:
@@ -146,16 +173,36 @@ class CarrierDecoder(nn.Module):
         maps = maps.reshape(batch, channels, rows, tile, cols, tile)
         return maps.mean(dim=(2, 4))
 
-    def normalised_fold(self, images: torch.Tensor) -> torch.Tensor:
-        folded = self.fold(self.features(standardise(images)))
+    def normalised_fold(self, images: torch.Tensor, key_field: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fold_features(self.features(standardise(images)), key_field)
+
+    def fold_features(self, features: torch.Tensor, key_field: torch.Tensor | None = None) -> torch.Tensor:
+        """`normalised_fold` from feature maps already computed (a reader trying several crop
+        offsets computes them once)."""
+        if self.config.keyed:
+            # Multiplying by the key field again undoes the embedder's product (the field is
+            # ±-valued with unit variance): the mark becomes the repeated tile and folds; the
+            # anatomy becomes field-modulated noise and folds away.
+            features = features * _require_field(key_field, features)
+        folded = self.fold(features)
         # Normalising the fold makes the read-out blind to how strong the mark was and to any
         # global gain applied after embedding (windowing, brightness, contrast).
         folded = folded - folded.mean(dim=(-2, -1), keepdim=True)
         return folded / folded.square().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12).sqrt()
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits for a tile grid anchored at the top-left pixel (as embedded, no crop)."""
-        return self.readout(self.normalised_fold(images).flatten(1))
+    def forward(self, images: torch.Tensor, key_field: torch.Tensor | None = None,
+                grid_offset: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """Logits for a tile grid anchored at the top-left pixel (as embedded, no crop), or, for
+        an image cut from the marked one at `grid_offset` (rows, cols), anchored there."""
+        return self.logits_from_features(self.features(standardise(images)), key_field, grid_offset)
+
+    def logits_from_features(self, features: torch.Tensor, key_field: torch.Tensor | None = None,
+                             grid_offset: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        folded = self.fold_features(features, key_field)
+        tile = self.config.tile
+        if grid_offset != (0, 0):
+            folded = torch.roll(folded, shifts=(grid_offset[0] % tile, grid_offset[1] % tile), dims=(-2, -1))
+        return self.readout(folded.flatten(1))
 
     def logits_for_every_shift(self, images: torch.Tensor) -> torch.Tensor:
         """(B, N, T, T): the logits for every cyclic offset of the tile grid.
@@ -165,11 +212,21 @@ class CarrierDecoder(nn.Module):
         cross-correlation of the fold with the read-out weights: a few small FFTs.
         """
         config = self.config
+        if config.keyed:
+            raise ValueError("a keyed model's crop offset is found with the key (locate_key_field), not by rolling")
         folded = self.normalised_fold(images)
         weights = self.readout.weight.view(config.n_bits, config.decoder_maps, config.tile, config.tile)
         spectrum = torch.fft.rfft2(folded).unsqueeze(1) * torch.fft.rfft2(weights).conj().unsqueeze(0)
         correlation = torch.fft.irfft2(spectrum.sum(dim=2), s=(config.tile, config.tile))
         return correlation + self.readout.bias.view(1, -1, 1, 1)
+
+
+def _require_field(key_field: torch.Tensor | None, images: torch.Tensor) -> torch.Tensor:
+    if key_field is None:
+        raise ValueError("a keyed model needs the key field of the image")
+    if key_field.shape[-2:] != images.shape[-2:]:
+        raise ValueError(f"key field {tuple(key_field.shape[-2:])} does not cover the image {tuple(images.shape[-2:])}")
+    return key_field.to(images.dtype)
 
 
 class WatermarkModel(nn.Module):
@@ -202,15 +259,24 @@ class TrainingPass(nn.Module):
         self.model = model
         self.projection_psnr = projection_psnr
 
-    def embed(self, images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    def key_fields(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """Fresh random key fields, one per image (None for an unkeyed model): training over
+        random keys makes one model serve every key. A seeded `generator` gives fixed ones."""
+        if not self.model.config.keyed:
+            return None
+        return random_key_fields(images.shape[0], *images.shape[-2:], self.model.config.key_field_sigma, images,
+                                 generator)
+
+    def embed(self, images: torch.Tensor, bits: torch.Tensor, key_field: torch.Tensor | None = None) -> torch.Tensor:
         # The residual is added in float32: at bf16 precision a 1 % residual on a 0.5 pixel
         # would be rounded to a few levels.
-        residual = self.model.encoder(images, bits).float()
+        residual = self.model.encoder(images, bits, key_field).float()
         if self.projection_psnr is not None:
             residual = project_to_psnr(residual, self.projection_psnr)
         return (images.float() + residual).clamp(0.0, 1.0)
 
     def forward(self, images: torch.Tensor, bits: torch.Tensor, attack, rng) -> tuple[torch.Tensor, torch.Tensor]:
-        marked = self.embed(images, bits)
-        logits = self.model.decoder(attack(marked, rng)).float()
+        key_field = self.key_fields(images)
+        marked = self.embed(images, bits, key_field)
+        logits = self.model.decoder(attack(marked, rng), key_field).float()
         return marked, logits

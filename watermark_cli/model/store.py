@@ -168,10 +168,26 @@ class LoadedModel:
         return int(self.card["architecture"]["n_bits"])
 
     @property
+    def keyed(self) -> bool:
+        return is_keyed(self.card)
+
+    @property
+    def reads_marks_of(self) -> list[str]:
+        """Older shipped models whose marks this one reads too (its card's `reads_marks_of`)."""
+        names = self.card.get("reads_marks_of") or []
+        return [str(name) for name in names] if isinstance(names, list) else []
+
+    @property
     def trained_floor_db(self) -> float | None:
         """The PSNR floor the model was trained for (its card's), None when the card does not say."""
         value = (self.card.get("quality_floor") or {}).get("psnr_min_db")
         return float(value) if value is not None else None
+
+
+def is_keyed(card: dict) -> bool:
+    """Whether a model's marks depend on the key (model/key_field.py): without the key they cannot
+    be read, rebuilt or copied. An unkeyed model's marks protect nothing but the payload."""
+    return float(card["architecture"].get("key_field_sigma", 0) or 0) > 0
 
 
 def save_model(folder: Path, network, card: dict, *, half_precision: bool = True,

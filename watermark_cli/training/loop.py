@@ -19,7 +19,7 @@ import contextlib
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -256,7 +256,9 @@ def _load_initial_weights(model, config: TrainConfig) -> None:
 
     start = load_model(config.init_from)
     theirs = NetworkConfig(**{k: v for k, v in start.card["architecture"].items() if k != "type"})
-    if theirs != config.network:
+    # The key field and pilot have no weights: an unkeyed model is a warm start for a keyed one.
+    unkeyed = dict(key_field_sigma=0.0, pilot=0.0, sync_pilot=0.0)
+    if replace(theirs, **unkeyed) != replace(config.network, **unkeyed):
         raise BadInputError(f"init_from {config.init_from}: its architecture ({theirs}) is not this run's "
                             f"({config.network})")
     model.load_state_dict({k: v.float() for k, v in start.model.state_dict().items()})
@@ -425,9 +427,11 @@ def _validate(training_pass, images, bits, psnr_min: float, cluster: Cluster) ->
     with torch.no_grad():
         own_images, own_bits = images[share], bits[share]
         if len(own_images):
-            marked = marked_for_evaluation(training_pass, own_images, own_bits)
+            # The same keys every epoch (keyed models), so that epochs compare.
+            fields = training_pass.key_fields(own_images, torch.Generator(own_images.device).manual_seed(cluster.rank))
+            marked = marked_for_evaluation(training_pass, own_images, own_bits, fields)
             psnr_values = crop_psnr(own_images, marked)
-            logits = training_pass.model.decoder(marked).float()
+            logits = training_pass.model.decoder(marked, fields).float()
             correct = float(((logits > 0).float() == own_bits).float().sum())
             satisfied = float((psnr_values >= psnr_min).float().sum())
             psnr_sum, psnr_min_seen = float(psnr_values.sum()), float(psnr_values.min())
@@ -441,12 +445,13 @@ def _validate(training_pass, images, bits, psnr_min: float, cluster: Cluster) ->
     return correct / bits.numel(), satisfied / count, psnr_min_seen, psnr_sum / count
 
 
-def marked_for_evaluation(training_pass, images: "torch.Tensor", bits: "torch.Tensor") -> "torch.Tensor":
+def marked_for_evaluation(training_pass, images: "torch.Tensor", bits: "torch.Tensor",
+                          key_fields: "torch.Tensor | None" = None) -> "torch.Tensor":
     """The marked images as a file would store them: the model's output (projected for the
     projection method, as in training) rounded to 16 bits."""
     import torch
 
-    marked = training_pass.embed(images, bits)
+    marked = training_pass.embed(images, bits, key_fields)
     return torch.round(marked * 65535.0) / 65535.0
 
 
