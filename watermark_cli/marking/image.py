@@ -361,6 +361,33 @@ def _centre_origin(shape: tuple[int, int], size: int) -> tuple[int, int]:
     return max(0, (shape[0] - size) // 2), max(0, (shape[1] - size) // 2)
 
 
+def _busiest_origin(frames: np.ndarray, size: int) -> tuple[int, int]:
+    """Where the region of `size` px that holds the most varying pixels starts (the centre on a
+    tie): a keyed mark lives only where its host has content of its own, and a large frame
+    may hold its anatomy off centre (a patch in the corner of a 2048² black frame)."""
+    rows, cols = frames.shape[-2:]
+    if rows <= size and cols <= size:
+        return 0, 0
+    first = frames[0]
+    varying = (np.abs(np.diff(first, axis=0, prepend=first[:1])) + np.abs(np.diff(first, axis=1, prepend=first[:, :1]))) > 0
+    # Counts per region from a summed-area table, over a grid of candidate origins.
+    table = np.pad(varying.cumsum(axis=0).cumsum(axis=1), ((1, 0), (1, 0)))
+    tops = sorted({*range(0, max(rows - size, 0) + 1, _REGION_STEP), max(rows - size, 0), _centre_origin((rows, cols), size)[0]})
+    lefts = sorted({*range(0, max(cols - size, 0) + 1, _REGION_STEP), max(cols - size, 0), _centre_origin((rows, cols), size)[1]})
+    centre = _centre_origin((rows, cols), size)
+    best, best_count = centre, -1
+    for top in tops:
+        for left in lefts:
+            bottom, right = min(rows, top + size), min(cols, left + size)
+            count = table[bottom, right] - table[top, right] - table[bottom, left] + table[top, left]
+            if count > best_count or (count == best_count and (top, left) == centre):
+                best, best_count = (top, left), count
+    return best
+
+
+_REGION_STEP = 128
+
+
 def _centre_region(frames: np.ndarray, size: int) -> np.ndarray:
     top, left = _centre_origin(frames.shape[-2:], size)
     return frames[..., top : top + size, left : left + size]
@@ -377,8 +404,13 @@ def read_frames(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, qui
     frames = np.asarray(frames, dtype=np.float64)
     if thresholds is None and frames.ndim == 3:
         thresholds = _SIGN_OWNERSHIP * np.maximum(np.ptp(frames.reshape(len(frames), -1), axis=1), 1e-12)
-    origin = _centre_origin(frames.shape[-2:], DECODE_REGION) if frames.ndim == 3 else (0, 0)
-    frames = _centre_region(frames, DECODE_REGION)
+    if frames.ndim != 3:
+        origin = (0, 0)
+    elif model.model.config.keyed:
+        origin = _busiest_origin(frames, DECODE_REGION)
+    else:
+        origin = _centre_origin(frames.shape[-2:], DECODE_REGION)
+    frames = frames[..., origin[0]: origin[0] + DECODE_REGION, origin[1]: origin[1] + DECODE_REGION]
     tile = model.model.config.tile
     if frames.ndim != 3 or min(frames.shape[-2:]) < tile:
         # Less than one whole tile (e.g. a tiny image or a heavy crop): nothing can be read.
