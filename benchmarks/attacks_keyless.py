@@ -1,0 +1,603 @@
+"""A key-less attacker against the marks (design §7): read, link, remove, copy, collude.
+
+    .venv/bin/python benchmarks/attacks_keyless.py [--model PATH] [--trials 26] [--quick] [--json]
+
+The attacker has the code, the model (the shipped default unless --model), marked images and
+their exports, but not the secret key. Every mark is made as `wm embed` makes it (default view
+floor, 40 dB, a fresh random 128-bit key and a random 8-byte message per marked image) on the
+held-out images of `benchmarks/heldout.py` (both sets; single-frame images with both sides
+≥ 256 px). "Read by the key holder" is `marking.image.extract_payload` with the victim's key,
+as `wm extract`/`verify` read (full search: offsets, rescale, rotation). Every PSNR is to the
+ORIGINAL on the stored values, in the frame's binding view (the lowest PSNR over every view a
+reader uses, `quality.frame_meters`). Rates carry one-sided 95 % Clopper–Pearson bounds
+(`evaluation.run.upper_bound_95`).
+
+1. Public-model read: the plain decoder at grid offset 0 (a keyed model: with the field of a
+   random wrong key, `marking.image.field_for`), the sign of its logits against the raw bits.
+   "Shows the mark" when the agreement is significant for one image (binomial, p < 1 %: at
+   least 147 of 256 bits). Linkability: two images marked with the same message under the
+   same key, against pairs with different messages under that key, scored by (a) the
+   agreement of the two public reads, (b) the normalised correlation of the residual
+   estimates (marked − median3), (c) the same after folding each onto one 64² tile; AUROC and
+   the share of same-message pairs above the largest different-message score. Presence: (c)
+   between the first image and the second one marked under another key, against the second
+   one unmarked (a mark part that does not depend on the key shows here).
+2. Model-assisted removal: the public read's bits, the public encoder's residual for them
+   (`residual_for` on the marked image, a random key's codec), scaled by least squares onto
+   marked − median3, subtracted (×1 and ×2); and "shaped, adaptive": that residual shaped over
+   the views as `wm embed` shapes it (`allocation.spread_over_views`, public code), subtracted
+   with the gain at which the public read of the result stops leaning towards the bits read
+   (searched 0–3× the least-squares gain: overshooting brings the mark back inverted, which
+   the reader also accepts).
+3. Period folding: marked − Gaussian σ 1.5 (or − median3), averaged over the 64² tiles
+   anchored at the top-left, re-tiled, scaled by least squares onto the estimate, subtracted
+   with gains 1, 1.5, 2.
+4. Denoising: median 3×3, Gaussian σ 1, total variation (scikit-image Chambolle, weight 0.02 of
+   the binding view's span), each as it is and as "marked − γ·(marked − denoised)", γ 1.25,
+   1.5 and 2 (an attacker tunes γ on marks of their own, made with keys of their own: beyond
+   about 1.5 the subtraction overshoots into the inverted mark, which the reader accepts).
+   Wavelet denoising needs PyWavelets, which is not installed: skipped.
+5. Blind copy: ê = marked − median3(marked) of a victim, cut or zero-padded (top-left) to a
+   different, never-marked image of another source, scaled so that the paste alone sits at
+   40, 44, 48 and 52 dB in the target's binding view; accepted when the victim's key reads the
+   victim's message there. Trials: pairs × strengths.
+6. Exact-residual copy: the same with (marked − original) (marks sit at 40.0–40.2 dB in their
+   own view, so 40 dB is their own strength).
+7. Cross-modality: the pairs of 5, 6 and 8 whose victim and target modalities differ (DICOM
+   modality; the 8-bit slices count as "PNG"), reported apart.
+8. Copy from an export: the victim exported through its binding view to an 8-bit JPEG q75
+   (`attacks.codecs`' `jpeg`), ê = export − median3(export), pasted as in 5 (mapping the
+   export back to stored units is a linear gain, which scaling to a PSNR absorbs).
+9. Collusion: one image marked for two recipients (two messages, one key), the two copies
+   averaged; how often each message is still read (out of scope in design §7: measured).
+
+The 4 dB rule (design §7), per removal attack: it "BREAKS the rule" when it erases the mark in
+more than 1 of 8 images while leaving the image less than 4 dB further from the original than
+the marked copy was (both in the binding view); otherwise it "holds".
+
+Time of the full run (default --trials 26: 10 removal images × 22 removals, 26 copy pairs × 4
+strengths × 3 copies = 312 reads, 13 link pairs) on the 2-core development machine, shared with
+other jobs (load 3–4.5): 4.4 min with the unkeyed wm-default-v2, 5.7 to 9.4 min with keyed models
+(the title line gives each stage's seconds). Copies take most of it: every paste that does not
+read costs the key holder's full search (offsets, rescale, rotation), 0.4–2.2 s per image with
+a keyed model. `--trials 25` is the least that still gives ≥ 100 trials per copy attack;
+`--quick` takes 1–3 min.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+import heldout
+from watermark_cli.allocation import spread_over_views
+from watermark_cli.attacks.codecs import FrameContext, jpeg
+from watermark_cli.data.slices import held_out_slices
+from watermark_cli.evaluation.run import upper_bound_95
+from watermark_cli.io.medical_image import MedicalImage
+from watermark_cli.marking.image import codec_for, embed_pixels, extract_payload, field_for, residual_for, sign_thresholds
+from watermark_cli.model.inputs import normalised_frames
+from watermark_cli.model.store import load_model
+from watermark_cli.quality import FrameMeter, QualityFloor, frame_meters
+
+FLOOR = QualityFloor(40.0)
+MESSAGE_BYTES = 8
+COPY_DB = (40.0, 44.0, 48.0, 52.0)
+RULE_DB = 4.0  # design §7: a removal must cost at least this much more than the mark
+RULE_RATE = 1 / 8  # ... and may erase the mark in at most 1 of 8 images otherwise
+GAMMAS = (1.25, 1.5, 2.0)  # strengthened removal: marked − γ·(marked − denoised)
+TV_WEIGHT = 0.02  # in units of the binding view's span (the mark is ~0.01 there at 40 dB)
+
+
+# ---------------------------------------------------------------------------- images ----
+
+@dataclass
+class Item:
+    label: str
+    modality: str  # DICOM modality, or "PNG" for the 8-bit slices
+    source: str  # the file it came from: pairs from one source are not "another image"
+    image: MedicalImage
+    meter: FrameMeter = field(repr=False, default=None)
+
+
+def image_pool() -> list[Item]:
+    """Every held-out image with one frame and both sides ≥ 256 px, files first."""
+    slice_source = {item.name: item.source for item in held_out_slices()}
+    items = []
+    for set_name in heldout.SETS:
+        for label, load in heldout.sources(set_name):
+            image = load()
+            if image.n_frames != 1 or min(image.rows, image.cols) < 256:
+                continue
+            if set_name == "files":
+                modality, source = label.split(" ", 1)
+            else:
+                modality, source = "PNG", slice_source[label]
+            items.append(Item(label, modality, source, image, frame_meters(image, FLOOR)[0]))
+    return items
+
+
+def stored(image: MedicalImage, values: np.ndarray) -> MedicalImage:
+    """`image` with `values` (rows, cols) rounded, clipped to its stored range, in its dtype."""
+    pixels = np.clip(np.rint(values), image.stored_min, image.stored_max).astype(image.pixels.dtype)
+    return replace(image, pixels=pixels[None])
+
+
+def median3(frame: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import median_filter
+
+    return median_filter(np.asarray(frame, dtype=np.float64), size=3, mode="reflect")
+
+
+def gaussian(frame: np.ndarray, sigma: float) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(np.asarray(frame, dtype=np.float64), sigma, mode="reflect")
+
+
+# ---------------------------------------------------------------------------- marks -----
+
+@dataclass
+class Mark:
+    item: Item
+    codec: object
+    message: bytes
+    raw_bits: np.ndarray
+    pixels: np.ndarray  # (rows, cols) stored marked values
+    psnr: float  # the marked copy's binding PSNR to the original
+    view: object  # the binding view the mark was budgeted in
+    public_bits: np.ndarray | None = None  # the attacker's read (attack 1) ...
+    public_guess: object = None  # ... with this guessed key's codec (what a keyed read needs)
+
+
+def mark(model, item: Item, codec=None, message: bytes | None = None) -> Mark:
+    codec = codec or codec_for(model, os.urandom(16))
+    message = message if message is not None else os.urandom(MESSAGE_BYTES)
+    outcome = embed_pixels(model, codec, item.image, message, FLOOR)
+    frame = outcome.frames[0]
+    return Mark(item, codec, message, codec.encode(message), outcome.pixels[0], frame.quality.psnr,
+                outcome.meters[0].view_named(frame.quality.binding_view))
+
+
+def holder_reads(model, mark_: Mark, image: MedicalImage) -> bool:
+    """Whether the key holder reads the victim's message from `image` (as `wm extract` does)."""
+    decoded = extract_payload(model, mark_.codec, image)
+    return bool(decoded.found and decoded.message == mark_.message)
+
+
+def public_logits(model, image: MedicalImage, guess=None) -> np.ndarray:
+    """The attacker's read: the plain decoder at grid offset 0 on the whole frame; a keyed model
+    with the field a guessed key's codec (`guess`; by default a fresh random key) gives this image."""
+    import torch
+
+    frame = normalised_frames(image)[0]
+    field_ = None
+    if model.model.config.keyed:
+        threshold = sign_thresholds(image)[0] / float(image.stored_max - image.stored_min)
+        field_ = field_for(model, guess or codec_for(model, os.urandom(16)), frame, threshold)
+    tensor = torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32))[None, None]
+    with torch.inference_mode():
+        return model.model.decoder(tensor, field_, (0, 0))[0].numpy().astype(np.float64)
+
+
+def public_bits(model, image: MedicalImage, guess=None) -> np.ndarray:
+    return (public_logits(model, image, guess) > 0).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------- figures ---
+
+def rate_figures(successes: int, trials: int) -> dict:
+    return {"trials": trials, "successes": successes, "rate": successes / trials if trials else float("nan"),
+            "upper_95": upper_bound_95(successes, trials),
+            "lower_95": 1.0 - upper_bound_95(trials - successes, trials)}
+
+
+def mean_interval(values: list[float]) -> tuple[float, float, float]:
+    from scipy.stats import t
+
+    values = np.asarray(values, dtype=np.float64)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+    return mean, mean - half, mean + half
+
+
+def auroc(positives: list[float], negatives: list[float]) -> float:
+    if not positives or not negatives:
+        return float("nan")
+    p = np.asarray(positives)[:, None]
+    n = np.asarray(negatives)[None, :]
+    return float(np.mean((p > n) + 0.5 * (p == n)))
+
+
+def normalised_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    rows, cols = min(a.shape[0], b.shape[0]), min(a.shape[1], b.shape[1])
+    a, b = a[:rows, :cols].ravel(), b[:rows, :cols].ravel()
+    a, b = a - a.mean(), b - b.mean()
+    return float(np.dot(a, b) / max(np.sqrt(np.dot(a, a) * np.dot(b, b)), 1e-30))
+
+
+def fold(estimate: np.ndarray, tile: int) -> np.ndarray:
+    """The mean of the whole `tile`² tiles anchored at the top-left."""
+    rows, cols = estimate.shape[0] // tile, estimate.shape[1] // tile
+    return estimate[: rows * tile, : cols * tile].reshape(rows, tile, cols, tile).mean(axis=(0, 2))
+
+
+def retile(tile_pattern: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    tile = tile_pattern.shape[0]
+    return np.tile(tile_pattern, (-(-shape[0] // tile), -(-shape[1] // tile)))[: shape[0], : shape[1]]
+
+
+def least_squares_gain(target: np.ndarray, pattern: np.ndarray) -> float:
+    return float(np.vdot(target, pattern) / max(np.vdot(pattern, pattern), 1e-30))
+
+
+# ---------------------------------------------------------------------------- attacks ---
+
+def public_read(model, marks: list[Mark]) -> dict:
+    """Attack 1, first half: how much of the raw bits the public model reads."""
+    from scipy.stats import binom
+
+    n_bits = model.n_bits
+    significant = int(binom.isf(0.01, n_bits, 0.5)) + 1  # agreement ≥ this: p < 1 % by chance
+    agreements, shown = [], 0
+    for mark_ in marks:
+        mark_.public_guess = codec_for(model, os.urandom(16))
+        mark_.public_bits = public_bits(model, stored(mark_.item.image, mark_.pixels), mark_.public_guess)
+        agree = int(np.sum(mark_.public_bits == mark_.raw_bits))
+        agreements.append(agree / n_bits)
+        shown += agree >= significant
+    mean, low, high = mean_interval(agreements)
+    return {"name": "public read shows the mark", "group": "read",
+            **rate_figures(shown, len(marks)), "criterion": f"≥ {significant}/{n_bits} raw bits agree (p < 1 %)",
+            "bit_agreement": {"mean": mean, "ci95": [low, high], "chance": 0.5},
+            "psnr_attack": None, "psnr_marked": float(np.mean([m.psnr for m in marks]))}
+
+
+def linkability(model, items: list[Item], pairs: list[tuple[int, int]]) -> dict:
+    """Attack 1, second half: are two marks of one message under one key recognisable as such?"""
+    tile = model.model.config.tile
+    scores = {"public read agreement": ([], []), "residual correlation": ([], []),
+              "folded residual correlation": ([], []), "presence: folded residual correlation": ([], [])}
+    for first, second in pairs:
+        a = mark(model, items[first])
+        same = mark(model, items[second], a.codec, a.message)
+        other = mark(model, items[second], a.codec, os.urandom(MESSAGE_BYTES))
+        # Presence: the second image marked under another key against the second image unmarked.
+        stranger = mark(model, items[second])
+        unmarked = items[second].image.pixels[0].astype(np.float64)
+        guess = codec_for(model, os.urandom(16))  # one guessed key for the pair's reads
+        read_a = public_bits(model, stored(a.item.image, a.pixels), guess)
+        estimate_a = a.pixels - median3(a.pixels)
+        for index, b in enumerate((same, other)):
+            read_b = public_bits(model, stored(b.item.image, b.pixels), guess)
+            estimate_b = b.pixels - median3(b.pixels)
+            scores["public read agreement"][index].append(float(np.mean(read_a == read_b)))
+            scores["residual correlation"][index].append(normalised_correlation(estimate_a, estimate_b))
+            scores["folded residual correlation"][index].append(
+                normalised_correlation(fold(estimate_a, tile), fold(estimate_b, tile)))
+        for index, pixels in enumerate((stranger.pixels.astype(np.float64), unmarked)):
+            scores["presence: folded residual correlation"][index].append(
+                normalised_correlation(fold(estimate_a, tile), fold(pixels - median3(pixels), tile)))
+    results = {}
+    for name, (positives, negatives) in scores.items():
+        threshold = max(negatives)
+        detected = sum(p > threshold for p in positives)
+        results[name] = {"same_message_mean": float(np.mean(positives)), "different_message_mean": float(np.mean(negatives)),
+                         "auroc": auroc(positives, negatives), "pairs": len(positives),
+                         "detected_above_every_different_pair": rate_figures(detected, len(positives))}
+    return results
+
+
+def removal_candidates(model, mark_: Mark, tv_available: bool):
+    """(name, attacked float frame) for every removal attack on one marked image."""
+    marked = mark_.pixels.astype(np.float64)
+    image = mark_.item.image
+    tile = model.model.config.tile
+    median = median3(marked)
+    high_pass = marked - median
+    # 2. model-assisted: the public read's bits through the public encoder, a random key's field.
+    host = stored(image, marked)
+    rebuilt = residual_for(model, host, mark_.public_bits, mark_.public_guess)[0]
+    gain = least_squares_gain(high_pass, rebuilt - median3(rebuilt))
+    for factor in (1.0, 2.0):
+        yield f"model-assisted ×{factor:g}", marked - factor * gain * rebuilt
+    # ... shaped over the views as `wm embed` shapes it (public code), with the gain at which
+    # the public read of the result no longer leans towards the bits it read (the decoder
+    # also reads an inverted mark, so overshooting brings the mark back).
+    allocated = spread_over_views(rebuilt, marked, frame_meters(host, FLOOR)[0], FLOOR.psnr_min)
+    gain = least_squares_gain(high_pass, allocated - median3(allocated))
+    yield "model-assisted, shaped, adaptive", adaptive_subtraction(model, mark_, marked, allocated, gain)
+    # 3. period folding.
+    for estimator, estimate in (("gauss 1.5", marked - gaussian(marked, 1.5)), ("median3", high_pass)):
+        pattern = retile(fold(estimate, tile), marked.shape)
+        gain = least_squares_gain(estimate, pattern)
+        for factor in (1.0, 1.5, 2.0):
+            yield f"fold ({estimator}) ×{factor:g}", marked - factor * gain * pattern
+    # 4. denoising, and strengthened removal of what the denoiser took.
+    denoisers = [("median 3×3", median), ("gauss σ1", gaussian(marked, 1.0))]
+    if tv_available:
+        from skimage.restoration import denoise_tv_chambolle
+
+        span = mark_.view.stored_span
+        denoisers.append(("TV", denoise_tv_chambolle(marked / span, weight=TV_WEIGHT) * span))
+    for name, denoised in denoisers:
+        yield name, denoised
+        for strength in GAMMAS:
+            yield f"{name} γ{strength:g}", marked - strength * (marked - denoised)
+
+
+def adaptive_subtraction(model, mark_: Mark, marked: np.ndarray, pattern: np.ndarray, gain: float) -> np.ndarray:
+    """marked − g·pattern, g where the public read's logits, projected on the signs of the bits
+    the attacker read from the marked image, cross zero (searched from 0 to 3× `gain`)."""
+    signs = 2.0 * mark_.public_bits - 1.0
+    image = mark_.item.image
+
+    def lean(g: float) -> float:
+        return float(np.mean(public_logits(model, stored(image, marked - g * pattern), mark_.public_guess) * signs))
+
+    if not np.isfinite(gain) or gain <= 0:
+        return marked
+    grid = [gain * f for f in (0.0, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)]
+    leans = [lean(g) for g in grid]
+    for (g0, l0), (g1, l1) in zip(zip(grid, leans), zip(grid[1:], leans[1:])):
+        if l0 > 0 >= l1:
+            return marked - (g0 + (g1 - g0) * l0 / (l0 - l1)) * pattern
+    return marked - grid[int(np.argmin(np.abs(leans)))] * pattern
+
+
+def removals(model, marks: list[Mark], tv_available: bool, log) -> list[dict]:
+    per_attack: dict[str, list[tuple[bool, float, float]]] = {}
+    for mark_ in marks:
+        image = mark_.item.image
+        for name, attacked in removal_candidates(model, mark_, tv_available):
+            attacked_image = stored(image, attacked)
+            erased = not holder_reads(model, mark_, attacked_image)
+            cost = mark_.item.meter.binding_psnr(attacked_image.pixels[0])
+            per_attack.setdefault(name, []).append((erased, cost, mark_.psnr, mark_.item.label))
+        log(f"  removals on {mark_.item.label}")
+    rows = []
+    for name, results in per_attack.items():
+        erased = sum(r[0] for r in results)
+        cheap = sum(r[0] and r[2] - r[1] < RULE_DB for r in results)
+        breaks = cheap > RULE_RATE * len(results)
+        erased_costs = [r[1] for r in results if r[0]]
+        rows.append({"name": name, "group": "removal", **rate_figures(erased, len(results)),
+                     "psnr_attack": float(np.median([r[1] for r in results])),
+                     "psnr_attack_where_erased": float(np.median(erased_costs)) if erased_costs else None,
+                     "psnr_marked": float(np.median([r[2] for r in results])),
+                     "erased_within_4_db": cheap,
+                     "erased_within_4_db_images": {r[3]: f"{r[1]:.2f} dB (mark {r[2]:.2f})" for r in results
+                                                   if r[0] and r[2] - r[1] < RULE_DB},
+                     "verdict": "BREAKS the rule" if breaks else "holds"})
+    return rows
+
+
+def paste(target: Item, estimate: np.ndarray, psnr_db: float) -> tuple[MedicalImage, float]:
+    """`estimate` cut or zero-padded (top-left) to the target, scaled so that the paste sits
+    at `psnr_db` in the target's binding view, rounded and clipped."""
+    image = target.image
+    pattern = np.zeros((image.rows, image.cols))
+    rows, cols = min(image.rows, estimate.shape[0]), min(image.cols, estimate.shape[1])
+    pattern[:rows, :cols] = estimate[:rows, :cols]
+    original = image.pixels[0].astype(np.float64)
+    gain = 10 ** ((target.meter.binding_psnr(original + pattern) - psnr_db) / 20)
+    for _ in range(2):  # rounding and clipping move the figure: correct twice
+        pasted = stored(image, original + gain * pattern)
+        achieved = target.meter.binding_psnr(pasted.pixels[0])
+        if not np.isfinite(achieved):
+            gain *= 2.0
+            continue
+        gain *= 10 ** ((achieved - psnr_db) / 20)
+    pasted = stored(image, original + gain * pattern)
+    return pasted, target.meter.binding_psnr(pasted.pixels[0])
+
+
+def copy_estimates(mark_: Mark) -> dict[str, np.ndarray]:
+    marked = mark_.pixels.astype(np.float64)
+    context = FrameContext(mark_.item.image.stored_min, mark_.item.image.stored_max, mark_.view)
+    export = jpeg(marked, context, 75.0)
+    return {"blind copy (median3)": marked - median3(marked),
+            "exact-residual copy": marked - mark_.item.image.pixels[0].astype(np.float64),
+            "copy from JPEG q75 export": export - median3(export)}
+
+
+def copies(model, items: list[Item], marks: dict[int, Mark], pairs: list[tuple[int, int]], log) -> list[dict]:
+    results: dict[str, list[dict]] = {}
+    for victim, target in pairs:
+        mark_ = marks[victim]
+        for name, estimate in copy_estimates(mark_).items():
+            for psnr_db in COPY_DB:
+                pasted, achieved = paste(items[target], estimate, psnr_db)
+                results.setdefault(name, []).append({
+                    "accepted": holder_reads(model, mark_, pasted), "strength_db": psnr_db, "psnr": achieved,
+                    "cross": mark_.item.modality != items[target].modality,
+                    "pair": f"{mark_.item.label} → {items[target].label}"})
+        log(f"  copies {mark_.item.label} → {items[target].label}")
+    rows = []
+    for name, trials in results.items():
+        for subset, chosen in ((name, trials), (f"{name}, cross-modality", [t for t in trials if t["cross"]])):
+            if not chosen:
+                continue
+            accepted = sum(t["accepted"] for t in chosen)
+            by_strength = {f"{db:g} dB": f"{sum(t['accepted'] for t in chosen if t['strength_db'] == db)}/"
+                                         f"{sum(t['strength_db'] == db for t in chosen)}" for db in COPY_DB}
+            rows.append({"name": subset, "group": "copy", **rate_figures(accepted, len(chosen)),
+                         "psnr_attack": float(np.median([t["psnr"] for t in chosen])),
+                         "psnr_marked": float(np.median([marks[v].psnr for v, _ in pairs])),
+                         "accepted_by_strength": by_strength,
+                         "accepted_pairs": sorted({t["pair"] for t in chosen if t["accepted"]})})
+    return rows
+
+
+def collusion(model, marks: list[Mark]) -> list[dict]:
+    counts = {"A": 0, "B": 0, "neither": 0}
+    costs = []
+    for first in marks:
+        second = mark(model, first.item, first.codec, os.urandom(MESSAGE_BYTES))
+        average = stored(first.item.image, (first.pixels.astype(np.float64) + second.pixels) / 2)
+        read_a, read_b = holder_reads(model, first, average), holder_reads(model, second, average)
+        counts["A"] += read_a
+        counts["B"] += read_b
+        counts["neither"] += not (read_a or read_b)
+        costs.append(first.item.meter.binding_psnr(average.pixels[0]))
+    labels = {"A": "collusion: recipient A still read", "B": "collusion: recipient B still read",
+              "neither": "collusion: neither read"}
+    return [{"name": labels[key], "group": "collusion", **rate_figures(count, len(marks)),
+             "psnr_attack": float(np.median(costs)), "psnr_marked": float(np.median([m.psnr for m in marks]))}
+            for key, count in counts.items()]
+
+
+# ---------------------------------------------------------------------------- plan ------
+
+def plan(items: list[Item], trials: int, quick: bool, rng) -> dict:
+    """Which images are attacked: removal images (files first, then slices spread out), copy
+    pairs and link pairs (victim and target from different sources), the required
+    cross-modality pairs first."""
+    files = [i for i, item in enumerate(items) if item.modality != "PNG"]
+    slices = [i for i, item in enumerate(items) if item.modality == "PNG"]
+    n_removal = 3 if quick else max(8, round(trials * 0.4))
+    n_slices = max(0, n_removal - len(files))
+    removal = (files + [slices[round(k * len(slices) / max(n_slices, 1))] for k in range(n_slices)])[:n_removal]
+    if quick:
+        removal = [files[0], slices[0], slices[-1]]
+    candidates = [(v, t) for v in range(len(items)) for t in range(len(items))
+                  if v != t and items[v].source != items[t].source]
+    required = []
+    for victim_modality, target_modality in (("CT", "MR"), ("CT", "CR"), ("CT", "PNG"), ("PNG", "CT")):
+        options = [p for p in candidates if items[p[0]].modality == victim_modality
+                   and items[p[1]].modality == target_modality and p not in required]
+        if options:
+            required.append(options[int(rng.integers(len(options)))])
+    rest = [p for p in candidates if p not in required]
+    order = rng.permutation(len(rest))
+    n_pairs = 4 if quick else trials
+    copy_pairs = (required + [rest[k] for k in order])[:n_pairs]
+    link_order = rng.permutation(len(candidates))
+    n_link = 3 if quick else max(6, trials // 2)
+    link_pairs = [candidates[k] for k in link_order[:n_link]]
+    return {"removal": removal, "copy": copy_pairs, "link": link_pairs}
+
+
+# ---------------------------------------------------------------------------- output ----
+
+def print_tables(result: dict) -> None:
+    print(f"\n== key-less attacker: model {result['model']} (keyed: {result['keyed']}), "
+          f"{result['images']} held-out images, {result['seconds']:.0f} s ("
+          + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result["stage_seconds"].items()) + ")")
+    header = (f"{'attack':<43}{'trials':>7}{'success':>9}{'95 % up':>9}{'95 % lo':>9}{'PSNR atk':>10}{'PSNR mark':>10}"
+              f"   verdict / detail")
+    print(header)
+    print("-" * len(header))
+    for row in result["rows"]:
+        detail = row.get("verdict", "")
+        if row["group"] == "removal":
+            detail += f" (erased within 4 dB: {row['erased_within_4_db']}/{row['trials']}"
+            if row["erased_within_4_db"] and row["verdict"] != "holds":
+                shown = list(row["erased_within_4_db_images"].items())
+                detail += " [" + "; ".join(f"{label}: {cost}" for label, cost in shown[:3])
+                detail += "; …]" if len(shown) > 3 else "]"
+            if row["psnr_attack_where_erased"] is not None:
+                detail += f"; erased ones at {row['psnr_attack_where_erased']:.1f} dB"
+            detail += ")"
+        if row["group"] == "copy":
+            detail = "by strength " + ", ".join(f"{k} {v}" for k, v in row["accepted_by_strength"].items())
+        if row["group"] == "read":
+            agreement = row["bit_agreement"]
+            detail = (f"bit agreement {agreement['mean']:.3f} [{agreement['ci95'][0]:.3f}, "
+                      f"{agreement['ci95'][1]:.3f}] (chance 0.5)")
+        attack_psnr = "" if row["psnr_attack"] is None else f"{row['psnr_attack']:.2f}"
+        print(f"{row['name']:<43}{row['trials']:>7}{row['rate']:>9.1%}{row['upper_95']:>9.1%}{row['lower_95']:>9.1%}"
+              f"{attack_psnr:>10}{row['psnr_marked']:>10.2f}   {detail}")
+    print("PSNR: median, dB to the original in the binding view (copies: the paste in the target's view); "
+          "'PSNR mark': the marked copy's own.")
+    print(f"\nlinkability ({result['link_pairs']} pairs of different images, one key; positive: the same message, "
+          "negative: another; presence: positive the second image marked under another key, negative unmarked):")
+    print(f"{'score':<40}{'positive':>10}{'negative':>11}{'AUROC':>8}   positives above every negative")
+    for name, figures in result["linkability"].items():
+        detected = figures["detected_above_every_different_pair"]
+        print(f"{name:<40}{figures['same_message_mean']:>10.3f}{figures['different_message_mean']:>11.3f}"
+              f"{figures['auroc']:>8.3f}   {detected['successes']}/{detected['trials']} "
+              f"(95 % bounds {detected['lower_95']:.1%} to {detected['upper_95']:.1%})")
+    for note in result["notes"]:
+        print(f"note: {note}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model folder (default: the shipped default model)")
+    parser.add_argument("--trials", type=int, default=26,
+                        help="copy pairs (× 4 strengths per copy attack); removal images 0.4× (at least 8), "
+                             "link pairs 0.5× (at least 6)")
+    parser.add_argument("--quick", action="store_true", help="a few trials of everything (smoke test)")
+    parser.add_argument("--seed", type=int, default=0, help="which pairs and images (keys and messages are random)")
+    parser.add_argument("--json", action="store_true", help="one JSON object instead of the tables")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    log = (lambda text: print(text, file=sys.stderr, flush=True)) if not args.json else (lambda text: None)
+    model = load_model(args.model)
+    notes = []
+    try:
+        import skimage.restoration  # noqa: F401
+
+        tv_available = True
+    except ImportError:
+        tv_available = False
+        notes.append("scikit-image is not installed: total-variation denoising skipped")
+    try:
+        import pywt  # noqa: F401
+
+        notes.append("PyWavelets is installed but wavelet denoising is not implemented here")
+    except ImportError:
+        notes.append("wavelet denoising skipped: PyWavelets is not installed (skimage's denoise_wavelet needs it)")
+
+    items = image_pool()
+    chosen = plan(items, args.trials, args.quick, np.random.default_rng(args.seed))
+    victims = sorted(set(chosen["removal"]) | {v for v, _ in chosen["copy"]})
+    stages = {}
+    clock = time.perf_counter()
+
+    def stage(name: str) -> None:
+        nonlocal clock
+        stages[name] = round(time.perf_counter() - clock, 1)
+        clock = time.perf_counter()
+
+    log(f"marking {len(victims)} victims")
+    marks = {index: mark(model, items[index]) for index in victims}
+    rows = [public_read(model, list(marks.values()))]
+    stage("loading, marking, public read")
+    log("removals")
+    removal_marks = [marks[i] for i in chosen["removal"]]
+    rows += removals(model, removal_marks, tv_available, log)
+    stage("removals")
+    log("copies")
+    rows += copies(model, items, marks, chosen["copy"], log)
+    stage("copies")
+    log("collusion")
+    rows += collusion(model, removal_marks)
+    stage("collusion")
+    log("linkability")
+    linked = linkability(model, items, chosen["link"])
+    stage("linkability")
+    result = {"model": model.name, "model_path": str(model.path), "keyed": bool(model.model.config.keyed),
+              "images": len(items), "removal_images": [items[i].label for i in chosen["removal"]],
+              "copy_pairs": len(chosen["copy"]), "link_pairs": len(chosen["link"]),
+              "copy_strengths_db": list(COPY_DB), "rows": rows, "linkability": linked, "notes": notes,
+              "seconds": round(time.perf_counter() - started, 1), "stage_seconds": stages}
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print_tables(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
