@@ -96,12 +96,16 @@ def field_for(model: LoadedModel, codec: PayloadCodec, frame: np.ndarray, thresh
     unkeyed model: the key field over the frame's region of the marked image's canvas (it sits
     at `top`, `left` there), bound to the frame's content (`key_field.host_signs` above
     `threshold`, in the frame's units)."""
-    config = model.model.config
-    if not config.keyed:
+    if not model.model.config.keyed:
         return None
-    rows, cols = frame.shape[-2:]
-    field = key_field(codec.field_seed, rows, cols, config.key_field_sigma, top, left)
-    return _as_tensor((field * host_signs(codec.field_seed, frame, threshold))[None])
+    return _bound_field(model, codec, host_signs(codec.field_seed, frame, threshold), top, left)
+
+
+def _bound_field(model: LoadedModel, codec: PayloadCodec, signs: np.ndarray, top: int, left: int):
+    """The key field at (`top`, `left`) of the canvas times a frame's host `signs`, (1, 1, rows, cols)."""
+    rows, cols = signs.shape
+    field = key_field(codec.field_seed, rows, cols, model.model.config.key_field_sigma, top, left)
+    return _as_tensor((field * signs)[None])
 
 
 def residual_for(model: LoadedModel, image: MedicalImage, raw_bits: np.ndarray,
@@ -261,37 +265,59 @@ def _ranked_offsets(every_offset: np.ndarray) -> list[tuple[int, int]]:
     return [divmod(int(i), tile) for i in np.argsort(-score)[:OFFSETS_TRIED]]
 
 
+@dataclass
+class _KeyedResponses:
+    """What a keyed reader computes once per set of frames and uses for every offset it tries
+    and for its pilots: each frame's decoder feature maps and host signs (the convolutions and
+    the band-pass are most of a read's time; neither depends on the offset)."""
+
+    features: list[np.ndarray]
+    signs: list[np.ndarray]
+
+
+def _keyed_responses(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray,
+                     thresholds: np.ndarray) -> _KeyedResponses | None:
+    """The frames' `_KeyedResponses` for a keyed model, None for an unkeyed one."""
+    if not model.model.config.keyed:
+        return None
+    return _KeyedResponses([_feature_maps(model, frame) for frame in frames],
+                           [host_signs(codec.field_seed, frame, threshold) for frame, threshold in zip(frames, thresholds)])
+
+
 def _logits_at(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, thresholds: np.ndarray,
-               offset: tuple[int, int], features: list[np.ndarray] | None = None) -> np.ndarray:
+               offset: tuple[int, int], responses: _KeyedResponses | None = None) -> np.ndarray:
     """The decoder's logits for `frames` cut from the marked image at `offset` (rows, cols),
     averaged over frames (they share a crop); a keyed model reads with its field there (bound
-    to each frame's content above its threshold, `field_for`). `features`: the frames' feature
-    maps (`_feature_maps`), when already computed."""
+    to each frame's content above its threshold, `field_for`), from `responses` when already
+    computed. An unkeyed model reads its grid at (0, 0)."""
     import torch
 
     decoder = model.model.decoder
-    if features is None:
-        features = [_feature_maps(model, frame) for frame in frames]
+    if responses is None:
+        responses = _keyed_responses(model, codec, frames, thresholds)
     with torch.inference_mode():
-        logits = torch.stack([decoder.logits_from_features(torch.from_numpy(maps.astype(np.float32))[None],
-                                                           field_for(model, codec, frame, threshold, *offset), offset)[0]
-                              for frame, threshold, maps in zip(frames, thresholds, features)])
+        if responses is None:
+            logits = torch.stack([decoder(_as_tensor(frame[None]))[0] for frame in frames])
+        else:
+            logits = torch.stack([decoder.logits_from_features(torch.from_numpy(maps.astype(np.float32))[None],
+                                                               _bound_field(model, codec, signs, *offset), offset)[0]
+                                  for maps, signs in zip(responses.features, responses.signs)])
     return logits.mean(dim=0).numpy().astype(np.float64)
 
 
 def _read_uncropped(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, thresholds: np.ndarray,
-                    rescaled_by, origin: tuple[int, int] = (0, 0), features=None) -> Reading:
+                    rescaled_by, origin: tuple[int, int] = (0, 0), responses=None) -> Reading:
     """The common case, an image that was not cropped: one plain decoder pass, without the
     search over offsets. `origin`: where `frames` sit in the image (its centre region), which a
     keyed model's field must be drawn at; an unkeyed model reads its grid at (0, 0)."""
     offset = origin if model.model.config.keyed else (0, 0)
-    return _decode_logits(codec, _logits_at(model, codec, frames, thresholds, offset, features), offset, rescaled_by)
+    return _decode_logits(codec, _logits_at(model, codec, frames, thresholds, offset, responses), offset, rescaled_by)
 
 
 def _read_at_offsets(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, thresholds: np.ndarray,
-                     rescaled_by, origin: tuple[int, int] = (0, 0), features=None) -> Reading:
+                     rescaled_by, origin: tuple[int, int] = (0, 0), responses=None) -> Reading:
     if model.model.config.keyed:
-        return _read_keyed_at_offsets(model, codec, frames, thresholds, rescaled_by, origin, features)
+        return _read_keyed_at_offsets(model, codec, frames, thresholds, rescaled_by, origin, responses)
     every_offset = _logits_by_offset(model, frames)
     ranked = _ranked_offsets(every_offset)
     # (0, 0) first, since most images are not cropped and the score can be fooled.
@@ -324,22 +350,21 @@ def _feature_maps(model: LoadedModel, frame: np.ndarray) -> np.ndarray:
 
 
 def _read_keyed_at_offsets(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, thresholds: np.ndarray,
-                           rescaled_by, origin: tuple[int, int], features=None) -> Reading:
+                           rescaled_by, origin: tuple[int, int], responses=None) -> Reading:
     """A keyed mark: at `origin`, then where the key's pilot says the frames were cut from (a
     crop moves them further from the marked image's top-left, never closer)."""
     config = model.model.config
-    if features is None:
-        features = [_feature_maps(model, frame) for frame in frames]
+    if responses is None:
+        responses = _keyed_responses(model, codec, frames, thresholds)
     # From a little before `origin`: after a resize it is known only to a few px.
     base = (max(0, origin[0] - _ORIGIN_SLACK), max(0, origin[1] - _ORIGIN_SLACK))
-    responses = np.mean([maps * host_signs(codec.field_seed, frame, threshold)
-                         for frame, threshold, maps in zip(frames, thresholds, features)], axis=0)
-    located = [offset for offset in locate_key_field(responses,
+    bound = np.mean([maps * signs for maps, signs in zip(responses.features, responses.signs)], axis=0)
+    located = [offset for offset in locate_key_field(bound,
                                                      codec.field_seed, config.key_field_sigma, OFFSETS_TRIED, base)
                if offset != origin][: OFFSETS_TRIED - 1]
     readings = []
     for offset in [origin] + located:
-        reading = _decode_logits(codec, _logits_at(model, codec, frames, thresholds, offset, features), offset,
+        reading = _decode_logits(codec, _logits_at(model, codec, frames, thresholds, offset, responses), offset,
                                  rescaled_by)
         if reading.decoded.found:
             return reading
@@ -420,18 +445,16 @@ def read_frames(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, qui
     thresholds = np.asarray(thresholds, dtype=np.float64) / unit
     # Offset (0, 0) is decoded here and again inside the offset search when this fails: the
     # same bits give the same answer, so the false-positive bound does not change.
-    # A keyed reader needs the decoder's feature maps for every offset it tries and for its
-    # pilots: computed once here (the convolutions are most of a read's time).
-    features = [_feature_maps(model, frame) for frame in frames] if model.model.config.keyed else None
-    uncropped = _read_uncropped(model, codec, frames, thresholds, (1.0, 1.0), origin, features)
+    responses = _keyed_responses(model, codec, frames, thresholds)  # once for every try below
+    uncropped = _read_uncropped(model, codec, frames, thresholds, (1.0, 1.0), origin, responses)
     if uncropped.decoded.found or quick:
         return uncropped
-    first = _read_at_offsets(model, codec, frames, thresholds, (1.0, 1.0), origin, features)
+    first = _read_at_offsets(model, codec, frames, thresholds, (1.0, 1.0), origin, responses)
     if first.decoded.found:
         return first
     # An unkeyed mark's period and angle come from its autocorrelation; a keyed one's from its pilot.
     correlation = None if model.model.config.keyed else mark_autocorrelation(frames[0])
-    period = _tile_period(model, frames[0], correlation, features[0] if features else None)
+    period = _tile_period(model, frames[0], correlation, responses.features[0] if responses else None)
     if period is not None and max(abs(p / tile - 1.0) for p in period) >= 0.005:
         factors = (tile / period[0], tile / period[1])
         region = round(DECODE_REGION / max(factors))
@@ -443,7 +466,7 @@ def read_frames(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, qui
             second = _read_at_offsets(model, codec, rescaled, thresholds, factors, rescaled_origin)
             if second.decoded.found:
                 return second
-    degrees = _rotation(model, frames[0], correlation, features[0] if features else None)
+    degrees = _rotation(model, frames[0], correlation, responses.features[0] if responses else None)
     if degrees is not None:
         turned = np.stack([rotate(frame, degrees) for frame in frames]).astype(np.float32)
         third = _read_at_offsets(model, codec, turned, thresholds, (1.0, 1.0), origin)
