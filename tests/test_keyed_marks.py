@@ -90,3 +90,5 @@ def test_an_old_models_mark_reads_flagged_unprotected(tmp_path):
     answer = json.loads(read.stdout)
     assert answer["message"] == "OLD-ID" and answer["protected"] is False and answer["model"] == "wm-default-v2"
     assert "anyone with wm can read, remove or copy" in read.stderr
+    verified = json.loads(run_wm("verify", marked, "--key", "k3y-0f-th3-h0spital", "--json").stdout)
+    assert verified["mark_found"] and verified["message"] == "OLD-ID" and verified["mark_protected"] is False

@@ -242,6 +242,7 @@ def test_restore_and_verify_command_lines(tmp_path):
     assert verified.code == 0, verified.stderr
     report = json.loads(verified.stdout)
     assert report["intact"] and report["mark_found"] and report["message"] == "cli-16" and report["record_found"]
+    assert report["mark_protected"]  # the keyed default model, a secret key
 
     restored = run_wm("restore", marked, "--key", "k1")
     assert restored.code == 0, restored.stderr

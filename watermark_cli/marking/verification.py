@@ -42,8 +42,9 @@ class Verification:
     sealing: str | None = None  # how the record was sealed: 'key', 'default key' or 'recipient'
     expected_signer_sha256: str | None = None  # the certificate the record says the file was signed with
     reading_changed: list = field(default_factory=list)  # pixel-interpretation elements changed since marking
-    # The unkeyed model whose mark was found (anyone can read, strip or copy it), else None.
-    mark_model_unprotected: str | None = None
+    # Whether the mark found protects anything: a keyed model's, under a secret key (an unkeyed
+    # model's mark or one under the public default key anyone can read, strip or copy).
+    mark_protected: bool = False
 
     @property
     def signer_problem(self) -> str:
@@ -95,7 +96,7 @@ class Verification:
     def as_json(self) -> dict:
         return {
             "input": self.input, "mark_found": self.mark_found, "message": self.message,
-            "mark_protected": self.mark_found and self.mark_model_unprotected is None,
+            "mark_protected": self.mark_protected,
             "record_found": self.record_found, "record_authentic": self.record_authentic,
             "intact": self.intact, "status": self.status, "authenticity": self.authenticity,
             "changed_blocks": [{"frame": f, "row": r, "col": c} for f, r, c in self.changed_blocks],
@@ -110,7 +111,7 @@ def verify_image(image, key, loaded, codec, recipient=None, older=()) -> Verific
     whose marks are read too (`image.older_readers`)."""
     decoded, unprotected = read_any_mark(loaded, codec, image, older)
     result = Verification(str(image.path), decoded.found, bytes_to_text(decoded.message) if decoded.found else None,
-                          mark_model_unprotected=unprotected)
+                          mark_protected=decoded.found and unprotected is None and key_kind(key) == "custom")
     try:
         record, tag_key, sealing = opened_record(image, key, recipient)
     except NoRecordError:

@@ -10,8 +10,9 @@ is different at every pixel of the image and known only to holders of the key, s
 - with the key, the decoder multiplies its feature maps by the same field before folding
   (`CarrierDecoder.normalised_fold`), which turns the mark back into the repeated tile.
 
-The field is white ±1 noise drawn from SHAKE-256 of a key-derived seed (`payload.field_seed`), one XOF stream per row
-(so a pixel's value does not depend on how much of the canvas is drawn), smoothed by a Gaussian
+The field is white ±1 noise drawn from SHAKE-256 of a key-derived seed (`payload.field_seed`),
+one XOF stream per row (so a pixel's value does not depend on how much of the canvas is
+drawn), smoothed by a Gaussian
 of `sigma` px (JPEG and resizing keep low frequencies) and scaled to unit variance. It is
 anchored at the image's top-left pixel; reading a crop looks for where the crop sat
 (`marking.synchronisation.locate_key_field`).
