@@ -11,7 +11,7 @@ import torch
 from watermark_cli.errors import BadInputError
 from watermark_cli.training import config_for_preset, validate_config
 from watermark_cli.attacks.layers import (CROP_SMALLEST_SIDE, TRAINING_ATTACKS, _rotate_about_centre,
-                                            crop_keeping_area)
+                                            crop_keeping_area, denoising_removal, median_3x3)
 
 
 def _images(rows: int = 64, cols: int = 64, seed: int = 0) -> torch.Tensor:
@@ -28,6 +28,26 @@ def test_every_training_attack_passes_a_gradient_back_to_the_marked_image(name):
         assert attacked.shape == images.shape
     attacked.square().sum().backward()
     assert images.grad is not None and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+
+
+def test_the_median_layer_is_scipys_3x3_median_with_mirrored_edges():
+    from scipy.ndimage import median_filter
+
+    images = _images(rows=19, cols=23)
+    expected = median_filter(images.numpy(), size=(1, 1, 3, 3), mode="mirror")
+    assert torch.equal(median_3x3(images), torch.from_numpy(expected))
+
+
+def test_denoising_removal_over_subtracts_what_the_denoiser_takes_and_keeps_smooth_content():
+    flat = torch.full((2, 1, 32, 32), 0.4)
+    spiked = flat.clone()
+    spiked[:, :, 16, 16] += 0.2
+    left = []
+    for seed in range(8):
+        assert torch.allclose(denoising_removal(flat, random.Random(seed)), flat, atol=1e-6)
+        left.append(float(denoising_removal(spiked, random.Random(seed))[0, 0, 16, 16]))
+    # Some of the spike always goes; where the median took it whole, γ ≥ 1 takes it to or past the level.
+    assert max(left) < 0.6 - 1e-3 and min(left) <= 0.4 + 1e-6
 
 
 def test_rotation_by_zero_is_the_identity_and_turns_rigidly_on_non_square_images():
