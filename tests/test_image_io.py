@@ -201,6 +201,24 @@ def test_dicom_without_preamble_is_read_and_written_as_a_proper_file(tmp_path):
     assert pydicom.dcmread(out).file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
 
 
+@pytest.mark.parametrize("compression", ["none", "rle"])
+def test_a_preamble_holding_an_executable_header_is_written_as_zeros(compression, tmp_path):
+    """PS3.10 lets the 128-byte preamble hold anything, so a DICOM file can also be a Windows
+    executable (CVE-2019-11687). wm never copies those bytes: every DICOM file it writes starts
+    with 128 zero bytes and 'DICM'."""
+    ds = pydicom.dcmread(data_file("CT_small.dcm"))
+    ds.preamble = b"MZ" + bytes(range(1, 127))  # a PE header's magic, then junk
+    polyglot = tmp_path / "polyglot.dcm"
+    ds.save_as(polyglot, enforce_file_format=True)
+    assert polyglot.read_bytes()[:2] == b"MZ"
+
+    image = read_image(polyglot)
+    out = write_image(image, image.pixels, tmp_path / "out.dcm", derivation="x", compression=compression)
+    written = out.read_bytes()
+    assert written[:128] == bytes(128) and written[128:132] == b"DICM"
+    assert np.array_equal(read_image(out).pixels, image.pixels)
+
+
 # --------------------------------------------------------------------------------------------
 # Header-derived fields
 

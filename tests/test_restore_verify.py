@@ -311,7 +311,7 @@ def test_record_for_a_recipient_opens_with_its_private_key_only(name, shipped, t
     # Confidential, not authentic: anyone with the certificate could have written the record.
     unsigned = verify_image(read_image(marked), KEY, loaded, codec, recipient)
     assert unsigned.record_authentic and unsigned.changed_blocks == [] and not unsigned.intact
-    assert unsigned.authenticity == "none (recipient record, unsigned)"
+    assert unsigned.authenticity == "none (recipient record without a trusted signature)"
     with pytest.raises(BadInputError, match="encrypted for a recipient"):
         restore_file(marked, tmp_path / f"x{source.suffix}", KEY)
     with pytest.raises(RecordNotAuthenticError):
@@ -370,7 +370,8 @@ def test_signed_embed_passes_dcmsign_and_verify_sees_a_changed_header(tmp_path):
     verified = run_wm("verify", changed, "--key", "k1", "--json")
     report = json.loads(verified.stdout)
     assert verified.code == 1 and not report["intact"] and report["changed_blocks"] == []
-    assert report["status"] == "tampered: a digital signature does not verify"
+    assert report["status"] == "tampered: identity changed: PatientName"  # the record names it
+    assert [s["valid"] for s in report["signatures"]] == [False]  # and the signature breaks
 
     refused = run_wm("embed", clinical_file("693_UNCR.dcm"), "x", "--sign", key_path,
                      "-o", tmp_path / "never.dcm")
@@ -440,14 +441,17 @@ def test_what_stands_behind_intact_signer_removed_replaced_or_default_key(shippe
     ds.save_as(tmp_path / "resigned.dcm", enforce_file_format=True)
     resigned = verify_image(read_image(tmp_path / "resigned.dcm"), KEY, loaded, codec)
     assert resigned.signatures[0].valid and not resigned.intact
-    assert resigned.status == "tampered: signed by another certificate than at marking"
+    assert resigned.status == "tampered: identity changed: PatientName"
+    assert resigned.signer_problem == "signed by another certificate than at marking"
 
     public = tmp_path / "public.dcm"
     loaded, _ = shipped
     embed_file(clinical_file("693_UNCR.dcm"), public, EmbedSettings(MESSAGE, QualityFloor(40.0)), loaded,
                codec_for(loaded, None))
     report = verify_image(read_image(public), None, loaded, codec_for(loaded, None))
-    assert report.intact and report.authenticity == "none (public default key)" and "default key" in report.status
+    # Untouched, but the public default key proves nothing: never intact (issue 29).
+    assert not report.intact and report.authenticity == "none (public default key)" and "default key" in report.status
+    assert report.changed_blocks == [] and report.bound and report.binding_changes == []
 
 
 @pytest.mark.slow
@@ -537,4 +541,6 @@ def test_a_change_to_how_the_pixels_are_read_is_tampering(shipped, tmp_path):
     ds.save_as(tmp_path / "reread.dcm", enforce_file_format=True)
     report = verify_image(read_image(tmp_path / "reread.dcm"), KEY, loaded, codec)
     assert report.changed_blocks == [] and not report.intact
-    assert report.reading_changed == ["PhotometricInterpretation", "RescaleIntercept"]
+    assert [(c.category, c.name, c.how) for c in report.binding_changes] == [
+        ("presentation", "PhotometricInterpretation", "changed"), ("presentation", "RescaleIntercept", "changed")]
+    assert report.status == "tampered: presentation changed: PhotometricInterpretation, RescaleIntercept"

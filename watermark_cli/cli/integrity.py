@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,8 +12,31 @@ from rich.markup import escape
 from ..errors import BadInputError, CheckFailedError, WmError
 from ..keys import resolve_key
 from .app import app, emit_json, open_model, stderr, stdout
-from .options import (OUTPUT, JsonOption, KeyFileOption, KeyOption, MaxPixelsOption, ModelOption, RecipientKeyOption,
+from .options import (INTEGRITY, OUTPUT, JsonOption, KeyFileOption, KeyOption, MaxPixelsOption, ModelOption, RecipientKeyOption,
                       RecipientOption, examples, recipient_for_opening)
+
+
+TRUST_VARIABLE = "WM_TRUST"
+TrustOption = Annotated[Optional[list[Path]], typer.Option(
+    "--trust", rich_help_panel=INTEGRITY,
+    help="A PEM certificate or bundle whose signatures count: CA certificates (a signer's certificate must be "
+         f"issued under one) or signers' own certificates (pinned). Repeatable. Default: the files named in "
+         f"{TRUST_VARIABLE} (separated by '{os.pathsep}').")]
+
+
+def trusted_signers(paths: list[Path] | None):
+    """The trust anchors of --trust, else of the WM_TRUST setting (empty: no signer is trusted,
+    and only a secret key, or the signer its record pins, proves a file)."""
+    from ..integrity.envelope import read_pem
+    from ..integrity.signature import load_trust
+
+    if not paths:
+        setting = os.environ.get(TRUST_VARIABLE, "")
+        paths = [Path(part) for part in setting.split(os.pathsep) if part.strip()]
+        where = TRUST_VARIABLE
+    else:
+        where = "--trust"
+    return load_trust([(str(path), read_pem(path, where)) for path in paths])
 
 
 def _default_restored(marked: Path) -> Path:
@@ -60,6 +84,8 @@ def restore(
     ("wm verify scan.wm.dcm --key-file site.key", "exit 0 only when intact and proved by the secret key"),
     ("wm verify *.wm.dcm --key-file site.key --json", "one JSON line per file"),
     ("wm verify scan.wm.dcm --key-file site.key --map changes.png", "where the pixels changed, outlined in red"),
+    ("wm verify scan.wm.dcm --recipient me.pem --recipient-key me.key --trust hospital-ca.pem",
+     "a recipient's record: proved only by a signature under the trusted CA"),
 ))
 def verify(
     inputs: Annotated[list[Path], typer.Argument(
@@ -72,15 +98,18 @@ def verify(
         help="Write a PNG of the frames with changed blocks outlined in red (one input only).")] = None,
     recipient: RecipientOption = None,
     recipient_key: RecipientKeyOption = None,
+    trust: TrustOption = None,
     max_pixels: MaxPixelsOption = 100_000_000,
     json_output: JsonOption = False,
 ) -> None:
     """Say whether a marked file is intact since marking, and what changed.
 
     Is the mark there, is the restoration record there and authentic, have the pixels changed
-    since marking (which blocks), do the file's digital signatures hold. Exit 0 when every file is
-    intact and proved (a secret key or a signature); 1 tampered, no mark or no record (integrity
-    unknown); 2 bad input."""
+    since marking (which blocks), has anything changed that alters what a reader sees or whose
+    image it is (each change named), do the file's digital signatures hold and are they by trusted
+    signers. Exit 0 only when every file is intact and proved (a secret key; a recipient's record
+    only with a trusted signature; never the public default key); 1 tampered, unproven, no mark or
+    no record; 2 bad input."""
     from ..io.image import read_image
     from ..marking.image import codec_for, older_readers
     from ..marking.verification import verify_image, write_change_map
@@ -91,6 +120,7 @@ def verify(
         raise BadInputError("--map draws one file's changes: give one INPUT with it")
     secret = resolve_key(key, key_file)
     opener = recipient_for_opening(recipient, recipient_key)
+    anchors = trusted_signers(trust)
     loaded = open_model(model)
     codec = codec_for(loaded, secret)
     older = older_readers(loaded, secret)
@@ -98,7 +128,7 @@ def verify(
     for path in inputs:
         try:
             image = read_image(path, max_pixels)
-            result = verify_image(image, secret, loaded, codec, opener, older)
+            result = verify_image(image, secret, loaded, codec, opener, older, anchors)
             if change_map is not None:
                 write_change_map(image, result, change_map)
         except WmError as error:  # one bad file never stops the others
@@ -134,10 +164,18 @@ def _print_verification(result, change_map: Path | None) -> None:
         lines.append(f"  pixels: {len(result.changed_blocks)} of {result.n_blocks} blocks of "
                      f"{result.block_size}x{result.block_size} changed" + (f" ({changed}{more})" if changed else ""))
     if result.record_authentic:
+        from ..integrity.binding import describe
+
+        header = ("[red]not bound (older record)[/]" if not result.bound else
+                  f"[red]{escape(describe(result.binding_changes))}[/]" if result.binding_changes else "unchanged")
+        lines.append(f"  presentation and identity: {header}")
         lines.append(f"  authenticity: {result.authenticity}")
     for check in result.signatures:
+        trust = ("trusted" if check.trusted else
+                 "pinned by the record" if result.counts(check) else f"not trusted: {check.trust_problem}")
         lines.append(f"  signature {check.uid} by {escape(check.signer)}: "
-                     + ("[green]valid[/]" if check.valid else f"[red]invalid[/] ({escape(check.reason)})"))
+                     + (f"[green]valid[/], {escape(trust)}" if check.valid else
+                        f"[red]invalid[/] ({escape(check.reason)})"))
     if change_map is not None:
         lines.append(f"  map: {escape(str(change_map))}")
     lines.append(f"  → {'[green]' if result.intact else '[red]'}{result.status}[/]")

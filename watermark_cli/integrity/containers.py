@@ -9,6 +9,11 @@
 
 The record stores no file structure for PNG and TIFF: restoring one gives the original stored
 values in a new file of the same format.
+
+A file marked again keeps the earlier record inside the new one, so that each `wm restore` steps
+back one marking: DICOM keeps it among the original elements (`dicom_original_elements`), PNG
+and TIFF as their only original element (`raster_original_elements`), and restore writes it
+back into the restored file's chunk or tag.
 """
 
 from __future__ import annotations
@@ -183,6 +188,35 @@ def der_trimmed(blob: bytes) -> bytes:
         return blob[:2 + blob[1]] if len(blob) >= 2 else blob
     size = blob[1] & 0x7F
     return blob[:2 + size + int.from_bytes(blob[2:2 + size], "big")]
+
+
+# ---- PNG and TIFF: the earlier record ----------------------------------------------------------
+
+# PNG and TIFF files get their record's `original_elements` from here: empty when the input
+# carried no record, else this label and the earlier record's bytes as stored (a shared-key
+# record or a CMS envelope alike). The label lets a later wm tell this layout from another.
+_EARLIER_RECORD_LABEL = b"wm earlier record 1\n"
+
+
+class UnknownOriginalElementsError(ValueError):
+    """A PNG or TIFF record keeps original elements in a layout this wm does not know."""
+
+
+def raster_original_elements(earlier_record: bytes | None) -> bytes:
+    """What a PNG or TIFF record keeps of the input besides its pixels: the input's own record,
+    if it was marked before (embed replaces it, restore puts it back)."""
+    return b"" if earlier_record is None else _EARLIER_RECORD_LABEL + earlier_record
+
+
+def raster_earlier_record(original_elements: bytes) -> bytes | None:
+    """The earlier record a PNG or TIFF record keeps (None when the input had none; records
+    written before chaining keep none either)."""
+    if not original_elements:
+        return None
+    if not original_elements.startswith(_EARLIER_RECORD_LABEL):
+        raise UnknownOriginalElementsError("the record keeps the original file's metadata in a layout this wm "
+                                           "does not know (made by a newer wm?)")
+    return original_elements[len(_EARLIER_RECORD_LABEL):]
 
 
 # ---- PNG -------------------------------------------------------------------------------------

@@ -13,7 +13,11 @@ compresses to a small fraction of the pixel data. The record holds
   lossless compression) changes none, so a false alarm is impossible by construction, and a
   change goes unnoticed with probability 2⁻⁶⁴ per block;
 - for DICOM, the original values of every element the embed changed (SOP Instance UID among
-  them) and the names of those it added, as a small Explicit VR Little Endian dataset.
+  them) and the names of those it added, as a small Explicit VR Little Endian dataset;
+- the *binding* (integrity.binding): a digest of everything in the marked file, as written, that
+  changes what a reader sees or whose image it is — presentation and identity — item by item, so
+  that `wm verify` names each change. Records written before it have none: verify then says the
+  presentation and identity are not bound, and never "intact".
 
 Sealing: AES-256-GCM under a key derived from the user's `--key` by HKDF-SHA256 with a random
 16-byte salt per record (so no two records share a key stream, and the block-tag key differs
@@ -39,6 +43,8 @@ import numpy as np
 from ..errors import BadInputError, CheckFailedError
 from ..hashing import pixel_sha256
 from ..keys import key_bytes
+from .binding import pack as pack_binding
+from .binding import unpack as unpack_binding
 
 MAGIC = b"WMRR"  # wm restoration record
 VERSION = 1
@@ -79,6 +85,9 @@ class RestorationRecord:
     signer_sha256: str | None = None
     # DICOM: how the stored values are read (see containers.pixel_interpretation), at marking.
     interpretation: dict = field(default_factory=dict)
+    # The presentation and identity of the marked file as written (integrity.binding); None in a
+    # record written before wm bound them.
+    binding: dict | None = field(default=None, repr=False)
 
     def original_pixels(self, marked: np.ndarray) -> np.ndarray:
         """The original stored values from the marked ones (exact integer arithmetic)."""
@@ -92,6 +101,19 @@ class RestorationRecord:
 def _shape_text(shape) -> str:
     frames, rows, cols = shape
     return f"{frames} frame(s) of {rows}x{cols}"
+
+
+def _unpacked_binding(data: bytes) -> dict:
+    """The sealed binding; a record that authenticates but holds an unreadable one is damaged."""
+    import lzma
+
+    try:
+        binding = unpack_binding(data)
+    except (lzma.LZMAError, ValueError, UnicodeDecodeError):
+        binding = None
+    if not isinstance(binding, dict) or not isinstance(binding.get("items"), dict):
+        raise RecordNotAuthenticError("the restoration record is damaged (its binding cannot be read)")
+    return binding
 
 
 # ---- keys ------------------------------------------------------------------------------------
@@ -177,7 +199,7 @@ def _decompress_difference(codec: str, data: bytes, dtype: str, shape) -> np.nda
 def seal(original: np.ndarray, marked: np.ndarray, key: str | bytes | None, *, original_elements: bytes = b"",
          added_elements: tuple[str, ...] = (), original_sop_instance_uid: str | None = None,
          creator: str = "", high_bits: np.ndarray | None = None, signer_sha256: str | None = None,
-         interpretation: dict | None = None) -> bytes:
+         interpretation: dict | None = None, binding: dict | None = None) -> bytes:
     """The sealed record for one marked image (stored values `marked`, from `original`)."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -191,6 +213,8 @@ def seal(original: np.ndarray, marked: np.ndarray, key: str | bytes | None, *, o
     sections = {"difference": packed, "block_tags": tags, "original_elements": original_elements}
     if high_bits is not None:
         sections["high_bits"] = lzma.compress(np.ascontiguousarray(high_bits, dtype="<u2").tobytes(), preset=6)
+    if binding is not None:
+        sections["binding"] = pack_binding(binding)
     header = {
         "shape": list(original.shape), "dtype": original.dtype.newbyteorder("<").str,
         "difference_dtype": difference.dtype.str, "difference_codec": codec, "block_size": BLOCK,
@@ -254,5 +278,6 @@ def open_record(blob: bytes, key: str | bytes | None) -> tuple[RestorationRecord
         high_bits=(_decompress_difference("xz", sections["high_bits"], "<u2", shape) if "high_bits" in sections
                    else None),
         signer_sha256=header.get("signer_sha256"), interpretation=header.get("interpretation") or {},
+        binding=_unpacked_binding(sections["binding"]) if "binding" in sections else None,
     )
     return record, _derive(material, salt, _BLOCK_TAG_LABEL)

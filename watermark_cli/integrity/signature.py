@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import copy
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from cryptography import x509
@@ -125,6 +125,76 @@ class SignatureCheck:
     valid: bool
     reason: str  # '' when valid, else one short line
     certificate_sha256: str = ""  # the signer certificate's fingerprint ('' when it cannot be read)
+    # Whether the signer is one the verifier trusts (`TrustAnchors`), and why not when it is not.
+    trusted: bool = False
+    trust_problem: str = "no trusted signers were given (--trust)"
+
+
+# --- trusted signers -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrustAnchors:
+    """The certificates whose signatures count (`wm verify --trust`): CA certificates, under which
+    a signer's certificate must chain, or signers' own certificates, pinned exactly."""
+
+    certificates: tuple = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.certificates)
+
+
+def load_trust(pem_files: list[tuple[str, bytes]]) -> TrustAnchors:
+    """Every certificate of each PEM file or bundle (name, bytes); a file holding none is bad input."""
+    certificates = []
+    for name, pem in pem_files:
+        try:
+            found = x509.load_pem_x509_certificates(pem)
+        except ValueError:
+            found = []
+        if not found:
+            raise BadInputError(f"--trust {name}: holds no readable PEM certificate")
+        certificates.extend(found)
+    return TrustAnchors(tuple(certificates))
+
+
+def trust_problem(certificate: x509.Certificate, signed_at: datetime, anchors: TrustAnchors,
+                  now: datetime | None = None) -> str:
+    """'' when `certificate` is trusted: one of `anchors` itself, or issued under one of them (a
+    CA: basic constraints and key usage checked by cryptography's X.509 path validation), the
+    whole chain valid both at the signature's date and time and now. The signing time is what the
+    signer wrote, not a trusted timestamp: a certificate that has expired or is not yet valid
+    today is not trusted whatever date a signature claims. Else why not, in one line."""
+    from cryptography.x509 import verification
+
+    if not anchors:
+        return "no trusted signers were given (--trust)"
+    now = now or datetime.now(timezone.utc)
+    for moment, when in ((signed_at, "at the signature's date"), (now, "now")):
+        if not certificate.not_valid_before_utc <= moment <= certificate.not_valid_after_utc:
+            return f"the signer's certificate is not valid {when} (valid {_period(certificate)})"
+    pinned = certificate_sha256(certificate)
+    if any(certificate_sha256(anchor) == pinned for anchor in anchors.certificates):
+        return ""
+    # The signer's certificate is the only one a DICOM signature carries: intermediate CAs are
+    # trusted by naming them in --trust. Any extended key usage is accepted (document signing
+    # certificates carry various ones); the CA side follows the Web PKI profile.
+    store = verification.Store(list(anchors.certificates))
+    for moment, problem in ((now, "signed by an untrusted signer"),
+                            (signed_at, "the chain to a trusted certificate was not valid at the signature's date")):
+        policy = (verification.PolicyBuilder().store(store).time(moment)
+                  .extension_policies(ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
+                                      ee_policy=verification.ExtensionPolicy.permit_all()))
+        try:
+            policy.build_client_verifier().verify(certificate, [])
+        except verification.VerificationError:
+            return problem
+    return ""
+
+
+def _period(certificate: x509.Certificate) -> str:
+    return (f"{certificate.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+            f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
 
 
 def load_signer(key_pem: bytes, cert_pem: bytes, password: bytes | None = None) -> Signer:
@@ -231,8 +301,27 @@ def sign_dataset(ds, signer: Signer, *, now: datetime | None = None) -> str:
     return signature_uid
 
 
-def verify_signatures(ds) -> list[SignatureCheck]:
-    """Check every top-level signature of `ds`; [] when it has none. `ds` is not modified."""
+def verify_signatures(ds, trust: TrustAnchors | None = None, now: datetime | None = None) -> list[SignatureCheck]:
+    """Check every top-level signature of `ds`; [] when it has none. `ds` is not modified. Each
+    valid one is judged against `trust` (see `trust_problem`)."""
+    checks = _verify_signatures(ds)
+    judged = []
+    for check, item in zip(checks, _signature_items(ds)):
+        if check.valid:
+            certificate, _ = _certificate_of_signer(item)
+            signed_at = _parse_datetime(_text(item, DIGITAL_SIGNATURE_DATETIME))
+            problem = trust_problem(certificate, signed_at, trust or TrustAnchors(), now)
+            check = replace(check, trusted=not problem, trust_problem=problem)
+        judged.append(check)
+    return judged
+
+
+def _signature_items(ds) -> list:
+    signatures = ds.get(DIGITAL_SIGNATURES_SEQUENCE)
+    return list(signatures.value) if signatures is not None and signatures.VR == "SQ" and signatures.value else []
+
+
+def _verify_signatures(ds) -> list[SignatureCheck]:
     signatures = ds.get(DIGITAL_SIGNATURES_SEQUENCE)
     if signatures is None or signatures.VR != "SQ" or not signatures.value:
         return []
@@ -301,6 +390,14 @@ def _check_signature(item, stored_item, mac_items, stored, stored_by_tag) -> Sig
             return invalid(f"signed data element {_tag_text(tag)} cannot be signed (VR UN or a reserved tag)")
 
     listed_set = set(listed)
+    # The MAC covers the listed elements only: an element added afterwards (a Presentation LUT
+    # Shape, an overlay plane) leaves it valid. The Creator profile signs every signable element,
+    # so one that is not listed was added since signing.
+    added = [element.tag for element in stored if _is_signable(element) and element.tag not in listed_set
+             and element.tag != DIGITAL_SIGNATURES_SEQUENCE]
+    if added:
+        return invalid("data elements added since signing: " + ", ".join(_tag_name(tag) for tag in added[:6])
+                       + (f" and {len(added) - 6} more" if len(added) > 6 else ""))
     digest = _mac([element for element in stored if element.tag in listed_set], stored_item, algorithm)
 
     signature_element = item.get(SIGNATURE)
@@ -641,6 +738,12 @@ def _tag_list(element) -> list[int]:
     if isinstance(value, int):
         return [int(value)]
     return [int(tag) for tag in value]
+
+
+def _tag_name(tag: int) -> str:
+    from pydicom.datadict import keyword_for_tag
+
+    return keyword_for_tag(tag) or _tag_text(tag)
 
 
 def _tag_text(tag: int) -> str:

@@ -4,7 +4,8 @@ pylibjpeg plugins; RLE and JPEG 2000 lossless encode).
 Reading checks what a header declares (size, frames, codestream sizes, the length of native
 pixel data) before anything is decoded, and turns every decoder failure into one line naming the
 file. Writing keeps every element but those `DICOM_ELEMENTS_CHANGED_ON_WRITE` lists, and the
-unused high bits of unsigned words. Colour and palette images are refused, never turned gray.
+unused high bits of unsigned words; the 128-byte preamble is always written as zeros (never
+copied: CVE-2019-11687). Colour and palette images are refused, never turned gray.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from .medical_image import MedicalImage, check_declared_size, one_line, stored_r
 #:   MediaStorageSOPClassUID (filled in by pydicom to make a valid DICOM file).
 #: - GroupLength: retired (gggg,0000) group lengths (no keyword in the dictionary; this name stands for
 #:   all of them) are dropped by pydicom, as PS3.5 §7.2 asks; they would be wrong after the edits.
+#: - Preamble: not an element, but not copied either: always 128 zero bytes (see ZERO_PREAMBLE).
 #: Lossy-compression flags (LossyImageCompression, ...Ratio, ...Method) are deliberately KEPT: the
 #: pixels did go through lossy compression once, and decompressing does not undo that.
 DICOM_ELEMENTS_CHANGED_ON_WRITE: tuple[str, ...] = (
@@ -282,11 +284,12 @@ _WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 
 
 def write_dicom(original: MedicalImage, pixels: np.ndarray, fh: BinaryIO, derivation: str,
-                 compression_uid: str | None = None, record: bytes | None = None, signer: Any = None) -> None:
+                 compression_uid: str | None = None, record: bytes | None = None, signer: Any = None,
+                 sop_instance_uid: str | None = None) -> None:
     """The original dataset as a derived image with new little-endian pixel data: native, or
     losslessly re-encoded with `compression_uid`; with the restoration record and a signature
-    when given."""
-    import pydicom
+    when given. `sop_instance_uid`: the new instance's UID when the caller chose it (the record
+    binds it), else a fresh one."""
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
     from pydicom.uid import generate_uid
@@ -300,7 +303,7 @@ def write_dicom(original: MedicalImage, pixels: np.ndarray, fh: BinaryIO, deriva
 
     source_class = ds.get("SOPClassUID")
     source_instance = ds.get("SOPInstanceUID")
-    ds.SOPInstanceUID = generate_uid()
+    ds.SOPInstanceUID = sop_instance_uid or generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
 
     ds.ImageType = _derived_image_type(ds.get("ImageType"))
@@ -325,6 +328,22 @@ def write_dicom(original: MedicalImage, pixels: np.ndarray, fh: BinaryIO, deriva
         compress_losslessly(ds, compression_uid, original.path)
     if signer is not None:
         sign_dataset(ds, signer)
+    write_dicom_file(fh, ds)
+
+
+#: The preamble every DICOM file wm writes carries. PS3.10 leaves the 128 bytes free for other
+#: uses, so an input may hold a Windows executable header there and be a DICOM/PE polyglot
+#: (CVE-2019-11687); wm never passes such bytes on. Zero bytes are what PS3.10 asks for when
+#: the preamble is unused.
+ZERO_PREAMBLE = bytes(128)
+
+
+def write_dicom_file(fh: BinaryIO, ds: Any) -> None:
+    """`ds` as a DICOM file (PS3.10: preamble, 'DICM', file meta) with a zeroed preamble,
+    whatever preamble the dataset was read with. Every DICOM file wm writes goes through here."""
+    import pydicom
+
+    ds.preamble = ZERO_PREAMBLE
     pydicom.dcmwrite(fh, ds, enforce_file_format=True)
 
 

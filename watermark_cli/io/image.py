@@ -132,7 +132,7 @@ def check_writable(original: MedicalImage, out_path: str | Path, overwrite: bool
 def write_image(original: MedicalImage, pixels: np.ndarray, out_path: str | Path, *,
                 derivation: str, overwrite: bool = False, compression: str = "none",
                 verify: Callable[[Path], None] | None = None, record: bytes | None = None,
-                signer: Any = None) -> Path:
+                signer: Any = None, sop_instance_uid: str | None = None) -> Path:
     """Write `pixels` (same shape and stored range as `original.pixels`) as a new image file.
 
     DICOM originals give DICOM output (whatever the suffix): the original dataset with new pixel
@@ -142,7 +142,8 @@ def write_image(original: MedicalImage, pixels: np.ndarray, out_path: str | Path
     PNG and TIFF are always lossless). `verify`, if given, is called on the complete
     temporary file before it is moved into place; if it raises, nothing is written. `record` (a
     sealed restoration record) is stored in the file (integrity.containers says where), and
-    `signer` (DICOM only, an integrity.signature.Signer) signs the instance as written. Returns
+    `signer` (DICOM only, an integrity.signature.Signer) signs the instance as written;
+    `sop_instance_uid` (DICOM only) is the new instance's UID where the caller chose it. Returns
     the path written.
     """
     out_path = check_writable(original, out_path, overwrite)
@@ -154,7 +155,8 @@ def write_image(original: MedicalImage, pixels: np.ndarray, out_path: str | Path
         raise BadInputError(f"{original.path}: only DICOM files can carry a digital signature (--sign)")
     if original.kind == "dicom":
         def writer(fh: BinaryIO) -> None:
-            write_dicom(original, stored, fh, derivation, DICOM_COMPRESSIONS[compression], record, signer)
+            write_dicom(original, stored, fh, derivation, DICOM_COMPRESSIONS[compression], record, signer,
+                        sop_instance_uid)
     elif out_path.suffix.lower() in PNG_SUFFIXES:
         def writer(fh: BinaryIO) -> None:
             png = png_bytes(stored[0])

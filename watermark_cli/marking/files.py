@@ -33,6 +33,7 @@ from ..keys import key_kind
 from ..model.store import load_model
 from ..quality import QualityFloor, frame_meters, image_quality, meets_floor
 from .image import codec_for, embed_pixels, extract_payload, read_any_mark
+from .marked_binding import binding_as_written, check_written_binding, new_instance_uid
 
 
 @dataclass(frozen=True)
@@ -195,8 +196,12 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
     signer = _signer(settings.signing) if settings.signing is not None else None
     if signer is not None and image.kind != "dicom":
         raise BadInputError(f"{source}: only DICOM files can carry a digital signature (--sign); not marked")
+    derivation = _DERIVATION.format(version=__version__, model=loaded.name)
+    instance_uid = new_instance_uid(image)  # chosen here: the record binds the marked file's identity
+    binding = (binding_as_written(image, outcome.pixels, destination, derivation, instance_uid, settings.compression)
+               if settings.restore_record else None)
     record = (restoration_record(image, outcome.pixels, settings.key, settings.recipient,
-                                 signer.certificate_sha256 if signer is not None else None)
+                                 signer.certificate_sha256 if signer is not None else None, binding)
               if settings.restore_record else None)
     measured: dict = {}
 
@@ -204,6 +209,8 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
         written = read_image(temporary, settings.max_pixels)
         if record is not None and file_record(written) != record:
             raise CheckFailedError(f"{source}: the written file does not hold its restoration record; nothing written")
+        if binding is not None:
+            check_written_binding(written, binding, source)
         if written.pixels.shape != image.pixels.shape:
             raise CheckFailedError(f"{source}: the written file has a different pixel shape; nothing written")
         if not np.array_equal(written.pixels, outcome.pixels):
@@ -213,10 +220,10 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
             raise CheckFailedError(f"{source}: the written file missed the floor on re-measurement; nothing written")
         measured.update(qualities=qualities, pixels=written.pixels, file_sha256=file_sha256(temporary))
 
-    derivation = _DERIVATION.format(version=__version__, model=loaded.name)
     written_path = write_image(image, outcome.pixels, destination, derivation=derivation,
                                overwrite=settings.overwrite, compression=settings.compression,
-                               verify=check_written_file, record=record, signer=signer)
+                               verify=check_written_file, record=record, signer=signer,
+                               sop_instance_uid=instance_uid)
     return _result(source, written_path, image, measured["pixels"], measured["qualities"], outcome.meters,
                    settings, loaded, codec, decoded, verified, min(f.scale for f in outcome.frames),
                    measured["file_sha256"], restoration_record_bytes=len(record) if record is not None else None,
@@ -237,9 +244,10 @@ _MAX_RECORD_BYTES = 2**31 - 1
 
 
 def restoration_record(image, marked: np.ndarray, key, recipient_certificate: bytes | None = None,
-                       signer_sha256: str | None = None) -> bytes:
+                       signer_sha256: str | None = None, binding: dict | None = None) -> bytes:
     """The sealed restoration record of `image` marked as `marked` (see integrity.record): under
-    `key`, or under a random key in a CMS envelope for the recipient's certificate (PEM)."""
+    `key`, or under a random key in a CMS envelope for the recipient's certificate (PEM);
+    `binding`: the marked file's presentation and identity as written (marking.marked_binding)."""
     kept, high_bits = None, None
     if image.kind == "dicom":
         kept, absent = containers.dicom_original_elements(image.source)
@@ -247,13 +255,14 @@ def restoration_record(image, marked: np.ndarray, key, recipient_certificate: by
         uid = str(image.source.get("SOPInstanceUID", "")) or None
         high_bits = dicom_high_bits(image.source, image.pixels, image.bits_stored)
         interpretation = containers.pixel_interpretation(image.source)  # embed changes none of them
-    else:
-        elements, absent, uid, interpretation = b"", (), None, {}
+    else:  # PNG, TIFF: the input's own record, if it was marked before, is kept (chained) as DICOM's is
+        elements = containers.raster_original_elements(file_record(image))
+        absent, uid, interpretation = (), None, {}
     if recipient_certificate is not None:
         key = new_record_key()
     record = seal(image.pixels, marked, key, original_elements=elements, added_elements=absent,
                   original_sop_instance_uid=uid, creator=f"wm {__version__}", high_bits=high_bits,
-                  signer_sha256=signer_sha256, interpretation=interpretation)
+                  signer_sha256=signer_sha256, interpretation=interpretation, binding=binding)
     if recipient_certificate is not None:
         modified = containers.modified_attributes_item(kept) if kept is not None else None
         record = envelope(record, key, recipient_from_pem(recipient_certificate), modified)

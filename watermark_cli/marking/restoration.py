@@ -6,6 +6,14 @@ Instance UID and every other element the embed changed get their original values
 every other element stays as it is in the marked file (so a correction made after marking, say
 to a description, is kept). The restored file is written atomically and read back first.
 
+A file marked more than once holds the earlier marking's record inside its own: restoring it
+gives the file as it was before the last marking, record included, and the next restore (with
+that marking's key) goes one step further back. DICOM, PNG and TIFF alike.
+
+The DICOM preamble is written as 128 zero bytes (io.dicom.write_dicom_file), whatever the
+marked or the original file held there: "bit-exact" covers the stored pixel values (the very
+pixel-data words of a native original) and the elements the record keeps, not the preamble.
+
 Transfer syntax: a native little-endian original is restored in its own syntax, and so is a
 deflated one; RLE Lossless and JPEG 2000 Lossless originals are re-encoded with their own
 syntax (the same stored values; the codestream's bytes may differ from the original encoder's);
@@ -20,10 +28,11 @@ from pathlib import Path
 
 from ..errors import BadInputError, CheckFailedError
 from ..hashing import pixel_sha256
-from ..integrity.containers import dicom_envelopes, dicom_remove_record, dicom_restore_elements
+from ..integrity.containers import (UnknownOriginalElementsError, dicom_envelopes, dicom_remove_record,
+                                    dicom_restore_elements, raster_earlier_record)
 from ..integrity.envelope import is_envelope, open_envelope
 from ..integrity.record import RecordNotAuthenticError, RestorationRecord, changed_blocks, open_record
-from ..io.dicom import DICOM_COMPRESSIONS, compress_losslessly, set_native_pixel_data
+from ..io.dicom import DICOM_COMPRESSIONS, compress_losslessly, set_native_pixel_data, write_dicom_file
 from ..io.image import check_writable, file_record, read_image, write_image
 from ..io.writing import write_atomically
 
@@ -68,19 +77,27 @@ def restore_file(marked: Path, out: Path, key, overwrite: bool = False, recipien
         raise CheckFailedError(f"{marked}: the restored pixels do not match the record's SHA-256 of the original; "
                                "nothing written")
 
+    earlier_record = None
+    if image.kind != "dicom":
+        try:
+            earlier_record = raster_earlier_record(record.original_elements)
+        except UnknownOriginalElementsError as error:
+            raise CheckFailedError(f"{marked}: {error}; nothing written") from None
+
     def check_restored(temporary: Path) -> None:
         back = read_image(temporary)
         if pixel_sha256(back.pixels) != record.original_pixels_sha256:
             raise CheckFailedError(f"{marked}: the restored file does not read back as the original; nothing written")
+        if image.kind != "dicom" and file_record(back) != earlier_record:
+            raise CheckFailedError(f"{marked}: the restored file does not hold the earlier marking's record; "
+                                   "nothing written")
 
     transfer_syntax = None
     if image.kind == "dicom":
         ds, transfer_syntax = _restored_dataset(image, original, record)
 
         def writer(handle) -> None:
-            import pydicom
-
-            pydicom.dcmwrite(handle, ds, enforce_file_format=True)
+            write_dicom_file(handle, ds)
 
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +105,8 @@ def restore_file(marked: Path, out: Path, key, overwrite: bool = False, recipien
             raise BadInputError(f"{out.parent}: cannot create folder ({exc.strerror or exc})") from exc
         write_atomically(out, writer, overwrite=overwrite, verify=check_restored)
     else:
-        write_image(image, original, out, derivation="", overwrite=overwrite, verify=check_restored)
+        write_image(image, original, out, derivation="", overwrite=overwrite, verify=check_restored,
+                    record=earlier_record)
     return {"input": str(marked), "output": str(out), "restored": True,
             "pixels_sha256": record.original_pixels_sha256,
             "sop_instance_uid": record.original_sop_instance_uid, "transfer_syntax": transfer_syntax}

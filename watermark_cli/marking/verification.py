@@ -1,11 +1,17 @@
 """`wm verify`: is the mark there, is the record there and authentic, are the pixels as marked,
-do the file's signatures hold.
+has anything else a reader sees or that says whose image it is changed, do the file's signatures
+hold and are they by trusted signers.
 
 The answers are independent: the robust mark survives exports and attacks, the record and its
 block tags prove the stored values unchanged (exact hashes, so an untouched file never raises a
-false alarm), and a DICOM signature covers the header as well. A file is *intact* only when all
-of them hold: mark found, record authentic, no block changed, every signature valid. Without a
-record (a JPEG export, a stripped file) the pixels' integrity is *unknown*, never "intact".
+false alarm), the record's binding (integrity.binding) names every change to the presentation
+and identity, and a DICOM signature covers the header as well. A file is *intact* only when all
+of them hold *and* something proves it: a secret key (the record cannot be re-sealed without it),
+or, for a record sealed for a recipient (which anyone holding the recipient's certificate can
+write), a valid signature by a trusted signer (`--trust`). The public default key proves nothing:
+a file under it is never intact. Without a record (a JPEG export, a stripped file) the pixels'
+integrity is *unknown*; with a record written before the binding existed, the presentation and
+identity are *not bound*: neither is ever "intact".
 """
 
 from __future__ import annotations
@@ -16,13 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError
+from ..integrity.binding import BindingChange, changes, describe
 from ..integrity.containers import pixel_interpretation
 from ..integrity.record import RecordNotAuthenticError, block_grid, changed_blocks
-from ..integrity.signature import verify_signatures
+from ..integrity.signature import TrustAnchors, verify_signatures
 from ..io.writing import write_atomically
 from ..keys import key_kind
 from ..payload import bytes_to_text
 from .image import read_any_mark
+from .marked_binding import written_binding
 from .restoration import NoRecordError, opened_record
 
 
@@ -42,9 +50,21 @@ class Verification:
     sealing: str | None = None  # how the record was sealed: 'key', 'default key' or 'recipient'
     expected_signer_sha256: str | None = None  # the certificate the record says the file was signed with
     reading_changed: list = field(default_factory=list)  # pixel-interpretation elements changed since marking
+    # Whether the record binds the presentation and identity (False: a record older than the binding).
+    bound: bool = False
+    binding_changes: list[BindingChange] = field(default_factory=list)
     # Whether the mark found protects anything: a keyed model's, under a secret key (an unkeyed
     # model's mark or one under the public default key anyone can read, strip or copy).
     mark_protected: bool = False
+    trust_given: bool = False  # --trust (or WM_TRUST) named trusted signers
+
+    def counts(self, check) -> bool:
+        """Whether a valid signature's signer counts: trusted (--trust), or, when no trusted
+        signers are named, the signer a secret-key record pins (only the key holder wrote that)."""
+        if check.trusted:
+            return True
+        return (not self.trust_given and self.sealing == "key" and bool(self.expected_signer_sha256)
+                and check.certificate_sha256 == self.expected_signer_sha256)
 
     @property
     def signer_problem(self) -> str:
@@ -55,19 +75,36 @@ class Verification:
                                                    for check in self.signatures):
             return ("the signature made at marking is gone" if not self.signatures else
                     "signed by another certificate than at marking")
-        return ""  # an unsigned recipient record is not a signer problem: `authenticity` says it
+        untrusted = [check for check in self.signatures if not self.counts(check)]
+        if untrusted:
+            check = untrusted[0]
+            problem = check.trust_problem if self.trust_given else "signed by an untrusted signer"
+            return f"{problem} ({check.signer or 'unnamed'})"
+        return ""
+
+    @property
+    def trusted_signature(self) -> bool:
+        return bool(self.signatures) and not self.signer_problem and any(check.trusted for check in self.signatures)
 
     @property
     def authenticity(self) -> str:
-        """What stands behind an 'intact': a secret key, a signature, or nothing."""
+        """What stands behind an 'intact': a secret key, a trusted signature, or nothing."""
         if self.sealing == "recipient":
-            return "signature" if self.signatures and not self.signer_problem else "none (recipient record, unsigned)"
-        return {"key": "secret key", "default key": "none (public default key)"}.get(self.sealing or "", "none")
+            return ("signature by a trusted signer" if self.trusted_signature
+                    else "none (recipient record without a trusted signature)")
+        if self.sealing == "key":
+            return "secret key" + (" and a signature by a trusted signer" if self.trusted_signature else "")
+        return {"default key": "none (public default key)"}.get(self.sealing or "", "none")
+
+    @property
+    def proved(self) -> bool:
+        return not self.authenticity.startswith("none")
 
     @property
     def intact(self) -> bool:
         return (self.mark_found and self.record_authentic and not self.changed_blocks and not self.size_changed
-                and not self.reading_changed and not self.signer_problem and not self.authenticity.startswith("none (recipient"))
+                and self.bound and not self.binding_changes and not self.reading_changed
+                and not self.signer_problem and self.proved)
 
     @property
     def status(self) -> str:
@@ -80,17 +117,24 @@ class Verification:
             return "tampered: the image size changed since marking"
         if self.changed_blocks:
             return f"tampered: {len(self.changed_blocks)} block(s) changed since marking"
+        if self.binding_changes:
+            return f"tampered: {describe(self.binding_changes)}"
         if self.reading_changed:
             return f"tampered: how the pixels are read changed since marking ({', '.join(self.reading_changed)})"
         if self.signer_problem:
-            return f"tampered: {self.signer_problem}"
-        if self.authenticity.startswith("none (recipient"):
-            return ("pixels as marked, but unproven: anyone with the recipient's certificate can write such a "
-                    "record (sign with --sign to prove it)")
+            return f"tampered: {self.signer_problem}" if "untrusted" not in self.signer_problem and \
+                "not valid" not in self.signer_problem else f"unproven: {self.signer_problem}"
+        if not self.bound:
+            return ("pixels as marked, but presentation and identity not bound (older record): "
+                    "mark the original again to prove them")
+        if self.sealing == "default key":
+            return ("pixels and header as marked, but proves nothing: the record is under the public default "
+                    "key, which anyone can re-seal (mark with a secret key)")
+        if not self.proved:
+            return ("pixels and header as marked, but unproven: anyone with the recipient's certificate can write "
+                    "such a record; it counts only with a signature by a trusted signer (--trust)")
         if not self.mark_found:
             return "pixels as marked, but the mark is not found (wrong key?)"
-        if self.sealing == "default key":
-            return "intact, under the public default key (proves nothing against a deliberate change)"
         return "intact"
 
     def as_json(self) -> dict:
@@ -100,18 +144,23 @@ class Verification:
             "record_found": self.record_found, "record_authentic": self.record_authentic,
             "intact": self.intact, "status": self.status, "authenticity": self.authenticity,
             "changed_blocks": [{"frame": f, "row": r, "col": c} for f, r, c in self.changed_blocks],
-            "pixel_reading_changed": self.reading_changed, "block_size": self.block_size, "n_blocks": self.n_blocks, "size_changed": self.size_changed,
+            "binding": None if not self.record_authentic else ("bound" if self.bound else "not bound (older record)"),
+            "changes": [change.as_json() for change in self.binding_changes],
+            "pixel_reading_changed": self.reading_changed, "block_size": self.block_size, "n_blocks": self.n_blocks,
+            "size_changed": self.size_changed,
             "signatures": [{"uid": s.uid, "signer": s.signer, "valid": s.valid, "reason": s.reason,
-                            "certificate_sha256": s.certificate_sha256} for s in self.signatures],
+                            "certificate_sha256": s.certificate_sha256, "trusted": s.trusted,
+                            "trust_problem": s.trust_problem} for s in self.signatures],
         }
 
 
-def verify_image(image, key, loaded, codec, recipient=None, older=()) -> Verification:
+def verify_image(image, key, loaded, codec, recipient=None, older=(), trust: TrustAnchors | None = None) -> Verification:
     """Every check on one read image (see the module docstring). `older`: the unkeyed models
-    whose marks are read too (`image.older_readers`)."""
+    whose marks are read too (`image.older_readers`); `trust`: the signers whose signatures count."""
     decoded, unprotected = read_any_mark(loaded, codec, image, older)
     result = Verification(str(image.path), decoded.found, bytes_to_text(decoded.message) if decoded.found else None,
-                          mark_protected=decoded.found and unprotected is None and key_kind(key) == "custom")
+                          mark_protected=decoded.found and unprotected is None and key_kind(key) == "custom",
+                          trust_given=bool(trust))
     try:
         record, tag_key, sealing = opened_record(image, key, recipient)
     except NoRecordError:
@@ -129,12 +178,15 @@ def verify_image(image, key, loaded, codec, recipient=None, older=()) -> Verific
             result.size_changed = True
         else:
             result.changed_blocks = changed_blocks(record, image.pixels, tag_key)
-        if image.kind == "dicom" and record.interpretation:
+        if record.binding is not None:
+            result.bound = True
+            result.binding_changes = changes(record.binding, written_binding(image))
+        elif image.kind == "dicom" and record.interpretation:  # an older record: what it kept
             now = pixel_interpretation(image.source)
             result.reading_changed = sorted(k for k in set(now) | set(record.interpretation)
                                             if now.get(k) != record.interpretation.get(k))
     if image.kind == "dicom":
-        result.signatures = verify_signatures(image.source)
+        result.signatures = verify_signatures(image.source, trust)
     return result
 
 

@@ -1,0 +1,357 @@
+"""Issue 29: `wm verify` exits 0 only for what was proved, and names every change a reader would see.
+
+Each attack of the issue is repeated on real pydicom-data files marked by `embed_file` (the path
+of `wm embed`), the tampering made with pydicom (and the attacker's certificate with openssl), and
+checked through the real command line in this process (`run_wm_here`: exit codes and messages).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from PIL import Image
+
+from conftest import run_wm_here
+from watermark_cli.data.clinical import clinical_file
+from watermark_cli.integrity.containers import dicom_attach_record, dicom_remove_record
+from watermark_cli.integrity.record import open_record, seal
+from watermark_cli.io.image import file_record, read_image
+from watermark_cli.marking.files import EmbedSettings, embed_file
+from watermark_cli.marking.image import codec_for
+from watermark_cli.model.store import load_model
+from watermark_cli.quality import QualityFloor
+
+KEY = "issue-29-secret-key"
+MESSAGE = b"IS-29"
+NOW = datetime.datetime.now(datetime.timezone.utc)
+
+
+# ---- certificates: a hospital CA and a signer it issued ---------------------------------------
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _write_identity(folder: Path, stem: str, key, certificate) -> tuple[Path, Path]:
+    key_path, cert_path = folder / f"{stem}.key", folder / f"{stem}.pem"
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+def _issue(subject: str, issuer_key, issuer: str, *, ca: bool = False, start=NOW - datetime.timedelta(days=1),
+           end=NOW + datetime.timedelta(days=30)):
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(start).not_valid_after(end))
+    if ca:
+        builder = (builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                   .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                                  critical=True))
+    return key, builder.sign(issuer_key or key, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> dict[str, Path]:
+    """The hospital's CA, a signer it issued, the recipient, and an attacker's self-made certificate
+    (made with openssl, as an attacker would)."""
+    folder = tmp_path_factory.mktemp("pki")
+    ca_key, ca_cert = _issue("Hospital CA", None, "Hospital CA", ca=True)
+    files = {"ca": _write_identity(folder, "ca", ca_key, ca_cert)[1]}
+    files["signer_key"], files["signer"] = _write_identity(folder, "signer", *_issue("Radiology signer", ca_key,
+                                                                                     "Hospital CA"))
+    files["recipient_key"], files["recipient"] = _write_identity(folder, "recipient", *_issue("Recipient", None,
+                                                                                              "Recipient"))
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is not installed (it makes the attacker's certificate)")
+    files["attacker_key"], files["attacker"] = folder / "attacker.key", folder / "attacker.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", files["attacker_key"],
+                    "-out", files["attacker"], "-days", "30", "-subj", "/CN=Radiology signer"],
+                   check=True, capture_output=True, timeout=120)
+    return files
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    loaded = load_model(None)
+    return loaded, codec_for(loaded, KEY.encode())
+
+
+def _mark(source: Path, destination: Path, shipped, key=KEY, **settings) -> Path:
+    loaded, _ = shipped
+    secret = key.encode() if isinstance(key, str) else key
+    embed_file(source, destination, EmbedSettings(MESSAGE, QualityFloor(40.0), key=secret, **settings), loaded,
+               codec_for(loaded, secret))
+    return destination
+
+
+def _verify(path: Path, *more) -> tuple[int, dict, str]:
+    result = run_wm_here("verify", path, "--json", *more)
+    return result.code, json.loads(result.stdout.splitlines()[-1]), result.stderr
+
+
+def _edited(source: Path, target: Path, change) -> Path:
+    ds = pydicom.dcmread(source)
+    change(ds)
+    ds.save_as(target, enforce_file_format=True)
+    return target
+
+
+@pytest.fixture(scope="module")
+def signed_ct(tmp_path_factory, shipped, pki) -> Path:
+    """A CT marked under the secret key and signed by the CA-issued signer."""
+    folder = tmp_path_factory.mktemp("signed")
+    return _mark(clinical_file("CT_small.dcm"), folder / "ct.wm.dcm", shipped,
+                 signing=(pki["signer_key"].read_bytes(), pki["signer"].read_bytes()))
+
+
+@pytest.fixture(scope="module")
+def keyed_ct(tmp_path_factory, shipped) -> Path:
+    return _mark(clinical_file("CT_small.dcm"), tmp_path_factory.mktemp("keyed") / "ct.wm.dcm", shipped)
+
+
+# ---- the untouched file --------------------------------------------------------------------------
+
+def test_the_untouched_file_with_a_secret_key_and_a_trusted_signer_is_intact(signed_ct, pki):
+    code, report, _ = _verify(signed_ct, "--key", KEY, "--trust", pki["ca"])
+    assert code == 0 and report["intact"] and report["status"] == "intact"
+    assert report["authenticity"] == "secret key and a signature by a trusted signer"
+    assert report["binding"] == "bound" and report["changes"] == []
+    assert [(s["valid"], s["trusted"]) for s in report["signatures"]] == [(True, True)]
+    # Without --trust the secret-key record pins the signer it was signed by: still proved.
+    code, report, _ = _verify(signed_ct, "--key", KEY)
+    assert code == 0 and report["authenticity"] == "secret key"
+
+
+# ---- the signed, secret-key CT -----------------------------------------------------------------
+
+def test_presentation_lut_shape_inverse_is_named(signed_ct, pki, tmp_path):
+    tampered = _edited(signed_ct, tmp_path / "inverse.dcm", lambda ds: setattr(ds, "PresentationLUTShape", "INVERSE"))
+    code, report, stderr = _verify(tampered, "--key", KEY, "--trust", pki["ca"])
+    assert code == 1 and not report["intact"] and report["changed_blocks"] == []
+    assert report["changes"] == [{"category": "presentation", "name": "PresentationLUTShape", "change": "added"}]
+    assert report["status"] == "tampered: presentation changed: PresentationLUTShape (added)"
+    assert [s["valid"] for s in report["signatures"]] == [False]
+    assert "PresentationLUTShape" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def _add_overlay(ds) -> None:
+    """A filled disc in overlay plane 6000 (what dcmtk draws in white over the image)."""
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    y, x = np.mgrid[:rows, :cols]
+    disc = ((y - rows / 2) ** 2 + (x - cols / 2) ** 2 < (rows / 4) ** 2).astype(np.uint8).ravel()
+    ds.add_new(0x60000010, "US", rows)
+    ds.add_new(0x60000011, "US", cols)
+    ds.add_new(0x60000040, "CS", "G")
+    ds.add_new(0x60000050, "SS", [1, 1])
+    ds.add_new(0x60000100, "US", 1)
+    ds.add_new(0x60000102, "US", 0)
+    ds.add_new(0x60003000, "OW", np.packbits(disc, bitorder="little").tobytes())
+
+
+def test_an_added_overlay_plane_is_named(signed_ct, pki, tmp_path):
+    tampered = _edited(signed_ct, tmp_path / "overlay.dcm", _add_overlay)
+    code, report, _ = _verify(tampered, "--key", KEY, "--trust", pki["ca"])
+    assert code == 1 and report["changed_blocks"] == []
+    named = {change["name"] for change in report["changes"]}
+    assert "OverlayData (6000,3000)" in named and "OverlayRows (6000,0010)" in named
+    assert {change["category"] for change in report["changes"]} == {"presentation"}
+    assert {change["change"] for change in report["changes"]} == {"added"}
+
+
+def test_overlay_bits_in_the_unused_high_bits_are_bound(shipped, tmp_path):
+    ds = pydicom.dcmread(clinical_file("MR-SIEMENS-DICOM-WithOverlays.dcm"))  # 12 of 16 bits
+    assert int(ds.BitsStored) < int(ds.BitsAllocated)
+    marked = _mark(clinical_file("MR-SIEMENS-DICOM-WithOverlays.dcm"), tmp_path / "mr.wm.dcm", shipped)
+
+    def draw_in_bit_15(ds) -> None:
+        words = np.frombuffer(ds.PixelData, dtype="<u2").copy()
+        words[: words.size // 4] |= 0x8000  # stored values (bits 0-11) untouched
+        ds.PixelData = words.tobytes()
+
+    code, report, _ = _verify(_edited(marked, tmp_path / "bits.dcm", draw_in_bit_15), "--key", KEY)
+    assert code == 1 and report["changed_blocks"] == []
+    assert [c["name"] for c in report["changes"]] == ["Overlay bits in the unused high bits of Pixel Data"]
+
+
+# ---- key-only files ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("keyword, value, category", [
+    ("ImageOrientationPatient", [-1, 0, 0, 0, -1, 0], "presentation"),  # flipped
+    ("PatientName", "Someone^Else", "identity"),
+    ("SliceThickness", 1.25, "presentation"),
+    ("StudyInstanceUID", "1.2.826.0.1.3680043.8.498.1", "identity"),
+    ("SOPInstanceUID", "1.2.826.0.1.3680043.8.498.2", "identity"),
+])
+def test_key_only_header_changes_are_named(keyed_ct, tmp_path, keyword, value, category):
+    tampered = _edited(keyed_ct, tmp_path / f"{keyword}.dcm", lambda ds: setattr(ds, keyword, value))
+    code, report, stderr = _verify(tampered, "--key", KEY)
+    assert code == 1 and report["changed_blocks"] == [] and not report["intact"]
+    assert report["changes"] == [{"category": category, "name": keyword, "change": "changed"}]
+    assert f"{category} changed: {keyword}" in stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path, change", [
+    ("SharedFunctionalGroupsSequence > PixelValueTransformationSequence > RescaleSlope",
+     lambda ds: setattr(ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0], "RescaleSlope", 2)),
+    ("SharedFunctionalGroupsSequence > FrameVOILUTSequence > WindowCenter",
+     lambda ds: setattr(ds.SharedFunctionalGroupsSequence[0].FrameVOILUTSequence[0], "WindowCenter", 900)),
+    ("SharedFunctionalGroupsSequence > PixelMeasuresSequence > PixelSpacing",
+     lambda ds: setattr(ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0], "PixelSpacing", [2, 2])),
+])
+def test_an_enhanced_ct_functional_group_change_is_named(shipped, tmp_path_factory, path, change):
+    folder = tmp_path_factory.mktemp("enhanced")
+    marked = _mark(clinical_file("eCT_Supplemental.dcm"), folder / "ect.wm.dcm", shipped)
+    code, report, _ = _verify(_edited(marked, folder / "tampered.dcm", change), "--key", KEY)
+    assert code == 1 and report["changed_blocks"] == []
+    assert report["changes"] == [{"category": "presentation", "name": path, "change": "changed"}]
+
+
+def _png_with_chunk(png: bytes, kind: bytes, body: bytes) -> bytes:
+    """`png` with one chunk inserted right after IHDR (where gAMA belongs)."""
+    end_of_ihdr = 8 + 12 + 13
+    chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    return png[:end_of_ihdr] + chunk + png[end_of_ihdr:]
+
+
+def test_a_png_gamma_chunk_is_named(shipped, tmp_path):
+    source = tmp_path / "slice.png"
+    ct = pydicom.dcmread(clinical_file("CT_small.dcm")).pixel_array.astype(np.float64)
+    Image.fromarray(np.clip((ct - ct.min()) * 255 / np.ptp(ct), 0, 255).astype(np.uint8)).save(source)
+    marked = _mark(source, tmp_path / "slice.wm.png", shipped)
+    assert _verify(marked, "--key", KEY)[0] == 0
+    tampered = tmp_path / "gamma.png"
+    tampered.write_bytes(_png_with_chunk(marked.read_bytes(), b"gAMA", struct.pack(">I", 45455 * 3)))
+    assert np.array_equal(read_image(tampered).pixels, read_image(marked).pixels)  # the values are the same
+    code, report, _ = _verify(tampered, "--key", KEY)
+    assert code == 1 and report["changes"] == [{"category": "presentation", "name": "gAMA", "change": "added"}]
+
+
+# ---- the recipient forgery and trusted signers ---------------------------------------------------
+
+def test_a_forged_recipient_record_with_a_self_made_certificate_is_not_intact(shipped, pki, tmp_path):
+    """A never-marked image, a mark as good as copied (made with the very key: the worst case), a
+    recipient record anyone with the recipient's certificate can write, and a signature by a
+    certificate the attacker made with openssl under the genuine signer's name."""
+    forged = _mark(clinical_file("CT_small.dcm"), tmp_path / "forged.dcm", shipped,
+                   recipient=pki["recipient"].read_bytes(),
+                   signing=(pki["attacker_key"].read_bytes(), pki["attacker"].read_bytes()))
+    opening = ("--key", KEY, "--recipient", pki["recipient"], "--recipient-key", pki["recipient_key"])
+    code, report, stderr = _verify(forged, *opening)
+    assert code == 1 and not report["intact"] and report["mark_found"] and report["changes"] == []
+    assert report["authenticity"] == "none (recipient record without a trusted signature)"
+    assert "signed by an untrusted signer (CN=Radiology signer)" in report["status"]
+    code, report, _ = _verify(forged, *opening, "--trust", pki["ca"])
+    assert code == 1 and report["signatures"][0]["trust_problem"] == "signed by an untrusted signer"
+
+    genuine = _mark(clinical_file("CT_small.dcm"), tmp_path / "genuine.dcm", shipped,
+                    recipient=pki["recipient"].read_bytes(),
+                    signing=(pki["signer_key"].read_bytes(), pki["signer"].read_bytes()))
+    assert _verify(genuine, *opening)[0] == 1  # no trusted signer named: unproven
+    code, report, _ = _verify(genuine, *opening, "--trust", pki["ca"])
+    assert code == 0 and report["authenticity"] == "signature by a trusted signer"
+    code, report, _ = _verify(genuine, *opening, "--trust", pki["signer"])  # the signer itself, pinned
+    assert code == 0
+
+
+def test_untrusted_and_expired_signers_are_not_intact(signed_ct, pki, tmp_path, monkeypatch):
+    from watermark_cli.integrity.signature import load_signer, sign_dataset
+
+    code, report, _ = _verify(signed_ct, "--key", KEY, "--trust", pki["attacker"])  # another signer trusted
+    assert code == 1 and report["status"] == "unproven: signed by an untrusted signer (CN=Radiology signer)"
+
+    ca_key = serialization.load_pem_private_key((pki["ca"].parent / "ca.key").read_bytes(), None)
+    old_key, old_cert = _issue("Retired signer", ca_key, "Hospital CA", start=NOW - datetime.timedelta(days=60),
+                               end=NOW - datetime.timedelta(days=30))
+    resigned = tmp_path / "expired.dcm"
+    ds = pydicom.dcmread(signed_ct)
+    sign_dataset(ds, load_signer(*(p.read_bytes() for p in _write_identity(tmp_path, "old", old_key, old_cert))),
+                 now=NOW - datetime.timedelta(days=45))  # valid when it signed, expired now
+    ds.save_as(resigned, enforce_file_format=True)
+    code, report, _ = _verify(resigned, "--key", KEY, "--trust", pki["ca"])
+    assert code == 1 and report["signatures"][0]["valid"]
+    assert report["signatures"][0]["trust_problem"].startswith("the signer's certificate is not valid now")
+
+    monkeypatch.setenv("WM_TRUST", str(pki["ca"]))  # the setting, when --trust is not given
+    assert _verify(signed_ct, "--key", KEY)[1]["signatures"][0]["trusted"]
+
+
+def test_a_bad_trust_file_is_bad_input(signed_ct, tmp_path):
+    (tmp_path / "empty.pem").write_text("not a certificate\n")
+    for given in (tmp_path / "empty.pem", tmp_path / "missing.pem"):
+        result = run_wm_here("verify", signed_ct, "--key", KEY, "--trust", given)
+        assert result.code == 2 and len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+# ---- the public default key, older records, and what may change in transit ---------------------
+
+def test_a_default_key_file_never_exits_0(shipped, tmp_path):
+    loaded, _ = shipped
+    public = tmp_path / "public.dcm"
+    embed_file(clinical_file("CT_small.dcm"), public, EmbedSettings(MESSAGE, QualityFloor(40.0)), loaded,
+               codec_for(loaded, None))
+    code, report, _ = _verify(public)
+    assert code == 1 and report["changed_blocks"] == [] and report["changes"] == []
+    assert report["authenticity"] == "none (public default key)" and "public default key" in report["status"]
+
+    # The attack of the issue: pixels changed, the record re-sealed under the public key.
+    ds = pydicom.dcmread(public)
+    record, _ = open_record(file_record(read_image(public)), None)
+    words = np.frombuffer(ds.PixelData, dtype="<i2").copy()
+    words[100] += 50
+    ds.PixelData = words.tobytes()
+    changed = read_image(public).pixels.copy()
+    changed.reshape(-1)[100] += 50
+    dicom_remove_record(ds)
+    dicom_attach_record(ds, seal(record.original_pixels(read_image(public).pixels), changed, None,
+                                 binding=record.binding))
+    ds.save_as(tmp_path / "resealed.dcm", enforce_file_format=True)
+    code, report, _ = _verify(tmp_path / "resealed.dcm")
+    assert report["changed_blocks"] == [] and code == 1 and not report["intact"]
+
+
+def test_an_older_record_without_binding_is_never_intact(keyed_ct, tmp_path):
+    ds = pydicom.dcmread(keyed_ct)
+    record, _ = open_record(file_record(read_image(keyed_ct)), KEY)
+    marked = read_image(keyed_ct).pixels
+    dicom_remove_record(ds)
+    dicom_attach_record(ds, seal(record.original_pixels(marked), marked, KEY, signer_sha256=None))  # no binding
+    ds.save_as(tmp_path / "older.dcm", enforce_file_format=True)
+    code, report, _ = _verify(tmp_path / "older.dcm", "--key", KEY)
+    assert code == 1 and report["binding"] == "not bound (older record)" and report["changed_blocks"] == []
+    assert "not bound (older record)" in report["status"]
+
+
+def test_what_may_change_in_transit_keeps_a_key_only_file_intact(keyed_ct, tmp_path):
+    """Another transfer syntax (Implicit VR, big endian, RLE), dcmtk's re-write with group lengths, and
+    a conversion of the character set: nothing a reader sees changed, so still intact."""
+    from pydicom.uid import ImplicitVRLittleEndian, RLELossless
+
+    rewrites = {"implicit": _edited(keyed_ct, tmp_path / "implicit.dcm", lambda ds: setattr(
+        ds.file_meta, "TransferSyntaxUID", ImplicitVRLittleEndian))}
+    ds = pydicom.dcmread(keyed_ct)
+    ds.compress(RLELossless, generate_instance_uid=False)
+    ds.save_as(rewrites.setdefault("rle", tmp_path / "rle.dcm"), enforce_file_format=True)
+    if shutil.which("dcmconv"):
+        for name, flags in (("dcmtk", ["+g", "+te"]), ("big-endian", ["+tb"]), ("utf8", ["--convert-to-utf8"])):
+            rewrites[name] = tmp_path / f"{name}.dcm"
+            subprocess.run(["dcmconv", *flags, str(keyed_ct), str(rewrites[name])], check=True, timeout=60)
+    for name, path in rewrites.items():
+        code, report, _ = _verify(path, "--key", KEY)
+        assert (code, report["changes"], report["status"]) == (0, [], "intact"), name

@@ -1,0 +1,448 @@
+"""What the restoration record binds besides the stored values: everything in a file that changes
+what a reader sees or whose image it is (presentation and identity), so that `wm verify` can name
+each change made after marking.
+
+A *binding* is a map from the name of each bound item to a digest of its value, computed on the
+file as `wm embed` writes it and sealed in the record; `wm verify` computes it again on the file
+it is given and names every item whose digest differs, appeared or vanished.
+
+DICOM: every data element, at every depth, is bound, except those listed in ``DICOM_IN_TRANSIT``
+(what a legitimate re-write changes without changing the image or its identity: the transfer
+syntax and the rest of the file meta, group lengths, the pixel data's encoding — the stored values
+are bound by the record's block tags — and the elements `verify` checks on their own: signatures
+and wm's record). Values are compared as decoded values, not as bytes, so a re-write in another
+transfer syntax, byte order or character set keeps them. Sequences are bound item by item under
+one name per path (``SharedFunctionalGroupsSequence > PixelMeasuresSequence > PixelSpacing``), so a
+1000-frame enhanced object costs one digest per distinct path, not per frame. Private elements are
+named by their creator, not by the block a writer happened to give them. The unused high bits of
+the pixel data (old overlays) are bound as one more item.
+
+PNG: the IHDR fields that decide the image (size, bit depth, colour type; not the interlacing),
+every critical chunk other than IDAT and IEND, and the ancillary chunks that change how the
+samples are shown or measured (``PNG_BOUND_CHUNKS``: gamma, colour space, ICC profile,
+significant bits, transparency, physical size, calibration, EXIF orientation, animation).
+Text and time chunks are not bound. TIFF: every tag of every page except ``TIFF_IN_TRANSIT``
+(strip and tile layout, compression, predictor, software and date: how the samples are stored,
+not what they mean), wm's record tag included in that list.
+
+Digests: SHA-256 of a canonical serialisation, cut to 64 bits per item (enough to name what
+changed), and the full SHA-256 over every item's full digest (what proves nothing else changed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import zlib
+from dataclasses import dataclass
+
+BINDING_VERSION = 1
+ITEM_DIGEST_HEX = 16  # 64 bits per named item
+HIGH_BITS_NAME = "Overlay bits in the unused high bits of Pixel Data"
+
+#: DICOM elements whose change in transit is allowed (not bound), and why. Keywords or tags.
+DICOM_IN_TRANSIT = {
+    "file meta (group 0002)": "transfer syntax, implementation and source application of the file that carries it",
+    "group lengths (gggg,0000) and Length to End": "encoding bookkeeping; PS3.5 retires them",
+    "PixelData": "its encoding (native, RLE, JPEG 2000, ...); the stored values are bound by the block tags",
+    "ExtendedOffsetTable, ExtendedOffsetTableLengths": "describe compressed pixel data only",
+    "SpecificCharacterSet": "values are compared decoded, so a conversion to another character set keeps them",
+    "DataSetTrailingPadding": "padding",
+    "DigitalSignaturesSequence, MACParametersSequence": "checked on their own (signatures)",
+    "EncryptedAttributesSequence and the private block WM RESTORATION RECORD 1": "the record itself",
+}
+_PIXEL_DATA, _EXTENDED_OFFSETS = 0x7FE00010, (0x7FE00001, 0x7FE00002)
+_UNBOUND_DICOM_TAGS = {0x00080001, 0x00080005, 0xFFFCFFFC, 0xFFFAFFFA, 0x4FFE0001, 0x04000500, _PIXEL_DATA,
+                       *_EXTENDED_OFFSETS}
+_RECORD_CREATOR = "WM RESTORATION RECORD 1"  # integrity.containers.RECORD_CREATOR (kept literal: no cycle)
+
+#: Names whose change alters whose image it is.
+IDENTITY = frozenset({
+    "PatientName", "PatientID", "IssuerOfPatientID", "OtherPatientIDsSequence", "OtherPatientIDs",
+    "PatientBirthDate", "PatientSex", "PatientAge", "PatientWeight", "PatientSize",
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "FrameOfReferenceUID",
+    "AccessionNumber", "StudyID", "SeriesNumber", "InstanceNumber", "AcquisitionNumber",
+    "StudyDate", "StudyTime", "SeriesDate", "SeriesTime", "AcquisitionDate", "AcquisitionTime",
+    "AcquisitionDateTime", "ContentDate", "ContentTime", "SourceImageSequence", "ReferencedImageSequence",
+    "Modality", "BodyPartExamined", "InstitutionName", "ReferringPhysicianName",
+})
+#: Names whose change alters what a reader sees or measures (with the overlay groups 60xx).
+PRESENTATION = frozenset({
+    "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration",
+    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "RescaleSlope", "RescaleIntercept",
+    "RescaleType", "ModalityLUTSequence", "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation",
+    "VOILUTFunction", "VOILUTSequence", "PresentationLUTShape", "PresentationLUTSequence",
+    "PixelIntensityRelationship", "PixelIntensityRelationshipSign", "PixelSpacing", "ImagerPixelSpacing",
+    "NominalScannedPixelSpacing", "PixelAspectRatio", "PixelPaddingValue", "PixelPaddingRangeLimit",
+    "SliceThickness", "SpacingBetweenSlices", "SliceLocation", "ImageOrientationPatient",
+    "ImagePositionPatient", "PatientOrientation", "PatientPosition", "Laterality", "ImageLaterality",
+    "ViewPosition", "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
+    "FrameIncrementPointer", "FrameTime", "IconImageSequence", "ImageType", "LossyImageCompression",
+    "PixelPresentation", "VolumetricProperties", "EstimatedRadiographicMagnificationFactor",
+    "DistanceSourceToDetector", "DistanceSourceToPatient", "RedPaletteColorLookupTableDescriptor",
+    "RedPaletteColorLookupTableData", "GreenPaletteColorLookupTableData", "BluePaletteColorLookupTableData",
+    HIGH_BITS_NAME,
+    # PNG and TIFF
+    "IHDR", "PLTE", "tRNS", "gAMA", "cHRM", "sRGB", "iCCP", "sBIT", "cICP", "mDCv", "cLLi", "pHYs", "sCAL",
+    "pCAL", "oFFs", "eXIf", "bKGD", "acTL", "fcTL", "fdAT", "pages",
+    "ImageWidth", "ImageLength", "BitsPerSample", "SampleFormat", "SamplesPerPixel", "Orientation",
+    "XResolution", "YResolution", "ResolutionUnit", "ColorMap", "TransferFunction", "WhitePoint",
+    "PrimaryChromaticities", "InterColorProfile", "ExtraSamples", "MinSampleValue", "MaxSampleValue",
+    "SMinSampleValue", "SMaxSampleValue", "GrayResponseCurve", "GrayResponseUnit", "ImageDescription",
+})
+
+#: PNG ancillary chunks that change how the samples are shown or measured (bound).
+PNG_BOUND_CHUNKS = ("PLTE", "tRNS", "gAMA", "cHRM", "sRGB", "iCCP", "sBIT", "cICP", "mDCv", "cLLi", "pHYs",
+                    "sCAL", "pCAL", "oFFs", "eXIf", "bKGD", "acTL", "fcTL", "fdAT")
+#: TIFF tags that may change in transit (how the samples are stored), and wm's record tag.
+TIFF_IN_TRANSIT = {254: "NewSubfileType", 255: "SubfileType", 259: "Compression", 266: "FillOrder",
+                   273: "StripOffsets", 278: "RowsPerStrip", 279: "StripByteCounts", 284: "PlanarConfiguration",
+                   305: "Software", 306: "DateTime", 316: "HostComputer", 317: "Predictor", 322: "TileWidth",
+                   323: "TileLength", 324: "TileOffsets", 325: "TileByteCounts", 347: "JPEGTables",
+                   65137: "wm restoration record"}
+
+
+@dataclass(frozen=True)
+class BindingChange:
+    """One bound item that differs from the record: `how` is 'changed', 'added' or 'removed'."""
+
+    name: str
+    how: str
+
+    @property
+    def category(self) -> str:
+        return category(self.name)
+
+    def as_json(self) -> dict:
+        return {"category": self.category, "name": self.name, "change": self.how}
+
+
+def category(name: str) -> str:
+    """'identity', 'presentation' or 'header', from the top-level part of an item's name."""
+    top = name.split(" > ")[0]
+    keyword = top.split(" (")[0]
+    if keyword in IDENTITY:
+        return "identity"
+    if keyword in PRESENTATION or top.startswith(("Overlay", "Curve")) or "(60" in top:
+        return "presentation"
+    return "header"
+
+
+# ---- the binding itself ----------------------------------------------------------------------
+
+def make_binding(kind: str, items: dict[str, bytes]) -> dict:
+    """The sealable binding of `items` (name -> canonical bytes)."""
+    full = {name: hashlib.sha256(value).hexdigest() for name, value in items.items()}
+    overall = hashlib.sha256("\n".join(f"{name}\t{full[name]}" for name in sorted(full)).encode()).hexdigest()
+    return {"version": BINDING_VERSION, "format": kind, "sha256": overall,
+            "items": {name: digest[:ITEM_DIGEST_HEX] for name, digest in full.items()}}
+
+
+def pack(binding: dict) -> bytes:
+    """The binding as the record's compressed section (names repeat, so they compress well)."""
+    import lzma
+
+    return lzma.compress(json.dumps(binding, sort_keys=True).encode("utf-8"), preset=6)
+
+
+def unpack(data: bytes) -> dict:
+    import lzma
+
+    return json.loads(lzma.LZMADecompressor().decompress(data, max_length=64 * 2**20).decode("utf-8"))
+
+
+def changes(sealed: dict, now: dict) -> list[BindingChange]:
+    """Every bound item that differs; an item whose ancestor is itself reported is left out (an
+    added functional group is one change, not one per element in it). A difference that no item
+    shows (impossible unless a 64-bit digest collides) is still reported."""
+    before, after = sealed.get("items", {}), now.get("items", {})
+    found = []
+    for name in sorted(set(before) | set(after)):
+        if name not in after:
+            found.append(BindingChange(name, "removed"))
+        elif name not in before:
+            found.append(BindingChange(name, "added"))
+        elif before[name] != after[name]:
+            found.append(BindingChange(name, "changed"))
+    names = {change.name for change in found}
+    found = [change for change in found if not any(ancestor in names for ancestor in _ancestors(change.name))]
+    if not found and (sealed.get("sha256") != now.get("sha256") or sealed.get("format") != now.get("format")):
+        found.append(BindingChange("(an item not named)", "changed"))
+    return found
+
+
+def _ancestors(name: str) -> list[str]:
+    parts = name.split(" > ")
+    return [" > ".join(parts[:end]) for end in range(1, len(parts))]
+
+
+def describe(found: list[BindingChange], limit: int = 6) -> str:
+    """'identity changed: PatientName; presentation changed: PresentationLUTShape (added)'."""
+    by_category: dict[str, list[str]] = {}
+    for change in found:
+        by_category.setdefault(change.category, []).append(
+            change.name + ("" if change.how == "changed" else f" ({change.how})"))
+    parts = []
+    for name in ("identity", "presentation", "header"):
+        if name in by_category:
+            listed = by_category[name]
+            more = f" and {len(listed) - limit} more" if len(listed) > limit else ""
+            parts.append(f"{name} changed: {', '.join(listed[:limit])}{more}")
+    return "; ".join(parts)
+
+
+# ---- DICOM -----------------------------------------------------------------------------------
+
+def dicom_binding(ds) -> dict:
+    """The binding of a DICOM data set (see the module docstring)."""
+    collected: dict[str, list] = {}
+    _collect_dataset(ds, "", (), collected, _read_little_endian(ds))
+    items = {name: json.dumps(occurrences, separators=(",", ":")).encode("utf-8")
+             for name, occurrences in collected.items()}
+    high_bits = _high_bits_digest(ds)
+    if high_bits is not None:
+        items[HIGH_BITS_NAME] = high_bits
+    return make_binding("dicom", items)
+
+
+def _read_little_endian(ds) -> bool:
+    """Whether the data set's words were read little endian (a big-endian copy is compared by value)."""
+    encoding = getattr(ds, "original_encoding", (None, None))
+    return encoding[1] is not False
+
+
+def _collect_dataset(dataset, prefix: str, where: tuple, collected: dict, little_endian: bool) -> None:
+    creators = _private_creators(dataset)
+    for element in _elements(dataset):
+        tag = int(element.tag)
+        if not _bound_tag(tag, creators):
+            continue
+        name = prefix + _element_name(element, creators)
+        if element.VR == "SQ":
+            items = list(element.value or [])
+            collected.setdefault(name, []).append([list(where), len(items)])
+            for index, item in enumerate(items):
+                _collect_dataset(item, name + " > ", (*where, index), collected, little_endian)
+        else:
+            collected.setdefault(name, []).append([list(where), _canonical_value(element, little_endian)])
+
+
+def _elements(dataset):
+    """The data set's elements, parsed (a raw element becomes a DataElement with its VR)."""
+    for tag in list(dataset.keys()):
+        try:
+            yield dataset[tag]
+        except Exception:  # an element pydicom cannot parse: bound by its raw bytes
+            raw = dataset.get_item(tag)
+            if raw is not None:
+                yield raw
+
+
+def _private_creators(dataset) -> dict[tuple[int, int], str]:
+    """(group, block) -> creator name of every private block in the data set."""
+    creators = {}
+    for tag in dataset.keys():
+        group, number = tag >> 16, tag & 0xFFFF
+        if group % 2 == 1 and 0x10 <= number <= 0xFF:
+            value = dataset.get_item(tag).value
+            if isinstance(value, bytes):
+                value = value.decode("latin-1")
+            creators[(group, number)] = str(value or "").strip(" \x00")
+    return creators
+
+
+def _bound_tag(tag: int, creators: dict) -> bool:
+    group, number = tag >> 16, tag & 0xFFFF
+    if group == 0x0002 or number == 0x0000 or tag in _UNBOUND_DICOM_TAGS:
+        return False
+    if group % 2 == 1:
+        if number < 0x0100:  # a private creator element: named through its block's elements
+            return False
+        return creators.get((group, number >> 8)) != _RECORD_CREATOR
+    return True
+
+
+def _element_name(element, creators: dict) -> str:
+    tag = int(element.tag)
+    group, number = tag >> 16, tag & 0xFFFF
+    if group % 2 == 1:
+        creator = creators.get((group, number >> 8), "no creator")
+        return f"private {creator} ({group:04X},xx{number & 0xFF:02X})"
+    keyword = element.keyword if hasattr(element, "keyword") else ""
+    if not keyword:
+        from pydicom.datadict import keyword_for_tag
+
+        keyword = keyword_for_tag(tag)
+    if 0x5000 <= group <= 0x60FF and group & 0xFF00 in (0x5000, 0x6000):  # repeating groups: one per plane
+        return f"{keyword or 'Overlay'} ({group:04X},{number:04X})"
+    return keyword or f"({group:04X},{number:04X})"
+
+
+_TEXT_VRS = {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+_NUMBER_VRS = {"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "DS", "IS", "AT", "US or SS", "US or OW",
+               "US or SS or OW"}
+
+
+_WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+def _canonical_value(element, little_endian: bool = True):
+    """A JSON-able value that survives re-encoding: decoded text, numbers, or hex of raw bytes.
+
+    Private elements keep their bytes whatever VR a reader gives them (an Implicit VR copy reads
+    them as UN): their little-endian encoding, without trailing padding."""
+    value = element.value
+    if int(element.tag) >> 16 & 1:
+        return _encoded_bytes(element).rstrip(b" \x00").hex()
+    vr = element.VR
+    if value is None or value == "":
+        return None
+    values = list(value) if _is_multi(value) else [value]
+    if vr in ("DS", "FL", "FD"):
+        return [_number(v) for v in values]
+    if vr in _NUMBER_VRS or all(isinstance(v, int) for v in values):
+        return [int(v) if isinstance(v, int) else _number(v) for v in values]
+    if isinstance(value, (bytes, bytearray)):
+        size = _WORD_SIZES.get(vr, 1)
+        if not little_endian and size > 1:  # words of a big-endian copy, compared as little endian
+            import numpy as np
+
+            value = np.frombuffer(bytes(value)[:len(value) // size * size], dtype=f">u{size}").astype(f"<u{size}")
+            return value.tobytes().hex()
+        return bytes(value).hex()
+    return [str(v).rstrip(" \x00") for v in values]
+
+
+def _is_multi(value) -> bool:
+    from pydicom.multival import MultiValue
+
+    return isinstance(value, (MultiValue, list, tuple))
+
+
+def _number(value):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value).strip()
+    return int(number) if number.is_integer() else repr(number)
+
+
+def _encoded_bytes(element) -> bytes:
+    """An element's value as pydicom writes it in Explicit VR Little Endian (raw bytes as they are)."""
+    value = element.value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if value is None:
+        return b""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element
+
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, True  # implicit: a fixed 8-byte header
+    try:
+        write_data_element(buffer, element)
+    except Exception:
+        return str(value).encode("utf-8", "replace")
+    return buffer.getvalue()[8:]
+
+
+def _high_bits_digest(ds) -> bytes | None:
+    """The bits above BitsStored of native unsigned words (old overlays), or None when there are
+    none (a compressed copy carries none: the codestream holds BitsStored bits)."""
+    import numpy as np
+
+    if _PIXEL_DATA not in ds:
+        return None
+    try:
+        allocated = int(ds.get("BitsAllocated", 0) or 0)
+        stored = int(ds.get("BitsStored", allocated) or allocated)
+        signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    except (TypeError, ValueError):
+        return None
+    syntax = getattr(ds, "file_meta", None) and ds.file_meta.get("TransferSyntaxUID")
+    if allocated != 16 or stored >= allocated or signed or (syntax is not None and syntax.is_compressed):
+        return None
+    raw = ds.PixelData
+    if not isinstance(raw, (bytes, bytearray)):
+        return None
+    big_endian = syntax is not None and not syntax.is_little_endian
+    words = np.frombuffer(bytes(raw)[:len(raw) // 2 * 2], dtype=">u2" if big_endian else "<u2")
+    high = (words >> stored).astype("<u2")
+    return high.tobytes() if high.any() else None
+
+
+# ---- PNG -------------------------------------------------------------------------------------
+
+def png_binding(data: bytes) -> dict:
+    """The binding of a PNG file's bytes (see the module docstring)."""
+    items: dict[str, bytes] = {}
+    offset = 8
+    while offset + 12 <= len(data):
+        (length,) = struct.unpack_from(">I", data, offset)
+        kind = data[offset + 4:offset + 8].decode("latin-1")
+        body = data[offset + 8:offset + 8 + length]
+        offset += 12 + length
+        if kind == "IHDR" and len(body) >= 13:
+            items["IHDR"] = body[:12]  # width, height, bit depth, colour type, compression, filter; not interlace
+        elif kind == "iCCP":
+            items[kind] = items.get(kind, b"") + _icc_profile(body)
+        elif kind in PNG_BOUND_CHUNKS or (kind[:1].isupper() and kind not in ("IDAT", "IEND")):
+            items[kind] = items.get(kind, b"") + struct.pack(">I", len(body)) + body
+        if kind == "IEND":
+            break
+    return make_binding("png", items)
+
+
+def _icc_profile(body: bytes) -> bytes:
+    """An iCCP chunk's profile name and decompressed profile (a re-save may recompress it)."""
+    name, _, rest = body.partition(b"\x00")
+    try:
+        profile = zlib.decompressobj().decompress(rest[1:], 64 * 2**20)
+    except zlib.error:
+        profile = rest
+    return name + b"\x00" + profile
+
+
+# ---- TIFF ------------------------------------------------------------------------------------
+
+def tiff_binding(source) -> dict:
+    """The binding of a TIFF file (a path or a binary file object): its tags, page by page."""
+    import tifffile
+
+    collected: dict[str, list] = {}
+    with tifffile.TiffFile(source) as tif:
+        pages = list(tif.pages)
+        collected["pages"] = [len(pages)]
+        for index, page in enumerate(pages):
+            for tag in page.tags.values():
+                if tag.code in TIFF_IN_TRANSIT:
+                    continue
+                collected.setdefault(_tiff_tag_name(tag), []).append([index, _tiff_value(tag.value)])
+    return make_binding("tiff", {name: json.dumps(value, separators=(",", ":")).encode("utf-8")
+                                 for name, value in collected.items()})
+
+
+def _tiff_tag_name(tag) -> str:
+    name = tag.name
+    return name if name and not name.isdigit() else f"tag {tag.code}"
+
+
+def _tiff_value(value):
+    import enum
+
+    import numpy as np
+
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    if isinstance(value, enum.Enum):
+        return int(value.value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (tuple, list)):
+        return [_tiff_value(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _tiff_value(item) for key, item in sorted(value.items(), key=lambda pair: str(pair[0]))}
+    if isinstance(value, (int, float, str)) or value is None:
+        return value
+    return str(value)
