@@ -1,6 +1,8 @@
 # wm on CPU: docker build -t wm . && docker run --rm -v "$PWD:/data" wm embed /data/scan.dcm "audit:1234"
 # The DICOM node (docs/serve.md): docker build --target serve -t wm-serve . &&
 #   docker run -d -p 11112:11112 -v /etc/wm:/etc/wm:ro -v wm-spool:/var/spool/wm wm-serve
+#   (its /etc/wm/serve.yaml sets host: 0.0.0.0 with allow_addresses or mutual TLS: a node refuses
+#   to listen beyond loopback without a check on who calls)
 FROM python:3.11-slim AS base
 WORKDIR /app
 ENV PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1

@@ -330,3 +330,29 @@ def test_a_kill_between_marking_and_audit_is_repaired_on_restart(template, tmp_p
     assert extract_payload(node.loaded, node.codec, marked).message.decode() == audit[0]["payload"]["text"]
     while not node.readers.empty():
         node.readers.get().close()
+
+
+@pytest.mark.slow
+def test_a_spoofed_uid_through_the_real_node_keeps_the_genuine_instance_as_a_conflict(peers, tmp_path):
+    """The issue-29 spoof end to end: `wm serve` as a process, Orthanc behind it, a pynetdicom
+    spoofer and dcmtk's storescu as the genuine sender (tests/test_serve_security.py has the rest)."""
+    from test_serve_security import forged_instance, send
+
+    orthanc, make_node = peers
+    orthanc.start()
+    node = make_node().start()
+    genuine = clinical_file("693_UNCR.dcm")
+    forged = forged_instance(tmp_path)
+    status = send(pydicom.dcmread(forged), node.port, "STORESCU")
+    assert status == 0x0000
+    wait_for(lambda: len(orthanc.instances()) == 1, 120, "the forged instance in Orthanc")
+    sent = storescu(node, [genuine])
+    assert sent.returncode != 0  # never answered success
+    conflict = node.events("conflict")
+    assert len(conflict) == 1 and conflict[0]["calling_ae_title"] == "STORESCU"
+    kept = list((node.folder / "spool" / "conflict").glob("*.dcm"))
+    assert len(kept) == 1 and str(pydicom.dcmread(kept[0]).PatientName) == str(pydicom.dcmread(genuine).PatientName)
+    assert [json.loads(line)["event"] for line in (node.folder / "spool" / "security.jsonl").read_text().splitlines()] \
+        == ["conflict"]
+    assert node.terminate() == 0 and node.events("stopped")[-1]["conflicts"] == 1
+    assert len(orthanc.instances()) == 1  # the conflict was not forwarded

@@ -8,15 +8,23 @@ DIMSE failure status (0xC000, with the reason as Error Comment) and is audited, 
 unmarked when configured so. A full spool answers 0xA700 (out of resources). One JSON line per
 event on stdout; SIGTERM stops accepting, drains what is in flight and exits 0.
 
-Who may connect: the calling AE titles of `allow` (and, where `allow_addresses` is given, only
-from those addresses); with no allow-list only loopback callers are accepted.
+Who may connect is `access.CallerPolicy`'s to decide, at association request, before any data:
+loopback callers, callers from `allow_addresses`, or callers whose mutual-TLS certificate is the
+one bound to their calling AE title; `allow` narrows the AE titles further. Every refusal is
+logged and audited (SPOOL/security.jsonl).
+
+The same SOP Instance UID twice: with the same content (data set and transfer syntax, SHA-256)
+it is a retransmission, answered success and not marked again; with other content it is a
+conflict: the second instance is kept in SPOOL/conflict/ (not forwarded, not dropped), the
+sender is answered a failure (0xC000 with the reason: never success, and not 0x0111 "duplicate",
+which some senders take for "already stored"), and it is logged, audited and counted in the
+node's reports until a person resolves it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import secrets
 import threading
 import time
@@ -33,6 +41,8 @@ from ..marking.files import EmbedSettings, embed_file
 from ..marking.image import codec_for
 from ..model.store import load_model
 from ..quality import QualityFloor
+from .access import CallerPolicy, REJECTED_PERMANENT, SERVICE_USER, archive_refusal, archive_tls_arguments, \
+    peer_certificate, server_tls_context
 from .config import ServeConfig
 from .spool import Spool
 
@@ -42,7 +52,7 @@ _FORWARD_BATCH = 32  # instances read and sent per association
 
 def log_event(event: str, **facts) -> None:
     """One JSON line on stdout, flushed (a log collector reads it line by line)."""
-    write_json_line({"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "event": event, **facts})
+    write_json_line({"time": _now(), "event": event, **facts})
 
 
 class MarkingNode:
@@ -63,10 +73,11 @@ class MarkingNode:
         for _ in range(config.workers):
             self.readers.put(IsolatedReader().__enter__())
         self.marking_slots = threading.BoundedSemaphore(config.workers)
+        self.policy = CallerPolicy(config)
         # Two associations may deliver the same instance at once: claiming its name under this
-        # lock makes the second one a duplicate, never a second marking.
+        # lock makes the second one a retransmission or a conflict, never a second marking.
         self._claims = threading.Lock()
-        self._in_progress: set[str] = set()
+        self._in_progress: dict[str, str] = {}  # name -> content digest of the copy being received
         self.stopping = threading.Event()
         self.wake_forwarder = threading.Event()
         self.forwarder = threading.Thread(target=self._forward_loop, name="wm-forwarder", daemon=True)
@@ -84,25 +95,21 @@ class MarkingNode:
 
     # ---- association control -----------------------------------------------------------------
 
-    def address_allowed(self, address: str) -> bool:
-        if not self.config.allow:
-            try:
-                return ipaddress.ip_address(address).is_loopback
-            except ValueError:
-                return False
-        return not self.config.allow_addresses or address in self.config.allow_addresses
-
     def _on_requested(self, event) -> None:
-        """Reject (permanent, calling AE title not recognised) before any data is accepted. An
-        AE title off the allow-list is rejected by pynetdicom's own negotiation (require_calling_aet);
-        the caller's address is checked here."""
+        """Reject (permanent) before any data is accepted when the policy refuses the caller."""
         requestor = event.assoc.requestor
         title = str(requestor.primitive.calling_ae_title).strip()  # the request, not yet negotiated
-        title_allowed = not self.config.allow or title in self.config.allow
-        if not (title_allowed and self.address_allowed(requestor.address)):
-            log_event("rejected", calling_ae_title=title, address=requestor.address)
-        if title_allowed and not self.address_allowed(requestor.address):
-            event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected-permanent, service user, calling AET
+        refusal = self.policy.refusal(title, requestor.address, peer_certificate(event.assoc))
+        if refusal is None:
+            return
+        why, reason = refusal
+        facts = {"calling_ae_title": title, "address": requestor.address, "why": why}
+        log_event("rejected", **facts)
+        self.spool.audit_security({"time": _now(), "event": "rejected", **facts})
+        event.assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, reason)
+        # As pynetdicom's own rejection does: wait until the A-ASSOCIATE-RJ has left, or the socket
+        # is closed under it and the caller sees an abort instead of the reason.
+        event.assoc.kill()
 
     # ---- C-STORE -----------------------------------------------------------------------------
 
@@ -115,25 +122,49 @@ class MarkingNode:
         if not uid:
             return _failure(CANNOT_UNDERSTAND, "no SOP Instance UID")
         name = self.spool.name(uid)
+        digest = content_digest(event)
         with self._claims:
-            state = "receiving" if name in self._in_progress else self.spool.state_of(name)
+            if name in self._in_progress:
+                state, known = "receiving", self._in_progress[name]
+            else:
+                state = self.spool.state_of(name)
+                known = self.spool.content_of(name) if state is not None else None
             if state in ("receiving", "received", "marked", "done"):
-                log_event("duplicate", sop_instance_uid=uid, state=state)  # never a second marked instance
-                return SUCCESS
+                if known == digest:  # the very instance again: never a second marked instance
+                    log_event("duplicate", sop_instance_uid=uid, state=state)
+                    return SUCCESS
+                return self._conflict(event, name, uid, digest, known, state)
             if self.spool.is_full():
                 log_event("refused", sop_instance_uid=uid, why="spool full")
                 return _failure(OUT_OF_RESOURCES, "wm spool is full; retry later")
-            self._in_progress.add(name)
+            self._in_progress[name] = digest
         try:
+            self.spool.record_content(name, digest)
             received = self.spool.receive(name, event.encoded_dataset())
             log_event("received", sop_instance_uid=uid,
                       calling_ae_title=str(event.assoc.requestor.ae_title).strip())
             status = self._mark(name, uid, received, ds)
         finally:
             with self._claims:
-                self._in_progress.discard(name)
+                self._in_progress.pop(name, None)
         self.wake_forwarder.set()
         return SUCCESS if status is None else status
+
+    def _conflict(self, event, name: str, uid: str, digest: str, known: str | None, state: str):
+        """A second instance claiming a spooled SOP Instance UID with other content (or content
+        that cannot be compared): kept, reported, audited, and answered a failure."""
+        if self.spool.is_full():
+            log_event("refused", sop_instance_uid=uid, why="spool full (conflict not kept)")
+            return _failure(OUT_OF_RESOURCES, "wm spool is full; retry later")
+        requestor = event.assoc.requestor
+        facts = {"time": _now(), "event": "conflict", "sop_instance_uid": uid,
+                 "calling_ae_title": str(requestor.ae_title).strip(), "address": requestor.address,
+                 "first_state": state, "first_sha256": known, "conflict_sha256": digest}
+        kept = self.spool.keep_conflict(name, digest, event.encoded_dataset(), facts)
+        self.spool.audit_security({**facts, "kept": kept.name})
+        log_event("conflict", **{k: v for k, v in facts.items() if k not in ("time", "event")}, kept=kept.name,
+                  conflicts=len(self.spool.conflicts()))
+        return _failure(CANNOT_UNDERSTAND, "wm: UID already received with other content; kept as conflict")
 
     def _mark(self, name: str, uid: str, received: Path, ds) -> object | None:
         """Mark one received instance; None on success, else the failure status to answer."""
@@ -215,12 +246,17 @@ class MarkingNode:
             ae.add_requested_context(sop_class, syntax)
         try:
             assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
-                                 tls_args=self._client_tls())
+                                 tls_args=archive_tls_arguments(self.config))
         except Exception as error:  # pynetdicom raises for refused connections and TLS failures
             log_event("forward failed", why=f"{type(error).__name__}: {error}", waiting=len(datasets))
             return 0
         if not assoc.is_established:
             log_event("forward failed", why="association not established", waiting=len(datasets))
+            return 0
+        refusal = archive_refusal(self.config, assoc)
+        if refusal is not None:  # checked before any instance goes out; they stay in the spool
+            assoc.abort()
+            log_event("forward failed", why=refusal, waiting=len(datasets))
             return 0
         sent = 0
         try:
@@ -243,31 +279,6 @@ class MarkingNode:
             if assoc.is_established:
                 assoc.release()
         return sent
-
-    def _client_tls(self):
-        """TLS towards the destination (`forward_tls`): this node's certificate, and the
-        destination's checked against `ca_certificates` when given."""
-        if not self.config.forward_tls:
-            return None
-        import ssl
-
-        tls = self.config.tls
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_certificates)
-        if tls.ca_certificates is None:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        context.load_cert_chain(tls.certificate, tls.private_key)
-        return context, self.config.forward.host
-
-    def _server_tls(self):
-        if self.config.tls is None:
-            return None
-        import ssl
-
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.config.tls.ca_certificates)
-        context.load_cert_chain(self.config.tls.certificate, self.config.tls.private_key)
-        context.verify_mode = ssl.CERT_REQUIRED if self.config.tls.ca_certificates else ssl.CERT_NONE
-        return context
 
     # ---- life cycle --------------------------------------------------------------------------
 
@@ -320,6 +331,16 @@ class MarkingNode:
         """Run until SIGTERM or SIGINT; then drain and return."""
         import signal
 
+        self.start()
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        while not stop.wait(0.5):
+            pass
+        self.stop()
+
+    def start(self) -> None:
+        """Recover the spool, start forwarding and listen; returns once listening."""
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification
 
@@ -331,33 +352,66 @@ class MarkingNode:
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.maximum_associations = max(4, self.config.workers * 2)
-        if self.config.allow:
-            ae.require_calling_aet = list(self.config.allow)
         handlers = [(evt.EVT_REQUESTED, self._on_requested), (evt.EVT_C_STORE, self._on_store),
                     (evt.EVT_C_ECHO, lambda event: SUCCESS)]
         try:
             self.server = ae.start_server((self.config.host, self.config.port), block=False,
-                                          evt_handlers=handlers, ssl_context=self._server_tls())
+                                          evt_handlers=handlers, ssl_context=server_tls_context(self.config))
         except OSError as error:
             self.stopping.set()
             raise BadInputError(f"cannot listen on {self.config.host}:{self.config.port} "
                                 f"({error.strerror or error})") from None
-        stop = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
-        log_event("listening", port=self.config.port, ae_title=self.config.ae_title,
-                  forward=f"{self.config.forward.host}:{self.config.forward.port}:{self.config.forward.ae_title}")
-        while not stop.wait(0.5):
-            pass
-        log_event("stopping", in_spool=self.spool.pending())
+        self.report_conflicts()
+        log_event("listening", host=self.config.host, port=self.config.port, ae_title=self.config.ae_title,
+                  forward=f"{self.config.forward.host}:{self.config.forward.port}:{self.config.forward.ae_title}",
+                  callers=self._callers_in_words(), conflicts=len(self.spool.conflicts()))
+
+    def stop(self, drain_seconds: float = 30.0) -> None:
+        """Stop accepting, drain what is in flight (the forwarder for `drain_seconds` at most:
+        what it cannot send stays in the spool), close."""
+        log_event("stopping", in_spool=self.spool.pending(), conflicts=len(self.spool.conflicts()))
         self.stopping.set()
-        self.server.shutdown()  # waits for the associations in progress to end
-        self._drain_deadline = time.monotonic() + 30.0
+        if self.server is not None:
+            self.server.shutdown()  # waits for the associations in progress to end
+        self._drain_deadline = time.monotonic() + drain_seconds
         self.wake_forwarder.set()
-        self.forwarder.join()
+        if self.forwarder.is_alive():
+            self.forwarder.join()
         while not self.readers.empty():
             self.readers.get().close()
-        log_event("stopped", in_spool=self.spool.pending())
+        log_event("stopped", in_spool=self.spool.pending(), conflicts=len(self.spool.conflicts()))
+
+    def report_conflicts(self) -> None:
+        """Conflicts left from earlier runs are named at every start until a person resolves them
+        (removes their files from SPOOL/conflict/)."""
+        waiting = self.spool.conflicts()
+        if waiting:
+            log_event("conflicts waiting", count=len(waiting),
+                      instances=[{key: facts.get(key) for key in ("sop_instance_uid", "calling_ae_title", "address",
+                                                                  "time")} for facts in waiting])
+
+    def _callers_in_words(self) -> str:
+        config = self.config
+        gates = ["loopback"]
+        if config.allow_addresses:
+            gates.append("addresses " + ", ".join(config.allow_addresses))
+        if config.mutual_tls:
+            gates.append("mutual TLS bound to " + ", ".join(sorted(config.tls.clients)))
+        titles = f"; AE titles {', '.join(config.allow)}" if config.allow else ""
+        return " or ".join(gates) + titles
+
+
+def content_digest(event) -> str:
+    """SHA-256 of the data set as received, with its transfer syntax: the same instance sent
+    again gives the same digest; one re-encoded in another transfer syntax does not, and is kept
+    as a conflict for a person to judge rather than guessed to be the same."""
+    digest = hashlib.sha256(str(event.context.transfer_syntax).encode("ascii", "replace") + b"\0")
+    digest.update(event.encoded_dataset(include_meta=False))
+    return digest.hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _failure(code: int, comment: str):

@@ -5,6 +5,17 @@
     done/NAME.json      forwarded (the marked file is then removed)
     failed/NAME.json    could not be marked (and NAME.dcm beside it, as it arrived)
 
+Beside the states:
+
+    content/NAME.sha256         SHA-256 of the data set as first received (its transfer syntax
+                                included), written before the received file: what tells a
+                                retransmission from another instance that claims the same UID
+    conflict/NAME.DIGEST.dcm    an instance that arrived with an already spooled SOP Instance
+    conflict/NAME.DIGEST.json   UID and other content: kept (never forwarded, never dropped), with
+                                who sent it and when, for a person to judge
+    security.jsonl              the audit of refused associations and conflicts, one JSON line
+                                each, appended and fsynced
+
 NAME is a hash of the original SOP Instance UID, so a second receipt of the same instance finds
 the first one's state and never makes a second, different marked instance. Every step is an
 atomic write (io.writing) followed by the removal of the previous state's file, so a kill or a
@@ -25,13 +36,15 @@ from ..io.writing import fsync_folder, remove_stale_temporaries, write_atomicall
 from ..jsonout import json_line
 
 STATES = ("received", "marked", "done", "failed")
+CONTENT, CONFLICT = "content", "conflict"
+SECURITY_LOG = "security.jsonl"
 
 
 class Spool:
     def __init__(self, root: Path, max_instances: int) -> None:
         self.root = Path(root)
         self.max_instances = max_instances
-        for state in STATES:
+        for state in (*STATES, CONTENT, CONFLICT):
             try:
                 (self.root / state).mkdir(parents=True, exist_ok=True)
             except OSError as error:
@@ -58,13 +71,64 @@ class Spool:
                 return state
         return None
 
+    def counted(self) -> int:
+        """What the bound counts: instances not yet forwarded and conflicts waiting for a person
+        (so that a flood of conflicting copies fills the spool's quota, not the disk)."""
+        return self.pending() + len(self.conflicts())
+
     def pending(self) -> int:
         """Instances received or marked and not yet forwarded: what the bound counts."""
         return sum(1 for state in ("received", "marked") for entry in os.scandir(self.root / state)
                    if entry.name.endswith(".dcm") and not entry.name.startswith("."))
 
     def is_full(self) -> bool:
-        return self.pending() >= self.max_instances
+        return self.counted() >= self.max_instances
+
+    # ---- content and conflicts ----------------------------------------------------------------
+
+    def record_content(self, name: str, digest: str) -> None:
+        """Written before the received file, so every spooled instance has its digest."""
+        write_atomically(self.root / CONTENT / f"{name}.sha256", digest)
+
+    def content_of(self, name: str) -> str | None:
+        try:
+            return (self.root / CONTENT / f"{name}.sha256").read_text(encoding="ascii").strip() or None
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+
+    def keep_conflict(self, name: str, digest: str, encoded: bytes, facts: dict) -> Path:
+        """Keep a conflicting instance (once per distinct content) with its facts; its path."""
+        stem = f"{name}.{digest[:16]}"
+        kept = self.root / CONFLICT / f"{stem}.dcm"
+        if not kept.exists():
+            write_atomically(kept, encoded)
+        write_atomically(self.root / CONFLICT / f"{stem}.json", json_line(facts))
+        return kept
+
+    def conflicts(self) -> list[dict]:
+        """The facts of every conflict waiting for a person, oldest first."""
+        import json
+
+        found = []
+        for entry in sorted(os.scandir(self.root / CONFLICT), key=lambda entry: entry.name):
+            if entry.name.endswith(".json") and not entry.name.startswith("."):
+                try:
+                    found.append(json.loads(Path(entry.path).read_text(encoding="utf-8")))
+                except (OSError, ValueError):
+                    found.append({"file": entry.name, "why": "unreadable conflict record"})
+        found.sort(key=lambda facts: str(facts.get("time", "")))
+        return found
+
+    def audit_security(self, facts: dict) -> None:
+        """One line in security.jsonl, appended in one write and fsynced before the caller goes on."""
+        line = json_line(facts)
+        line = line if line.endswith("\n") else line + "\n"
+        descriptor = os.open(self.root / SECURITY_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(descriptor, line.encode("utf-8"))
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
     def receive(self, name: str, encoded: bytes) -> Path:
         return write_atomically(self.path("received", name), encoded)
