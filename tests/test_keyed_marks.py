@@ -79,6 +79,23 @@ def test_the_key_holder_reads_a_crop(marked_ct):
     assert reading.decoded.message == MESSAGE and reading.grid_offset == (37, 51)
 
 
+@pytest.mark.parametrize("attack", ["resize:0.75", "resize:0.5", "rotate:2"])
+def test_the_key_holder_reads_a_resized_or_rotated_copy(marked_ct, attack):
+    """The public pilot gives the scale (and the key field pins it to a tenth of a percent) or
+    the angle; the geometry found is reported with the message."""
+    from watermark_cli.attacks.codecs import FrameContext, parse_attack
+
+    model, codec, image, marked = marked_ct
+    attacked = parse_attack(attack)(marked[0].astype(np.float64), FrameContext(image.stored_min, image.stored_max, None))
+    reading = read_frames(model, codec, attacked[None], thresholds=sign_thresholds(image))
+    assert reading.decoded.message == MESSAGE
+    if attack.startswith("resize"):
+        factor = 1 / float(attack.split(":")[1])
+        assert reading.rescaled_by[0] == pytest.approx(factor, rel=0.002)
+    else:
+        assert reading.rotated_by == pytest.approx(-2.0, abs=0.15)
+
+
 @pytest.mark.slow
 def test_an_old_models_mark_reads_flagged_unprotected(tmp_path):
     source = clinical_files("held_out")[0][1]

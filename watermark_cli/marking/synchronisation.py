@@ -77,6 +77,14 @@ def locate_key_field(maps: np.ndarray, seed: bytes, sigma: float, tried: int,
     `maps`: (K, rows, cols) responses to the mark, each already multiplied by the host's signs
     (`key_field.host_signs`): the decoder's feature maps (`marking.image`). A map may respond
     with either sign, so each is scored in robust spreads and a shift by its largest size."""
+    sizes = key_field_correlation(maps, seed, sigma, origin)
+    best = np.argsort(-sizes.ravel())[:tried]
+    return [(origin[0] + int(i) // sizes.shape[1], origin[1] + int(i) % sizes.shape[1]) for i in best]
+
+
+def key_field_correlation(maps: np.ndarray, seed: bytes, sigma: float, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """(shifts, shifts): for every shift from `origin`, how far the maps' correlation with the
+    key field stands out, in robust spreads (the largest over the maps); see `locate_key_field`."""
     rows, cols = maps.shape[-2:]
     reach_rows, reach_cols = min(512, int(0.45 * rows)), min(512, int(0.45 * cols))
     shape = (rows + reach_rows, cols + reach_cols)
@@ -89,8 +97,7 @@ def locate_key_field(maps: np.ndarray, seed: bytes, sigma: float, tried: int,
         centre = np.median(score)
         size = np.abs(score - centre) / (np.median(np.abs(score - centre)) + 1e-30)
         best_size = size if best_size is None else np.maximum(best_size, size)
-    best = np.argsort(-best_size.ravel())[:tried]
-    return [(origin[0] + int(i) // best_size.shape[1], origin[1] + int(i) % best_size.shape[1]) for i in best]
+    return best_size
 
 
 def _refined_peak(profile: np.ndarray, guess: float, radius: float) -> float | None:
@@ -186,34 +193,56 @@ _PILOT_TEST_TILES = 6
 _PILOT_PRESENT = 5.5
 
 
-def estimate_scale_by_pilot(maps: np.ndarray, tile: int, pilot: np.ndarray) -> float | None:
-    """The resize factor (new size / marked size) of a frame holding a keyed mark's public
-    pilot, or None when none is evident. `maps`: (K, rows, cols) responses of the frame to the
-    mark (the decoder's feature maps: they respond to it far more cleanly than a high-pass).
+def estimate_scale_by_pilot(maps: np.ndarray, tile: int, pilot: np.ndarray) -> tuple[float, float]:
+    """The resize factor (new size / marked size) that best fits a keyed mark's public pilot in
+    a frame, and how strongly (`pilot_strength`: unmarked frames below about 5.5, marked ones
+    resized by 0.75 mostly 6 to 11). `maps`: (K, rows, cols) responses of the frame to the mark
+    (the decoder's feature maps: they respond to it far more cleanly than a high-pass).
 
-    The repeated pilot puts its energy on a lattice of spectral lines, at (m, n) / period for
-    its harmonics (m, n), weighted by its known spectrum; each map's magnitude spectrum,
-    sampled on that lattice for every scale in the range, scores the scales (phase-blind, so a
-    crop does not matter, and linear in the mark). The best few are then tried by scaling the
-    maps back and matching the pilot itself (`pilot_strength`), which also refines them."""
-    candidates: list[float] = []
-    for response in maps:
-        for scale in _spectral_scale_candidates(response, tile, pilot):
-            if all(abs(scale / known - 1.0) > _CANDIDATE_REACH for known in candidates):
-                candidates.append(scale)
-    candidates = [scale for scale in candidates if abs(scale - 1.0) >= 0.005]
-    if not candidates:
-        return None
-    strengths = [_pilot_strength_at(maps, tile, pilot, scale * tile) for scale in candidates]
-    best, best_strength = candidates[int(np.argmax(strengths))], max(strengths)
-    # The best candidate, refined within the spectral grid's reach.
-    for step in np.arange(-_CANDIDATE_REACH, _CANDIDATE_REACH + 1e-9, _SCALE_STEP):
-        scale = best * (1.0 + step)
-        if step and MIN_SCALE <= scale <= MAX_SCALE:
-            strength = _pilot_strength_at(maps, tile, pilot, scale * tile)
-            if strength > best_strength:
-                best, best_strength = scale, strength
-    return best if best_strength >= _PILOT_PRESENT else None
+    Every scale in the range is tried directly: the maps' centres scaled back by it (bilinear)
+    and matched with the pilot, on a grid 1 % apart, then 0.1 % apart around the best. A
+    spectral lattice fit ranked the true scale first in under half of the 256² slices that a
+    0.75 resize had turned into 192² (training split; the pilot is a fifth of the mark), and its
+    best four missed it in 4 of 16; the direct scan finds it in 16 of 16, in a fifth of the
+    time. Its precision is a few tenths of a percent on small frames (few periods): the keyed
+    reader refines it with the key field (`marking.image`)."""
+    coarse = np.exp(np.arange(np.log(MIN_SCALE), np.log(MAX_SCALE) + 1e-9, np.log1p(_SCAN_STEP)))
+    coarse = coarse[np.abs(coarse - 1.0) >= 0.005]
+    strengths = _pilot_strengths(maps, tile, pilot, coarse)
+    best = float(coarse[int(np.argmax(strengths))])
+    fine = best * (1.0 + np.arange(-_SCAN_STEP, _SCAN_STEP + 1e-9, _SCAN_STEP / 10))
+    fine = fine[(fine >= MIN_SCALE) & (fine <= MAX_SCALE) & (np.abs(fine - 1.0) >= 0.005)]
+    fine_strengths = _pilot_strengths(maps, tile, pilot, fine)
+    index = int(np.argmax(fine_strengths))
+    return float(fine[index]), float(fine_strengths[index])
+
+
+# The scale grid of the direct scan (multiplicative steps).
+_SCAN_STEP = 0.01
+
+
+def _pilot_strengths(maps: np.ndarray, tile: int, pilot: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """For each scale: the best `pilot_strength` over the maps, of their centres (up to
+    `_PILOT_TEST_TILES` periods a side) scaled back from a period of tile·scale to the tile."""
+    import torch
+    import torch.nn.functional as F
+
+    responses = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[None]
+    rows, cols = maps.shape[1:]
+    strengths = np.zeros(len(scales))
+    for index, scale in enumerate(scales):
+        periods = min(_PILOT_TEST_TILES, int(min(rows, cols) / (tile * scale)))
+        if periods < 2:  # one period cannot show a repetition
+            continue
+        offsets = torch.arange(periods * tile, dtype=torch.float32) - (periods * tile - 1) / 2
+        # grid_sample's coordinates run from -1 to 1 over the pixel centres (align_corners).
+        row_grid = ((rows - 1) / 2 + offsets * float(scale)) / (rows - 1) * 2 - 1
+        col_grid = ((cols - 1) / 2 + offsets * float(scale)) / (cols - 1) * 2 - 1
+        grid = torch.stack(torch.meshgrid(col_grid, row_grid, indexing="xy"), dim=-1)[None]
+        with torch.inference_mode():
+            scaled_back = F.grid_sample(responses, grid, mode="bilinear", align_corners=True)[0].numpy()
+        strengths[index] = max(pilot_strength(response, tile, pilot) for response in scaled_back)
+    return strengths
 
 
 def _whitened_spectrum(response: np.ndarray) -> np.ndarray:
@@ -260,37 +289,18 @@ def _best_peaks(score: np.ndarray, grid: np.ndarray, count: int) -> list[float]:
     return [float(grid[i]) for i in peaks[np.argsort(-score[peaks])][:count]]
 
 
-def _spectral_scale_candidates(response: np.ndarray, tile: int, pilot: np.ndarray) -> list[float]:
-    """The scales whose pilot lattice the map's spectrum fits best, best first."""
-    scales = np.arange(MIN_SCALE, MAX_SCALE + 1e-9, _SPECTRAL_STEP)
-    score = _lattice_scores(_whitened_spectrum(response), tile, pilot, scales, np.zeros_like(scales))
-    return _best_peaks(score, scales, _SPECTRAL_CANDIDATES)
-
-
-# Spectral lines of the pilot used, the scale grid they are scored on, the scales kept per map,
-# the whitening's reach (bins); how far around each candidate the pilot is matched, and the step.
+# Spectral lines of the pilot used (rotation), the angles kept per map, the whitening's reach (bins).
 _LATTICE_POINTS = 1000
-_SPECTRAL_STEP = 0.002
 _SPECTRAL_CANDIDATES = 4
 _WHITENING = 2.5
-_CANDIDATE_REACH = 0.006
-_SCALE_STEP = 0.0015
-
-
-def _pilot_strength_at(maps: np.ndarray, tile: int, pilot: np.ndarray, period: float) -> float:
-    """The best `pilot_strength` over the maps' centres (six tiles a side) scaled back from `period`."""
-    side = int(np.ceil(_PILOT_TEST_TILES * period))
-    top, left = max(0, (maps.shape[1] - side) // 2), max(0, (maps.shape[2] - side) // 2)
-    factor = tile / period
-    return max(pilot_strength(resample(response[top: top + side, left: left + side], factor, factor), tile, pilot)
-               for response in maps)
 
 
 def estimate_rotation_by_pilot(maps: np.ndarray, tile: int, pilot: np.ndarray) -> float | None:
     """Degrees to turn a frame by (scipy's sense) to undo a rotation of a keyed mark, or None.
-    The pilot's spectral lattice, turned by every angle in ±MAX_ROTATION, scores the angles
-    on each response map (`estimate_scale_by_pilot`); the best few are tried by turning the
-    maps' centres back and matching the pilot, then refined."""
+    The pilot's spectral lattice, turned by every angle in ±MAX_ROTATION, scores the angles on
+    each response map's whitened magnitude spectrum (phase-blind, so a crop does not matter);
+    the best few are tried by turning the maps' centres back and matching the pilot, then
+    refined."""
     angles = np.arange(-MAX_ROTATION, MAX_ROTATION + 1e-9, _ROTATION_STEP)
     candidates: list[float] = []
     for response in maps:
