@@ -84,6 +84,7 @@ from watermark_cli.attacks.codecs import FrameContext, jpeg
 from watermark_cli.data.slices import held_out_slices
 from watermark_cli.evaluation.run import upper_bound_95
 from watermark_cli.io.medical_image import MedicalImage
+from watermark_cli.keys import generated_key_text
 from watermark_cli.marking.image import codec_for, embed_pixels, extract_payload, field_for, residual_for, sign_thresholds
 from watermark_cli.model.inputs import normalised_frames
 from watermark_cli.model.store import load_model
@@ -160,7 +161,7 @@ class Mark:
 
 
 def mark(model, item: Item, codec=None, message: bytes | None = None) -> Mark:
-    codec = codec or codec_for(model, os.urandom(16))
+    codec = codec or codec_for(model, generated_key_text())
     message = message if message is not None else os.urandom(MESSAGE_BYTES)
     outcome = embed_pixels(model, codec, item.image, message, FLOOR)
     frame = outcome.frames[0]
@@ -183,7 +184,7 @@ def public_logits(model, image: MedicalImage, guess=None) -> np.ndarray:
     field_ = None
     if model.model.config.keyed:
         threshold = sign_thresholds(image)[0] / float(image.stored_max - image.stored_min)
-        field_ = field_for(model, guess or codec_for(model, os.urandom(16)), frame, threshold)
+        field_ = field_for(model, guess or codec_for(model, generated_key_text()), frame, threshold)
     tensor = torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32))[None, None]
     with torch.inference_mode():
         return model.model.decoder(tensor, field_, (0, 0))[0].numpy().astype(np.float64)
@@ -252,7 +253,7 @@ def public_read(model, marks: list[Mark]) -> dict:
     significant = int(binom.isf(0.01, n_bits, 0.5)) + 1  # agreement ≥ this: p < 1 % by chance
     agreements, shown = [], 0
     for mark_ in marks:
-        mark_.public_guess = codec_for(model, os.urandom(16))
+        mark_.public_guess = codec_for(model, generated_key_text())
         mark_.public_bits = public_bits(model, stored(mark_.item.image, mark_.pixels), mark_.public_guess)
         agree = int(np.sum(mark_.public_bits == mark_.raw_bits))
         agreements.append(agree / n_bits)
@@ -276,7 +277,7 @@ def linkability(model, items: list[Item], pairs: list[tuple[int, int]]) -> dict:
         # Presence: the second image marked under another key against the second image unmarked.
         stranger = mark(model, items[second])
         unmarked = items[second].image.pixels[0].astype(np.float64)
-        guess = codec_for(model, os.urandom(16))  # one guessed key for the pair's reads
+        guess = codec_for(model, generated_key_text())  # one guessed key for the pair's reads
         read_a = public_bits(model, stored(a.item.image, a.pixels), guess)
         estimate_a = a.pixels - median3(a.pixels)
         for index, b in enumerate((same, other)):

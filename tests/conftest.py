@@ -10,6 +10,7 @@ what `bash scripts/test.sh --all` and CI run) runs every test, without the time 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -66,6 +67,13 @@ def pytest_runtest_makereport(item, call):
 
 
 _SPENT = pytest.StashKey[dict]()
+
+
+def fixed_key(label: str) -> str:
+    """A key in the form `wm keygen` writes (keys.GENERATED_PREFIX and 64 hex digits), fixed per
+    label. Tests use these: a passphrase costs seconds of scrypt in every process that uses it
+    (tests/test_keys.py exercises passphrases)."""
+    return "wm-key-v1:" + hashlib.sha256(label.encode("utf-8")).hexdigest()
 
 
 @dataclass

@@ -17,7 +17,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from skimage.metrics import peak_signal_noise_ratio
 
-from conftest import run_wm, run_wm_here
+from conftest import fixed_key, run_wm, run_wm_here
 from watermark_cli.io.dicom import DICOM_ELEMENTS_CHANGED_ON_WRITE
 
 
@@ -73,15 +73,15 @@ def test_an_unmarked_image_gives_no_watermark(held_out_png):
 
 def test_a_wrong_key_gives_no_watermark_and_the_right_one_the_message(held_out_png, tmp_path):
     marked = tmp_path / "marked.png"
-    assert run_wm_here("embed", held_out_png, "secret-id", "--key", "k1", "-o", marked).code == 0
-    wrong = run_wm_here("extract", marked, "--key", "k2")
+    assert run_wm_here("embed", held_out_png, "secret-id", "--key", fixed_key("k1"), "-o", marked).code == 0
+    wrong = run_wm_here("extract", marked, "--key", fixed_key("k2"))
     assert wrong.code == 1 and wrong.stdout == ""
-    right = run_wm_here("extract", marked, "--key", "k1")
+    right = run_wm_here("extract", marked, "--key", fixed_key("k1"))
     assert right.code == 0 and right.stdout.strip() == "secret-id"
 
 
 def test_keys_come_from_a_file_or_the_environment_and_are_never_shown(held_out_png, tmp_path, monkeypatch):
-    secret = "k3y-never-printed-7f3a"
+    secret = fixed_key("never printed")
     key_file = tmp_path / "site.key"
     key_file.write_text(secret + "\n")
     marked = tmp_path / "keyed.png"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_wm
+from conftest import fixed_key, run_wm
 from watermark_cli.data.clinical import clinical_file
 from watermark_cli.io.image import read_image
 from watermark_cli.marking.image import codec_for, extract_payload
@@ -146,7 +146,7 @@ def test_a_key_file_is_read_by_the_workers_and_the_key_never_travels(tmp_path, s
     from watermark_cli.keys import KeyFileReference
     from watermark_cli.quality import QualityFloor
 
-    secret = b"cluster secret 7b1f0c"
+    secret = fixed_key("cluster secret").encode()
     key_file = tmp_path / "wm.key"
     key_file.write_bytes(secret + b"\n")
     reference = KeyFileReference.of(key_file, secret)
@@ -154,7 +154,7 @@ def test_a_key_file_is_read_by_the_workers_and_the_key_never_travels(tmp_path, s
     for plugin in (MarkingPlugin(settings, 1, reference), ReadingPlugin(None, reference, 10**8, 1)):
         assert secret not in cloudpickle.dumps(plugin)  # what the scheduler would hold and forward
     assert reference.read() == secret
-    key_file.write_bytes(b"another key")  # a worker whose copy of the file differs refuses to work
+    key_file.write_bytes(fixed_key("another key").encode())  # a worker whose copy of the file differs refuses to work
     with pytest.raises(BadInputError, match="another key"):
         reference.read()
     key_file.write_bytes(secret + b"\n")

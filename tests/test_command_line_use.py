@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from conftest import run_wm_here
+from conftest import fixed_key, run_wm_here
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,19 +46,19 @@ def two_pngs(synthetic_data, tmp_path) -> list[Path]:
 def test_embed_extract_and_verify_take_several_paths(two_pngs, tmp_path):
     """What a shell glob gives: `wm embed a.png b.png MESSAGE -o DIR`, `wm extract a b`, `wm verify a b`."""
     out = tmp_path / "marked"
-    embedded = run_wm_here("embed", *two_pngs, "batch-9", "-o", out, "--key", "k1", "--json")
+    embedded = run_wm_here("embed", *two_pngs, "batch-9", "-o", out, "--key", fixed_key("k1"), "--json")
     assert embedded.code == 0, embedded.stderr
     written = sorted(out.glob("*.wm.png"))
     assert [json.loads(line)["output"] for line in embedded.stdout.splitlines()] == [str(p) for p in written]
     assert len(written) == 2 and (out / "wm-audit.jsonl").read_text().count("\n") == 2
-    read = run_wm_here("extract", *written, "--key", "k1", "--json")
+    read = run_wm_here("extract", *written, "--key", fixed_key("k1"), "--json")
     assert read.code == 0 and [json.loads(line)["message"] for line in read.stdout.splitlines()] == ["batch-9"] * 2
-    verified = run_wm_here("verify", *written, "--key", "k1", "--json")
+    verified = run_wm_here("verify", *written, "--key", fixed_key("k1"), "--json")
     assert verified.code == 0 and [json.loads(line)["intact"] for line in verified.stdout.splitlines()] == [True] * 2
-    with_an_unmarked = run_wm_here("verify", written[0], two_pngs[0], "--key", "k1", "--json")
+    with_an_unmarked = run_wm_here("verify", written[0], two_pngs[0], "--key", fixed_key("k1"), "--json")
     assert with_an_unmarked.code == 1 and [json.loads(line)["intact"] for line in
                                            with_an_unmarked.stdout.splitlines()] == [True, False]
-    mixed = run_wm_here("extract", written[0], two_pngs[0], "--key", "k1")  # one marked, one not: exit 1
+    mixed = run_wm_here("extract", written[0], two_pngs[0], "--key", fixed_key("k1"))  # one marked, one not: exit 1
     assert mixed.code == 1 and "batch-9" in mixed.stdout and "no watermark" in mixed.stdout
     assert "1 of 2" in one_line(mixed)
 
@@ -112,8 +112,8 @@ def test_a_refused_mark_says_what_would_work(two_pngs, tmp_path):
 def test_a_mark_not_found_says_which_key_or_model_to_try(two_pngs, tmp_path):
     # A wrong key: the file says wm marked it (its restoration record).
     keyed = tmp_path / "keyed.png"
-    assert run_wm_here("embed", two_pngs[0], "id-4", "--key", "right", "-o", keyed).code == 0
-    wrong = run_wm_here("extract", keyed, "--key", "wrong")
+    assert run_wm_here("embed", two_pngs[0], "id-4", "--key", fixed_key("right"), "-o", keyed).code == 0
+    wrong = run_wm_here("extract", keyed, "--key", fixed_key("wrong"))
     assert wrong.code == 1 and "the key may be wrong" in one_line(wrong)
     unmarked = run_wm_here("extract", two_pngs[1])  # nothing says wm marked it: no hint to chase
     assert unmarked.code == 1 and "key may be wrong" not in unmarked.stderr

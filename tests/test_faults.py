@@ -531,14 +531,7 @@ def test_messages_and_keys_that_are_not_plain_text_get_one_line_or_are_taken_as_
     for key_file, needle in ((huge, "too large"), (folder_key, "cannot read"), (tmp_path / "absent.key", "cannot read")):
         result = run_wm_here("embed", ct, "m", "--key-file", key_file, "-o", out)
         assert result.code == 2 and needle in result.stderr and "k" * 50 not in result.stderr
-
-    # A key typed in a terminal that is not UTF-8 is its bytes: the same bytes read the mark back.
-    key = b"s\xe9cret".decode("utf-8", "surrogateescape")
-    assert run_wm_here("embed", ct, "keyed", "--key", key, "-o", out).code == 0
-    key_file = tmp_path / "latin1.key"
-    key_file.write_bytes(b"s\xe9cret")
-    found = run_wm_here("extract", out, "--key-file", key_file, "--json")
-    assert found.code == 0 and json.loads(found.stdout)["message"] == "keyed"
+    # (A passphrase typed in a terminal that is not UTF-8: tests/test_keys.py.)
 
 
 def test_file_names_that_look_like_terminal_markup_are_printed_as_they_are(tmp_path):

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from scipy.ndimage import median_filter
 
-from conftest import run_wm
+from conftest import fixed_key, run_wm
 from watermark_cli.data.clinical import clinical_files
 from watermark_cli.io.image import read_image
 from watermark_cli.marking.image import codec_for, embed_pixels, read_frames, sign_thresholds
 from watermark_cli.model.store import load_model
 from watermark_cli.quality import QualityFloor
 
-KEY = bytes(range(16))
+KEY = fixed_key("keyed marks").encode()
 MESSAGE = b"RCPT-0042"
 
 
@@ -40,7 +40,7 @@ def test_without_the_key_the_public_decoder_reads_chance(marked_ct):
     model, codec, image, marked = marked_ct
     thresholds = sign_thresholds(image)
     assert read_frames(model, codec, marked, thresholds=thresholds).decoded.message == MESSAGE
-    wrong = codec_for(model, b"not the key at all")
+    wrong = codec_for(model, fixed_key("not the key at all"))
     assert not read_frames(model, wrong, marked, thresholds=thresholds).decoded.found
     # The attacker's best raw read: the decoder with a field of a key they guess.
     from watermark_cli.marking.image import field_for
@@ -100,12 +100,12 @@ def test_the_key_holder_reads_a_resized_or_rotated_copy(marked_ct, attack):
 def test_an_old_models_mark_reads_flagged_unprotected(tmp_path):
     source = clinical_files("held_out")[0][1]
     marked = tmp_path / "old.dcm"
-    done = run_wm("embed", source, "OLD-ID", "--model", "wm-default-v2", "--key", "k3y-0f-th3-h0spital", "-o", marked)
+    done = run_wm("embed", source, "OLD-ID", "--model", "wm-default-v2", "--key", fixed_key("hospital"), "-o", marked)
     assert done.code == 0, done.stderr
-    read = run_wm("extract", marked, "--key", "k3y-0f-th3-h0spital", "--json")
+    read = run_wm("extract", marked, "--key", fixed_key("hospital"), "--json")
     assert read.code == 0, read.stderr
     answer = json.loads(read.stdout)
     assert answer["message"] == "OLD-ID" and answer["protected"] is False and answer["model"] == "wm-default-v2"
     assert "anyone with wm can read, remove or copy" in read.stderr
-    verified = json.loads(run_wm("verify", marked, "--key", "k3y-0f-th3-h0spital", "--json").stdout)
+    verified = json.loads(run_wm("verify", marked, "--key", fixed_key("hospital"), "--json").stdout)
     assert verified["mark_found"] and verified["message"] == "OLD-ID" and verified["mark_protected"] is False

@@ -18,7 +18,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from conftest import run_wm_here
+from conftest import fixed_key, run_wm_here
 from watermark_cli.data.clinical import clinical_file
 from watermark_cli.integrity.containers import (PNG_CHUNK, UnknownOriginalElementsError, raster_earlier_record,
                                                 raster_original_elements)
@@ -30,7 +30,7 @@ from watermark_cli.marking.verification import verify_image
 from watermark_cli.model.store import load_model
 from watermark_cli.quality import QualityFloor
 
-FIRST_KEY, SECOND_KEY = b"chain-first-key", b"chain-second-key"
+FIRST_KEY, SECOND_KEY = fixed_key("chain-first-key").encode(), fixed_key("chain-second-key").encode()
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_a_chained_record_opens_with_its_own_key_only_and_fails_in_one_line(load
     mark(source, first, loaded, FIRST_KEY, b"FIRST")
     mark(first, second, loaded, SECOND_KEY, b"SECOND")
 
-    for wrong in ("not-the-key", FIRST_KEY.decode()):  # the inner record's key does not open the outer one
+    for wrong in (fixed_key("not the key"), FIRST_KEY.decode()):  # the inner record's key does not open the outer one
         out = tmp_path / "never.png"
         result = run_wm_here("restore", second, "--key", wrong, "-o", out)
         assert one_line_failure(result), (result.code, result.stderr)
@@ -177,7 +177,7 @@ def test_a_dicom_marked_twice_with_one_key_restores_twice_and_no_preamble_surviv
     assert restored.SOPInstanceUID == original.SOPInstanceUID
     assert file_record(read_image(back_to_original)) is None
 
-    wrong = run_wm_here("restore", second, "--key", "not-the-key", "-o", tmp_path / "never.dcm")
+    wrong = run_wm_here("restore", second, "--key", fixed_key("not the key"), "-o", tmp_path / "never.dcm")
     assert one_line_failure(wrong) and not (tmp_path / "never.dcm").exists()
 
 

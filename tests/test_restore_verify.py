@@ -19,7 +19,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from conftest import run_wm
+from conftest import fixed_key, run_wm
 from watermark_cli.data.clinical import clinical_file
 from watermark_cli.errors import CheckFailedError
 from watermark_cli.hashing import pixel_sha256
@@ -33,7 +33,8 @@ from watermark_cli.marking.verification import verify_image, write_change_map
 from watermark_cli.model.store import load_model
 from watermark_cli.quality import QualityFloor
 
-KEY = b"restore-test-key"
+KEY = fixed_key("restore-test-key").encode()
+OTHER_KEY = fixed_key("other key").encode()
 MESSAGE = b"REC-0016"
 
 DICOM_CASES = [
@@ -163,8 +164,8 @@ def test_wrong_key_and_stripped_record_give_the_documented_answers(shipped, tmp_
     loaded, codec = shipped
 
     with pytest.raises(RecordNotAuthenticError):
-        restore_file(marked, tmp_path / "out.dcm", b"another key")
-    wrong = verify_image(read_image(marked), b"another key", loaded, codec_for(loaded, b"another key"))
+        restore_file(marked, tmp_path / "out.dcm", OTHER_KEY)
+    wrong = verify_image(read_image(marked), OTHER_KEY, loaded, codec_for(loaded, OTHER_KEY))
     assert wrong.record_found and not wrong.record_authentic and not wrong.mark_found and not wrong.intact
 
     ds = pydicom.dcmread(marked)
@@ -235,28 +236,28 @@ def test_no_restore_record_omits_it(shipped, tmp_path):
 def test_restore_and_verify_command_lines(tmp_path):
     source = clinical_file("693_UNCR.dcm")
     marked = tmp_path / "ct.wm.dcm"
-    embedded = run_wm("embed", source, "cli-16", "--key", "k1", "-o", marked, "--json")
+    embedded = run_wm("embed", source, "cli-16", "--key", fixed_key("k1"), "-o", marked, "--json")
     assert embedded.code == 0, embedded.stderr
 
-    verified = run_wm("verify", marked, "--key", "k1", "--json")
+    verified = run_wm("verify", marked, "--key", fixed_key("k1"), "--json")
     assert verified.code == 0, verified.stderr
     report = json.loads(verified.stdout)
     assert report["intact"] and report["mark_found"] and report["message"] == "cli-16" and report["record_found"]
     assert report["mark_protected"]  # the keyed default model, a secret key
 
-    restored = run_wm("restore", marked, "--key", "k1")
+    restored = run_wm("restore", marked, "--key", fixed_key("k1"))
     assert restored.code == 0, restored.stderr
     assert pydicom.dcmread(tmp_path / "ct.restored.dcm").SOPInstanceUID == pydicom.dcmread(source).SOPInstanceUID
-    again = run_wm("restore", marked, "--key", "k1")
+    again = run_wm("restore", marked, "--key", fixed_key("k1"))
     assert again.code == 2 and "already exists" in again.stderr
 
-    wrong = run_wm("restore", marked, "--key", "k2", "-o", tmp_path / "x.dcm")
+    wrong = run_wm("restore", marked, "--key", fixed_key("k2"), "-o", tmp_path / "x.dcm")
     assert wrong.code == 1 and "not authentic" in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.dcm").exists()
 
     tampered = tmp_path / "tampered.dcm"
     flip_one_dicom_pixel(marked, tampered, 0, 300, 40)
-    changed = run_wm("verify", tampered, "--key", "k1", "--json", "--map", tmp_path / "m.png")
+    changed = run_wm("verify", tampered, "--key", fixed_key("k1"), "--json", "--map", tmp_path / "m.png")
     assert changed.code == 1
     report = json.loads(changed.stdout)
     assert not report["intact"] and report["changed_blocks"] == [{"frame": 0, "row": 288, "col": 32}]
@@ -350,14 +351,14 @@ def test_signed_embed_passes_dcmsign_and_verify_sees_a_changed_header(tmp_path):
     marked = tmp_path / "signed.wm.dcm"
     for name in ("693_UNCR.dcm", "JPEG2000_UNC.dcm"):
         marked = tmp_path / f"{name}.wm.dcm"
-        result = run_wm("embed", clinical_file(name), "signed-16", "--key", "k1",
+        result = run_wm("embed", clinical_file(name), "signed-16", "--key", fixed_key("k1"),
                         "--sign", key_path, "--cert", cert_path, "-o", marked, "--json")
         assert result.code == 0, result.stderr
         assert json.loads(result.stdout)["signed"] is True
         checked = dcmsign_verify(marked, cert_path)
         assert checked.returncode == 0 and "Signature Verification : OK" in checked.stderr, checked.stderr
 
-    verified = run_wm("verify", marked, "--key", "k1", "--json")
+    verified = run_wm("verify", marked, "--key", fixed_key("k1"), "--json")
     report = json.loads(verified.stdout)
     assert verified.code == 0 and report["intact"]
     assert [s["valid"] for s in report["signatures"]] == [True] and "signer" in report["signatures"][0]["signer"]
@@ -367,7 +368,7 @@ def test_signed_embed_passes_dcmsign_and_verify_sees_a_changed_header(tmp_path):
     ds.PatientName = "Someone^Else"
     ds.save_as(changed, enforce_file_format=True)
     assert dcmsign_verify(changed, cert_path).returncode != 0
-    verified = run_wm("verify", changed, "--key", "k1", "--json")
+    verified = run_wm("verify", changed, "--key", fixed_key("k1"), "--json")
     report = json.loads(verified.stdout)
     assert verified.code == 1 and not report["intact"] and report["changed_blocks"] == []
     assert report["status"] == "tampered: identity changed: PatientName"  # the record names it
@@ -405,8 +406,8 @@ def test_odd_length_records_survive_dicom_padding(tmp_path):
     values = np.arange(3 * 40 * 50, dtype=np.uint16).reshape(3, 40, 50)
     marked = values.copy()
     marked[1, 7, 9] += 3
-    record = seal(values, marked, b"k")
-    record = record if len(record) % 2 else seal(values, marked, b"k", creator="x")  # an odd length
+    record = seal(values, marked, KEY)
+    record = record if len(record) % 2 else seal(values, marked, KEY, creator="x")  # an odd length
     assert len(record) % 2 == 1
     envelope = bytes([0x30, 0x81, 130]) + bytes(range(130))  # a DER SEQUENCE of 133 bytes
     for attach, read, blob in ((dicom_attach_record, file_record, record), (dicom_attach_envelope, None, envelope)):
@@ -477,11 +478,11 @@ def test_a_marked_file_marked_again_restores_step_by_step(shipped, tmp_path):
     first, second = tmp_path / "first.dcm", tmp_path / "second.dcm"
     mark(source, first, shipped)
     loaded, _ = shipped
-    embed_file(first, second, EmbedSettings(b"SECOND", QualityFloor(36.0), key=b"other key"), loaded,
-               codec_for(loaded, b"other key"))
-    assert verify_image(read_image(second), b"other key", loaded, codec_for(loaded, b"other key")).intact
+    embed_file(first, second, EmbedSettings(b"SECOND", QualityFloor(36.0), key=OTHER_KEY), loaded,
+               codec_for(loaded, OTHER_KEY))
+    assert verify_image(read_image(second), OTHER_KEY, loaded, codec_for(loaded, OTHER_KEY)).intact
     back_to_first = tmp_path / "back1.dcm"
-    restore_file(second, back_to_first, b"other key")
+    restore_file(second, back_to_first, OTHER_KEY)
     assert pydicom.dcmread(back_to_first).PixelData == pydicom.dcmread(first).PixelData
     back_to_original = tmp_path / "back0.dcm"
     restore_file(back_to_first, back_to_original, KEY)
@@ -489,8 +490,8 @@ def test_a_marked_file_marked_again_restores_step_by_step(shipped, tmp_path):
     assert pydicom.dcmread(back_to_original).SOPInstanceUID == pydicom.dcmread(source).SOPInstanceUID
 
     plain = tmp_path / "plain.dcm"
-    embed_file(first, plain, EmbedSettings(b"PLAIN", QualityFloor(36.0), key=b"k3", restore_record=False),
-               loaded, codec_for(loaded, b"k3"))
+    embed_file(first, plain, EmbedSettings(b"PLAIN", QualityFloor(36.0), key=fixed_key("k3").encode(), restore_record=False),
+               loaded, codec_for(loaded, fixed_key("k3").encode()))
     assert file_record(read_image(plain)) is None  # the first marking's record no longer matches: gone
 
 

@@ -19,6 +19,7 @@ import pydicom
 import pytest
 import yaml
 
+from conftest import fixed_key
 from dicom_peers import Orthanc, free_port, tool, wait_for
 from watermark_cli.data.clinical import clinical_file
 from watermark_cli.io.image import read_image
@@ -27,7 +28,7 @@ from watermark_cli.model.store import load_model
 from watermark_cli.quality import QualityFloor, frame_meters
 
 STUDY = ["693_UNCR.dcm", "JPEG2000_UNC.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm"]
-KEY = "serve-test-key"
+KEY = fixed_key("serve-test-key")
 
 
 class Node:

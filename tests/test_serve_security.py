@@ -29,11 +29,12 @@ import pydicom
 import pytest
 import yaml
 
+from conftest import fixed_key
 from dicom_peers import free_port, tool, wait_for
 from watermark_cli.data.clinical import clinical_file
 from watermark_cli.errors import BadInputError
 
-KEY = "serve-security-test-key"
+KEY = fixed_key("serve-security-test-key")
 NODE_AE = "WMNODE"
 
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from PIL import Image
 
-from conftest import run_wm_here
+from conftest import fixed_key, run_wm_here
 from watermark_cli.data.clinical import clinical_file
 from watermark_cli.integrity.containers import dicom_attach_record, dicom_remove_record
 from watermark_cli.integrity.record import open_record, seal
@@ -34,7 +34,7 @@ from watermark_cli.marking.image import codec_for
 from watermark_cli.model.store import load_model
 from watermark_cli.quality import QualityFloor
 
-KEY = "issue-29-secret-key"
+KEY = fixed_key("issue-29-secret-key")
 MESSAGE = b"IS-29"
 NOW = datetime.datetime.now(datetime.timezone.utc)
 
@@ -260,6 +260,9 @@ def test_a_forged_recipient_record_with_a_self_made_certificate_is_not_intact(sh
     code, report, _ = _verify(forged, *opening, "--trust", pki["ca"])
     assert code == 1 and report["signatures"][0]["trust_problem"] == "signed by an untrusted signer"
 
+
+def test_a_genuine_recipient_record_is_intact_only_with_its_signer_trusted(shipped, pki, tmp_path):
+    opening = ("--key", KEY, "--recipient", pki["recipient"], "--recipient-key", pki["recipient_key"])
     genuine = _mark(clinical_file("CT_small.dcm"), tmp_path / "genuine.dcm", shipped,
                     recipient=pki["recipient"].read_bytes(),
                     signing=(pki["signer_key"].read_bytes(), pki["signer"].read_bytes()))

@@ -51,7 +51,8 @@ what wm wrote before; it is malleable and forgeable (see its docstring) and is r
 asked (`wm extract --accept-format-1`), reported as unauthenticated.
 
 Default key: when no key is given, ``DEFAULT_KEY`` is used. It is public (it is written here), so
-it gives **no secrecy and no authenticity**: it detects and checks integrity, nothing more.
+it gives **no secrecy and no authenticity**: it detects and checks integrity, nothing more. Every
+other key enters through `keys.key_material` (a passphrase stretched by scrypt first).
 
 Never put patient identifiers in a payload: embed a random ID or a hash that points to an audit
 record kept elsewhere.
@@ -69,7 +70,7 @@ import numpy as np
 import reedsolo
 
 from .errors import BadInputError, MessageTooLongError
-from .keys import key_bytes
+from .keys import key_material
 from .polar import PolarCode
 
 FORMAT = 2
@@ -168,9 +169,13 @@ def _punctured_positions(n_code: int, count: int) -> tuple[int, ...]:
 
 
 def field_seed(key: str | bytes | None) -> bytes:
-    """The seed of the key field a keyed model multiplies its mark by: HMAC-SHA256 of the key
-    under its own label, so the field reveals nothing of the tag, encryption or pad keys."""
-    return hmac.new(key_bytes(key), b"wm-key-field-v1", hashlib.sha256).digest()
+    """The seed of the key field a keyed model multiplies its mark by: HMAC-SHA256 of the key's
+    material under its own label, so the field reveals nothing of the tag, encryption or pad keys."""
+    return _field_seed(key_material(key))
+
+
+def _field_seed(material: bytes) -> bytes:
+    return hmac.new(material, b"wm-key-field-v1", hashlib.sha256).digest()
 
 
 class PayloadCodec:
@@ -188,13 +193,13 @@ class PayloadCodec:
         self.n_bits = int(n_bits)
         self.classes = length_classes(self.n_bits)
         self.capacity_bytes = self.classes[-1].capacity
-        secret = key_bytes(key)
+        secret = key_material(key)  # a passphrase stretched (keys.py)
         self._tag_key = hmac.new(secret, _LABEL + b" tag", hashlib.sha256).digest()
         self._encryption_key = hmac.new(secret, _LABEL + b" encryption", hashlib.sha256).digest()
         pad_key = hmac.new(secret, _LABEL + b" pad", hashlib.sha256).digest()
         self._pad = _bits(_stream(pad_key, b"", (self.n_bits + 7) // 8), self.n_bits)
         #: The seed of a keyed model's key field (model/key_field.py), derived under its own label.
-        self.field_seed = field_seed(secret)
+        self.field_seed = _field_seed(secret)
         code = self.classes[0].code
         self._sent = np.setdiff1d(np.arange(code.n), np.asarray(code.punctured, dtype=np.int64))
 
@@ -347,7 +352,7 @@ class LegacyPayloadCodec:
             raise BadInputError(f"{n_bits} bits cannot hold format 1's frame plus {self.parity_bytes} parity bytes")
         self.capacity_bytes = min(capacity, 255)
         self._frame_bytes = self.n_bytes - self.parity_bytes
-        self._keystream = np.frombuffer(_stream(key_bytes(key), _V1_KEYSTREAM_DOMAIN, self.n_bytes), dtype=np.uint8)
+        self._keystream = np.frombuffer(_stream(key_material(key), _V1_KEYSTREAM_DOMAIN, self.n_bytes), dtype=np.uint8)
         self._rs = reedsolo.RSCodec(self.parity_bytes) if self.parity_bytes > 0 else None
 
     def _erasure_counts(self) -> range:

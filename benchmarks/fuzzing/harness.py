@@ -356,7 +356,7 @@ def run_message_key(count: int, seconds: float, out: Path, run_seed: int = 0) ->
     import tempfile
 
     from watermark_cli.cli.options import message_bytes
-    from watermark_cli.keys import resolve_key
+    from watermark_cli.keys import GENERATED_PREFIX, guessability_problem, resolve_key
     from watermark_cli.errors import WmError
     from watermark_cli.marking.image import codec_for
     from watermark_cli.model.store import load_model
@@ -401,7 +401,11 @@ def run_message_key(count: int, seconds: float, out: Path, run_seed: int = 0) ->
                         content, str) else {"bytes": len(content), "head": content[:64].hex()})
                     secret = resolve_key(key_text, path)
                     if rng.random() < 0.2:
-                        codec_for(model, secret).encode(b"hi")
+                        # The strength check every marking run makes; a codec only where no
+                        # scrypt runs (seconds per passphrase would leave the budget to it).
+                        guessability_problem(secret)
+                        if secret is None or secret.startswith(GENERATED_PREFIX):
+                            codec_for(model, secret).encode(b"hi")
                 else:
                     how, key_text, _ = mutators.key_input(rng)
                     key_text = key_text if key_text is not None else ""

@@ -10,10 +10,10 @@ import typer
 from rich.table import Table
 
 from ..errors import BadInputError, CheckFailedError
-from ..keys import resolve_key
 from .app import app, emit_json, open_model, progress_bar, stderr, stdout
 from .options import (ATTACK_NAMES, JsonOption, KeyFileOption, KeyOption, ModelOption, PsnrDomain, PsnrDomainOption,
-                      PsnrOption, PsnrPeak, PsnrPeakOption, WindowOption, examples, parse_window, quality_floor)
+                      PsnrOption, PsnrPeak, PsnrPeakOption, WindowOption, examples, key_for_reading, parse_window,
+                      quality_floor)
 
 
 @app.command(epilog=examples(
@@ -65,7 +65,7 @@ def evaluate(
 
         check = ClassifierCheck(load_classifier(classifier), read_labels(labels), margin, seed)
     loaded = open_model(model)
-    options = EvaluationOptions(floor=floor, attacks=attack_list, messages=messages, key=resolve_key(key, key_file),
+    options = EvaluationOptions(floor=floor, attacks=attack_list, messages=messages, key=key_for_reading(key, key_file),
                                 seed=seed,
                                 window=parse_window(window))
     with progress_bar(not json_output) as progress:

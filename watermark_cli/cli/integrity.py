@@ -10,10 +10,9 @@ import typer
 from rich.markup import escape
 
 from ..errors import BadInputError, CheckFailedError, WmError
-from ..keys import resolve_key
 from .app import app, emit_json, open_model, stderr, stdout
-from .options import (INTEGRITY, OUTPUT, JsonOption, KeyFileOption, KeyOption, MaxPixelsOption, ModelOption, RecipientKeyOption,
-                      RecipientOption, examples, recipient_for_opening)
+from .options import (INTEGRITY, OUTPUT, JsonOption, KeyFileOption, KeyOption, MaxPixelsOption, ModelOption,
+                      RecipientKeyOption, RecipientOption, examples, key_for_reading, recipient_for_opening)
 
 
 TRUST_VARIABLE = "WM_TRUST"
@@ -68,7 +67,7 @@ def restore(
 
     if not marked.is_file():
         raise BadInputError(f"no such file: {marked}")
-    result = restore_file(marked, output or _default_restored(marked), resolve_key(key, key_file), overwrite,
+    result = restore_file(marked, output or _default_restored(marked), key_for_reading(key, key_file), overwrite,
                           recipient_for_opening(recipient, recipient_key))
     if json_output:
         emit_json(result)
@@ -118,7 +117,7 @@ def verify(
         raise BadInputError(f"no such file: {inputs[0]}")
     if change_map is not None and len(inputs) > 1:
         raise BadInputError("--map draws one file's changes: give one INPUT with it")
-    secret = resolve_key(key, key_file)
+    secret = key_for_reading(key, key_file)
     opener = recipient_for_opening(recipient, recipient_key)
     anchors = trusted_signers(trust)
     loaded = open_model(model)

@@ -11,12 +11,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import BadInputError, CheckFailedError, NoWatermarkError
-from ..keys import resolve_key
 from .app import GracefulStop, app, emit_json, format_db, open_model, progress_bar, stderr, stdout
 from .options import (BATCH, INTEGRITY, KEY, OUTPUT, QUALITY, Compression, Engine, EngineOption, JsonOption,
-                      KeyFileOption, KeyOption, MaxPixelsOption, ModelOption, PsnrDomain, PsnrDomainOption, PsnrOption,
-                      PsnrPeak, PsnrPeakOption, RecipientOption, SchedulerOption, WindowOption, examples, message_bytes,
-                      parse_window, quality_floor)
+                      KeyFileOption, KeyOption, MaxPixelsOption, ModelOption, PsnrDomain, PsnrDomainOption,
+                      PsnrOption, PsnrPeak, PsnrPeakOption, RecipientOption, SchedulerOption, WindowOption, examples,
+                      key_for_marking, key_for_reading, message_bytes, parse_window, quality_floor)
 
 
 @app.command(epilog=examples(
@@ -107,7 +106,7 @@ def embed(
         raise BadInputError("--shard and --engine dask apply to a folder input")
     check_engine(engine, scheduler)
     part = parse_shard(shard_spec) if shard_spec else None
-    secret = resolve_key(key, key_file)
+    secret = key_for_marking(key, key_file)
     loaded = open_model(model)
     codec = codec_for(loaded, secret)
     codec.encode(payload)  # a too-long message fails here, before any file is touched
@@ -344,7 +343,7 @@ def extract(
     files = collect_image_files(inputs)
     if not files:
         raise BadInputError(f"no image files in {', '.join(map(str, inputs))}")
-    secret = resolve_key(key, key_file)
+    secret = key_for_reading(key, key_file)
     kind = key_kind(secret)
     single = len(files) == 1
     outcomes = {"found": 0, "missing": 0, "bad": 0}

@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from ..errors import BadInputError
+from ..keys import KeyUse, key_warning, resolve_key
+from .app import stderr
 
 # The panels `--help` groups options into.
 OUTPUT, QUALITY, KEY, INTEGRITY, BATCH = ("Output", "Quality floor", "Model, key and payload",
@@ -17,8 +20,6 @@ OUTPUT, QUALITY, KEY, INTEGRITY, BATCH = ("Output", "Quality floor", "Model, key
 
 def examples(*lines: tuple[str, str]) -> str:
     """A command's help epilog: example command lines, each followed by what it does."""
-    from rich.markup import escape
-
     return "[bold]Examples[/]\n\n" + "\n\n".join(f"  {escape(command)}\n    [dim]→ {escape(what)}[/]"
                                                  for command, what in lines)
 
@@ -44,6 +45,21 @@ PsnrOption = Annotated[float, typer.Option(
 MaxPixelsOption = Annotated[int, typer.Option(
     "--max-pixels", min=1, rich_help_panel=BATCH, help="Refuse, before decoding, any image whose header declares more pixels "
                                 "(rows x columns x frames).")]
+
+
+def key_for_marking(key: str | None, key_file: Path | None) -> bytes | None:
+    """The key for making marks: a passphrase that is easy to guess is refused (keys.py)."""
+    return resolve_key(key, key_file, KeyUse.mark)
+
+
+def key_for_reading(key: str | None, key_file: Path | None) -> bytes | None:
+    """The key for reading, verifying or restoring: any key opens what it made; a weak one is
+    warned about on stderr (the marks it made are as weak)."""
+    secret = resolve_key(key, key_file, KeyUse.read)
+    warning = key_warning(secret)
+    if warning is not None:
+        stderr.print(escape(warning), highlight=False, soft_wrap=True)
+    return secret
 
 
 def recipient_for_opening(certificate: Path | None, private_key: Path | None):

@@ -8,9 +8,8 @@ from typing import Annotated, List, Optional
 import typer
 from rich.markup import escape
 
-from ..keys import resolve_key
 from .app import app, stdout
-from .options import KeyFileOption, ModelOption
+from .options import KeyFileOption, ModelOption, key_for_marking
 
 
 @app.command()
@@ -36,7 +35,7 @@ def serve(
     config = load_config(config_file, port=port, host=host, ae_title=ae_title, spool=spool, model=model,
                          key_file=key_file, workers=workers, allow=tuple(allow) if allow else None,
                          forward=parse_destination(forward) if forward else None).check()
-    key = resolve_key(None, config.key_file)  # --key-file, the config's key_file, or WM_KEY: never a flag value
+    key = key_for_marking(None, config.key_file)  # --key-file, the config's key_file, or WM_KEY: never a flag value
     if check:
         from ..model.store import load_model
 

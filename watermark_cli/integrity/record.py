@@ -19,9 +19,10 @@ compresses to a small fraction of the pixel data. The record holds
   that `wm verify` names each change. Records written before it have none: verify then says the
   presentation and identity are not bound, and never "intact".
 
-Sealing: AES-256-GCM under a key derived from the user's `--key` by HKDF-SHA256 with a random
-16-byte salt per record (so no two records share a key stream, and the block-tag key differs
-from the encryption key by its HKDF label). The header — format name, version, salt — is the
+Sealing: AES-256-GCM under a key derived from the user's key (`keys.key_material`: a passphrase
+is stretched by scrypt first, since anyone holding a marked file can test guesses against its
+record) by HKDF-SHA256 with a random 16-byte salt per record (so no two records share a key
+stream, and the block-tag key differs from the encryption key by its HKDF label). The header — format name, version, salt — is the
 associated data, so nothing in the record can be changed or swapped without the tag check
 failing. A wrong key and a forged or damaged record are the same answer: not authentic.
 With the public default key (no `--key`) the record is readable and forgeable by anyone: it
@@ -42,7 +43,7 @@ import numpy as np
 
 from ..errors import BadInputError, CheckFailedError
 from ..hashing import pixel_sha256
-from ..keys import key_bytes
+from ..keys import key_material
 from .binding import pack as pack_binding
 from .binding import unpack as unpack_binding
 
@@ -206,7 +207,7 @@ def seal(original: np.ndarray, marked: np.ndarray, key: str | bytes | None, *, o
     if original.shape != marked.shape or original.ndim != 3:
         raise ValueError("original and marked stored values must have the same (frames, rows, cols) shape")
     salt, nonce = os.urandom(_SALT_BYTES), os.urandom(_NONCE_BYTES)
-    material = key_bytes(key)  # the same key rules as the payload: the public default, no empty key
+    material = key_material(key)  # the same key rules as the payload (a passphrase stretched)
     difference = _smallest_signed(original.astype(np.int64) - marked.astype(np.int64))
     codec, packed = _compress_difference(difference)
     tags = block_tags(marked, _derive(material, salt, _BLOCK_TAG_LABEL))
@@ -253,7 +254,7 @@ def open_record(blob: bytes, key: str | bytes | None) -> tuple[RestorationRecord
     magic, version, salt, nonce, length = _HEADER.unpack_from(blob)
     if version != VERSION:
         raise BadInputError(f"restoration record version {version} is not supported (this wm reads {VERSION})")
-    material = key_bytes(key)
+    material = key_material(key)
     try:
         plaintext = AESGCM(_derive(material, salt, _ENCRYPTION_LABEL)).decrypt(
             nonce, blob[_HEADER.size:_HEADER.size + length], blob[:_HEADER.size])

@@ -31,13 +31,15 @@ Content = Union[bytes, str, Callable[[BinaryIO], None]]
 
 
 def write_atomically(path: str | Path, content: Content, *, overwrite: bool = True,
-                     verify: Callable[[Path], None] | None = None) -> Path:
+                     verify: Callable[[Path], None] | None = None, private: bool = False) -> Path:
     """Write `content` to `path` atomically (see the module docstring) and return the path.
 
     Without `overwrite`, the final step is a hard link, which fails instead of replacing a file
     that appeared in the meantime (a rename where links are unsupported). `verify` is called
     with the temporary file's path before it takes the target's name; whatever it raises leaves
-    the target untouched. OS errors become a one-line BadInputError naming the target.
+    the target untouched. `private` keeps the file readable by its owner alone (mode 0600, as
+    the temporary file is created: a secret is never readable by others, not even for a moment).
+    OS errors become a one-line BadInputError naming the target.
     """
     path = Path(path)
     fd, temporary_name = tempfile.mkstemp(prefix=f".{path.name}{_TEMPORARY_MARK}", dir=path.parent)
@@ -51,7 +53,8 @@ def write_atomically(path: str | Path, content: Content, *, overwrite: bool = Tr
                 handle.write(content.encode("utf-8") if isinstance(content, str) else content)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        if not private:
+            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         if verify is not None:
             verify(temporary)
         if overwrite:

@@ -36,6 +36,7 @@ from ..errors import BadInputError, WmError
 from ..io.audit import AuditLog
 from ..io.isolation import IsolatedReader
 from ..jsonout import write_json_line
+from ..keys import key_material
 from ..marking.batch import Written, audit_line, recover_unaudited
 from ..marking.files import EmbedSettings, embed_file
 from ..marking.image import codec_for
@@ -88,7 +89,9 @@ class MarkingNode:
     def message_for(self, ds) -> bytes:
         def keyed(uid_keyword: str) -> str:
             uid = str(ds.get(uid_keyword, "") or "")
-            return hmac.new(self.key or b"wm-default-key", uid.encode("ascii", "replace"), hashlib.sha256).hexdigest()[:12]
+            # Under the key's material (a passphrase stretched): a message seen in a log or an audit
+            # line, with the UID it names, must not be a quick test of guessed passphrases.
+            return hmac.new(key_material(self.key), uid.encode("ascii", "replace"), hashlib.sha256).hexdigest()[:12]
 
         return self.config.message.format(random=secrets.token_hex(6), study=keyed("StudyInstanceUID"),
                                           instance=keyed("SOPInstanceUID")).encode("utf-8")
