@@ -116,10 +116,12 @@ def print_summary_table(title: str, summary: dict) -> None:
     stdout.print(table)
 
 
-def open_model(name_or_path: str | None):
+def open_model(name_or_path: str | None, device: str = "cpu"):
+    """The model, its networks on `device` (`--device`: auto, cpu or cuda)."""
+    from ..model.device import model_device
     from ..model.store import load_model
 
-    return load_model(name_or_path)
+    return load_model(name_or_path, model_device(device))
 
 
 class progress_bar:

@@ -11,9 +11,9 @@ from rich.table import Table
 
 from ..errors import BadInputError, CheckFailedError
 from .app import app, emit_json, open_model, progress_bar, stderr, stdout
-from .options import (ATTACK_NAMES, JsonOption, KeyFileOption, KeyOption, ModelOption, PsnrDomain, PsnrDomainOption,
-                      PsnrOption, PsnrPeak, PsnrPeakOption, WindowOption, examples, key_for_reading, parse_window,
-                      quality_floor)
+from .options import (ATTACK_NAMES, Device, DeviceOption, JsonOption, KeyFileOption, KeyOption, ModelOption,
+                      PsnrDomain, PsnrDomainOption, PsnrOption, PsnrPeak, PsnrPeakOption, WindowOption, examples,
+                      key_for_reading, parse_window, quality_floor)
 
 
 @app.command(epilog=examples(
@@ -26,6 +26,7 @@ from .options import (ATTACK_NAMES, JsonOption, KeyFileOption, KeyOption, ModelO
 def evaluate(
     data: Annotated[list[Path], typer.Argument(help="Files or folders of images (held-out!).")],
     model: ModelOption = None,
+    device: DeviceOption = Device.auto,
     psnr_min: PsnrOption = 40.0,
     psnr_domain: PsnrDomainOption = PsnrDomain.view,
     psnr_peak: PsnrPeakOption = PsnrPeak.nominal,
@@ -64,7 +65,7 @@ def evaluate(
         from ..diagnostic.labels import read_labels
 
         check = ClassifierCheck(load_classifier(classifier), read_labels(labels), margin, seed)
-    loaded = open_model(model)
+    loaded = open_model(model, device.value)
     options = EvaluationOptions(floor=floor, attacks=attack_list, messages=messages, key=key_for_reading(key, key_file),
                                 seed=seed,
                                 window=parse_window(window))

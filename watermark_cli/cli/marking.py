@@ -12,10 +12,11 @@ from rich.table import Table
 
 from ..errors import BadInputError, CheckFailedError, NoWatermarkError
 from .app import GracefulStop, app, emit_json, format_db, open_model, progress_bar, stderr, stdout
-from .options import (BATCH, INTEGRITY, KEY, OUTPUT, QUALITY, Compression, Engine, EngineOption, JsonOption,
-                      KeyFileOption, KeyOption, MaxPixelsOption, ModelOption, PsnrDomain, PsnrDomainOption,
-                      PsnrOption, PsnrPeak, PsnrPeakOption, RecipientOption, SchedulerOption, WindowOption, examples,
-                      key_for_marking, key_for_reading, message_bytes, parse_window, quality_floor)
+from .options import (BATCH, INTEGRITY, KEY, OUTPUT, QUALITY, Compression, Device, DeviceOption, Engine, EngineOption,
+                      JsonOption, KeyFileOption, KeyOption, MaxPixelsOption, ModelOption, PsnrDomain,
+                      PsnrDomainOption, PsnrOption, PsnrPeak, PsnrPeakOption, RecipientOption, SchedulerOption,
+                      WindowOption, examples, key_for_marking, key_for_reading, message_bytes, parse_window,
+                      quality_floor)
 
 
 @app.command(epilog=examples(
@@ -52,6 +53,7 @@ def embed(
     allow_unverified: Annotated[bool, typer.Option(
         "--allow-unverified", rich_help_panel=QUALITY, help="Write even if the payload does not read back.")] = False,
     model: ModelOption = None,
+    device: DeviceOption = Device.auto,
     key: KeyOption = None,
     key_file: KeyFileOption = None,
     hex_message: Annotated[bool, typer.Option("--hex", rich_help_panel=KEY, help="MESSAGE is hexadecimal bytes.")] = False,
@@ -107,14 +109,14 @@ def embed(
     check_engine(engine, scheduler)
     part = parse_shard(shard_spec) if shard_spec else None
     secret = key_for_marking(key, key_file)
-    loaded = open_model(model)
+    loaded = open_model(model, device.value)
     codec = codec_for(loaded, secret)
     codec.encode(payload)  # a too-long message fails here, before any file is touched
     signing = _signing_material(sign, cert)
     recipient_pem = _recipient_certificate(recipient, no_restore_record)
     settings = EmbedSettings(payload=payload, floor=floor, window_override=window_override, overwrite=overwrite,
                              allow_unverified=allow_unverified, compression=compress.value,
-                             fill_budget=not model_strength, model=model, max_pixels=max_pixels, key=secret,
+                             fill_budget=not model_strength, model=model, device=device.value, max_pixels=max_pixels, key=secret,
                              restore_record=not no_restore_record, signing=signing, recipient=recipient_pem)
     run = _Run(settings, loaded, codec, json_output, single=len(sources) == 1 and not folders)
     if folders:
@@ -315,6 +317,7 @@ def extract(
     inputs: Annotated[list[Path], typer.Argument(
         metavar="INPUT...", help="Image files (DICOM, PNG, TIFF, JPEG) or folders.")],
     model: ModelOption = None,
+    device: DeviceOption = Device.auto,
     key: KeyOption = None,
     key_file: KeyFileOption = None,
     accept_format_1: Annotated[bool, typer.Option(
@@ -351,11 +354,12 @@ def extract(
     if engine is Engine.dask and not single:
         from ..marking.cluster import read_marks_on_cluster
 
-        open_model(model)  # a missing or damaged model is one line here, not an error per file
+        open_model(model, device.value)  # a missing model or device is one line here, not an error per file
         with progress_bar(not json_output) as progress, GracefulStop() as stop:
             task = progress.add_task("reading", total=len(files)) if progress else None
             for reading in read_marks_on_cluster(files, model, secret, max_pixels, accept_format_1, workers,
-                                                 scheduler, stop_requested=stop.requested, key_file=key_file):
+                                                 scheduler, stop_requested=stop.requested, key_file=key_file,
+                                                 device=device.value):
                 outcomes[_report_mark(reading, kind, json_output, single, hints)] += 1
                 if progress:
                     progress.advance(task)
@@ -363,7 +367,7 @@ def extract(
             raise KeyboardInterrupt
     else:
         with IsolatedReader(max_pixels) as reader:  # its interpreter starts while the model loads
-            loaded = open_model(model)
+            loaded = open_model(model, device.value)
             codec = codec_for(loaded, secret)
             legacy = legacy_codec_for(loaded, secret)
             older = older_readers(loaded, secret)

@@ -162,6 +162,9 @@ TauScope = _choices("TauScope", ("global", "per-sample"))  # constrained.methods
 TauSchedule = _choices("TauSchedule", ("open-loop", "closed-loop"))  # constrained.methods.TAU_SCHEDULES
 DualOptimizer = _choices("DualOptimizer", ("sgd", "nupi"))  # constrained.methods.DUAL_OPTIMIZERS
 Device = _choices("Device", ("auto", "cpu", "cuda"))  # model.device.DEVICE_CHOICES
+DeviceOption = Annotated[Device, typer.Option(
+    "--device", rich_help_panel=KEY, help="Where the networks run: auto (a GPU when there is one), cpu or cuda. The "
+                                          "floor is measured on the stored values whatever the device.")]
 Split = _choices("Split", ("train", "held_out"))  # data.clinical.SPLITS
 Architecture = _choices("Architecture", ("small", "resnet18", "densenet121"))  # diagnostic.networks.ARCHITECTURES
 LesionTask = _choices("LesionTask", ("nodules", "faint-brain"))  # data.lesions.LESION_TASKS

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from .app import app, stdout
-from .options import KeyFileOption, ModelOption, key_for_marking
+from .options import Device, KeyFileOption, ModelOption, key_for_marking
 
 
 @app.command()
@@ -22,6 +22,8 @@ def serve(
     spool: Annotated[Optional[Path], typer.Option("--spool", help="Spool folder (crash-safe; default wm-spool).")] = None,
     allow: Annotated[Optional[List[str]], typer.Option("--allow", help="A calling AE title to accept (repeatable; a name, not a credential); none: any title from an accepted caller.")] = None,
     model: ModelOption = None,
+    device: Annotated[Optional[Device], typer.Option(
+        "--device", help="Where the networks run: auto, cpu or cuda (default: the config's device, else cpu).")] = None,
     key_file: KeyFileOption = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, max=64, help="Instances marked at once.")] = None,
     check: Annotated[bool, typer.Option("--check", help="Validate the configuration and exit (0 valid, 2 not).")] = False,
@@ -33,13 +35,14 @@ def serve(
     from ..serve.config import load_config, parse_destination
 
     config = load_config(config_file, port=port, host=host, ae_title=ae_title, spool=spool, model=model,
-                         key_file=key_file, workers=workers, allow=tuple(allow) if allow else None,
+                         device=device.value if device is not None else None, key_file=key_file, workers=workers, allow=tuple(allow) if allow else None,
                          forward=parse_destination(forward) if forward else None).check()
     key = key_for_marking(None, config.key_file)  # --key-file, the config's key_file, or WM_KEY: never a flag value
     if check:
+        from ..model.device import model_device
         from ..model.store import load_model
 
-        load_model(config.model)  # the model must load too
+        load_model(config.model, model_device(config.device))  # the model must load too, on its device
         stdout.print(f"configuration valid: {escape(config.ae_title)} on {escape(config.host)} port {config.port} → "
                      f"{escape(config.forward.ae_title)} at {escape(config.forward.host)}:{config.forward.port}, "
                      f"spool {escape(str(config.spool))}", highlight=False, soft_wrap=True)

@@ -28,6 +28,7 @@ from ..errors import WmError
 from ..io.image import read_image
 from ..io.isolation import IsolatedReader
 from ..keys import KeyFileReference
+from ..model.device import model_device
 from ..model.store import load_model
 from .files import EmbedSettings, FileOutcome, MarkReading, _run_one, read_mark, recovered_result
 from .image import codec_for, legacy_codec_for, older_readers
@@ -41,20 +42,21 @@ _PLUGIN_NAME = "wm-marking"
 class _ModelPlugin(WorkerPlugin):
     """Loads the model and opens an isolated reader once per worker process; `worker.wm` then
     holds them (and what `_more_state` adds) for every task that worker runs. `key` is the key,
-    or a KeyFileReference that each worker reads (the key then never travels)."""
+    or a KeyFileReference that each worker reads (the key then never travels). `device`: where
+    each worker runs the networks (under `auto`, a worker with a GPU uses it)."""
 
     name = _PLUGIN_NAME
 
-    def __init__(self, model: str | None, key, max_pixels: int, threads: int) -> None:
+    def __init__(self, model: str | None, key, max_pixels: int, threads: int, device: str = "cpu") -> None:
         super().__init__()
-        self.model, self.key, self.max_pixels, self.threads = model, key, max_pixels, threads
+        self.model, self.key, self.max_pixels, self.threads, self.device = model, key, max_pixels, threads, device
 
     def setup(self, worker) -> None:
         import torch
 
         key = self.key.read() if isinstance(self.key, KeyFileReference) else self.key
         torch.set_num_threads(self.threads)
-        loaded = load_model(self.model)
+        loaded = load_model(self.model, model_device(self.device))
         # A daemonic worker process (Dask's default) may not start the reader's child process:
         # it then decodes in process. Workers started with distributed.worker.daemon = False
         # (as LocalCluster here is) isolate their decoders.
@@ -79,7 +81,7 @@ class MarkingPlugin(_ModelPlugin):
     def __init__(self, settings: EmbedSettings, threads: int, key_file: KeyFileReference | None = None) -> None:
         from dataclasses import replace
 
-        super().__init__(settings.model, key_file or settings.key, settings.max_pixels, threads)
+        super().__init__(settings.model, key_file or settings.key, settings.max_pixels, threads, settings.device)
         self.settings = settings if key_file is None else replace(settings, key=None)
 
     def _more_state(self, loaded, key) -> dict:
@@ -146,7 +148,7 @@ def embed_files_on_cluster(jobs: list[tuple[Path, Path]], settings: EmbedSetting
 def read_marks_on_cluster(paths: list[Path], model: str | None, key, max_pixels: int, accept_format_1: bool,
                           workers: int = 2, scheduler: str | None = None,
                           stop_requested: Callable[[], bool] = lambda: False,
-                          key_file: Path | None = None) -> Iterator[MarkReading]:
+                          key_file: Path | None = None, device: str = "cpu") -> Iterator[MarkReading]:
     """`read_mark` of every file on Dask: yields each file's reading as it completes. With
     `key_file`, as for `embed_files_on_cluster`: the workers read the key themselves."""
     key = KeyFileReference.of(key_file, key) if key_file is not None else key
@@ -155,7 +157,7 @@ def read_marks_on_cluster(paths: list[Path], model: str | None, key, max_pixels:
         return MarkReading(path, error=f"{path}: failed on the cluster ({why})")
 
     yield from _run_on_cluster(paths, lambda path: (read_mark_on_worker, str(path), accept_format_1),
-                               lambda threads: ReadingPlugin(model, key, max_pixels, threads), failed, workers,
+                               lambda threads: ReadingPlugin(model, key, max_pixels, threads, device), failed, workers,
                                scheduler, stop_requested)
 
 

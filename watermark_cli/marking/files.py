@@ -30,6 +30,7 @@ from ..io.image import check_writable, file_record, read_image, write_image
 from ..io.isolation import IsolatedReader
 from ..io.medical_image import DEFAULT_MAX_PIXELS
 from ..keys import key_kind
+from ..model.device import model_device
 from ..model.store import load_model
 from ..quality import QualityFloor, frame_meters, image_quality, meets_floor
 from .image import codec_for, embed_pixels, extract_payload, read_any_mark
@@ -48,6 +49,7 @@ class EmbedSettings:
     compression: str = "none"
     fill_budget: bool = True
     model: str | None = None
+    device: str = "cpu"  # --device (model.device.DEVICE_CHOICES): where each worker runs the networks
     max_pixels: int = DEFAULT_MAX_PIXELS  # --max-pixels: declared size refused before decoding
     restore_record: bool = True  # keep the sealed restoration record in the output (integrity.record)
     recipient: bytes | None = None  # --recipient: PEM certificate; the record goes in a CMS envelope for it
@@ -215,7 +217,10 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
             raise CheckFailedError(f"{source}: the written file has a different pixel shape; nothing written")
         if not np.array_equal(written.pixels, outcome.pixels):
             raise CheckFailedError(f"{source}: the written file does not hold the marked values; nothing written")
-        qualities = [meter.with_ssim(meter.measure(frame), frame) for meter, frame in zip(outcome.meters, written.pixels)]
+        # Every view re-measured on the values as written; the SSIM (a report, not the floor) is
+        # the guard's, of these very values (equal, checked above), rather than computed again.
+        qualities = [replace(meter.measure(frame), ssim=guarded.quality.ssim)
+                     for meter, frame, guarded in zip(outcome.meters, written.pixels, outcome.frames)]
         if not all(meets_floor(q, floor) for q in qualities):
             raise CheckFailedError(f"{source}: the written file missed the floor on re-measurement; nothing written")
         measured.update(qualities=qualities, pixels=written.pixels, file_sha256=file_sha256(temporary))
@@ -370,7 +375,7 @@ def _start_worker(settings: EmbedSettings, threads: int) -> None:
     # cli.GracefulStop); a worker always finishes the file it is writing.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
-    loaded = load_model(settings.model)
+    loaded = load_model(settings.model, model_device(settings.device))
     reader = IsolatedReader(settings.max_pixels).__enter__()  # closed when the worker exits
     _worker_state.update(settings=settings, loaded=loaded, codec=codec_for(loaded, settings.key), reader=reader)
 

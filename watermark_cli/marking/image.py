@@ -64,10 +64,17 @@ def legacy_codec_for(model: LoadedModel, key: str | bytes | None) -> LegacyPaylo
     return LegacyPayloadCodec(model.n_bits, key=key, parity_bytes=model.legacy_parity_bytes)
 
 
-def _as_tensor(frames: np.ndarray):
+def _as_tensor(frames: np.ndarray, device=None):
+    """(N, 1, rows, cols) float32 on `device` (the model's: `_device`), from (N, rows, cols)."""
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).unsqueeze(1)
+    return torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).unsqueeze(1).to(device)
+
+
+def _device(model: LoadedModel):
+    """Where the model's networks are (`wm … --device`): their inputs go there, and what they
+    return comes back to the CPU, where the guard, the payload and the searches work."""
+    return next(model.model.parameters()).device
 
 
 # A mark is carried only where the host's own content owns the sign of its secret band-pass
@@ -106,7 +113,7 @@ def _bound_field(model: LoadedModel, codec: PayloadCodec, signs: np.ndarray, top
     """The key field at (`top`, `left`) of the canvas times a frame's host `signs`, (1, 1, rows, cols)."""
     rows, cols = signs.shape
     field = key_field(codec.field_seed, rows, cols, model.model.config.key_field_sigma, top, left)
-    return _as_tensor((field * signs)[None])
+    return _as_tensor((field * signs)[None], _device(model))
 
 
 def residual_for(model: LoadedModel, image: MedicalImage, raw_bits: np.ndarray,
@@ -116,7 +123,8 @@ def residual_for(model: LoadedModel, image: MedicalImage, raw_bits: np.ndarray,
     import torch
 
     frames = normalised_frames(image)
-    bits = torch.from_numpy(np.asarray(raw_bits, dtype=np.float32)).unsqueeze(0)
+    device = _device(model)
+    bits = torch.from_numpy(np.asarray(raw_bits, dtype=np.float32)).unsqueeze(0).to(device)
     if model.model.config.keyed and codec is None:
         raise ValueError("a keyed model's residual needs the codec (the key field comes from its key)")
     thresholds = sign_thresholds(image) / float(image.stored_max - image.stored_min)  # in normalised units
@@ -124,7 +132,7 @@ def residual_for(model: LoadedModel, image: MedicalImage, raw_bits: np.ndarray,
     with torch.inference_mode():
         for frame, threshold in zip(frames, thresholds):
             field = field_for(model, codec, frame, threshold) if codec is not None else None
-            residuals.append(model.model.encoder(_as_tensor(frame[None]), bits, field)[0, 0].numpy())
+            residuals.append(model.model.encoder(_as_tensor(frame[None], device), bits, field)[0, 0].cpu().numpy())
     span = float(image.stored_max - image.stored_min)
     residual = np.stack(residuals).astype(np.float64) * span
     return confine_to_unclipped(residual, image.pixels, image.stored_min, image.stored_max,
@@ -254,8 +262,9 @@ def _logits_by_offset(model: LoadedModel, frames: np.ndarray) -> np.ndarray:
     import torch
 
     with torch.inference_mode():
-        every = [model.model.decoder.logits_for_every_shift(_as_tensor(frame[None]))[0] for frame in frames]
-        return torch.stack(every).mean(dim=0).numpy().astype(np.float64)
+        every = [model.model.decoder.logits_for_every_shift(_as_tensor(frame[None], _device(model)))[0]
+                 for frame in frames]
+        return torch.stack(every).mean(dim=0).cpu().numpy().astype(np.float64)
 
 
 def _ranked_offsets(every_offset: np.ndarray) -> list[tuple[int, int]]:
@@ -293,17 +302,17 @@ def _logits_at(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, thre
     computed. An unkeyed model reads its grid at (0, 0)."""
     import torch
 
-    decoder = model.model.decoder
+    decoder, device = model.model.decoder, _device(model)
     if responses is None:
         responses = _keyed_responses(model, codec, frames, thresholds)
     with torch.inference_mode():
         if responses is None:
-            logits = torch.stack([decoder(_as_tensor(frame[None]))[0] for frame in frames])
+            logits = torch.stack([decoder(_as_tensor(frame[None], device))[0] for frame in frames])
         else:
-            logits = torch.stack([decoder.logits_from_features(torch.from_numpy(maps.astype(np.float32))[None],
+            logits = torch.stack([decoder.logits_from_features(torch.from_numpy(maps.astype(np.float32))[None].to(device),
                                                                _bound_field(model, codec, signs, *offset), offset)[0]
                                   for maps, signs in zip(responses.features, responses.signs)])
-    return logits.mean(dim=0).numpy().astype(np.float64)
+    return logits.mean(dim=0).cpu().numpy().astype(np.float64)
 
 
 def _read_uncropped(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, thresholds: np.ndarray,
@@ -347,7 +356,8 @@ def _feature_maps(model: LoadedModel, frame: np.ndarray) -> np.ndarray:
     from ..model.networks import standardise
 
     with torch.inference_mode():
-        return model.model.decoder.features(standardise(_as_tensor(frame[None])))[0].numpy().astype(np.float64)
+        features = model.model.decoder.features(standardise(_as_tensor(frame[None], _device(model))))[0]
+        return features.cpu().numpy().astype(np.float64)
 
 
 def _read_keyed_at_offsets(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, thresholds: np.ndarray,
@@ -527,7 +537,7 @@ def _rescaled_back(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, 
     pilot = getattr(model.model.encoder, "sync_pilot", None)
     if pilot is None or responses is None:
         return None
-    scale, strength = estimate_scale_by_pilot(responses.features[0], tile, pilot.numpy().astype(np.float64))
+    scale, strength = estimate_scale_by_pilot(responses.features[0], tile, pilot.cpu().numpy().astype(np.float64))
     if strength < _PILOT_WORTH_CHECKING:
         return None
     best, best_score = None, -np.inf
@@ -555,7 +565,7 @@ def _rotation(model: LoadedModel, frame: np.ndarray, correlation: np.ndarray | N
     if not model.model.config.keyed:
         return estimate_rotation(frame, tile, correlation)
     pilot = getattr(model.model.encoder, "sync_pilot", None)
-    return None if pilot is None else estimate_rotation_by_pilot(features, tile, pilot.numpy().astype(np.float64))
+    return None if pilot is None else estimate_rotation_by_pilot(features, tile, pilot.cpu().numpy().astype(np.float64))
 
 
 def extract_payload(model: LoadedModel, codec: PayloadCodec, image: MedicalImage,

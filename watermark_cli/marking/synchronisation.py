@@ -172,18 +172,20 @@ def estimate_tile_period(frame: np.ndarray, tile: int,
     return (row_period or col_period, col_period or row_period)
 
 
-def pilot_strength(response: np.ndarray, tile: int, pilot: np.ndarray) -> float:
-    """How strongly a map that responds to the mark (at the marked scale) holds the repeated
-    `pilot` tile at its best cyclic shift, in robust spreads above the other shifts: the map
-    folded onto one tile, cross-correlated with the pilot by FFT."""
-    rows, cols = (response.shape[0] // tile) * tile, (response.shape[1] // tile) * tile
+def pilot_strengths(responses: np.ndarray, tile: int, pilot: np.ndarray) -> np.ndarray:
+    """How strongly each map (B, rows, cols) that responds to the mark (at the marked scale)
+    holds the repeated `pilot` tile at its best cyclic shift, in robust spreads above the other
+    shifts: the map folded onto one tile, cross-correlated with the pilot by FFT (all maps in
+    one pass of FFTs and medians)."""
+    rows, cols = (responses.shape[1] // tile) * tile, (responses.shape[2] // tile) * tile
     if rows == 0 or cols == 0:
-        return 0.0
-    folded = response[:rows, :cols].reshape(rows // tile, tile, cols // tile, tile).mean(axis=(0, 2))
-    score = np.fft.irfft2(np.fft.rfft2(folded) * np.conj(np.fft.rfft2(pilot)), s=(tile, tile)).ravel()
-    background = np.median(score)
-    spread = np.median(np.abs(score - background)) * 1.4826 + 1e-30
-    return float((score.max() - background) / spread)
+        return np.zeros(len(responses))
+    count = len(responses)
+    folded = responses[:, :rows, :cols].reshape(count, rows // tile, tile, cols // tile, tile).mean(axis=(1, 3))
+    score = np.fft.irfft2(np.fft.rfft2(folded) * np.conj(np.fft.rfft2(pilot)), s=(tile, tile)).reshape(count, -1)
+    background = np.median(score, axis=1)
+    spread = np.median(np.abs(score - background[:, None]), axis=1) * 1.4826 + 1e-30
+    return (score.max(axis=1) - background) / spread
 
 
 _PILOT_TEST_TILES = 6
@@ -195,7 +197,7 @@ _PILOT_PRESENT = 5.5
 
 def estimate_scale_by_pilot(maps: np.ndarray, tile: int, pilot: np.ndarray) -> tuple[float, float]:
     """The resize factor (new size / marked size) that best fits a keyed mark's public pilot in
-    a frame, and how strongly (`pilot_strength`: unmarked frames below about 5.5, marked ones
+    a frame, and how strongly (`pilot_strengths`: unmarked frames below about 5.5, marked ones
     resized by 0.75 mostly 6 to 11). `maps`: (K, rows, cols) responses of the frame to the mark
     (the decoder's feature maps: they respond to it far more cleanly than a high-pass).
 
@@ -222,27 +224,50 @@ _SCAN_STEP = 0.01
 
 
 def _pilot_strengths(maps: np.ndarray, tile: int, pilot: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """For each scale: the best `pilot_strength` over the maps, of their centres (up to
+    """For each scale: the best `pilot_strengths` over the maps, of their centres (up to
     `_PILOT_TEST_TILES` periods a side) scaled back from a period of tile·scale to the tile."""
-    import torch
-    import torch.nn.functional as F
-
-    responses = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[None]
     rows, cols = maps.shape[1:]
+    responses = map_tensor(maps)
     strengths = np.zeros(len(scales))
     for index, scale in enumerate(scales):
         periods = min(_PILOT_TEST_TILES, int(min(rows, cols) / (tile * scale)))
         if periods < 2:  # one period cannot show a repetition
             continue
-        offsets = torch.arange(periods * tile, dtype=torch.float32) - (periods * tile - 1) / 2
-        # grid_sample's coordinates run from -1 to 1 over the pixel centres (align_corners).
-        row_grid = ((rows - 1) / 2 + offsets * float(scale)) / (rows - 1) * 2 - 1
-        col_grid = ((cols - 1) / 2 + offsets * float(scale)) / (cols - 1) * 2 - 1
-        grid = torch.stack(torch.meshgrid(col_grid, row_grid, indexing="xy"), dim=-1)[None]
-        with torch.inference_mode():
-            scaled_back = F.grid_sample(responses, grid, mode="bilinear", align_corners=True)[0].numpy()
-        strengths[index] = max(pilot_strength(response, tile, pilot) for response in scaled_back)
+        strengths[index] = pilot_strengths(centre_sampled(responses, periods * tile, scale=float(scale)), tile,
+                                           pilot).max()
     return strengths
+
+
+def map_tensor(maps: np.ndarray):
+    """Maps (K, rows, cols) as the tensor `centre_sampled` samples, made once per scan."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[None]
+
+
+def centre_sampled(responses, side: int, scale: float = 1.0, degrees: float = 0.0) -> np.ndarray:
+    """The `side`² centre of each of the maps in `responses` (`map_tensor`), sampled (bilinear)
+    on a grid `scale` px apart and turned by `degrees` (scipy's `rotate` sense): what the centre
+    would be once scaled by 1/scale and turned. One interpolation of just the pixels a pilot test
+    needs: the scans try dozens of geometries, and turning whole maps bicubically cost most of an
+    unmarked read."""
+    import torch
+    import torch.nn.functional as F
+
+    rows, cols = responses.shape[-2:]
+    offsets = ((np.arange(side) - (side - 1) / 2) * scale).astype(np.float32)
+    theta = -np.deg2rad(degrees)
+    cos, sin = np.float32(np.cos(theta)), np.float32(np.sin(theta))
+    # grid_sample's coordinates run from -1 to 1 over the pixel centres (align_corners); x first.
+    # (The grid is made in numpy: a few small torch operations per geometry, each spread over
+    # threads, cost more than the sampling on a busy machine.)
+    grid = np.empty((1, side, side, 2), dtype=np.float32)
+    row_offsets, col_offsets = offsets[:, None], offsets[None, :]
+    grid[0, ..., 0] = ((cols - 1) / 2 + row_offsets * sin + col_offsets * cos) * np.float32(2 / (cols - 1)) - 1
+    grid[0, ..., 1] = ((rows - 1) / 2 + row_offsets * cos - col_offsets * sin) * np.float32(2 / (rows - 1)) - 1
+    grid = torch.from_numpy(grid)
+    with torch.inference_mode():
+        return F.grid_sample(responses, grid, mode="bilinear", padding_mode="border", align_corners=True)[0].numpy()
 
 
 def _whitened_spectrum(response: np.ndarray) -> np.ndarray:
@@ -309,15 +334,11 @@ def estimate_rotation_by_pilot(maps: np.ndarray, tile: int, pilot: np.ndarray) -
         for angle in (-found for found in _best_peaks(score, angles, _SPECTRAL_CANDIDATES)):
             if all(abs(angle - known) > 2 * _ROTATION_STEP for known in candidates):
                 candidates.append(angle)
-    side = min(maps.shape[1], maps.shape[2], int(_PILOT_TEST_TILES * tile * 1.2))
-    top, left = (maps.shape[1] - side) // 2, (maps.shape[2] - side) // 2
-    centres = maps[:, top: top + side, left: left + side]
-    margin = (side - _PILOT_TEST_TILES * tile) // 2 if side > _PILOT_TEST_TILES * tile else 0
+    side = min(_PILOT_TEST_TILES, min(maps.shape[1:]) // tile) * tile
+    responses = map_tensor(maps)
 
     def strength(degrees: float) -> float:
-        turned = [rotate(centre, degrees) for centre in centres]
-        return max(pilot_strength(t[margin: side - margin, margin: side - margin] if margin else t, tile, pilot)
-                   for t in turned)
+        return float(pilot_strengths(centre_sampled(responses, side, degrees=degrees), tile, pilot).max())
 
     if not candidates:
         return None

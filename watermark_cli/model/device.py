@@ -24,3 +24,9 @@ def pick_device(requested: str = "auto", index: int = 0) -> "torch.device":
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device("cuda", index) if requested == "cuda" else torch.device("cpu")
+
+
+def model_device(requested: str = "auto") -> str:
+    """What `load_model` takes for `--device` of embed, extract, evaluate and serve: 'cpu' or
+    'cuda:0' (a worker process with a GPU of its own uses it under `auto`)."""
+    return str(pick_device(requested))

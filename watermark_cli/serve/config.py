@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from ..errors import BadInputError
+from ..model.device import DEVICE_CHOICES
 from ..quality import checked_psnr_min
 
 #: Message templates: never patient data. {instance}: a keyed hash (HMAC-SHA256 under the marking
@@ -80,6 +81,7 @@ class ServeConfig:
     forward: Destination | None = None
     spool: Path = Path("wm-spool")
     model: str | None = None
+    device: str = "cpu"  # where the networks run: auto, cpu or cuda (model.device)
     key_file: Path | None = None
     workers: int = 2
     message: str = "wm-{instance}"
@@ -106,6 +108,8 @@ class ServeConfig:
         _checked_whole("max_spool_instances", self.max_spool_instances, SPOOL_INSTANCES_RANGE)
         _checked_real("retry_max_seconds", self.retry_max_seconds, RETRY_SECONDS_RANGE)
         checked_psnr_min(self.psnr_min, "serve config: psnr_min")
+        if self.device not in DEVICE_CHOICES:
+            raise BadInputError(f"serve config: device {self.device!r} is not one of {', '.join(DEVICE_CHOICES)}")
         for name, title in [("ae_title", self.ae_title), *[("allow", t) for t in self.allow]] + (
                 [("forward.ae_title", self.forward.ae_title)] if self.forward else []) + (
                 [("tls.clients", t) for t in self.tls.clients] if self.tls else []):
@@ -272,8 +276,9 @@ def _typed(values: dict, path) -> dict:
         for name in ("port", "workers", "max_spool_instances", "psnr_min", "retry_max_seconds"):
             if name in values:
                 values[name] = _number(values[name])
-        if "host" in values:
-            values["host"] = str(values["host"])
+        for name in ("host", "device"):
+            if name in values:
+                values[name] = str(values[name])
     except (KeyError, TypeError, ValueError) as error:
         raise BadInputError(f"{where}: bad value ({type(error).__name__}: {error})") from None
     return values

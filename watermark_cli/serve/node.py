@@ -40,6 +40,7 @@ from ..keys import key_material
 from ..marking.batch import Written, audit_line, recover_unaudited
 from ..marking.files import EmbedSettings, embed_file
 from ..marking.image import codec_for
+from ..model.device import model_device
 from ..model.store import load_model
 from ..quality import QualityFloor
 from .access import CallerPolicy, REJECTED_PERMANENT, SERVICE_USER, archive_refusal, archive_tls_arguments, \
@@ -63,7 +64,7 @@ class MarkingNode:
         self.config = config
         self.key = key
         self.spool = Spool(config.spool, config.max_spool_instances)
-        self.loaded = load_model(config.model)
+        self.loaded = load_model(config.model, model_device(config.device))
         self.codec = codec_for(self.loaded, key)
         self.audit = AuditLog(Path(config.spool) / "audit.jsonl")
         # One isolated decoder process per marking slot: a decoder that crashes on a hostile

@@ -1,0 +1,79 @@
+"""`--device` of embed, extract, evaluate and serve (issue 30): where the networks run.
+
+On this machine (no GPU) the CPU path and the refusals are tested; the GPU test runs where
+torch sees one, and checks that a mark made there keeps the floor on the stored values and reads
+back on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from conftest import fixed_key, run_wm_here
+from watermark_cli.data.clinical import clinical_file
+
+KEY = fixed_key("device")
+NO_GPU = not torch.cuda.is_available()
+
+
+def _one_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+@pytest.mark.skipif(not NO_GPU, reason="a GPU is present: cuda is not refused")
+def test_a_gpu_asked_for_where_there_is_none_is_one_line_and_nothing_is_written(tmp_path):
+    ct = shutil.copy(clinical_file("CT_small.dcm"), tmp_path / "ct.dcm")
+    out = tmp_path / "out.dcm"
+    for command in (("embed", ct, "R-1", "--key", KEY, "-o", out), ("extract", ct, "--key", KEY),
+                    ("evaluate", ct, "--messages", "1", "--attacks", "identity")):
+        result = run_wm_here(*command, "--device", "cuda")
+        assert result.code == 2 and "no CUDA device" in _one_line(result), command
+    assert not out.exists()
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump({"forward": "127.0.0.1:4242:ORTHANC", "device": "cuda"}))
+    served = run_wm_here("serve", "--check", "--config", config, "--spool", tmp_path / "spool")
+    assert served.code == 2 and "no CUDA device" in _one_line(served)
+
+
+def test_serve_refuses_a_device_it_does_not_know(tmp_path):
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump({"forward": "127.0.0.1:4242:ORTHANC", "device": "tpu"}))
+    result = run_wm_here("serve", "--check", "--config", config, "--spool", tmp_path / "spool")
+    assert result.code == 2 and "device 'tpu'" in _one_line(result) and not (tmp_path / "spool").exists()
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_embed_and_extract_run_on_the_device_asked_for(device, tmp_path):
+    ct = shutil.copy(clinical_file("CT_small.dcm"), tmp_path / "ct.dcm")
+    out = tmp_path / "out.dcm"
+    marked = run_wm_here("embed", ct, "R-7", "--key", KEY, "-o", out, "--device", device, "--json")
+    assert marked.code == 0, marked.stderr
+    assert min(json.loads(marked.stdout)["psnr_views"].values()) >= 40.0
+    read = run_wm_here("extract", out, "--key", KEY, "--device", device, "--json")
+    assert read.code == 0 and json.loads(read.stdout)["message"] == "R-7"
+
+
+@pytest.mark.skipif(NO_GPU, reason="no GPU on this machine")
+def test_a_mark_made_on_the_gpu_keeps_the_floor_and_reads_on_the_cpu(tmp_path):
+    from watermark_cli.io.image import read_image
+    from watermark_cli.marking.image import codec_for, embed_pixels, extract_payload
+    from watermark_cli.model.store import load_model
+    from watermark_cli.quality import QualityFloor, frame_meters
+
+    image = read_image(clinical_file("693_UNCR.dcm"))
+    floor = QualityFloor(40.0)
+    on_gpu, on_cpu = load_model(None, "cuda:0"), load_model(None, "cpu")
+    marked = embed_pixels(on_gpu, codec_for(on_gpu, KEY), image, b"GPU-1", floor).pixels
+    qualities = [meter.measure(frame) for meter, frame in zip(frame_meters(image, floor), marked)]
+    assert all(quality.psnr >= 40.0 for quality in qualities)
+    from dataclasses import replace
+
+    decoded = extract_payload(on_cpu, codec_for(on_cpu, KEY), replace(image, pixels=marked))
+    assert decoded.found and decoded.message == b"GPU-1"
