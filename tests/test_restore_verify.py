@@ -545,3 +545,27 @@ def test_a_change_to_how_the_pixels_are_read_is_tampering(shipped, tmp_path):
     assert [(c.category, c.name, c.how) for c in report.binding_changes] == [
         ("presentation", "PhotometricInterpretation", "changed"), ("presentation", "RescaleIntercept", "changed")]
     assert report.status == "tampered: presentation changed: PhotometricInterpretation, RescaleIntercept"
+
+
+@pytest.mark.parametrize("wide_share", [0.0, 0.01, 1 / 32, 0.2])
+def test_a_difference_comes_back_exactly_whichever_way_it_was_packed(wide_share):
+    """Nearly all values within a byte: bytes plus escapes ('xz-escapes'); more wide values, or
+    a difference that is bytes already: plain xz. Either way the very values come back."""
+    import lzma
+
+    from watermark_cli.integrity import record as record_module
+
+    rng = np.random.default_rng(int(wide_share * 1000))
+    difference = rng.integers(-40, 41, (2, 64, 96)).astype(np.int16)
+    wide = rng.choice(difference.size, int(wide_share * difference.size), replace=False)
+    difference.ravel()[wide] = rng.choice([-32768, -900, -129, -128, 128, 731, 32767], len(wide))
+    codec, packed = record_module._compress_difference(difference)
+    assert codec == ("xz-escapes" if wide_share <= 1 / 32 else "xz")
+    assert np.array_equal(record_module._decompress_difference(codec, packed, "<i2", difference.shape), difference)
+    small = difference.clip(-127, 127).astype(np.int8)
+    assert record_module._compress_difference(small)[0] == "xz"
+    if codec == "xz-escapes":  # escapes that do not match the bytes are a damaged record, not wrong pixels
+        raw = bytearray(lzma.decompress(packed))
+        raw[0] = 0x80 if raw[0] != 0x80 else 0x00
+        with pytest.raises(RecordNotAuthenticError):
+            record_module._decompress_difference(codec, lzma.compress(bytes(raw)), "<i2", difference.shape)

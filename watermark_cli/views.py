@@ -88,7 +88,10 @@ class VoiWindow:
             return np.clip((values - c) / w + 0.5, 0.0, 1.0)
         if w <= 1.0:  # LINEAR with width 1: a threshold at c − 0.5
             return (values > c - 0.5).astype(np.float64)
-        return np.clip((values - (c - 0.5)) / (w - 1.0) + 0.5, 0.0, 1.0)
+        display = values - (c - 0.5)  # a new array: the steps below work in it (the guard makes many)
+        display /= w - 1.0
+        display += 0.5
+        return np.clip(display, 0.0, 1.0, out=display)
 
     def describe(self) -> str:
         numbers = f"C{self.center:g}/W{self.width:g}"

@@ -4,7 +4,8 @@ and what `wm verify` checks the pixels against.
 A mark changes each stored value by a few units, so the exact difference (original − marked)
 compresses to a small fraction of the pixel data. The record holds
 
-- that difference, in the smallest integer type that holds it, compressed losslessly (xz);
+- that difference, in the smallest integer type that holds it (or as bytes with the few wider
+  values listed apart), compressed losslessly (xz);
 - SHA-256 of the original stored values and of the marked ones (``pixel_sha256``: the same
   digest whatever file format or transfer syntax holds them), their shape and type;
 - keyed per-block tags of the marked stored values: HMAC-SHA256 of each BLOCK × BLOCK tile
@@ -173,26 +174,63 @@ def _smallest_signed(difference: np.ndarray) -> np.ndarray:
     raise ValueError("a difference of stored values does not fit 32 bits")
 
 
+# Where at most one value in this many needs more than a signed byte (most marks: a CT's 1.6 %,
+# an MR's 0.01 %), the difference is kept as one byte per value plus a list of the others.
+_ESCAPES_AT_MOST = 32
+_ESCAPE = -128
+
+
 def _compress_difference(difference: np.ndarray) -> tuple[str, bytes]:
     """xz at its default preset: on marked CT, MR, CR, NM and US it gave records 1.5-3x smaller
     than zlib (the mark's pattern repeats, which LZMA's long window finds), and the extreme
-    presets gained 4 % for twice the time."""
+    presets gained 4 % for twice the time; zstd at level 9 is 15 times faster but 15 % larger.
+    A wide difference whose values nearly all fit a byte goes as bytes and escapes
+    ('xz-escapes': each byte, −128 where the value did not fit; then the gaps between those
+    positions, uint32; then their values, int32; one xz stream): half the data for xz, so about
+    a third less time, and 10-12 % smaller on a 512² CT and a 1024² MR."""
+    values = difference.ravel()
+    wide = np.abs(values.astype(np.int64)) > 127
+    if difference.dtype.itemsize > 1 and np.count_nonzero(wide) * _ESCAPES_AT_MOST <= values.size:
+        positions = np.flatnonzero(wide)
+        packed = (np.where(wide, _ESCAPE, values).astype(np.int8).tobytes()
+                  + np.diff(positions, prepend=0).astype("<u4").tobytes() + values[wide].astype("<i4").tobytes())
+        return "xz-escapes", lzma.compress(packed, preset=6)
     return "xz", lzma.compress(difference.tobytes(), preset=6)
 
 
 def _decompress_difference(codec: str, data: bytes, dtype: str, shape) -> np.ndarray:
     """The array back; a record whose data do not decompress to exactly its declared shape is damaged
     (and is never decompressed beyond that size: a forged record cannot exhaust memory)."""
-    if codec != "xz":
+    count = int(np.prod(shape))
+    if codec == "xz":
+        raw = _bounded_xz(data, count * np.dtype(dtype).itemsize)
+        return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape)
+    if codec != "xz-escapes":
         raise BadInputError(f"restoration record: unknown difference codec {codec!r}")
-    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = _bounded_xz(data, count + 8 * (count // _ESCAPES_AT_MOST), exact=False)
+    escapes, remainder = divmod(len(raw) - count, 8)
+    if len(raw) < count or remainder:
+        raise RecordNotAuthenticError("the restoration record is damaged (its data do not match its shape)")
+    values = np.frombuffer(raw[:count], dtype=np.int8).astype(np.dtype(dtype))
+    gaps = np.frombuffer(raw[count:count + 4 * escapes], dtype="<u4").astype(np.int64)
+    positions = np.cumsum(gaps)
+    if (np.count_nonzero(values == _ESCAPE) != escapes or np.any(gaps[1:] == 0)
+            or (escapes and positions[-1] >= count) or np.any(values[positions] != _ESCAPE)):
+        raise RecordNotAuthenticError("the restoration record is damaged (its escapes do not match its data)")
+    values[positions] = np.frombuffer(raw[count + 4 * escapes:], dtype="<i4")
+    return values.reshape(shape)
+
+
+def _bounded_xz(data: bytes, size: int, exact: bool = True) -> bytes:
+    """xz data decompressed to at most `size` bytes (exactly `size` when `exact`), else the
+    record is damaged."""
     try:
-        raw = lzma.LZMADecompressor().decompress(data, max_length=expected + 1)
+        raw = lzma.LZMADecompressor().decompress(data, max_length=size + 1)
     except lzma.LZMAError:
         raw = b""
-    if len(raw) != expected:
+    if len(raw) > size or (exact and len(raw) != size):
         raise RecordNotAuthenticError("the restoration record is damaged (its data do not match its shape)")
-    return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape)
+    return raw
 
 
 # ---- sealing ---------------------------------------------------------------------------------

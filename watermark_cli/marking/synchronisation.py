@@ -177,15 +177,28 @@ def pilot_strengths(responses: np.ndarray, tile: int, pilot: np.ndarray) -> np.n
     holds the repeated `pilot` tile at its best cyclic shift, in robust spreads above the other
     shifts: the map folded onto one tile, cross-correlated with the pilot by FFT (all maps in
     one pass of FFTs and medians)."""
+    return _folded_strengths(_folded(responses, tile), pilot)
+
+
+def _folded(responses: np.ndarray, tile: int) -> np.ndarray:
+    """Each map (B, rows, cols) averaged over its whole tiles: (B, tile, tile); zeros when
+    there is not one whole tile."""
     rows, cols = (responses.shape[1] // tile) * tile, (responses.shape[2] // tile) * tile
     if rows == 0 or cols == 0:
-        return np.zeros(len(responses))
+        return np.zeros((len(responses), tile, tile))
     count = len(responses)
-    folded = responses[:, :rows, :cols].reshape(count, rows // tile, tile, cols // tile, tile).mean(axis=(1, 3))
-    score = np.fft.irfft2(np.fft.rfft2(folded) * np.conj(np.fft.rfft2(pilot)), s=(tile, tile)).reshape(count, -1)
+    return responses[:, :rows, :cols].reshape(count, rows // tile, tile, cols // tile, tile).mean(axis=(1, 3))
+
+
+def _folded_strengths(folded: np.ndarray, pilot: np.ndarray) -> np.ndarray:
+    """`pilot_strengths` of maps already folded onto one tile (B, tile, tile)."""
+    tile = folded.shape[-1]
+    score = np.fft.irfft2(np.fft.rfft2(folded) * np.conj(np.fft.rfft2(pilot)), s=(tile, tile))
+    score = score.reshape(len(folded), -1)
     background = np.median(score, axis=1)
     spread = np.median(np.abs(score - background[:, None]), axis=1) * 1.4826 + 1e-30
-    return (score.max(axis=1) - background) / spread
+    strengths = (score.max(axis=1) - background) / spread
+    return np.where(np.any(folded != 0, axis=(1, 2)), strengths, 0.0)
 
 
 _PILOT_TEST_TILES = 6
@@ -225,17 +238,16 @@ _SCAN_STEP = 0.01
 
 def _pilot_strengths(maps: np.ndarray, tile: int, pilot: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """For each scale: the best `pilot_strengths` over the maps, of their centres (up to
-    `_PILOT_TEST_TILES` periods a side) scaled back from a period of tile·scale to the tile."""
+    `_PILOT_TEST_TILES` periods a side) scaled back from a period of tile·scale to the tile
+    (each scale's maps sampled and folded, then every scale's strengths in one batch)."""
     rows, cols = maps.shape[1:]
     responses = map_tensor(maps)
-    strengths = np.zeros(len(scales))
+    folded = np.zeros((len(scales), len(maps), tile, tile), dtype=np.float32)
     for index, scale in enumerate(scales):
         periods = min(_PILOT_TEST_TILES, int(min(rows, cols) / (tile * scale)))
-        if periods < 2:  # one period cannot show a repetition
-            continue
-        strengths[index] = pilot_strengths(centre_sampled(responses, periods * tile, scale=float(scale)), tile,
-                                           pilot).max()
-    return strengths
+        if periods >= 2:  # one period cannot show a repetition
+            folded[index] = _folded(centre_sampled(responses, periods * tile, scale=float(scale)), tile)
+    return _folded_strengths(folded.reshape(-1, tile, tile), pilot).reshape(len(scales), len(maps)).max(axis=1)
 
 
 def map_tensor(maps: np.ndarray):
@@ -262,9 +274,13 @@ def centre_sampled(responses, side: int, scale: float = 1.0, degrees: float = 0.
     # (The grid is made in numpy: a few small torch operations per geometry, each spread over
     # threads, cost more than the sampling on a busy machine.)
     grid = np.empty((1, side, side, 2), dtype=np.float32)
-    row_offsets, col_offsets = offsets[:, None], offsets[None, :]
-    grid[0, ..., 0] = ((cols - 1) / 2 + row_offsets * sin + col_offsets * cos) * np.float32(2 / (cols - 1)) - 1
-    grid[0, ..., 1] = ((rows - 1) / 2 + row_offsets * cos - col_offsets * sin) * np.float32(2 / (rows - 1)) - 1
+    if degrees == 0.0:  # the resize scan: separable, so two lines broadcast (the very same values)
+        grid[0, ..., 0] = ((cols - 1) / 2 + offsets) * np.float32(2 / (cols - 1)) - 1
+        grid[0, ..., 1] = (((rows - 1) / 2 + offsets) * np.float32(2 / (rows - 1)) - 1)[:, None]
+    else:
+        row_offsets, col_offsets = offsets[:, None], offsets[None, :]
+        grid[0, ..., 0] = ((cols - 1) / 2 + row_offsets * sin + col_offsets * cos) * np.float32(2 / (cols - 1)) - 1
+        grid[0, ..., 1] = ((rows - 1) / 2 + row_offsets * cos - col_offsets * sin) * np.float32(2 / (rows - 1)) - 1
     grid = torch.from_numpy(grid)
     with torch.inference_mode():
         return F.grid_sample(responses, grid, mode="bilinear", padding_mode="border", align_corners=True)[0].numpy()
