@@ -290,3 +290,22 @@ def test_format_1_reads_what_it_wrote_and_is_forgeable_which_is_why_it_is_only_r
     forged = observed ^ other.encode(b"ID-0001") ^ other.encode(b"ID-6666")
     assert legacy.decode(forged.astype(np.float64)).message == b"ID-6666"  # the attack issue 12 measured
     assert not PayloadCodec(256, key=SECRET).decode(confident(observed)).found  # v2 does not take it
+
+
+def test_the_inverted_polarity_reads_from_the_same_list_decoding():
+    """An image exported in display polarity gives 1 − p: its candidates are the stored ones'
+    complements (the last u bit flipped), found without a second list decoding, and they give
+    what decoding 1 − p afresh gives."""
+    rng = np.random.default_rng(5)
+    codec = PayloadCodec(256, key=SECRET)
+    for trial in range(40):
+        message = bytes(rng.integers(0, 256, int(rng.integers(1, 17)), dtype=np.uint8))
+        bits = codec.encode(message).astype(np.float64)
+        p = np.clip(np.abs(bits - rng.uniform(0.0, 0.45, bits.size)), 0.0, 1.0)  # every bit leans right
+        as_stored, inverted = codec.decode_either_polarity(1.0 - p)
+        assert not as_stored.found and inverted.found and inverted.message == message
+        assert inverted == codec.decode(p)  # the same message, confidence and bit errors
+        found, unasked = codec.decode_either_polarity(p)
+        assert found.message == message and not unasked.found
+    noise = rng.random((200, 256))
+    assert not any(any(result.found for result in codec.decode_either_polarity(row)) for row in noise)

@@ -283,6 +283,17 @@ class PayloadCodec:
         first candidate whose tag verifies is the message. NaN counts as 0.5; values outside
         [0, 1] raise ValueError. Returns ``found=False`` unless a candidate verifies.
         """
+        return self.decode_either_polarity(bit_probabilities, inverted_too=False)[0]
+
+    def decode_either_polarity(self, bit_probabilities: np.ndarray,
+                               inverted_too: bool = True) -> tuple[DecodedPayload, DecodedPayload]:
+        """`decode` of the probabilities, and, when that finds nothing and `inverted_too`, of
+        their complement (1 − p: an image exported in display polarity), for the cost of one
+        list decoding. Negated log-likelihood ratios decode to the complements of the same
+        codewords with the same metrics (the all-ones word is a codeword of every class: the
+        last u bit is never frozen), so the inverted candidates are these with that bit flipped;
+        each is still checked against the tag, and each polarity still tries at most
+        `max_decode_attempts` candidates. The second answer is not-found when it was not asked."""
         p = np.asarray(bit_probabilities, dtype=np.float64).reshape(-1)
         if p.size != self.n_bits:
             raise ValueError(f"expected {self.n_bits} bit probabilities, got {p.size}")
@@ -297,13 +308,26 @@ class PayloadCodec:
         llr = np.where(self._pad == 1, -llr, llr)
         code_llr = np.zeros(self.classes[0].code.n)  # punctured bits: no information
         code_llr[self._sent] = llr
+        lists = []
         for cls in self.classes:
             candidates, _ = cls.code.decode_list(code_llr, LIST_SIZE)
+            lists.append(candidates)
             for frame in candidates:
                 message = self._unframe(cls, frame)
                 if message is not None:
-                    return self._result(message, p)
-        return DecodedPayload.not_found()
+                    return self._result(message, p), DecodedPayload.not_found()
+        if inverted_too:
+            for cls, candidates in zip(self.classes, lists):
+                if cls.code.info[-1] != cls.code.n - 1:  # never so for the codes wm builds; decode anew
+                    candidates, _ = cls.code.decode_list(-code_llr, LIST_SIZE)
+                else:
+                    candidates = candidates.copy()
+                    candidates[:, -1] ^= 1
+                for frame in candidates:
+                    message = self._unframe(cls, frame)
+                    if message is not None:
+                        return DecodedPayload.not_found(), self._result(message, 1.0 - p)
+        return DecodedPayload.not_found(), DecodedPayload.not_found()
 
     def _result(self, message: bytes, p: np.ndarray) -> DecodedPayload:
         true_bits = self.encode(message)
@@ -401,6 +425,13 @@ class LegacyPayloadCodec:
         wrong = self._codeword(frame) != received
         wrong[erasures] = False
         return message if 2 * int(wrong.sum()) + len(erasures) <= self.parity_bytes else None
+
+    def decode_either_polarity(self, bit_probabilities: np.ndarray) -> tuple[DecodedPayload, DecodedPayload]:
+        """`PayloadCodec.decode_either_polarity` for format 1: the two decodes, one after the other."""
+        as_stored = self.decode(bit_probabilities)
+        if as_stored.found:
+            return as_stored, DecodedPayload.not_found()
+        return as_stored, self.decode(1.0 - np.asarray(bit_probabilities, dtype=np.float64))
 
     def decode(self, bit_probabilities: np.ndarray) -> DecodedPayload:
         p = np.clip(np.nan_to_num(np.asarray(bit_probabilities, dtype=np.float64).reshape(-1), nan=0.5), 0, 1)

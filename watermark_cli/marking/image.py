@@ -228,12 +228,10 @@ def _decode_logits(codec: PayloadCodec, logits: np.ndarray, grid_offset, rescale
     complement bits: trying −logits reads it with no second pass of the network, at the cost
     of one more payload decode (counted in the false-positive bound)."""
     probabilities = _sigmoid(logits)
-    reading = Reading(probabilities, codec.decode(probabilities), grid_offset, rescaled_by)
-    if reading.decoded.found:
-        return reading
-    inverted = 1.0 - probabilities
-    decoded = codec.decode(inverted)
-    return Reading(inverted, decoded, grid_offset, rescaled_by, inverted=True) if decoded.found else reading
+    as_stored, inverted = codec.decode_either_polarity(probabilities)
+    if inverted.found:
+        return Reading(1.0 - probabilities, inverted, grid_offset, rescaled_by, inverted=True)
+    return Reading(probabilities, as_stored, grid_offset, rescaled_by)
 
 
 # Offsets of the tile grid tried per image: the uncropped one, then the best-scoring others.
