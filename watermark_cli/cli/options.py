@@ -28,9 +28,11 @@ ModelOption = Annotated[Optional[str], typer.Option(
     "--model", "-m", rich_help_panel=KEY, help="Model folder or shipped model name (`wm models`).")]
 KeyOption = Annotated[Optional[str], typer.Option(
     "--key", rich_help_panel=KEY, help="Secret key of the payload (visible to other users in `ps`: prefer --key-file or WM_KEY). "
-                  "Default: the public default key, which detects but neither hides nor authenticates.")]
+                  "A passphrase is stretched (seconds) and, for marking, must not be easy to guess; `wm keygen` "
+                  "makes a key. Default: the public default key, which detects but neither hides nor authenticates.")]
 KeyFileOption = Annotated[Optional[Path], typer.Option(
-    "--key-file", rich_help_panel=KEY, help="File holding the secret key (one trailing newline is dropped).")]
+    "--key-file", rich_help_panel=KEY, help="File holding the secret key, e.g. one made by `wm keygen FILE` (one "
+                                            "trailing newline is dropped).")]
 RecipientOption = Annotated[Optional[Path], typer.Option(
     "--recipient", rich_help_panel=INTEGRITY, help="The recipient's X.509 certificate (PEM, RSA): the restoration record is encrypted for it "
                         "(CMS; DICOM's Encrypted Attributes Sequence) instead of under --key.")]
