@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # A fast test takes well under 2 s; the guard leaves room for a busy machine (a real `wm` process
@@ -74,6 +75,32 @@ def fixed_key(label: str) -> str:
     label. Tests use these: a passphrase costs seconds of scrypt in every process that uses it
     (tests/test_keys.py exercises passphrases)."""
     return "wm-key-v1:" + hashlib.sha256(label.encode("utf-8")).hexdigest()
+
+
+def ct_slice_file(folder: Path, suffix: str, dtype) -> tuple[Path, np.ndarray]:
+    """The 693_UNCR CT slice as an 8-bit (a soft-tissue window) or 16-bit PNG/TIFF, and its values."""
+    import tifffile
+    from PIL import Image
+
+    from watermark_cli.data.clinical import clinical_file
+    from watermark_cli.io.image import read_image
+
+    ct = read_image(clinical_file("693_UNCR.dcm")).pixels[0].astype(np.int32)
+    values = (np.clip((ct + 100) * 255 // 300, 0, 255) if dtype == np.uint8 else ct - ct.min()).astype(dtype)
+    source = folder / f"slice{suffix}"
+    if suffix == ".png":
+        Image.fromarray(values).save(source)
+    else:
+        tifffile.imwrite(source, values)
+    return source, values
+
+
+def stored_values(path: Path) -> np.ndarray:
+    """The file's values as an independent reader (Pillow, tifffile) decodes them."""
+    import tifffile
+    from PIL import Image
+
+    return np.asarray(Image.open(path)) if path.suffix == ".png" else tifffile.imread(path)
 
 
 @dataclass

@@ -15,10 +15,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import tifffile
-from PIL import Image
 
-from conftest import fixed_key, run_wm_here
+from conftest import ct_slice_file, fixed_key, run_wm_here, stored_values
 from watermark_cli.data.clinical import clinical_file
 from watermark_cli.integrity.containers import (PNG_CHUNK, UnknownOriginalElementsError, raster_earlier_record,
                                                 raster_original_elements)
@@ -41,23 +39,6 @@ def loaded():
 def mark(source: Path, destination: Path, loaded, key: bytes, message: bytes) -> None:
     embed_file(source, destination, EmbedSettings(message, QualityFloor(40.0), key=key), loaded,
                codec_for(loaded, key))
-
-
-def ct_slice_file(folder: Path, suffix: str, dtype) -> tuple[Path, np.ndarray]:
-    """The 693_UNCR CT slice as an 8-bit (a soft-tissue window) or 16-bit PNG/TIFF."""
-    ct = read_image(clinical_file("693_UNCR.dcm")).pixels[0].astype(np.int32)
-    values = (np.clip((ct + 100) * 255 // 300, 0, 255) if dtype == np.uint8 else ct - ct.min()).astype(dtype)
-    source = folder / f"slice{suffix}"
-    if suffix == ".png":
-        Image.fromarray(values).save(source)
-    else:
-        tifffile.imwrite(source, values)
-    return source, values
-
-
-def stored_values(path: Path) -> np.ndarray:
-    """The file's values as an independent reader (Pillow, tifffile) decodes them."""
-    return np.asarray(Image.open(path)) if path.suffix == ".png" else tifffile.imread(path)
 
 
 def png_chunk_kinds(path: Path) -> list[bytes]:

@@ -19,7 +19,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from conftest import fixed_key, run_wm
+from conftest import ct_slice_file, fixed_key, run_wm, stored_values
 from watermark_cli.data.clinical import clinical_file
 from watermark_cli.errors import CheckFailedError
 from watermark_cli.hashing import pixel_sha256
@@ -112,27 +112,17 @@ def test_dicom_restore_is_bit_exact_and_one_changed_pixel_is_localised(name, shi
     assert not (tmp_path / "never.dcm").exists()
 
 
-def real_ct_slice() -> np.ndarray:
-    return read_image(clinical_file("693_UNCR.dcm")).pixels[0].astype(np.int32)
-
-
 @pytest.mark.parametrize("suffix,dtype", [(".png", np.uint8), (".png", np.uint16), (".tif", np.uint8),
                                            (".tif", np.uint16)])
 def test_png_and_tiff_restore_is_bit_exact_and_a_changed_pixel_is_localised(suffix, dtype, shipped, tmp_path):
-    ct = real_ct_slice()
-    values = (np.clip((ct + 100) * 255 // 300, 0, 255) if dtype == np.uint8 else ct - ct.min()).astype(dtype)
-    source = tmp_path / f"slice{suffix}"
-    if suffix == ".png":
-        Image.fromarray(values).save(source)
-    else:
-        tifffile.imwrite(source, values)
+    source, values = ct_slice_file(tmp_path, suffix, dtype)
     marked = tmp_path / f"marked{suffix}"
     mark(source, marked, shipped)
     assert file_record(read_image(marked)) is not None
 
     restored = tmp_path / f"restored{suffix}"
     restore_file(marked, restored, KEY)
-    assert np.array_equal(np.asarray(Image.open(restored)) if suffix == ".png" else tifffile.imread(restored), values)
+    assert np.array_equal(stored_values(restored), values)
 
     loaded, codec = shipped
     assert verify_image(read_image(marked), KEY, loaded, codec).intact
@@ -297,8 +287,7 @@ def test_record_for_a_recipient_opens_with_its_private_key_only(name, shipped, t
     key_path, cert_path = rsa_identity(tmp_path, "recipient")
     other_key, other_cert = rsa_identity(tmp_path, "other")
     if name == "png":
-        source = tmp_path / "slice.png"
-        Image.fromarray(np.clip((real_ct_slice() + 100) * 255 // 300, 0, 255).astype(np.uint8)).save(source)
+        source, _ = ct_slice_file(tmp_path, ".png", np.uint8)
     else:
         source = clinical_file(name)
     marked = tmp_path / f"marked{source.suffix}"
