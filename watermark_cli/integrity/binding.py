@@ -279,7 +279,6 @@ def _element_name(element, creators: dict) -> str:
     return keyword or f"({group:04X},{number:04X})"
 
 
-_TEXT_VRS = {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 _NUMBER_VRS = {"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "DS", "IS", "AT", "US or SS", "US or OW",
                "US or SS or OW"}
 
