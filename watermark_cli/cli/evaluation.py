@@ -22,6 +22,8 @@ from .options import (ATTACK_NAMES, Device, DeviceOption, JsonOption, KeyFileOpt
     ("wm evaluate held_out/ --attacks identity,jpeg:80,crop:0.7 --messages 1", "a quick look"),
     ("wm evaluate les_held/ --classifier clf --labels les_held/labels.csv",
      "does a classifier score marked images as it scores the originals?"),
+    ("wm evaluate les_held/ --classifier model.onnx --classifier-card card.yaml --labels les_held/labels.csv",
+     "the same check with your own model (TorchScript .pt/.ts, torch.export .pt2 or ONNX)"),
 ))
 def evaluate(
     data: Annotated[list[Path], typer.Argument(help="Files or folders of images (held-out!).")],
@@ -38,7 +40,9 @@ def evaluate(
     key: KeyOption = None,
     key_file: KeyFileOption = None,
     report: Annotated[Path, typer.Option("--report", help="Report folder.")] = Path("wm_report"),
-    classifier: Annotated[Optional[Path], typer.Option("--classifier", help="Folder of a classifier from `wm classifier train`: the diagnostic check.")] = None,
+    classifier: Annotated[Optional[Path], typer.Option("--classifier", help="The diagnostic check's classifier: a folder from `wm classifier train`, or your model file (TorchScript .pt/.ts, torch.export .pt2, ONNX .onnx) with --classifier-card.")] = None,
+    classifier_card: Annotated[Optional[Path], typer.Option("--classifier-card", help="YAML card of a model file: input_size, channels (1|3), intensity (nominal | range | {window: [C, W]}), normalize {mean, std}, output (logits|probabilities), labels.")] = None,
+    control: Annotated[Optional[str], typer.Option("--control", help="The check's positive control, the same images harmed on purpose: mark:DB (the mark scaled towards DB dB; default: 20 dB below the floor, mark:20 at 40 dB) or blur:SIGMA (input pixels). A pass counts only if the control fails.")] = None,
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels for the check: CSV path,label (paths relative to the CSV) or a folder of class subfolders.")] = None,
     margin: Annotated[float, typer.Option("--margin", help="Non-inferiority margin on ΔAUROC (the check fails if the CI's lower bound is below −margin).")] = 0.01,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -56,15 +60,23 @@ def evaluate(
     attack_list = parse_attack_list(attacks)
     if (classifier is None) != (labels is None):
         raise BadInputError("the classifier check needs both --classifier and --labels")
+    if classifier is None and (classifier_card is not None or control is not None):
+        raise BadInputError(f"{'--classifier-card' if classifier_card is not None else '--control'} goes with "
+                            "--classifier and --labels")
     if not (math.isfinite(margin) and 0 <= margin < 1):
         raise BadInputError("--margin must be between 0 and 1")
     n_files = len(collect_image_files(data))
     check = None
     if classifier is not None:
-        from ..diagnostic.classifier import load_classifier
+        from ..diagnostic.control import default_control, parse_control
+        from ..diagnostic.external import open_classifier
         from ..diagnostic.labels import read_labels
 
-        check = ClassifierCheck(load_classifier(classifier), read_labels(labels), margin, seed)
+        positive_control = parse_control(control) if control else default_control(psnr_min)
+        if positive_control.kind == "mark" and not positive_control.strength < psnr_min:
+            raise BadInputError(f"--control {control}: the mark's control must lie below the {psnr_min:g} dB floor")
+        check = ClassifierCheck(open_classifier(classifier, classifier_card, device.value), read_labels(labels),
+                                margin, seed, positive_control, psnr_min)
     loaded = open_model(model, device.value)
     options = EvaluationOptions(floor=floor, attacks=attack_list, messages=messages, key=key_for_reading(key, key_file),
                                 seed=seed,
@@ -127,6 +139,16 @@ def _print_evaluation(summary: dict, report: Path) -> None:
             f"−{block['margin']:g}: {verdict}; flip rate {block['flip_rate']:.4f} ({block['flips_mcnemar']['made_wrong']} "
             f"made wrong, {block['flips_mcnemar']['made_right']} made right, McNemar p = "
             f"{block['flips_mcnemar']['p_value']:.3g})", highlight=False)
+        control, power = block.get("control"), block.get("power")
+        if control:
+            ci = control["delta_auroc_ci95"]
+            interval = f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci[0] is not None else "undefined"
+            stdout.print(f"  positive control ({control['description']}): AUROC {control['auroc']:.4f}, "
+                         f"Δ {control['delta_auroc']:+.4f}, 95 % CI {interval}: {control['verdict']}"
+                         + (f"; with {power['n_images']} images a drop of {power['detectable_drop']:.3f} or more "
+                            f"would be shown with {power['power']:.0%} power" if power else ""), highlight=False)
+        if block["verdict"] == "inconclusive":
+            stdout.print(f"  [yellow]inconclusive[/]: {block['reason']}", highlight=False)
     quality = summary.get("quality") or {}
     parts = []
     for name, digits in (("psnr_data_range", 2), ("psnr_window", 2), ("psnr_voi_lut", 2), ("psnr_stored", 2),

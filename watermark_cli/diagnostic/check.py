@@ -22,6 +22,14 @@ figure can be checked on constructed cases.
   'pass' (non-inferior) iff the ΔAUROC CI's lower bound is ≥ −margin (default 0.01); 'fail' when
   its upper bound is below −margin (shown inferior); otherwise 'inconclusive', too few images for
   the CI to decide, with an estimate of how many would (the CI's width shrinks as 1/√n).
+- Positive control (`diagnostic.control`): the same images harmed on purpose go through the same
+  statistics. A "pass" stands only when the control came out "fail"; otherwise the check could
+  not have seen harm of that size, and the verdict is 'inconclusive' (a "fail" stands as it is:
+  it already shows the check sees harm).
+- Power: the smallest drop in AUROC that this n and margin would show ("fail") with 80 %
+  probability: margin + (z₀.₉₇₅ + z₀.₈₀)·sd, the sd of the paired bootstrap's ΔAUROC, the larger of
+  the mark's and the control's (a harmful change spreads the scores more than a harmless one, so
+  the control's sd makes the figure conservative).
 """
 
 from __future__ import annotations
@@ -35,6 +43,9 @@ from ..errors import BadInputError
 
 DEFAULT_MARGIN = 0.01
 DEFAULT_RESAMPLES = 2000
+POWER = 0.80
+_Z_TWO_SIDED_95 = 1.959964
+_Z_POWER = 0.841621  # the 80th percentile of the standard normal
 #: The clean AUROC's 95 % lower bound must exceed this before the check decides anything.
 MIN_CLEAN_AUROC = 0.7
 
@@ -304,6 +315,7 @@ def compare_classifier(
         "auroc_watermarked": auroc_marked,
         "delta_auroc": auroc_marked - auroc_clean,
         "delta_auroc_ci95": ci,
+        "delta_auroc_sd": float(np.std(deltas, ddof=1)) if deltas.size > 1 else None,
         "bootstrap": {"resamples": int(resamples), "used": int(deltas.size),
                       "dropped_single_class": dropped, "seed": int(seed)},
         **decision,
@@ -333,6 +345,43 @@ def _as_columns(scores, targets) -> tuple[np.ndarray, np.ndarray]:
     if not np.isin(t, (0.0, 1.0)).all():
         raise BadInputError("targets must be 0 or 1")
     return s, t
+
+
+def detectable_drop(margin: float, sd: float) -> float:
+    """The true ΔAUROC drop that the 'fail' rule (95 % upper bound below −margin) detects with
+    probability POWER, for a ΔAUROC estimate of this sd (normal approximation)."""
+    return float(margin + (_Z_TWO_SIDED_95 + _Z_POWER) * sd)
+
+
+def with_positive_control(block: dict, control: dict, description: str) -> dict:
+    """`block` (compare_classifier of the marked images) with its positive control beside it:
+    `control` {description, auroc, delta_auroc, delta_auroc_ci95, verdict, reason, flip_rate} from
+    the harmed images' compare_classifier, and `power`; a pass whose control did not fail becomes
+    'inconclusive'. Returns the same dict, changed."""
+    block["control"] = {"description": description,
+                        **{key: control.get(key) for key in ("auroc_watermarked", "delta_auroc", "delta_auroc_ci95",
+                                                              "delta_auroc_sd", "verdict", "reason", "flip_rate")}}
+    block["control"]["auroc"] = block["control"].pop("auroc_watermarked")
+    spreads = [sd for sd in (block.get("delta_auroc_sd"), control.get("delta_auroc_sd")) if sd is not None]
+    margin = block["margin"]
+    block["power"] = ({"detectable_drop": detectable_drop(margin, max(spreads)), "power": POWER,
+                       "sd": max(spreads), "n_images": block["n_images"]} if spreads else None)
+    if block["verdict"] != "pass" or control["verdict"] == "fail":
+        return block
+    shown = control["delta_auroc"]
+    if shown < -margin and control["delta_auroc_ci95"][1] is not None:
+        needed = _images_needed(block["n_images"], -shown, -control["delta_auroc_ci95"][1], margin)
+        why = (f"its positive control ({description}) lowered AUROC by {-shown:.4f}, but with a 95 % CI "
+               f"reaching {control['delta_auroc_ci95'][1]:+.4f}, not clearly below −{margin:g}"
+               + (f" (about {needed} images would show it)" if needed else ""))
+    else:
+        needed = None
+        why = (f"its positive control ({description}) changed AUROC by only {shown:+.4f}: this classifier is not "
+               "hurt by that harm, so its 'no change' under the mark shows nothing (choose a --control it is hurt by)")
+    block.update(verdict="inconclusive", non_inferior=False, images_needed=needed,
+                 reason=f"the check cannot see harm of this size: {why}; the mark alone would pass "
+                        f"({block['reason']})")
+    return block
 
 
 def checked_readings(block: dict) -> list[tuple[str, dict]]:

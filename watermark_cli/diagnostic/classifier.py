@@ -3,11 +3,13 @@
 `wm evaluate --classifier` asks whether a frozen diagnostic classifier answers the same on
 watermarked images as on the originals (design §6; the statistics are in `diagnostic.check`).
 Scoring needs little of a classifier, and `Classifier` is just that: the findings it scores
-(`label_names`), the side of its square inputs (`input_size`), where it came from (`path`), and
-`score_inputs(inputs) -> (N, K) probabilities` of inputs made by `diagnostic.inputs`;
-`score_pixels` and `score_images` do both steps for scripts. A file format is one subclass and
-one loader. The one there is now, `WmClassifier`, is a folder written by `wm classifier train`
-(`diagnostic.training`): `weights.safetensors` + `card.yaml`, read by `load_classifier`.
+(`label_names`), the side of its square inputs (`input_size`), how it reads intensities
+(`intensity`), where it came from (`path`), `input_of` (one image's input, from
+`diagnostic.inputs`) and `score_inputs(inputs) -> (N, K) probabilities`; `score_pixels` and
+`score_images` do both steps for scripts. A file format is one subclass and one loader: here
+`WmClassifier`, a folder written by `wm classifier train` (`diagnostic.training`):
+`weights.safetensors` + `card.yaml`, read by `load_classifier`; a user's TorchScript, torch.export
+or ONNX file with its card is `diagnostic.external`'s.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ..errors import BadInputError
 from ..io.medical_image import MedicalImage
 from ..model.device import pick_device
 from ..model.store import CARD_FILE, PICKLED_WEIGHT_SUFFIXES, WEIGHTS_FILE, load_safetensors, read_yaml_card
-from .inputs import classifier_input
+from .inputs import NOMINAL, Intensity, classifier_input
 
 CARD_KIND = "diagnostic-classifier"
 
@@ -35,6 +37,16 @@ class Classifier(ABC):
     path: Path  # where it was loaded from; reports name it
     label_names: list[str]
     input_size: int  # it scores (N, input_size, input_size) inputs from `classifier_input`
+    intensity: Intensity = NOMINAL  # how its inputs read stored values
+
+    def input_of(self, pixels: np.ndarray, stored_range: tuple[int, int], modality=None) -> np.ndarray:
+        """One image's (size, size) input in [0, 1]: `classifier_input` under this classifier's
+        intensity (`modality`: the frame's modality transform, for a window in modality units)."""
+        return classifier_input(pixels, stored_range, self.input_size, self.intensity, modality)
+
+    def describe_input(self) -> str:
+        """How an image becomes its input, for reports."""
+        return f"1×{self.input_size}² inputs, {self.intensity.describe()}"
 
     def score_inputs(self, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """(N, size, size) preprocessed inputs (`classifier_input`) → (N, K) probabilities."""
@@ -52,29 +64,32 @@ class Classifier(ABC):
 
     def score_pixels(self, pixels: Sequence[np.ndarray],
                      stored_ranges: Sequence[tuple[int, int]] | tuple[int, int],
-                     batch_size: int = 64) -> np.ndarray:
+                     batch_size: int = 64, modalities: Sequence | None = None) -> np.ndarray:
         """Stored pixel arrays ((frames, rows, cols) each, any sizes) → (N, K) probabilities.
 
         `stored_ranges`: one (stored_min, stored_max) per array, or one pair for all; for
         watermarked pixels, the original image's range (a marked image keeps its format).
+        `modalities`: each middle frame's modality transform (None: stored values are modality values).
         """
         pixels = list(pixels)
         if len(stored_ranges) == 2 and all(isinstance(v, (int, np.integer)) for v in stored_ranges):
             stored_ranges = [tuple(stored_ranges)] * len(pixels)
         if len(stored_ranges) != len(pixels):
             raise BadInputError(f"{len(stored_ranges)} stored ranges for {len(pixels)} pixel arrays")
-        size = self.input_size
+        modalities = list(modalities) if modalities is not None else [None] * len(pixels)
         scores = []
         for start in range(0, len(pixels), batch_size):  # preprocess a batch at a time: bounded memory
-            inputs = np.stack([classifier_input(p, r, size) for p, r in
-                               zip(pixels[start : start + batch_size], stored_ranges[start : start + batch_size])])
+            batch = slice(start, start + batch_size)
+            inputs = np.stack([self.input_of(p, r, m) for p, r, m in
+                               zip(pixels[batch], stored_ranges[batch], modalities[batch])])
             scores.append(self.score_inputs(inputs, batch_size))
         return np.concatenate(scores) if scores else np.zeros((0, len(self.label_names)))
 
     def score_images(self, images: Sequence[MedicalImage], batch_size: int = 64) -> np.ndarray:
         """MedicalImages (as read from disk) → (N, K) probabilities."""
         return self.score_pixels([image.pixels for image in images],
-                                 [(image.stored_min, image.stored_max) for image in images], batch_size)
+                                 [(image.stored_min, image.stored_max) for image in images], batch_size,
+                                 [image.display.frame(image.n_frames // 2).modality for image in images])
 
 
 @dataclass

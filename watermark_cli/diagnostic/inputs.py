@@ -1,12 +1,13 @@
-"""How an image becomes an input of the diagnostic classifier.
+"""How an image becomes an input of a diagnostic classifier.
 
-One frame per image (the middle one of a multi-frame image), stored values mapped to [0, 1]
-over the nominal stored range exactly as the watermark model sees them
-(`model.inputs.normalised_frames`), letterboxed to a square and resampled with antialiasing to
-the input size: by default the training images' own side up to MAX_NATIVE_INPUT, so that a
-small finding is not halved by downsampling. `classifier_input` takes stored pixel values, so
-originals read from disk and watermarked pixels held in memory go through the very same
-function.
+One frame per image (the middle one of a multi-frame image), its stored values mapped to [0, 1]
+by the classifier's `Intensity`, letterboxed to a square and resampled with antialiasing to the
+input size. wm's own classifiers read the nominal stored range exactly as the watermark model
+sees it (`model.inputs.normalised_frames`), at the training images' own side up to
+MAX_NATIVE_INPUT, so that a small finding is not halved by downsampling; a user's model says in
+its card how it reads an image (`diagnostic.card`): the nominal range, a window in modality
+units, or the frame's own min..max. `classifier_input` takes stored pixel values, so originals
+read from disk and watermarked pixels held in memory go through the very same function.
 """
 
 from __future__ import annotations
@@ -20,11 +21,67 @@ import numpy as np
 from ..errors import BadInputError
 from ..io.image import read_image
 from ..model.inputs import normalised_frames
+from ..views import ModalityTransform, VoiWindow
 
 DEFAULT_INPUT_SIZE = 128  # for scoring callers that name no size
 # Training's default input side: the images' own (a 4-px finding halved by resampling is a
 # 2-px one), up to this; a larger image is resampled down to it.
 MAX_NATIVE_INPUT = 256
+
+
+INTENSITY_KINDS = ("nominal", "window", "range")
+
+
+@dataclass(frozen=True)
+class Intensity:
+    """How stored values become [0, 1] before letterboxing.
+
+    - 'nominal': over the format's nominal stored range (2^BitsStored − 1 for unsigned data);
+    - 'window': the DICOM linear window `window` = (centre, width) in modality units, after the
+      frame's modality transform (Rescale Slope/Intercept or Modality LUT); the formula is
+      `views.VoiWindow`'s, the one every view of wm uses;
+    - 'range': the frame's own min..max (a constant frame gives 0).
+    MONOCHROME1 is not inverted: values are read as stored, as the watermark model reads them.
+    """
+
+    kind: str = "nominal"
+    window: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in INTENSITY_KINDS:
+            raise BadInputError(f"intensity must be one of {', '.join(INTENSITY_KINDS)}, not {self.kind!r}")
+        if (self.kind == "window") != (self.window is not None):
+            raise BadInputError("a window intensity needs its [centre, width], and only it takes one")
+        if self.window is not None and not (np.isfinite(self.window).all() and self.window[1] > 0):
+            raise BadInputError(f"window [centre, width] must be finite with a positive width, got {list(self.window)}")
+
+    def unit_frame(self, frame: np.ndarray, stored_range: tuple[int, int],
+                   modality: ModalityTransform | None = None) -> np.ndarray:
+        """One (rows, cols) frame of stored values → float32 in [0, 1]."""
+        if self.kind == "window":
+            values = (modality or ModalityTransform()).apply(frame)
+            return VoiWindow(*self.window).apply(values).astype(np.float32)
+        if self.kind == "range":
+            values = frame.astype(np.float32)
+            low, high = float(values.min()), float(values.max())
+            return (values - low) / (high - low) if high > low else np.zeros_like(values)
+        low, high = stored_range
+        unit = normalised_frames(_StoredFrames(frame[np.newaxis], low, high))[0]
+        return np.clip(unit, 0.0, 1.0)
+
+    def of_export(self) -> "Intensity":
+        """How the same classifier reads an 8-bit export (values 0..255 of the view it was exported
+        through): the picture's own levels for 'nominal' and 'window' (the export already applied
+        a window), its own min..max for 'range'."""
+        return self if self.kind == "range" else NOMINAL
+
+    def describe(self) -> str:
+        if self.kind == "window":
+            return f"window C{self.window[0]:g}/W{self.window[1]:g} (modality units)"
+        return {"nominal": "nominal stored range", "range": "the frame's own min..max"}[self.kind]
+
+
+NOMINAL = Intensity()
 
 
 @dataclass(frozen=True)
@@ -36,13 +93,15 @@ class _StoredFrames:
     stored_max: int
 
 
-def classifier_input(pixels: np.ndarray, stored_range: tuple[int, int], size: int = DEFAULT_INPUT_SIZE) -> np.ndarray:
+def classifier_input(pixels: np.ndarray, stored_range: tuple[int, int], size: int = DEFAULT_INPUT_SIZE,
+                     intensity: Intensity = NOMINAL, modality: ModalityTransform | None = None) -> np.ndarray:
     """(size, size) float32 in [0, 1]: what the network sees of one image.
 
     `pixels`: stored values, (frames, rows, cols) or (rows, cols); the middle frame is used.
     `stored_range`: (stored_min, stored_max) of the image's format (MedicalImage's fields), the
-    scale the watermark model and the PSNR guarantee use. The frame is letterboxed (aspect kept,
-    padded with 0) and resampled with Pillow's antialiased bilinear filter.
+    scale the watermark model and the PSNR guarantee use. `intensity` maps the frame to [0, 1]
+    (`modality`: the frame's modality transform, for a window in modality units). The frame is
+    letterboxed (aspect kept, padded with 0) and resampled with Pillow's antialiased bilinear filter.
     """
     from PIL import Image
 
@@ -54,8 +113,7 @@ def classifier_input(pixels: np.ndarray, stored_range: tuple[int, int], size: in
     low, high = (int(v) for v in stored_range)
     if high <= low:
         raise BadInputError(f"stored range {stored_range} is empty")
-    middle = pixels[pixels.shape[0] // 2][np.newaxis]
-    frame = np.clip(normalised_frames(_StoredFrames(middle, low, high))[0], 0.0, 1.0)
+    frame = intensity.unit_frame(pixels[pixels.shape[0] // 2], (low, high), modality)
     rows, cols = frame.shape
     scale = size / max(rows, cols)
     new_rows, new_cols = max(1, round(rows * scale)), max(1, round(cols * scale))

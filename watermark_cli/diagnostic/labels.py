@@ -178,3 +178,17 @@ def _read_class_folders(folder: Path) -> LabelledImages:
         targets = [[1.0 if j == i else 0.0 for j in range(len(classes))]
                    for i, (_, files) in enumerate(classes) for _ in files]
     return LabelledImages(paths, np.asarray(targets, dtype=np.float32), names, folder)
+
+
+def matching_outputs(output_names: Sequence[str], label_names: Sequence[str]) -> list[int]:
+    """Which classifier output scores each labelled finding, in the labels' order: by name, except
+    that one label column and one output match whatever they are called. BadInputError (one
+    line) when a finding has no output of its name."""
+    if len(output_names) == 1 and len(label_names) == 1:
+        return [0]
+    index = {str(name): i for i, name in enumerate(output_names)}
+    missing = [str(name) for name in label_names if str(name) not in index]
+    if missing:
+        raise BadInputError(f"the labels name {', '.join(missing)}, which the classifier does not score (its outputs: "
+                            f"{', '.join(map(str, output_names))}): name the label columns after its outputs")
+    return [index[str(name)] for name in label_names]

@@ -265,8 +265,20 @@ def _classifier_section(classifier: dict) -> str:
         f"and decides nothing unless the clean AUROC's 95 % lower bound is above "
         f"{_number(classifier.get('min_clean_auroc'), 2)}. "
         f"{classifier.get('n_images', '?')} labelled images, {html.escape(classifier.get('task', ''))} task; "
-        f"classifier {html.escape(str(classifier.get('classifier', '')))}.</p>",
+        f"classifier {html.escape(str(classifier.get('classifier', '')))}"
+        + (f" ({html.escape(classifier['classifier_input'])})" if classifier.get("classifier_input") else "") + ".</p>",
     ]
+    control, power = classifier.get("control"), classifier.get("power")
+    if control:
+        control_ci = control.get("delta_auroc_ci95") or [None, None]
+        lines.append(
+            f"<p>The positive control, the same images harmed on purpose "
+            f"({html.escape(str(control.get('description', '')))}), through the same statistics: AUROC "
+            f"{_number(control.get('auroc'), 4)}, ΔAUROC {_number(control.get('delta_auroc'), 4)}, 95 % CI "
+            f"{_number(control_ci[0], 4)} to {_number(control_ci[1], 4)}: <b>{html.escape(str(control.get('verdict')))}</b>. "
+            "A pass counts only when the control fails: otherwise the check could not have seen harm of that size."
+            + (f" With these {power['n_images']} images, a drop in AUROC of {_number(power['detectable_drop'], 3)} or "
+               f"more would be shown (fail) with {power['power']:.0%} probability." if power else "") + "</p>")
     clean, marked = classifier.get("clean") or {}, classifier.get("watermarked") or {}
     rows = [["AUROC", _number(classifier.get("auroc_clean"), 4), _number(classifier.get("auroc_watermarked"), 4)]]
     for name in ("accuracy", "sensitivity", "specificity"):

@@ -21,8 +21,10 @@ from typing import Callable
 import numpy as np
 
 from ..attacks.codecs import Attack, FrameContext, parse_attack
-from ..diagnostic.check import compare_classifier
+from ..diagnostic.check import compare_classifier, with_positive_control
+from ..diagnostic.control import PositiveControl, default_control
 from ..diagnostic.inputs import classifier_input
+from ..diagnostic.labels import matching_outputs
 from ..errors import BadInputError, WmError
 from ..io.discovery import collect_image_files
 from ..io.image import read_image
@@ -314,25 +316,27 @@ CLASSIFIER_EXPORT = "jpeg:80"
 class ClassifierCheck:
     """The diagnostic classifier check inside `wm evaluate`.
 
-    The frozen classifier scores every labelled image twice: as it came, and marked with the
+    The frozen classifier scores every labelled image three times: as it came; marked with the
     first evaluation message (no attack, default view-floor settings), which is what a hospital
-    would archive; and both again after CLASSIFIER_EXPORT, the original and the marked image
-    exported through the same view. Each pair of score sets goes to
-    `diagnostic.check.compare_classifier`; the export's block is `after_export` inside the
-    archived one. Unlabelled images are still evaluated for quality and robustness; they simply
-    take no part in this check.
+    would archive; and harmed on purpose by the positive `control` (`diagnostic.control`). All
+    three again after CLASSIFIER_EXPORT through the view the mark was budgeted in. Each reading's
+    marked and control scores go to `diagnostic.check.compare_classifier` against the clean ones,
+    and `with_positive_control` puts the control beside the mark's figures; the export's block is
+    `after_export` inside the archived one. Unlabelled images are still evaluated for quality and
+    robustness; they simply take no part in this check.
     """
 
-    def __init__(self, classifier, labelled, margin: float, seed: int = 0) -> None:
+    def __init__(self, classifier, labelled, margin: float, seed: int = 0,
+                 control: PositiveControl | None = None, floor_db: float = 40.0) -> None:
         self.classifier = classifier
         self.labelled = labelled
         self.margin = margin
         self.seed = seed
+        self.control = control or default_control(floor_db)
+        self.floor_db = floor_db
+        self._outputs = matching_outputs(classifier.label_names, labelled.label_names)
         self._row_of = {path.resolve(): row for row, path in enumerate(labelled.paths)}
-        self._clean: list[np.ndarray] = []
-        self._marked: list[np.ndarray] = []
-        self._clean_exported: list[np.ndarray] = []
-        self._marked_exported: list[np.ndarray] = []
+        self._inputs: dict[str, list[np.ndarray]] = {name: [] for name in _CHECK_SETS}
         self._export = parse_attack(CLASSIFIER_EXPORT)
         self._rows: list[int] = []
         self._unlabelled = 0
@@ -343,28 +347,43 @@ class ClassifierCheck:
             self._unlabelled += 1
             return
         stored_range = (image.stored_min, image.stored_max)  # a marked image keeps its format
-        size = self.classifier.input_size
-        self._clean.append(classifier_input(image.pixels, stored_range, size))
-        self._marked.append(classifier_input(marked_pixels, stored_range, size))
         middle = image.n_frames // 2  # the frame the classifier reads
+        harmed = self.control.harmed(image.pixels[middle : middle + 1], marked_pixels[middle : middle + 1],
+                                     stored_range, self.floor_db, self.classifier.input_size)[0]
+        modality = image.display.frame(middle).modality
         context = FrameContext(image.stored_min, image.stored_max, views[middle], seed=self.seed)
-        for frames, inputs in ((image.pixels, self._clean_exported), (marked_pixels, self._marked_exported)):
-            exported = self._export(np.asarray(frames[middle], dtype=np.float64), context)
-            inputs.append(classifier_input(exported, (0, 255), size))
+        for name, frame in zip(_CHECK_SETS[::2], (image.pixels[middle], marked_pixels[middle], harmed)):
+            self._inputs[name].append(self.classifier.input_of(frame, stored_range, modality))
+            exported = self._export(np.asarray(frame, dtype=np.float64), context)
+            self._inputs[name + " exported"].append(classifier_input(
+                exported, (0, 255), self.classifier.input_size, self.classifier.intensity.of_export()))
         self._rows.append(row)
 
     def finish(self, report: dict) -> None:
         if not self._rows:
             raise BadInputError(f"none of the evaluated images has a label in {self.labelled.source}")
         targets, names = self.labelled.targets[self._rows], self.labelled.label_names
-        block, exported = (compare_classifier(self.classifier.score_inputs(np.stack(clean)),
-                                              self.classifier.score_inputs(np.stack(marked)), targets, names,
-                                              margin=self.margin, seed=self.seed)
-                           for clean, marked in ((self._clean, self._marked),
-                                                 (self._clean_exported, self._marked_exported)))
+        scores = {name: self.classifier.score_inputs(np.stack(inputs))[:, self._outputs]
+                  for name, inputs in self._inputs.items()}
+        description = self.control.describe(self.floor_db)
+        readings = []
+        for suffix in ("", " exported"):
+            clean = scores["clean" + suffix]
+            block = compare_classifier(clean, scores["marked" + suffix], targets, names, margin=self.margin,
+                                       seed=self.seed)
+            control = compare_classifier(clean, scores["control" + suffix], targets, names, margin=self.margin,
+                                         seed=self.seed)
+            readings.append(with_positive_control(block, control, description))
+        block, exported = readings
         exported["export"] = f"{CLASSIFIER_EXPORT}: 8-bit export through the budgeted view, then JPEG quality 80"
         block["after_export"] = exported
         block["classifier"] = str(self.classifier.path)
+        block["classifier_input"] = self.classifier.describe_input()
         block["labels_source"] = str(self.labelled.source)
         block["unlabelled_images"] = self._unlabelled
         report["classifier"] = block
+
+
+# The image sets the check scores, each as archived and after the export: originals, marked
+# copies, and the positive control.
+_CHECK_SETS = ("clean", "clean exported", "marked", "marked exported", "control", "control exported")
