@@ -182,6 +182,22 @@ def test_image_smaller_than_two_tiles_is_refused(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.png"]
 
 
+def test_frames_under_two_tiles_are_marked_only_as_a_series_of_enough_of_them(tmp_path):
+    """A 64² or 96² frame holds one 64-px tile: four of them together hold what one 128² frame
+    does. One such frame alone is refused, naming how many it takes; `wm models` lists them."""
+    from watermark_cli.marking.image import frames_needed
+
+    assert [frames_needed(side, side, 64) for side in (48, 63, 64, 96, 127, 128, 512)] == [None, None, 4, 4, 4, 1, 1]
+    assert frames_needed(128, 64, 64) == 2 and frames_needed(64, 300, 64) == 1 and frames_needed(200, 100, 64) == 2
+    single = tmp_path / "single.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96), dtype=np.uint8)).save(single)
+    result = run_wm_here("embed", single, "x")
+    assert result.code == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["single.png"]
+    assert "1 frame(s) of 96×96 px" in _one_line_error(result) and "at least 4 of them" in result.stderr
+    listing = run_wm_here("models", "--json")
+    assert json.loads(listing.stdout.splitlines()[0])["frames_needed_by_side"] == {"64": 4, "96": 4, "128": 1}
+
+
 def test_existing_output_is_never_replaced_without_overwrite(held_out_png, tmp_path):
     output = tmp_path / "out.png"
     output.write_bytes(b"precious")

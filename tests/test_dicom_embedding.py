@@ -402,7 +402,35 @@ def test_the_nominal_peak_on_request_warns_in_one_line_where_a_reader_would_see_
 
 
 @pytest.mark.slow
-def test_a_frame_too_small_to_mark_is_refused_in_one_line(tmp_path):
-    result = run_wm("embed", data_file("emri_small.dcm"), "x", "-o", tmp_path / "out.dcm")
+@pytest.mark.parametrize("name", ["emri_small.dcm", "emri_small_RLE.dcm", "emri_small_big_endian.dcm"])
+def test_ten_small_frames_are_marked_and_read_back_as_one_instance(tmp_path, name):
+    """emri_small: 10 frames of 64² MR, under the 128 px a frame needs on its own; marked as one
+    instance (every frame at the floor) and read back from all its frames' evidence together."""
+    marked = tmp_path / "out.dcm"
+    result = run_wm("embed", data_file(name), "ID-0042", "-o", marked, "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["verified"] and report["psnr"] >= 40.0 and len(report["frame_psnr"]) == 10
+    assert min(report["frame_psnr"]) >= 40.0
+    read = run_wm("extract", marked, "--json")
+    assert read.code == 0 and json.loads(read.stdout)["message"] == "ID-0042"
+
+
+@pytest.mark.slow
+def test_too_few_small_frames_are_refused_in_one_line_and_one_frame_of_a_marked_instance_reads_nothing(tmp_path):
+    marked = tmp_path / "marked.dcm"
+    assert run_wm("embed", data_file("emri_small.dcm"), "ID-0042", "-o", marked).code == 0
+    for source, frames, cut in ((data_file("emri_small.dcm"), 3, tmp_path / "three.dcm"),
+                                (marked, 1, tmp_path / "one.dcm")):
+        ds = pydicom.dcmread(source)
+        ds.PixelData = ds.pixel_array[:frames].tobytes()
+        ds.NumberOfFrames = frames
+        if "PerFrameFunctionalGroupsSequence" in ds:
+            ds.PerFrameFunctionalGroupsSequence = ds.PerFrameFunctionalGroupsSequence[:frames]
+        ds.save_as(cut)
+    result = run_wm("embed", tmp_path / "three.dcm", "x", "-o", tmp_path / "out.dcm")
     assert result.code == 2 and not (tmp_path / "out.dcm").exists()
-    assert result.stderr.strip().count("\n") == 0 and "64×64 px" in result.stderr and "at least 128 px" in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "3 frame(s) of 64×64 px" in result.stderr
+    assert "at least 4 of them" in result.stderr
+    alone = run_wm("extract", tmp_path / "one.dcm")
+    assert alone.code == 1  # one frame holds a quarter of the evidence: no watermark, never a guess

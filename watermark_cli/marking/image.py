@@ -26,27 +26,65 @@ from .synchronisation import (estimate_rotation, estimate_rotation_by_pilot, est
                               resample, rotate)
 
 
-# Marking needs this many whole tiles along each side: the decoder folds (averages) the tiles,
-# and at the view floor a frame of one whole tile does not read back reliably (random crops of
-# the held-out files, flat ones included, shipped model, 8-byte IDs, 96 trials each: identity
-# recovery 34 % at 64², 51 % at 96², 81 % at 128², 90 % at 256²; `benchmarks/model_quality.py
-# --sizes`). Smaller frames are refused up front; larger ones that still do not read back are
-# refused by embed's verification.
+# Marking needs this many whole carrier tiles in an instance, counted over all its frames: the
+# decoder folds (averages) the tiles of each frame and sums the evidence of every frame, and at
+# the view floor one whole tile alone does not read back reliably (random crops of the held-out
+# files, flat ones included, shipped model, 8-byte IDs, 96 trials each: identity recovery 34 % at
+# 64², 51 % at 96², 81 % at 128², 90 % at 256²; `benchmarks/model_quality.py --sizes`). A single
+# frame needs TILES_PER_SIDE_TO_MARK tiles a side; frames smaller than that (nuclear medicine,
+# cine, diffusion series) are marked as a multi-frame instance of enough frames to hold
+# TILES_TO_MARK tiles between them, each frame at least one tile a side (`frames_needed`;
+# `benchmarks/small_frames.py`). Smaller instances are refused up front; larger ones that still
+# do not read back are refused by embed's verification.
 TILES_PER_SIDE_TO_MARK = 2
+TILES_TO_MARK = TILES_PER_SIDE_TO_MARK ** 2
 
 
 def smallest_markable_side(tile: int) -> int:
-    """The shortest side a frame needs to be marked by a model with `tile`-px carrier tiles."""
+    """The shortest side a frame needs to be marked on its own by a model with `tile`-px tiles."""
     return max(MIN_SIDE, TILES_PER_SIDE_TO_MARK * tile)
 
 
-def check_image_size(image: MedicalImage, smallest: int, action: str = "mark") -> None:
+def smallest_frame_side(tile: int) -> int:
+    """The shortest side any frame needs, alone or in a multi-frame instance: one whole tile."""
+    return max(MIN_SIDE, tile)
+
+
+def frames_needed(rows: int, cols: int, tile: int) -> int | None:
+    """How many frames of rows × cols an instance needs to be marked (1 for a frame big enough on
+    its own); None when a frame is under one tile a side."""
+    if min(rows, cols) < smallest_frame_side(tile):
+        return None
+    if min(rows, cols) >= smallest_markable_side(tile):
+        return 1
+    return -(-TILES_TO_MARK // ((rows // tile) * (cols // tile)))
+
+
+def check_markable_size(image: MedicalImage, tile: int) -> None:
+    """BadInputError (one line) unless the image has frames, and enough of them, to be marked."""
+    needed = frames_needed(image.rows, image.cols, tile)
+    single = smallest_markable_side(tile)
+    if needed is None:
+        raise BadInputError(
+            f"{image.path}: frames of {image.rows}×{image.cols} px are too small to mark: this model needs at least "
+            f"{smallest_frame_side(tile)} px on each side of every frame (one carrier tile), and {single} px to mark a "
+            "frame on its own: mark the full-size image, not a crop or a thumbnail (`wm models` lists each model's sizes)")
+    if image.n_frames < needed:
+        raise BadInputError(
+            f"{image.path}: {image.n_frames} frame(s) of {image.rows}×{image.cols} px; this model marks frames of "
+            f"this size only in an instance of at least {needed} of them (read together, they hold the "
+            f"{TILES_TO_MARK} carrier tiles of one {single}×{single} frame): mark the full-size image or the whole "
+            "series, not a crop or a frame cut from it (`wm models` lists each model's sizes)")
+
+
+def check_readable_size(image: MedicalImage, tile: int) -> None:
+    """BadInputError (one line) when the image's frames are under one carrier tile a side."""
+    smallest = smallest_frame_side(tile)
     if image.rows < smallest or image.cols < smallest:
         raise BadInputError(
             f"{image.path}: image is {image.rows}×{image.cols} px; this model needs at least {smallest} px on "
-            f"each side to {action} it ({TILES_PER_SIDE_TO_MARK} of its carrier tiles): {action} the full-size "
-            "image, not a crop or a thumbnail (`wm models` lists each model's smallest frame)"
-        )
+            "each side to read it (one of its carrier tiles): read the full-size image, not a crop or a thumbnail "
+            "(`wm models` lists each model's sizes)")
 
 
 def codec_for(model: LoadedModel, key: str | bytes | None):
@@ -195,7 +233,7 @@ def embed_pixels(
 ) -> EmbedOutcome:
     """Mark every frame under the floor. `window` is the user's `--window` (centre, width in
     modality units), one more view the floor holds in (see `quality.frame_meters`)."""
-    check_image_size(image, smallest_markable_side(model.model.config.tile))
+    check_markable_size(image, model.model.config.tile)
     meters = frame_meters(image, floor, window)  # before the encoder runs: a bad domain fails fast
     raw_bits = codec.encode(message)
     residual = residual_for(model, image, raw_bits, codec)
@@ -569,7 +607,7 @@ def _rotation(model: LoadedModel, frame: np.ndarray, correlation: np.ndarray | N
 def extract_payload(model: LoadedModel, codec: PayloadCodec, image: MedicalImage,
                     full_search: bool = True) -> DecodedPayload:
     """The payload of an image; without `full_search`, only as marked (no crop, resize or turn)."""
-    check_image_size(image, max(MIN_SIDE, model.model.config.tile), action="read")
+    check_readable_size(image, model.model.config.tile)
     thresholds = sign_thresholds(image) / float(image.stored_max - image.stored_min)  # normalised units
     return read_frames(model, codec, normalised_frames(image), quick=not full_search, thresholds=thresholds).decoded
 
@@ -586,7 +624,7 @@ def read_older_mark(older: list[tuple[LoadedModel, PayloadCodec]], image: Medica
     --model for the full search), and that model's name; (not found, None) when there is none.
     Such a mark is authentic under the key, but anyone with wm can read, remove or copy it."""
     for model, codec in older:
-        if min(image.rows, image.cols) < max(MIN_SIDE, model.model.config.tile):
+        if min(image.rows, image.cols) < smallest_frame_side(model.model.config.tile):
             continue
         decoded = extract_payload(model, codec, image, full_search=False)
         if decoded.found:
