@@ -189,7 +189,8 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
     if not verified and not settings.allow_unverified:
         binding = min((frame.quality for frame in outcome.frames), key=lambda q: q.psnr).binding_view
         raise CheckFailedError(f"{source}: the mark could not be read back at PSNR >= {floor.psnr_min:g} dB in its "
-                               f"{binding} view ({_why_unreadable(floor, loaded)}); nothing written "
+                               f"{binding} view ({_why_unreadable(floor, loaded, len(settings.payload))}); "
+                               "nothing written "
                                "(--allow-unverified to force)")
 
     # The guarantee is about the file: the complete temporary file is read back and measured
@@ -235,13 +236,21 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
                    pixel_data_bytes=int(image.pixels.nbytes), signed=signer is not None)
 
 
-def _why_unreadable(floor: QualityFloor, loaded) -> str:
+# The longest message a series of small frames carried reliably (`emri_small`, 10 frames of 64²
+# MR, 8 messages per length: 8/8 at 8 bytes, 2/8 at 10, 0/8 at 16): fewer bytes leave the code
+# more redundancy to spend on a weak mark.
+SHORT_MESSAGE_BYTES = 8
+
+
+def _why_unreadable(floor: QualityFloor, loaded, message_bytes: int) -> str:
     """The likely reason a mark at the floor does not read back, and what to do about it."""
     trained = loaded.trained_floor_db
     if trained is not None and floor.psnr_min > trained + 1.0:
         return (f"the floor of {floor.psnr_min:g} dB leaves too weak a mark: model {loaded.name} is made for "
                 f"{trained:g} dB; lower --psnr-min")
-    return "the image is too small or too flat for this model; a larger or more textured image carries it"
+    shorter = (f"a message of {SHORT_MESSAGE_BYTES} bytes or fewer (this one has {message_bytes}), "
+               if message_bytes > SHORT_MESSAGE_BYTES else "")
+    return f"the image is too small or too flat for this model; {shorter}a larger or more textured image carries it"
 
 
 # The largest record any of the three containers holds (a PNG chunk's length is 31 bits).
