@@ -358,10 +358,9 @@ def with_positive_control(block: dict, control: dict, description: str) -> dict:
     `control` {description, auroc, delta_auroc, delta_auroc_ci95, verdict, reason, flip_rate} from
     the harmed images' compare_classifier, and `power`; a pass whose control did not fail becomes
     'inconclusive'. Returns the same dict, changed."""
-    block["control"] = {"description": description,
-                        **{key: control.get(key) for key in ("auroc_watermarked", "delta_auroc", "delta_auroc_ci95",
-                                                              "delta_auroc_sd", "verdict", "reason", "flip_rate")}}
-    block["control"]["auroc"] = block["control"].pop("auroc_watermarked")
+    block["control"] = {"description": description, "auroc": control["auroc_watermarked"],
+                        **{key: control[key] for key in ("delta_auroc", "delta_auroc_ci95", "delta_auroc_sd", "verdict",
+                                                         "reason", "flip_rate")}}
     spreads = [sd for sd in (block.get("delta_auroc_sd"), control.get("delta_auroc_sd")) if sd is not None]
     margin = block["margin"]
     block["power"] = ({"detectable_drop": detectable_drop(margin, max(spreads)), "power": POWER,
