@@ -507,17 +507,21 @@ def test_the_map_never_replaces_a_file_and_a_bloated_record_is_refused(shipped, 
 
     values = read_image(marked).pixels
     original_compress = record_module._compress_difference
-    record_module._compress_difference = lambda d: ("xz", lzma.compress(bytes(256 * 2**20)))
-    try:
-        bloated = seal(values, values, KEY)
-    finally:
-        record_module._compress_difference = original_compress
-    ds = pydicom.dcmread(marked)
-    dicom_remove_record(ds)
-    dicom_attach_record(ds, bloated)
-    ds.save_as(tmp_path / "bloated.dcm", enforce_file_format=True)
-    with pytest.raises(RecordNotAuthenticError, match="damaged"):
-        restore_file(tmp_path / "bloated.dcm", tmp_path / "x.dcm", KEY)
+    import zstandard
+
+    for bomb in (("xz", lzma.compress(bytes(256 * 2**20))),  # records before zstd, and today's
+                 ("zstd", zstandard.ZstdCompressor(level=3).compress(bytes(256 * 2**20)))):
+        record_module._compress_difference = lambda d: bomb
+        try:
+            bloated = seal(values, values, KEY)
+        finally:
+            record_module._compress_difference = original_compress
+        ds = pydicom.dcmread(marked)
+        dicom_remove_record(ds)
+        dicom_attach_record(ds, bloated)
+        ds.save_as(tmp_path / "bloated.dcm", enforce_file_format=True)
+        with pytest.raises(RecordNotAuthenticError, match="damaged"):
+            restore_file(tmp_path / "bloated.dcm", tmp_path / "x.dcm", KEY)
 
 
 def test_a_change_to_how_the_pixels_are_read_is_tampering(shipped, tmp_path):
@@ -538,9 +542,12 @@ def test_a_change_to_how_the_pixels_are_read_is_tampering(shipped, tmp_path):
 
 @pytest.mark.parametrize("wide_share", [0.0, 0.01, 1 / 32, 0.2])
 def test_a_difference_comes_back_exactly_whichever_way_it_was_packed(wide_share):
-    """Nearly all values within a byte: bytes plus escapes ('xz-escapes'); more wide values, or
-    a difference that is bytes already: plain xz. Either way the very values come back."""
+    """Nearly all values within a byte: bytes plus escapes ('zstd-escapes'); more wide values,
+    or a difference that is bytes already: plain zstd. Either way the very values come back, and
+    so do those of records written with xz before (the same packing, 'xz' and 'xz-escapes')."""
     import lzma
+
+    import zstandard
 
     from watermark_cli.integrity import record as record_module
 
@@ -549,12 +556,17 @@ def test_a_difference_comes_back_exactly_whichever_way_it_was_packed(wide_share)
     wide = rng.choice(difference.size, int(wide_share * difference.size), replace=False)
     difference.ravel()[wide] = rng.choice([-32768, -900, -129, -128, 128, 731, 32767], len(wide))
     codec, packed = record_module._compress_difference(difference)
-    assert codec == ("xz-escapes" if wide_share <= 1 / 32 else "xz")
+    assert codec == ("zstd-escapes" if wide_share <= 1 / 32 else "zstd")
     assert np.array_equal(record_module._decompress_difference(codec, packed, "<i2", difference.shape), difference)
+    as_xz = lzma.compress(zstandard.ZstdDecompressor().decompress(packed))
+    assert np.array_equal(record_module._decompress_difference(codec.replace("zstd", "xz"), as_xz, "<i2",
+                                                               difference.shape), difference)
     small = difference.clip(-127, 127).astype(np.int8)
-    assert record_module._compress_difference(small)[0] == "xz"
-    if codec == "xz-escapes":  # escapes that do not match the bytes are a damaged record, not wrong pixels
-        raw = bytearray(lzma.decompress(packed))
+    assert record_module._compress_difference(small)[0] == "zstd"
+    if codec == "zstd-escapes":  # escapes that do not match the bytes are a damaged record, not wrong pixels
+        raw = bytearray(zstandard.ZstdDecompressor().decompress(packed))
         raw[0] = 0x80 if raw[0] != 0x80 else 0x00
-        with pytest.raises(RecordNotAuthenticError):
-            record_module._decompress_difference(codec, lzma.compress(bytes(raw)), "<i2", difference.shape)
+        for compressor, compress in (("zstd", zstandard.ZstdCompressor().compress), ("xz", lzma.compress)):
+            with pytest.raises(RecordNotAuthenticError):
+                record_module._decompress_difference(f"{compressor}-escapes", compress(bytes(raw)), "<i2",
+                                                     difference.shape)

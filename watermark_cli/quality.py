@@ -53,17 +53,38 @@ def psnr(reference: np.ndarray, test: np.ndarray, peak: float) -> float:
 
 
 def ssim(reference: np.ndarray, test: np.ndarray, data_range: float) -> float:
-    """Mean SSIM of one 2-D frame (scikit-image's implementation, Gaussian weights)."""
-    from skimage.metrics import structural_similarity
+    """Mean SSIM of one 2-D frame (Wang et al. 2004): Gaussian weights of σ 1.5 (11 px),
+    population covariances, the border of 5 px left out of the mean; scikit-image's
+    `structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)`,
+    computed here in float32 with the five filtered maps in one pass (it agrees to 1e-6, about a
+    third faster: every embed measures one; `benchmarks/speed.py`)."""
+    from scipy.ndimage import correlate1d
 
-    reference = reference.astype(np.float64)
-    test = test.astype(np.float64)
-    if min(reference.shape) < 11:  # the Gaussian window (σ 1.5) is 11 px wide
+    if reference.ndim != 2 or reference.shape != test.shape:
+        raise ValueError("SSIM compares two 2-D frames of one shape")
+    if min(reference.shape) < 2 * _SSIM_RADIUS + 1:  # smaller than the Gaussian window
         return float("nan")
-    return float(
-        structural_similarity(reference, test, data_range=data_range, gaussian_weights=True, sigma=1.5,
-                              use_sample_covariance=False)
-    )
+    scale = np.float32(1.0 / data_range)
+    x, y = reference.astype(np.float32) * scale, test.astype(np.float32) * scale
+    means = np.stack([x, y, x * x, y * y, x * y])
+    for axis in (1, 2):
+        means = correlate1d(means, _ssim_kernel(), axis=axis, mode="reflect")
+    mean_x, mean_y, mean_xx, mean_yy, mean_xy = means
+    both, square_x, square_y = mean_x * mean_y, mean_x * mean_x, mean_y * mean_y
+    c1, c2 = np.float32(_SSIM_K1**2), np.float32(_SSIM_K2**2)
+    similarity = ((2 * both + c1) * (2 * (mean_xy - both) + c2)
+                  / ((square_x + square_y + c1) * ((mean_xx - square_x) + (mean_yy - square_y) + c2)))
+    inner = similarity[_SSIM_RADIUS:-_SSIM_RADIUS, _SSIM_RADIUS:-_SSIM_RADIUS]
+    return float(inner.mean(dtype=np.float64))
+
+
+_SSIM_K1, _SSIM_K2, _SSIM_SIGMA, _SSIM_RADIUS = 0.01, 0.03, 1.5, 5
+
+
+def _ssim_kernel() -> np.ndarray:
+    offsets = np.arange(-_SSIM_RADIUS, _SSIM_RADIUS + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (offsets / _SSIM_SIGMA) ** 2)
+    return (kernel / kernel.sum()).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from .app import GracefulStop, app, emit_json, format_db, open_model, progress_b
 from .options import (BATCH, INTEGRITY, KEY, OUTPUT, QUALITY, Compression, Device, DeviceOption, Engine, EngineOption,
                       JsonOption, KeyFileOption, KeyOption, MaxPixelsOption, ModelOption, PsnrDomain,
                       PsnrDomainOption, PsnrOption, PsnrPeak, PsnrPeakOption, RecipientOption, SchedulerOption,
-                      WindowOption, examples, key_for_marking, key_for_reading, message_bytes, parse_window,
-                      quality_floor)
+                      ThreadsOption, WindowOption, examples, key_for_marking, key_for_reading, message_bytes,
+                      parse_window, quality_floor)
 
 
 @app.command(epilog=examples(
@@ -69,6 +69,7 @@ def embed(
     recipient: RecipientOption = None,
     workers: Annotated[int, typer.Option(
         "--workers", min=1, max=256, rich_help_panel=BATCH, help="Worker processes for a folder.")] = 1,
+    threads: ThreadsOption = None,
     engine: EngineOption = Engine.local,
     scheduler: SchedulerOption = None,
     shard_spec: Annotated[Optional[str], typer.Option(
@@ -124,12 +125,12 @@ def embed(
         with folder_batch(folders[0], target, overwrite=overwrite, max_pixels=max_pixels, part=part) as batch:
             audit_log = AuditLog(audit or default_audit_path(target, True))
             audit_log.check_writable()
-            run.mark(batch, audit_log, workers, engine=engine, scheduler=scheduler, key_file=key_file)
+            run.mark(batch, audit_log, workers, engine=engine, scheduler=scheduler, key_file=key_file, threads=threads)
         return
     batch = plan_files(sources, output, overwrite, max_pixels)
     audit_log = AuditLog(audit or default_audit_path(batch.jobs[0][1] if batch.jobs else sources[0], False))
     audit_log.check_writable()
-    run.mark(batch, audit_log, workers)
+    run.mark(batch, audit_log, workers, threads=threads)
 
 
 def _folder_output(folder: Path) -> Path:
@@ -188,10 +189,11 @@ class _Run:
         self.json_output, self.single = json_output, single
 
     def mark(self, batch, audit_log, workers: int, *, engine: Engine = Engine.local, scheduler: str | None = None,
-             key_file: Path | None = None) -> None:
+             key_file: Path | None = None, threads: int | None = None) -> None:
         from ..io.isolation import IsolatedReader
         from ..marking.batch import Written, audit_line, recover_unaudited
         from ..marking.files import FileOutcome, embed_files
+        from ..marking.threads import default_threads
 
         if self.single and batch.existing:
             raise BadInputError(f"{batch.existing[0][1]}: already exists (use --overwrite to replace it)")
@@ -217,7 +219,7 @@ class _Run:
                                                   stop_requested=stop.requested, key_file=key_file)
             else:
                 outcomes = embed_files(batch.jobs, self.settings, self.loaded, self.codec, workers,
-                                       stop_requested=stop.requested)
+                                       stop_requested=stop.requested, threads=default_threads(len(batch.jobs), threads))
             for outcome in outcomes:
                 if outcome.result is not None:
                     results.append(outcome.result)
@@ -330,6 +332,7 @@ def extract(
     workers: Annotated[int, typer.Option(
         "--workers", min=1, max=256, rich_help_panel=BATCH,
         help="With --engine dask and no --scheduler: LocalCluster worker processes.")] = 2,
+    threads: ThreadsOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Read the hidden message.
@@ -337,9 +340,9 @@ def extract(
     Exit 0: a valid, authenticated payload in every file (the message on stdout); 1: no valid
     watermark (never a garbled message); 2: bad input."""
     from ..io.discovery import collect_image_files
-    from ..io.isolation import IsolatedReader
     from ..keys import key_kind
     from ..marking.files import read_mark
+    from ..marking.threads import ReaderPerThread, default_threads, in_threads
     from ..marking.image import codec_for, legacy_codec_for, older_readers
 
     check_engine(engine, scheduler)
@@ -366,13 +369,15 @@ def extract(
         if stop.requested():
             raise KeyboardInterrupt
     else:
-        with IsolatedReader(max_pixels) as reader:  # its interpreter starts while the model loads
+        threads = default_threads(len(files), threads)
+        with ReaderPerThread(max_pixels).prestart(threads) as readers:  # decoders start while the model loads
             loaded = open_model(model, device.value)
             codec = codec_for(loaded, secret)
             legacy = legacy_codec_for(loaded, secret)
             older = older_readers(loaded, secret)
-            for path in files:
-                reading = read_mark(path, reader.read, loaded, codec, legacy, accept_format_1, older)
+            for reading in in_threads(lambda path: read_mark(path, readers.read, loaded, codec, legacy,
+                                                             accept_format_1, older),
+                                      files, threads):
                 outcomes[_report_mark(reading, kind, json_output, single, hints)] += 1
     missing, bad = outcomes["missing"], outcomes["bad"]
     if bad:

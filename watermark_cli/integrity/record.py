@@ -181,33 +181,46 @@ _ESCAPE = -128
 
 
 def _compress_difference(difference: np.ndarray) -> tuple[str, bytes]:
-    """xz at its default preset: on marked CT, MR, CR, NM and US it gave records 1.5-3x smaller
-    than zlib (the mark's pattern repeats, which LZMA's long window finds), and the extreme
-    presets gained 4 % for twice the time; zstd at level 9 is 15 times faster but 15 % larger.
-    A wide difference whose values nearly all fit a byte goes as bytes and escapes
-    ('xz-escapes': each byte, −128 where the value did not fit; then the gaps between those
-    positions, uint32; then their values, int32; one xz stream): half the data for xz, so about
-    a third less time, and 10-12 % smaller on a 512² CT and a 1024² MR."""
+    """zstd at level 6 ('zstd'). A wide difference whose values nearly all fit a byte goes as
+    bytes and escapes ('zstd-escapes': each byte, −128 where the value did not fit; then the
+    gaps between those positions, uint32; then their values, int32; one stream): half the data
+    to compress, and 10-12 % smaller on a 512² CT and a 1024² MR.
+
+    Why zstd (issue 30): records used to be xz at its default preset, which cost 40-100 ms of a
+    512² embed's ~350 ms and 3.4 s of a 1955×1841 CR's. zstd 6 takes 1-5 % of that time (4 ms
+    on the CT, 80 ms on the CR) for records 5-10 % larger (CT 168 KiB against 156 KiB, CR 3.2
+    MiB against 3.0 MiB; `benchmarks/restoration_record.py`); xz's edge is its context-coded
+    literals, which no faster general compressor matches on this near-random difference, and
+    zstd's higher levels buy 1-2 % for 4-10 times the time. Records written as 'xz' and
+    'xz-escapes' are still read."""
+    import zstandard
+
     values = difference.ravel()
     wide = np.abs(values.astype(np.int64)) > 127
+    compress = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress
     if difference.dtype.itemsize > 1 and np.count_nonzero(wide) * _ESCAPES_AT_MOST <= values.size:
         positions = np.flatnonzero(wide)
         packed = (np.where(wide, _ESCAPE, values).astype(np.int8).tobytes()
                   + np.diff(positions, prepend=0).astype("<u4").tobytes() + values[wide].astype("<i4").tobytes())
-        return "xz-escapes", lzma.compress(packed, preset=6)
-    return "xz", lzma.compress(difference.tobytes(), preset=6)
+        return "zstd-escapes", compress(packed)
+    return "zstd", compress(difference.tobytes())
+
+
+_ZSTD_LEVEL = 6
+_CODECS = ("zstd", "zstd-escapes", "xz", "xz-escapes")
 
 
 def _decompress_difference(codec: str, data: bytes, dtype: str, shape) -> np.ndarray:
     """The array back; a record whose data do not decompress to exactly its declared shape is damaged
     (and is never decompressed beyond that size: a forged record cannot exhaust memory)."""
     count = int(np.prod(shape))
-    if codec == "xz":
-        raw = _bounded_xz(data, count * np.dtype(dtype).itemsize)
-        return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape)
-    if codec != "xz-escapes":
+    if codec not in _CODECS:
         raise BadInputError(f"restoration record: unknown difference codec {codec!r}")
-    raw = _bounded_xz(data, count + 8 * (count // _ESCAPES_AT_MOST), exact=False)
+    compressor = codec.split("-")[0]
+    if not codec.endswith("-escapes"):
+        raw = _bounded(compressor, data, count * np.dtype(dtype).itemsize)
+        return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape)
+    raw = _bounded(compressor, data, count + 8 * (count // _ESCAPES_AT_MOST), exact=False)
     escapes, remainder = divmod(len(raw) - count, 8)
     if len(raw) < count or remainder:
         raise RecordNotAuthenticError("the restoration record is damaged (its data do not match its shape)")
@@ -221,12 +234,20 @@ def _decompress_difference(codec: str, data: bytes, dtype: str, shape) -> np.nda
     return values.reshape(shape)
 
 
-def _bounded_xz(data: bytes, size: int, exact: bool = True) -> bytes:
-    """xz data decompressed to at most `size` bytes (exactly `size` when `exact`), else the
-    record is damaged."""
+def _bounded(compressor: str, data: bytes, size: int, exact: bool = True) -> bytes:
+    """`data` ('xz' or 'zstd') decompressed to at most `size` bytes (exactly `size` when
+    `exact`), else the record is damaged."""
+    import io
+
+    import zstandard
+
     try:
-        raw = lzma.LZMADecompressor().decompress(data, max_length=size + 1)
-    except lzma.LZMAError:
+        if compressor == "xz":
+            raw = lzma.LZMADecompressor().decompress(data, max_length=size + 1)
+        else:
+            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as stream:
+                raw = stream.read(size + 1)
+    except (lzma.LZMAError, zstandard.ZstdError):
         raw = b""
     if len(raw) > size or (exact and len(raw) != size):
         raise RecordNotAuthenticError("the restoration record is damaged (its data do not match its shape)")
@@ -251,6 +272,7 @@ def seal(original: np.ndarray, marked: np.ndarray, key: str | bytes | None, *, o
     tags = block_tags(marked, _derive(material, salt, _BLOCK_TAG_LABEL))
     sections = {"difference": packed, "block_tags": tags, "original_elements": original_elements}
     if high_bits is not None:
+        # Rare (bits above BitsStored that hold something) and mostly zeros: xz, as always.
         sections["high_bits"] = lzma.compress(np.ascontiguousarray(high_bits, dtype="<u2").tobytes(), preset=6)
     if binding is not None:
         sections["binding"] = pack_binding(binding)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import struct
+import threading
 from collections.abc import Sequence as SequenceABC
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -242,12 +243,17 @@ def _codestream_size(head: bytes) -> tuple[int, int] | None:
     return y_size - y_offset, x_size - x_offset
 
 
+_WARNINGS_CAUGHT = threading.Lock()
+
+
 def _decode_dicom_pixels(path: Path, ds: Any, pixel_array: Callable[[Any], np.ndarray]) -> np.ndarray:
     """pydicom's decode, with the warnings that mean garbage values (see _GARBAGE_WARNINGS) made
     errors."""
     import warnings
 
-    with warnings.catch_warnings(record=True) as caught:
+    # The warning filters are the process's: two threads that each catch them would take each
+    # other's warnings, or restore the wrong filters (`marking.threads` reads files on several).
+    with _WARNINGS_CAUGHT, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             decoded = pixel_array(ds)

@@ -35,6 +35,7 @@ from ..model.store import load_model
 from ..quality import QualityFloor, frame_meters, image_quality, meets_floor
 from .image import codec_for, embed_pixels, extract_payload, read_any_mark
 from .marked_binding import binding_as_written, check_written_binding, new_instance_uid
+from .threads import ReaderPerThread, in_threads
 
 
 @dataclass(frozen=True)
@@ -395,18 +396,18 @@ def _work(job: tuple[Path, Path]) -> FileOutcome:
 
 
 def embed_files(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, codec,
-                workers: int = 1, stop_requested: Callable[[], bool] = lambda: False) -> Iterator[FileOutcome]:
-    """Mark every (source, destination) job; yield outcomes as they complete.
+                workers: int = 1, stop_requested: Callable[[], bool] = lambda: False,
+                threads: int = 1) -> Iterator[FileOutcome]:
+    """Mark every (source, destination) job; yield outcomes as they complete (in the jobs' order
+    on `threads` threads of this process, as they complete across `workers` processes).
 
     Once `stop_requested()` is true, no new file is started; files already being marked are
     finished and yielded, so that every written file is also reported (and audited). Inputs are
-    decoded in an `IsolatedReader` (one per worker), so a decoder that crashes fails one file."""
+    decoded in an `IsolatedReader` (one per worker or thread), so a decoder that crashes fails one file."""
     if workers <= 1 or len(jobs) <= 1:
-        with IsolatedReader(settings.max_pixels) as reader:
-            for source, destination in jobs:
-                if stop_requested():
-                    return
-                yield _run_one(source, destination, settings, loaded, codec, reader.read)
+        with ReaderPerThread(settings.max_pixels).prestart(threads) as readers:
+            yield from in_threads(lambda job: _run_one(job[0], job[1], settings, loaded, codec, readers.read),
+                                  jobs, threads, stop_requested)
         return
 
     # A worker that dies (the kernel's out-of-memory killer, a crash outside decoding) breaks

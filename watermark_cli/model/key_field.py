@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 
 import numpy as np
 
@@ -53,11 +54,43 @@ def _white_rows(seed: bytes, first_row: int, rows: int, cols: int) -> np.ndarray
 
 
 def key_field(seed: bytes, rows: int, cols: int, sigma: float, top: int = 0, left: int = 0) -> np.ndarray:
-    """The field over canvas rows [top, top + rows) and cols [left, left + cols), float32.
+    """The field over canvas rows [top, top + rows) and cols [left, left + cols), float32
+    (read-only).
 
     The same pixel has the same value whatever region is asked for: the white noise is drawn
     from row `top − radius` on (rows above 0 are mirrored, as the smoothing's edge), and the
-    smoothing only reaches `radius` px."""
+    smoothing only reaches `radius` px. So a region is cut from a canvas drawn once per key
+    (`_CANVASES`): a read asks for the field at a dozen offsets and scales, a batch for every file."""
+    bottom, right = top + rows, left + cols
+    if bottom * right > _CANVAS_MOST_PIXELS:
+        field = _drawn_field(seed, rows, cols, sigma, top, left)
+        field.flags.writeable = False
+        return field
+    with _CANVAS_LOCK:
+        key = (bytes(seed), float(sigma))
+        canvas = _CANVASES.pop(key, None)
+        if canvas is None or canvas.shape[0] < bottom or canvas.shape[1] < right:
+            size = [max(-(-needed // _CANVAS_STEP) * _CANVAS_STEP, have)
+                    for needed, have in zip((bottom, right), canvas.shape if canvas is not None else (0, 0))]
+            canvas = _drawn_field(seed, size[0], size[1], sigma)
+            canvas.flags.writeable = False
+        _CANVASES[key] = canvas  # the most recently used last
+        while len(_CANVASES) > _CANVASES_KEPT:
+            _CANVASES.pop(next(iter(_CANVASES)))
+    return canvas[top:bottom, left:right]
+
+
+# Canvases are drawn in steps of this many px a side, for a few keys, and up to this size (a
+# 4096² canvas is 64 MiB); a larger region is drawn on its own.
+_CANVAS_STEP = 256
+_CANVASES_KEPT = 4
+_CANVAS_MOST_PIXELS = 4096 * 4096
+_CANVASES: dict[tuple[bytes, float], np.ndarray] = {}
+_CANVAS_LOCK = threading.Lock()
+
+
+def _drawn_field(seed: bytes, rows: int, cols: int, sigma: float, top: int = 0, left: int = 0) -> np.ndarray:
+    """`key_field`'s region drawn from the key's white noise (see there)."""
     from scipy.ndimage import convolve1d
 
     kernel = smoothing_kernel(sigma)

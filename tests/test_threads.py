@@ -1,0 +1,82 @@
+"""Files of a batch marked and read on several threads: the same files, values and answers as on
+one, in the files' order; a bad file still fails alone."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import fixed_key
+from watermark_cli.data.clinical import clinical_file
+from watermark_cli.io.image import read_image
+from watermark_cli.marking.files import EmbedSettings, embed_files, read_mark
+from watermark_cli.marking.image import codec_for
+from watermark_cli.marking.threads import ReaderPerThread, default_threads, in_threads
+from watermark_cli.model.store import load_model
+from watermark_cli.quality import QualityFloor
+
+KEY = fixed_key("threads")
+
+
+def test_results_come_back_in_order_and_a_stop_starts_nothing_new():
+    started = []
+
+    def slow_first(item: int) -> int:
+        started.append(item)
+        time.sleep(0.2 if item == 0 else 0.0)  # the first finishes last
+        return item * item
+
+    assert list(in_threads(slow_first, range(7), 3)) == [i * i for i in range(7)]
+    names = set()
+    assert list(in_threads(lambda i: names.add(threading.current_thread().name) or time.sleep(0.05) or i, range(6),
+                           2)) == list(range(6))
+    assert len(names) == 2 and all(name.startswith("wm-file") for name in names)
+
+    started.clear()
+    stop = threading.Event()
+    results = []
+    for result in in_threads(slow_first, range(20), 2, stop_requested=stop.is_set):
+        results.append(result)
+        stop.set()
+    # What had started is finished and reported; nothing after the stop was started.
+    assert results == [i * i for i in sorted(started)] and len(started) <= 2 * 2 + 1
+    assert default_threads(1) == 1 and default_threads(10, 3) == 3 and default_threads(2, 8) == 2
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    loaded = load_model(None)
+    return loaded, codec_for(loaded, KEY)
+
+
+def test_two_threads_mark_and_read_what_one_does(tmp_path, shipped):
+    loaded, codec = shipped
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("693_UNCR.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm", "JPEG2000_UNC.dcm"):
+        shutil.copy(clinical_file(name), folder / name)
+    (folder / "broken.dcm").write_bytes(b"DICM, or so it says")
+    sources = sorted(folder.iterdir())
+    settings = EmbedSettings(b"T-42", QualityFloor(40.0), key=KEY)
+    values = {}
+    for threads in (1, 2):
+        jobs = [(source, tmp_path / f"out{threads}" / source.name) for source in sources]
+        (tmp_path / f"out{threads}").mkdir()
+        outcomes = list(embed_files(jobs, settings, loaded, codec, threads=threads))
+        assert [outcome.source for outcome in outcomes] == sources  # in the files' order
+        assert [outcome.result is None for outcome in outcomes] == [source.name == "broken.dcm" for source in sources]
+        assert "broken.dcm" in outcomes[-1].error
+        values[threads] = [read_image(job[1]).pixels for job in jobs[:-1]]
+    assert all(np.array_equal(a, b) for a, b in zip(values[1], values[2]))
+
+    marked = sorted((tmp_path / "out2").glob("*.dcm")) + sources[:-1]  # three marked, three not
+    with ReaderPerThread() as readers:
+        readings = list(in_threads(lambda path: read_mark(path, readers.read, loaded, codec, None, False),
+                                   marked, 2))
+    assert [reading.source for reading in readings] == marked
+    assert [reading.decoded.found for reading in readings] == [True] * 3 + [False] * 3
+    assert {reading.decoded.message for reading in readings[:3]} == {b"T-42"}
