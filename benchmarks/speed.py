@@ -16,6 +16,10 @@ extract on the marked values, and on the unmarked original, where every search i
 and on marked copies, each on a folder of 1 and of N copies of the CT with a generated key:
 (T(N) − T(1)) / (N − 1), so start-up and model loading cancel out. Goal (issue 30): at most
 100 ms each on 2 cores. Measure on an idle machine.
+
+**Other files** (`--others`): the unmarked read of each held-out pydicom-data file, in process,
+one thread (median of --repeats): how much an unmarked read costs depends on the image (a
+frame whose public pilot looks strong by chance is tried at seven scales with the key).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import numpy as np
 import torch
 
 from watermark_cli.allocation import spread_over_views
-from watermark_cli.data.clinical import clinical_file
+from watermark_cli.data.clinical import clinical_file, clinical_files
 from watermark_cli.guard import guard_image
 from watermark_cli.io.image import read_image
 from watermark_cli.keys import generated_key_text
@@ -128,6 +132,21 @@ def marginal(source: Path, count: int, folder: Path) -> dict[str, float]:
     return figures
 
 
+def other_files(model, codec, repeats: int) -> dict[str, tuple[str, int]]:
+    """Median ms of an unmarked read of each held-out file, on one torch thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        figures = {}
+        for _, path in clinical_files("held_out"):
+            image = read_image(path)
+            size = "×".join(map(str, image.pixels.shape[1:])) + (f" ×{image.n_frames}" if image.n_frames > 1 else "")
+            figures[path.name] = (size, round(timed(lambda: extract_payload(model, codec, image), repeats)))
+        return figures
+    finally:
+        torch.set_num_threads(threads)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
@@ -137,6 +156,8 @@ def main() -> None:
                         help="copies for the whole-run figures (0: skip them)")
     parser.add_argument("--write-card", action="store_true",
                         help="store the figures in the model's card.yaml (measure on an idle machine)")
+    parser.add_argument("--others", action="store_true",
+                        help="also time the unmarked read of every held-out file (one thread, in process)")
     args = parser.parse_args()
 
     model = load_model(args.model)
@@ -159,6 +180,11 @@ def main() -> None:
             print(f"| whole run, one more copy (N = {args.marginal}) | ms (goal ≤ 100) |\n|---|---:|")
             for name, ms in figures["marginal_ms"].items():
                 print(f"| wm {name.replace('_', ' ')} | {ms} |")
+    if args.others:
+        figures["unmarked_reads_ms"] = other_files(model, codec, args.repeats)
+        print("| held-out file, unmarked (one thread, in process) | size | median ms |\n|---|---|---:|")
+        for name, (size, ms) in figures["unmarked_reads_ms"].items():
+            print(f"| {name} | {size} | {ms} |")
     if args.write_card:
         card = dict(model.card)
         card.setdefault("figures", {})["speed"] = {

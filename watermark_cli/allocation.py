@@ -33,17 +33,19 @@ _LARGEST_RATIO = 64.0
 
 
 def sensitivities(meter: FrameMeter, original: np.ndarray, reach: np.ndarray | float) -> np.ndarray:
-    """(views, rows, cols): each binding view's change of display per stored unit at each pixel,
-    the larger of the two one-sided slopes over ±`reach` stored units."""
+    """(views, *original.shape): each binding view's change of display per stored unit at each
+    pixel, the larger of the two one-sided slopes over ±`reach` stored units."""
     values = original.astype(np.float64)
     reach = np.maximum(reach, 0.5)
-    slopes = []
-    for view in meter.binding:
+    above, below = values + reach, values - reach
+    slopes = np.empty((len(meter.binding), *original.shape))
+    for view, slope in zip(meter.binding, slopes):
         here = view.display(values)
-        up = np.abs(view.display(values + reach) - here)
-        down = np.abs(view.display(values - reach) - here)
-        slopes.append(np.maximum(up, down) / reach)
-    return np.stack(slopes)
+        up, down = view.display(above), view.display(below)  # new arrays: worked in
+        np.abs(np.subtract(up, here, out=up), out=up)
+        np.abs(np.subtract(down, here, out=down), out=down)
+        np.divide(np.maximum(up, down, out=up), reach, out=slope)
+    return slopes
 
 
 def spread_over_views(residual: np.ndarray, original: np.ndarray, meter: FrameMeter, psnr_min: float) -> np.ndarray:
@@ -52,23 +54,31 @@ def spread_over_views(residual: np.ndarray, original: np.ndarray, meter: FrameMe
     if len(meter.binding) < 2 or not residual.size or not np.any(residual):
         return residual
     rms = 10.0 ** (-psnr_min / 20.0)  # the RMS change the floor allows, in display units
-    first = sensitivities(meter, original, 1.0).max(axis=0)
+    # A pixel's slopes depend on its stored value alone: found once per value where the frame
+    # has fewer values than pixels, then looked up (bit for bit what each pixel would give).
+    values, where = _stored_values(original)
+    first = sensitivities(meter, values, 1.0).max(axis=0)
     reach = _REACH_IN_RMS * rms / np.maximum(first, 1e-12)
-    slopes = sensitivities(meter, original, reach)
-    tightest = slopes.max(axis=0)
+    slopes = sensitivities(meter, values, reach)
+    tightest, region = slopes.max(axis=0), slopes.argmax(axis=0)
+    if where is not None:
+        slopes, tightest, region = slopes.take(where, axis=1), tightest.take(where), region.take(where)
     floor_slope = float(tightest.max()) / _LARGEST_RATIO
     tightest = np.maximum(tightest, floor_slope)
-    region = slopes.argmax(axis=0)
 
     # error[v, k]: view v's mean squared display error from region k's pixels at unit region gain.
     shaped = residual / tightest
     n_views = len(meter.binding)
     error = np.zeros((n_views, n_views))
+    # Each region's terms summed in raster order, as `np.sum(terms[v][region == k])` would: the
+    # pixels are picked by their flat indices, found once per region for every view. (The slopes
+    # are this function's own array, needed no more: the terms are worked out in it.)
+    terms = np.square(np.multiply(slopes, shaped, out=slopes), out=slopes).reshape(n_views, -1)
+    flat_region = region.ravel()
     for k in range(n_views):
-        inside = region == k
-        if inside.any():
-            error[:, k] = [float(np.sum((slopes[v][inside] * shaped[inside]) ** 2)) / residual.size
-                           for v in range(n_views)]
+        inside = np.flatnonzero(flat_region == k)
+        if inside.size:
+            error[:, k] = [float(np.sum(row.take(inside))) / residual.size for row in terms]
     budget = rms * rms
     gains = np.zeros(n_views)
     for v in np.argsort([view.stored_span for view in meter.binding]):  # narrowest first
@@ -81,3 +91,14 @@ def spread_over_views(residual: np.ndarray, original: np.ndarray, meter: FrameMe
     worst = float(np.max(totals / budget)) if np.any(totals > 0) else 1.0
     gains /= np.sqrt(max(worst, 1e-12))
     return shaped * gains[region]
+
+
+def _stored_values(original: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every integer from `original`'s least value to its greatest, and each pixel's place among
+    them, where it holds integers of up to 4 bytes (floats hold them exactly) spanning fewer
+    values than it has pixels; else `original` itself and None."""
+    if original.dtype.kind in "iu" and original.dtype.itemsize <= 4 and original.size:
+        least, greatest = int(original.min()), int(original.max())
+        if greatest - least < original.size:
+            return np.arange(least, greatest + 1, dtype=np.int64), original.astype(np.intp) - least
+    return original, None

@@ -39,8 +39,13 @@ class GuardedFrame:
 
 def quantise(original: np.ndarray, residual: np.ndarray, scale: float, stored_min: int, stored_max: int) -> np.ndarray:
     """Stored values that a file would hold: original + scale * residual, rounded and clipped."""
-    marked = np.rint(original.astype(np.float64) + scale * residual.astype(np.float64))
-    marked = np.clip(marked, stored_min, stored_max)
+    # Worked in one new array (the guard quantises several times a frame); float addition and
+    # multiplication commute, so these are the values of the expression above, bit for bit.
+    marked = residual.astype(np.float64)
+    marked *= scale
+    marked += original
+    np.rint(marked, out=marked)
+    np.clip(marked, stored_min, stored_max, out=marked)
     return marked.astype(original.dtype)
 
 

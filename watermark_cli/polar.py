@@ -23,6 +23,8 @@ decision goes against its belief λ). All L paths are processed together as one 
 from __future__ import annotations
 
 import functools
+import math
+import operator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +33,7 @@ import numpy as np
 def _bhattacharyya(z: np.ndarray) -> np.ndarray:
     """The Bhattacharyya parameter of each u position, from those of the code bits (`z`).
 
-    Follows the decoder's recursion (see `_decode_node`): the left half of a node sees the two
+    Follows the decoder's recursion (see `_ListDecoder`): the left half of a node sees the two
     halves combined by f, a worse channel (z_a + z_b − z_a·z_b), the right half sees them
     combined by g, a better one (z_a·z_b)."""
     if len(z) == 1:
@@ -81,10 +83,17 @@ class PolarCode:
         llr = np.asarray(llr, dtype=np.float64)
         if llr.shape != (self.n,):
             raise ValueError(f"expected {self.n} log-likelihood ratios, got {llr.shape}")
-        paths = _Paths(list_size, self.n)
-        _decode_node(llr[None].copy(), _tree(self.frozen.tobytes()), paths)
-        order = np.argsort(paths.metric, kind="stable")
-        return paths.u[order][:, self.info], paths.metric[order]
+        if list_size < 1:
+            raise ValueError(f"a list decoder keeps at least one path, not {list_size}")
+        decoder = _ListDecoder(llr, list_size)
+        with np.errstate(over="ignore"):  # f's a·b may overflow for absurd LLRs: only its sign counts
+            decoder.decode(_tree(self.frozen.tobytes()), llr[None])
+        # Each path's u bits follow from its codeword (u = x·G, G its own inverse): recovered once
+        # here rather than kept for every path at every node as they are decided.
+        u = _transform((decoder.codewords < 0).astype(np.uint8))
+        metric = np.array(decoder.metric)
+        order = np.argsort(metric, kind="stable")
+        return u[order][:, self.info], metric[order]
 
 
 def _transform(u: np.ndarray) -> np.ndarray:
@@ -126,79 +135,143 @@ def _tree(frozen_bytes: bytes) -> _Node:
     return _Node("inner", len(frozen), _tree(frozen[:half].tobytes()), _tree(frozen[half:].tobytes()))
 
 
-class _Paths:
-    """The surviving decoding paths: their u bits so far (rows) and their metrics."""
+class _ListDecoder:
+    """Successive-cancellation list decoding of one received word, one node of the tree at a time.
 
-    def __init__(self, list_size: int, n: int) -> None:
+    All surviving paths are processed together: a node's beliefs are one numpy array, a row per
+    path. Each path's code bits, as they are decided, are kept as signs in `codewords` (+1 for a 0,
+    −1 for a 1: the factor (1 − 2x) of g, and x_L ⊕ x_R is then a product); a node combines its
+    halves there in place, so a path's row holds the code bits of every subtree decided so far.
+    A node returns its `parents`: for each surviving path, the row of the node's incoming beliefs
+    it continues (None: each row continues itself, as nothing was chosen).
+
+    The path metrics and the choice of survivors are plain Python floats and lists: with at most
+    2·list_size candidates per choice, numpy's cost per call would dominate (this decoder runs
+    some twenty times per image read). Python floats are the same IEEE doubles, added in the same
+    order, and candidates are listed as the paths were, then the forks of each, and sorted stably
+    by metric: numpy's stable argsort of the concatenated metrics, the list decoder's rule, so
+    ties are broken the same way too.
+    """
+
+    def __init__(self, llr: np.ndarray, list_size: int) -> None:
+        n = len(llr)
         self.list_size = list_size
-        self.metric = np.zeros(1)
-        self.u = np.zeros((1, n), dtype=np.uint8)
-        self.position = 0  # u bits decided so far
+        self.metric = [0.0]  # one path before anything is decided; lower = more likely
+        self.codewords = np.ones((1, n))  # +1 (a 0) where nothing is decided yet, frozen bits too
+        self.position = 0  # code bits decided so far
+        # A NaN metric (from a NaN LLR, or from infinities meeting in g) must sort last, as numpy
+        # sorts it, which Python's `<` alone does not do. Below this bound nothing overflows (a
+        # belief is at most n times the largest LLR, a metric a sum of at most n beliefs), so no
+        # metric can be NaN and the plain key serves.
+        self.by_metric = _first if np.abs(llr).max() < 1e300 / n**2 else _first_nan_last
 
-    def keep(self, parents: np.ndarray, metric: np.ndarray, segment: np.ndarray) -> None:
-        """The paths that survive, each from its parent, with the next u bits decided."""
-        self.u = self.u[parents]
-        self.u[:, self.position : self.position + segment.shape[1]] = segment
-        self.position += segment.shape[1]
-        self.metric = metric
+    def decode(self, node: _Node, beliefs: np.ndarray) -> np.ndarray | None:
+        """Decode the subtree `node` whose code bits have `beliefs` (paths × size); returns the
+        parents of the surviving paths."""
+        if node.kind == "inner":
+            return self._inner(node, beliefs)
+        if node.kind == "frozen":
+            return self._frozen(beliefs)
+        if node.kind == "repetition":
+            return self._repetition(beliefs)
+        return self._free(beliefs)
+
+    def _keep(self, paths: list[tuple]) -> np.ndarray | None:
+        """The survivors: `paths` sorted as (metric, parent, ...). Returns their parents (None if
+        every path survived, in its place: then nothing needs reordering)."""
+        self.metric = [path[0] for path in paths]
+        rows = [path[1] for path in paths]
+        if rows == list(range(len(self.codewords))):
+            return None
+        parents = np.array(rows)
+        self.codewords = self.codewords.take(parents, axis=0)
+        return parents
+
+    def _decided(self, signs: np.ndarray, size: int) -> None:
+        """The next `size` code bits of each path are `signs` (broadcast)."""
+        self.codewords[:, self.position:self.position + size] = signs
+        self.position += size
+
+    def _inner(self, node: _Node, beliefs: np.ndarray) -> np.ndarray | None:
+        start, half = self.position, node.size // 2
+        # The left half's beliefs: f(a, b) = sign(a)·sign(b)·min(|a|, |b|), the sign taken from
+        # a·b (the sign of a zero changes nothing downstream).
+        a, b = beliefs[:, :half], beliefs[:, half:]
+        magnitude = np.abs(beliefs)
+        left = np.copysign(np.minimum(magnitude[:, :half], magnitude[:, half:]), a * b)
+        left_parents = self.decode(node.left, left)
+        if left_parents is not None:
+            beliefs = beliefs.take(left_parents, axis=0)
+            a, b = beliefs[:, :half], beliefs[:, half:]
+        # The right half's: g(a, b, x) = b + (1 − 2x)·a, x the left half's code bits (0 if frozen).
+        right = b + a if node.left.kind == "frozen" else b + self.codewords[:, start:start + half] * a
+        right_parents = self.decode(node.right, right)
+        if node.right.kind != "frozen":  # the node's code bits: [x_L ⊕ x_R, x_R]
+            self.codewords[:, start:start + half] *= self.codewords[:, start + half:start + node.size]
+        if left_parents is None or right_parents is None:
+            return right_parents if left_parents is None else left_parents
+        return left_parents.take(right_parents)
+
+    def _frozen(self, beliefs: np.ndarray) -> None:
+        """Every bit is 0, nothing to choose: each path pays |λ| for every λ < 0. fmin(λ, 0) is
+        −|λ| there and 0 elsewhere (a NaN too, which `λ < 0` does not count), so its row sums are
+        minus the costs, exactly (rounding is symmetric), summed in the same order."""
+        against = np.fmin(beliefs, 0.0).sum(axis=1).tolist()
+        self.metric = [metric - cost for metric, cost in zip(self.metric, against)]
+        self.position += beliefs.shape[1]
+        return None
+
+    def _repetition(self, beliefs: np.ndarray) -> np.ndarray | None:
+        """The code bits are all 0 or all 1: each path forks in two. All 1 costs |λ| for every
+        λ that is not < 0, which is maximum(λ, 0) (NaN included, as it counts)."""
+        against_0 = np.fmin(beliefs, 0.0).sum(axis=1).tolist()  # minus the costs, see _frozen
+        against_1 = np.maximum(beliefs, 0.0).sum(axis=1).tolist()
+        paths = [(metric - cost, row, 1.0) for row, (metric, cost) in enumerate(zip(self.metric, against_0))]
+        paths += [(metric + cost, row, -1.0) for row, (metric, cost) in enumerate(zip(self.metric, against_1))]
+        paths.sort(key=self.by_metric)
+        del paths[self.list_size:]
+        parents = self._keep(paths)
+        self._decided(np.array([[sign] for _, _, sign in paths]), beliefs.shape[1])
+        return parents
+
+    def _free(self, beliefs: np.ndarray) -> np.ndarray | None:
+        """A subtree of information bits only: any code bits are a codeword, the likeliest are the
+        hard decisions, and the list only needs each path's choices on its list_size − 1 least
+        reliable bits (Hashemi et al., fast simplified SC list decoding): fork on them in turn."""
+        size = beliefs.shape[1]
+        signs = np.where(beliefs < 0, -1.0, 1.0)  # the hard decisions (NaN and −0 read as 0)
+        steps = min(self.list_size - 1, size)
+        reliability = np.abs(beliefs)
+        # Per step, per incoming row: what flipping its next least reliable bit costs.
+        cost = np.sort(reliability, axis=1)[:, :steps].T.tolist()
+        # Each path: (metric, the incoming row it continues, the steps at which it flipped).
+        paths = [(metric, row, ()) for row, metric in enumerate(self.metric)]
+        key = self.by_metric
+        for step, step_cost in enumerate(cost):
+            forks = [(metric + step_cost[row], row, flipped + (step,)) for metric, row, flipped in paths]
+            if step and len(paths) == self.list_size and key(min(forks, key=key)) >= key(paths[-1]):
+                # The list is full and sorted, and no fork would enter it (a tie goes to the
+                # path already there); nor at a later step, as each row's costs only grow.
+                break
+            paths += forks
+            paths.sort(key=key)
+            del paths[self.list_size:]
+        parents = self._keep(paths)
+        self._decided(signs if parents is None else signs.take(parents, axis=0), size)
+        flipped_paths = [path for path, (_, _, flipped) in enumerate(paths) for _ in flipped]
+        if flipped_paths:
+            # The bits flipped: the rows' least reliable, in the order the costs were sorted in
+            # (a stable argsort: the same values in the same order, NaN last).
+            weakest = np.argsort(reliability, axis=1, kind="stable")[:, :steps].tolist()
+            start = self.position - size
+            columns = [start + weakest[row][step] for _, row, flipped in paths for step in flipped]
+            self.codewords[flipped_paths, columns] *= -1.0
+        return parents
 
 
-def _against(beliefs: np.ndarray, bits) -> np.ndarray:
-    """The path-metric cost of deciding `bits` (0/1, broadcast) against `beliefs`: |λ| where
-    the decision goes against the sign of λ."""
-    return np.where((beliefs < 0) != np.asarray(bits, dtype=bool), np.abs(beliefs), 0.0)
+_first = operator.itemgetter(0)
 
 
-def _decode_node(beliefs: np.ndarray, node: _Node, paths: _Paths) -> tuple[np.ndarray, np.ndarray]:
-    """Decode the subtree `node` whose code bits have `beliefs` (paths × size). Returns (its
-    code bits per surviving path (paths' × size), each surviving path's parent among the
-    incoming paths); the decided u bits go to `paths`."""
-    count, size = beliefs.shape
-    if node.kind == "frozen":  # every bit is 0, nothing to choose
-        paths.keep(np.arange(count), paths.metric + _against(beliefs, 0).sum(axis=1),
-                   np.zeros((count, size), dtype=np.uint8))
-        return np.zeros((count, size), dtype=np.uint8), np.arange(count)
-    if node.kind == "free":
-        return _decode_free(beliefs, paths)
-    if node.kind == "repetition":  # the code bits are all 0 or all 1
-        metrics = np.concatenate([paths.metric + _against(beliefs, 0).sum(axis=1),
-                                  paths.metric + _against(beliefs, 1).sum(axis=1)])
-        keep = np.argsort(metrics, kind="stable")[: paths.list_size]
-        parents, bit = keep % count, (keep >= count).astype(np.uint8)
-        segment = np.zeros((len(keep), size), dtype=np.uint8)
-        segment[:, -1] = bit
-        paths.keep(parents, metrics[keep], segment)
-        return np.repeat(bit[:, None], size, axis=1), parents
-    half = size // 2
-    a, b = beliefs[:, :half], beliefs[:, half:]
-    left_beliefs = np.sign(a) * np.sign(b) * np.minimum(np.abs(a), np.abs(b))
-    left_bits, left_parents = _decode_node(left_beliefs, node.left, paths)
-    a, b = a[left_parents], b[left_parents]
-    right_beliefs = b + (1.0 - 2.0 * left_bits) * a
-    right_bits, right_parents = _decode_node(right_beliefs, node.right, paths)
-    left_bits = left_bits[right_parents]
-    return np.concatenate([left_bits ^ right_bits, right_bits], axis=1), left_parents[right_parents]
-
-
-def _decode_free(beliefs: np.ndarray, paths: _Paths) -> tuple[np.ndarray, np.ndarray]:
-    """A subtree of information bits only: any code bits are a codeword, the likeliest are the
-    hard decisions, and the list only needs each path's choices on its list_size − 1 least
-    reliable bits (Hashemi et al., fast simplified SC list decoding): fork on them in turn."""
-    count, size = beliefs.shape
-    hard = (beliefs < 0).astype(np.uint8)
-    reliability = np.abs(beliefs)
-    least_reliable = np.argsort(reliability, axis=1, kind="stable")[:, : min(paths.list_size - 1, size)]
-    ancestors = np.arange(count)
-    metric = paths.metric.copy()
-    flips = np.zeros((count, size), dtype=np.uint8)
-    for step in range(least_reliable.shape[1]):
-        where = least_reliable[ancestors, step]
-        metrics = np.concatenate([metric, metric + reliability[ancestors, where]])
-        keep = np.argsort(metrics, kind="stable")[: paths.list_size]
-        flipped = keep >= len(metric)
-        chosen = keep % len(metric)
-        ancestors, metric, flips = ancestors[chosen], metrics[keep], flips[chosen]
-        flips[np.flatnonzero(flipped), where[chosen][flipped]] ^= 1
-    bits = hard[ancestors] ^ flips
-    paths.keep(ancestors, metric, _transform(bits))
-    return bits, ancestors
+def _first_nan_last(path: tuple) -> tuple[bool, float]:
+    """Sort key of (metric, ...) with NaN metrics after all others, as numpy sorts them."""
+    return math.isnan(path[0]), path[0]

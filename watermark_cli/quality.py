@@ -9,8 +9,9 @@ a reader uses (design §1); the others are still measured and reported.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Iterator, Literal
 
 import numpy as np
 
@@ -36,17 +37,24 @@ def checked_psnr_min(value, name: str = "psnr_min") -> float:
     return float(number)
 
 
-def mean_squared_error(reference: np.ndarray, test: np.ndarray) -> float:
+def mean_squared_error(reference: np.ndarray, test: np.ndarray, *, overwrite_test: bool = False) -> float:
+    """overwrite_test: `test` is the caller's scratch (a display made for this one measure), and
+    the difference may be written over it rather than into a new array."""
     # asarray: displays are float64 already, and the guard measures many (no copies of them).
-    difference = np.asarray(reference, dtype=np.float64) - np.asarray(test, dtype=np.float64)
+    reference, test = np.asarray(reference, dtype=np.float64), np.asarray(test, dtype=np.float64)
+    # Into `test` only where a new array would have had its layout too (C order): the mean then
+    # adds the squares up in the very same order.
+    reuse = overwrite_test and reference.flags.c_contiguous and test.flags.c_contiguous
+    difference = np.subtract(reference, test, out=test if reuse else None)
     return float(np.mean(np.square(difference, out=difference)))
 
 
-def psnr(reference: np.ndarray, test: np.ndarray, peak: float) -> float:
-    """10 log10(peak² / MSE) in dB; +inf for identical images."""
+def psnr(reference: np.ndarray, test: np.ndarray, peak: float, *, overwrite_test: bool = False) -> float:
+    """10 log10(peak² / MSE) in dB; +inf for identical images (`overwrite_test`: see
+    `mean_squared_error`)."""
     if peak <= 0:
         raise ValueError("PSNR peak must be positive")
-    mse = mean_squared_error(reference, test)
+    mse = mean_squared_error(reference, test, overwrite_test=overwrite_test)
     if mse == 0.0:
         return float("inf")
     return float(10.0 * np.log10(peak * peak / mse))
@@ -136,13 +144,70 @@ class FrameQuality:
         return [name for name, value in self.views.items() if not value >= floor.psnr_min]
 
 
+# Tables of displays serve frames of 1- and 2-byte integer types (a 16-bit table: 65536 float64,
+# 512 KiB) whose pixels number at least a quarter of the table's entries: a table costs about what
+# displaying its entries does, and an embed displays each frame in each view more than four times
+# (the budget fill's tries, the check, the written file's re-measurement), so it pays for itself.
+_TABLE_ITEMSIZE = 2
+_TABLE_MIN_PIXELS_PER_ENTRY = 0.25
+# What the tables of one image's meters hold at most (32 tables of 16 bits): enough for every
+# view of a frame being guarded, not one data-range table for each of hundreds of frames.
+_TABLE_BUDGET_BYTES = 16 * 2**20
+
+
+class DisplayTables:
+    """Views' displays of every value of an integer type, one float64 table each (made when
+    first wanted), shared by the meters of one image (`frame_meters`).
+
+    Display is elementwise, so a table that the view's own `display` made over every value of
+    the type gives, looked up, the very values `display` would, bit for bit, for a fraction of
+    the cost (one gather per pixel instead of the modality and VOI arithmetic): the guard
+    measures many candidate frames, all of the original's type, in every view. Views equal
+    across frames (`View.display_key`: the windows, usually) share a table; beyond
+    `budget_bytes` the least recently used tables are dropped (every frame has a data-range view
+    of its own). One image's meters are used by one thread at a time."""
+
+    def __init__(self, budget_bytes: int = _TABLE_BUDGET_BYTES) -> None:
+        self.budget_bytes = budget_bytes
+        self._tables: OrderedDict[tuple, tuple[View, np.ndarray]] = OrderedDict()
+        self._bytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        """What the tables held now take."""
+        return self._bytes
+
+    def table(self, view: View, dtype: np.dtype) -> np.ndarray | None:
+        """`view.display` of every value of `dtype`, from its least; None where the view shares
+        its display with no other (`display_key` None)."""
+        key = view.display_key()
+        if key is None:
+            return None
+        key = (key, dtype.str)
+        held = self._tables.get(key)
+        if held is not None:
+            self._tables.move_to_end(key)
+            return held[1]
+        info = np.iinfo(dtype)
+        table = view.display(np.arange(info.min, info.max + 1, dtype=dtype))
+        # The view is kept beside its table: a key names LUT arrays by identity (see display_key).
+        self._tables[key] = (view, table)
+        self._bytes += table.nbytes
+        while self._bytes > self.budget_bytes and len(self._tables) > 1:
+            _, (_, dropped) = self._tables.popitem(last=False)
+            self._bytes -= dropped.nbytes
+        return table
+
+
 class FrameMeter:
     """Measures candidate frames against one original frame in fixed views.
 
-    The original's display in each view is computed once: the quality guard measures many
-    candidates of the same frame."""
+    The original's display in each view is computed once, and candidates of the original's own
+    integer type are displayed from tables (`DisplayTables`, shared with the other frames'
+    meters where given): the quality guard measures many candidates of the same frame."""
 
-    def __init__(self, original: np.ndarray, binding: list[View], reported: list[View], nominal: View) -> None:
+    def __init__(self, original: np.ndarray, binding: list[View], reported: list[View], nominal: View,
+                 tables: DisplayTables | None = None) -> None:
         if not binding:
             raise ValueError("a frame needs at least one binding view")
         self.original = original
@@ -150,29 +215,55 @@ class FrameMeter:
         names = {view.name for view in binding}
         self.reported = [view for view in reported if view.name not in names]
         self.nominal = nominal
-        self._displays = {id(view): view.display(original) for view in (*binding, *self.reported, nominal)}
+        dtype = original.dtype
+        tabled = (dtype.kind in "iu" and dtype.itemsize <= _TABLE_ITEMSIZE
+                  and original.size >= _TABLE_MIN_PIXELS_PER_ENTRY * 2 ** (8 * dtype.itemsize))
+        self._tables = (tables if tables is not None else DisplayTables()) if tabled else None
+        views = [*binding, *self.reported, nominal]
+        self._displays = {id(view): shown for view, shown in zip(views, self._shown(views, original))}
 
-    def _psnr(self, view: View, test: np.ndarray) -> float:
-        return psnr(self._displays[id(view)], view.display(test), 1.0)
+    def display(self, view: View, stored: np.ndarray) -> np.ndarray:
+        """`view.display(stored)`, bit for bit (see `_shown`)."""
+        return next(self._shown([view], stored))
+
+    def _shown(self, views: list[View], stored: np.ndarray) -> Iterator[np.ndarray]:
+        """`view.display(stored)` for each of `views`, each a new array, bit for bit: looked up
+        in the view's table where `stored` has the original's type and C order (another order
+        gives displays in that order too, and a sum over them, an MSE, might add up otherwise)."""
+        index = None
+        if self._tables is not None and stored.dtype == self.original.dtype and stored.flags.c_contiguous:
+            index = stored.astype(np.intp)  # each value's place in a table: value − the type's least
+            if least := int(np.iinfo(stored.dtype).min):
+                index -= least
+        for view in views:
+            table = self._tables.table(view, stored.dtype) if index is not None else None
+            yield view.display(stored) if table is None else table.take(index)
+
+    def _psnrs(self, views: list[View], test: np.ndarray) -> list[float]:
+        """The PSNR of `test` in each of `views` (this meter's). Each display is made for this
+        measure alone, so the difference is written over it."""
+        return [psnr(self._displays[id(view)], shown, 1.0, overwrite_test=True)
+                for view, shown in zip(views, self._shown(views, test))]
 
     def binding_psnr(self, test: np.ndarray) -> float:
         """The lowest PSNR over the binding views: what the floor is held against."""
-        return min(self._psnr(view, test) for view in self.binding)
+        return min(self._psnrs(self.binding, test))
 
     def measure(self, test: np.ndarray) -> FrameQuality:
-        binding = {view.name: self._psnr(view, test) for view in self.binding}
+        measured = self._psnrs([*self.binding, *self.reported, self.nominal], test)
+        binding = {view.name: value for view, value in zip(self.binding, measured)}
         worst = min(binding, key=lambda name: binding[name])
-        views = {**binding, **{view.name: self._psnr(view, test) for view in self.reported}}
+        views = {**binding, **{view.name: value for view, value in zip(self.reported, measured[len(self.binding):])}}
         difference = np.abs(self.original.astype(np.float64) - test.astype(np.float64))
         error = float(difference.max()) if difference.size else 0.0
         return FrameQuality(psnr=binding[worst], binding_view=worst, views=views,
-                            nominal_psnr=self._psnr(self.nominal, test), max_abs_error=error)
+                            nominal_psnr=measured[-1], max_abs_error=error)
 
     def with_ssim(self, quality: FrameQuality, test: np.ndarray) -> FrameQuality:
         """`quality` (of `test`) with the SSIM in its binding view added (slower: measured once,
         for the frame that is kept)."""
         view = self.view_named(quality.binding_view)
-        return replace(quality, ssim=ssim(self._displays[id(view)], view.display(test), 1.0))
+        return replace(quality, ssim=ssim(self._displays[id(view)], self.display(view, test), 1.0))
 
     def view_named(self, name: str) -> View:
         return next(view for view in (*self.binding, *self.reported) if view.name == name)
@@ -182,6 +273,7 @@ def frame_meters(image, floor: QualityFloor, window: tuple[float, float] | None 
     """One meter per frame of a `MedicalImage`. `window` is the user's `--window` (centre, width
     in modality units): one more view the floor holds in, or, in the window domain, the one."""
     user = (VoiWindow(window[0], window[1], origin="user"),) if window is not None else ()
+    tables = DisplayTables()  # one for all frames: their windows are usually the same
     meters = []
     for index, original in enumerate(image.pixels):
         readers = reader_views(image, index, user)
@@ -200,7 +292,7 @@ def frame_meters(image, floor: QualityFloor, window: tuple[float, float] | None 
             binding = chosen
         else:
             raise ValueError(f"unknown PSNR domain {floor.domain!r}")
-        meters.append(FrameMeter(original, binding, readers, nominal))
+        meters.append(FrameMeter(original, binding, readers, nominal, tables))
     return meters
 
 

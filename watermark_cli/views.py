@@ -63,10 +63,16 @@ class ModalityTransform:
     def apply(self, stored: np.ndarray) -> np.ndarray:
         if self.lut is not None:
             return _look_up(self.lut, self.lut_first, stored)
-        values = stored.astype(np.float64)
+        values = stored.astype(np.float64)  # a new array (even from float64): worked in place
         if self.slope != 1.0:
-            values = values * self.slope
-        return values + self.intercept if self.intercept else values
+            values *= self.slope
+        if self.intercept:
+            values += self.intercept
+        return values
+
+    def key(self) -> tuple:
+        """Equal for two transforms that map every stored value alike (see `View.display_key`)."""
+        return (self.slope, self.intercept, None, 0) if self.lut is None else (None, None, id(self.lut), self.lut_first)
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,10 @@ class VoiWindow:
     function: str = "LINEAR"
     label: str = ""  # Window Center & Width Explanation, or a standard window's name
     origin: str = "declared"  # declared (in the file) | standard (CT table) | user (--window)
+
+    def key(self) -> tuple:
+        """What `apply` depends on (the label and origin only name the window)."""
+        return ("window", float(self.center), float(self.width), self.function)
 
     def apply(self, values: np.ndarray) -> np.ndarray:
         """PS3.3 C.11.2.1.2 (LINEAR, LINEAR_EXACT) and C.11.2.1.3.1 (SIGMOID), to [0, 1]."""
@@ -111,6 +121,9 @@ class VoiLut:
     first_mapped: int
     output_bits: int
     label: str = ""
+
+    def key(self) -> tuple:
+        return ("lut", id(self.data), self.first_mapped, self.output_bits)
 
     def apply(self, values: np.ndarray) -> np.ndarray:
         top = float(max(2 ** self.output_bits - 1, 1))
@@ -166,7 +179,16 @@ class View:
         self.stored_span = float(stored_span)
 
     def display(self, stored: np.ndarray) -> np.ndarray:
+        """A new array of `stored`'s shape (its callers may work in it)."""
         raise NotImplementedError
+
+    def display_key(self) -> tuple | None:
+        """A hashable value, equal for two views whose `display` maps every stored value alike
+        (views of different frames often do: the same windows over the same modality
+        transform), so that they may share one table of displays (`quality.DisplayTables`);
+        None: shared with none. LUTs enter by identity: whoever keeps a key keeps the view, so
+        that no other array takes that identity meanwhile."""
+        return None
 
     def export_8bit(self, stored: np.ndarray) -> np.ndarray:
         """What a viewer's 8-bit export (PNG/JPEG/screenshot) through this view holds."""
@@ -196,6 +218,9 @@ class DataRangeView(View):
     def display(self, stored: np.ndarray) -> np.ndarray:
         return (self.modality.apply(stored) - self.low) / self.span
 
+    def display_key(self) -> tuple:
+        return ("data range", self.modality.key(), self.low, self.span)
+
 
 class VoiView(View):
     """A VOI window or LUT over the modality transform, display in [0, 1]."""
@@ -216,6 +241,9 @@ class VoiView(View):
     def display(self, stored: np.ndarray) -> np.ndarray:
         return self.voi.apply(self.modality.apply(stored))
 
+    def display_key(self) -> tuple:
+        return ("voi", self.modality.key(), self.voi.key())
+
 
 class StoredView(View):
     """Stored values against a fixed peak: how 8-bit PNG/JPEG/TIFF are viewed (peak 255), and the
@@ -230,6 +258,9 @@ class StoredView(View):
 
     def display(self, stored: np.ndarray) -> np.ndarray:
         return (stored.astype(np.float64) - self.offset) / self.peak
+
+    def display_key(self) -> tuple:
+        return ("stored", self.peak, self.offset)
 
 
 def parse_window(text: str, what: str = "--window") -> tuple[float, float]:

@@ -361,9 +361,12 @@ def _read_uncropped(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray,
 
 
 def _read_at_offsets(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, thresholds: np.ndarray,
-                     rescaled_by, origin: tuple[int, int] = (0, 0), responses=None) -> Reading:
+                     rescaled_by, origin: tuple[int, int] = (0, 0), responses=None,
+                     at_origin: Reading | None = None) -> Reading:
+    """The frames read at the offsets a crop may have moved the grid to. `at_origin`: a keyed
+    read of these very frames at `origin` already made (`_read_uncropped`), not decoded again."""
     if model.model.config.keyed:
-        return _read_keyed_at_offsets(model, codec, frames, thresholds, rescaled_by, origin, responses)
+        return _read_keyed_at_offsets(model, codec, frames, thresholds, rescaled_by, origin, responses, at_origin)
     every_offset = _logits_by_offset(model, frames)
     ranked = _ranked_offsets(every_offset)
     # (0, 0) first, since most images are not cropped and the score can be fooled.
@@ -397,9 +400,11 @@ def _feature_maps(model: LoadedModel, frame: np.ndarray) -> np.ndarray:
 
 
 def _read_keyed_at_offsets(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, thresholds: np.ndarray,
-                           rescaled_by, origin: tuple[int, int], responses=None) -> Reading:
-    """A keyed mark: at `origin`, then where the key's pilot says the frames were cut from (a
-    crop moves them further from the marked image's top-left, never closer)."""
+                           rescaled_by, origin: tuple[int, int], responses=None,
+                           at_origin: Reading | None = None) -> Reading:
+    """A keyed mark: at `origin` (unless `at_origin` holds that reading), then where the key's
+    pilot says the frames were cut from (a crop moves them further from the marked image's
+    top-left, never closer)."""
     config = model.model.config
     if responses is None:
         responses = _keyed_responses(model, codec, frames, thresholds)
@@ -408,8 +413,11 @@ def _read_keyed_at_offsets(model: LoadedModel, codec: PayloadCodec, frames: np.n
                if offset != origin][: OFFSETS_TRIED - 1]
     readings = []
     for offset in [origin] + located:
-        reading = _decode_logits(codec, _logits_at(model, codec, frames, thresholds, offset, responses), offset,
-                                 rescaled_by)
+        if offset == origin and at_origin is not None:  # the same logits would decode the same way
+            reading = at_origin
+        else:
+            reading = _decode_logits(codec, _logits_at(model, codec, frames, thresholds, offset, responses), offset,
+                                     rescaled_by)
         if reading.decoded.found:
             return reading
         readings.append(reading)
@@ -498,13 +506,14 @@ def read_frames(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, qui
     unit = max(float(np.abs(frames).max()), 1.0)
     frames = (frames / unit).astype(np.float32)  # units do not matter
     thresholds = np.asarray(thresholds, dtype=np.float64) / unit
-    # Offset (0, 0) is decoded here and again inside the offset search when this fails: the
-    # same bits give the same answer, so the false-positive bound does not change.
+    # A keyed read's offset search starts from this reading at the origin rather than decoding
+    # it again (an unkeyed one's logits come from another pass there: decoded again, the same
+    # bits give the same answer, so the false-positive bound does not change).
     responses = _keyed_responses(model, codec, frames, thresholds)  # once for every try below
     uncropped = _read_uncropped(model, codec, frames, thresholds, (1.0, 1.0), origin, responses)
     if uncropped.decoded.found or quick:
         return uncropped
-    first = _read_at_offsets(model, codec, frames, thresholds, (1.0, 1.0), origin, responses)
+    first = _read_at_offsets(model, codec, frames, thresholds, (1.0, 1.0), origin, responses, at_origin=uncropped)
     if first.decoded.found:
         return first
     # An unkeyed mark's period and angle come from its autocorrelation; a keyed one's from its pilots.

@@ -9,6 +9,8 @@ rotation turns the lattice of those peaks by the same angle, which tells how muc
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..model.key_field import key_field
@@ -85,19 +87,34 @@ def locate_key_field(maps: np.ndarray, seed: bytes, sigma: float, tried: int,
 def key_field_correlation(maps: np.ndarray, seed: bytes, sigma: float, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """(shifts, shifts): for every shift from `origin`, how far the maps' correlation with the
     key field stands out, in robust spreads (the largest over the maps); see `locate_key_field`."""
+    from scipy import fft
+
     rows, cols = maps.shape[-2:]
     reach_rows, reach_cols = min(512, int(0.45 * rows)), min(512, int(0.45 * cols))
-    shape = (rows + reach_rows, cols + reach_cols)
-    field_spectrum = np.fft.rfft2(key_field(seed, *shape, sigma, *origin).astype(np.float64))
+    # Any size from rows + reach up holds every shift without wrapping round; a fast one is
+    # several times quicker than the bare sum (742 = 2·7·53 for a 512² frame).
+    shape = (fft.next_fast_len(rows + reach_rows, real=True), fft.next_fast_len(cols + reach_cols, real=True))
+    field_spectrum = _field_spectrum(bytes(seed), shape, float(sigma), tuple(origin))
     best_size = None
     for response in maps:
         # Correlation at shift (dy, dx): sum over the crop of response(p) × field(p + (dy, dx)).
-        score = np.fft.irfft2(np.conj(np.fft.rfft2(response, s=shape)) * field_spectrum, s=shape)
-        score = score[: reach_rows + 1, : reach_cols + 1]
+        score = fft.irfft2(np.conj(fft.rfft2(response.astype(np.float32), s=shape)) * field_spectrum, s=shape)
+        score = score[: reach_rows + 1, : reach_cols + 1].astype(np.float64)
         centre = np.median(score)
         size = np.abs(score - centre) / (np.median(np.abs(score - centre)) + 1e-30)
         best_size = size if best_size is None else np.maximum(best_size, size)
     return best_size
+
+
+@functools.lru_cache(maxsize=8)
+def _field_spectrum(seed: bytes, shape: tuple[int, int], sigma: float, origin: tuple[int, int]) -> np.ndarray:
+    """The key field's spectrum over `shape` from `origin` (float32): the same for every file of
+    a batch that is read at the same place (a 512² frame's is 2 MiB)."""
+    from scipy import fft
+
+    spectrum = fft.rfft2(key_field(seed, *shape, sigma, *origin))
+    spectrum.flags.writeable = False
+    return spectrum
 
 
 def _refined_peak(profile: np.ndarray, guess: float, radius: float) -> float | None:
@@ -172,33 +189,31 @@ def estimate_tile_period(frame: np.ndarray, tile: int,
     return (row_period or col_period, col_period or row_period)
 
 
-def pilot_strengths(responses: np.ndarray, tile: int, pilot: np.ndarray) -> np.ndarray:
-    """How strongly each map (B, rows, cols) that responds to the mark (at the marked scale)
-    holds the repeated `pilot` tile at its best cyclic shift, in robust spreads above the other
-    shifts: the map folded onto one tile, cross-correlated with the pilot by FFT (all maps in
-    one pass of FFTs and medians)."""
-    return _folded_strengths(_folded(responses, tile), pilot)
-
-
-def _folded(responses: np.ndarray, tile: int) -> np.ndarray:
-    """Each map (B, rows, cols) averaged over its whole tiles: (B, tile, tile); zeros when
-    there is not one whole tile."""
-    rows, cols = (responses.shape[1] // tile) * tile, (responses.shape[2] // tile) * tile
-    if rows == 0 or cols == 0:
-        return np.zeros((len(responses), tile, tile))
-    count = len(responses)
-    return responses[:, :rows, :cols].reshape(count, rows // tile, tile, cols // tile, tile).mean(axis=(1, 3))
-
-
 def _folded_strengths(folded: np.ndarray, pilot: np.ndarray) -> np.ndarray:
-    """`pilot_strengths` of maps already folded onto one tile (B, tile, tile)."""
+    """The pilot strengths (`_sampled_strengths`) of maps already folded onto one tile
+    (B, tile, tile). The correlation is in float32 and the medians come from sorting: a scan
+    scores ~280 tiles, and this took a quarter of an unmarked read in float64 with numpy's
+    partitioning medians."""
+    from scipy import fft
+
     tile = folded.shape[-1]
-    score = np.fft.irfft2(np.fft.rfft2(folded) * np.conj(np.fft.rfft2(pilot)), s=(tile, tile))
+    folded = np.asarray(folded, dtype=np.float32)
+    score = fft.irfft2(fft.rfft2(folded) * np.conj(fft.rfft2(pilot.astype(np.float32))), s=(tile, tile))
     score = score.reshape(len(folded), -1)
-    background = np.median(score, axis=1)
-    spread = np.median(np.abs(score - background[:, None]), axis=1) * 1.4826 + 1e-30
-    strengths = (score.max(axis=1) - background) / spread
+    background = _row_medians(score)
+    spread = _row_medians(np.abs(score - background[:, None].astype(np.float32))) * 1.4826 + 1e-30
+    strengths = (score.max(axis=1).astype(np.float64) - background) / spread
     return np.where(np.any(folded != 0, axis=(1, 2)), strengths, 0.0)
+
+
+def _row_medians(values: np.ndarray) -> np.ndarray:
+    """`np.median(values, axis=1)` in float64, by sorting the rows (twice as fast as numpy's
+    partitioning on rows of a few thousand)."""
+    ordered = np.sort(values, axis=1)
+    middle = values.shape[1] // 2
+    if values.shape[1] % 2:
+        return ordered[:, middle].astype(np.float64)
+    return 0.5 * (ordered[:, middle - 1].astype(np.float64) + ordered[:, middle].astype(np.float64))
 
 
 _PILOT_TEST_TILES = 6
@@ -210,7 +225,7 @@ _PILOT_PRESENT = 5.5
 
 def estimate_scale_by_pilot(maps: np.ndarray, tile: int, pilot: np.ndarray) -> tuple[float, float]:
     """The resize factor (new size / marked size) that best fits a keyed mark's public pilot in
-    a frame, and how strongly (`pilot_strengths`: unmarked frames below about 5.5, marked ones
+    a frame, and how strongly (`_sampled_strengths`: unmarked frames below about 5.5, marked ones
     resized by 0.75 mostly 6 to 11). `maps`: (K, rows, cols) responses of the frame to the mark
     (the decoder's feature maps: they respond to it far more cleanly than a high-pass).
 
@@ -237,53 +252,80 @@ _SCAN_STEP = 0.01
 
 
 def _pilot_strengths(maps: np.ndarray, tile: int, pilot: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """For each scale: the best `pilot_strengths` over the maps, of their centres (up to
-    `_PILOT_TEST_TILES` periods a side) scaled back from a period of tile·scale to the tile
-    (each scale's maps sampled and folded, then every scale's strengths in one batch)."""
+    """For each scale: the best pilot strength over the maps (`_sampled_strengths`), of their
+    centres (up to `_PILOT_TEST_TILES` periods a side) scaled back from a period of tile·scale
+    to the tile; 0 where less than two periods fit."""
     rows, cols = maps.shape[1:]
     responses = map_tensor(maps)
-    folded = np.zeros((len(scales), len(maps), tile, tile), dtype=np.float32)
-    for index, scale in enumerate(scales):
-        periods = min(_PILOT_TEST_TILES, int(min(rows, cols) / (tile * scale)))
-        if periods >= 2:  # one period cannot show a repetition
-            folded[index] = _folded(centre_sampled(responses, periods * tile, scale=float(scale)), tile)
-    return _folded_strengths(folded.reshape(-1, tile, tile), pilot).reshape(len(scales), len(maps)).max(axis=1)
+    scales = np.asarray(scales, dtype=np.float64)
+    strengths = np.zeros(len(scales))
+    periods = np.minimum(_PILOT_TEST_TILES, (min(rows, cols) / (tile * scales)).astype(int))
+    for count in np.unique(periods[periods >= 2]):  # one period cannot show a repetition
+        chosen = np.flatnonzero(periods == count)
+        strengths[chosen] = _sampled_strengths(responses, tile, pilot, int(count) * tile, scales[chosen])
+    return strengths
 
 
 def map_tensor(maps: np.ndarray):
-    """Maps (K, rows, cols) as the tensor `centre_sampled` samples, made once per scan."""
+    """Maps (K, rows, cols) as the tensor `_sampled_strengths` samples, made once per scan."""
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[None]
 
 
-def centre_sampled(responses, side: int, scale: float = 1.0, degrees: float = 0.0) -> np.ndarray:
-    """The `side`² centre of each of the maps in `responses` (`map_tensor`), sampled (bilinear)
-    on a grid `scale` px apart and turned by `degrees` (scipy's `rotate` sense): what the centre
-    would be once scaled by 1/scale and turned. One interpolation of just the pixels a pilot test
-    needs: the scans try dozens of geometries, and turning whole maps bicubically cost most of an
-    unmarked read."""
+def _sampled_strengths(responses, tile: int, pilot: np.ndarray, side: int, scales: np.ndarray,
+                       degrees: np.ndarray | None = None) -> np.ndarray:
+    """For each geometry (scale, and turn in degrees, scipy's `rotate` sense): how strongly the
+    maps in `responses` (`map_tensor`), their `side`² centre sampled (bilinear) on a grid
+    `scale` px apart and turned (what the centre would be once scaled by 1/scale and turned),
+    hold the repeated `pilot` tile at its best cyclic shift, in robust spreads above the other
+    shifts; the best over the maps. The samples are folded onto one tile and cross-correlated
+    with the pilot by FFT (`_folded_strengths`). One interpolation of just the pixels a test
+    needs, a few geometries per call: the scans try ~200, and turning whole maps bicubically
+    cost most of an unmarked read."""
     import torch
     import torch.nn.functional as F
 
+    from ..model.networks import tile_mean
+
     rows, cols = responses.shape[-2:]
-    offsets = ((np.arange(side) - (side - 1) / 2) * scale).astype(np.float32)
+    maps = responses.shape[1]
+    degrees = np.zeros(len(scales)) if degrees is None else np.asarray(degrees, dtype=np.float64)
+    folded = np.empty((len(scales), maps, tile, tile), dtype=np.float32)
+    for first in range(0, len(scales), _GEOMETRIES_AT_ONCE):
+        part = slice(first, first + _GEOMETRIES_AT_ONCE)
+        grid = _centre_grids(rows, cols, side, np.asarray(scales[part], dtype=np.float32), degrees[part])
+        count = grid.shape[0]
+        with torch.inference_mode():
+            sampled = F.grid_sample(responses.expand(count, -1, -1, -1), grid, mode="bilinear",
+                                    padding_mode="border", align_corners=True)
+            folded[part] = tile_mean(sampled, tile).numpy()
+    return _folded_strengths(folded.reshape(-1, tile, tile), pilot).reshape(len(scales), maps).max(axis=1)
+
+
+# Geometries sampled in one call: enough to spread over the threads, few enough to stay in cache.
+_GEOMETRIES_AT_ONCE = 4
+
+
+def _centre_grids(rows: int, cols: int, side: int, scales: np.ndarray, degrees: np.ndarray):
+    """grid_sample's grids (geometries, side, side, 2) for `_sampled_strengths`: x first, -1 to 1
+    over the pixel centres (align_corners). Made in numpy: a few small torch operations per
+    geometry, each spread over threads, cost more than the sampling on a busy machine."""
+    import torch
+
+    offsets = (np.arange(side, dtype=np.float32) - np.float32((side - 1) / 2))[None, :] * scales[:, None]
+    x_scale, y_scale = np.float32(2 / (cols - 1)), np.float32(2 / (rows - 1))
+    grid = np.empty((len(scales), side, side, 2), dtype=np.float32)
+    if not np.any(degrees):  # the resize scan: separable, so lines broadcast (the very same values)
+        grid[..., 0] = (((cols - 1) / 2 + offsets) * x_scale - 1)[:, None, :]
+        grid[..., 1] = (((rows - 1) / 2 + offsets) * y_scale - 1)[:, :, None]
+        return torch.from_numpy(grid)
     theta = -np.deg2rad(degrees)
-    cos, sin = np.float32(np.cos(theta)), np.float32(np.sin(theta))
-    # grid_sample's coordinates run from -1 to 1 over the pixel centres (align_corners); x first.
-    # (The grid is made in numpy: a few small torch operations per geometry, each spread over
-    # threads, cost more than the sampling on a busy machine.)
-    grid = np.empty((1, side, side, 2), dtype=np.float32)
-    if degrees == 0.0:  # the resize scan: separable, so two lines broadcast (the very same values)
-        grid[0, ..., 0] = ((cols - 1) / 2 + offsets) * np.float32(2 / (cols - 1)) - 1
-        grid[0, ..., 1] = (((rows - 1) / 2 + offsets) * np.float32(2 / (rows - 1)) - 1)[:, None]
-    else:
-        row_offsets, col_offsets = offsets[:, None], offsets[None, :]
-        grid[0, ..., 0] = ((cols - 1) / 2 + row_offsets * sin + col_offsets * cos) * np.float32(2 / (cols - 1)) - 1
-        grid[0, ..., 1] = ((rows - 1) / 2 + row_offsets * cos - col_offsets * sin) * np.float32(2 / (rows - 1)) - 1
-    grid = torch.from_numpy(grid)
-    with torch.inference_mode():
-        return F.grid_sample(responses, grid, mode="bilinear", padding_mode="border", align_corners=True)[0].numpy()
+    cos, sin = np.cos(theta).astype(np.float32)[:, None, None], np.sin(theta).astype(np.float32)[:, None, None]
+    row_offsets, col_offsets = offsets[:, :, None], offsets[:, None, :]
+    grid[..., 0] = ((cols - 1) / 2 + row_offsets * sin + col_offsets * cos) * x_scale - 1
+    grid[..., 1] = ((rows - 1) / 2 + row_offsets * cos - col_offsets * sin) * y_scale - 1
+    return torch.from_numpy(grid)
 
 
 def _whitened_spectrum(response: np.ndarray) -> np.ndarray:
@@ -353,15 +395,15 @@ def estimate_rotation_by_pilot(maps: np.ndarray, tile: int, pilot: np.ndarray) -
     side = min(_PILOT_TEST_TILES, min(maps.shape[1:]) // tile) * tile
     responses = map_tensor(maps)
 
-    def strength(degrees: float) -> float:
-        return float(pilot_strengths(centre_sampled(responses, side, degrees=degrees), tile, pilot).max())
+    def strengths(degrees: list[float]) -> np.ndarray:
+        return _sampled_strengths(responses, tile, pilot, side, np.ones(len(degrees)), np.asarray(degrees))
 
     if not candidates:
         return None
-    strengths = [strength(angle) for angle in candidates]
-    angle, best = candidates[int(np.argmax(strengths))], max(strengths)
-    for offset in (-0.1, -0.05, 0.05, 0.1):
-        candidate = strength(angle + offset)
+    tried = strengths(candidates)
+    angle, best = candidates[int(np.argmax(tried))], float(tried.max())
+    for offset in (-0.1, -0.05, 0.05, 0.1):  # each step from the best so far
+        candidate = float(strengths([angle + offset])[0])
         if candidate > best:
             angle, best = angle + offset, candidate
     if best < _PILOT_PRESENT or abs(angle) < 2 * _ROTATION_STEP:
