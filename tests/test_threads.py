@@ -47,6 +47,25 @@ def test_results_come_back_in_order_and_a_stop_starts_nothing_new():
     assert default_threads(1) == 1 and default_threads(10, 3) == 3 and default_threads(2, 8) == 2
 
 
+def test_an_item_that_must_run_alone_has_nothing_beside_it():
+    """A huge image is marked with no other in memory beside it (`files._marked_alone`)."""
+    lock, running, seen = threading.Lock(), set(), {}
+
+    def work(item: int) -> int:
+        with lock:
+            running.add(item)
+        time.sleep(0.03)
+        with lock:
+            seen[item] = set(running)
+            running.discard(item)
+        return item
+
+    huge = {3, 4, 9}
+    assert list(in_threads(work, range(12), 3, alone=lambda item: item in huge)) == list(range(12))
+    assert all(seen[item] == {item} for item in huge)  # nothing ran beside them
+    assert any(len(seen[item]) > 1 for item in range(12) if item not in huge)  # the others did share
+
+
 @pytest.fixture(scope="module")
 def shipped():
     loaded = load_model(None)

@@ -407,7 +407,7 @@ def embed_files(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, 
     if workers <= 1 or len(jobs) <= 1:
         with ReaderPerThread(settings.max_pixels).prestart(threads) as readers:
             yield from in_threads(lambda job: _run_one(job[0], job[1], settings, loaded, codec, readers.read),
-                                  jobs, threads, stop_requested)
+                                  jobs, threads, stop_requested, alone=_marked_alone)
         return
 
     # A worker that dies (the kernel's out-of-memory killer, a crash outside decoding) breaks
@@ -490,6 +490,17 @@ def estimated_output_bytes(source: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -
     that declares more than `max_pixels` counts nothing: that file is refused before decoding.
     """
     size = source.stat().st_size
+    declared = declared_pixels(source)
+    if declared is None:  # unreadable headers fail later with a proper message; estimate plainly
+        return 2 * size
+    pixels, bytes_per_pixel, dicom = declared
+    extra = size // 2 + 4096 if dicom else 4096
+    return 0 if pixels > max_pixels else max(size, pixels * bytes_per_pixel + extra)
+
+
+def declared_pixels(source: Path) -> tuple[int, int, bool] | None:
+    """(rows × columns × frames, bytes per decoded value, whether DICOM) from the file's header
+    alone; None where the header cannot be read."""
     try:
         kind = sniff_kind(source)
         if kind == "dicom" or source.suffix.lower() in (".dcm", ".dicom", ""):
@@ -497,17 +508,24 @@ def estimated_output_bytes(source: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -
 
             ds = pydicom.dcmread(source, stop_before_pixels=True, force=True)
             pixels = int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1)
-            decoded, extra = pixels * max(1, int(ds.BitsAllocated) // 8), size // 2 + 4096
-        else:
-            from PIL import Image
+            return pixels, max(1, int(ds.BitsAllocated) // 8), True
+        from PIL import Image
 
-            with Image.open(source) as image:
-                width, height = image.size
-            pixels = width * height
-            decoded, extra = pixels * 2, 4096
-        return 0 if pixels > max_pixels else max(size, decoded + extra)
-    except Exception:  # unreadable headers fail later with a proper message; estimate plainly
-        return 2 * size
+        with Image.open(source) as image:
+            width, height = image.size
+        return width * height, 2, False
+    except Exception:
+        return None
+
+
+# An image this large (a 4096² frame, a 64-frame 512² series) is marked with no other file beside
+# it: an embed works in float64 over every pixel, a few GiB for the largest images allowed.
+ALONE_PIXELS = 4096 * 4096
+
+
+def _marked_alone(job: tuple[Path, Path]) -> bool:
+    declared = declared_pixels(job[0])
+    return declared is not None and declared[0] > ALONE_PIXELS
 
 
 def check_free_space(sources: list[Path], output_folder: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:

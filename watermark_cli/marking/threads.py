@@ -93,10 +93,12 @@ def torch_threads_for(threads: int):
 
 
 def in_threads(work: Callable[[Item], Result], items: Iterable[Item], threads: int,
-               stop_requested: Callable[[], bool] = lambda: False) -> Iterator[Result]:
+               stop_requested: Callable[[], bool] = lambda: False,
+               alone: Callable[[Item], bool] = lambda item: False) -> Iterator[Result]:
     """`work(item)` for every item on `threads` threads, results in the items' order. Once
     `stop_requested()` is true no new item is started; those already started are finished and
-    yielded. A few items run ahead of the one being yielded (two per thread), no more."""
+    yielded. A few items run ahead of the one being yielded (two per thread), no more. An item
+    for which `alone(item)` holds (a huge image) runs with no other beside it."""
     from concurrent.futures import ThreadPoolExecutor
 
     if threads <= 1:
@@ -107,18 +109,25 @@ def in_threads(work: Callable[[Item], Result], items: Iterable[Item], threads: i
         return
     remaining = iter(items)
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wm-file") as pool, torch_threads_for(threads):
-        pending: deque = deque()
+        pending: deque = deque()  # (future, whether it runs alone)
+        waiting: list = []  # an item taken from `remaining` that must wait for the others to finish
 
         def start_more() -> None:
             while len(pending) < 2 * threads and not stop_requested():
-                item = next(remaining, _END)
+                if pending and pending[-1][1]:
+                    return  # nothing starts beside an item that runs alone
+                item = waiting.pop() if waiting else next(remaining, _END)
                 if item is _END:
                     return
-                pending.append(pool.submit(work, item))
+                by_itself = alone(item)
+                if by_itself and pending:
+                    waiting.append(item)  # started once those before it are done
+                    return
+                pending.append((pool.submit(work, item), by_itself))
 
         start_more()
         while pending:
-            result = pending.popleft().result()
+            result = pending.popleft()[0].result()
             start_more()
             yield result
 
