@@ -40,7 +40,7 @@ class GuardedFrame:
 def quantise(original: np.ndarray, residual: np.ndarray, scale: float, stored_min: int, stored_max: int) -> np.ndarray:
     """Stored values that a file would hold: original + scale * residual, rounded and clipped."""
     # Worked in one new array (the guard quantises several times a frame); float addition and
-    # multiplication commute, so these are the values of the expression above, bit for bit.
+    # multiplication commute, so these are rint(original + scale·residual), bit for bit.
     marked = residual.astype(np.float64)
     marked *= scale
     marked += original

@@ -342,8 +342,8 @@ def extract(
     from ..io.discovery import collect_image_files
     from ..keys import key_kind
     from ..marking.files import read_mark
-    from ..marking.threads import ReaderPerThread, default_threads, in_threads
     from ..marking.image import codec_for, legacy_codec_for, older_readers
+    from ..marking.threads import ReaderPerThread, default_threads, in_threads
 
     check_engine(engine, scheduler)
     files = collect_image_files(inputs)

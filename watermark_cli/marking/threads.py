@@ -50,11 +50,17 @@ class ReaderPerThread:
     def prestart(self, count: int) -> "ReaderPerThread":
         """Start `count` readers now (their interpreters start while, say, the model loads)."""
         for _ in range(count):
-            reader = IsolatedReader(self.max_pixels).__enter__()
+            reader = self._started()
             with self._lock:
-                self._readers.append(reader)
                 self._idle.append(reader)
         return self
+
+    def _started(self) -> IsolatedReader:
+        """A new reader, closed with the others."""
+        reader = IsolatedReader(self.max_pixels).__enter__()
+        with self._lock:
+            self._readers.append(reader)
+        return reader
 
     def __enter__(self) -> "ReaderPerThread":
         return self
@@ -71,9 +77,7 @@ class ReaderPerThread:
             with self._lock:
                 reader = self._idle.pop() if self._idle else None
             if reader is None:
-                reader = IsolatedReader(self.max_pixels).__enter__()
-                with self._lock:
-                    self._readers.append(reader)
+                reader = self._started()
             self._local.reader = reader
         return reader.read(path)
 
