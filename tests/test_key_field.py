@@ -50,6 +50,21 @@ def test_host_signs_ignore_level_and_gain_and_agree_on_a_crop():
     assert not host_signs(SEED, np.full((64, 64), 7.0), threshold=1e-6).any()
 
 
+def test_host_signs_are_the_thresholded_mirror_padded_band_pass():
+    from scipy.signal import fftconvolve
+
+    from watermark_cli.model.key_field import host_kernel
+
+    rng = np.random.default_rng(1)
+    for shape in ((512, 512), (97, 301), (2200, 40)):  # a cached kernel spectrum, odd sizes, one too big to cache
+        host = rng.normal(size=shape).cumsum(axis=0).cumsum(axis=1)
+        filtered = fftconvolve(np.pad(host, 12, mode="symmetric"), host_kernel(SEED), mode="valid")
+        threshold = 0.7 * float(np.median(np.abs(filtered)))  # not a value the filter gives itself
+        expected = np.where(np.abs(filtered) > threshold, np.sign(filtered), 0.0)
+        assert np.array_equal(host_signs(SEED, host, threshold), expected)
+        assert np.array_equal(host_signs(SEED, host, threshold), expected)  # the second from the cache
+
+
 def test_the_sync_pilot_is_public_fixed_and_has_no_mean():
     pilot = sync_pilot_tile(64, 1.0)
     assert np.array_equal(pilot, sync_pilot_tile(64, 1.0))

@@ -1,6 +1,6 @@
 import torch
 
-from watermark_cli.model.networks import CarrierDecoder, CarrierEncoder, NetworkConfig, tile_to
+from watermark_cli.model.networks import CarrierDecoder, CarrierEncoder, NetworkConfig, run_in_strips, tile_to
 
 CONFIG = NetworkConfig(n_bits=64, tile=32, strength_channels=4, decoder_channels=4, decoder_maps=2, carrier_smoothing=1.0)
 
@@ -67,3 +67,22 @@ def test_encoder_runs_in_bf16_with_a_smoothed_carrier():
     low_precision = encoder.to(torch.bfloat16)(images.to(torch.bfloat16), bits)
     assert torch.isfinite(low_precision).all()
     assert torch.allclose(low_precision.float(), exact, rtol=0.05, atol=0.05 * exact.abs().max().item())
+
+
+def test_networks_in_strips_give_the_values_of_one_pass():
+    # Inference on a CPU runs the three-layer CNNs in cache-sized strips of rows; the halo makes
+    # every output pixel see what it sees in one pass (widths that give strips of 16 to 128 rows,
+    # a batch, a frame shorter than one strip, and the strip height that does not divide).
+    torch.manual_seed(0)
+    config = NetworkConfig(n_bits=64, tile=32)
+    networks = (CarrierDecoder(config).features, CarrierEncoder(config).strength)
+    for shape in ((2, 1, 300, 517), (1, 1, 200, 2100), (1, 1, 40, 256), (1, 1, 1000, 256)):
+        images = torch.rand(*shape)
+        for network in networks:
+            whole = network(images)
+            with torch.inference_mode():
+                strips = run_in_strips(network, images)
+            assert strips.shape == whole.shape
+            assert torch.allclose(strips, whole, rtol=0, atol=1e-5)
+    with torch.enable_grad():  # training: one pass, gradients kept
+        assert run_in_strips(networks[0], torch.rand(1, 1, 300, 64)).requires_grad

@@ -392,10 +392,8 @@ def _feature_maps(model: LoadedModel, frame: np.ndarray) -> np.ndarray:
     where the high-pass found it in 18)."""
     import torch
 
-    from ..model.networks import standardise
-
     with torch.inference_mode():
-        features = model.model.decoder.features(standardise(_as_tensor(frame[None], _device(model))))[0]
+        features = model.model.decoder.feature_maps(_as_tensor(frame[None], _device(model)))[0]
         return features.cpu().numpy().astype(np.float64)
 
 
