@@ -570,3 +570,27 @@ def test_a_difference_comes_back_exactly_whichever_way_it_was_packed(wide_share)
             with pytest.raises(RecordNotAuthenticError):
                 record_module._decompress_difference(f"{compressor}-escapes", compress(bytes(raw)), "<i2",
                                                      difference.shape)
+
+
+def test_a_binding_comes_back_whichever_way_it_was_packed():
+    """Bindings are packed with zstd; records sealed before hold them in xz and read the same.
+    One that inflates past the bound, or is not a binding at all, is a damaged record."""
+    import json
+    import lzma
+
+    import zstandard
+
+    from watermark_cli.integrity import record as record_module
+    from watermark_cli.integrity.binding import pack, unpack
+
+    binding = {"version": 1, "format": "dicom", "sha256": "ab" * 32,
+               "items": {f"Element{i} > Item{i % 7}": f"{i:016x}" for i in range(300)}}
+    packed = pack(binding)
+    assert packed.startswith(b"\x28\xb5\x2f\xfd") and unpack(packed) == binding
+    as_xz = lzma.compress(json.dumps(binding, sort_keys=True).encode("utf-8"), preset=6)
+    assert unpack(as_xz) == binding
+    assert len(packed) < len(as_xz)
+    for damaged in (zstandard.ZstdCompressor(level=3).compress(bytes(80 * 2**20)),  # past the bound
+                    lzma.compress(bytes(80 * 2**20)), b"\x28\xb5\x2f\xfd" + bytes(40), pack({"items": []})):
+        with pytest.raises(RecordNotAuthenticError, match="binding"):
+            record_module._unpacked_binding(damaged)

@@ -60,25 +60,30 @@ def spread_over_views(residual: np.ndarray, original: np.ndarray, meter: FrameMe
     first = sensitivities(meter, values, 1.0).max(axis=0)
     reach = _REACH_IN_RMS * rms / np.maximum(first, 1e-12)
     slopes = sensitivities(meter, values, reach)
+    slopes = slopes.reshape(len(slopes), -1)
     tightest, region = slopes.max(axis=0), slopes.argmax(axis=0)
-    if where is not None:
-        slopes, tightest, region = slopes.take(where, axis=1), tightest.take(where), region.take(where)
-    floor_slope = float(tightest.max()) / _LARGEST_RATIO
+    # Per stored value (or per pixel where there is no table): how many pixels hold it and the
+    # sum of their squared residuals. Everything below depends on a pixel's value alone, so
+    # each region's error is summed over values, not pixels.
+    square = np.square(residual).ravel()
+    if where is None:
+        present, residual_energy = np.ones(len(square), dtype=bool), square
+    else:
+        flat = where.ravel()
+        present = np.bincount(flat, minlength=len(values)) > 0
+        residual_energy = np.bincount(flat, weights=square, minlength=len(values))
+    floor_slope = float(tightest[present].max()) / _LARGEST_RATIO
     tightest = np.maximum(tightest, floor_slope)
 
-    # error[v, k]: view v's mean squared display error from region k's pixels at unit region gain.
-    shaped = residual / tightest
+    # error[v, k]: view v's mean squared display error from region k's pixels at unit region
+    # gain: the shaped residual is residual / tightest, seen by view v through its slope.
+    shaped_energy = residual_energy / np.square(tightest)
     n_views = len(meter.binding)
     error = np.zeros((n_views, n_views))
-    # Each region's terms summed in raster order, as `np.sum(terms[v][region == k])` would: the
-    # pixels are picked by their flat indices, found once per region for every view. (The slopes
-    # are this function's own array, needed no more: the terms are worked out in it.)
-    terms = np.square(np.multiply(slopes, shaped, out=slopes), out=slopes).reshape(n_views, -1)
-    flat_region = region.ravel()
     for k in range(n_views):
-        inside = np.flatnonzero(flat_region == k)
-        if inside.size:
-            error[:, k] = [float(np.sum(row.take(inside))) / residual.size for row in terms]
+        inside = region == k
+        if np.any(inside & present):
+            error[:, k] = np.square(slopes[:, inside]) @ shaped_energy[inside] / residual.size
     budget = rms * rms
     gains = np.zeros(n_views)
     for v in np.argsort([view.stored_span for view in meter.binding]):  # narrowest first
@@ -90,7 +95,8 @@ def spread_over_views(residual: np.ndarray, original: np.ndarray, meter: FrameMe
     totals = error @ gains**2
     worst = float(np.max(totals / budget)) if np.any(totals > 0) else 1.0
     gains /= np.sqrt(max(worst, 1e-12))
-    return shaped * gains[region]
+    factor = gains[region] / tightest
+    return residual * (factor if where is None else factor.take(where)).reshape(residual.shape)
 
 
 def _stored_values(original: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -140,16 +140,32 @@ def make_binding(kind: str, items: dict[str, bytes]) -> dict:
 
 
 def pack(binding: dict) -> bytes:
-    """The binding as the record's compressed section (names repeat, so they compress well)."""
-    import lzma
+    """The binding as the record's compressed section (names repeat, so they compress well): zstd,
+    smaller than xz here and some twenty times faster (xz spent ~1.5 ms of every embed setting
+    up its dictionary for a few kB)."""
+    import zstandard
 
-    return lzma.compress(json.dumps(binding, sort_keys=True).encode("utf-8"), preset=6)
+    return zstandard.ZstdCompressor(level=19).compress(json.dumps(binding, sort_keys=True).encode("utf-8"))
+
+
+# The largest binding unpacked (a bound is kept on what a damaged or hostile record may expand to).
+_LARGEST_BINDING = 64 * 2**20
+_XZ_MAGIC = b"\xfd7zXZ\x00"
 
 
 def unpack(data: bytes) -> dict:
+    """The binding `pack` made; records sealed before zstd hold it in xz, read all the same."""
+    import io
     import lzma
 
-    return json.loads(lzma.LZMADecompressor().decompress(data, max_length=64 * 2**20).decode("utf-8"))
+    import zstandard
+
+    if data.startswith(_XZ_MAGIC):
+        raw = lzma.LZMADecompressor().decompress(data, max_length=_LARGEST_BINDING)
+    else:
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as stream:
+            raw = stream.read(_LARGEST_BINDING)
+    return json.loads(raw.decode("utf-8"))
 
 
 def changes(sealed: dict, now: dict) -> list[BindingChange]:

@@ -109,9 +109,11 @@ def _unpacked_binding(data: bytes) -> dict:
     """The sealed binding; a record that authenticates but holds an unreadable one is damaged."""
     import lzma
 
+    import zstandard
+
     try:
         binding = unpack_binding(data)
-    except (lzma.LZMAError, ValueError, UnicodeDecodeError):
+    except (lzma.LZMAError, zstandard.ZstdError, ValueError, UnicodeDecodeError):
         binding = None
     if not isinstance(binding, dict) or not isinstance(binding.get("items"), dict):
         raise RecordNotAuthenticError("the restoration record is damaged (its binding cannot be read)")
