@@ -51,18 +51,24 @@ def test_host_signs_ignore_level_and_gain_and_agree_on_a_crop():
 
 
 def test_host_signs_are_the_thresholded_mirror_padded_band_pass():
+    # Computed in float32: the very signs of the float64 filter wherever the filtered value is
+    # not within float32's rounding of the threshold (or of 0).
     from scipy.signal import fftconvolve
 
     from watermark_cli.model.key_field import host_kernel
 
     rng = np.random.default_rng(1)
-    for shape in ((512, 512), (97, 301), (2200, 40)):  # a cached kernel spectrum, odd sizes, one too big to cache
+    for shape in ((512, 512), (97, 301), (4400, 40)):  # a cached kernel spectrum, odd sizes, one too big to cache
         host = rng.normal(size=shape).cumsum(axis=0).cumsum(axis=1)
+        host = (host - host.min()) / np.ptp(host)  # a reader's frame: in [0, 1]
         filtered = fftconvolve(np.pad(host, 12, mode="symmetric"), host_kernel(SEED), mode="valid")
-        threshold = 0.7 * float(np.median(np.abs(filtered)))  # not a value the filter gives itself
+        threshold = float(np.median(np.abs(filtered)))
         expected = np.where(np.abs(filtered) > threshold, np.sign(filtered), 0.0)
-        assert np.array_equal(host_signs(SEED, host, threshold), expected)
-        assert np.array_equal(host_signs(SEED, host, threshold), expected)  # the second from the cache
+        clear = np.abs(np.abs(filtered) - threshold) > 1e-5 * float(np.abs(filtered).max())
+        for _ in range(2):  # the second from the cache
+            signs = host_signs(SEED, host, threshold)
+            assert signs.dtype == np.float32 and np.array_equal(signs[clear], expected[clear])
+            assert np.count_nonzero(signs != expected) <= max(2, 1e-4 * host.size)
 
 
 def test_the_sync_pilot_is_public_fixed_and_has_no_mean():

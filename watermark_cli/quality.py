@@ -74,16 +74,25 @@ def ssim(reference: np.ndarray, test: np.ndarray, data_range: float) -> float:
         return float("nan")
     scale = np.float32(1.0 / data_range)
     x, y = reference.astype(np.float32) * scale, test.astype(np.float32) * scale
-    means = np.stack([x, y, x * x, y * y, x * y])
-    for axis in (1, 2):
-        means = correlate1d(means, _ssim_kernel(), axis=axis, mode="reflect")
+    products = np.stack([x, y, x * x, y * y, x * y])
+    # Only pixels at least the radius from every edge are averaged, and their windows never
+    # reach past the frame: down the columns, the Gaussian as a sum of whole shifted rows
+    # (contiguous, symmetric taps in pairs), which is twice as fast as filtering along the
+    # strided axis; along the rows, scipy's filter, whose edge mode then never matters.
+    kernel, radius = _ssim_kernel(), _SSIM_RADIUS
+    rows = reference.shape[0] - 2 * radius
+    means = products[:, radius : radius + rows] * kernel[radius]
+    for tap in range(radius):
+        pair = products[:, tap : tap + rows] + products[:, 2 * radius - tap : 2 * radius - tap + rows]
+        pair *= kernel[tap]
+        means += pair
+    means = correlate1d(means, kernel, axis=2, mode="reflect")[:, :, radius:-radius]
     mean_x, mean_y, mean_xx, mean_yy, mean_xy = means
     both, square_x, square_y = mean_x * mean_y, mean_x * mean_x, mean_y * mean_y
     c1, c2 = np.float32(_SSIM_K1**2), np.float32(_SSIM_K2**2)
     similarity = ((2 * both + c1) * (2 * (mean_xy - both) + c2)
                   / ((square_x + square_y + c1) * ((mean_xx - square_x) + (mean_yy - square_y) + c2)))
-    inner = similarity[_SSIM_RADIUS:-_SSIM_RADIUS, _SSIM_RADIUS:-_SSIM_RADIUS]
-    return float(inner.mean(dtype=np.float64))
+    return float(similarity.mean(dtype=np.float64))
 
 
 _SSIM_K1, _SSIM_K2, _SSIM_SIGMA, _SSIM_RADIUS = 0.01, 0.03, 1.5, 5
