@@ -358,12 +358,20 @@ def _whitened_spectrum(response: np.ndarray) -> np.ndarray:
     """The map's magnitude spectrum (zero frequency at the centre), each bin against its
     neighbourhood, so that a line stands out wherever the anatomy's own spectrum is strong
     (low frequencies) or weak; a window keeps the map's edges from smearing the lines."""
+    from scipy import fft
     from scipy.ndimage import gaussian_filter
 
-    rows, cols = response.shape
-    window = np.outer(np.hanning(rows), np.hanning(cols))
-    spectrum = np.abs(np.fft.fftshift(np.fft.fft2((response - response.mean()) * window)))
-    return spectrum / (gaussian_filter(spectrum, _WHITENING) + 1e-30)
+    windowed = (response - response.mean()) * _hanning_window(response.shape)
+    # In float32: the angles are chosen among peaks of these scores, then checked on the maps.
+    spectrum = np.abs(np.fft.fftshift(fft.fft2(windowed.astype(np.float32))))
+    return spectrum / (gaussian_filter(spectrum, _WHITENING) + np.float32(1e-30))
+
+
+@functools.lru_cache(maxsize=4)
+def _hanning_window(shape: tuple[int, int]) -> np.ndarray:
+    window = np.outer(np.hanning(shape[0]), np.hanning(shape[1]))
+    window.flags.writeable = False
+    return window
 
 
 def _lattice_scores(spectrum: np.ndarray, tile: int, pilot: np.ndarray, scales: np.ndarray,
