@@ -316,7 +316,10 @@ def _sampled_strengths(responses, tile: int, pilot: np.ndarray, side: int, scale
 
     rows, cols = responses.shape[-2:]
     maps = responses.shape[1]
-    degrees = np.zeros(len(scales)) if degrees is None else np.asarray(degrees, dtype=np.float64)
+    if degrees is None or not np.any(degrees):
+        folded = _separable_folds(responses[0].numpy(), tile, side, scales)
+        return _folded_strengths(folded.reshape(-1, tile, tile), pilot).reshape(len(scales), maps).max(axis=1)
+    degrees = np.asarray(degrees, dtype=np.float64)
     folded = np.empty((len(scales), maps, tile, tile), dtype=np.float32)
     for first in range(0, len(scales), _GEOMETRIES_AT_ONCE):
         part = slice(first, first + _GEOMETRIES_AT_ONCE)
@@ -331,6 +334,42 @@ def _sampled_strengths(responses, tile: int, pilot: np.ndarray, side: int, scale
 
 # Geometries sampled in one call: enough to spread over the threads, few enough to stay in cache.
 _GEOMETRIES_AT_ONCE = 4
+
+
+def _separable_folds(maps: np.ndarray, tile: int, side: int, scales: np.ndarray) -> np.ndarray:
+    """(geometries, K, tile, tile): what `_sampled_strengths` folds for turns of 0, the maps'
+    (K, rows, cols) `side`² centre sampled bilinearly `scale` px apart and folded onto one tile,
+    as two matrix products: bilinear sampling on a grid is separable, and so is the fold, so
+    rows (u, v) of the fold are `fold_rows` @ maps @ `fold_cols`ᵀ (`_fold_matrix`). The same
+    values as sampling every point to float rounding, in a third of the time (the resize scan
+    tries ~170 scales; it was half of an unmarked read)."""
+    maps = np.asarray(maps, dtype=np.float32)
+    rows, cols = maps.shape[1:]
+    folded = np.empty((len(scales), len(maps), tile, tile), dtype=np.float32)
+    mean = np.float32(1.0 / (side // tile) ** 2)
+    for index, scale in enumerate(np.asarray(scales, dtype=np.float64)):
+        fold_rows, top, bottom = _fold_matrix(rows, side, scale, tile)
+        fold_cols, left, right = (fold_rows, top, bottom) if cols == rows else _fold_matrix(cols, side, scale, tile)
+        np.matmul(np.matmul(fold_rows, maps[:, top:bottom, left:right]), fold_cols.T, out=folded[index])
+        folded[index] *= mean
+    return folded
+
+
+def _fold_matrix(size: int, side: int, scale: float, tile: int) -> tuple[np.ndarray, int, int]:
+    """(tile, last − first), first, last: row u sums, with their bilinear weights, the samples
+    u, u + tile, u + 2·tile, ... of `side` positions `scale` px apart centred on the middle of
+    `size` px (pixel centres, ends clamped: grid_sample's align_corners and border padding);
+    its columns are the pixels first..last − 1 that any sample touches."""
+    positions = (size - 1) / 2 + (np.arange(side) - (side - 1) / 2) * scale
+    np.clip(positions, 0, size - 1, out=positions)
+    low = np.minimum(positions.astype(np.int64), size - 2)  # positions are ≥ 0: truncation floors
+    above = positions - low
+    first, span = int(low[0]), int(low[-1]) + 2 - int(low[0])  # positions increase
+    place = (np.arange(side) % tile) * span + (low - first)
+    matrix = np.bincount(place, weights=1.0 - above, minlength=tile * span)
+    # The weight of pixel low + 1 is one place on in the same row (low − first ≤ span − 2).
+    matrix[1:] += np.bincount(place, weights=above, minlength=tile * span)[:-1]
+    return matrix.reshape(tile, span).astype(np.float32), first, first + span
 
 
 def _centre_grids(rows: int, cols: int, side: int, scales: np.ndarray, degrees: np.ndarray):
