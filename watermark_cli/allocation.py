@@ -83,7 +83,8 @@ def spread_over_views(residual: np.ndarray, original: np.ndarray, meter: FrameMe
     for k in range(n_views):
         inside = region == k
         if np.any(inside & present):
-            error[:, k] = np.square(slopes[:, inside]) @ shaped_energy[inside] / residual.size
+            # A sum, not a matrix product: numpy's BLAS would start threads of its own.
+            error[:, k] = (np.square(slopes[:, inside]) * shaped_energy[inside]).sum(axis=1) / residual.size
     budget = rms * rms
     gains = np.zeros(n_views)
     for v in np.argsort([view.stored_span for view in meter.binding]):  # narrowest first

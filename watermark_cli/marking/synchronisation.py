@@ -343,23 +343,27 @@ def _separable_folds(maps: np.ndarray, tile: int, side: int, scales: np.ndarray)
     rows (u, v) of the fold are `fold_rows` @ maps @ `fold_cols`ᵀ (`_fold_matrix`). The same
     values as sampling every point to float rounding, in a third of the time (the resize scan
     tries ~170 scales; it was half of an unmarked read)."""
-    maps = np.asarray(maps, dtype=np.float32)
+    import torch
+
+    # torch's products, not numpy's: numpy's BLAS starts threads of its own, which files
+    # read on threads side by side (`marking.threads`) then fight over.
+    maps = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))
     rows, cols = maps.shape[1:]
-    folded = np.empty((len(scales), len(maps), tile, tile), dtype=np.float32)
-    mean = np.float32(1.0 / (side // tile) ** 2)
+    folded = torch.empty((len(scales), len(maps), tile, tile), dtype=torch.float32)
     for index, scale in enumerate(np.asarray(scales, dtype=np.float64)):
         fold_rows, top, bottom = _fold_matrix(rows, side, scale, tile)
         fold_cols, left, right = (fold_rows, top, bottom) if cols == rows else _fold_matrix(cols, side, scale, tile)
-        np.matmul(np.matmul(fold_rows, maps[:, top:bottom, left:right]), fold_cols.T, out=folded[index])
-        folded[index] *= mean
-    return folded
+        torch.matmul(torch.matmul(fold_rows, maps[:, top:bottom, left:right]), fold_cols.T, out=folded[index])
+    return (folded * (1.0 / (side // tile) ** 2)).numpy()
 
 
-def _fold_matrix(size: int, side: int, scale: float, tile: int) -> tuple[np.ndarray, int, int]:
-    """(tile, last − first), first, last: row u sums, with their bilinear weights, the samples
+def _fold_matrix(size: int, side: int, scale: float, tile: int):
+    """(tile, last − first) tensor, first, last: row u sums, with their bilinear weights, the samples
     u, u + tile, u + 2·tile, ... of `side` positions `scale` px apart centred on the middle of
     `size` px (pixel centres, ends clamped: grid_sample's align_corners and border padding);
     its columns are the pixels first..last − 1 that any sample touches."""
+    import torch
+
     positions = (size - 1) / 2 + (np.arange(side) - (side - 1) / 2) * scale
     np.clip(positions, 0, size - 1, out=positions)
     low = np.minimum(positions.astype(np.int64), size - 2)  # positions are ≥ 0: truncation floors
@@ -369,7 +373,7 @@ def _fold_matrix(size: int, side: int, scale: float, tile: int) -> tuple[np.ndar
     matrix = np.bincount(place, weights=1.0 - above, minlength=tile * span)
     # The weight of pixel low + 1 is one place on in the same row (low − first ≤ span − 2).
     matrix[1:] += np.bincount(place, weights=above, minlength=tile * span)[:-1]
-    return matrix.reshape(tile, span).astype(np.float32), first, first + span
+    return torch.from_numpy(matrix.reshape(tile, span).astype(np.float32)), first, first + span
 
 
 def _centre_grids(rows: int, cols: int, side: int, scales: np.ndarray, degrees: np.ndarray):
