@@ -1,7 +1,8 @@
 """How long wm takes per image on this machine: where an embed's time goes, and what one more
 512² CT costs a whole `wm embed` or `wm extract` run.
 
-    .venv/bin/python benchmarks/speed.py [--repeats 10] [--marginal 40] [--marginal-runs 3] [--write-card]
+    .venv/bin/python benchmarks/speed.py [--repeats 10] [--marginal 40] [--marginal-runs 3] [--others]
+        [--device auto|cpu|cuda] [--networks B] [--write-card]
 
 **Stages** (in this process, model loaded, median of --repeats after a warm-up): what default
 `wm embed` does to one file, stage by stage — decode (read the file), views (the meters of every
@@ -17,6 +18,11 @@ and on marked copies, each on a folder of 1 and of N copies of the CT with a gen
 (T(N) − T(1)) / (N − 1), so start-up and model loading cancel out; each figure is the median
 of --marginal-runs such measurements (runs on a shared machine vary by several ms a copy).
 Goal (issue 30): at most 100 ms each on 2 cores. Measure on an idle machine.
+
+**Networks alone** (`--networks B`): 512² frames B at a time through the encoder and the
+decoder's read (feature maps, key field, fold, read-out), on --device: images per second, and on
+a GPU the most memory torch held. With `--device cuda` the stages and the whole runs use the GPU
+too (`wm … --device cuda`): the one command to run when a GPU machine is lent.
 
 **Other files** (`--others`): the unmarked read of each held-out pydicom-data file, in process,
 one thread (median of --repeats): how much an unmarked read costs depends on the image (a
@@ -41,12 +47,14 @@ import torch
 
 from watermark_cli.allocation import spread_over_views
 from watermark_cli.data.clinical import clinical_file, clinical_files
+from watermark_cli.errors import BadInputError
 from watermark_cli.guard import guard_image
 from watermark_cli.io.image import read_image
 from watermark_cli.keys import generated_key_text
 from watermark_cli.marking.files import EmbedSettings, embed_file, restoration_record
 from watermark_cli.marking.image import codec_for, extract_payload, residual_for
 from watermark_cli.marking.marked_binding import binding_as_written
+from watermark_cli.model.device import model_device
 from watermark_cli.model.store import load_model, write_card
 from watermark_cli.quality import QualityFloor, frame_meters
 
@@ -104,6 +112,37 @@ def stages(model, codec, source: Path, key: str, repeats: int, folder: Path) -> 
     return figures
 
 
+def networks_alone(model, batch: int, repeats: int) -> dict[str, float]:
+    """Images per second of 512² frames, `batch` at a time, through the encoder and through the
+    decoder's read, on the model's device; and on a GPU the most memory torch held (MiB)."""
+    from watermark_cli.model.key_field import random_key_fields
+
+    device = next(model.model.parameters()).device
+    config = model.model.config
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.rand(batch, 1, 512, 512, generator=generator).to(device)
+    bits = torch.randint(0, 2, (batch, config.n_bits), generator=generator).float().to(device)
+    field = random_key_fields(batch, 512, 512, config.key_field_sigma, frames) if config.keyed else None
+
+    def through(network):
+        def run():
+            with torch.inference_mode():
+                network()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        return run
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    encoder = timed(through(lambda: model.model.encoder(frames, bits, field)), repeats)
+    decoder = timed(through(lambda: model.model.decoder(frames, field)), repeats)
+    figures = {"batch": batch, "encoder_images_per_s": round(batch / encoder * 1e3, 1),
+               "decoder_images_per_s": round(batch / decoder * 1e3, 1)}
+    if device.type == "cuda":
+        figures["peak_memory_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
+    return figures
+
+
 def _run(*args) -> float:
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "watermark_cli", *map(str, args)], capture_output=True, text=True)
@@ -112,7 +151,7 @@ def _run(*args) -> float:
     return time.perf_counter() - started
 
 
-def marginal(source: Path, count: int, folder: Path, runs: int = 3) -> dict[str, list[float]]:
+def marginal(source: Path, count: int, folder: Path, runs: int = 3, device: str = "auto") -> dict[str, list[float]]:
     """Milliseconds one more copy of `source` adds to a whole wm run (see the module docstring),
     measured `runs` times in turn (whole runs on a shared machine vary by several ms a copy)."""
     key_file = folder / "site.key"
@@ -125,13 +164,14 @@ def marginal(source: Path, count: int, folder: Path, runs: int = 3) -> dict[str,
     figures: dict[str, list[float]] = {"embed": [], "extract_unmarked": [], "extract_marked": []}
     for run in range(runs):
         marked_one, marked_many = folder / f"one_marked{run}", folder / f"many_marked{run}"
-        embed_one = _run("embed", few, "R-0042", "--key-file", key_file, "-o", marked_one)
-        embed_many = _run("embed", many, "R-0042", "--key-file", key_file, "-o", marked_many)
+        keyed = ("--key-file", key_file, "--device", device)
+        embed_one = _run("embed", few, "R-0042", *keyed, "-o", marked_one)
+        embed_many = _run("embed", many, "R-0042", *keyed, "-o", marked_many)
         figures["embed"].append((embed_many - embed_one) / (count - 1) * 1e3)
-        read_one, read_many = _run("extract", few, "--key-file", key_file), _run("extract", many, "--key-file", key_file)
+        read_one, read_many = _run("extract", few, *keyed), _run("extract", many, *keyed)
         figures["extract_unmarked"].append((read_many - read_one) / (count - 1) * 1e3)
-        read_one = _run("extract", marked_one, "--key-file", key_file)
-        read_many = _run("extract", marked_many, "--key-file", key_file)
+        read_one = _run("extract", marked_one, *keyed)
+        read_many = _run("extract", marked_many, *keyed)
         figures["extract_marked"].append((read_many - read_one) / (count - 1) * 1e3)
     return figures
 
@@ -162,17 +202,26 @@ def main() -> None:
                         help="whole-run measurements of each figure, in turn; the median is reported")
     parser.add_argument("--write-card", action="store_true",
                         help="store the figures in the model's card.yaml (measure on an idle machine)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where the networks run, in process and in the whole runs (default: auto)")
+    parser.add_argument("--networks", type=int, default=0, metavar="B",
+                        help="also time the networks alone, B 512² frames at a time")
     parser.add_argument("--others", action="store_true",
                         help="also time the unmarked read of every held-out file (one thread, in process)")
     args = parser.parse_args()
 
-    model = load_model(args.model)
+    try:
+        device = model_device(args.device)
+    except BadInputError as error:
+        raise SystemExit(f"speed.py: {error}") from None
+    model = load_model(args.model, device)
     key = generated_key_text()
     codec = codec_for(model, key)
     source = clinical_file(args.file)
     image = read_image(source)
     print(f"{args.file}: {image.pixels.shape[1]}×{image.pixels.shape[2]}, {image.n_frames} frame(s); "
-          f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}; model {model.name}")
+          f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}; model {model.name}; "
+          f"networks on {next(model.model.parameters()).device}")
     with tempfile.TemporaryDirectory() as folder:
         figures = {"stages_ms": {name: round(ms, 1) for name, ms in stages(model, codec, source, key, args.repeats,
                                                                              Path(folder)).items()}}
@@ -181,7 +230,7 @@ def main() -> None:
             print(f"| {name} | {ms:.1f} |")
         if args.marginal > 1:
             with tempfile.TemporaryDirectory() as runs:
-                measured = marginal(source, args.marginal, Path(runs), args.marginal_runs)
+                measured = marginal(source, args.marginal, Path(runs), args.marginal_runs, args.device)
             figures["marginal_ms"] = {name: round(statistics.median(values)) for name, values in measured.items()}
             figures["marginal_runs_ms"] = {name: [round(v) for v in values] for name, values in measured.items()}
             print(f"| whole run, one more copy (N = {args.marginal}; median of {args.marginal_runs} runs) "
@@ -189,6 +238,11 @@ def main() -> None:
             for name, ms in figures["marginal_ms"].items():
                 each = ", ".join(str(v) for v in figures["marginal_runs_ms"][name])
                 print(f"| wm {name.replace('_', ' ')} | {ms} | {each} |")
+    if args.networks > 0:
+        figures["networks_alone"] = networks_alone(model, args.networks, args.repeats)
+        print("| networks alone, 512² frames | value |\n|---|---:|")
+        for name, value in figures["networks_alone"].items():
+            print(f"| {name.replace('_', ' ')} | {value} |")
     if args.others:
         figures["unmarked_reads_ms"] = other_files(model, codec, args.repeats)
         print("| held-out file, unmarked (one thread, in process) | size | median ms |\n|---|---|---:|")
