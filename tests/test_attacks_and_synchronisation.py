@@ -150,3 +150,21 @@ def test_a_weak_first_period_peak_is_not_mistaken_for_its_multiple():
     period = estimate_tile_period(resized, 64)
     assert period == pytest.approx((48.0, 48.0), abs=0.1)
     assert read_frames(model, codec, resized[None]).decoded.message == b"2yW4Acq9"
+
+
+def test_the_pilot_score_spread_from_sorted_rows_is_numpys_median_deviation():
+    """The scans' robust spread is taken from each row sorted once (no second sort of the
+    deviations): the very values numpy's medians give, ties and odd lengths included."""
+    from watermark_cli.marking.synchronisation import _sorted_row_deviations, _sorted_row_medians
+
+    rng = np.random.default_rng(7)
+    for length in (4096, 4095, 3, 2):
+        for trial in range(6):
+            rows = (rng.standard_normal((9, length)) * 10.0 ** rng.uniform(-3, 3)).astype(np.float32)
+            if trial % 2:
+                rows = np.round(rows)  # many equal values
+            ordered = np.sort(rows, axis=1)
+            centres = _sorted_row_medians(ordered)
+            assert np.array_equal(centres, np.median(rows.astype(np.float64), axis=1))
+            deviations = np.abs(rows - centres[:, None].astype(np.float32)).astype(np.float64)
+            assert np.array_equal(_sorted_row_deviations(ordered, centres), np.median(deviations, axis=1))
