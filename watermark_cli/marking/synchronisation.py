@@ -10,6 +10,7 @@ rotation turns the lattice of those peaks by the same angle, which tells how muc
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -439,25 +440,75 @@ def _lattice_scores(spectrum: np.ndarray, tile: int, pilot: np.ndarray, scales: 
     """For each (scale, angle) pair: the mean whitened magnitude, per unit of pilot weight, on
     the pilot's spectral lines where a pilot repeated every tile·scale px and turned by angle
     (degrees; an image turned by scipy's `rotate` through d degrees scores best at d) would
-    put them."""
-    from scipy.ndimage import map_coordinates
+    put them. Each line's value is the bilinear interpolation of the spectrum there (edges
+    clamped), rounded to the spectrum's precision as `scipy.ndimage.map_coordinates` gives it."""
+    geometry = _lattice_geometry(spectrum.shape, tile, _Frozen(np.asarray(pilot, dtype=np.float64)),
+                                 _Frozen(np.asarray(scales, dtype=np.float64)), _Frozen(np.asarray(angles, dtype=np.float64)))
+    values = np.einsum("apc,apc->ap", spectrum.ravel()[geometry.corners], geometry.corner_weights)
+    return (values.astype(spectrum.dtype) * geometry.line_weights).sum(axis=1) / geometry.total_weights
 
-    rows, cols = spectrum.shape
-    pilot_spectrum = np.abs(np.fft.fftshift(np.fft.fft2(pilot)))
+
+class _Frozen:
+    """An array as a cache key (by its bytes)."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+        self._key = (array.shape, array.tobytes())
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Frozen) and self._key == other._key
+
+
+@dataclass(frozen=True)
+class _LatticeGeometry:
+    """Where `_lattice_scores` reads a spectrum: per (geometry, line), the four pixels around
+    the line's place (flat indices) and their bilinear weights; the lines' pilot weights (0
+    outside the spectrum) and their sums per geometry."""
+
+    corners: np.ndarray
+    corner_weights: np.ndarray
+    line_weights: np.ndarray
+    total_weights: np.ndarray
+
+
+@functools.lru_cache(maxsize=8)
+def _lattice_geometry(shape: tuple[int, int], tile: int, pilot: _Frozen, scales: _Frozen,
+                      angles: _Frozen) -> _LatticeGeometry:
+    """The same for every map of a frame and every frame of a size: made once (the rotation
+    search scores 121 angles on 1000 lines of each map; placing them took as long as reading
+    them)."""
+    rows, cols = shape
+    pilot_spectrum = np.abs(np.fft.fftshift(np.fft.fft2(pilot.array)))
     harmonics = np.argwhere(pilot_spectrum > 0) - tile // 2
     weights = pilot_spectrum[pilot_spectrum > 0]
     keep = np.argsort(-weights)[:_LATTICE_POINTS]
     m, n, weights = harmonics[keep, 0].astype(np.float64), harmonics[keep, 1].astype(np.float64), weights[keep]
-    theta = np.deg2rad(angles)[:, None]
+    theta = np.deg2rad(angles.array)[:, None]
+    scale = scales.array[:, None]
     # Turning the image turns its spectrum the same way.
     turned_m = m[None, :] * np.cos(theta) - n[None, :] * np.sin(theta)
     turned_n = m[None, :] * np.sin(theta) + n[None, :] * np.cos(theta)
-    row_bins = rows / 2 + turned_m * rows / (tile * scales[:, None])
-    col_bins = cols / 2 + turned_n * cols / (tile * scales[:, None])
+    row_bins = rows / 2 + turned_m * rows / (tile * scale)
+    col_bins = cols / 2 + turned_n * cols / (tile * scale)
     inside = (row_bins >= 0) & (row_bins <= rows - 1) & (col_bins >= 0) & (col_bins <= cols - 1)
-    values = map_coordinates(spectrum, [row_bins.ravel(), col_bins.ravel()], order=1, mode="nearest")
-    values = values.reshape(row_bins.shape) * inside
-    return (values * weights).sum(axis=1) / np.maximum((weights * inside).sum(axis=1), 1e-30)
+    corners, corner_weights = [], []
+    row_low, col_low = np.floor(row_bins), np.floor(col_bins)
+    row_step, col_step = row_bins - row_low, col_bins - col_low
+    for row_offset, row_weight in ((0, 1.0 - row_step), (1, row_step)):
+        for col_offset, col_weight in ((0, 1.0 - col_step), (1, col_step)):
+            row = np.clip(row_low + row_offset, 0, rows - 1).astype(np.int64)
+            col = np.clip(col_low + col_offset, 0, cols - 1).astype(np.int64)
+            corners.append(row * cols + col)
+            corner_weights.append(row_weight * col_weight)
+    line_weights = weights[None, :] * inside
+    frozen = [np.stack(corners, axis=-1), np.stack(corner_weights, axis=-1), line_weights,
+              np.maximum(line_weights.sum(axis=1), 1e-30)]
+    for array in frozen:
+        array.flags.writeable = False
+    return _LatticeGeometry(*frozen)
 
 
 def _best_peaks(score: np.ndarray, grid: np.ndarray, count: int) -> list[float]:
