@@ -474,7 +474,7 @@ class _LatticeGeometry:
     total_weights: np.ndarray
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)  # about 7 MB each (121 angles of 1000 lines)
 def _lattice_geometry(shape: tuple[int, int], tile: int, pilot: _Frozen, scales: _Frozen,
                       angles: _Frozen) -> _LatticeGeometry:
     """The same for every map of a frame and every frame of a size: made once (the rotation
@@ -501,7 +501,7 @@ def _lattice_geometry(shape: tuple[int, int], tile: int, pilot: _Frozen, scales:
         for col_offset, col_weight in ((0, 1.0 - col_step), (1, col_step)):
             row = np.clip(row_low + row_offset, 0, rows - 1).astype(np.int64)
             col = np.clip(col_low + col_offset, 0, cols - 1).astype(np.int64)
-            corners.append(row * cols + col)
+            corners.append((row * cols + col).astype(np.int32 if rows * cols < 2**31 else np.int64))
             corner_weights.append(row_weight * col_weight)
     line_weights = weights[None, :] * inside
     frozen = [np.stack(corners, axis=-1), np.stack(corner_weights, axis=-1), line_weights,
