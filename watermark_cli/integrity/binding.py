@@ -37,6 +37,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from .compression import decompressed
+
 BINDING_VERSION = 1
 ITEM_DIGEST_HEX = 16  # 64 bits per named item
 HIGH_BITS_NAME = "Overlay bits in the unused high bits of Pixel Data"
@@ -154,17 +156,9 @@ _XZ_MAGIC = b"\xfd7zXZ\x00"
 
 
 def unpack(data: bytes) -> dict:
-    """The binding `pack` made; records sealed before zstd hold it in xz, read all the same."""
-    import io
-    import lzma
-
-    import zstandard
-
-    if data.startswith(_XZ_MAGIC):
-        raw = lzma.LZMADecompressor().decompress(data, max_length=_LARGEST_BINDING)
-    else:
-        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as stream:
-            raw = stream.read(_LARGEST_BINDING)
+    """The binding `pack` made; records sealed before zstd hold it in xz, read all the same. A
+    damaged one raises ValueError, UnicodeDecodeError or one of `decompression_errors()`."""
+    raw = decompressed("xz" if data.startswith(_XZ_MAGIC) else "zstd", data, _LARGEST_BINDING)
     return json.loads(raw.decode("utf-8"))
 
 

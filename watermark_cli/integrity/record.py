@@ -47,6 +47,7 @@ from ..hashing import pixel_sha256
 from ..keys import key_material
 from .binding import pack as pack_binding
 from .binding import unpack as unpack_binding
+from .compression import decompressed, decompression_errors
 
 MAGIC = b"WMRR"  # wm restoration record
 VERSION = 1
@@ -107,13 +108,9 @@ def _shape_text(shape) -> str:
 
 def _unpacked_binding(data: bytes) -> dict:
     """The sealed binding; a record that authenticates but holds an unreadable one is damaged."""
-    import lzma
-
-    import zstandard
-
     try:
         binding = unpack_binding(data)
-    except (lzma.LZMAError, zstandard.ZstdError, ValueError, UnicodeDecodeError):
+    except (*decompression_errors(), ValueError, UnicodeDecodeError):
         binding = None
     if not isinstance(binding, dict) or not isinstance(binding.get("items"), dict):
         raise RecordNotAuthenticError("the restoration record is damaged (its binding cannot be read)")
@@ -239,17 +236,9 @@ def _decompress_difference(codec: str, data: bytes, dtype: str, shape) -> np.nda
 def _bounded(compressor: str, data: bytes, size: int, exact: bool = True) -> bytes:
     """`data` ('xz' or 'zstd') decompressed to at most `size` bytes (exactly `size` when
     `exact`), else the record is damaged."""
-    import io
-
-    import zstandard
-
     try:
-        if compressor == "xz":
-            raw = lzma.LZMADecompressor().decompress(data, max_length=size + 1)
-        else:
-            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as stream:
-                raw = stream.read(size + 1)
-    except (lzma.LZMAError, zstandard.ZstdError):
+        raw = decompressed(compressor, data, size + 1)
+    except decompression_errors():
         raw = b""
     if len(raw) > size or (exact and len(raw) != size):
         raise RecordNotAuthenticError("the restoration record is damaged (its data do not match its shape)")
