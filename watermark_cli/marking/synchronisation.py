@@ -395,18 +395,15 @@ def _fold_matrix(size: int, side: int, scale: float, tile: int):
 
 
 def _centre_grids(rows: int, cols: int, side: int, scales: np.ndarray, degrees: np.ndarray):
-    """grid_sample's grids (geometries, side, side, 2) for `_sampled_strengths`: x first, -1 to 1
-    over the pixel centres (align_corners). Made in numpy: a few small torch operations per
-    geometry, each spread over threads, cost more than the sampling on a busy machine."""
+    """grid_sample's grids (geometries, side, side, 2) for `_sampled_strengths`' turns (its turns
+    of 0 take `_separable_folds`): x first, -1 to 1 over the pixel centres (align_corners). Made
+    in numpy: a few small torch operations per geometry, each spread over threads, cost more
+    than the sampling on a busy machine."""
     import torch
 
     offsets = (np.arange(side, dtype=np.float32) - np.float32((side - 1) / 2))[None, :] * scales[:, None]
     x_scale, y_scale = np.float32(2 / (cols - 1)), np.float32(2 / (rows - 1))
     grid = np.empty((len(scales), side, side, 2), dtype=np.float32)
-    if not np.any(degrees):  # the resize scan: separable, so lines broadcast (the very same values)
-        grid[..., 0] = (((cols - 1) / 2 + offsets) * x_scale - 1)[:, None, :]
-        grid[..., 1] = (((rows - 1) / 2 + offsets) * y_scale - 1)[:, :, None]
-        return torch.from_numpy(grid)
     theta = -np.deg2rad(degrees)
     cos, sin = np.cos(theta).astype(np.float32)[:, None, None], np.sin(theta).astype(np.float32)[:, None, None]
     row_offsets, col_offsets = offsets[:, :, None], offsets[:, None, :]
