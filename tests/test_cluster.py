@@ -93,6 +93,10 @@ def test_a_worker_killed_mid_run_loses_nothing_and_doubles_nothing(tmp_path, shi
     out = tmp_path / "out"
     jobs = [(path, out / path.relative_to(source)) for path in sorted(source.rglob("*_*.dcm"))]
     settings = EmbedSettings(MESSAGE.encode(), QualityFloor(40.0))
+    # What a worker killed while writing leaves behind (whether the kill below lands mid-write is chance).
+    planted = jobs[0][1].parent / f".{jobs[0][1].name}.tmp-killed"
+    planted.parent.mkdir(parents=True)
+    planted.write_bytes(b"half a file")
     results, killed = [], []
     for outcome in embed_files_on_cluster(jobs, settings, workers=2):
         results.append(outcome)

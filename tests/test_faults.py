@@ -510,6 +510,7 @@ def test_a_worker_killed_mid_batch_is_replaced_and_the_batch_completes(tmp_path)
     assert process.returncode == 0, stderr
     records = _check_whole(output, "workers")
     assert len(records) == 10 == len(list(output.glob("img*.png")))
+    assert not [p for p in output.rglob(".*") if ".tmp-" in p.name]  # whether or not the kill landed mid-write
 
 
 def test_messages_and_keys_that_are_not_plain_text_get_one_line_or_are_taken_as_bytes(tmp_path):
@@ -546,3 +547,24 @@ def test_file_names_that_look_like_terminal_markup_are_printed_as_they_are(tmp_p
     assert read.code == 0 and read.stdout.strip() == "names"
     missing = run_wm_here("extract", folder / "[bold]bad.png")
     assert missing.code == 2 and "[bold]bad.png" in missing.stderr
+
+
+def test_only_the_temporaries_of_the_given_targets_are_removed(tmp_path):
+    from watermark_cli.io.writing import remove_temporaries_of, write_atomically
+
+    mine, other = tmp_path / "a" / "x.tmp-y.dcm", tmp_path / "b" / "z.dcm"
+    for target in (mine, other):
+        target.parent.mkdir()
+        write_atomically(target, b"whole")
+    left = [mine.with_name(f".{mine.name}.tmp-abc123"), other.with_name(f".{other.name}.tmp-def456"),
+            mine.with_name(".x.tmp-abc999")]  # the temporary of 'x', another file
+    for stale in left:
+        stale.write_bytes(b"half")
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"not ours")
+    link = mine.with_name(f".{mine.name}.tmp-link")
+    link.symlink_to(outside)
+    assert remove_temporaries_of([mine, mine]) == 1
+    assert not left[0].exists() and left[1].exists() and left[2].exists()
+    assert link.is_symlink() and outside.read_bytes() == b"not ours"  # a link is never followed or removed
+    assert mine.read_bytes() == other.read_bytes() == b"whole"

@@ -112,18 +112,37 @@ def remove_stale_temporaries(folder: str | Path, targets: set[Path] | None = Non
     skips `write_atomically`'s clean-up). Only safe while holding `exclusive_folder(folder)`:
     another writer's temporary file would otherwise be taken from under it. With `targets`,
     only the temporaries of those files (a shard's). Returns how many."""
+    if targets is not None:
+        return remove_temporaries_of(targets)
+    return sum(_remove_temporary(stale) for stale in Path(folder).rglob(f".*{_TEMPORARY_MARK}*"))
+
+
+def remove_temporaries_of(targets: Iterable[Path]) -> int:
+    """Remove the temporary files left for these target files (each folder listed once), e.g.
+    by a worker killed while writing one: call it only once no writer of these targets can
+    still be running. Returns how many."""
+    targets = {Path(target) for target in targets}
     removed = 0
-    for stale in Path(folder).rglob(f".*{_TEMPORARY_MARK}*"):
-        target = stale.with_name(stale.name[1:].split(_TEMPORARY_MARK)[0])
-        if targets is not None and target not in targets:
-            continue
-        if stale.is_file() and not stale.is_symlink():
-            try:
-                stale.unlink()
-                removed += 1
-            except OSError:
-                pass
+    for parent in {target.parent for target in targets}:
+        for stale in parent.glob(f".*{_TEMPORARY_MARK}*"):
+            if _target_of(stale) in targets:
+                removed += _remove_temporary(stale)
     return removed
+
+
+def _target_of(temporary: Path) -> Path:
+    # '.NAME.tmp-RANDOM' -> NAME; mkstemp's random part never holds the mark, a NAME might.
+    return temporary.with_name(temporary.name[1:].rsplit(_TEMPORARY_MARK, 1)[0])
+
+
+def _remove_temporary(stale: Path) -> bool:
+    if not stale.is_file() or stale.is_symlink():
+        return False
+    try:
+        stale.unlink()
+    except OSError:
+        return False
+    return True
 
 
 def fsync_folder(folder: str | Path) -> None:

@@ -27,6 +27,7 @@ from distributed import WorkerPlugin
 from ..errors import WmError
 from ..io.image import read_image
 from ..io.isolation import IsolatedReader
+from ..io.writing import remove_temporaries_of
 from ..keys import KeyFileReference
 from ..model.device import model_device
 from ..model.store import load_model
@@ -140,9 +141,15 @@ def embed_files_on_cluster(jobs: list[tuple[Path, Path]], settings: EmbedSetting
     def failed(job: tuple[Path, Path], why: str) -> FileOutcome:
         return FileOutcome(job[0], job[1], exit_code=1, error=f"{job[0]}: failed on the cluster ({why})")
 
-    yield from _run_on_cluster(jobs, lambda job: (mark_on_worker, str(job[0]), str(job[1])),
-                               lambda threads: MarkingPlugin(settings, threads, key), failed, workers, scheduler,
-                               stop_requested)
+    try:
+        yield from _run_on_cluster(jobs, lambda job: (mark_on_worker, str(job[0]), str(job[1])),
+                                   lambda threads: MarkingPlugin(settings, threads, key), failed, workers, scheduler,
+                                   stop_requested)
+    finally:
+        # A worker killed while writing (its file then written again by another) leaves a
+        # temporary file behind. A local cluster's workers are closed by now; a remote worker
+        # still on an abandoned task finds its temporary file gone and writes nothing.
+        remove_temporaries_of(job[1] for job in jobs)
 
 
 def read_marks_on_cluster(paths: list[Path], model: str | None, key, max_pixels: int, accept_format_1: bool,

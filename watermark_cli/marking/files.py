@@ -29,6 +29,7 @@ from ..io.discovery import sniff_kind
 from ..io.image import check_writable, file_record, read_image, write_image
 from ..io.isolation import IsolatedReader
 from ..io.medical_image import DEFAULT_MAX_PIXELS
+from ..io.writing import remove_temporaries_of
 from ..keys import key_kind
 from ..model.device import model_device
 from ..model.store import load_model
@@ -413,27 +414,31 @@ def embed_files(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, 
     # A worker that dies (the kernel's out-of-memory killer, a crash outside decoding) breaks
     # its pool: every file it had not finished is tried again once in a new pool, so the batch
     # goes on; a file that fails in two pools is reported failed.
-    attempts = {job: 0 for job in jobs}
-    remaining = list(jobs)
-    while remaining:
-        lost: list[tuple[Path, Path]] = []
-        for outcome in _run_pool(remaining, settings, workers, stop_requested, lost):
-            yield outcome
-        remaining = []
-        for job in lost:
-            if job[1].exists() and not settings.overwrite:
-                # The worker died after its file was in place: audit that file, do not mark it again.
-                recovered = _recovered_or_none(job, settings, loaded, codec)
-                yield (FileOutcome(job[0], job[1], result=recovered) if recovered is not None else
-                       FileOutcome(job[0], job[1], exit_code=1, error=f"{job[1]}: written by a worker that died; "
-                                   "it does not read back (--overwrite to redo it)"))
-                continue
-            attempts[job] += 1
-            if attempts[job] < 2 and not stop_requested():
-                remaining.append(job)
-            else:
-                yield FileOutcome(job[0], job[1], exit_code=1,
-                                  error=f"{job[0]}: the worker process died while marking it (twice); not marked")
+    try:
+        attempts = {job: 0 for job in jobs}
+        remaining = list(jobs)
+        while remaining:
+            lost: list[tuple[Path, Path]] = []
+            for outcome in _run_pool(remaining, settings, workers, stop_requested, lost):
+                yield outcome
+            remaining = []
+            for job in lost:
+                if job[1].exists() and not settings.overwrite:
+                    # The worker died after its file was in place: audit that file, do not mark it again.
+                    recovered = _recovered_or_none(job, settings, loaded, codec)
+                    yield (FileOutcome(job[0], job[1], result=recovered) if recovered is not None else
+                           FileOutcome(job[0], job[1], exit_code=1, error=f"{job[1]}: written by a worker that died; "
+                                       "it does not read back (--overwrite to redo it)"))
+                    continue
+                attempts[job] += 1
+                if attempts[job] < 2 and not stop_requested():
+                    remaining.append(job)
+                else:
+                    yield FileOutcome(job[0], job[1], exit_code=1,
+                                      error=f"{job[0]}: the worker process died while marking it (twice); not marked")
+    finally:
+        # A worker killed while writing leaves its temporary file; each pool has shut down by now.
+        remove_temporaries_of(job[1] for job in jobs)
 
 
 def _recovered_or_none(job: tuple[Path, Path], settings: EmbedSettings, loaded, codec) -> EmbedResult | None:
