@@ -6,11 +6,14 @@
 # keyed model (a fresh random key field per image: one model serves every key), then the public
 # synchronisation pilot added. A keyed model is hard to learn from scratch on a CPU; warm-started
 # from an unkeyed one it reads 98 % of raw bits after a few steps.
+# On the lent GPU machine, scripts/on_device.sh runs the same stages with WM and PYTHON set to its
+# python3 (no set-up there, WM_SETUP=0) and leaves the measuring to this machine (WM_MEASURE=0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-models/default}
-bash scripts/setup_env.sh
-WM=.venv/bin/wm
+[ "${WM_SETUP:-1}" = 0 ] || bash scripts/setup_env.sh
+WM=${WM:-.venv/bin/wm}
+PYTHON=${PYTHON:-.venv/bin/python}
 DATA=runs/default_data
 STAGES=runs/default_stages
 rm -rf "$DATA" "$STAGES"
@@ -27,7 +30,7 @@ $WM train "$DATA/train" "$DATA/synstd" --preset standard --out "$OUT" --epochs 1
   --set key_field_sigma=1.0 --set pilot=0.3 --set sync_pilot=0.5 --set init_from="$STAGES/keyed" \
   --set tau_initial=40 --set learning_rate=0.0007 --set learning_rate_final=0.0001
 rm -f "$OUT/checkpoint.pt"  # only needed to resume training; the shipped model is weights + card
-.venv/bin/python - "$OUT" <<'PY'
+$PYTHON - "$OUT" <<'PY'
 import sys
 from pathlib import Path
 
@@ -39,4 +42,4 @@ card = read_card(Path(sys.argv[1]))
 card["reads_marks_of"] = ["wm-default-v2"]
 write_card(Path(sys.argv[1]), card)
 PY
-.venv/bin/python benchmarks/model_quality.py --model "$OUT" --messages 3 --message-bytes 8 --write-card --name wm-keyed-v3
+[ "${WM_MEASURE:-1}" = 0 ] || $PYTHON benchmarks/model_quality.py --model "$OUT" --messages 3 --message-bytes 8 --write-card --name wm-keyed-v3
