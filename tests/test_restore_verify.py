@@ -462,6 +462,24 @@ def test_restore_gives_back_the_high_bits_even_from_a_compressed_copy(shipped, t
         assert pydicom.dcmread(restored).PixelData == ds.PixelData, compression
 
 
+def test_a_signed_original_s_bits_that_are_not_its_sign_come_back_and_stay_bound(shipped, tmp_path):
+    """Signed words hold their sign above BitsStored; an original with other bits there gets them
+    back from the record, and the marked copy (written sign-extended) is intact as marked."""
+    ds = pydicom.dcmread(clinical_file("693_UNCR.dcm"))  # signed, 14 of 16 bits
+    words = np.frombuffer(ds.PixelData, dtype="<u2").copy()
+    words[:5000] ^= 0x4000
+    ds.PixelData = words.tobytes()
+    source = tmp_path / "signed_high_bits.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    marked = tmp_path / "marked.dcm"
+    mark(source, marked, shipped)
+    loaded, codec = shipped
+    report = verify_image(read_image(marked), KEY, loaded, codec)
+    assert report.intact and report.binding_changes == []
+    restore_file(marked, tmp_path / "restored.dcm", KEY)
+    assert pydicom.dcmread(tmp_path / "restored.dcm").PixelData == ds.PixelData
+
+
 def test_a_marked_file_marked_again_restores_step_by_step(shipped, tmp_path):
     source = clinical_file("693_UNCR.dcm")
     first, second = tmp_path / "first.dcm", tmp_path / "second.dcm"

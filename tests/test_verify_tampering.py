@@ -189,6 +189,61 @@ def test_overlay_bits_in_the_unused_high_bits_are_bound(shipped, tmp_path):
     assert [c["name"] for c in report["changes"]] == ["Overlay bits in the unused high bits of Pixel Data"]
 
 
+def test_bits_above_a_signed_value_that_are_not_its_sign_are_bound(shipped, tmp_path):
+    ds = pydicom.dcmread(clinical_file("693_UNCR.dcm"))  # signed, 14 of 16 bits
+    assert int(ds.PixelRepresentation) == 1 and int(ds.BitsStored) == 14
+    marked = _mark(clinical_file("693_UNCR.dcm"), tmp_path / "ct.wm.dcm", shipped)
+    assert _verify(marked, "--key", KEY)[0] == 0  # sign-extended words are what wm writes: intact
+
+    def flip_bits_14_and_15(ds) -> None:  # the values pydicom and dcmtk read (bits 0-13, sign) stay
+        words = np.frombuffer(ds.PixelData, dtype="<u2").reshape(512, 512).copy()
+        words[200:260, 200:260] ^= 0xC000
+        ds.PixelData = words.tobytes()
+
+    code, report, _ = _verify(_edited(marked, tmp_path / "bits.dcm", flip_bits_14_and_15), "--key", KEY)
+    assert code == 1 and report["changed_blocks"] == []
+    assert [c["name"] for c in report["changes"]] == ["Overlay bits in the unused high bits of Pixel Data"]
+
+
+def test_an_element_written_twice_is_named_whichever_copy_a_reader_keeps(keyed_ct, tmp_path):
+    """pydicom keeps an element's last copy and dcmtk its first: a forged copy placed before the
+    genuine one shows in a viewer while wm reads the genuine one."""
+    data = keyed_ct.read_bytes()
+    ds = pydicom.dcmread(keyed_ct)
+    assert not ds.file_meta.TransferSyntaxUID.is_implicit_VR and ds.file_meta.TransferSyntaxUID.is_little_endian
+    genuine = data.find(struct.pack("<HH", 0x0010, 0x0010) + b"PN")
+    assert genuine > 0
+    forged_name = b"Someone^Else"
+    forged = struct.pack("<HH2sH", 0x0010, 0x0010, b"PN", len(forged_name)) + forged_name
+    tampered = tmp_path / "twice.dcm"
+    tampered.write_bytes(data[:genuine] + forged + data[genuine:])
+    assert pydicom.dcmread(tampered).PatientName == ds.PatientName  # what wm reads is unchanged
+    code, report, stderr = _verify(tampered, "--key", KEY)
+    assert code == 1 and report["changed_blocks"] == [] and not report["intact"]
+    assert report["changes"] == [{"category": "presentation", "name": "PatientName (0010,0010) written twice or out of order",
+                                  "change": "added"}]
+    assert "PatientName (0010,0010) written twice" in stderr
+    # Nor is such a file marked: wm would mark what one reader shows and another would not.
+    out = tmp_path / "twice.wm.dcm"
+    refused = run_wm_here("embed", tampered, "again", "-o", out, "--key", KEY)
+    assert refused.code == 2 and not out.exists() and len(refused.stderr.strip().splitlines()) == 1
+    assert "PatientName (0010,0010) is written twice or out of order" in refused.stderr
+
+
+def test_nothing_rides_unbound_under_wm_s_private_creator(keyed_ct, tmp_path):
+    def add_blocks(ds) -> None:
+        ds.private_block(0x0011, "WM RESTORATION RECORD 1", create=True).add_new(0x01, "LO", "attacker text")
+        ds.private_block(0x0077, "WM RESTORATION RECORD 1").add_new(0x50, "LT", "more in wm's own block")
+        ds.add_new(0x007700F0, "LO", "WM RESTORATION RECORD 1")  # a second block of that name
+        ds.add_new(0x0077F001, "OB", b"not the record")
+
+    code, report, _ = _verify(_edited(keyed_ct, tmp_path / "blocks.dcm", add_blocks), "--key", KEY)
+    assert code == 1 and report["record_authentic"] and report["changed_blocks"] == []
+    assert sorted(c["name"] for c in report["changes"]) == [
+        "private WM RESTORATION RECORD 1 (0011,xx01)", "private WM RESTORATION RECORD 1 (0077,xx01)",
+        "private WM RESTORATION RECORD 1 (0077,xx50)"]
+
+
 # ---- key-only files ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("keyword, value, category", [

@@ -14,8 +14,10 @@ and wm's record). Values are compared as decoded values, not as bytes, so a re-w
 transfer syntax, byte order or character set keeps them. Sequences are bound item by item under
 one name per path (``SharedFunctionalGroupsSequence > PixelMeasuresSequence > PixelSpacing``), so a
 1000-frame enhanced object costs one digest per distinct path, not per frame. Private elements are
-named by their creator, not by the block a writer happened to give them. The unused high bits of
-the pixel data (old overlays) are bound as one more item.
+named by their creator, not by the block a writer happened to give them; of wm's own block only
+the record's two elements are left out. The unused high bits of the pixel data (old overlays; in
+signed words, the bits that are not the value's sign) are bound as one more item, and each
+element the file holds twice or out of order (readers disagree on which copy counts) as another.
 
 PNG: the IHDR fields that decide the image (size, bit depth, colour type; not the interlacing),
 every critical chunk other than IDAT and IEND, and the ancillary chunks that change how the
@@ -42,6 +44,9 @@ from .compression import decompressed
 BINDING_VERSION = 1
 ITEM_DIGEST_HEX = 16  # 64 bits per named item
 HIGH_BITS_NAME = "Overlay bits in the unused high bits of Pixel Data"
+# Ends the name of an element a data set holds twice or out of order: readers disagree on which
+# copy counts, so it is a presentation change whatever the element.
+REPEATED_MARK = " written twice or out of order"
 
 #: DICOM elements whose change in transit is allowed (not bound), and why. Keywords or tags.
 DICOM_IN_TRANSIT = {
@@ -58,6 +63,8 @@ _PIXEL_DATA, _EXTENDED_OFFSETS = 0x7FE00010, (0x7FE00001, 0x7FE00002)
 _UNBOUND_DICOM_TAGS = {0x00080001, 0x00080005, 0xFFFCFFFC, 0xFFFAFFFA, 0x4FFE0001, 0x04000500, _PIXEL_DATA,
                        *_EXTENDED_OFFSETS}
 _RECORD_CREATOR = "WM RESTORATION RECORD 1"  # integrity.containers.RECORD_CREATOR (kept literal: no cycle)
+_RECORD_GROUP = 0x0077  # integrity.containers.RECORD_GROUP
+_RECORD_ELEMENTS = (0x01, 0x02)  # the record (containers, envelope) and the envelope's record key
 
 #: Names whose change alters whose image it is.
 IDENTITY = frozenset({
@@ -124,6 +131,8 @@ def category(name: str) -> str:
     """'identity', 'presentation' or 'header', from the top-level part of an item's name."""
     top = name.split(" > ")[0]
     keyword = top.split(" (")[0]
+    if name.endswith(REPEATED_MARK):
+        return "presentation"
     if keyword in IDENTITY:
         return "identity"
     if keyword in PRESENTATION or top.startswith(("Overlay", "Curve")) or "(60" in top:
@@ -204,16 +213,26 @@ def describe(found: list[BindingChange], limit: int = 6) -> str:
 
 # ---- DICOM -----------------------------------------------------------------------------------
 
-def dicom_binding(ds) -> dict:
-    """The binding of a DICOM data set (see the module docstring)."""
+def dicom_binding(ds, repeated: list[int] = ()) -> dict:
+    """The binding of a DICOM data set (see the module docstring). `repeated`: the tags its file
+    holds twice or out of order (`io.dicom.repeated_or_unordered_elements`), one item each: no
+    file wm writes has one, so each reads as added."""
     collected: dict[str, list] = {}
     _collect_dataset(ds, "", (), collected, _read_little_endian(ds))
     items = {name: json.dumps(occurrences, separators=(",", ":")).encode("utf-8")
              for name, occurrences in collected.items()}
+    for tag in repeated:
+        items[_repeated_name(tag)] = b"repeated"
     high_bits = _high_bits_digest(ds)
     if high_bits is not None:
         items[HIGH_BITS_NAME] = high_bits
     return make_binding("dicom", items)
+
+
+def _repeated_name(tag: int) -> str:
+    from pydicom.datadict import keyword_for_tag
+
+    return f"{keyword_for_tag(tag) or 'element'} ({tag >> 16:04X},{tag & 0xFFFF:04X}){REPEATED_MARK}"
 
 
 def _read_little_endian(ds) -> bool:
@@ -269,8 +288,16 @@ def _bound_tag(tag: int, creators: dict) -> bool:
     if group % 2 == 1:
         if number < 0x0100:  # a private creator element: named through its block's elements
             return False
-        return creators.get((group, number >> 8)) != _RECORD_CREATOR
+        return not (group == _RECORD_GROUP and number >> 8 == _record_block(creators)
+                    and number & 0xFF in _RECORD_ELEMENTS)
     return True
+
+
+def _record_block(creators: dict) -> int | None:
+    """The block of wm's record in its group: the first of its creator's, the one wm reads (any
+    other block of that name, or any other element in it, is bound like any private element)."""
+    blocks = [block for (group, block), name in creators.items() if group == _RECORD_GROUP and name == _RECORD_CREATOR]
+    return min(blocks) if blocks else None
 
 
 def _element_name(element, creators: dict) -> str:
@@ -357,8 +384,10 @@ def _encoded_bytes(element) -> bytes:
 
 
 def _high_bits_digest(ds) -> bytes | None:
-    """The bits above BitsStored of native unsigned words (old overlays), or None when there are
-    none (a compressed copy carries none: the codestream holds BitsStored bits)."""
+    """The bits above BitsStored of native words (old overlays), or None when there are none (a
+    compressed copy carries none: the codestream holds BitsStored bits). Signed words: the bits
+    that differ from the value's sign extension (readers that mask them show the same value;
+    one that does not shows another)."""
     import numpy as np
 
     if _PIXEL_DATA not in ds:
@@ -370,7 +399,7 @@ def _high_bits_digest(ds) -> bytes | None:
     except (TypeError, ValueError):
         return None
     syntax = getattr(ds, "file_meta", None) and ds.file_meta.get("TransferSyntaxUID")
-    if allocated != 16 or stored >= allocated or signed or (syntax is not None and syntax.is_compressed):
+    if allocated != 16 or not 1 <= stored < allocated or (syntax is not None and syntax.is_compressed):
         return None
     raw = ds.PixelData
     if not isinstance(raw, (bytes, bytearray)):
@@ -378,6 +407,9 @@ def _high_bits_digest(ds) -> bytes | None:
     big_endian = syntax is not None and not syntax.is_little_endian
     words = np.frombuffer(bytes(raw)[:len(raw) // 2 * 2], dtype=">u2" if big_endian else "<u2")
     high = (words >> stored).astype("<u2")
+    if signed:  # what a sign extension puts there: all ones above a negative value
+        negative = (words >> (stored - 1)) & 1
+        high ^= (negative * ((1 << (allocated - stored)) - 1)).astype("<u2")
     return high.tobytes() if high.any() else None
 
 

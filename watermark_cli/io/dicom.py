@@ -172,6 +172,58 @@ def read_dicom(path: Path, max_pixels: int) -> MedicalImage:
     )
 
 
+def repeated_or_unordered_elements(path: Path) -> list[int]:
+    """The tags that one data set of the file (at any depth) holds twice, or after a larger tag.
+
+    A DICOM data set is sorted and holds each tag once. A reader keeps one copy of a repeated
+    element, pydicom the last and dcmtk the first, so such a file shows one window, one patient
+    or one set of pixels to wm and another to a viewer: `verify` must not call it intact. A file
+    pydicom cannot read gives []: it fails where it is read, with its own message."""
+    import pydicom
+
+    _install_element_order_check()
+    _ELEMENT_ORDER.found = found = []
+    try:
+        dataset = pydicom.dcmread(path, force=True)
+        for _ in dataset.iterall():  # a sequence's items are parsed when first reached
+            pass
+    except Exception:
+        pass
+    finally:
+        _ELEMENT_ORDER.found = None
+    return sorted(set(found))
+
+
+# pydicom keeps one element per tag as it parses (a dict), so the order the file gives them in is
+# seen only inside its element generator, which each data set (the file's and every sequence
+# item's) reads through: that generator is wrapped, once, to report to the thread that asks.
+_ELEMENT_ORDER = threading.local()
+_ELEMENT_ORDER_LOCK = threading.Lock()
+
+
+def _install_element_order_check() -> None:
+    from pydicom import filereader
+
+    with _ELEMENT_ORDER_LOCK:
+        original = filereader.data_element_generator
+        if getattr(original, "wm_order_check", False):
+            return
+
+        def checked(*args: Any, **kwargs: Any):
+            previous = -1
+            for element in original(*args, **kwargs):
+                found = getattr(_ELEMENT_ORDER, "found", None)
+                if found is not None:
+                    tag = int(element.tag)
+                    if tag <= previous:
+                        found.append(tag)
+                    previous = max(previous, tag)
+                yield element
+
+        checked.wm_order_check = True
+        filereader.data_element_generator = checked
+
+
 def _declared_frames(path: Path, ds: Any) -> int:
     value = ds.get("NumberOfFrames", 1)
     try:
@@ -417,12 +469,27 @@ def _with_original_high_bits(ds: Any, pixels: np.ndarray) -> np.ndarray:
 def dicom_high_bits(ds: Any, pixels: np.ndarray, bits_stored: int) -> np.ndarray | None:
     """The original words' bits above BitsStored (word >> BitsStored) where any is set, else None:
     old files keep overlays there, and a compressed marked copy cannot keep them (the
-    restoration record does)."""
+    restoration record does). Signed words: only where some are not the value's sign extension
+    (which is what wm writes, and what restore would give back without them)."""
     words = _with_original_high_bits(ds, pixels)
-    if words is pixels or words.dtype.kind != "u":
+    if words is not pixels:
+        high = words.astype(np.uint32) >> bits_stored
+        return high.astype(np.uint16) if high.any() else None
+    return _signed_high_bits(ds, pixels, bits_stored)
+
+
+def _signed_high_bits(ds: Any, pixels: np.ndarray, bits_stored: int) -> np.ndarray | None:
+    syntax = ds.file_meta.get("TransferSyntaxUID") if getattr(ds, "file_meta", None) is not None else None
+    if (int(ds.get("PixelRepresentation", 0) or 0) != 1 or int(ds.get("BitsAllocated", 0) or 0) != 16
+            or not 1 <= bits_stored < 16 or (syntax is not None and syntax.is_compressed) or "PixelData" not in ds):
         return None
-    high = words.astype(np.uint32) >> bits_stored
-    return high.astype(np.uint16) if high.any() else None
+    raw = ds.PixelData
+    if not isinstance(raw, (bytes, bytearray)) or len(raw) < pixels.size * 2:
+        return None
+    words = np.frombuffer(raw, dtype="<u2" if _is_little_endian(ds) else ">u2", count=pixels.size).astype(np.uint16)
+    high = words >> bits_stored
+    sign_extension = ((words >> (bits_stored - 1)) & 1) * np.uint16((1 << (16 - bits_stored)) - 1)
+    return high.reshape(pixels.shape) if (high != sign_extension).any() else None
 
 
 def _derived_image_type(value: Any) -> list[str]:

@@ -24,7 +24,7 @@ from ..integrity import containers
 from ..integrity.envelope import envelope, new_record_key, recipient_from_pem
 from ..integrity.record import seal
 from ..integrity.signature import load_signer
-from ..io.dicom import dicom_high_bits
+from ..io.dicom import dicom_high_bits, repeated_or_unordered_elements
 from ..io.discovery import sniff_kind
 from ..io.image import check_writable, file_record, read_image, write_image
 from ..io.isolation import IsolatedReader
@@ -182,6 +182,8 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
     floor = settings.floor
     image = read(source) if read is not None else read_image(source, settings.max_pixels)
     destination = check_writable(image, destination, settings.overwrite)  # before any work is done
+    if image.kind == "dicom":
+        _refuse_repeated_elements(source)
     outcome = embed_pixels(loaded, codec, image, settings.payload, floor, settings.window_override,
                            fill_budget=settings.fill_budget)
 
@@ -394,6 +396,19 @@ def _start_worker(settings: EmbedSettings, threads: int) -> None:
 def _work(job: tuple[Path, Path]) -> FileOutcome:
     state = _worker_state
     return _run_one(job[0], job[1], state["settings"], state["loaded"], state["codec"], state["reader"].read)
+
+
+def _refuse_repeated_elements(source: Path) -> None:
+    """A DICOM input that holds an element twice (or out of order) shows one thing to wm (pydicom
+    keeps the last copy) and another to a viewer (dcmtk keeps the first): not marked."""
+    repeated = repeated_or_unordered_elements(source)
+    if repeated:
+        from pydicom.datadict import keyword_for_tag
+
+        tag = repeated[0]
+        raise BadInputError(f"{source}: data element {keyword_for_tag(tag) or 'element'} ({tag >> 16:04X},"
+                            f"{tag & 0xFFFF:04X}) is written twice or out of order (readers disagree on which "
+                            "copy counts); not marked")
 
 
 def embed_files(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, codec,

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import CheckFailedError
 from ..integrity.binding import changes, describe, dicom_binding, png_binding, tiff_binding
-from ..io.dicom import _derived_image_type
+from ..io.dicom import _derived_image_type, repeated_or_unordered_elements
 from ..io.image import PNG_SUFFIXES
 from ..io.raster import write_tiff
 from ..io.writing import png_bytes
@@ -60,8 +60,8 @@ def _marked_header(source, derivation: str, sop_instance_uid: str, native: bool)
     if getattr(source, "file_meta", None) is not None:
         header.file_meta = copy.deepcopy(source.file_meta)
     header.set_original_encoding(*source.original_encoding)
-    if native and "PixelData" in source:
-        header.add(source["PixelData"])
+    if native and "PixelData" in source and int(source.get("PixelRepresentation", 0) or 0) == 0:
+        header.add(source["PixelData"])  # signed words are written sign-extended: no high bits to keep
     reference = Dataset()
     if source.get("SOPClassUID"):
         reference.ReferencedSOPClassUID = source.SOPClassUID
@@ -81,7 +81,7 @@ def _marked_header(source, derivation: str, sop_instance_uid: str, native: bool)
 def written_binding(written) -> dict:
     """The binding of a file as read (a MedicalImage of DICOM, PNG or TIFF)."""
     if written.kind == "dicom":
-        return dicom_binding(written.source)
+        return dicom_binding(written.source, repeated_or_unordered_elements(Path(written.path)))
     if written.kind == "png":
         return png_binding(Path(written.path).read_bytes())
     return tiff_binding(written.path)
