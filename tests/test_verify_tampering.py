@@ -296,6 +296,12 @@ def test_a_png_gamma_chunk_is_named(shipped, tmp_path):
     assert np.array_equal(read_image(tampered).pixels, read_image(marked).pixels)  # the values are the same
     code, report, _ = _verify(tampered, "--key", KEY)
     assert code == 1 and report["changes"] == [{"category": "presentation", "name": "gAMA", "change": "added"}]
+    # A second IHDR (the same one: decoders either refuse it or read the image again) is named too.
+    data = marked.read_bytes()
+    twice = tmp_path / "ihdr_twice.png"
+    twice.write_bytes(data[:33] + data[8:33] + data[33:])  # signature (8), IHDR (25)
+    code, report, _ = _verify(twice, "--key", KEY)
+    assert code == 1 and report["changes"] == [{"category": "presentation", "name": "IHDR", "change": "changed"}]
 
 
 # ---- the recipient forgery and trusted signers ---------------------------------------------------

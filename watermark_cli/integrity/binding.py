@@ -425,7 +425,9 @@ def png_binding(data: bytes) -> dict:
         body = data[offset + 8:offset + 8 + length]
         offset += 12 + length
         if kind == "IHDR" and len(body) >= 13:
-            items["IHDR"] = body[:12]  # width, height, bit depth, colour type, compression, filter; not interlace
+            # width, height, bit depth, colour type, compression, filter; not interlace. Every copy:
+            # a second IHDR is read by some decoders and refused by others.
+            items["IHDR"] = items.get("IHDR", b"") + body[:12]
         elif kind == "iCCP":
             items[kind] = items.get(kind, b"") + _icc_profile(body)
         elif kind in PNG_BOUND_CHUNKS or (kind[:1].isupper() and kind not in ("IDAT", "IEND")):
