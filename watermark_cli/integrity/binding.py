@@ -230,9 +230,14 @@ def dicom_binding(ds, repeated: list[int] = ()) -> dict:
 
 
 def _repeated_name(tag: int) -> str:
+    return element_label(tag) + REPEATED_MARK
+
+
+def element_label(tag: int) -> str:
+    """'PatientName (0010,0010)': an element named by keyword and tag."""
     from pydicom.datadict import keyword_for_tag
 
-    return f"{keyword_for_tag(tag) or 'element'} ({tag >> 16:04X},{tag & 0xFFFF:04X}){REPEATED_MARK}"
+    return f"{keyword_for_tag(tag) or 'element'} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def _read_little_endian(ds) -> bool:
@@ -388,6 +393,18 @@ def _high_bits_digest(ds) -> bytes | None:
     compressed copy carries none: the codestream holds BitsStored bits). Signed words: the bits
     that differ from the value's sign extension (readers that mask them show the same value;
     one that does not shows another)."""
+    found = bits_above_stored(ds)
+    if found is None:
+        return None
+    high, sign_extension = found
+    high = (high ^ sign_extension).astype("<u2")
+    return high.tobytes() if high.any() else None
+
+
+def bits_above_stored(ds):
+    """(the bits above BitsStored of each native 16-bit word, what a sign extension puts there:
+    all ones above a negative signed value, else 0), as uint16 arrays in the words' order; None
+    where the pixel data have no such bits (8 bits allocated, all 16 stored, compressed)."""
     import numpy as np
 
     if _PIXEL_DATA not in ds:
@@ -405,12 +422,11 @@ def _high_bits_digest(ds) -> bytes | None:
     if not isinstance(raw, (bytes, bytearray)):
         return None
     big_endian = syntax is not None and not syntax.is_little_endian
-    words = np.frombuffer(bytes(raw)[:len(raw) // 2 * 2], dtype=">u2" if big_endian else "<u2")
-    high = (words >> stored).astype("<u2")
-    if signed:  # what a sign extension puts there: all ones above a negative value
-        negative = (words >> (stored - 1)) & 1
-        high ^= (negative * ((1 << (allocated - stored)) - 1)).astype("<u2")
-    return high.tobytes() if high.any() else None
+    words = np.frombuffer(bytes(raw)[:len(raw) // 2 * 2], dtype=">u2" if big_endian else "<u2").astype(np.uint16)
+    high = words >> stored
+    ones = np.uint16((1 << (allocated - stored)) - 1)
+    sign_extension = ((words >> (stored - 1)) & 1) * ones if signed else np.zeros_like(high)
+    return high, sign_extension
 
 
 # ---- PNG -------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import BadInputError
 from ..integrity import containers
+from ..integrity.binding import bits_above_stored
 from ..integrity.envelope import is_envelope
 from ..integrity.signature import sign_dataset
 from ..views import display_from_dicom
@@ -475,20 +476,16 @@ def dicom_high_bits(ds: Any, pixels: np.ndarray, bits_stored: int) -> np.ndarray
     if words is not pixels:
         high = words.astype(np.uint32) >> bits_stored
         return high.astype(np.uint16) if high.any() else None
-    return _signed_high_bits(ds, pixels, bits_stored)
+    return _signed_high_bits(ds, pixels)
 
 
-def _signed_high_bits(ds: Any, pixels: np.ndarray, bits_stored: int) -> np.ndarray | None:
-    syntax = ds.file_meta.get("TransferSyntaxUID") if getattr(ds, "file_meta", None) is not None else None
-    if (int(ds.get("PixelRepresentation", 0) or 0) != 1 or int(ds.get("BitsAllocated", 0) or 0) != 16
-            or not 1 <= bits_stored < 16 or (syntax is not None and syntax.is_compressed) or "PixelData" not in ds):
+def _signed_high_bits(ds: Any, pixels: np.ndarray) -> np.ndarray | None:
+    if int(ds.get("PixelRepresentation", 0) or 0) != 1:
         return None
-    raw = ds.PixelData
-    if not isinstance(raw, (bytes, bytearray)) or len(raw) < pixels.size * 2:
+    found = bits_above_stored(ds)
+    if found is None or found[0].size < pixels.size:
         return None
-    words = np.frombuffer(raw, dtype="<u2" if _is_little_endian(ds) else ">u2", count=pixels.size).astype(np.uint16)
-    high = words >> bits_stored
-    sign_extension = ((words >> (bits_stored - 1)) & 1) * np.uint16((1 << (16 - bits_stored)) - 1)
+    high, sign_extension = (bits[:pixels.size] for bits in found)
     return high.reshape(pixels.shape) if (high != sign_extension).any() else None
 
 

@@ -21,6 +21,7 @@ from .. import __version__
 from ..errors import BadInputError, CheckFailedError, WmError
 from ..hashing import file_sha256, pixel_sha256
 from ..integrity import containers
+from ..integrity.binding import element_label
 from ..integrity.envelope import envelope, new_record_key, recipient_from_pem
 from ..integrity.record import seal
 from ..integrity.signature import load_signer
@@ -403,12 +404,8 @@ def _refuse_repeated_elements(source: Path) -> None:
     keeps the last copy) and another to a viewer (dcmtk keeps the first): not marked."""
     repeated = repeated_or_unordered_elements(source)
     if repeated:
-        from pydicom.datadict import keyword_for_tag
-
-        tag = repeated[0]
-        raise BadInputError(f"{source}: data element {keyword_for_tag(tag) or 'element'} ({tag >> 16:04X},"
-                            f"{tag & 0xFFFF:04X}) is written twice or out of order (readers disagree on which "
-                            "copy counts); not marked")
+        raise BadInputError(f"{source}: data element {element_label(repeated[0])} is written twice or out of "
+                            "order (readers disagree on which copy counts); not marked")
 
 
 def embed_files(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, codec,
