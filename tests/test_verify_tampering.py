@@ -230,6 +230,63 @@ def test_an_element_written_twice_is_named_whichever_copy_a_reader_keeps(keyed_c
     assert "PatientName (0010,0010) is written twice or out of order" in refused.stderr
 
 
+@pytest.mark.parametrize("keyword, text", [
+    ("RescaleIntercept", "-1_024"),  # -1024 to Python's float(), -1 to dcmtk: every HU off by 1023
+    ("PixelSpacing", ["6.61468e-0_1", "0.661468"]),  # the same spacing to pydicom, ten times less to dcmtk
+])
+def test_a_number_readers_read_two_ways_is_named(keyed_ct, tmp_path, keyword, text):
+    """A DS or IS text outside DICOM's syntax that Python still reads as the marked value: the
+    decoded values agree, what a viewer shows does not."""
+    marked = pydicom.dcmread(keyed_ct)
+    tampered = _edited(keyed_ct, tmp_path / f"{keyword}.dcm", lambda ds: setattr(ds, keyword, text))
+    assert [float(v) for v in np.atleast_1d(pydicom.dcmread(tampered)[keyword].value)] == \
+        [float(v) for v in np.atleast_1d(marked[keyword].value)]  # the same value to pydicom
+    code, report, stderr = _verify(tampered, "--key", KEY)
+    assert code == 1 and report["changed_blocks"] == [] and not report["intact"]
+    assert report["changes"] == [{"category": "presentation", "name": keyword, "change": "changed"}]
+    # Nor is such a file marked: wm would guard the value one reader shows, not the other's.
+    out = tmp_path / "again.wm.dcm"
+    refused = run_wm_here("embed", tampered, "again", "-o", out, "--key", KEY)
+    assert refused.code == 2 and not out.exists() and len(refused.stderr.strip().splitlines()) == 1
+    assert f"{keyword} (0028," in refused.stderr and "not written as DICOM writes numbers" in refused.stderr
+
+
+def _items(*fragments: bytes) -> bytes:
+    """Encapsulated pixel data: an empty Basic Offset Table, then one item per fragment."""
+    return b"".join(struct.pack("<HHI", 0xFFFE, 0xE000, len(f)) + f for f in (b"", *fragments))
+
+
+def test_an_offset_table_pointing_past_a_forged_frame_is_refused(keyed_ct, tmp_path):
+    """The Extended Offset Table points pydicom at the genuine compressed frame; dcmtk, which reads
+    the items in order, shows a forged frame placed first. Not read, so never intact."""
+    from pydicom.encaps import generate_fragments
+    from pydicom.uid import RLELossless
+
+    ds = pydicom.dcmread(keyed_ct)
+    forged_pixels = ds.pixel_array.copy()
+    forged_pixels[40:80, 40:80] = forged_pixels.max()
+    ds.compress(RLELossless, generate_instance_uid=False)
+    genuine = list(generate_fragments(ds.PixelData))[-1]
+    ds.compress(RLELossless, forged_pixels, generate_instance_uid=False)
+    forged = list(generate_fragments(ds.PixelData))[-1]
+    ds.PixelData = _items(forged, genuine)
+    ds.ExtendedOffsetTable = struct.pack("<Q", 8 + len(forged))
+    ds.ExtendedOffsetTableLengths = struct.pack("<Q", len(genuine))
+    tampered = tmp_path / "offsets.dcm"
+    ds.save_as(tampered, enforce_file_format=True)
+    assert np.array_equal(pydicom.dcmread(tampered).pixel_array, pydicom.dcmread(keyed_ct).pixel_array)
+    result = run_wm_here("verify", tampered, "--key", KEY)
+    assert result.code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "Extended Offset Table does not list the frames" in result.stderr
+    # A Basic Offset Table that skips the forged item is refused the same way.
+    del ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths
+    ds.PixelData = _items(forged, genuine).replace(struct.pack("<HHI", 0xFFFE, 0xE000, 0),
+                                                   struct.pack("<HHII", 0xFFFE, 0xE000, 4, 8 + len(forged)), 1)
+    ds.save_as(tampered, enforce_file_format=True)
+    result = run_wm_here("verify", tampered, "--key", KEY)
+    assert result.code == 2 and "Basic Offset Table does not point at the frames" in result.stderr
+
+
 def test_nothing_rides_unbound_under_wm_s_private_creator(keyed_ct, tmp_path):
     def add_blocks(ds) -> None:
         ds.private_block(0x0011, "WM RESTORATION RECORD 1", create=True).add_new(0x01, "LO", "attacker text")
@@ -412,6 +469,11 @@ def test_what_may_change_in_transit_keeps_a_key_only_file_intact(keyed_ct, tmp_p
     ds = pydicom.dcmread(keyed_ct)
     ds.compress(RLELossless, generate_instance_uid=False)
     ds.save_as(rewrites.setdefault("rle", tmp_path / "rle.dcm"), enforce_file_format=True)
+    from pydicom.encaps import encapsulate_extended, generate_fragments
+
+    ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(
+        [list(generate_fragments(ds.PixelData))[-1]])  # a table that agrees with the items
+    ds.save_as(rewrites.setdefault("extended offsets", tmp_path / "eot.dcm"), enforce_file_format=True)
     if shutil.which("dcmconv"):
         for name, flags in (("dcmtk", ["+g", "+te"]), ("big-endian", ["+tb"]), ("utf8", ["--convert-to-utf8"])):
             rewrites[name] = tmp_path / f"{name}.dcm"
@@ -419,3 +481,34 @@ def test_what_may_change_in_transit_keeps_a_key_only_file_intact(keyed_ct, tmp_p
     for name, path in rewrites.items():
         code, report, _ = _verify(path, "--key", KEY)
         assert (code, report["changes"], report["status"]) == (0, [], "intact"), name
+
+
+def test_no_real_file_trips_the_number_text_or_offset_table_checks():
+    """Every DICOM file pydicom and pydicom-data ship (real scanners' and toolkits' files, compressed
+    ones with Basic and Extended Offset Tables among them): none holds a DS or IS text outside
+    DICOM's syntax, none an offset table out of step with its items, but the one file made to
+    hold a bad IS ('1A' in badVR.dcm)."""
+    import data_store
+    import pydicom.data
+
+    from watermark_cli.integrity.binding import numbers_not_in_dicom_syntax
+    from watermark_cli.io.dicom import _check_frame_tables
+
+    folders = [Path(pydicom.data.__file__).parent, Path(data_store.__file__).parent]
+    odd_numbers, refused, compressed = [], [], 0
+    for path in sorted(p for folder in folders for p in folder.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, force=True)
+            ds.file_meta.TransferSyntaxUID  # noqa: B018 (a file without one is no image here)
+        except Exception:
+            continue
+        if numbers_not_in_dicom_syntax(ds):
+            odd_numbers.append(path.name)
+        if ds.file_meta.TransferSyntaxUID.is_compressed and "PixelData" in ds:
+            compressed += 1
+            try:
+                _check_frame_tables(path, ds, int(ds.get("NumberOfFrames", 1) or 1))
+            except Exception as error:
+                refused.append(f"{path.name}: {error}")
+    assert compressed >= 50 and refused == []
+    assert odd_numbers == ["badVR.dcm"]

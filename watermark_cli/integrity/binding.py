@@ -11,7 +11,8 @@ DICOM: every data element, at every depth, is bound, except those listed in ``DI
 syntax and the rest of the file meta, group lengths, the pixel data's encoding — the stored values
 are bound by the record's block tags — and the elements `verify` checks on their own: signatures
 and wm's record). Values are compared as decoded values, not as bytes, so a re-write in another
-transfer syntax, byte order or character set keeps them. Sequences are bound item by item under
+transfer syntax, byte order or character set keeps them; a DS or IS text outside DICOM's syntax
+('-1_024', which Python reads as -1024 and dcmtk as -1) is bound as written. Sequences are bound item by item under
 one name per path (``SharedFunctionalGroupsSequence > PixelMeasuresSequence > PixelSpacing``), so a
 1000-frame enhanced object costs one digest per distinct path, not per frame. Private elements are
 named by their creator, not by the block a writer happened to give them; of wm's own block only
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -53,7 +55,8 @@ DICOM_IN_TRANSIT = {
     "file meta (group 0002)": "transfer syntax, implementation and source application of the file that carries it",
     "group lengths (gggg,0000) and Length to End": "encoding bookkeeping; PS3.5 retires them",
     "PixelData": "its encoding (native, RLE, JPEG 2000, ...); the stored values are bound by the block tags",
-    "ExtendedOffsetTable, ExtendedOffsetTableLengths": "describe compressed pixel data only",
+    "ExtendedOffsetTable, ExtendedOffsetTableLengths": "describe compressed pixel data only (a table out of step "
+                                                       "with the items is refused where the pixels are read)",
     "SpecificCharacterSet": "values are compared decoded, so a conversion to another character set keeps them",
     "DataSetTrailingPadding": "padding",
     "DigitalSignaturesSequence, MACParametersSequence": "checked on their own (signatures)",
@@ -340,6 +343,10 @@ def _canonical_value(element, little_endian: bool = True):
     if value is None or value == "":
         return None
     values = list(value) if _is_multi(value) else [value]
+    if vr in _DICOM_NUMBER_TEXT:
+        texts = number_texts(element)
+        if not all(is_dicom_number_text(vr, text) for text in texts):  # bound as written: readers disagree
+            return [NOT_DICOM_NUMBER_TEXT, *texts]
     if vr in ("DS", "FL", "FD"):
         return [_number(v) for v in values]
     if vr in _NUMBER_VRS or all(isinstance(v, int) for v in values):
@@ -353,6 +360,42 @@ def _canonical_value(element, little_endian: bool = True):
             return value.tobytes().hex()
         return bytes(value).hex()
     return [str(v).rstrip(" \x00") for v in values]
+
+
+# PS3.5 6.2: the text of a Decimal String and of an Integer String. Python's float() and int()
+# read more than that ('-1_024', 'nan', '\u0661\u0662', ...), a C reader such as dcmtk's stops at
+# the first character it does not know: such a text shows wm one value and a viewer another
+# (RescaleIntercept '-1_024': -1024 to wm, -1 to dcmtk).
+_DICOM_NUMBER_TEXT = {"DS": re.compile(r" *[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)? *", re.ASCII),
+                      "IS": re.compile(r" *[+-]?[0-9]+ *", re.ASCII)}
+NOT_DICOM_NUMBER_TEXT = "not a DICOM number"
+
+
+def is_dicom_number_text(vr: str, text: str) -> bool:
+    """Whether `text` is one value of a DICOM DS or IS as PS3.5 writes it (an empty one too)."""
+    return text.strip(" \x00") == "" or _DICOM_NUMBER_TEXT[vr].fullmatch(text.rstrip("\x00")) is not None
+
+
+def number_texts(element) -> list[str]:
+    """The values of a DS or IS element as the file writes them (pydicom keeps each one's text)."""
+    value = element.value
+    if isinstance(value, (bytes, bytearray)):  # a value pydicom could not convert
+        return bytes(value).decode("latin-1").split("\\")
+    values = list(value) if _is_multi(value) else [value]
+    return [str(getattr(v, "original_string", None) or ("" if v is None else v)) for v in values]
+
+
+def numbers_not_in_dicom_syntax(ds) -> list[int]:
+    """The tags of the DS and IS elements, at any depth, holding a value that is not DICOM's text."""
+    found = []
+    for element in _elements(ds):
+        if element.VR == "SQ":
+            for item in element.value or []:
+                found += numbers_not_in_dicom_syntax(item)
+        elif element.VR in _DICOM_NUMBER_TEXT and element.value not in (None, ""):
+            if not all(is_dicom_number_text(element.VR, text) for text in number_texts(element)):
+                found.append(int(element.tag))
+    return found
 
 
 def _is_multi(value) -> bool:

@@ -154,6 +154,7 @@ def read_dicom(path: Path, max_pixels: int) -> MedicalImage:
     check_declared_size(path, (frames, rows, cols), max_pixels, "DICOM ")
     _check_native_length(path, ds, frames * rows * cols * (bits_allocated // 8))
     _check_codestream_sizes(path, ds, rows, cols)
+    _check_frame_tables(path, ds, frames)
 
     decoded = _decode_dicom_pixels(path, ds, pixel_array)
     dtype = np.dtype(f"{'i' if signed else 'u'}{bits_allocated // 8}")  # native byte order
@@ -267,6 +268,60 @@ def _check_codestream_sizes(path: Path, ds: Any, rows: int, cols: int) -> None:
         if size is not None and size != (rows, cols):
             raise BadInputError(f"{path}: a compressed frame declares {size[1]} x {size[0]} pixels, the DICOM "
                                 f"header {cols} x {rows} (inconsistent file); nothing decoded")
+
+
+def _check_frame_tables(path: Path, ds: Any, frames: int) -> None:
+    """The offset tables of encapsulated pixel data point at the frames in the order the file
+    holds them (PS3.5 A.4: the first at 0, each at the start of an item, in order; the Extended
+    Offset Table of PS3.3 C.7.6.3.1.8: one item per frame, with its length). pydicom follows a
+    table, dcmtk reads the items in order: a table that points past a forged item, or lists the
+    frames in another order, shows a viewer other frames than wm reads and seals."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or not syntax.is_compressed or "PixelData" not in ds:
+        return
+    try:
+        basic, items = _encapsulated_items(bytes(ds.PixelData))
+    except ValueError as exc:
+        raise BadInputError(f"{path}: broken encapsulated DICOM pixel data: {exc}") from None
+    starts = [start for start, _ in items]
+    if basic and (len(basic) != frames or basic[0] != 0 or basic != sorted(set(basic))
+                  or not set(basic) <= set(starts)):
+        raise BadInputError(f"{path}: the Basic Offset Table does not point at the frames in the order the file "
+                            "holds them (readers would show different frames); nothing decoded")
+    extended = [ds.get(keyword) for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths")]
+    if any(value is not None for value in extended):
+        offsets, lengths = (np.frombuffer(bytes(value or b"")[:len(value or b"") // 8 * 8], "<u8").tolist()
+                            for value in extended)
+        if offsets != starts or lengths != [length for _, length in items] or len(items) != frames:
+            raise BadInputError(f"{path}: the Extended Offset Table does not list the frames one item each, in the "
+                                "order the file holds them (readers would show different frames); nothing decoded")
+
+
+def _encapsulated_items(data: bytes) -> tuple[list[int], list[tuple[int, int]]]:
+    """(the Basic Offset Table's offsets, each later item's (start, length)), starts measured from
+    the first item after the table, as the tables measure them (encapsulated data are little endian)."""
+    def item_at(at: int) -> int | None:
+        if at + 8 > len(data):
+            raise ValueError("an item runs past the end of the pixel data")
+        tag, length = struct.unpack_from("<2I", data, at)
+        if tag == 0xE0DDFFFE:  # sequence delimiter (group FFFE, element E0DD, read as one word)
+            return None
+        if tag != 0xE000FFFE or at + 8 + length > len(data):
+            raise ValueError(f"no item where one belongs (byte {at})")
+        return length
+
+    table_length = item_at(0)
+    if table_length is None or table_length % 4:
+        raise ValueError("no Basic Offset Table item")
+    basic = list(struct.unpack_from(f"<{table_length // 4}I", data, 8))
+    first, items, at = 8 + table_length, [], 8 + table_length
+    while at < len(data):
+        length = item_at(at)
+        if length is None:
+            break
+        items.append((at - first, length))
+        at += 8 + length
+    return basic, items
 
 
 def _codestream_size(head: bytes) -> tuple[int, int] | None:

@@ -21,7 +21,7 @@ from .. import __version__
 from ..errors import BadInputError, CheckFailedError, WmError
 from ..hashing import file_sha256, pixel_sha256
 from ..integrity import containers
-from ..integrity.binding import element_label
+from ..integrity.binding import element_label, numbers_not_in_dicom_syntax
 from ..integrity.envelope import envelope, new_record_key, recipient_from_pem
 from ..integrity.record import seal
 from ..integrity.signature import load_signer
@@ -184,7 +184,7 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
     image = read(source) if read is not None else read_image(source, settings.max_pixels)
     destination = check_writable(image, destination, settings.overwrite)  # before any work is done
     if image.kind == "dicom":
-        _refuse_repeated_elements(source)
+        _refuse_ambiguous_header(source, image.source)
     outcome = embed_pixels(loaded, codec, image, settings.payload, floor, settings.window_override,
                            fill_budget=settings.fill_budget)
 
@@ -399,13 +399,18 @@ def _work(job: tuple[Path, Path]) -> FileOutcome:
     return _run_one(job[0], job[1], state["settings"], state["loaded"], state["codec"], state["reader"].read)
 
 
-def _refuse_repeated_elements(source: Path) -> None:
-    """A DICOM input that holds an element twice (or out of order) shows one thing to wm (pydicom
-    keeps the last copy) and another to a viewer (dcmtk keeps the first): not marked."""
+def _refuse_ambiguous_header(source: Path, dataset) -> None:
+    """A DICOM input that readers read two ways is not marked: one that holds an element twice (or
+    out of order; pydicom keeps the last copy, dcmtk the first), or a number whose text is not
+    DICOM's ('-1_024': -1024 to pydicom, -1 to dcmtk). wm would guard one view, a viewer show another."""
     repeated = repeated_or_unordered_elements(source)
     if repeated:
         raise BadInputError(f"{source}: data element {element_label(repeated[0])} is written twice or out of "
                             "order (readers disagree on which copy counts); not marked")
+    odd_numbers = numbers_not_in_dicom_syntax(dataset)
+    if odd_numbers:
+        raise BadInputError(f"{source}: data element {element_label(odd_numbers[0])} holds a number not written "
+                            "as DICOM writes numbers (readers disagree on its value); not marked")
 
 
 def embed_files(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, codec,
