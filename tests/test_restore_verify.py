@@ -462,6 +462,26 @@ def test_restore_gives_back_the_high_bits_even_from_a_compressed_copy(shipped, t
         assert pydicom.dcmread(restored).PixelData == ds.PixelData, compression
 
 
+def test_an_8_bit_original_s_high_bit_comes_back_in_8_bit_words(shipped, tmp_path):
+    """8 bits allocated, 7 stored, an overlay in bit 7: the restored words are bytes again (they
+    were written as 16-bit words, twice the pixel data the header holds, and refused)."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(clinical_file("image_dfl.dcm"))  # a real 8-bit 512² image (deflated)
+    words = (ds.pixel_array >> 1).astype(np.uint8)
+    words[:64, :64] |= 0x80
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.BitsStored, ds.HighBit, ds.PixelData = 7, 6, words.tobytes()
+    source = tmp_path / "seven.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    for compression in ("none", "rle"):
+        marked = tmp_path / f"{compression}.wm.dcm"
+        mark(source, marked, shipped, compression=compression)
+        restored = tmp_path / f"{compression}.restored.dcm"
+        restore_file(marked, restored, KEY)
+        assert pydicom.dcmread(restored).PixelData == ds.PixelData, compression
+
+
 def test_a_signed_original_s_bits_that_are_not_its_sign_come_back_and_stay_bound(shipped, tmp_path):
     """Signed words hold their sign above BitsStored; an original with other bits there gets them
     back from the record, and the marked copy (written sign-extended) is intact as marked."""

@@ -189,6 +189,29 @@ def test_overlay_bits_in_the_unused_high_bits_are_bound(shipped, tmp_path):
     assert [c["name"] for c in report["changes"]] == ["Overlay bits in the unused high bits of Pixel Data"]
 
 
+def test_the_unused_high_bit_of_8_bit_words_is_bound(shipped, tmp_path):
+    """8 bits allocated, 7 stored: a viewer that ignores BitsStored shows bit 7 too."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(clinical_file("image_dfl.dcm"))  # a real 8-bit 512² image (deflated)
+    seven_bit = (ds.pixel_array >> 1).astype(np.uint8)
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.BitsStored, ds.HighBit, ds.PixelData = 7, 6, seven_bit.tobytes()
+    source = tmp_path / "seven.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    marked = _mark(source, tmp_path / "seven.wm.dcm", shipped)
+    assert _verify(marked, "--key", KEY)[0] == 0
+
+    def draw_in_bit_7(ds) -> None:
+        words = np.frombuffer(ds.PixelData, dtype=np.uint8).reshape(512, 512).copy()
+        words[100:180, 100:180] |= 0x80  # the stored values (bits 0-6) untouched
+        ds.PixelData = words.tobytes()
+
+    code, report, _ = _verify(_edited(marked, tmp_path / "bits.dcm", draw_in_bit_7), "--key", KEY)
+    assert code == 1 and report["changed_blocks"] == []
+    assert [c["name"] for c in report["changes"]] == ["Overlay bits in the unused high bits of Pixel Data"]
+
+
 def test_bits_above_a_signed_value_that_are_not_its_sign_are_bound(shipped, tmp_path):
     ds = pydicom.dcmread(clinical_file("693_UNCR.dcm"))  # signed, 14 of 16 bits
     assert int(ds.PixelRepresentation) == 1 and int(ds.BitsStored) == 14

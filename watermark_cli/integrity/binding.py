@@ -445,9 +445,9 @@ def _high_bits_digest(ds) -> bytes | None:
 
 
 def bits_above_stored(ds):
-    """(the bits above BitsStored of each native 16-bit word, what a sign extension puts there:
-    all ones above a negative signed value, else 0), as uint16 arrays in the words' order; None
-    where the pixel data have no such bits (8 bits allocated, all 16 stored, compressed)."""
+    """(the bits above BitsStored of each native 8- or 16-bit word, what a sign extension puts
+    there: all ones above a negative signed value, else 0), as uint16 arrays in the words' order;
+    None where the pixel data have no such bits (all bits stored, compressed)."""
     import numpy as np
 
     if _PIXEL_DATA not in ds:
@@ -459,13 +459,15 @@ def bits_above_stored(ds):
     except (TypeError, ValueError):
         return None
     syntax = getattr(ds, "file_meta", None) and ds.file_meta.get("TransferSyntaxUID")
-    if allocated != 16 or not 1 <= stored < allocated or (syntax is not None and syntax.is_compressed):
+    if allocated not in (8, 16) or not 1 <= stored < allocated or (syntax is not None and syntax.is_compressed):
         return None
     raw = ds.PixelData
     if not isinstance(raw, (bytes, bytearray)):
         return None
+    size = allocated // 8
     big_endian = syntax is not None and not syntax.is_little_endian
-    words = np.frombuffer(bytes(raw)[:len(raw) // 2 * 2], dtype=">u2" if big_endian else "<u2").astype(np.uint16)
+    words = np.frombuffer(bytes(raw)[:len(raw) // size * size],
+                          dtype=f"{'>' if big_endian else '<'}u{size}").astype(np.uint16)
     high = words >> stored
     ones = np.uint16((1 << (allocated - stored)) - 1)
     sign_extension = ((words >> (stored - 1)) & 1) * ones if signed else np.zeros_like(high)

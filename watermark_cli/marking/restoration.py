@@ -120,9 +120,9 @@ def _restored_dataset(image, original, record: RestorationRecord):
     ds = copy.deepcopy(image.source)
     set_native_pixel_data(ds, original)  # the marked file's high bits, where it has native data
     if record.high_bits is not None:  # the original's own, from the record (a compressed copy has none)
-        bits = int(ds.get("BitsStored", ds.BitsAllocated))
+        bits, word = int(ds.get("BitsStored", ds.BitsAllocated)), f"<u{int(ds.BitsAllocated) // 8}"  # 8 or 16
         words = (record.high_bits.astype("<u2") << bits) | (original.astype("<u2") & ((1 << bits) - 1))
-        ds.PixelData = words.astype("<u2").tobytes()
+        ds.PixelData = words.astype(word).tobytes()
     dicom_remove_record(ds)
     for keyword in ("DigitalSignaturesSequence", "MACParametersSequence"):  # the marker's, if any
         if keyword in ds:
