@@ -274,6 +274,24 @@ def test_a_number_readers_read_two_ways_is_named(keyed_ct, tmp_path, keyword, te
     assert f"{keyword} (0028," in refused.stderr and "not written as DICOM writes numbers" in refused.stderr
 
 
+def test_an_encrypted_attributes_item_added_to_a_key_only_file_is_named(keyed_ct, tmp_path):
+    """Anyone can encrypt attributes to a recipient's public certificate, and a recipient who
+    re-identifies (PS3.15 E.1.2) puts them in place of the file's own: only the record's own item
+    (for a recipient, the last) is left unbound."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    def add_item(ds) -> None:
+        item = Dataset()
+        item.EncryptedContentTransferSyntaxUID = ExplicitVRLittleEndian
+        item.EncryptedContent = b"\x30\x03\x02\x01\x00"  # stands for a CMS envelope of forged attributes
+        ds.EncryptedAttributesSequence = [item]
+
+    code, report, stderr = _verify(_edited(keyed_ct, tmp_path / "encrypted.dcm", add_item), "--key", KEY)
+    assert code == 1 and report["changed_blocks"] == [] and not report["intact"]
+    assert report["changes"] == [{"category": "identity", "name": "EncryptedAttributesSequence", "change": "added"}]
+
+
 def _items(*fragments: bytes) -> bytes:
     """Encapsulated pixel data: an empty Basic Offset Table, then one item per fragment."""
     return b"".join(struct.pack("<HHI", 0xFFFE, 0xE000, len(f)) + f for f in (b"", *fragments))

@@ -60,11 +60,12 @@ DICOM_IN_TRANSIT = {
     "SpecificCharacterSet": "values are compared decoded, so a conversion to another character set keeps them",
     "DataSetTrailingPadding": "padding",
     "DigitalSignaturesSequence, MACParametersSequence": "checked on their own (signatures)",
-    "EncryptedAttributesSequence and the private block WM RESTORATION RECORD 1": "the record itself",
+    "the private block WM RESTORATION RECORD 1, and the Encrypted Attributes item of a record sealed for a "
+    "recipient (the last)": "the record itself",
 }
 _PIXEL_DATA, _EXTENDED_OFFSETS = 0x7FE00010, (0x7FE00001, 0x7FE00002)
-_UNBOUND_DICOM_TAGS = {0x00080001, 0x00080005, 0xFFFCFFFC, 0xFFFAFFFA, 0x4FFE0001, 0x04000500, _PIXEL_DATA,
-                       *_EXTENDED_OFFSETS}
+_UNBOUND_DICOM_TAGS = {0x00080001, 0x00080005, 0xFFFCFFFC, 0xFFFAFFFA, 0x4FFE0001, _PIXEL_DATA, *_EXTENDED_OFFSETS}
+_ENCRYPTED_ATTRIBUTES = 0x04000500
 _RECORD_CREATOR = "WM RESTORATION RECORD 1"  # integrity.containers.RECORD_CREATOR (kept literal: no cycle)
 _RECORD_GROUP = 0x0077  # integrity.containers.RECORD_GROUP
 _RECORD_ELEMENTS = (0x01, 0x02)  # the record (containers, envelope) and the envelope's record key
@@ -78,6 +79,8 @@ IDENTITY = frozenset({
     "StudyDate", "StudyTime", "SeriesDate", "SeriesTime", "AcquisitionDate", "AcquisitionTime",
     "AcquisitionDateTime", "ContentDate", "ContentTime", "SourceImageSequence", "ReferencedImageSequence",
     "Modality", "BodyPartExamined", "InstitutionName", "ReferringPhysicianName",
+    # its items replace attributes when a recipient decrypts them (PS3.15 E.1.2 re-identification)
+    "EncryptedAttributesSequence",
 })
 #: Names whose change alters what a reader sees or measures (with the overlay groups 60xx).
 PRESENTATION = frozenset({
@@ -216,12 +219,14 @@ def describe(found: list[BindingChange], limit: int = 6) -> str:
 
 # ---- DICOM -----------------------------------------------------------------------------------
 
-def dicom_binding(ds, repeated: list[int] = ()) -> dict:
+def dicom_binding(ds, repeated: list[int] = (), record_in_last_envelope: bool = False) -> dict:
     """The binding of a DICOM data set (see the module docstring). `repeated`: the tags its file
     holds twice or out of order (`io.dicom.repeated_or_unordered_elements`), one item each: no
-    file wm writes has one, so each reads as added."""
+    file wm writes has one, so each reads as added. `record_in_last_envelope`: the last item of
+    the Encrypted Attributes Sequence is wm's record for a recipient (not bound: it holds the
+    binding); every other item is, since a recipient who decrypts one applies its attributes."""
     collected: dict[str, list] = {}
-    _collect_dataset(ds, "", (), collected, _read_little_endian(ds))
+    _collect_dataset(ds, "", (), collected, _read_little_endian(ds), record_in_last_envelope)
     items = {name: json.dumps(occurrences, separators=(",", ":")).encode("utf-8")
              for name, occurrences in collected.items()}
     for tag in repeated:
@@ -249,7 +254,8 @@ def _read_little_endian(ds) -> bool:
     return encoding[1] is not False
 
 
-def _collect_dataset(dataset, prefix: str, where: tuple, collected: dict, little_endian: bool) -> None:
+def _collect_dataset(dataset, prefix: str, where: tuple, collected: dict, little_endian: bool,
+                     record_in_last_envelope: bool = False) -> None:
     creators = _private_creators(dataset)
     for element in _elements(dataset):
         tag = int(element.tag)
@@ -258,6 +264,10 @@ def _collect_dataset(dataset, prefix: str, where: tuple, collected: dict, little
         name = prefix + _element_name(element, creators)
         if element.VR == "SQ":
             items = list(element.value or [])
+            if tag == _ENCRYPTED_ATTRIBUTES and record_in_last_envelope:
+                items = items[:-1]  # the record's own item (the sequence is bound as if it were not there)
+                if not items:
+                    continue
             collected.setdefault(name, []).append([list(where), len(items)])
             for index, item in enumerate(items):
                 _collect_dataset(item, name + " > ", (*where, index), collected, little_endian)

@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckFailedError
+from ..integrity import containers
 from ..integrity.binding import changes, describe, dicom_binding, png_binding, tiff_binding
+from ..integrity.envelope import is_envelope
 from ..io.dicom import _derived_image_type, repeated_or_unordered_elements
 from ..io.image import PNG_SUFFIXES
 from ..io.raster import write_tiff
@@ -81,7 +83,9 @@ def _marked_header(source, derivation: str, sop_instance_uid: str, native: bool)
 def written_binding(written) -> dict:
     """The binding of a file as read (a MedicalImage of DICOM, PNG or TIFF)."""
     if written.kind == "dicom":
-        return dicom_binding(written.source, repeated_or_unordered_elements(Path(written.path)))
+        record = containers.dicom_record(written.source)
+        return dicom_binding(written.source, repeated_or_unordered_elements(Path(written.path)),
+                             record_in_last_envelope=record is not None and is_envelope(record))
     if written.kind == "png":
         return png_binding(Path(written.path).read_bytes())
     return tiff_binding(written.path)
