@@ -292,6 +292,20 @@ def test_an_encrypted_attributes_item_added_to_a_key_only_file_is_named(keyed_ct
     assert report["changes"] == [{"category": "identity", "name": "EncryptedAttributesSequence", "change": "added"}]
 
 
+def test_a_file_meta_naming_another_instance_is_named(keyed_ct, tmp_path):
+    """The file meta is made anew by every re-write and is not bound, but a reader that files the
+    instance by its Media Storage SOP Instance UID (a DICOMDIR reference) would file it as another."""
+    ds = pydicom.dcmread(keyed_ct)
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.3"
+    ds.save_as(tmp_path / "meta.dcm")  # as it is (pydicom's enforced file format would set it back)
+    assert pydicom.dcmread(tmp_path / "meta.dcm").file_meta.MediaStorageSOPInstanceUID != ds.SOPInstanceUID
+    code, report, _ = _verify(tmp_path / "meta.dcm", "--key", KEY)
+    assert code == 1 and report["changed_blocks"] == [] and not report["intact"]
+    assert report["changes"] == [{
+        "category": "identity", "change": "added",
+        "name": "SOPInstanceUID (0008,0018) and the file meta's MediaStorageSOPInstanceUID (0002,0003) differ"}]
+
+
 def _items(*fragments: bytes) -> bytes:
     """Encapsulated pixel data: an empty Basic Offset Table, then one item per fragment."""
     return b"".join(struct.pack("<HHI", 0xFFFE, 0xE000, len(f)) + f for f in (b"", *fragments))

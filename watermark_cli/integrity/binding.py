@@ -11,14 +11,15 @@ DICOM: every data element, at every depth, is bound, except those listed in ``DI
 syntax and the rest of the file meta, group lengths, the pixel data's encoding — the stored values
 are bound by the record's block tags — and the elements `verify` checks on their own: signatures
 and wm's record). Values are compared as decoded values, not as bytes, so a re-write in another
-transfer syntax, byte order or character set keeps them; a DS or IS text outside DICOM's syntax
-('-1_024', which Python reads as -1024 and dcmtk as -1) is bound as written. Sequences are bound item by item under
-one name per path (``SharedFunctionalGroupsSequence > PixelMeasuresSequence > PixelSpacing``), so a
+transfer syntax, byte order or character set keeps them; a DS or IS text outside DICOM's
+syntax ('-1_024', which Python reads as -1024 and dcmtk as -1) is bound as written. Sequences
+are bound item by item under one name per path (``SharedFunctionalGroupsSequence > PixelMeasuresSequence > PixelSpacing``), so a
 1000-frame enhanced object costs one digest per distinct path, not per frame. Private elements are
 named by their creator, not by the block a writer happened to give them; of wm's own block only
 the record's two elements are left out. The unused high bits of the pixel data (old overlays; in
 signed words, the bits that are not the value's sign) are bound as one more item, and each
-element the file holds twice or out of order (readers disagree on which copy counts) as another.
+element the file holds twice or out of order (readers disagree on which copy counts) as another,
+and so does a file meta whose Media Storage SOP Class or Instance UID is not the data set's.
 
 PNG: the IHDR fields that decide the image (size, bit depth, colour type; not the interlacing),
 every critical chunk other than IDAT and IEND, and the ancillary chunks that change how the
@@ -231,10 +232,27 @@ def dicom_binding(ds, repeated: list[int] = (), record_in_last_envelope: bool = 
              for name, occurrences in collected.items()}
     for tag in repeated:
         items[_repeated_name(tag)] = b"repeated"
+    items.update(_meta_disagreements(ds))
     high_bits = _high_bits_digest(ds)
     if high_bits is not None:
         items[HIGH_BITS_NAME] = high_bits
     return make_binding("dicom", items)
+
+
+def _meta_disagreements(ds) -> dict[str, bytes]:
+    """The file meta is not bound (a re-write makes it anew), but its Media Storage SOP Class and
+    Instance UIDs must name the data set's own: a sender or a media reader that takes the file's
+    identity from the meta (as DICOMDIR references do) would file it as another instance. wm
+    writes them equal, so each disagreement is an item (identity) that reads as added."""
+    meta = getattr(ds, "file_meta", None)
+    found = {}
+    for meta_tag, tag in ((0x00020002, 0x00080016), (0x00020003, 0x00080018)):  # class, instance
+        told = str(meta.get(meta_tag).value or "").strip(" \x00") if meta is not None and meta_tag in meta else ""
+        own = str(ds[tag].value or "").strip(" \x00") if tag in ds else ""
+        if told and told != own:
+            found[f"{element_label(tag)} and the file meta's {element_label(meta_tag)} differ"] = \
+                told.encode("ascii", "replace")
+    return found
 
 
 def _repeated_name(tag: int) -> str:

@@ -70,6 +70,8 @@ def _marked_header(source, derivation: str, sop_instance_uid: str, native: bool)
     if source.get("SOPInstanceUID"):
         reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
     header.SOPInstanceUID = sop_instance_uid
+    if getattr(header, "file_meta", None) is not None:
+        header.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid  # as write_dicom sets it
     header.ImageType = _derived_image_type(source.get("ImageType"))
     header.DerivationDescription = derivation[:1024]  # ST, as write_dicom cuts it
     header.SourceImageSequence = Sequence([*copy.deepcopy(list(source.get("SourceImageSequence") or [])),
