@@ -632,3 +632,32 @@ def test_a_binding_comes_back_whichever_way_it_was_packed():
                     lzma.compress(bytes(80 * 2**20)), b"\x28\xb5\x2f\xfd" + bytes(40), pack({"items": []})):
         with pytest.raises(RecordNotAuthenticError, match="binding"):
             record_module._unpacked_binding(damaged)
+
+
+def test_restore_refuses_a_header_changed_since_marking_unless_kept_knowingly(shipped, tmp_path):
+    """A forged Patient Name (identity) or window (presentation) is not passed off as the original's;
+    a change to a description is kept, and named."""
+    marked = tmp_path / "ct.wm.dcm"
+    mark(clinical_file("CT_small.dcm"), marked, shipped)
+    for keyword, value, category in (("PatientName", "Someone^Else", "identity"),
+                                     ("WindowCenter", 900, "presentation")):
+        ds = pydicom.dcmread(marked)
+        setattr(ds, keyword, value)
+        tampered = tmp_path / f"{keyword}.dcm"
+        ds.save_as(tampered, enforce_file_format=True)
+        out = tmp_path / f"{keyword}.restored.dcm"
+        with pytest.raises(CheckFailedError, match=f"{category} changed: {keyword}.*nothing written"):
+            restore_file(tampered, out, KEY)
+        assert not out.exists()
+        result = restore_file(tampered, out, KEY, keep_header_changes=True)
+        assert [(c["category"], c["name"]) for c in result["header_changes"]] == [(category, keyword)]
+        back = pydicom.dcmread(out)
+        assert back.PixelData == pydicom.dcmread(clinical_file("CT_small.dcm")).PixelData
+        assert str(getattr(back, keyword)) == str(getattr(ds, keyword))  # kept, as asked
+    ds = pydicom.dcmread(marked)
+    ds.StudyDescription = "corrected after marking"
+    ds.save_as(tmp_path / "described.dcm", enforce_file_format=True)
+    result = restore_file(tmp_path / "described.dcm", tmp_path / "described.restored.dcm", KEY)
+    assert result["header_changes"] == [{"category": "header", "name": "StudyDescription", "change": "changed"}]
+    assert pydicom.dcmread(tmp_path / "described.restored.dcm").StudyDescription == "corrected after marking"
+    assert restore_file(marked, tmp_path / "untouched.restored.dcm", KEY)["header_changes"] == []

@@ -56,19 +56,26 @@ def restore(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     recipient: RecipientOption = None,
     recipient_key: RecipientKeyOption = None,
+    keep_header_changes: Annotated[bool, typer.Option(
+        "--keep-header-changes",
+        help="Restore even when what a reader sees or whose image it is changed since marking (the "
+             "changes are kept and named).")] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Write the original of MARKED back, bit-exact.
 
     From the restoration record `wm embed` stored in it: pixels checked against the original's
     SHA-256 before anything is written; the original SOP Instance UID back. Exit 1: no record,
-    not authentic, wrong key, or pixels changed since marking."""
+    not authentic, wrong key, pixels changed since marking, or an identity or presentation change
+    since marking (named; --keep-header-changes to restore under it). Other header changes are
+    kept and named."""
     from ..marking.restoration import restore_file
 
     if not marked.is_file():
         raise BadInputError(f"no such file: {marked}")
     result = restore_file(marked, output or _default_restored(marked), key_for_reading(key, key_file), overwrite,
-                          recipient_for_opening(recipient, recipient_key))
+                          recipient_for_opening(recipient, recipient_key), keep_header_changes)
+    result_changes = result.pop("header_changes_described")
     if json_output:
         emit_json(result)
         return
@@ -77,6 +84,8 @@ def restore(
                  + (f", SOP Instance UID {result['sop_instance_uid']}" if result["sop_instance_uid"] else "")
                  + (f", {result['transfer_syntax']}" if result["transfer_syntax"] else ""),
                  highlight=False, soft_wrap=True)
+    if result_changes:
+        stdout.print(f"  kept, made since marking: {escape(result_changes)}", highlight=False, soft_wrap=True)
 
 
 @app.command(epilog=examples(

@@ -4,7 +4,10 @@ The stored values come back exactly (original = marked + the recorded difference
 checked against the record's SHA-256 of the original before anything is written; the SOP
 Instance UID and every other element the embed changed get their original values back, and
 every other element stays as it is in the marked file (so a correction made after marking, say
-to a description, is kept). The restored file is written atomically and read back first.
+to a description, is kept and named). A change since marking to what a reader sees or whose image
+it is (the record's binding, as `wm verify` names it) is not passed off as the original: nothing
+is written unless the caller keeps such changes knowingly (`keep_header_changes`). The restored
+file is written atomically and read back first.
 
 A file marked more than once holds the earlier marking's record inside its own: restoring it
 gives the file as it was before the last marking, record included, and the next restore (with
@@ -30,11 +33,13 @@ from ..errors import BadInputError, CheckFailedError
 from ..hashing import pixel_sha256
 from ..integrity.containers import (UnknownOriginalElementsError, dicom_envelopes, dicom_remove_record,
                                     dicom_restore_elements, raster_earlier_record)
+from ..integrity.binding import changes, describe
 from ..integrity.envelope import is_envelope, open_envelope
 from ..integrity.record import RecordNotAuthenticError, RestorationRecord, changed_blocks, open_record
 from ..io.dicom import DICOM_COMPRESSIONS, compress_losslessly, set_native_pixel_data, write_dicom_file
 from ..io.image import check_writable, file_record, read_image, write_image
 from ..io.writing import write_atomically
+from .marked_binding import written_binding
 
 
 class NoRecordError(CheckFailedError):
@@ -62,8 +67,11 @@ def opened_record(image, key, recipient=None) -> tuple[RestorationRecord, bytes,
                                   "(or it was changed)")
 
 
-def restore_file(marked: Path, out: Path, key, overwrite: bool = False, recipient=None) -> dict:
-    """Write the original of `marked` to `out`; the figures of what was restored."""
+def restore_file(marked: Path, out: Path, key, overwrite: bool = False, recipient=None,
+                 keep_header_changes: bool = False) -> dict:
+    """Write the original of `marked` to `out`; the figures of what was restored, with the bound
+    items changed since marking (`header_changes`: header ones are kept; identity or presentation
+    ones refuse the restore unless `keep_header_changes`)."""
     image = read_image(marked)
     out = check_writable(image, out, overwrite)
     record, tag_key, _ = opened_record(image, key, recipient)
@@ -76,6 +84,12 @@ def restore_file(marked: Path, out: Path, key, overwrite: bool = False, recipien
     if pixel_sha256(original) != record.original_pixels_sha256:
         raise CheckFailedError(f"{marked}: the restored pixels do not match the record's SHA-256 of the original; "
                                "nothing written")
+    since_marking = changes(record.binding, written_binding(image)) if record.binding is not None else []
+    seen = [change for change in since_marking if change.category != "header"]
+    if seen and not keep_header_changes:
+        raise CheckFailedError(f"{marked}: changed since marking ({describe(seen)}); the original cannot be "
+                               "restored under that header; nothing written (--keep-header-changes to restore "
+                               "the pixels and keep the changes)")
 
     earlier_record = None
     if image.kind != "dicom":
@@ -109,7 +123,10 @@ def restore_file(marked: Path, out: Path, key, overwrite: bool = False, recipien
                     record=earlier_record)
     return {"input": str(marked), "output": str(out), "restored": True,
             "pixels_sha256": record.original_pixels_sha256,
-            "sop_instance_uid": record.original_sop_instance_uid, "transfer_syntax": transfer_syntax}
+            "sop_instance_uid": record.original_sop_instance_uid, "transfer_syntax": transfer_syntax,
+            "header_bound": record.binding is not None,
+            "header_changes": [change.as_json() for change in since_marking],
+            "header_changes_described": describe(since_marking)}
 
 
 def _restored_dataset(image, original, record: RestorationRecord):
