@@ -444,27 +444,17 @@ def test_what_stands_behind_intact_signer_removed_replaced_or_default_key(shippe
     assert report.changed_blocks == [] and report.bound and report.binding_changes == []
 
 
-@pytest.mark.slow
-def test_restore_gives_back_the_high_bits_even_from_a_compressed_copy(shipped, tmp_path):
-    """Unused high bits (old overlays) are the original's too: a native marked copy keeps them, a
-    compressed one cannot, and the record brings them back either way."""
+def _twelve_of_16_bits_with_overlays():
     ds = pydicom.dcmread(clinical_file("MR2_UNCR.dcm"))  # 12 of 16 bits
     words = np.frombuffer(ds.PixelData, dtype="<u2").copy()
     words |= (np.random.default_rng(16).integers(0, 16, words.size, dtype=np.uint16) << 12)
     ds.PixelData = words.tobytes()
-    source = tmp_path / "high_bits.dcm"
-    ds.save_as(source, enforce_file_format=True)
-    for compression in ("none", "rle"):
-        marked = tmp_path / f"{compression}.wm.dcm"
-        mark(source, marked, shipped, compression=compression)
-        restored = tmp_path / f"{compression}.restored.dcm"
-        restore_file(marked, restored, KEY)
-        assert pydicom.dcmread(restored).PixelData == ds.PixelData, compression
+    return ds
 
 
-def test_an_8_bit_original_s_high_bit_comes_back_in_8_bit_words(shipped, tmp_path):
-    """8 bits allocated, 7 stored, an overlay in bit 7: the restored words are bytes again (they
-    were written as 16-bit words, twice the pixel data the header holds, and refused)."""
+def _seven_of_8_bits_with_an_overlay():
+    """8-bit words: restore once wrote them back as 16-bit words (twice the pixel data the header
+    holds) and refused its own output."""
     from pydicom.uid import ExplicitVRLittleEndian
 
     ds = pydicom.dcmread(clinical_file("image_dfl.dcm"))  # a real 8-bit 512² image (deflated)
@@ -472,7 +462,16 @@ def test_an_8_bit_original_s_high_bit_comes_back_in_8_bit_words(shipped, tmp_pat
     words[:64, :64] |= 0x80
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.BitsStored, ds.HighBit, ds.PixelData = 7, 6, words.tobytes()
-    source = tmp_path / "seven.dcm"
+    return ds
+
+
+@pytest.mark.parametrize("original", [pytest.param(_twelve_of_16_bits_with_overlays, marks=pytest.mark.slow),
+                                      _seven_of_8_bits_with_an_overlay])
+def test_restore_gives_back_the_high_bits_even_from_a_compressed_copy(shipped, tmp_path, original):
+    """Unused high bits (old overlays) are the original's too: a native marked copy keeps them, a
+    compressed one cannot, and the record brings them back either way."""
+    ds = original()
+    source = tmp_path / "high_bits.dcm"
     ds.save_as(source, enforce_file_format=True)
     for compression in ("none", "rle"):
         marked = tmp_path / f"{compression}.wm.dcm"
