@@ -414,6 +414,81 @@ def test_a_png_gamma_chunk_is_named(shipped, tmp_path):
     twice.write_bytes(data[:33] + data[8:33] + data[33:])  # signature (8), IHDR (25)
     code, report, _ = _verify(twice, "--key", KEY)
     assert code == 1 and report["changes"] == [{"category": "presentation", "name": "IHDR", "change": "changed"}]
+    # Chunks a reader applies though wm does not know them, and text a reader applies: all named.
+    exif_rotated = b"MM\x00*\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00\x00\x00\x00\x00"
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    for kind, body, name in (
+            (b"vpAg", struct.pack(">IIB", 512, 512, 0), "vpAg"),  # ImageMagick's canvas
+            (b"exIf", exif_rotated, "exIf"),  # the older EXIF chunk ImageMagick still applies
+            (b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp, "XML:com.adobe.xmp (iTXt)"),
+            (b"tEXt", b"Raw profile type exif\x00\nexif\n      26\n" + exif_rotated.hex().encode() + b"\n",
+             "Raw profile type exif (tEXt)")):
+        tampered.write_bytes(_png_with_chunk(marked.read_bytes(), kind, body))
+        code, report, _ = _verify(tampered, "--key", KEY)
+        assert code == 1 and report["changes"] == [{"category": "presentation", "name": name, "change": "added"}], name
+    tampered.write_bytes(_png_with_chunk(marked.read_bytes(), b"tEXt", b"Comment\x00read by no viewer"))
+    assert _verify(tampered, "--key", KEY)[0] == 0  # plain text may change in transit
+    # Pixel data whose CRC is wrong: Pillow decodes them, libpng refuses the file. Refused here too.
+    data = bytearray(marked.read_bytes())
+    idat = data.index(b"IDAT")
+    (length,) = struct.unpack(">I", data[idat - 4:idat])
+    data[idat + 4 + length] ^= 0x01  # the stored CRC, the pixel data as they were
+    crc_broken = tmp_path / "crc.png"
+    crc_broken.write_bytes(bytes(data))
+    result = run_wm_here("verify", crc_broken, "--key", KEY)
+    assert result.code == 2 and "chunk 'IDAT' fails its CRC check" in result.stderr
+
+
+def _tiff(entries: list[tuple[int, int, list[int]]], blobs: list[bytes]) -> bytes:
+    """A little-endian TIFF of one page: `entries` (tag, type 3 SHORT or 4 LONG, values; a value
+    ('blob', i) stands for the offset of blobs[i]) and the blobs they point at."""
+    header = 8
+    blob_at, at = [], header
+    for blob in blobs:
+        blob_at.append(at)
+        at += len(blob)
+    ifd_at = at
+    count = len(entries)
+    extra_at = ifd_at + 2 + 12 * count + 4
+    ifd, extra = b"", b""
+    for tag, kind, values in sorted(entries):
+        values = [blob_at[v[1]] if isinstance(v, tuple) else v for v in values]
+        packed = struct.pack(f"<{len(values)}{'H' if kind == 3 else 'I'}", *values)
+        if len(packed) <= 4:
+            ifd += struct.pack("<HHI", tag, kind, len(values)) + packed.ljust(4, b"\x00")
+        else:
+            ifd += struct.pack("<HHII", tag, kind, len(values), extra_at + len(extra))
+            extra += packed
+    return b"II*\x00" + struct.pack("<I", ifd_at) + b"".join(blobs) + struct.pack("<H", count) + ifd + \
+        b"\x00" * 4 + extra
+
+
+def test_a_tiff_page_whose_strips_or_tiles_readers_read_differently_is_refused(tmp_path):
+    """Pillow reads the last offset of a single strip, and the strips of a page that has tiles too;
+    tifffile and libtiff read the first, and the tiles. A genuine image for one, a forged one for
+    the other: refused where it is read, so never intact."""
+    height = width = 64
+    genuine = np.arange(height * width, dtype="<u2").reshape(height, width)
+    forged = genuine.copy()
+    forged[20:40, 20:40] = 65535
+    blobs = [genuine.tobytes(), forged.tobytes()]
+    size = len(blobs[0])
+    page = [(256, 3, [width]), (257, 3, [height]), (258, 3, [16]), (259, 3, [1]), (262, 3, [1]), (277, 3, [1])]
+    layouts = {
+        "two_offsets.tif": [(273, 4, [("blob", 0), ("blob", 1)]), (278, 4, [height]), (279, 4, [size, size])],
+        "strips_and_tiles.tif": [(273, 4, [("blob", 1)]), (278, 4, [height]), (279, 4, [size]), (322, 3, [width]),
+                                 (323, 3, [height]), (324, 4, [("blob", 0)]), (325, 4, [size])],
+        "too_few_strips.tif": [(273, 4, [("blob", 0)]), (278, 4, [16]), (279, 4, [size])],
+    }
+    plain = tmp_path / "plain.tif"
+    plain.write_bytes(_tiff(page + [(273, 4, [("blob", 0)]), (278, 4, [height]), (279, 4, [size])], blobs[:1]))
+    assert np.array_equal(read_image(plain).pixels[0], genuine)  # the writer makes a TIFF readers agree on
+    for name, layout in layouts.items():
+        path = tmp_path / name
+        path.write_bytes(_tiff(page + layout, blobs))
+        result = run_wm_here("verify", path, "--key", KEY)
+        assert result.code == 2 and "(readers would show different images)" in result.stderr, name
+        assert len(result.stderr.strip().splitlines()) == 1
 
 
 # ---- the recipient forgery and trusted signers ---------------------------------------------------

@@ -21,11 +21,10 @@ signed words, the bits that are not the value's sign) are bound as one more item
 element the file holds twice or out of order (readers disagree on which copy counts) as another,
 and so does a file meta whose Media Storage SOP Class or Instance UID is not the data set's.
 
-PNG: the IHDR fields that decide the image (size, bit depth, colour type; not the interlacing),
-every critical chunk other than IDAT and IEND, and the ancillary chunks that change how the
-samples are shown or measured (``PNG_BOUND_CHUNKS``: gamma, colour space, ICC profile,
-significant bits, transparency, physical size, calibration, EXIF orientation, animation).
-Text and time chunks are not bound. TIFF: every tag of every page except ``TIFF_IN_TRANSIT``
+PNG: the IHDR fields that decide the image (size, bit depth, colour type; not the interlacing)
+and every other chunk but those of ``PNG_UNBOUND_CHUNKS`` (the pixel data, whose values the block
+tags bind, the end, the time, wm's record) and text; text that a reader applies (XMP, raw EXIF
+profiles: an orientation) is bound all the same. TIFF: every tag of every page except ``TIFF_IN_TRANSIT``
 (strip and tile layout, compression, predictor, software and date: how the samples are stored,
 not what they mean), wm's record tag included in that list.
 
@@ -43,6 +42,7 @@ import zlib
 from dataclasses import dataclass
 
 from .compression import decompressed
+from .png_chunks import png_chunks
 
 BINDING_VERSION = 1
 ITEM_DIGEST_HEX = 16  # 64 bits per named item
@@ -101,16 +101,21 @@ PRESENTATION = frozenset({
     HIGH_BITS_NAME,
     # PNG and TIFF
     "IHDR", "PLTE", "tRNS", "gAMA", "cHRM", "sRGB", "iCCP", "sBIT", "cICP", "mDCv", "cLLi", "pHYs", "sCAL",
-    "pCAL", "oFFs", "eXIf", "bKGD", "acTL", "fcTL", "fdAT", "pages",
+    "pCAL", "oFFs", "eXIf", "bKGD", "acTL", "fcTL", "fdAT", "exIf", "vpAg", "caNv", "orNT", "iDOT", "sTER", "pages",
     "ImageWidth", "ImageLength", "BitsPerSample", "SampleFormat", "SamplesPerPixel", "Orientation",
     "XResolution", "YResolution", "ResolutionUnit", "ColorMap", "TransferFunction", "WhitePoint",
     "PrimaryChromaticities", "InterColorProfile", "ExtraSamples", "MinSampleValue", "MaxSampleValue",
     "SMinSampleValue", "SMaxSampleValue", "GrayResponseCurve", "GrayResponseUnit", "ImageDescription",
 })
 
-#: PNG ancillary chunks that change how the samples are shown or measured (bound).
-PNG_BOUND_CHUNKS = ("PLTE", "tRNS", "gAMA", "cHRM", "sRGB", "iCCP", "sBIT", "cICP", "mDCv", "cLLi", "pHYs",
-                    "sCAL", "pCAL", "oFFs", "eXIf", "bKGD", "acTL", "fcTL", "fdAT")
+#: PNG chunks not bound: the pixel data (their values are bound by the block tags), the end, the
+#: time, wm's record (containers.PNG_CHUNK, kept literal: no cycle) and text, but for the text a
+#: reader applies: XMP and ImageMagick's raw profiles carry an EXIF orientation that Pillow and
+#: ImageMagick turn the image by. Every other chunk, known or not, is bound: a reader may apply one
+#: wm does not know (ImageMagick's canvas vpAg and caNv, Apple's iDOT, the older exIf).
+PNG_UNBOUND_CHUNKS = ("IDAT", "IEND", "tIME", "wmRR")
+_PNG_TEXT_CHUNKS = ("tEXt", "zTXt", "iTXt")
+_APPLIED_TEXT_KEYWORDS = ("XML:com.adobe.xmp", "Raw profile type")
 #: TIFF tags that may change in transit (how the samples are stored), and wm's record tag.
 TIFF_IN_TRANSIT = {254: "NewSubfileType", 255: "SubfileType", 259: "Compression", 266: "FillOrder",
                    273: "StripOffsets", 278: "RowsPerStrip", 279: "StripByteCounts", 284: "PlanarConfiguration",
@@ -142,7 +147,7 @@ def category(name: str) -> str:
         return "presentation"
     if keyword in IDENTITY:
         return "identity"
-    if keyword in PRESENTATION or top.startswith(("Overlay", "Curve")) or "(60" in top:
+    if keyword in PRESENTATION or top.startswith(("Overlay", "Curve", *_APPLIED_TEXT_KEYWORDS)) or "(60" in top:
         return "presentation"
     return "header"
 
@@ -507,23 +512,40 @@ def bits_above_stored(ds):
 def png_binding(data: bytes) -> dict:
     """The binding of a PNG file's bytes (see the module docstring)."""
     items: dict[str, bytes] = {}
-    offset = 8
-    while offset + 12 <= len(data):
-        (length,) = struct.unpack_from(">I", data, offset)
-        kind = data[offset + 4:offset + 8].decode("latin-1")
-        body = data[offset + 8:offset + 8 + length]
-        offset += 12 + length
+    for chunk in png_chunks(data):
+        kind, body = chunk.name, chunk.body
         if kind == "IHDR" and len(body) >= 13:
             # width, height, bit depth, colour type, compression, filter; not interlace. Every copy:
             # a second IHDR is read by some decoders and refused by others.
             items["IHDR"] = items.get("IHDR", b"") + body[:12]
         elif kind == "iCCP":
             items[kind] = items.get(kind, b"") + _icc_profile(body)
-        elif kind in PNG_BOUND_CHUNKS or (kind[:1].isupper() and kind not in ("IDAT", "IEND")):
+        elif kind in _PNG_TEXT_CHUNKS:
+            keyword, text = _png_text(kind, body)
+            if keyword.startswith(_APPLIED_TEXT_KEYWORDS):
+                name = f"{keyword} ({kind})"
+                items[name] = items.get(name, b"") + struct.pack(">I", len(text)) + text
+        elif kind not in PNG_UNBOUND_CHUNKS:
             items[kind] = items.get(kind, b"") + struct.pack(">I", len(body)) + body
-        if kind == "IEND":
-            break
     return make_binding("png", items)
+
+
+def _png_text(kind: str, body: bytes) -> tuple[str, bytes]:
+    """(keyword, text) of a tEXt, zTXt or iTXt chunk, the text decompressed (a re-save may
+    recompress it); a text that does not decompress is bound as stored."""
+    keyword, _, rest = body.partition(b"\x00")
+    compressed = kind == "zTXt" or (kind == "iTXt" and rest[:1] == b"\x01")
+    if kind == "zTXt":
+        rest = rest[1:]  # the compression method
+    elif kind == "iTXt":  # flag, method, language tag, translated keyword, then the text
+        language_and_more = rest[2:].split(b"\x00", 2)
+        rest = language_and_more[2] if len(language_and_more) == 3 else rest
+    if compressed:
+        try:
+            rest = zlib.decompressobj().decompress(rest, 64 * 2**20)
+        except zlib.error:
+            pass
+    return keyword.decode("latin-1"), rest
 
 
 def _icc_profile(body: bytes) -> bytes:

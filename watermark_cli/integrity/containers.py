@@ -22,6 +22,7 @@ import struct
 import zlib
 
 from .record import trimmed
+from .png_chunks import png_chunks
 
 RECORD_CREATOR = "WM RESTORATION RECORD 1"
 RECORD_GROUP = 0x0077
@@ -231,17 +232,9 @@ def png_with_record(png: bytes, record: bytes) -> bytes:
 
 def png_record(data: bytes) -> bytes | None:
     """The `wmRR` chunk's data (CRC checked), or None."""
-    offset = 8
-    while offset + 12 <= len(data):
-        (length,) = struct.unpack_from(">I", data, offset)
-        kind = data[offset + 4:offset + 8]
-        body = data[offset + 8:offset + 8 + length]
-        if kind == PNG_CHUNK:
-            (crc,) = struct.unpack_from(">I", data, offset + 8 + length)
-            return body if zlib.crc32(kind + body) & 0xFFFFFFFF == crc else None
-        if kind == b"IEND":
-            return None
-        offset += 12 + length
+    for chunk in png_chunks(data):
+        if chunk.kind == PNG_CHUNK:
+            return chunk.body if chunk.crc_ok else None
     return None
 
 

@@ -10,6 +10,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..errors import BadInputError
+from ..integrity.png_chunks import png_chunks
 from .medical_image import MedicalImage, check_declared_size
 
 # Pillow and tifffile are imported inside the functions that need them.
@@ -27,11 +28,16 @@ def _gray_image(path: Path, pixels: np.ndarray, kind: str, photometric: str = "M
 
 def _png_header(path: Path) -> tuple[int, int, int, int]:
     """(width, height, bit depth, colour type) from the IHDR chunk: read before Pillow, which
-    hides 16-bit colour by reducing it to 8."""
-    with open(path, "rb") as fh:
-        head = fh.read(33)
+    hides 16-bit colour by reducing it to 8. Every chunk's CRC is checked first: Pillow decodes
+    pixel data whose CRC is wrong, libpng refuses it, so such a file shows wm an image that other
+    readers do not show at all."""
+    data = path.read_bytes()
+    head = data[:33]
     if len(head) < 33 or head[12:16] != b"IHDR":
         raise BadInputError(f"{path}: corrupt PNG file (no IHDR header)")
+    for chunk in png_chunks(data):
+        if not chunk.crc_ok:
+            raise BadInputError(f"{path}: corrupt PNG file (chunk {chunk.name!r} fails its CRC check)")
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"), head[24], head[25]
 
 
@@ -85,6 +91,8 @@ def read_tiff(path: Path, max_pixels: int) -> MedicalImage:
         if page.samplesperpixel != 1 or photometric not in (0, 1):  # 0 MINISWHITE, 1 MINISBLACK
             raise BadInputError(f"{path}: colour TIFF images are not supported (grayscale only)")
         check_declared_size(path, tif.series[0].shape, max_pixels, "TIFF ")
+        for index, each in enumerate(tif.pages):
+            _check_tiff_layout(path, index, each)
         pixels = tif.series[0].asarray()
     if pixels.dtype not in (np.uint8, np.uint16, np.int16):
         raise BadInputError(f"{path}: TIFF sample type {pixels.dtype} is not supported "
@@ -93,6 +101,43 @@ def read_tiff(path: Path, max_pixels: int) -> MedicalImage:
         raise BadInputError(f"{path}: TIFF image is not two-dimensional")
     pixels = np.ascontiguousarray(pixels.reshape(-1, *pixels.shape[-2:]), dtype=pixels.dtype.newbyteorder("="))
     return _gray_image(path, pixels, "tiff", "MONOCHROME1" if photometric == 0 else "MONOCHROME2")
+
+
+def _check_tiff_layout(path: Path, index: int, page) -> None:
+    """A page stored in strips or in tiles, never both, with one offset and one byte count per
+    strip or tile the image needs (TIFF 6.0 §3, §15). Readers disagree on anything else: Pillow
+    reads the last of the offsets of a single strip and the strips of a page that has tiles too,
+    tifffile and libtiff the first and the tiles, so a forged image there shows in one viewer while
+    wm reads and seals the other."""
+    tags = page.tags
+    strips = [tags.get(code) for code in (273, 279)]  # StripOffsets, StripByteCounts
+    tiles = [tags.get(code) for code in (324, 325)]  # TileOffsets, TileByteCounts
+    width, length = int(page.imagewidth), int(page.imagelength)
+    planes = int(page.samplesperpixel) if int(page.planarconfig) == 2 else 1
+    if any(strips) and any(tiles):
+        problem = "holds both strips and tiles"
+    elif any(tiles):
+        tile_width, tile_length = int(page.tilewidth), int(page.tilelength)
+        needed = -(-width // max(tile_width, 1)) * -(-length // max(tile_length, 1)) * planes if tile_width and \
+            tile_length else None
+        problem = _offsets_problem(tiles, needed, "tile")
+    else:
+        rows = tags.get(278)  # RowsPerStrip: the whole image in one strip when absent
+        rows_per_strip = int(rows.value) if rows is not None else 2**32 - 1
+        needed = -(-length // rows_per_strip) * planes if rows_per_strip else None
+        problem = _offsets_problem(strips, needed, "strip")
+    if problem:
+        raise BadInputError(f"{path}: TIFF page {index + 1} {problem} (readers would show different images)")
+
+
+def _offsets_problem(tags, needed: int | None, unit: str) -> str | None:
+    offsets, counts = (len(tag.value) if isinstance(tag.value, tuple) else 1 if tag is not None else 0
+                       for tag in tags)
+    if needed is None:
+        return f"has a {unit} size of 0"
+    if offsets != needed or counts != needed:
+        return f"lists {offsets} {unit} offsets and {counts} byte counts for the {needed} {unit}(s) it needs"
+    return None
 
 
 def read_jpeg(path: Path, max_pixels: int) -> MedicalImage:
