@@ -21,8 +21,8 @@ from __future__ import annotations
 import struct
 import zlib
 
-from .record import trimmed
 from .png_chunks import png_chunks
+from .record import trimmed
 
 RECORD_CREATOR = "WM RESTORATION RECORD 1"
 RECORD_GROUP = 0x0077

@@ -8,8 +8,6 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
 
 @dataclass(frozen=True)
 class PngChunk:

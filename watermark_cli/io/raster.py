@@ -118,8 +118,9 @@ def _check_tiff_layout(path: Path, index: int, page) -> None:
         problem = "holds both strips and tiles"
     elif any(tiles):
         tile_width, tile_length = int(page.tilewidth), int(page.tilelength)
-        needed = -(-width // max(tile_width, 1)) * -(-length // max(tile_length, 1)) * planes if tile_width and \
-            tile_length else None
+        needed = None
+        if tile_width and tile_length:
+            needed = -(-width // tile_width) * -(-length // tile_length) * planes
         problem = _offsets_problem(tiles, needed, "tile")
     else:
         rows = tags.get(278)  # RowsPerStrip: the whole image in one strip when absent

@@ -31,9 +31,9 @@ from pathlib import Path
 
 from ..errors import BadInputError, CheckFailedError
 from ..hashing import pixel_sha256
+from ..integrity.binding import changes, describe
 from ..integrity.containers import (UnknownOriginalElementsError, dicom_envelopes, dicom_remove_record,
                                     dicom_restore_elements, raster_earlier_record)
-from ..integrity.binding import changes, describe
 from ..integrity.envelope import is_envelope, open_envelope
 from ..integrity.record import RecordNotAuthenticError, RestorationRecord, changed_blocks, open_record
 from ..io.dicom import DICOM_COMPRESSIONS, compress_losslessly, set_native_pixel_data, write_dicom_file
