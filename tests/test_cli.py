@@ -333,3 +333,13 @@ def test_a_choice_or_range_outside_the_interface_is_one_line_and_exit_2(tmp_path
         assert result.code == 2, (arguments, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.stderr, result.stderr
+
+
+def test_help_paragraphs_wrap_at_the_terminal_not_at_the_source_lines(monkeypatch):
+    """Each paragraph of a command's docstring reads as one paragraph: typer had kept the source's
+    line breaks, so an 80-column help broke every line a second time."""
+    monkeypatch.setenv("COLUMNS", "240")
+    result = run_wm("verify", "--help")
+    assert result.code == 0
+    # these words sit on two source lines of the docstring
+    assert "have the pixels changed since marking (which blocks)" in result.stdout

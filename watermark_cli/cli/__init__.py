@@ -6,6 +6,8 @@ May import any part of wm; nothing in wm imports it. `main` is the console entry
 
 # Importing a command module registers its commands; `wm --help` lists them in this order.
 from . import marking, integrity, keys, serve, training, evaluation, models, data, classifier  # noqa: F401  # isort: skip
-from .app import app, main
+from .app import app, main, reflow_help
+
+reflow_help(app)
 
 __all__ = ["app", "main"]

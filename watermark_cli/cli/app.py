@@ -168,6 +168,18 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def reflow_help(typer_app: typer.Typer) -> None:
+    """Join the lines of each paragraph of every command's docstring: typer keeps the line breaks
+    of the later paragraphs, so an 80-column help broke each source line a second time."""
+    import inspect
+
+    for info in typer_app.registered_commands:
+        text = info.help or inspect.getdoc(info.callback) or ""
+        info.help = "\n\n".join(" ".join(paragraph.split()) for paragraph in text.split("\n\n"))
+    for group in typer_app.registered_groups:
+        reflow_help(group.typer_instance)
+
+
 def main() -> None:
     import warnings
 
