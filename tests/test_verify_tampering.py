@@ -253,6 +253,84 @@ def test_an_element_written_twice_is_named_whichever_copy_a_reader_keeps(keyed_c
     assert "PatientName (0010,0010) is written twice or out of order" in refused.stderr
 
 
+def _retyped(data: bytes, tag: int, old_vr: bytes, new_vr: bytes, value: bytes) -> bytes:
+    """The Explicit VR Little Endian file `data` with the (short-form) element `tag` of VR
+    `old_vr` written instead as `new_vr` holding `value`: what a byte editor makes in a minute."""
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + old_vr
+    at = data.find(head)
+    assert at > 0 and data.find(head, at + 1) < 0
+    end = at + 8 + struct.unpack("<H", data[at + 6:at + 8])[0]
+    long_form = new_vr in (b"OB", b"OW", b"UN", b"UT", b"SQ")
+    header = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + new_vr + \
+        (b"\0\0" + struct.pack("<I", len(value)) if long_form else struct.pack("<H", len(value)))
+    return data[:at] + header + value + data[end:]
+
+
+@pytest.mark.parametrize("keyword, tag, old_vr, new_vr, value, category", [
+    # pydicom decodes the same -1024; dcmtk ignores a rescale not written as DS: every HU off by 1024
+    ("RescaleIntercept", 0x00281052, b"DS", b"SS", struct.pack("<h", -1024), "presentation"),
+    ("RescaleIntercept", 0x00281052, b"DS", b"FL", struct.pack("<f", -1024.0), "presentation"),
+    ("PatientName", 0x00100010, b"PN", b"UN", None, "identity"),  # dcmtk shows the name's bytes in hex
+])
+def test_an_element_written_in_another_vr_is_named(keyed_ct, tmp_path, keyword, tag, old_vr, new_vr, value,
+                                                   category):
+    """A standard element written in another VR than the dictionary's: pydicom reads the marked
+    value, a viewer another (or none)."""
+    marked = pydicom.dcmread(keyed_ct)
+    data = keyed_ct.read_bytes()
+    if value is None:  # the same bytes, under another VR
+        value = marked[keyword].value.original_string if hasattr(marked[keyword].value, "original_string") \
+            else str(marked[keyword].value).encode()
+        value = value + b" " * (len(value) % 2)
+    tampered = tmp_path / f"{keyword}-{new_vr.decode()}.dcm"
+    tampered.write_bytes(_retyped(data, tag, old_vr, new_vr, value))
+    assert pydicom.dcmread(tampered)[keyword].value == marked[keyword].value  # the same value to pydicom
+    code, report, stderr = _verify(tampered, "--key", KEY)
+    name = f"{keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X}) written as {new_vr.decode()}, not {old_vr.decode()}"
+    assert code == 1 and report["changed_blocks"] == [] and not report["intact"]
+    assert report["changes"] == [{"category": category, "name": name, "change": "added"}]
+    # The unmarked original so written: not marked (wm would guard the value one reader shows, not
+    # the other's), but for UN, which wm writes in the dictionary's VR (no reader shows bytes).
+    original = tmp_path / f"original-{new_vr.decode()}.dcm"
+    original.write_bytes(_retyped(clinical_file("CT_small.dcm").read_bytes(), tag, old_vr, new_vr, value))
+    out = tmp_path / "marked.dcm"
+    marking = run_wm_here("embed", original, "m", "-o", out, "--key", KEY)
+    if new_vr != b"UN":
+        assert marking.code == 2 and not out.exists() and len(marking.stderr.strip().splitlines()) == 1
+        assert name in marking.stderr
+    else:
+        from watermark_cli.io.dicom import elements_read_two_ways
+
+        assert marking.code == 0 and not elements_read_two_ways(out)
+        assert pydicom.dcmread(out)[keyword].value == marked[keyword].value
+        assert _verify(out, "--key", KEY)[1]["status"] == "intact"
+
+
+def test_what_readers_decode_two_ways_is_refused_where_read(tmp_path):
+    """A body encoded otherwise than its file meta says (pydicom reads what it finds, dcmtk what the
+    meta says, and fails), and 16-bit words of a big-endian file written as OB (pydicom swaps
+    them, dcmtk does not: another image). Neither is read, so neither is marked nor called intact."""
+    explicit = clinical_file("CT_small.dcm").read_bytes()
+    syntax = struct.pack("<HH2sH", 0x0002, 0x0010, b"UI", 20) + b"1.2.840.10008.1.2.1\0"
+    assert explicit.count(syntax) == 1
+    implicit = struct.pack("<HH2sH", 0x0002, 0x0010, b"UI", 18) + b"1.2.840.10008.1.2\0"
+    meta_length = struct.unpack("<I", explicit[140:144])[0]
+    told_implicit = (explicit[:140] + struct.pack("<I", meta_length - 2) + explicit[144:]).replace(syntax, implicit)
+    big_endian = clinical_file("MR_small_bigendian.dcm").read_bytes()
+    assert big_endian.count(b"\x7f\xe0\x00\x10OW") == 1
+    cases = {"told-implicit.dcm": (told_implicit, "encoded Explicit VR Little Endian, its transfer syntax says Implicit"),
+             "big-endian-ob.dcm": (big_endian.replace(b"\x7f\xe0\x00\x10OW", b"\x7f\xe0\x00\x10OB"),
+                                   "16-bit pixel data of a big-endian file written as OB")}
+    for name, (data, message) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        assert pydicom.dcmread(path).pixel_array.size  # pydicom reads it without complaint
+        for command in (["verify", path, "--key", KEY], ["embed", path, "m", "-o", tmp_path / "out.dcm", "--key", KEY]):
+            result = run_wm_here(*command)
+            assert result.code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "out.dcm").exists()
+
+
 @pytest.mark.parametrize("keyword, text", [
     ("RescaleIntercept", "-1_024"),  # -1024 to Python's float(), -1 to dcmtk: every HU off by 1023
     ("PixelSpacing", ["6.61468e-0_1", "0.661468"]),  # the same spacing to pydicom, ten times less to dcmtk
@@ -613,27 +691,37 @@ def test_what_may_change_in_transit_keeps_a_key_only_file_intact(keyed_ct, tmp_p
         assert (code, report["changes"], report["status"]) == (0, [], "intact"), name
 
 
-def test_no_real_file_trips_the_number_text_or_offset_table_checks():
+def test_no_real_file_trips_the_checks_for_what_readers_read_two_ways():
     """Every DICOM file pydicom and pydicom-data ship (real scanners' and toolkits' files, compressed
     ones with Basic and Extended Offset Tables among them): none holds a DS or IS text outside
-    DICOM's syntax, none an offset table out of step with its items, but the one file made to
-    hold a bad IS ('1A' in badVR.dcm)."""
+    DICOM's syntax but the one file made to hold a bad IS ('1A' in badVR.dcm); none an offset
+    table out of step with its items; none a standard element in another VR than the dictionary's
+    but UN (which wm re-writes in the dictionary's VR); none a body encoded otherwise than its
+    transfer syntax says, or big-endian words written as OB, but pydicom's own colour test files
+    (refused as colour before that check)."""
     import data_store
     import pydicom.data
 
     from watermark_cli.integrity.binding import numbers_not_in_dicom_syntax
-    from watermark_cli.io.dicom import _check_frame_tables
+    from watermark_cli.io.dicom import _check_encoding, _check_frame_tables, body_encoding, elements_read_two_ways
 
     folders = [Path(pydicom.data.__file__).parent, Path(data_store.__file__).parent]
-    odd_numbers, refused, compressed = [], [], 0
+    odd_numbers, refused, compressed, other_vr, odd_encoding = [], [], 0, [], []
     for path in sorted(p for folder in folders for p in folder.rglob("*") if p.is_file()):
         try:
             ds = pydicom.dcmread(path, force=True)
             ds.file_meta.TransferSyntaxUID  # noqa: B018 (a file without one is no image here)
         except Exception:
             continue
+        encoding = body_encoding(ds)
         if numbers_not_in_dicom_syntax(ds):
             odd_numbers.append(path.name)
+        other_vr += [(path.name, tag, vr) for tag, vr in elements_read_two_ways(path).other_vr if vr != "UN"]
+        if "PixelData" in ds:
+            try:
+                _check_encoding(path, ds, int(ds.get("BitsAllocated", 8) or 8), encoding)
+            except Exception:
+                odd_encoding.append(path.name)
         if ds.file_meta.TransferSyntaxUID.is_compressed and "PixelData" in ds:
             compressed += 1
             try:
@@ -642,3 +730,5 @@ def test_no_real_file_trips_the_number_text_or_offset_table_checks():
                 refused.append(f"{path.name}: {error}")
     assert compressed >= 50 and refused == []
     assert odd_numbers == ["badVR.dcm"]
+    assert other_vr == []
+    assert all(name.startswith("SC_rgb_") for name in odd_encoding) and len(odd_encoding) == 5

@@ -19,7 +19,9 @@ named by their creator, not by the block a writer happened to give them; of wm's
 the record's two elements are left out. The unused high bits of the pixel data (old overlays; in
 signed words, the bits that are not the value's sign) are bound as one more item, and each
 element the file holds twice or out of order (readers disagree on which copy counts) as another,
-and so does a file meta whose Media Storage SOP Class or Instance UID is not the data set's.
+and each standard element written in another VR than the dictionary's (RescaleIntercept as SS,
+PatientName as UN: pydicom decodes the same value, dcmtk drops it or shows its bytes), and so
+does a file meta whose Media Storage SOP Class or Instance UID is not the data set's.
 
 PNG: the IHDR fields that decide the image (size, bit depth, colour type; not the interlacing)
 and every other chunk but those of ``PNG_UNBOUND_CHUNKS`` (the pixel data, whose values the block
@@ -85,7 +87,7 @@ IDENTITY = frozenset({
 })
 #: Names whose change alters what a reader sees or measures (with the overlay groups 60xx).
 PRESENTATION = frozenset({
-    "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration",
+    "PixelData", "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration",
     "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "RescaleSlope", "RescaleIntercept",
     "RescaleType", "ModalityLUTSequence", "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation",
     "VOILUTFunction", "VOILUTSequence", "PresentationLUTShape", "PresentationLUTSequence",
@@ -225,10 +227,12 @@ def describe(found: list[BindingChange], limit: int = 6) -> str:
 
 # ---- DICOM -----------------------------------------------------------------------------------
 
-def dicom_binding(ds, repeated: list[int] = (), record_in_last_envelope: bool = False) -> dict:
+def dicom_binding(ds, repeated: list[int] = (), record_in_last_envelope: bool = False,
+                  other_vr: list[tuple[int, str]] = ()) -> dict:
     """The binding of a DICOM data set (see the module docstring). `repeated`: the tags its file
-    holds twice or out of order (`io.dicom.repeated_or_unordered_elements`), one item each: no
-    file wm writes has one, so each reads as added. `record_in_last_envelope`: the last item of
+    holds twice or out of order, `other_vr`: (tag, VR) of the standard elements it writes in
+    another VR than the dictionary's (both from `io.dicom.elements_read_two_ways`), one item
+    each: no file wm writes has one, so each reads as added. `record_in_last_envelope`: the last item of
     the Encrypted Attributes Sequence is wm's record for a recipient (not bound: it holds the
     binding); every other item is, since a recipient who decrypts one applies its attributes."""
     collected: dict[str, list] = {}
@@ -237,6 +241,8 @@ def dicom_binding(ds, repeated: list[int] = (), record_in_last_envelope: bool = 
              for name, occurrences in collected.items()}
     for tag in repeated:
         items[_repeated_name(tag)] = b"repeated"
+    for tag, vr in other_vr:
+        items[other_vr_name(tag, vr)] = vr.encode("ascii", "replace")
     items.update(_meta_disagreements(ds))
     high_bits = _high_bits_digest(ds)
     if high_bits is not None:
@@ -262,6 +268,14 @@ def _meta_disagreements(ds) -> dict[str, bytes]:
 
 def _repeated_name(tag: int) -> str:
     return element_label(tag) + REPEATED_MARK
+
+
+def other_vr_name(tag: int, vr: str) -> str:
+    """'RescaleIntercept (0028,1052) written as SS, not DS': the item of an element whose VR a
+    reader that trusts the file and one that trusts the dictionary read two ways."""
+    from pydicom.datadict import dictionary_VR
+
+    return f"{element_label(tag)} written as {vr}, not {dictionary_VR(tag)}"
 
 
 def element_label(tag: int) -> str:

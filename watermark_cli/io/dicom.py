@@ -14,6 +14,7 @@ import copy
 import struct
 import threading
 from collections.abc import Sequence as SequenceABC
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -121,6 +122,7 @@ def read_dicom(path: Path, max_pixels: int) -> MedicalImage:
         if "Rows" not in ds:
             raise BadInputError(f"{path}: not a readable DICOM image (no DICOM header found)")
         _record_guessed_transfer_syntax(ds)
+    encoding = body_encoding(ds)
 
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
@@ -155,6 +157,7 @@ def read_dicom(path: Path, max_pixels: int) -> MedicalImage:
     _check_native_length(path, ds, frames * rows * cols * (bits_allocated // 8))
     _check_codestream_sizes(path, ds, rows, cols)
     _check_frame_tables(path, ds, frames)
+    _check_encoding(path, ds, bits_allocated, encoding)
 
     decoded = _decode_dicom_pixels(path, ds, pixel_array)
     dtype = np.dtype(f"{'i' if signed else 'u'}{bits_allocated // 8}")  # native byte order
@@ -174,17 +177,36 @@ def read_dicom(path: Path, max_pixels: int) -> MedicalImage:
     )
 
 
-def repeated_or_unordered_elements(path: Path) -> list[int]:
-    """The tags that one data set of the file (at any depth) holds twice, or after a larger tag.
+@dataclass(frozen=True)
+class ElementsReadTwoWays:
+    """Elements of a file that readers read two ways (see `elements_read_two_ways`)."""
 
-    A DICOM data set is sorted and holds each tag once. A reader keeps one copy of a repeated
-    element, pydicom the last and dcmtk the first, so such a file shows one window, one patient
-    or one set of pixels to wm and another to a viewer: `verify` must not call it intact. A file
-    pydicom cannot read gives []: it fails where it is read, with its own message."""
+    #: tags one data set (at any depth) holds twice, or after a larger tag
+    repeated: tuple[int, ...] = ()
+    #: (tag, VR) of each standard element an explicit-VR file writes in another VR than the
+    #: dictionary's (file meta aside), in file order
+    other_vr: tuple[tuple[int, str], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.repeated or self.other_vr)
+
+
+def elements_read_two_ways(path: Path) -> ElementsReadTwoWays:
+    """What in the file readers read two ways, though pydicom reads it without complaint.
+
+    - An element held twice (or out of order; a data set is sorted and holds each tag once): a
+      reader keeps one copy, pydicom the last and dcmtk the first, so such a file shows one
+      window, one patient or one set of pixels to wm and another to a viewer.
+    - A standard element written in another VR than the dictionary's (RescaleIntercept as SS or
+      FL, WindowCenter as IS, PatientName or PixelData as UN): pydicom decodes the same number or
+      text, dcmtk ignores the element or shows its bytes (a CT without its rescale, a patient
+      name in hex). `verify` must not call such a file intact.
+
+    A file pydicom cannot read gives nothing: it fails where it is read, with its own message."""
     import pydicom
 
-    _install_element_order_check()
-    _ELEMENT_ORDER.found = found = []
+    _install_element_check()
+    _PARSE_CHECK.found = found = _ParseFindings()
     try:
         dataset = pydicom.dcmread(path, force=True)
         for _ in dataset.iterall():  # a sequence's items are parsed when first reached
@@ -192,37 +214,62 @@ def repeated_or_unordered_elements(path: Path) -> list[int]:
     except Exception:
         pass
     finally:
-        _ELEMENT_ORDER.found = None
-    return sorted(set(found))
+        _PARSE_CHECK.found = None
+    return ElementsReadTwoWays(tuple(sorted(set(found.repeated))), tuple(dict.fromkeys(found.other_vr)))
 
 
-# pydicom keeps one element per tag as it parses (a dict), so the order the file gives them in is
-# seen only inside its element generator, which each data set (the file's and every sequence
-# item's) reads through: that generator is wrapped, once, to report to the thread that asks.
-_ELEMENT_ORDER = threading.local()
-_ELEMENT_ORDER_LOCK = threading.Lock()
+@dataclass
+class _ParseFindings:
+    repeated: list[int] = field(default_factory=list)
+    other_vr: list[tuple[int, str]] = field(default_factory=list)
 
 
-def _install_element_order_check() -> None:
+def dictionary_vr_differs(tag: int, vr: str | None) -> bool:
+    """Whether an explicit VR `vr` is not what the DICOM dictionary gives a standard element (one
+    of its choices, for 'US or SS' and the like); private, unknown and file meta elements, item
+    delimiters and implicit VR (None) never differ."""
+    from pydicom.datadict import dictionary_VR
+
+    group = tag >> 16
+    if vr is None or group & 1 or group in (0x0002, 0xFFFE):
+        return False
+    try:
+        expected = dictionary_VR(tag)
+    except KeyError:
+        return False
+    return vr != expected and vr not in expected.split(" or ")
+
+
+# pydicom keeps one element per tag as it parses (a dict), and replaces a UN by the dictionary's
+# VR, so the order and the VRs the file gives are seen only inside its element generator, which
+# each data set (the file's and every sequence item's) reads through: that generator is wrapped,
+# once, to report to the thread that asks.
+_PARSE_CHECK = threading.local()
+_PARSE_CHECK_LOCK = threading.Lock()
+
+
+def _install_element_check() -> None:
     from pydicom import filereader
 
-    with _ELEMENT_ORDER_LOCK:
+    with _PARSE_CHECK_LOCK:
         original = filereader.data_element_generator
-        if getattr(original, "wm_order_check", False):
+        if getattr(original, "wm_element_check", False):
             return
 
         def checked(*args: Any, **kwargs: Any):
             previous = -1
             for element in original(*args, **kwargs):
-                found = getattr(_ELEMENT_ORDER, "found", None)
+                found = getattr(_PARSE_CHECK, "found", None)
                 if found is not None:
                     tag = int(element.tag)
                     if tag <= previous:
-                        found.append(tag)
+                        found.repeated.append(tag)
                     previous = max(previous, tag)
+                    if dictionary_vr_differs(tag, element.VR):
+                        found.other_vr.append((tag, str(element.VR)))
                 yield element
 
-        checked.wm_order_check = True
+        checked.wm_element_check = True
         filereader.data_element_generator = checked
 
 
@@ -233,6 +280,32 @@ def _declared_frames(path: Path, ds: Any) -> int:
     except (TypeError, ValueError):
         raise BadInputError(f"{path}: DICOM NumberOfFrames {value!r} is not a number") from None
     return frames or 1  # 0 is non-conformant for 1 (pydicom reads it so too)
+
+
+def body_encoding(ds: Any) -> tuple[bool, bool] | None:
+    """(implicit VR, little endian) as pydicom found the data set encoded, or None once every
+    element is parsed: ask straight after reading. pydicom's `original_encoding` repeats the
+    transfer syntax; an element not yet parsed tells how it was read."""
+    raw = next((element for element in map(ds.get_item, ds.keys()) if getattr(element, "is_raw", False)), None)
+    return None if raw is None else (bool(raw.is_implicit_VR), bool(raw.is_little_endian))
+
+
+def _check_encoding(path: Path, ds: Any, bits_allocated: int, encoding: tuple[bool, bool] | None) -> None:
+    """What readers decode two ways is refused before decoding: a body encoded otherwise than its
+    transfer syntax says (pydicom reads the encoding it finds, dcmtk trusts the file meta and
+    fails), and 16-bit words of a big-endian file written as OB (pydicom swaps them by
+    BitsAllocated, dcmtk keeps bytes unswapped: another image). `encoding`: `body_encoding`'s."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or not syntax.is_transfer_syntax or encoding is None:
+        return
+    implicit, little_endian = encoding
+    if (bool(syntax.is_implicit_VR), bool(syntax.is_little_endian)) != (bool(implicit), bool(little_endian)):
+        written = f"{'Implicit' if implicit else 'Explicit'} VR {'Little' if little_endian else 'Big'} Endian"
+        raise BadInputError(f"{path}: the data set is encoded {written}, its transfer syntax says {syntax.name} "
+                            "(readers disagree on how to read it)")
+    if not little_endian and bits_allocated > 8 and ds["PixelData"].VR == "OB":
+        raise BadInputError(f"{path}: {bits_allocated}-bit pixel data of a big-endian file written as OB (bytes): "
+                            "readers disagree on their byte order")
 
 
 def _check_native_length(path: Path, ds: Any, expected: int) -> None:
@@ -409,6 +482,7 @@ def write_dicom(original: MedicalImage, pixels: np.ndarray, fh: BinaryIO, deriva
     from pydicom.uid import generate_uid
 
     ds = copy.deepcopy(original.source)
+    give_unknown_vrs_their_dictionary_vr(ds)
     set_native_pixel_data(ds, pixels, keep_high_bits=compression_uid is None)
     # An earlier signature no longer matches the new instance (the record keeps it for restore).
     for keyword in ("DigitalSignaturesSequence", "MACParametersSequence"):
@@ -443,6 +517,26 @@ def write_dicom(original: MedicalImage, pixels: np.ndarray, fh: BinaryIO, deriva
     if signer is not None:
         sign_dataset(ds, signer)
     write_dicom_file(fh, ds)
+
+
+def give_unknown_vrs_their_dictionary_vr(dataset: Any) -> None:
+    """Standard elements the file wrote as UN get their dictionary VR, at every depth, in place.
+
+    pydicom writes an element it has not parsed as it read it, so a UN would pass into the marked
+    file, where dcmtk shows its bytes (a patient name in hex) or refuses the image; parsed, it is
+    written in the dictionary's VR, the value unchanged. An element that does not parse stays as
+    it was (its file's binding names it)."""
+    for tag in list(dataset.keys()):
+        raw = dataset.get_item(tag)
+        if getattr(raw, "is_raw", False) and raw.VR != "SQ" and not dictionary_vr_differs(int(tag), raw.VR):
+            continue  # its own VR (or implicit: no VR written), and no sequence to look into
+        try:
+            element = dataset[tag]
+        except Exception:
+            continue
+        if element.VR == "SQ":
+            for item in element.value or []:
+                give_unknown_vrs_their_dictionary_vr(item)
 
 
 #: The preamble every DICOM file wm writes carries. PS3.10 leaves the 128 bytes free for other

@@ -21,11 +21,11 @@ from .. import __version__
 from ..errors import BadInputError, CheckFailedError, WmError
 from ..hashing import file_sha256, pixel_sha256
 from ..integrity import containers
-from ..integrity.binding import element_label, numbers_not_in_dicom_syntax
+from ..integrity.binding import element_label, numbers_not_in_dicom_syntax, other_vr_name
 from ..integrity.envelope import envelope, new_record_key, recipient_from_pem
 from ..integrity.record import seal
 from ..integrity.signature import load_signer
-from ..io.dicom import dicom_high_bits, repeated_or_unordered_elements
+from ..io.dicom import dicom_high_bits, elements_read_two_ways
 from ..io.discovery import sniff_kind
 from ..io.image import check_writable, file_record, read_image, write_image
 from ..io.isolation import IsolatedReader
@@ -401,12 +401,18 @@ def _work(job: tuple[Path, Path]) -> FileOutcome:
 
 def _refuse_ambiguous_header(source: Path, dataset) -> None:
     """A DICOM input that readers read two ways is not marked: one that holds an element twice (or
-    out of order; pydicom keeps the last copy, dcmtk the first), or a number whose text is not
-    DICOM's ('-1_024': -1024 to pydicom, -1 to dcmtk). wm would guard one view, a viewer show another."""
-    repeated = repeated_or_unordered_elements(source)
-    if repeated:
-        raise BadInputError(f"{source}: data element {element_label(repeated[0])} is written twice or out of "
-                            "order (readers disagree on which copy counts); not marked")
+    out of order; pydicom keeps the last copy, dcmtk the first), a standard element in another VR
+    than the dictionary's (RescaleIntercept as SS: dcmtk ignores it), or a number whose text is not
+    DICOM's ('-1_024': -1024 to pydicom, -1 to dcmtk). wm would guard one view, a viewer show
+    another. An element written as UN is no reason: wm writes it in the dictionary's VR."""
+    two_ways = elements_read_two_ways(source)
+    if two_ways.repeated:
+        raise BadInputError(f"{source}: data element {element_label(two_ways.repeated[0])} is written twice or "
+                            "out of order (readers disagree on which copy counts); not marked")
+    retyped = [(tag, vr) for tag, vr in two_ways.other_vr if vr != "UN"]
+    if retyped:
+        raise BadInputError(f"{source}: data element {other_vr_name(*retyped[0])} (readers disagree on its "
+                            "value); not marked")
     odd_numbers = numbers_not_in_dicom_syntax(dataset)
     if odd_numbers:
         raise BadInputError(f"{source}: data element {element_label(odd_numbers[0])} holds a number not written "

@@ -23,7 +23,7 @@ from ..errors import CheckFailedError
 from ..integrity import containers
 from ..integrity.binding import changes, describe, dicom_binding, png_binding, tiff_binding
 from ..integrity.envelope import is_envelope
-from ..io.dicom import _derived_image_type, repeated_or_unordered_elements
+from ..io.dicom import _derived_image_type, elements_read_two_ways
 from ..io.image import PNG_SUFFIXES
 from ..io.raster import write_tiff
 from ..io.writing import png_bytes
@@ -86,7 +86,8 @@ def written_binding(written) -> dict:
     """The binding of a file as read (a MedicalImage of DICOM, PNG or TIFF)."""
     if written.kind == "dicom":
         record = containers.dicom_record(written.source)
-        return dicom_binding(written.source, repeated_or_unordered_elements(Path(written.path)),
+        two_ways = elements_read_two_ways(Path(written.path))
+        return dicom_binding(written.source, two_ways.repeated, other_vr=two_ways.other_vr,
                              record_in_last_envelope=record is not None and is_envelope(record))
     if written.kind == "png":
         return png_binding(Path(written.path).read_bytes())
