@@ -306,6 +306,20 @@ def test_an_element_written_in_another_vr_is_named(keyed_ct, tmp_path, keyword, 
         assert _verify(out, "--key", KEY)[1]["status"] == "intact"
 
 
+def test_only_vrs_readers_read_two_ways_count():
+    """A number's VR (DS, IS, binary) and UN count; one text VR for another does not (a Protocol
+    Name as SH, as older dictionaries had it: every reader shows the same text), nor an ambiguous
+    element's other choice, a private element or implicit VR."""
+    from watermark_cli.io.dicom import dictionary_vr_differs
+
+    counted = [(0x00281052, "SS"), (0x00281052, "LO"), (0x00281050, "IS"), (0x00100010, "UN"), (0x7FE00010, "UN"),
+               (0x00280030, "FD")]
+    not_counted = [(0x00181030, "SH"), (0x00080018, "LO"), (0x00280120, "SS"), (0x00280120, "US"),
+                   (0x7FE00010, "OB"), (0x00091010, "SS"), (0x00281052, None), (0x00281052, "DS")]
+    assert [dictionary_vr_differs(tag, vr) for tag, vr in counted] == [True] * len(counted)
+    assert [dictionary_vr_differs(tag, vr) for tag, vr in not_counted] == [False] * len(not_counted)
+
+
 def test_what_readers_decode_two_ways_is_refused_where_read(tmp_path):
     """A body encoded otherwise than its file meta says (pydicom reads what it finds, dcmtk what the
     meta says, and fails), and 16-bit words of a big-endian file written as OB (pydicom swaps

@@ -226,8 +226,10 @@ class _ParseFindings:
 
 def dictionary_vr_differs(tag: int, vr: str | None) -> bool:
     """Whether an explicit VR `vr` is not what the DICOM dictionary gives a standard element (one
-    of its choices, for 'US or SS' and the like); private, unknown and file meta elements, item
-    delimiters and implicit VR (None) never differ."""
+    of its choices, for 'US or SS' and the like) in a way readers read two ways; private, unknown
+    and file meta elements, item delimiters and implicit VR (None) never differ. One text VR for
+    another (a Protocol Name as SH, as older dictionaries had it) is the same text to any reader,
+    so it does not differ either; a number's VRs (DS, IS, binary) and UN always do."""
     from pydicom.datadict import dictionary_VR
 
     group = tag >> 16
@@ -237,7 +239,13 @@ def dictionary_vr_differs(tag: int, vr: str | None) -> bool:
         expected = dictionary_VR(tag)
     except KeyError:
         return False
-    return vr != expected and vr not in expected.split(" or ")
+    if vr == expected or vr in expected.split(" or "):
+        return False
+    return not (vr in _PLAIN_TEXT_VRS and expected in _PLAIN_TEXT_VRS)
+
+
+# VRs whose value every reader shows as the text it is (numbers as text, DS and IS, are not here).
+_PLAIN_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
 
 
 # pydicom keeps one element per tag as it parses (a dict), and replaces a UN by the dictionary's
