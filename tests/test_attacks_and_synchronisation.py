@@ -168,31 +168,3 @@ def test_the_pilot_score_spread_from_sorted_rows_is_numpys_median_deviation():
             assert np.array_equal(centres, np.median(rows.astype(np.float64), axis=1))
             deviations = np.abs(rows - centres[:, None].astype(np.float32)).astype(np.float64)
             assert np.array_equal(_sorted_row_deviations(ordered, centres), np.median(deviations, axis=1))
-
-
-def test_the_rotation_lattice_reads_the_spectrum_as_map_coordinates_does():
-    """The rotation search's lattice places its lines once per frame size (cached) and reads
-    them by bilinear interpolation: the scores scipy's `map_coordinates` gives, to rounding."""
-    from scipy.ndimage import map_coordinates
-
-    from watermark_cli.marking.synchronisation import _lattice_scores
-
-    rng = np.random.default_rng(11)
-    pilot = rng.standard_normal((64, 64))
-    angles = np.arange(-5.0, 5.0 + 1e-9, 0.25)
-    for shape, scale in (((512, 512), 1.0), ((200, 330), 0.8)):
-        spectrum = np.abs(rng.standard_normal(shape)).astype(np.float32)
-        scales = np.full_like(angles, scale)
-        spectral = np.abs(np.fft.fftshift(np.fft.fft2(pilot)))
-        lines = np.argwhere(spectral > 0) - 32
-        weights = spectral[spectral > 0]
-        keep = np.argsort(-weights)[:1000]
-        m, n, weights = lines[keep, 0].astype(float), lines[keep, 1].astype(float), weights[keep]
-        theta = np.deg2rad(angles)[:, None]
-        rows = shape[0] / 2 + (m * np.cos(theta) - n * np.sin(theta)) * shape[0] / (64 * scale)
-        cols = shape[1] / 2 + (m * np.sin(theta) + n * np.cos(theta)) * shape[1] / (64 * scale)
-        inside = (rows >= 0) & (rows <= shape[0] - 1) & (cols >= 0) & (cols <= shape[1] - 1)
-        values = map_coordinates(spectrum, [rows.ravel(), cols.ravel()], order=1, mode="nearest").reshape(rows.shape)
-        expected = (values * inside * weights).sum(axis=1) / np.maximum((weights * inside).sum(axis=1), 1e-30)
-        for _ in range(2):  # the second time from the cache
-            np.testing.assert_allclose(_lattice_scores(spectrum, 64, pilot, scales, angles), expected, rtol=1e-6)
