@@ -5,6 +5,8 @@ Two sets, never used in training or tuning:
   MR2, CR RG3, NM, US), as `wm embed` reads them;
 - `slices`: 256² 8-bit slices with a mostly black background, from the held-out CT and MR files
   in their windows and from dipy's real MR volume (`watermark_cli.data.slices`).
+And one more, `check_slices` (`data.slices.check_slices`): the training split's slices and dipy's
+`test_piesno` volume, for checking a reader change made after looking at the held-out sets.
 
 Every mark is budgeted by default `wm embed` (the view floor), and every attack acts in the view
 each frame was budgeted in (its binding view): `window8` and `jpeg` export through that view to
@@ -18,9 +20,9 @@ from functools import partial
 from watermark_cli.data.clinical import clinical_files
 from watermark_cli.evaluation.run import upper_bound_95
 from watermark_cli.io.image import read_image
-from watermark_cli.data.slices import held_out_slices, slice_image
+from watermark_cli.data.slices import check_slices, held_out_slices, slice_image
 
-SETS = ("files", "slices")
+SETS = ("files", "slices", "check_slices")
 
 ATTACKS = (
     "identity,png16,jpeg2000,window8,jpeg:95,jpeg:90,jpeg:80,jpeg:70,jpeg:50,"
@@ -40,8 +42,9 @@ def sources(name: str) -> list:
     """(label, loader) pairs for `evaluation.evaluate_images`."""
     if name == "files":
         return [(f"{group.modality} {path.name}", partial(read_image, path)) for group, path in clinical_files("held_out")]
-    if name == "slices":
-        return [(item.name, partial(slice_image, item)) for item in held_out_slices()]
+    if name in ("slices", "check_slices"):
+        items = held_out_slices() if name == "slices" else check_slices()
+        return [(item.name, partial(slice_image, item)) for item in items]
     raise SystemExit(f"unknown image set {name!r} (choose from {', '.join(SETS)})")
 
 

@@ -6,8 +6,9 @@ one. So this is the hardest everyday case, and the benchmarks measure it apart. 
 cut from the held-out split of pydicom-data (`data.clinical`), each shown in its own declared
 window (a CT that declares none in the brain preset), and from the real MR volume that ships
 with dipy (`S0_10slices.nii.gz`, ten 128² axial slices brought to 256²). None of them is used in training
-or tuning: the training split of pydicom-data holds other acquisitions, and dipy is not read
-anywhere else.
+or tuning: the training split of pydicom-data holds other acquisitions, and dipy's volumes are
+read elsewhere only for the classifier check's lesion images. `check_slices` is a further set
+for checking a reader change made after looking at these.
 
 Each source frame gives the whole frame brought to 256² and, for frames larger than 256², the
 256² tiles (half overlapping) of the frame brought to 512²; a slice is kept when at least 30 %
@@ -71,11 +72,11 @@ def _cut(name: str, source: str, display: np.ndarray) -> list[Slice]:
     return [item for item in candidates if _mostly_black(item.pixels)]
 
 
-def held_out_dicom_slices() -> list[Slice]:
-    """The CT and MR frames of the held-out split, in each declared window (a CT without one:
-    the brain preset), as 8-bit 256² slices."""
+def held_out_dicom_slices(split: str = "held_out") -> list[Slice]:
+    """The CT and MR frames of the held-out split (or another), in each declared window (a CT
+    without one: the brain preset), as 8-bit 256² slices."""
     slices: list[Slice] = []
-    for group, path in clinical_files("held_out"):
+    for group, path in clinical_files(split):
         if group.modality not in ("CT", "MR"):
             continue
         image = read_image(path)
@@ -119,6 +120,23 @@ def dipy_slices() -> list[Slice]:
 
 def held_out_slices() -> list[Slice]:
     return held_out_dicom_slices() + dipy_slices()
+
+
+#: A second real volume that ships with dipy (96² diffusion MR, 14 slices); elsewhere only the
+#: classifier check's faint lesions read it (data.faint_lesions), never marking or reading.
+PIESNO_VOLUME = "test_piesno.nii.gz"
+
+
+def check_slices() -> list[Slice]:
+    """Slices for checking a reader change made after looking at the held-out sets' failures
+    (they are no longer untouched for it): the training split's CT and MR cut as the held-out
+    ones are (the model saw those files, the reader change did not), and every other slice of
+    dipy's `test_piesno` volume, stretched and brought to 256² as the S0 slices are."""
+    volume = dipy_volume(PIESNO_VOLUME)
+    top = float(np.percentile(volume, 99.5))
+    piesno = [Slice(f"piesno slice {k}", PIESNO_VOLUME, _eight_bit(to_side(np.rot90(volume[:, :, k]) / top, SIDE)))
+              for k in range(0, volume.shape[2], 2)]
+    return held_out_dicom_slices("train") + piesno
 
 
 def write_slices(out: Path) -> list[Path]:
