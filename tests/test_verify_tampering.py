@@ -306,6 +306,36 @@ def test_an_element_written_in_another_vr_is_named(keyed_ct, tmp_path, keyword, 
         assert _verify(out, "--key", KEY)[1]["status"] == "intact"
 
 
+def _with_smuggled_elements(data: bytes, before: int, hidden: bytes) -> bytes:
+    """`data` (Explicit VR Little Endian) with a group length of `before`'s group inserted before
+    it, written in the undefined VR 'ZZ': pydicom reads a 2-byte length and takes `hidden` as the
+    group length's value, dcmtk reads a 4-byte length of 0 and then `hidden` as elements."""
+    at = data.find(struct.pack("<HH", before >> 16, before & 0xFFFF), 132)
+    assert at > 0
+    smuggler = struct.pack("<HH2sHI", before >> 16, 0x0000, b"ZZ", 4 + len(hidden), 0) + hidden
+    return data[:at] + smuggler + data[at:]
+
+
+def test_elements_hidden_behind_an_undefined_vr_are_named(keyed_ct, tmp_path):
+    """A forged Patient Name and ID hidden in a group length written in a VR DICOM does not define:
+    pydicom reads the marked ones, dcmtk (which keeps the first copy) the forged ones."""
+    forged = struct.pack("<HH2sH", 0x0010, 0x0010, b"PN", 12) + b"EVIL^PATIENT" + \
+        struct.pack("<HH2sH", 0x0010, 0x0020, b"LO", 4) + b"X999"
+    tampered = tmp_path / "smuggled.dcm"
+    tampered.write_bytes(_with_smuggled_elements(keyed_ct.read_bytes(), 0x00100010, forged))
+    marked, read = pydicom.dcmread(keyed_ct), pydicom.dcmread(tampered)
+    assert (read.PatientName, read.PatientID) == (marked.PatientName, marked.PatientID)  # what wm reads
+    code, report, _ = _verify(tampered, "--key", KEY)
+    assert code == 1 and report["changed_blocks"] == [] and not report["intact"]
+    assert report["changes"] == [{"category": "presentation", "change": "added",
+                                  "name": "element (0010,0000) written as 'ZZ', a VR DICOM does not define"}]
+    original = tmp_path / "original.dcm"
+    original.write_bytes(_with_smuggled_elements(clinical_file("CT_small.dcm").read_bytes(), 0x00100010, forged))
+    refused = run_wm_here("embed", original, "m", "-o", tmp_path / "out.dcm", "--key", KEY)
+    assert refused.code == 2 and not (tmp_path / "out.dcm").exists()
+    assert "written as 'ZZ', a VR DICOM does not define" in refused.stderr
+
+
 def test_only_vrs_readers_read_two_ways_count():
     """A number's VR (DS, IS, binary) and UN count; one text VR for another does not (a Protocol
     Name as SH, as older dictionaries had it: every reader shows the same text), nor an ambiguous
@@ -313,9 +343,9 @@ def test_only_vrs_readers_read_two_ways_count():
     from watermark_cli.io.dicom import dictionary_vr_differs
 
     counted = [(0x00281052, "SS"), (0x00281052, "LO"), (0x00281050, "IS"), (0x00100010, "UN"), (0x7FE00010, "UN"),
-               (0x00280030, "FD")]
+               (0x00280030, "FD"), (0x00100000, "ZZ"), (0x00091010, "ZZ"), (0x00100000, "OB"), (0x00020010, "\0\0")]
     not_counted = [(0x00181030, "SH"), (0x00080018, "LO"), (0x00280120, "SS"), (0x00280120, "US"),
-                   (0x7FE00010, "OB"), (0x00091010, "SS"), (0x00281052, None), (0x00281052, "DS")]
+                   (0x7FE00010, "OB"), (0x00091010, "SS"), (0x00281052, None), (0x00281052, "DS"), (0x00100000, "UL")]
     assert [dictionary_vr_differs(tag, vr) for tag, vr in counted] == [True] * len(counted)
     assert [dictionary_vr_differs(tag, vr) for tag, vr in not_counted] == [False] * len(not_counted)
 

@@ -52,6 +52,10 @@ HIGH_BITS_NAME = "Overlay bits in the unused high bits of Pixel Data"
 # Ends the name of an element a data set holds twice or out of order: readers disagree on which
 # copy counts, so it is a presentation change whatever the element.
 REPEATED_MARK = " written twice or out of order"
+# Ends the name of an element written in a VR DICOM does not define: readers part where it ends,
+# and what one reads as its value the other reads as elements (any of them), so it is a
+# presentation change whatever the element.
+UNDEFINED_VR_MARK = ", a VR DICOM does not define"
 
 #: DICOM elements whose change in transit is allowed (not bound), and why. Keywords or tags.
 DICOM_IN_TRANSIT = {
@@ -145,7 +149,7 @@ def category(name: str) -> str:
     """'identity', 'presentation' or 'header', from the top-level part of an item's name."""
     top = name.split(" > ")[0]
     keyword = top.split(" (")[0]
-    if name.endswith(REPEATED_MARK):
+    if name.endswith((REPEATED_MARK, UNDEFINED_VR_MARK)):
         return "presentation"
     if keyword in IDENTITY:
         return "identity"
@@ -271,11 +275,22 @@ def _repeated_name(tag: int) -> str:
 
 
 def other_vr_name(tag: int, vr: str) -> str:
-    """'RescaleIntercept (0028,1052) written as SS, not DS': the item of an element whose VR a
-    reader that trusts the file and one that trusts the dictionary read two ways."""
+    """'RescaleIntercept (0028,1052) written as SS, not DS': the item of an element whose VR
+    readers read two ways (`io.dicom.dictionary_vr_differs`); 'element (0010,0000) written as
+    'ZZ', a VR DICOM does not define'."""
     from pydicom.datadict import dictionary_VR
 
-    return f"{element_label(tag)} written as {vr}, not {dictionary_VR(tag)}"
+    if vr not in DICOM_VRS:
+        written = vr if vr.isascii() and vr.isprintable() else vr.encode("latin-1", "replace").hex()
+        return f"{element_label(tag)} written as {written!r}{UNDEFINED_VR_MARK}"
+    expected = "UL" if tag & 0xFFFF == 0 else dictionary_VR(tag)
+    return f"{element_label(tag)} written as {vr}, not {expected}"
+
+
+#: The value representations DICOM defines (PS3.5 6.2).
+DICOM_VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL",
+                       "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US",
+                       "UT", "UV"})
 
 
 def element_label(tag: int) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import BadInputError
 from ..integrity import containers
-from ..integrity.binding import bits_above_stored
+from ..integrity.binding import DICOM_VRS, bits_above_stored
 from ..integrity.envelope import is_envelope
 from ..integrity.signature import sign_dataset
 from ..views import display_from_dicom
@@ -225,15 +225,26 @@ class _ParseFindings:
 
 
 def dictionary_vr_differs(tag: int, vr: str | None) -> bool:
-    """Whether an explicit VR `vr` is not what the DICOM dictionary gives a standard element (one
-    of its choices, for 'US or SS' and the like) in a way readers read two ways; private, unknown
-    and file meta elements, item delimiters and implicit VR (None) never differ. One text VR for
-    another (a Protocol Name as SH, as older dictionaries had it) is the same text to any reader,
-    so it does not differ either; a number's VRs (DS, IS, binary) and UN always do."""
+    """Whether an explicit VR `vr` is one readers read two ways: a VR DICOM does not define, on any
+    element (pydicom reads a 2-byte length after it, dcmtk a 4-byte one: they part where the
+    element ends, and whatever one of them reads as its value the other reads as elements), a
+    group length (gggg,0000) not written as UL, or a standard element not in the dictionary's VR
+    (one of its choices, for 'US or SS' and the like). Private, unknown and file meta elements in
+    a defined VR, item delimiters and implicit VR (None) never differ; nor does one text VR for
+    another (a Protocol Name as SH, as older dictionaries had it: the same text to any reader).
+    A number's VRs (DS, IS, binary) and UN always do."""
     from pydicom.datadict import dictionary_VR
 
+    if vr is None or " or " in vr:  # 'OB or OW': pydicom's dictionary VR for an implicit element, never written
+        return False
+    if vr not in DICOM_VRS:
+        return True
     group = tag >> 16
-    if vr is None or group & 1 or group in (0x0002, 0xFFFE):
+    if group == 0xFFFE:
+        return False
+    if tag & 0xFFFF == 0:
+        return vr != "UL"
+    if group & 1 or group == 0x0002:
         return False
     try:
         expected = dictionary_VR(tag)
