@@ -295,7 +295,11 @@ def test_record_for_a_recipient_opens_with_its_private_key_only(name, shipped, t
     recipient = load_recipient(cert_path, key_path)
 
     restored = tmp_path / f"restored{source.suffix}"
-    restore_file(marked, restored, None, recipient=recipient)
+    with pytest.raises(CheckFailedError, match="the original is unproven"):  # unsigned: anyone could have sealed it
+        restore_file(marked, restored, None, recipient=recipient)
+    assert not restored.exists()
+    result = restore_file(marked, restored, None, recipient=recipient, accept_unproven=True)
+    assert result["proved"] is False
     assert pixel_sha256(read_image(restored).pixels) == pixel_sha256(read_image(source).pixels)
     loaded, codec = shipped
     # Confidential, not authentic: anyone with the certificate could have written the record.

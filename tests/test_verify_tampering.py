@@ -643,6 +643,47 @@ def test_a_genuine_recipient_record_is_intact_only_with_its_signer_trusted(shipp
     assert code == 0
 
 
+def test_restore_writes_a_recipient_s_original_only_with_a_trusted_signature(shipped, pki, tmp_path):
+    """Anyone with the recipient's certificate can seal a record for it: here an attacker replaces
+    the genuine record with one whose 'original' is the image upside down with a forged lesion.
+    `restore` writes a recipient's original only when a trusted signer vouches for the file; the
+    signature does not survive the swap."""
+    from watermark_cli.integrity import containers
+    from watermark_cli.integrity.envelope import envelope, new_record_key, recipient_from_pem
+    from watermark_cli.marking.marked_binding import written_binding
+
+    genuine = _mark(clinical_file("CT_small.dcm"), tmp_path / "genuine.dcm", shipped,
+                    recipient=pki["recipient"].read_bytes(),
+                    signing=(pki["signer_key"].read_bytes(), pki["signer"].read_bytes()))
+    opening = ("--recipient", pki["recipient"], "--recipient-key", pki["recipient_key"])
+    unproven = run_wm_here("restore", genuine, *opening, "-o", tmp_path / "never.dcm")
+    assert unproven.code == 1 and not (tmp_path / "never.dcm").exists()
+    assert "the original is unproven" in unproven.stderr and "--trust" in unproven.stderr
+    proved = run_wm_here("restore", genuine, *opening, "--trust", pki["ca"], "-o", tmp_path / "original.dcm", "--json")
+    assert proved.code == 0 and json.loads(proved.stdout)["proved"] is True
+    assert np.array_equal(pydicom.dcmread(tmp_path / "original.dcm").pixel_array,
+                          pydicom.dcmread(clinical_file("CT_small.dcm")).pixel_array)
+
+    image = read_image(genuine)  # the attacker: the certificate only
+    forged_original = image.pixels.copy()
+    forged_original[0] = forged_original[0][::-1]
+    forged_original[0, 40:60, 40:60] = 2000
+    kept, absent = containers.dicom_original_elements(image.source)
+    record_key = new_record_key()
+    record = seal(forged_original, image.pixels, record_key, original_elements=containers.dataset_bytes(kept),
+                  added_elements=absent, original_sop_instance_uid="1.2.3.4", creator="wm", binding=written_binding(image))
+    ds = pydicom.dcmread(genuine)
+    ds.EncryptedAttributesSequence[-1].EncryptedContent = envelope(
+        record, record_key, recipient_from_pem(pki["recipient"].read_bytes()), containers.modified_attributes_item(kept))
+    forged = tmp_path / "forged.dcm"
+    ds.save_as(forged, enforce_file_format=True)
+    refused = run_wm_here("restore", forged, *opening, "--trust", pki["ca"], "-o", tmp_path / "forged-original.dcm")
+    assert refused.code == 1 and not (tmp_path / "forged-original.dcm").exists()
+    assert "a digital signature does not verify" in refused.stderr
+    taken = run_wm_here("restore", forged, *opening, "--accept-unproven", "-o", tmp_path / "as-told.dcm")
+    assert taken.code == 0 and "as the record describes the original (unproven" in taken.stdout
+
+
 def test_untrusted_and_expired_signers_are_not_intact(signed_ct, pki, tmp_path, monkeypatch):
     from watermark_cli.integrity.signature import load_signer, sign_dataset
 

@@ -60,26 +60,36 @@ def restore(
         "--keep-header-changes",
         help="Restore even when what a reader sees or whose image it is changed since marking (the "
              "changes are kept and named).")] = False,
+    trust: TrustOption = None,
+    accept_unproven: Annotated[bool, typer.Option(
+        "--accept-unproven",
+        help="Restore what a record that proves nothing describes (public default key; a recipient's "
+             "record without a trusted signature): anyone could have sealed it.")] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Write the original of MARKED back, bit-exact.
 
     From the restoration record `wm embed` stored in it: pixels checked against the original's
     SHA-256 before anything is written; the original SOP Instance UID back. Exit 1: no record,
-    not authentic, wrong key, pixels changed since marking, or an identity or presentation change
-    since marking (named; --keep-header-changes to restore under it). Other header changes are
-    kept and named."""
+    not authentic, wrong key, pixels changed since marking, an identity or presentation change
+    since marking (named; --keep-header-changes to restore under it), or a record that proves
+    nothing: under the public default key, or sealed for a recipient (anyone with the certificate
+    can) without a signature by a signer --trust names (--accept-unproven to restore it all the
+    same). Other header changes are kept and named."""
     from ..marking.restoration import restore_file
 
     if not marked.is_file():
         raise BadInputError(f"no such file: {marked}")
     result = restore_file(marked, output or _default_restored(marked), key_for_reading(key, key_file), overwrite,
-                          recipient_for_opening(recipient, recipient_key), keep_header_changes)
+                          recipient_for_opening(recipient, recipient_key), keep_header_changes,
+                          trusted_signers(trust), accept_unproven)
     result_changes = result.pop("header_changes_described")
     if json_output:
         emit_json(result)
         return
-    stdout.print(f"restored {escape(result['output'])}: pixel data identical to the original "
+    what = ("pixel data identical to the original" if result["proved"] else
+            f"pixel data as the record describes the original (unproven: {result['unproven']})")
+    stdout.print(f"restored {escape(result['output'])}: {escape(what)} "
                  f"(SHA-256 {result['pixels_sha256'][:16]}…)"
                  + (f", SOP Instance UID {result['sop_instance_uid']}" if result["sop_instance_uid"] else "")
                  + (f", {result['transfer_syntax']}" if result["transfer_syntax"] else ""),

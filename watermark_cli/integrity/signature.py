@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
@@ -314,6 +315,31 @@ def verify_signatures(ds, trust: TrustAnchors | None = None, now: datetime | Non
             check = replace(check, trusted=not problem, trust_problem=problem)
         judged.append(check)
     return judged
+
+
+def signatures_problem(checks: list[SignatureCheck], expected_signer_sha256: str | None, trust_given: bool,
+                       counts: Callable[[SignatureCheck], bool] = lambda check: check.trusted) -> str:
+    """Why a file's signatures do not hold ('' when they do): one does not verify, the signer the
+    record pinned at marking is gone or replaced, or a signer does not count (`counts`: trusted,
+    by default; named by its trust problem when trusted signers were given)."""
+    if not all(check.valid for check in checks):
+        return "a digital signature does not verify"
+    if expected_signer_sha256 and not any(check.certificate_sha256 == expected_signer_sha256 for check in checks):
+        return "the signature made at marking is gone" if not checks else "signed by another certificate than at marking"
+    untrusted = [check for check in checks if not counts(check)]
+    if untrusted:
+        check = untrusted[0]
+        problem = check.trust_problem if trust_given else "signed by an untrusted signer"
+        return f"{problem} ({check.signer or 'unnamed'})"
+    return ""
+
+
+def trusted_signature(checks: list[SignatureCheck], expected_signer_sha256: str | None, trust_given: bool,
+                      counts: Callable[[SignatureCheck], bool] = lambda check: check.trusted) -> bool:
+    """Whether a trusted signer vouches for the file: a signature, all of them holding (see
+    `signatures_problem`), one of them trusted."""
+    return (bool(checks) and not signatures_problem(checks, expected_signer_sha256, trust_given, counts)
+            and any(check.trusted for check in checks))
 
 
 def _signature_items(ds) -> list:

@@ -36,9 +36,11 @@ from ..integrity.containers import (UnknownOriginalElementsError, dicom_envelope
                                     dicom_restore_elements, raster_earlier_record)
 from ..integrity.envelope import is_envelope, open_envelope
 from ..integrity.record import RecordNotAuthenticError, RestorationRecord, changed_blocks, open_record
+from ..integrity.signature import TrustAnchors, signatures_problem, trusted_signature, verify_signatures
 from ..io.dicom import DICOM_COMPRESSIONS, compress_losslessly, set_native_pixel_data, write_dicom_file
 from ..io.image import check_writable, file_record, read_image, write_image
 from ..io.writing import write_atomically
+from ..keys import key_kind
 from .marked_binding import written_binding
 
 
@@ -67,14 +69,35 @@ def opened_record(image, key, recipient=None) -> tuple[RestorationRecord, bytes,
                                   "(or it was changed)")
 
 
+def unproven_record(image, key, sealing: str, record: RestorationRecord, trust: TrustAnchors | None) -> str:
+    """Why the record does not prove what the original was ('' when it does): anyone can seal a
+    record under the public default key, or for a recipient with the recipient's certificate;
+    only a signature by a trusted signer over the file (`trust`) vouches for the latter."""
+    if sealing == "key":
+        return "the record is under the public default key, which anyone can seal" if key_kind(key) == "default" else ""
+    checks = verify_signatures(image.source, trust) if image.kind == "dicom" else []
+    if trusted_signature(checks, record.signer_sha256, bool(trust)):
+        return ""
+    problem = signatures_problem(checks, record.signer_sha256, bool(trust)) if checks else "the file is not signed"
+    return ("the record is sealed for a recipient, which anyone with the recipient's certificate can do, and no "
+            f"signature by a trusted signer (--trust) vouches for it: {problem}")
+
+
 def restore_file(marked: Path, out: Path, key, overwrite: bool = False, recipient=None,
-                 keep_header_changes: bool = False) -> dict:
+                 keep_header_changes: bool = False, trust: TrustAnchors | None = None,
+                 accept_unproven: bool = False) -> dict:
     """Write the original of `marked` to `out`; the figures of what was restored, with the bound
     items changed since marking (`header_changes`: header ones are kept; identity or presentation
-    ones refuse the restore unless `keep_header_changes`)."""
+    ones refuse the restore unless `keep_header_changes`). A record that proves nothing
+    (`unproven_record`) refuses the restore unless `accept_unproven`: what it calls the original
+    is then only what its sealer says (`proved` false in the figures)."""
     image = read_image(marked)
     out = check_writable(image, out, overwrite)
-    record, tag_key, _ = opened_record(image, key, recipient)
+    record, tag_key, sealing = opened_record(image, key, recipient)
+    unproven = unproven_record(image, key, sealing, record, trust)
+    if unproven and not accept_unproven:
+        raise CheckFailedError(f"{marked}: the original is unproven: {unproven}; nothing written (--accept-unproven "
+                               "to restore what the record describes)")
     original = record.original_pixels(image.pixels)
     if pixel_sha256(image.pixels) != record.marked_pixels_sha256:
         changed = changed_blocks(record, image.pixels, tag_key)
@@ -121,7 +144,7 @@ def restore_file(marked: Path, out: Path, key, overwrite: bool = False, recipien
     else:
         write_image(image, original, out, derivation="", overwrite=overwrite, verify=check_restored,
                     record=earlier_record)
-    return {"input": str(marked), "output": str(out), "restored": True,
+    return {"input": str(marked), "output": str(out), "restored": True, "proved": not unproven, "unproven": unproven,
             "pixels_sha256": record.original_pixels_sha256,
             "sop_instance_uid": record.original_sop_instance_uid, "transfer_syntax": transfer_syntax,
             "header_bound": record.binding is not None,

@@ -25,7 +25,7 @@ from ..errors import BadInputError
 from ..integrity.binding import BindingChange, changes, describe
 from ..integrity.containers import pixel_interpretation
 from ..integrity.record import RecordNotAuthenticError, block_grid, changed_blocks
-from ..integrity.signature import TrustAnchors, verify_signatures
+from ..integrity.signature import TrustAnchors, signatures_problem, trusted_signature, verify_signatures
 from ..io.writing import write_atomically
 from ..keys import key_kind
 from ..payload import bytes_to_text
@@ -69,22 +69,11 @@ class Verification:
     @property
     def signer_problem(self) -> str:
         """Why the signatures do not hold ('' when they do)."""
-        if not all(check.valid for check in self.signatures):
-            return "a digital signature does not verify"
-        if self.expected_signer_sha256 and not any(check.certificate_sha256 == self.expected_signer_sha256
-                                                   for check in self.signatures):
-            return ("the signature made at marking is gone" if not self.signatures else
-                    "signed by another certificate than at marking")
-        untrusted = [check for check in self.signatures if not self.counts(check)]
-        if untrusted:
-            check = untrusted[0]
-            problem = check.trust_problem if self.trust_given else "signed by an untrusted signer"
-            return f"{problem} ({check.signer or 'unnamed'})"
-        return ""
+        return signatures_problem(self.signatures, self.expected_signer_sha256, self.trust_given, self.counts)
 
     @property
     def trusted_signature(self) -> bool:
-        return bool(self.signatures) and not self.signer_problem and any(check.trusted for check in self.signatures)
+        return trusted_signature(self.signatures, self.expected_signer_sha256, self.trust_given, self.counts)
 
     @property
     def authenticity(self) -> str:
