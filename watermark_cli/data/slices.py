@@ -72,9 +72,9 @@ def _cut(name: str, source: str, display: np.ndarray) -> list[Slice]:
     return [item for item in candidates if _mostly_black(item.pixels)]
 
 
-def held_out_dicom_slices(split: str = "held_out") -> list[Slice]:
-    """The CT and MR frames of the held-out split (or another), in each declared window (a CT
-    without one: the brain preset), as 8-bit 256² slices."""
+def dicom_slices(split: str) -> list[Slice]:
+    """The CT and MR frames of one split of `data.clinical` ('held_out', 'train'), in each
+    declared window (a CT without one: the brain preset), as 8-bit 256² slices."""
     slices: list[Slice] = []
     for group, path in clinical_files(split):
         if group.modality not in ("CT", "MR"):
@@ -119,7 +119,7 @@ def dipy_slices() -> list[Slice]:
 
 
 def held_out_slices() -> list[Slice]:
-    return held_out_dicom_slices() + dipy_slices()
+    return dicom_slices("held_out") + dipy_slices()
 
 
 #: A second real volume that ships with dipy (96² diffusion MR, 14 slices); elsewhere only the
@@ -136,7 +136,7 @@ def check_slices() -> list[Slice]:
     top = float(np.percentile(volume, 99.5))
     piesno = [Slice(f"piesno slice {k}", PIESNO_VOLUME, _eight_bit(to_side(np.rot90(volume[:, :, k]) / top, SIDE)))
               for k in range(0, volume.shape[2], 2)]
-    return held_out_dicom_slices("train") + piesno
+    return dicom_slices("train") + piesno
 
 
 def write_slices(out: Path) -> list[Path]:
