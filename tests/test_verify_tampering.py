@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 
 from conftest import fixed_key, run_wm_here
 from watermark_cli.data.clinical import clinical_file
@@ -476,6 +478,54 @@ def test_nothing_rides_unbound_under_wm_s_private_creator(keyed_ct, tmp_path):
     assert sorted(c["name"] for c in report["changes"]) == [
         "private WM RESTORATION RECORD 1 (0011,xx01)", "private WM RESTORATION RECORD 1 (0077,xx01)",
         "private WM RESTORATION RECORD 1 (0077,xx50)"]
+
+
+def _with_icon(source: Path, target: Path) -> Path:
+    """`source` with a 64x64 8-bit thumbnail of its image in an Icon Image Sequence item."""
+    def add_icon(ds) -> None:
+        image = ds.pixel_array[::2, ::2][:64, :64].astype(float)
+        icon = Dataset()
+        icon.SamplesPerPixel, icon.PhotometricInterpretation, icon.Rows, icon.Columns = 1, "MONOCHROME2", 64, 64
+        icon.BitsAllocated, icon.BitsStored, icon.HighBit, icon.PixelRepresentation = 8, 8, 7, 0
+        icon.PixelData = ((image - image.min()) / np.ptp(image) * 255).astype(np.uint8).tobytes()
+        icon["PixelData"].VR = "OB"
+        ds.IconImageSequence = Sequence([icon])
+
+    return _edited(source, target, add_icon)
+
+
+def test_a_thumbnail_s_pixels_are_bound(shipped, tmp_path):
+    # The image's own pixel data is bound by the block tags; a thumbnail's in a sequence item has
+    # none, and a viewer shows it for the image (an inverted thumbnail verified intact before).
+    original = _with_icon(clinical_file("CT_small.dcm"), tmp_path / "icon.dcm")
+    marked = _mark(original, tmp_path / "icon.wm.dcm", shipped)
+    code, report, _ = _verify(marked, "--key", KEY)
+    assert code == 0 and report["changes"] == []
+
+    def invert_centre(ds) -> None:
+        thumbnail = np.frombuffer(ds.IconImageSequence[0].PixelData, np.uint8).reshape(64, 64).copy()
+        thumbnail[16:48, 16:48] = 255 - thumbnail[16:48, 16:48]
+        ds.IconImageSequence[0].PixelData = thumbnail.tobytes()
+
+    tampered = _edited(marked, tmp_path / "inverted.dcm", invert_centre)
+    code, report, _ = _verify(tampered, "--key", KEY)
+    assert code == 1 and report["changed_blocks"] == [] and not report["intact"]
+    assert report["changes"] == [{"category": "presentation", "name": "IconImageSequence > PixelData",
+                                  "change": "changed"}]
+    def hide_in_the_item(ds) -> None:  # wm's record block in an item is not the record: bound
+        ds.IconImageSequence[0].private_block(0x0077, "WM RESTORATION RECORD 1", create=True).add_new(
+            0x01, "OB", b"not the record")
+
+    code, report, _ = _verify(_edited(marked, tmp_path / "hidden.dcm", hide_in_the_item), "--key", KEY)
+    assert code == 1 and [c["name"] for c in report["changes"]] == [
+        "IconImageSequence > private WM RESTORATION RECORD 1 (0077,xx01)"]
+    refused = run_wm_here("restore", tampered, "-o", tmp_path / "restored.dcm", "--key", KEY)
+    assert refused.code == 1 and "IconImageSequence > PixelData" in refused.stderr
+    assert not (tmp_path / "restored.dcm").exists()
+    restored = run_wm_here("restore", marked, "-o", tmp_path / "restored.dcm", "--key", KEY)
+    assert restored.code == 0
+    assert (pydicom.dcmread(tmp_path / "restored.dcm").IconImageSequence[0].PixelData
+            == pydicom.dcmread(original).IconImageSequence[0].PixelData)
 
 
 # ---- key-only files ------------------------------------------------------------------------------

@@ -61,9 +61,11 @@ UNDEFINED_VR_MARK = ", a VR DICOM does not define"
 DICOM_IN_TRANSIT = {
     "file meta (group 0002)": "transfer syntax, implementation and source application of the file that carries it",
     "group lengths (gggg,0000) and Length to End": "encoding bookkeeping; PS3.5 retires them",
-    "PixelData": "its encoding (native, RLE, JPEG 2000, ...); the stored values are bound by the block tags",
-    "ExtendedOffsetTable, ExtendedOffsetTableLengths": "describe compressed pixel data only (a table out of step "
-                                                       "with the items is refused where the pixels are read)",
+    "PixelData (the image's, not a thumbnail's in a sequence item)": "its encoding (native, RLE, JPEG 2000, ...); "
+                                                                     "the stored values are bound by the block tags",
+    "ExtendedOffsetTable, ExtendedOffsetTableLengths (the image's)": "describe compressed pixel data only (a table "
+                                                                     "out of step with the items is refused where "
+                                                                     "the pixels are read)",
     "SpecificCharacterSet": "values are compared decoded, so a conversion to another character set keeps them",
     "DataSetTrailingPadding": "padding",
     "DigitalSignaturesSequence, MACParametersSequence": "checked on their own (signatures)",
@@ -71,7 +73,11 @@ DICOM_IN_TRANSIT = {
     "recipient (the last)": "the record itself",
 }
 _PIXEL_DATA, _EXTENDED_OFFSETS = 0x7FE00010, (0x7FE00001, 0x7FE00002)
-_UNBOUND_DICOM_TAGS = {0x00080001, 0x00080005, 0xFFFCFFFC, 0xFFFAFFFA, 0x4FFE0001, _PIXEL_DATA, *_EXTENDED_OFFSETS}
+_UNBOUND_DICOM_TAGS = {0x00080001, 0x00080005, 0xFFFCFFFC, 0xFFFAFFFA, 0x4FFE0001}
+# Unbound in the top-level data set only: the image's pixels are bound by the block tags. Pixel data
+# inside a sequence item (an Icon Image Sequence's thumbnail, which a viewer shows for the image)
+# has no block tags: it is bound by its bytes, like any other element.
+_TOP_LEVEL_ONLY_UNBOUND = {_PIXEL_DATA, *_EXTENDED_OFFSETS}
 _ENCRYPTED_ATTRIBUTES = 0x04000500
 _RECORD_CREATOR = "WM RESTORATION RECORD 1"  # integrity.containers.RECORD_CREATOR (kept literal: no cycle)
 _RECORD_GROUP = 0x0077  # integrity.containers.RECORD_GROUP
@@ -309,9 +315,10 @@ def _read_little_endian(ds) -> bool:
 def _collect_dataset(dataset, prefix: str, where: tuple, collected: dict, little_endian: bool,
                      record_in_last_envelope: bool = False) -> None:
     creators = _private_creators(dataset)
+    top_level = not where and not prefix
     for element in _elements(dataset):
         tag = int(element.tag)
-        if not _bound_tag(tag, creators):
+        if not _bound_tag(tag, creators, top_level):
             continue
         name = prefix + _element_name(element, creators)
         if element.VR == "SQ":
@@ -351,14 +358,17 @@ def _private_creators(dataset) -> dict[tuple[int, int], str]:
     return creators
 
 
-def _bound_tag(tag: int, creators: dict) -> bool:
+def _bound_tag(tag: int, creators: dict, top_level: bool) -> bool:
     group, number = tag >> 16, tag & 0xFFFF
     if group == 0x0002 or number == 0x0000 or tag in _UNBOUND_DICOM_TAGS:
+        return False
+    if top_level and tag in _TOP_LEVEL_ONLY_UNBOUND:
         return False
     if group % 2 == 1:
         if number < 0x0100:  # a private creator element: named through its block's elements
             return False
-        return not (group == _RECORD_GROUP and number >> 8 == _record_block(creators)
+        # wm's record is the top-level block (a block of that name in an item is bound like any other)
+        return not (top_level and group == _RECORD_GROUP and number >> 8 == _record_block(creators)
                     and number & 0xFF in _RECORD_ELEMENTS)
     return True
 
