@@ -528,6 +528,95 @@ def test_a_thumbnail_s_pixels_are_bound(shipped, tmp_path):
             == pydicom.dcmread(original).IconImageSequence[0].PixelData)
 
 
+def _rle_frame(planes: list[bytes], middle: bytes = b"") -> bytes:
+    """One RLE frame of literal runs (every decoder reads them alike), `middle` put into each
+    segment halfway."""
+    def literals(data: bytes) -> bytes:
+        return b"".join(bytes([len(data[at:at + 128]) - 1]) + data[at:at + 128] for at in range(0, len(data), 128))
+
+    segments = [literals(plane[:len(plane) // 2]) + middle + literals(plane[len(plane) // 2:]) for plane in planes]
+    offsets = np.cumsum([64] + [len(segment) for segment in segments[:-1]]).tolist()
+    frame = struct.pack("<16I", len(segments), *offsets, *[0] * (15 - len(segments))) + b"".join(segments)
+    return frame + b"\0" * (len(frame) % 2)
+
+
+def test_rle_runs_that_decoders_read_two_ways_are_refused(keyed_ct, tmp_path):
+    # PS3.5 G.3.1 makes the run header -128 'output nothing' (pydicom), dcmtk repeats the next byte
+    # 129 times: pairs of it in a re-encoded marked CT gave pydicom the marked values (intact) and
+    # a viewer a black band with the anatomy shifted down.
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import RLELossless
+
+    from watermark_cli.io.dicom import _rle_frame_problem
+
+    words = pydicom.dcmread(keyed_ct).pixel_array.astype("<u2").ravel()
+    planes = [(words >> 8).astype(np.uint8).tobytes(), (words & 0xFF).astype(np.uint8).tobytes()]
+
+    def re_encoded(name: str, frame: bytes) -> Path:
+        def as_rle(ds) -> None:
+            ds.file_meta.TransferSyntaxUID = RLELossless
+            ds.PixelData = encapsulate([frame])
+            ds["PixelData"].VR = "OB"
+
+        return _edited(keyed_ct, tmp_path / f"{name}.dcm", as_rle)
+
+    code, report, _ = _verify(re_encoded("literal", _rle_frame(planes)), "--key", KEY)
+    assert (code, report["status"]) == (0, "intact")  # a plain re-encoding stays intact
+    result = run_wm_here("verify", re_encoded("no-op", _rle_frame(planes, b"\x80\x80" * 12)), "--key", KEY)
+    assert result.code == 2 and "a run header -128" in result.stderr and "Traceback" not in result.stderr
+    pixels = len(planes[0])
+    assert "3 segments" in _rle_frame_problem(_rle_frame([*planes, planes[0]]), pixels, 2)
+    assert "crosses the end" in _rle_frame_problem(_rle_frame(planes, b"\xfe\x00"), pixels, 2)  # 3 bytes too many
+    assert "ends after" in _rle_frame_problem(_rle_frame([planes[0], planes[1][:-200]]), pixels, 2)
+
+
+def test_another_format_s_header_in_the_preamble_is_named(keyed_ct, tmp_path):
+    # PS3.10 leaves the preamble free: a TIFF header there, its strip in Data Set Trailing Padding,
+    # made the marked CT a forged 128² TIFF to Pillow while verify said intact (so would an
+    # executable's header: CVE-2019-11687). CT_small is itself such a dual file (its padding holds
+    # the TIFF directory): wm writes the preamble as zeros, and the padding, which no DICOM reader
+    # reads and nothing then points at, stays unbound.
+    ds = pydicom.dcmread(keyed_ct)
+    assert not any(ds.preamble) and any(ds.DataSetTrailingPadding)
+    ds.DataSetTrailingPadding = bytes(range(256)) * 8
+    ds.save_as(tmp_path / "padding.dcm", enforce_file_format=True)
+    assert _verify(tmp_path / "padding.dcm", "--key", KEY)[0] == 0
+    ds.preamble = b"II*\0" + struct.pack("<I", 8) + bytes(120)
+    ds.save_as(tmp_path / "polyglot.dcm", enforce_file_format=True)
+    code, report, stderr = _verify(tmp_path / "polyglot.dcm", "--key", KEY)
+    assert code == 1 and report["changed_blocks"] == []
+    assert report["changes"] == [{"category": "presentation", "change": "added",
+                                  "name": "the file preamble (128 bytes before DICM), not zeros"}]
+
+
+def test_a_character_set_dicom_does_not_define_is_named(keyed_ct, tmp_path):
+    # pydicom decodes any codec Python knows ('utf_7' keeps ASCII names byte for byte, so the
+    # decoded values were equal: intact); dcmtk and a PACS show the names in UTF-7's base64.
+    tampered = _edited(keyed_ct, tmp_path / "utf7.dcm", lambda ds: setattr(ds, "SpecificCharacterSet", "utf_7"))
+    code, report, _ = _verify(tampered, "--key", KEY)
+    assert code == 1 and report["changes"] == [{"category": "identity", "name": "SpecificCharacterSet",
+                                                "change": "added"}]
+    latin1 = _edited(keyed_ct, tmp_path / "latin1.dcm", lambda ds: setattr(ds, "SpecificCharacterSet", "ISO_IR 100"))
+    assert _verify(latin1, "--key", KEY)[0] == 0  # a DICOM term with the same decoded values
+
+
+@pytest.mark.parametrize("keyword, value", [
+    ("ShutterShape", "RECTANGULAR"), ("ICCProfile", b"\0" * 128), ("FrameTimeVector", [0, 40]),
+    ("GreenPaletteColorLookupTableDescriptor", [256, 0, 16]), ("ImageRotation", 90),
+])
+def test_display_elements_are_presentation_so_restore_refuses_them(keyed_ct, tmp_path, keyword, value):
+    def add(ds) -> None:
+        setattr(ds, keyword, value)
+        if ds[keyword].VR == "US or SS":
+            ds[keyword].VR = "US"
+
+    tampered = _edited(keyed_ct, tmp_path / f"{keyword}.dcm", add)
+    code, report, _ = _verify(tampered, "--key", KEY)
+    assert code == 1 and report["changes"] == [{"category": "presentation", "name": keyword, "change": "added"}]
+    refused = run_wm_here("restore", tampered, "-o", tmp_path / "restored.dcm", "--key", KEY)
+    assert refused.code == 1 and not (tmp_path / "restored.dcm").exists()
+
+
 # ---- key-only files ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("keyword, value, category", [
@@ -833,15 +922,18 @@ def test_no_real_file_trips_the_checks_for_what_readers_read_two_ways():
     table out of step with its items; none a standard element in another VR than the dictionary's
     but UN (which wm re-writes in the dictionary's VR); none a body encoded otherwise than its
     transfer syntax says, or big-endian words written as OB, but pydicom's own colour test files
-    (refused as colour before that check)."""
+    (refused as colour before that check); every RLE frame read alike by every decoder."""
     import data_store
     import pydicom.data
 
     from watermark_cli.integrity.binding import numbers_not_in_dicom_syntax
-    from watermark_cli.io.dicom import _check_encoding, _check_frame_tables, body_encoding, elements_read_two_ways
+    from pydicom.uid import RLELossless
+
+    from watermark_cli.io.dicom import (_check_encoding, _check_frame_tables, _check_rle_segments, body_encoding,
+                                        elements_read_two_ways)
 
     folders = [Path(pydicom.data.__file__).parent, Path(data_store.__file__).parent]
-    odd_numbers, refused, compressed, other_vr, odd_encoding = [], [], 0, [], []
+    odd_numbers, refused, compressed, rle, other_vr, odd_encoding = [], [], 0, 0, [], []
     for path in sorted(p for folder in folders for p in folder.rglob("*") if p.is_file()):
         try:
             ds = pydicom.dcmread(path, force=True)
@@ -860,10 +952,14 @@ def test_no_real_file_trips_the_checks_for_what_readers_read_two_ways():
         if ds.file_meta.TransferSyntaxUID.is_compressed and "PixelData" in ds:
             compressed += 1
             try:
-                _check_frame_tables(path, ds, int(ds.get("NumberOfFrames", 1) or 1))
+                frames = int(ds.get("NumberOfFrames", 1) or 1)
+                _check_frame_tables(path, ds, frames)
+                _check_rle_segments(path, ds, frames, int(ds.Rows) * int(ds.Columns),
+                                    int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.BitsAllocated) // 8)
+                rle += ds.file_meta.TransferSyntaxUID == RLELossless
             except Exception as error:
                 refused.append(f"{path.name}: {error}")
-    assert compressed >= 50 and refused == []
+    assert compressed >= 50 and rle >= 10 and refused == []
     assert odd_numbers == ["badVR.dcm"]
     assert other_vr == []
     assert all(name.startswith("SC_rgb_") for name in odd_encoding) and len(odd_encoding) == 5

@@ -21,7 +21,9 @@ signed words, the bits that are not the value's sign) are bound as one more item
 element the file holds twice or out of order (readers disagree on which copy counts) as another,
 and each standard element written in another VR than the dictionary's (RescaleIntercept as SS,
 PatientName as UN: pydicom decodes the same value, dcmtk drops it or shows its bytes), and so
-does a file meta whose Media Storage SOP Class or Instance UID is not the data set's.
+does a file meta whose Media Storage SOP Class or Instance UID is not the data set's, a
+preamble that is not zeros (another format's header) and a Specific Character Set outside
+DICOM's defined terms (pydicom decodes any codec Python knows, a viewer does not).
 
 PNG: the IHDR fields that decide the image (size, bit depth, colour type; not the interlacing)
 and every other chunk but those of ``PNG_UNBOUND_CHUNKS`` (the pixel data, whose values the block
@@ -56,6 +58,10 @@ REPEATED_MARK = " written twice or out of order"
 # and what one reads as its value the other reads as elements (any of them), so it is a
 # presentation change whatever the element.
 UNDEFINED_VR_MARK = ", a VR DICOM does not define"
+# The 128 bytes before 'DICM' that wm writes as zeros: another format's header there (a TIFF's,
+# an executable's) makes the file that image or program to its readers, whatever it points at
+# (PS3.10 7.5 allows it; CVE-2019-11687). Without it nothing reads Data Set Trailing Padding.
+PREAMBLE_NAME = "the file preamble (128 bytes before DICM), not zeros"
 
 #: DICOM elements whose change in transit is allowed (not bound), and why. Keywords or tags.
 DICOM_IN_TRANSIT = {
@@ -66,14 +72,18 @@ DICOM_IN_TRANSIT = {
     "ExtendedOffsetTable, ExtendedOffsetTableLengths (the image's)": "describe compressed pixel data only (a table "
                                                                      "out of step with the items is refused where "
                                                                      "the pixels are read)",
-    "SpecificCharacterSet": "values are compared decoded, so a conversion to another character set keeps them",
-    "DataSetTrailingPadding": "padding",
+    "SpecificCharacterSet (DICOM's defined terms)": "values are compared decoded, so a conversion to another "
+                                                    "character set keeps them (a name outside DICOM's, such as "
+                                                    "utf_7, which pydicom accepts and a viewer does not, is bound)",
+    "DataSetTrailingPadding": "padding, read by no DICOM reader (another format's header in the preamble could "
+                              "point into it: a preamble that is not zeros is bound)",
     "DigitalSignaturesSequence, MACParametersSequence": "checked on their own (signatures)",
     "the private block WM RESTORATION RECORD 1, and the Encrypted Attributes item of a record sealed for a "
     "recipient (the last)": "the record itself",
 }
 _PIXEL_DATA, _EXTENDED_OFFSETS = 0x7FE00010, (0x7FE00001, 0x7FE00002)
-_UNBOUND_DICOM_TAGS = {0x00080001, 0x00080005, 0xFFFCFFFC, 0xFFFAFFFA, 0x4FFE0001}
+_SPECIFIC_CHARACTER_SET = 0x00080005
+_UNBOUND_DICOM_TAGS = {0x00080001, 0xFFFCFFFC, 0xFFFAFFFA, 0x4FFE0001}
 # Unbound in the top-level data set only: the image's pixels are bound by the block tags. Pixel data
 # inside a sequence item (an Icon Image Sequence's thumbnail, which a viewer shows for the image)
 # has no block tags: it is bound by its bytes, like any other element.
@@ -94,6 +104,8 @@ IDENTITY = frozenset({
     "Modality", "BodyPartExamined", "InstitutionName", "ReferringPhysicianName",
     # its items replace attributes when a recipient decrypts them (PS3.15 E.1.2 re-identification)
     "EncryptedAttributesSequence",
+    # bound only when not one of DICOM's defined terms: then a viewer shows the names otherwise
+    "SpecificCharacterSet",
 })
 #: Names whose change alters what a reader sees or measures (with the overlay groups 60xx).
 PRESENTATION = frozenset({
@@ -108,9 +120,15 @@ PRESENTATION = frozenset({
     "ViewPosition", "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
     "FrameIncrementPointer", "FrameTime", "IconImageSequence", "ImageType", "LossyImageCompression",
     "PixelPresentation", "VolumetricProperties", "EstimatedRadiographicMagnificationFactor",
-    "DistanceSourceToDetector", "DistanceSourceToPatient", "RedPaletteColorLookupTableDescriptor",
-    "RedPaletteColorLookupTableData", "GreenPaletteColorLookupTableData", "BluePaletteColorLookupTableData",
-    HIGH_BITS_NAME,
+    "DistanceSourceToDetector", "DistanceSourceToPatient", "ICCProfile", "ColorSpace", "MaskSubtractionSequence",
+    "PixelShiftSequence", "FrameTimeVector", "RecommendedDisplayFrameRate", "CineRate", "FrameDelay",
+    "ImageRotation", "ZoomFactor", "ZoomCenter", "DisplayedAreaSelectionSequence", "RealWorldValueMappingSequence",
+    "PixelSpacingCalibrationType", "PatientOrientationCodeSequence", "ViewCodeSequence", "AnatomicRegionSequence",
+    "SoftcopyVOILUTSequence", "FrameVOILUTSequence", "PixelMeasuresSequence", "PixelValueTransformationSequence",
+    "PlaneOrientationSequence", "PlanePositionSequence", "FrameContentSequence", "DimensionIndexSequence",
+    "RepresentativeFrameNumber", "BurnedInAnnotation", "FrameOfInterestDescription", "FrameOfInterestType",
+    "GraphicAnnotationSequence", "GraphicLayerSequence", "PixelDataProviderURL", "FloatPixelData",
+    "DoubleFloatPixelData", HIGH_BITS_NAME, PREAMBLE_NAME,
     # PNG and TIFF
     "IHDR", "PLTE", "tRNS", "gAMA", "cHRM", "sRGB", "iCCP", "sBIT", "cICP", "mDCv", "cLLi", "pHYs", "sCAL",
     "pCAL", "oFFs", "eXIf", "bKGD", "acTL", "fcTL", "fdAT", "exIf", "vpAg", "caNv", "orNT", "iDOT", "sTER", "pages",
@@ -128,6 +146,9 @@ PRESENTATION = frozenset({
 PNG_UNBOUND_CHUNKS = ("IDAT", "IEND", "tIME", "wmRR")
 _PNG_TEXT_CHUNKS = ("tEXt", "zTXt", "iTXt")
 _APPLIED_TEXT_KEYWORDS = ("XML:com.adobe.xmp", "Raw profile type")
+# Keyword beginnings of display elements: display shutters, alpha and segmented palette tables,
+# overlays and curves, and the PNG text a reader applies.
+_PRESENTATION_PREFIXES = ("Shutter", "Alpha", "Segmented", "Overlay", "Curve", *_APPLIED_TEXT_KEYWORDS)
 #: TIFF tags that may change in transit (how the samples are stored), and wm's record tag.
 TIFF_IN_TRANSIT = {254: "NewSubfileType", 255: "SubfileType", 259: "Compression", 266: "FillOrder",
                    273: "StripOffsets", 278: "RowsPerStrip", 279: "StripByteCounts", 284: "PlanarConfiguration",
@@ -159,7 +180,8 @@ def category(name: str) -> str:
         return "presentation"
     if keyword in IDENTITY:
         return "identity"
-    if keyword in PRESENTATION or top.startswith(("Overlay", "Curve", *_APPLIED_TEXT_KEYWORDS)) or "(60" in top:
+    if (keyword in PRESENTATION or name in PRESENTATION or top.startswith(_PRESENTATION_PREFIXES) or "PaletteColorLookupTable" in keyword
+            or "(60" in top):
         return "presentation"
     return "header"
 
@@ -254,6 +276,9 @@ def dicom_binding(ds, repeated: list[int] = (), record_in_last_envelope: bool = 
     for tag, vr in other_vr:
         items[other_vr_name(tag, vr)] = vr.encode("ascii", "replace")
     items.update(_meta_disagreements(ds))
+    preamble = getattr(ds, "preamble", None)
+    if preamble and any(preamble):
+        items[PREAMBLE_NAME] = bytes(preamble)
     high_bits = _high_bits_digest(ds)
     if high_bits is not None:
         items[HIGH_BITS_NAME] = high_bits
@@ -318,7 +343,7 @@ def _collect_dataset(dataset, prefix: str, where: tuple, collected: dict, little
     top_level = not where and not prefix
     for element in _elements(dataset):
         tag = int(element.tag)
-        if not _bound_tag(tag, creators, top_level):
+        if not _bound_tag(tag, creators, top_level) or _unbound_value(element):
             continue
         name = prefix + _element_name(element, creators)
         if element.VR == "SQ":
@@ -332,6 +357,18 @@ def _collect_dataset(dataset, prefix: str, where: tuple, collected: dict, little
                 _collect_dataset(item, name + " > ", (*where, index), collected, little_endian)
         else:
             collected.setdefault(name, []).append([list(where), _canonical_value(element, little_endian)])
+
+
+def _unbound_value(element) -> bool:
+    """Elements unbound for their value: a character set DICOM defines (values are compared decoded)."""
+    if int(element.tag) == _SPECIFIC_CHARACTER_SET:
+        from pydicom.charset import python_encoding
+
+        value = element.value
+        terms = [value] if isinstance(value, (str, bytes)) or value is None else list(value)
+        return all((term.decode("latin-1") if isinstance(term, bytes) else str(term or "")).strip() in python_encoding
+                   for term in terms)
+    return False
 
 
 def _elements(dataset):

@@ -157,6 +157,7 @@ def read_dicom(path: Path, max_pixels: int) -> MedicalImage:
     _check_native_length(path, ds, frames * rows * cols * (bits_allocated // 8))
     _check_codestream_sizes(path, ds, rows, cols)
     _check_frame_tables(path, ds, frames)
+    _check_rle_segments(path, ds, frames, rows * cols, int(ds.get("SamplesPerPixel", 1) or 1) * bits_allocated // 8)
     _check_encoding(path, ds, bits_allocated, encoding)
 
     decoded = _decode_dicom_pixels(path, ds, pixel_array)
@@ -387,6 +388,74 @@ def _check_frame_tables(path: Path, ds: Any, frames: int) -> None:
         if offsets != starts or lengths != [length for _, length in items] or len(items) != frames:
             raise BadInputError(f"{path}: the Extended Offset Table does not list the frames one item each, in the "
                                 "order the file holds them (readers would show different frames); nothing decoded")
+
+
+_RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+
+
+def _check_rle_segments(path: Path, ds: Any, frames: int, pixels: int, segments: int) -> None:
+    """RLE Lossless frames that every decoder reads alike (PS3.5 Annex G), refused otherwise
+    before decoding: a header of as many segments as the samples' bytes, the first at 64, in
+    order, each inside the frame; each segment's runs giving exactly one byte per pixel. Above
+    all, no run header -128: PS3.5 G.3.1 makes it 'output nothing' and no encoder writes one, but
+    decoders part there (pydicom's outputs nothing, dcmtk's repeats the next byte 129 times): a
+    frame whose values pydicom reads as the marked ones showed a viewer a forged band and the
+    anatomy shifted down. Bytes after a segment's last run (padding) are left alone: every
+    decoder stops at the pixels it needs."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax != _RLE_LOSSLESS or "PixelData" not in ds:
+        return
+    data = bytes(ds.PixelData)
+    try:
+        _, items = _encapsulated_items(data)
+    except ValueError as exc:
+        raise BadInputError(f"{path}: broken encapsulated DICOM pixel data: {exc}") from None
+    first = 8 + struct.unpack_from("<I", data, 4)[0]
+    fragments = [data[first + start + 8: first + start + 8 + length] for start, length in items]
+    if frames == 1 and fragments:
+        fragments = [b"".join(fragments)]  # a single frame may be split over fragments
+    if len(fragments) != frames:
+        raise BadInputError(f"{path}: RLE pixel data holds {len(fragments)} fragments for {frames} frames "
+                            "(PS3.5 A.4.2: one per frame); nothing decoded")
+    for number, fragment in enumerate(fragments, start=1):
+        problem = _rle_frame_problem(fragment, pixels, segments)
+        if problem:
+            raise BadInputError(f"{path}: RLE frame {number}: {problem} (decoders would read it differently); "
+                                "nothing decoded")
+
+
+def _rle_frame_problem(frame: bytes, pixels: int, segments: int) -> str | None:
+    """What makes one RLE frame read two ways, or None (see `_check_rle_segments`)."""
+    if len(frame) < 64:
+        return "shorter than its 64-byte header"
+    count, *offsets = struct.unpack_from("<16I", frame, 0)
+    if count != segments:
+        return f"{count} segments where the header's samples need {segments}"
+    offsets = offsets[:count] + [len(frame)]  # the unused offsets are read by no decoder
+    if offsets[0] != 64 or any(a > b for a, b in zip(offsets, offsets[1:])):
+        return "segment offsets out of order or outside the frame"
+    for index in range(count):
+        problem = _rle_segment_problem(frame[offsets[index]: offsets[index + 1]], pixels)
+        if problem:
+            return f"segment {index + 1}: {problem}"
+    return None
+
+
+def _rle_segment_problem(segment: bytes, pixels: int) -> str | None:
+    at, produced, size = 0, 0, len(segment)
+    while produced < pixels:
+        if at >= size:
+            return f"ends after {produced:,} of its {pixels:,} bytes"
+        header = segment[at]
+        if header == 0x80:
+            return f"a run header -128 at byte {at} (no-op to some decoders, a run of 129 to others)"
+        run = header + 1 if header < 0x80 else 257 - header
+        source = run if header < 0x80 else 1
+        if at + 1 + source > size or produced + run > pixels:
+            return f"a run at byte {at} crosses the end of its segment or of the frame"
+        at += 1 + source
+        produced += run
+    return None
 
 
 def _encapsulated_items(data: bytes) -> tuple[list[int], list[tuple[int, int]]]:
