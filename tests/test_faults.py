@@ -466,6 +466,36 @@ def test_links_are_never_followed_out_of_the_input_or_the_output_folder(tmp_path
     assert all(str(output.resolve()) in r["output"] for r in _check_whole(output))
 
 
+def test_a_loop_of_links_a_fifo_an_unreadable_element_and_a_stale_output_each_fail_alone(tmp_path, monkeypatch):
+    # Each stopped a whole batch (a loop of links, an element pydicom cannot parse), hung it (a
+    # FIFO named as a file), or was counted done with exit 0 (an unmarked file at an output path).
+    folder = _batch_folder(tmp_path, 2)
+    (folder / "l1.png").symlink_to(folder / "l2.png")
+    (folder / "l2.png").symlink_to(folder / "l1.png")
+    with monkeypatch.context() as raw_un:
+        raw_un.setattr(pydicom.config, "replace_un_with_known_vr", False)  # written as UN, as it is
+        ds = pydicom.dcmread(data_file("CT_small.dcm"))
+        ds.add(pydicom.DataElement(0x00189087, "UN", b"\x01\x02\x03"))  # DiffusionBValue is FD: 8 bytes a value
+        ds.save_as(folder / "odd.dcm", enforce_file_format=True)
+    result = run_wm_here("embed", folder, "alone", "-o", tmp_path / "out")
+    assert result.code == 2 and "Traceback" not in result.stderr
+    assert "skipped, a link that leads round in a loop" in result.stdout
+    assert "DiffusionBValue (0018,9087) cannot be read" in result.stderr and "1 of 3" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["img00.png", "img01.png"]
+
+    fifo = tmp_path / "pipe.dcm"
+    os.mkfifo(fifo)
+    named = run_wm_here("embed", folder / "img00.png", fifo, "fifo", "-o", tmp_path / "named")
+    assert named.code == 2 and "not a regular file" in named.stderr
+    assert [p.name for p in (tmp_path / "named").glob("*.png")] == ["img00.wm.png"]
+
+    (tmp_path / "stale").mkdir()
+    shutil.copy(folder / "img01.png", tmp_path / "stale" / "img01.png")  # unmarked, no audit line
+    stale = run_wm_here("embed", folder, "alone", "-o", tmp_path / "stale")
+    assert stale.code == 2 and "exists, without an audit line or this message's mark" in stale.stderr
+    assert "already done 0" in stale.stdout
+
+
 @pytest.mark.slow
 def test_two_runs_on_one_folder_at_once_corrupt_nothing_and_audit_each_file_once(tmp_path):
     folder = _batch_folder(tmp_path, 8)

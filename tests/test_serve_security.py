@@ -124,14 +124,15 @@ def outside_address() -> str | None:
 class Archive:
     """A pynetdicom storage SCP standing in for the PACS; what it stored, in order."""
 
-    def __init__(self, tls_identity: tuple[Path, Path, str] | None = None) -> None:
+    def __init__(self, tls_identity: tuple[Path, Path, str] | None = None, classes: list[str] | None = None) -> None:
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
         self.stored: list[pydicom.Dataset] = []
         self.port = free_port()
         ae = AE(ae_title="ARCHIVE")
         for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            if classes is None or context.abstract_syntax in classes:
+                ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         context = None
         if tls_identity is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -285,6 +286,76 @@ def test_a_genuine_retransmission_is_answered_success_once_marked(tmp_path, monk
         assert storescu(genuine_instance(), node.port, "CT01").returncode == 0, node.events
         assert len(node.of("marked")) == 1 and node.of("duplicate") and not node.of("conflict")
         assert not list((node.spool / "conflict").iterdir())
+
+
+@pytest.mark.slow
+def test_a_spoofed_unmarkable_instance_first_cannot_make_the_genuine_one_vanish(tmp_path, monkeypatch):
+    # A 4x4 image under the genuine UID fails to mark; the genuine instance after it was marked
+    # under the failure's record, never forwarded, and removed at the next restart.
+    archive = Archive()
+    genuine = pydicom.dcmread(genuine_instance())
+    spoof = pydicom.dcmread(genuine_instance())
+    spoof.Rows = spoof.Columns = 4
+    spoof.PixelData = bytes(32)
+    try:
+        with Node(tmp_path / "node", monkeypatch, archive.port, allow=["CT01"]) as node:
+            assert send(spoof, node.port, "CT01") == 0xC000
+            assert send(genuine, node.port, "CT01") == 0xC000  # a failure, never success
+            assert len(node.of("conflict")) == 1 and not node.of("marked")
+            kept = pydicom.dcmread(next((node.spool / "conflict").glob("*.dcm")))
+            np.testing.assert_array_equal(kept.pixel_array, genuine.pixel_array)  # kept whole for a person
+            assert send(spoof, node.port, "CT01") == 0xC000  # the spoof again: still a failure
+    finally:
+        archive.stop()
+
+
+@pytest.mark.slow
+def test_instances_the_archive_cannot_take_never_stop_the_forwarder(tmp_path, monkeypatch):
+    # One MR to a CT-only archive killed the forwarding thread: every later instance was answered
+    # success, marked, and never sent. A data set without a SOP Class UID did the same.
+    from watermark_cli.serve import node as node_module
+
+    archive = Archive(classes=[str(pydicom.dcmread(genuine_instance(), stop_before_pixels=True).SOPClassUID)])
+    try:
+        with Node(tmp_path / "node", monkeypatch, archive.port, allow=["CT01"]) as node:
+            classless = pydicom.dcmread(clinical_file("CT_small.dcm"))
+            del classless.SOPClassUID
+            assert send_file(classless, tmp_path, node.port, "CT01") == 0xC000
+            assert send(pydicom.dcmread(clinical_file("MR-SIEMENS-DICOM-WithOverlays.dcm")), node.port, "CT01") == 0x0000
+            assert send(pydicom.dcmread(genuine_instance()), node.port, "CT01") == 0x0000
+            wait_for(lambda: len(archive.stored) == 1, 60, "the CT in the archive")
+            wait_for(lambda: node.of("not forwarded"), 60, "the MR set aside")
+            assert "no presentation context" in node.of("not forwarded")[0]["why"]
+            assert str(archive.stored[0].Modality) == "CT" and len(list((node.spool / "failed").glob("*.dcm"))) == 1
+
+            def broken(*_, **__):
+                raise RuntimeError("a fault of wm's own")
+
+            monkeypatch.setattr(node_module, "embed_file", broken)  # not the input's fault: one failure
+            assert send(pydicom.dcmread(clinical_file("CT_small.dcm")), node.port, "CT01") == 0xC000
+            assert "unexpected RuntimeError" in node.of("failed")[-1]["why"]
+    finally:
+        archive.stop()
+
+
+def send_file(ds: pydicom.Dataset, folder: Path, port: int, calling: str) -> int | str:
+    """C-STORE `ds` from a file, the context taken from its file meta and the data set sent as it
+    is (pynetdicom's chunked sending): what a peer does to send a data set that names no class."""
+    from pynetdicom import AE, _config
+
+    path = folder / "sent.dcm"
+    ds.save_as(path, enforce_file_format=False)
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.TransferSyntaxUID)
+    saved, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
+    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    try:
+        status = assoc.send_c_store(path)
+        return int(status.Status) if "Status" in status else "no response"
+    finally:
+        assoc.release()
+        _config.STORE_SEND_CHUNKED_DATASET = saved
 
 
 # ---- callers beyond loopback ------------------------------------------------------------------

@@ -200,13 +200,21 @@ class _Run:
         if batch.created_folder is not None and not self.json_output:
             stderr.print(f"created the output folder {escape(str(batch.created_folder))}", highlight=False,
                          soft_wrap=True)
-        recovered = 0
+        recovered, unproven = 0, []
         if batch.existing:  # outputs of an earlier run: any it wrote without an audit line is audited now
             with IsolatedReader(self.settings.max_pixels) as reader:
-                recovered = sum(result is not None for _, result in recover_unaudited(
-                    (Written(source, output, self.settings) for source, output in batch.existing), audit_log,
-                    self.loaded, self.codec, reader.read))
-        failures = [FileOutcome(job[0], job[1], exit_code=2, error=why) for job, why in batch.refused]
+                for item, result in recover_unaudited(
+                        (Written(source, output, self.settings) for source, output in batch.existing), audit_log,
+                        self.loaded, self.codec, reader.read):
+                    recovered += result is not None
+                    if result is None:  # not this run's mark, nor audited: never counted as done
+                        unproven.append(FileOutcome(item.source, item.output, exit_code=2, error=(
+                            f"{item.output}: exists, without an audit line or this message's mark (not done; "
+                            "--overwrite to redo)")))
+            batch.existing = [job for job in batch.existing if job[1] not in {o.destination for o in unproven}]
+            if unproven and self.single:
+                raise BadInputError(unproven[0].error)
+        failures = [FileOutcome(job[0], job[1], exit_code=2, error=why) for job, why in batch.refused] + unproven
         for failure in failures:
             self._report_failure(failure)
         results = []
@@ -242,7 +250,8 @@ class _Run:
             _print_batch_summary(self.single, results, failures, batch.existing, batch.skipped, recovered,
                                  audit_log.path if results or recovered else None)
         if failures:
-            summary = (f"{len(failures)} of {len(batch.jobs) + len(batch.refused)} file(s) could not be marked"
+            summary = (f"{len(failures)} of {len(batch.jobs) + len(batch.refused) + len(unproven)} file(s) "
+                       "could not be marked"
                        + ("" if self.json_output else " (see above)"))
             raise BadInputError(summary) if all(f.exit_code == 2 for f in failures) else CheckFailedError(summary)
 

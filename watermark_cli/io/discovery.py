@@ -89,7 +89,7 @@ def scan_folder(folder: str | Path, exclude: Path | None = None) -> tuple[list[P
         kept = []
         for name in sorted(dirs):
             candidate = Path(root) / name
-            if name.startswith(".") or (excluded is not None and candidate.resolve() == excluded):
+            if name.startswith(".") or (excluded is not None and _resolved(candidate) == excluded):
                 continue
             if candidate.is_symlink():
                 skipped.append((candidate, "a linked folder (links are not followed)"))
@@ -100,13 +100,23 @@ def scan_folder(folder: str | Path, exclude: Path | None = None) -> tuple[list[P
             if name.startswith(".") or name.upper() == "DICOMDIR":
                 continue
             candidate = Path(root) / name
-            if candidate.is_symlink() and not _is_within(candidate.resolve(), root_resolved):
+            if candidate.is_symlink() and _resolved(candidate) is None:
+                skipped.append((candidate, "a link that leads round in a loop"))
+            elif candidate.is_symlink() and not _is_within(_resolved(candidate), root_resolved):
                 skipped.append((candidate, "a link leading outside the input folder"))
             elif is_image_file(candidate):
                 images.append(candidate)
             else:
                 skipped.append((candidate, "not an image"))
     return sorted(images), sorted(skipped)
+
+
+def _resolved(path: Path) -> Path | None:
+    """The path with its links followed; None for a loop of links (Python raises for one)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        return None
 
 
 def _is_within(path: Path, folder: Path) -> bool:

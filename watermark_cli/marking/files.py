@@ -29,7 +29,7 @@ from ..io.dicom import dicom_high_bits, elements_read_two_ways
 from ..io.discovery import sniff_kind
 from ..io.image import check_writable, file_record, read_image, write_image
 from ..io.isolation import IsolatedReader
-from ..io.medical_image import DEFAULT_MAX_PIXELS
+from ..io.medical_image import DEFAULT_MAX_PIXELS, one_line
 from ..io.writing import remove_temporaries_of
 from ..keys import key_kind
 from ..model.device import model_device
@@ -371,6 +371,9 @@ def _run_one(source: Path, destination: Path, settings: EmbedSettings, loaded, c
         return FileOutcome(source, destination, result=embed_file(source, destination, settings, loaded, codec, read))
     except WmError as error:
         return FileOutcome(source, destination, error=str(error), exit_code=error.exit_code)
+    except Exception as error:  # a fault of wm's own on this file: it fails alone, the batch goes on
+        return FileOutcome(source, destination, error=f"{source}: unexpected {type(error).__name__}: "
+                                                     f"{one_line(error)}", exit_code=2)
 
 
 # ---- worker processes ------------------------------------------------------------------------
@@ -404,7 +407,11 @@ def _refuse_ambiguous_header(source: Path, dataset) -> None:
     out of order; pydicom keeps the last copy, dcmtk the first), a standard element in another VR
     than the dictionary's (RescaleIntercept as SS: dcmtk ignores it), or a number whose text is not
     DICOM's ('-1_024': -1024 to pydicom, -1 to dcmtk). wm would guard one view, a viewer show
-    another. An element written as UN is no reason: wm writes it in the dictionary's VR."""
+    another. An element written as UN is no reason: wm writes it in the dictionary's VR; but one
+    whose bytes do not make a value of that VR (3 bytes for an FD) cannot be written at all."""
+    unreadable = _unparseable_element(dataset)
+    if unreadable:
+        raise BadInputError(f"{source}: data element {unreadable}; not marked")
     two_ways = elements_read_two_ways(source)
     if two_ways.repeated:
         raise BadInputError(f"{source}: data element {element_label(two_ways.repeated[0])} is written twice or "
@@ -417,6 +424,21 @@ def _refuse_ambiguous_header(source: Path, dataset) -> None:
     if odd_numbers:
         raise BadInputError(f"{source}: data element {element_label(odd_numbers[0])} holds a number not written "
                             "as DICOM writes numbers (readers disagree on its value); not marked")
+
+
+def _unparseable_element(dataset) -> str | None:
+    """'(0018,9087) ... cannot be read: ...' for the first element pydicom cannot parse, at any depth."""
+    for tag in list(dataset.keys()):
+        try:
+            element = dataset[tag]
+        except Exception as error:
+            return f"{element_label(int(tag))} cannot be read ({one_line(error, 120)})"
+        if element.VR == "SQ":
+            for item in element.value or []:
+                found = _unparseable_element(item)
+                if found:
+                    return found
+    return None
 
 
 def embed_files(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, codec,
@@ -528,7 +550,9 @@ def estimated_output_bytes(source: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -
 
 def declared_pixels(source: Path) -> tuple[int, int, bool] | None:
     """(rows × columns × frames, bytes per decoded value, whether DICOM) from the file's header
-    alone; None where the header cannot be read."""
+    alone; None where the header cannot be read (or the path is no regular file: a FIFO would block)."""
+    if not source.is_file():
+        return None
     try:
         kind = sniff_kind(source)
         if kind == "dicom" or source.suffix.lower() in (".dcm", ".dicom", ""):

@@ -125,6 +125,10 @@ class MarkingNode:
         uid = str(ds.get("SOPInstanceUID", "") or "")
         if not uid:
             return _failure(CANNOT_UNDERSTAND, "no SOP Instance UID")
+        if str(ds.get("SOPClassUID", "") or "") != str(event.context.abstract_syntax):
+            # the forwarder offers the archive the data set's own class: none, or another than the
+            # one negotiated, would be sent under a context nobody agreed to
+            return _failure(CANNOT_UNDERSTAND, "SOP Class UID missing or not the presentation context's")
         name = self.spool.name(uid)
         digest = content_digest(event)
         with self._claims:
@@ -133,7 +137,11 @@ class MarkingNode:
             else:
                 state = self.spool.state_of(name)
                 known = self.spool.content_of(name) if state is not None else None
-            if state in ("receiving", "received", "marked", "done"):
+            # A UID that failed is known too: another instance under it (the genuine one after a
+            # spoofed, unmarkable one) is kept as a conflict, never marked over the failure's record.
+            if state in ("receiving", "received", "marked", "done", "failed"):
+                if known == digest and state == "failed":
+                    return _failure(CANNOT_UNDERSTAND, "wm could not mark this instance when first received")
                 if known == digest:  # the very instance again: never a second marked instance
                     log_event("duplicate", sop_instance_uid=uid, state=state)
                     return SUCCESS
@@ -179,8 +187,9 @@ class MarkingNode:
             try:
                 result = embed_file(received, self.spool.path("marked", name), settings, self.loaded, self.codec,
                                     read=reader.read)
-            except WmError as error:
-                reason = str(error).replace(str(received), "instance")
+            except Exception as error:  # WmError: the input's fault; anything else: wm's, for this instance only
+                reason = (str(error) if isinstance(error, WmError)
+                          else f"unexpected {type(error).__name__}: {error}").replace(str(received), "instance")
                 if self.config.forward_unmarkable:
                     import os
 
@@ -216,7 +225,11 @@ class MarkingNode:
                 self.wake_forwarder.wait(timeout=1.0)
                 self.wake_forwarder.clear()
                 continue
-            sent = self._forward(waiting)
+            try:
+                sent = self._forward(waiting)
+            except Exception as error:  # the forwarder never dies: what is marked waits for the next try
+                log_event("forward failed", why=f"unexpected {type(error).__name__}: {error}", waiting=len(waiting))
+                sent = 0
             if sent:
                 delay = 1.0
                 continue
@@ -243,6 +256,12 @@ class MarkingNode:
                 datasets[name] = pydicom.dcmread(path)
             except FileNotFoundError:
                 continue
+            except Exception as error:  # a file the node wrote and cannot read back: set aside, never resent
+                self._not_forwarded(name, f"unreadable marked file: {type(error).__name__}: {error}")
+                continue
+            if not datasets[name].get("SOPClassUID"):
+                self._not_forwarded(name, "no SOP Class UID to offer the archive")
+                del datasets[name]
         if not datasets:
             return 0
         ae = AE(ae_title=self.config.ae_title)
@@ -265,7 +284,11 @@ class MarkingNode:
         sent = 0
         try:
             for name, ds in datasets.items():
-                status = assoc.send_c_store(ds)
+                try:
+                    status = assoc.send_c_store(ds)
+                except ValueError as error:  # pynetdicom: the archive accepted no context for its class
+                    self._not_forwarded(name, f"the archive accepts no presentation context for it ({error})")
+                    continue
                 code = getattr(status, "Status", None)
                 if code is None:
                     log_event("forward failed", why="no response (connection lost)", waiting=len(datasets) - sent)
@@ -283,6 +306,12 @@ class MarkingNode:
             if assoc.is_established:
                 assoc.release()
         return sent
+
+    def _not_forwarded(self, name: str, why: str) -> None:
+        """A marked instance no later try can send: set aside in failed/, for a person, so that
+        it neither blocks the instances behind it nor is retried for ever."""
+        self.spool.not_forwarded(name, {"why": why})
+        log_event("not forwarded", why=why)
 
     # ---- life cycle --------------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
     received/NAME.dcm   as it arrived (written and fsynced before the sender hears "success")
     marked/NAME.dcm     marked, waiting to be forwarded (the received file is then removed)
     done/NAME.json      forwarded (the marked file is then removed)
-    failed/NAME.json    could not be marked (and NAME.dcm beside it, as it arrived)
+    failed/NAME.json    could not be marked (and NAME.dcm beside it, as it arrived), or marked
+                        and refused by every try to forward it (NAME.dcm: the marked file)
 
 Beside the states:
 
@@ -147,6 +148,14 @@ class Spool:
             os.replace(received, self.root / "failed" / received.name)
         write_atomically(self.root / "failed" / f"{name}.json", json_line(facts))
         fsync_folder(self.root / "received")
+
+    def not_forwarded(self, name: str, facts: dict) -> None:
+        """A marked instance that cannot be forwarded: moved to failed/ with why."""
+        marked = self.path("marked", name)
+        if marked.exists():
+            os.replace(marked, self.root / "failed" / marked.name)
+        write_atomically(self.root / "failed" / f"{name}.json", json_line(facts))
+        fsync_folder(self.root / "marked")
 
     def names(self, state: str) -> list[str]:
         """Every name with a file in `state` (received or marked), oldest first."""
