@@ -496,6 +496,29 @@ def test_a_loop_of_links_a_fifo_an_unreadable_element_and_a_stale_output_each_fa
     assert "already done 0" in stale.stdout
 
 
+def test_an_input_replaced_while_it_is_marked_writes_nothing(tmp_path):
+    # The audit took the input's hash after marking: a file replaced mid-run was audited under the
+    # replacement's hash while the output held the first file's image and patient.
+    from watermark_cli.errors import CheckFailedError
+    from watermark_cli.marking.files import EmbedSettings, embed_file
+    from watermark_cli.marking.image import codec_for
+    from watermark_cli.model.store import load_model
+    from watermark_cli.quality import QualityFloor
+
+    source, replacement = a_png(tmp_path / "in.png", 1), a_png(tmp_path / "other.png", 2)
+
+    def read_then_replace(path: Path):
+        image = read_image(path)
+        shutil.copy(replacement, path)  # another file moved over the input while it is marked
+        return image
+
+    loaded = load_model(None)
+    with pytest.raises(CheckFailedError, match="the input changed while it was being marked"):
+        embed_file(source, tmp_path / "out.png", EmbedSettings(b"swap", QualityFloor(40.0)), loaded,
+                   codec_for(loaded, None), read=read_then_replace)
+    assert not (tmp_path / "out.png").exists()
+
+
 @pytest.mark.slow
 def test_two_runs_on_one_folder_at_once_corrupt_nothing_and_audit_each_file_once(tmp_path):
     folder = _batch_folder(tmp_path, 8)

@@ -181,6 +181,9 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
     """Mark one file. `read` reads the input (an `IsolatedReader`'s `read` in a batch, so that a
     decoder crash costs only this file); by default `read_image` in this process."""
     floor = settings.floor
+    # Hashed before it is read and again before the output moves into place: the audit's input
+    # hash is of the file that was marked (a file replaced mid-run was audited under another's hash).
+    input_sha256 = file_sha256(source) if Path(source).is_file() else None
     image = read(source) if read is not None else read_image(source, settings.max_pixels)
     destination = check_writable(image, destination, settings.overwrite)  # before any work is done
     if image.kind == "dicom":
@@ -229,6 +232,8 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
                      for meter, frame, guarded in zip(outcome.meters, written.pixels, outcome.frames)]
         if not all(meets_floor(q, floor) for q in qualities):
             raise CheckFailedError(f"{source}: the written file missed the floor on re-measurement; nothing written")
+        if file_sha256(source) != input_sha256:
+            raise CheckFailedError(f"{source}: the input changed while it was being marked; nothing written")
         measured.update(qualities=qualities, pixels=written.pixels, file_sha256=file_sha256(temporary))
 
     written_path = write_image(image, outcome.pixels, destination, derivation=derivation,
@@ -237,7 +242,7 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
                                sop_instance_uid=instance_uid)
     return _result(source, written_path, image, measured["pixels"], measured["qualities"], outcome.meters,
                    settings, loaded, codec, decoded, verified, min(f.scale for f in outcome.frames),
-                   measured["file_sha256"], restoration_record_bytes=len(record) if record is not None else None,
+                   measured["file_sha256"], input_sha256, restoration_record_bytes=len(record) if record is not None else None,
                    pixel_data_bytes=int(image.pixels.nbytes), signed=signer is not None)
 
 
@@ -311,12 +316,12 @@ def recovered_result(source: Path, destination: Path, settings: EmbedSettings, l
     meters = frame_meters(image, settings.floor, settings.window_override)
     qualities = [meter.with_ssim(meter.measure(frame), frame) for meter, frame in zip(meters, written.pixels)]
     return _result(source, destination, image, written.pixels, qualities, meters, settings, loaded, codec,
-                   decoded, True, None, file_sha256(destination), recovered=True)
+                   decoded, True, None, file_sha256(destination), file_sha256(source), recovered=True)
 
 
 def _result(source: Path, written_path: Path, image, written_pixels: np.ndarray, qualities, meters,
             settings: EmbedSettings, loaded, codec, decoded, verified: bool, guard_scale: float | None,
-            output_sha256: str, **more) -> EmbedResult:
+            output_sha256: str, input_sha256: str, **more) -> EmbedResult:
     """Every figure of one marked file (`more`: EmbedResult's optional fields)."""
     floor = settings.floor
     summary = image_quality(qualities)
@@ -349,7 +354,7 @@ def _result(source: Path, written_path: Path, image, written_pixels: np.ndarray,
         model=loaded.name,
         model_weights_sha256=loaded.weights_sha256,
         compression=settings.compression if image.kind == "dicom" else None,
-        input_file_sha256=file_sha256(source),
+        input_file_sha256=input_sha256,
         input_pixels_sha256=pixel_sha256(image.pixels),
         output_file_sha256=output_sha256,
         output_pixels_sha256=pixel_sha256(written_pixels),
