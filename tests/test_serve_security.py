@@ -338,6 +338,33 @@ def test_instances_the_archive_cannot_take_never_stop_the_forwarder(tmp_path, mo
         archive.stop()
 
 
+@pytest.mark.slow
+def test_failures_keep_at_most_the_spool_s_bound_of_instances_and_stop_ends_idle_associations(tmp_path,
+                                                                                            monkeypatch):
+    # Failed instances were kept whole without bound (5 x 20 MB past a bound of 2), and a peer
+    # echoing on an idle association kept the stopped node's process alive for minutes.
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    node = Node(tmp_path / "node", monkeypatch, free_port(), allow=["CT01"], max_spool_instances=2)
+    with node:
+        for index in range(3):
+            tiny = pydicom.dcmread(genuine_instance())
+            tiny.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{index + 10}"
+            tiny.Rows = tiny.Columns = 4
+            tiny.PixelData = bytes(32)
+            assert send(tiny, node.port, "CT01") == 0xC000
+        failed = node.spool / "failed"
+        assert len(list(failed.glob("*.json"))) == 3 and len(list(failed.glob("*.dcm"))) == 2
+        assert sum(not json.loads(p.read_text()).get("instance_kept", True) for p in failed.glob("*.json")) == 1
+        ae = AE(ae_title="CT01")
+        ae.add_requested_context(Verification)
+        idle = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
+        assert idle.is_established
+    # leaving the block stopped the node: the idle association was aborted, not waited for
+    wait_for(lambda: not idle.is_alive(), 10, "the idle association to be aborted")
+
+
 def send_file(ds: pydicom.Dataset, folder: Path, port: int, calling: str) -> int | str:
     """C-STORE `ds` from a file, the context taken from its file meta and the data set sent as it
     is (pynetdicom's chunked sending): what a peer does to send a data set that names no class."""

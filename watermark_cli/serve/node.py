@@ -50,6 +50,7 @@ from .spool import Spool
 
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
 _FORWARD_BATCH = 32  # instances read and sent per association
+_MARKING_GRACE_SECONDS = 300.0  # at stop: how long instances being marked may take to finish
 
 
 def log_event(event: str, **facts) -> None:
@@ -405,7 +406,16 @@ class MarkingNode:
         log_event("stopping", in_spool=self.spool.pending(), conflicts=len(self.spool.conflicts()))
         self.stopping.set()
         if self.server is not None:
-            self.server.shutdown()  # waits for the associations in progress to end
+            associations = list(self.server.active_associations)
+            self.server.shutdown()  # no new associations; those open stay until they end or are aborted
+            # Instances being marked finish (their sender hears nothing and resends: a duplicate, answered
+            # success); then associations left open, idle or echoing, are aborted so the process can end.
+            deadline = time.monotonic() + _MARKING_GRACE_SECONDS
+            while self._in_progress and time.monotonic() < deadline:
+                time.sleep(0.1)
+            for association in associations:
+                if association.is_alive():
+                    association.abort()
         self._drain_deadline = time.monotonic() + drain_seconds
         self.wake_forwarder.set()
         if self.forwarder.is_alive():

@@ -3,7 +3,8 @@
     received/NAME.dcm   as it arrived (written and fsynced before the sender hears "success")
     marked/NAME.dcm     marked, waiting to be forwarded (the received file is then removed)
     done/NAME.json      forwarded (the marked file is then removed)
-    failed/NAME.json    could not be marked (and NAME.dcm beside it, as it arrived), or marked
+    failed/NAME.json    could not be marked (and NAME.dcm beside it, as it arrived, while failed/
+                        holds fewer instances than the spool's bound), or marked
                         and refused by every try to forward it (NAME.dcm: the marked file)
 
 Beside the states:
@@ -143,11 +144,23 @@ class Spool:
         _remove(self.path("marked", name))
 
     def failed(self, name: str, facts: dict) -> None:
+        """Set aside an instance that cannot be marked: whole while failed/ holds fewer instances
+        than the spool's bound (so that failures cannot fill the disk, nor the quota that the node
+        needs to go on serving), else its facts alone."""
         received = self.path("received", name)
         if received.exists():
-            os.replace(received, self.root / "failed" / received.name)
+            if self._failed_instances() < self.max_instances:
+                os.replace(received, self.root / "failed" / received.name)
+            else:
+                facts = {**facts, "instance_kept": False, "why_not_kept": "failed/ holds as many instances as "
+                                                                          "the spool's bound"}
+                received.unlink()
         write_atomically(self.root / "failed" / f"{name}.json", json_line(facts))
         fsync_folder(self.root / "received")
+
+    def _failed_instances(self) -> int:
+        return sum(1 for entry in os.scandir(self.root / "failed")
+                   if entry.name.endswith(".dcm") and not entry.name.startswith("."))
 
     def not_forwarded(self, name: str, facts: dict) -> None:
         """A marked instance that cannot be forwarded: moved to failed/ with why."""
