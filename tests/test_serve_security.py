@@ -357,12 +357,22 @@ def test_failures_keep_at_most_the_spool_s_bound_of_instances_and_stop_ends_idle
         failed = node.spool / "failed"
         assert len(list(failed.glob("*.json"))) == 3 and len(list(failed.glob("*.dcm"))) == 2
         assert sum(not json.loads(p.read_text()).get("instance_kept", True) for p in failed.glob("*.json")) == 1
+        assert send(pydicom.dcmread(genuine_instance()), node.port, "CT01") == 0x0000  # 512²: within the bound
         ae = AE(ae_title="CT01")
         ae.add_requested_context(Verification)
         idle = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
         assert idle.is_established
     # leaving the block stopped the node: the idle association was aborted, not waited for
     wait_for(lambda: not idle.is_alive(), 10, "the idle association to be aborted")
+
+
+@pytest.mark.slow
+def test_an_instance_larger_than_the_node_s_pixel_bound_is_refused_before_decoding(tmp_path, monkeypatch):
+    # A marking peaks near 140 bytes a pixel: the command line's bound of 10^8 pixels let one
+    # instance take about 15 GB of the node. The node's own bound (max_pixels) is checked from the header.
+    with Node(tmp_path / "node", monkeypatch, free_port(), allow=["CT01"], max_pixels=200_000) as node:
+        assert send(pydicom.dcmread(genuine_instance()), node.port, "CT01") == 0xC000  # 262,144 pixels
+        assert "262,144" in node.of("failed")[0]["why"] or "262144" in node.of("failed")[0]["why"]
 
 
 def send_file(ds: pydicom.Dataset, folder: Path, port: int, calling: str) -> int | str:
@@ -537,6 +547,7 @@ def test_tls_towards_the_archive_needs_a_ca_or_a_pinned_certificate(tmp_path):
     ({"forward": {"host": "pacs", "port": 104.5, "ae_title": "PACS"}}, "forward.port 104.5"),
     ({"workers": 0}, "workers 0"), ({"workers": 65}, "workers 65"), ({"workers": 1.5}, "workers 1.5"),
     ({"max_spool_instances": 0}, "max_spool_instances 0"), ({"max_spool_instances": -5}, "max_spool_instances -5"),
+    ({"max_pixels": 100}, "max_pixels 100"), ({"max_pixels": 2.5e7}, "max_pixels 25000000.0"),
     ({"retry_max_seconds": 0}, "retry_max_seconds 0"), ({"retry_max_seconds": float("nan")}, "retry_max_seconds nan"),
     ({"retry_max_seconds": float("inf")}, "retry_max_seconds inf"), ({"retry_max_seconds": 1e9}, "retry_max_seconds"),
     ({"psnr_min": float("nan")}, "psnr_min"), ({"psnr_min": 500}, "psnr_min"), ({"psnr_min": 0}, "psnr_min"),

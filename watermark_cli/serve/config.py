@@ -33,6 +33,11 @@ MESSAGE_FIELDS = ("instance", "study", "random")
 PORT_RANGE = (1, 65535)
 WORKERS_RANGE = (1, 64)
 SPOOL_INSTANCES_RANGE = (1, 10_000_000)
+# A marking holds about 140 bytes per pixel at its peak (a 4096² CT: 2.6 GB above the node's 1.1):
+# the node's bound is a quarter of a command line's, so that one instance from a sender cannot
+# take the memory of a modest machine (two workers at the bound: about 9 GB). Raise it with the RAM.
+SERVE_MAX_PIXELS = 32_000_000
+MAX_PIXELS_RANGE = (65_536, 10_000_000_000)
 RETRY_SECONDS_RANGE = (1.0, 86_400.0)
 
 LOOPBACK_NAMES = ("localhost",)
@@ -87,6 +92,7 @@ class ServeConfig:
     message: str = "wm-{instance}"
     psnr_min: float = 40.0
     max_spool_instances: int = 1000
+    max_pixels: int = SERVE_MAX_PIXELS  # rows x columns x frames an instance may declare
     forward_unmarkable: bool = False  # forward what cannot be marked, unmarked (audited either way)
     retry_max_seconds: float = 60.0
     tls: TlsSettings | None = None  # TLS for callers
@@ -106,6 +112,7 @@ class ServeConfig:
         _checked_whole("port", self.port, PORT_RANGE)
         _checked_whole("workers", self.workers, WORKERS_RANGE)
         _checked_whole("max_spool_instances", self.max_spool_instances, SPOOL_INSTANCES_RANGE)
+        _checked_whole("max_pixels", self.max_pixels, MAX_PIXELS_RANGE)
         _checked_real("retry_max_seconds", self.retry_max_seconds, RETRY_SECONDS_RANGE)
         checked_psnr_min(self.psnr_min, "serve config: psnr_min")
         if self.device not in DEVICE_CHOICES:
@@ -273,7 +280,7 @@ def _typed(values: dict, path) -> dict:
             if name in values:
                 listed = values[name] or ()
                 values[name] = tuple(str(v) for v in ([listed] if isinstance(listed, str) else listed))
-        for name in ("port", "workers", "max_spool_instances", "psnr_min", "retry_max_seconds"):
+        for name in ("port", "workers", "max_spool_instances", "max_pixels", "psnr_min", "retry_max_seconds"):
             if name in values:
                 values[name] = _number(values[name])
         for name in ("host", "device"):

@@ -74,7 +74,7 @@ class MarkingNode:
 
         self.readers: queue.Queue = queue.Queue()
         for _ in range(config.workers):
-            self.readers.put(IsolatedReader().__enter__())
+            self.readers.put(IsolatedReader(config.max_pixels).__enter__())
         self.marking_slots = threading.BoundedSemaphore(config.workers)
         self.policy = CallerPolicy(config)
         # Two associations may deliver the same instance at once: claiming its name under this
@@ -212,7 +212,7 @@ class MarkingNode:
     def _settings(self, message: bytes) -> EmbedSettings:
         """The node marks with the default settings: the view floor, verified, with a record."""
         return EmbedSettings(payload=message, floor=QualityFloor(self.config.psnr_min), model=self.config.model,
-                             key=self.key)
+                             key=self.key, max_pixels=self.config.max_pixels)
 
     # ---- forwarding --------------------------------------------------------------------------
 
