@@ -375,6 +375,29 @@ def test_an_instance_larger_than_the_node_s_pixel_bound_is_refused_before_decodi
         assert "262,144" in node.of("failed")[0]["why"] or "262144" in node.of("failed")[0]["why"]
 
 
+@pytest.mark.slow
+def test_one_caller_holding_associations_open_leaves_room_for_another(tmp_path, monkeypatch):
+    # Four idle associations (kept alive by C-ECHO) from one caller took every slot: a genuine
+    # sender was rejected for as long as they were held.
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    def associate(calling: str):
+        ae = AE(ae_title=calling)
+        ae.add_requested_context(Verification)
+        return ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
+
+    with Node(tmp_path / "node", monkeypatch, free_port(), allow=["CT01", "CT02"], workers=1) as node:
+        held = [associate("CT01") for _ in range(6)]
+        assert [a.is_established for a in held] == [True] * 4 + [False] * 2  # 5 slots, one kept from CT01
+        assert all(a.is_rejected for a in held[4:])
+        other = associate("CT02")
+        assert other.is_established and other.send_c_echo().Status == 0
+        for association in [*held, other]:
+            if association.is_established:
+                association.release()
+
+
 def send_file(ds: pydicom.Dataset, folder: Path, port: int, calling: str) -> int | str:
     """C-STORE `ds` from a file, the context taken from its file meta and the data set sent as it
     is (pynetdicom's chunked sending): what a peer does to send a data set that names no class."""

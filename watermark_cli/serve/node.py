@@ -50,7 +50,9 @@ from .spool import Spool
 
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
 _FORWARD_BATCH = 32  # instances read and sent per association
-_MARKING_GRACE_SECONDS = 300.0  # at stop: how long instances being marked may take to finish
+_MARKING_GRACE_SECONDS = 300.0
+# PS3.8 A-ASSOCIATE-RJ: rejected-transient, by the presentation service provider, local limit exceeded.
+REJECTED_TRANSIENT, SERVICE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED = 0x02, 0x03, 0x02  # at stop: how long instances being marked may take to finish
 
 
 def log_event(event: str, **facts) -> None:
@@ -85,6 +87,8 @@ class MarkingNode:
         self.wake_forwarder = threading.Event()
         self.forwarder = threading.Thread(target=self._forward_loop, name="wm-forwarder", daemon=True)
         self.server = None
+        # as many associations as marking slots twice over, and one more that no single caller may take
+        self._associations = max(4, config.workers * 2) + 1
 
     # ---- the message -------------------------------------------------------------------------
 
@@ -106,15 +110,32 @@ class MarkingNode:
         title = str(requestor.primitive.calling_ae_title).strip()  # the request, not yet negotiated
         refusal = self.policy.refusal(title, requestor.address, peer_certificate(event.assoc))
         if refusal is None:
+            refusal = self._caller_over_its_share(event.assoc, title, requestor.address)
+        if refusal is None:
             return
-        why, reason = refusal
+        why, reason, *transient = refusal
         facts = {"calling_ae_title": title, "address": requestor.address, "why": why}
         log_event("rejected", **facts)
         self.spool.audit_security({"time": _now(), "event": "rejected", **facts})
-        event.assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, reason)
+        if transient:
+            event.assoc.acse.send_reject(REJECTED_TRANSIENT, SERVICE_PROVIDER_PRESENTATION, reason)
+        else:
+            event.assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, reason)
         # As pynetdicom's own rejection does: wait until the A-ASSOCIATE-RJ has left, or the socket
         # is closed under it and the caller sees an abort instead of the reason.
         event.assoc.kill()
+
+    def _caller_over_its_share(self, association, title: str, address: str) -> tuple[str, int, bool] | None:
+        """One caller (address and AE title) holds at most all associations but one: a sender that
+        keeps associations open (idle, or echoing) cannot shut every other sender out."""
+        if self.server is None:
+            return None
+        held = sum(1 for other in self.server.active_associations
+                   if other is not association and other.requestor.address == address
+                   and str(other.requestor.ae_title).strip() == title)
+        if held < self._associations - 1:
+            return None
+        return f"holds {held} associations, the most one caller may", LOCAL_LIMIT_EXCEEDED, True
 
     # ---- C-STORE -----------------------------------------------------------------------------
 
@@ -385,7 +406,7 @@ class MarkingNode:
         ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        ae.maximum_associations = max(4, self.config.workers * 2)
+        ae.maximum_associations = self._associations
         handlers = [(evt.EVT_REQUESTED, self._on_requested), (evt.EVT_C_STORE, self._on_store),
                     (evt.EVT_C_ECHO, lambda event: SUCCESS)]
         try:
