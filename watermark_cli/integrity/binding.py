@@ -180,8 +180,8 @@ def category(name: str) -> str:
         return "presentation"
     if keyword in IDENTITY:
         return "identity"
-    if (keyword in PRESENTATION or name in PRESENTATION or top.startswith(_PRESENTATION_PREFIXES) or "PaletteColorLookupTable" in keyword
-            or "(60" in top):
+    if (keyword in PRESENTATION or name in PRESENTATION or top.startswith(_PRESENTATION_PREFIXES)
+            or "PaletteColorLookupTable" in keyword or "(60" in top):
         return "presentation"
     return "header"
 

@@ -50,9 +50,9 @@ from .spool import Spool
 
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
 _FORWARD_BATCH = 32  # instances read and sent per association
-_MARKING_GRACE_SECONDS = 300.0
+_MARKING_GRACE_SECONDS = 300.0  # at stop: how long instances being marked may take to finish
 # PS3.8 A-ASSOCIATE-RJ: rejected-transient, by the presentation service provider, local limit exceeded.
-REJECTED_TRANSIENT, SERVICE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED = 0x02, 0x03, 0x02  # at stop: how long instances being marked may take to finish
+REJECTED_TRANSIENT, SERVICE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED = 0x02, 0x03, 0x02
 
 
 def log_event(event: str, **facts) -> None:
