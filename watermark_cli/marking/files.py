@@ -242,7 +242,8 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
                                sop_instance_uid=instance_uid)
     return _result(source, written_path, image, measured["pixels"], measured["qualities"], outcome.meters,
                    settings, loaded, codec, decoded, verified, min(f.scale for f in outcome.frames),
-                   measured["file_sha256"], input_sha256, restoration_record_bytes=len(record) if record is not None else None,
+                   measured["file_sha256"], input_sha256,
+                   restoration_record_bytes=len(record) if record is not None else None,
                    pixel_data_bytes=int(image.pixels.nbytes), signed=signer is not None)
 
 
