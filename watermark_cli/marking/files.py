@@ -415,9 +415,6 @@ def _refuse_ambiguous_header(source: Path, dataset) -> None:
     DICOM's ('-1_024': -1024 to pydicom, -1 to dcmtk). wm would guard one view, a viewer show
     another. An element written as UN is no reason: wm writes it in the dictionary's VR; but one
     whose bytes do not make a value of that VR (3 bytes for an FD) cannot be written at all."""
-    unreadable = _unparseable_element(dataset)
-    if unreadable:
-        raise BadInputError(f"{source}: data element {unreadable}; not marked")
     two_ways = elements_read_two_ways(source)
     if two_ways.repeated:
         raise BadInputError(f"{source}: data element {element_label(two_ways.repeated[0])} is written twice or "
@@ -430,6 +427,9 @@ def _refuse_ambiguous_header(source: Path, dataset) -> None:
     if odd_numbers:
         raise BadInputError(f"{source}: data element {element_label(odd_numbers[0])} holds a number not written "
                             "as DICOM writes numbers (readers disagree on its value); not marked")
+    unreadable = _unparseable_element(dataset)
+    if unreadable:
+        raise BadInputError(f"{source}: data element {unreadable}; not marked")
 
 
 def _unparseable_element(dataset) -> str | None:
