@@ -80,7 +80,11 @@ class Spool:
 
     def pending(self) -> int:
         """Instances received or marked and not yet forwarded: what the bound counts."""
-        return sum(1 for state in ("received", "marked") for entry in os.scandir(self.root / state)
+        return self._instances("received") + self._instances("marked")
+
+    def _instances(self, state: str) -> int:
+        """How many instances (NAME.dcm) the folder of `state` holds."""
+        return sum(1 for entry in os.scandir(self.root / state)
                    if entry.name.endswith(".dcm") and not entry.name.startswith("."))
 
     def is_full(self) -> bool:
@@ -149,7 +153,7 @@ class Spool:
         needs to go on serving), else its facts alone."""
         received = self.path("received", name)
         if received.exists():
-            if self._failed_instances() < self.max_instances:
+            if self._instances("failed") < self.max_instances:
                 os.replace(received, self.root / "failed" / received.name)
             else:
                 facts = {**facts, "instance_kept": False, "why_not_kept": "failed/ holds as many instances as "
@@ -157,10 +161,6 @@ class Spool:
                 received.unlink()
         write_atomically(self.root / "failed" / f"{name}.json", json_line(facts))
         fsync_folder(self.root / "received")
-
-    def _failed_instances(self) -> int:
-        return sum(1 for entry in os.scandir(self.root / "failed")
-                   if entry.name.endswith(".dcm") and not entry.name.startswith("."))
 
     def not_forwarded(self, name: str, facts: dict) -> None:
         """A marked instance that cannot be forwarded: moved to failed/ with why."""
