@@ -547,7 +547,7 @@ def test_rle_runs_that_decoders_read_two_ways_are_refused(keyed_ct, tmp_path):
     from pydicom.encaps import encapsulate
     from pydicom.uid import RLELossless
 
-    from watermark_cli.io.dicom import _rle_frame_problem
+    from watermark_cli.io.encapsulated import _rle_frame_problem
 
     words = pydicom.dcmread(keyed_ct).pixel_array.astype("<u2").ravel()
     planes = [(words >> 8).astype(np.uint8).tobytes(), (words & 0xFF).astype(np.uint8).tobytes()]
@@ -922,18 +922,20 @@ def test_no_real_file_trips_the_checks_for_what_readers_read_two_ways():
     table out of step with its items; none a standard element in another VR than the dictionary's
     but UN (which wm re-writes in the dictionary's VR); none a body encoded otherwise than its
     transfer syntax says, or big-endian words written as OB, but pydicom's own colour test files
-    (refused as colour before that check); every RLE frame read alike by every decoder."""
+    (refused as colour before that check); every RLE frame read alike by every decoder; every
+    grayscale JPEG, JPEG-LS and JPEG 2000 frame (over twenty files) but JPEG-lossy.dcm's, whose scan
+    is not sequential DCT's (libjpeg, hence pydicom, refuses it as well)."""
     import data_store
     import pydicom.data
 
     from watermark_cli.integrity.binding import numbers_not_in_dicom_syntax
     from pydicom.uid import RLELossless
 
-    from watermark_cli.io.dicom import (_check_encoding, _check_frame_tables, _check_rle_segments, body_encoding,
-                                        elements_read_two_ways)
+    from watermark_cli.io.dicom import _check_encoding, body_encoding, elements_read_two_ways
+    from watermark_cli.io.encapsulated import check_frame_tables, check_jpeg_frames, check_rle_segments
 
     folders = [Path(pydicom.data.__file__).parent, Path(data_store.__file__).parent]
-    odd_numbers, refused, compressed, rle, other_vr, odd_encoding = [], [], 0, 0, [], []
+    odd_numbers, refused, compressed, rle, other_vr, odd_encoding, grayscale = [], [], 0, 0, [], [], 0
     for path in sorted(p for folder in folders for p in folder.rglob("*") if p.is_file()):
         try:
             ds = pydicom.dcmread(path, force=True)
@@ -953,13 +955,20 @@ def test_no_real_file_trips_the_checks_for_what_readers_read_two_ways():
             compressed += 1
             try:
                 frames = int(ds.get("NumberOfFrames", 1) or 1)
-                _check_frame_tables(path, ds, frames)
-                _check_rle_segments(path, ds, frames, int(ds.Rows) * int(ds.Columns),
+                check_frame_tables(path, ds, frames)
+                check_rle_segments(path, ds, frames, int(ds.Rows) * int(ds.Columns),
                                     int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.BitsAllocated) // 8)
                 rle += ds.file_meta.TransferSyntaxUID == RLELossless
+                if int(ds.get("SamplesPerPixel", 1) or 1) == 1:  # wm reads grayscale only
+                    check_jpeg_frames(path, ds, frames)
+                    grayscale += ds.file_meta.TransferSyntaxUID != RLELossless
             except Exception as error:
                 refused.append(f"{path.name}: {error}")
-    assert compressed >= 50 and rle >= 10 and refused == []
+    assert compressed >= 50 and rle >= 10 and grayscale >= 19
+    assert [line.split(": ")[0] for line in refused] == ["JPEG-lossy.dcm"]
+    assert "a sequential DCT scan with other than the full spectrum" in refused[0]
+    with pytest.raises(RuntimeError, match="scan start must be zero"):
+        pydicom.dcmread(pydicom.data.get_testdata_file("JPEG-lossy.dcm")).pixel_array  # noqa: B018
     assert odd_numbers == ["badVR.dcm"]
     assert other_vr == []
     assert all(name.startswith("SC_rgb_") for name in odd_encoding) and len(odd_encoding) == 5

@@ -11,7 +11,6 @@ copied: CVE-2019-11687). Colour and palette images are refused, never turned gra
 from __future__ import annotations
 
 import copy
-import struct
 import threading
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from ..integrity.binding import DICOM_VRS, bits_above_stored
 from ..integrity.envelope import is_envelope
 from ..integrity.signature import sign_dataset
 from ..views import display_from_dicom
+from .encapsulated import check_codestream_sizes, check_frame_tables, check_jpeg_frames, check_rle_segments
 from .medical_image import MedicalImage, check_declared_size, one_line, stored_range
 
 # pydicom is imported inside the functions that need it, so that importing wm stays fast.
@@ -155,9 +155,10 @@ def read_dicom(path: Path, max_pixels: int) -> MedicalImage:
     frames = _declared_frames(path, ds)
     check_declared_size(path, (frames, rows, cols), max_pixels, "DICOM ")
     _check_native_length(path, ds, frames * rows * cols * (bits_allocated // 8))
-    _check_codestream_sizes(path, ds, rows, cols)
-    _check_frame_tables(path, ds, frames)
-    _check_rle_segments(path, ds, frames, rows * cols, int(ds.get("SamplesPerPixel", 1) or 1) * bits_allocated // 8)
+    check_codestream_sizes(path, ds, rows, cols)
+    check_frame_tables(path, ds, frames)
+    check_rle_segments(path, ds, frames, rows * cols, samples * bits_allocated // 8)
+    check_jpeg_frames(path, ds, frames)
     _check_encoding(path, ds, bits_allocated, encoding)
 
     decoded = _decode_dicom_pixels(path, ds, pixel_array)
@@ -338,178 +339,6 @@ def _check_native_length(path: Path, ds: Any, expected: int) -> None:
     if actual < expected:
         raise BadInputError(f"{path}: DICOM header promises {expected:,} bytes of pixel data, the file holds "
                             f"{actual:,} (truncated or inconsistent header)")
-
-
-def _check_codestream_sizes(path: Path, ds: Any, rows: int, cols: int) -> None:
-    """A JPEG or JPEG 2000 frame carries its own size; a decoder allocates what the codestream
-    says, not what Rows and Columns say (a small file whose frame header claims 65535 x 65535
-    costs gigabytes). Every fragment that starts a codestream is checked against the header
-    before anything is decoded."""
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is None or not syntax.is_compressed or "PixelData" not in ds:
-        return
-    from pydicom.encaps import generate_fragments
-
-    try:
-        fragments = list(generate_fragments(ds.PixelData))
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as exc:  # broken encapsulation: named here instead of by the decoder
-        raise BadInputError(f"{path}: broken encapsulated DICOM pixel data: {one_line(exc)}") from None
-    for fragment in fragments:
-        size = _codestream_size(bytes(fragment[:65536]))
-        if size is not None and size != (rows, cols):
-            raise BadInputError(f"{path}: a compressed frame declares {size[1]} x {size[0]} pixels, the DICOM "
-                                f"header {cols} x {rows} (inconsistent file); nothing decoded")
-
-
-def _check_frame_tables(path: Path, ds: Any, frames: int) -> None:
-    """The offset tables of encapsulated pixel data point at the frames in the order the file
-    holds them (PS3.5 A.4: the first at 0, each at the start of an item, in order; the Extended
-    Offset Table of PS3.3 C.7.6.3.1.8: one item per frame, with its length). pydicom follows a
-    table, dcmtk reads the items in order: a table that points past a forged item, or lists the
-    frames in another order, shows a viewer other frames than wm reads and seals."""
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is None or not syntax.is_compressed or "PixelData" not in ds:
-        return
-    try:
-        basic, items = _encapsulated_items(bytes(ds.PixelData))
-    except ValueError as exc:
-        raise BadInputError(f"{path}: broken encapsulated DICOM pixel data: {exc}") from None
-    starts = [start for start, _ in items]
-    if basic and (len(basic) != frames or basic[0] != 0 or basic != sorted(set(basic))
-                  or not set(basic) <= set(starts)):
-        raise BadInputError(f"{path}: the Basic Offset Table does not point at the frames in the order the file "
-                            "holds them (readers would show different frames); nothing decoded")
-    extended = [ds.get(keyword) for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths")]
-    if any(value is not None for value in extended):
-        offsets, lengths = (np.frombuffer(bytes(value or b"")[:len(value or b"") // 8 * 8], "<u8").tolist()
-                            for value in extended)
-        if offsets != starts or lengths != [length for _, length in items] or len(items) != frames:
-            raise BadInputError(f"{path}: the Extended Offset Table does not list the frames one item each, in the "
-                                "order the file holds them (readers would show different frames); nothing decoded")
-
-
-_RLE_LOSSLESS = "1.2.840.10008.1.2.5"
-
-
-def _check_rle_segments(path: Path, ds: Any, frames: int, pixels: int, segments: int) -> None:
-    """RLE Lossless frames that every decoder reads alike (PS3.5 Annex G), refused otherwise
-    before decoding: a header of as many segments as the samples' bytes, the first at 64, in
-    order, each inside the frame; each segment's runs giving exactly one byte per pixel. Above
-    all, no run header -128: PS3.5 G.3.1 makes it 'output nothing' and no encoder writes one, but
-    decoders part there (pydicom's outputs nothing, dcmtk's repeats the next byte 129 times): a
-    frame whose values pydicom reads as the marked ones showed a viewer a forged band and the
-    anatomy shifted down. Bytes after a segment's last run (padding) are left alone: every
-    decoder stops at the pixels it needs."""
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax != _RLE_LOSSLESS or "PixelData" not in ds:
-        return
-    data = bytes(ds.PixelData)
-    try:
-        _, items = _encapsulated_items(data)
-    except ValueError as exc:
-        raise BadInputError(f"{path}: broken encapsulated DICOM pixel data: {exc}") from None
-    first = 8 + struct.unpack_from("<I", data, 4)[0]
-    fragments = [data[first + start + 8: first + start + 8 + length] for start, length in items]
-    if frames == 1 and fragments:
-        fragments = [b"".join(fragments)]  # a single frame may be split over fragments
-    if len(fragments) != frames:
-        raise BadInputError(f"{path}: RLE pixel data holds {len(fragments)} fragments for {frames} frames "
-                            "(PS3.5 A.4.2: one per frame); nothing decoded")
-    for number, fragment in enumerate(fragments, start=1):
-        problem = _rle_frame_problem(fragment, pixels, segments)
-        if problem:
-            raise BadInputError(f"{path}: RLE frame {number}: {problem} (decoders would read it differently); "
-                                "nothing decoded")
-
-
-def _rle_frame_problem(frame: bytes, pixels: int, segments: int) -> str | None:
-    """What makes one RLE frame read two ways, or None (see `_check_rle_segments`)."""
-    if len(frame) < 64:
-        return "shorter than its 64-byte header"
-    count, *offsets = struct.unpack_from("<16I", frame, 0)
-    if count != segments:
-        return f"{count} segments where the header's samples need {segments}"
-    offsets = offsets[:count] + [len(frame)]  # the unused offsets are read by no decoder
-    if offsets[0] != 64 or any(a > b for a, b in zip(offsets, offsets[1:])):
-        return "segment offsets out of order or outside the frame"
-    for index in range(count):
-        problem = _rle_segment_problem(frame[offsets[index]: offsets[index + 1]], pixels)
-        if problem:
-            return f"segment {index + 1}: {problem}"
-    return None
-
-
-def _rle_segment_problem(segment: bytes, pixels: int) -> str | None:
-    at, produced, size = 0, 0, len(segment)
-    while produced < pixels:
-        if at >= size:
-            return f"ends after {produced:,} of its {pixels:,} bytes"
-        header = segment[at]
-        if header == 0x80:
-            return f"a run header -128 at byte {at} (no-op to some decoders, a run of 129 to others)"
-        run = header + 1 if header < 0x80 else 257 - header
-        source = run if header < 0x80 else 1
-        if at + 1 + source > size or produced + run > pixels:
-            return f"a run at byte {at} crosses the end of its segment or of the frame"
-        at += 1 + source
-        produced += run
-    return None
-
-
-def _encapsulated_items(data: bytes) -> tuple[list[int], list[tuple[int, int]]]:
-    """(the Basic Offset Table's offsets, each later item's (start, length)), starts measured from
-    the first item after the table, as the tables measure them (encapsulated data are little endian)."""
-    def item_at(at: int) -> int | None:
-        if at + 8 > len(data):
-            raise ValueError("an item runs past the end of the pixel data")
-        tag, length = struct.unpack_from("<2I", data, at)
-        if tag == 0xE0DDFFFE:  # sequence delimiter (group FFFE, element E0DD, read as one word)
-            return None
-        if tag != 0xE000FFFE or at + 8 + length > len(data):
-            raise ValueError(f"no item where one belongs (byte {at})")
-        return length
-
-    table_length = item_at(0)
-    if table_length is None or table_length % 4:
-        raise ValueError("no Basic Offset Table item")
-    basic = list(struct.unpack_from(f"<{table_length // 4}I", data, 8))
-    first, items, at = 8 + table_length, [], 8 + table_length
-    while at < len(data):
-        length = item_at(at)
-        if length is None:
-            break
-        items.append((at - first, length))
-        at += 8 + length
-    return basic, items
-
-
-def _codestream_size(head: bytes) -> tuple[int, int] | None:
-    """(rows, columns) a JPEG (SOFn, JPEG-LS SOF55) or JPEG 2000 (SIZ) codestream declares at its
-    start, or None when the fragment does not start one (a continuation) or declares none."""
-    if head.startswith(b"\xff\xd8"):  # JPEG: walk the marker segments up to the frame header
-        at = 2
-        while at + 9 <= len(head):
-            if head[at] != 0xFF:
-                return None
-            marker = head[at + 1]
-            if marker == 0xFF:  # fill byte
-                at += 1
-                continue
-            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7):
-                height, width = struct.unpack(">HH", head[at + 5:at + 9])
-                return height, width  # a height of 0 (set later by a DNL marker) is refused too
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-                at += 2
-                continue
-            at += 2 + struct.unpack(">H", head[at + 2:at + 4])[0]
-        return None
-    siz = head.find(b"\xff\x4f\xff\x51")  # JPEG 2000: SOC then SIZ (bare, or inside a JP2 box)
-    if siz < 0 or siz + 24 > len(head) or not (siz == 0 or head[4:8] == b"jP  "):
-        return None
-    x_size, y_size, x_offset, y_offset = struct.unpack(">IIII", head[siz + 8:siz + 24])
-    return y_size - y_offset, x_size - x_offset
 
 
 _WARNINGS_CAUGHT = threading.Lock()
