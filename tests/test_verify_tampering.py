@@ -687,8 +687,25 @@ def test_a_png_gamma_chunk_is_named(shipped, tmp_path):
         tampered.write_bytes(_png_with_chunk(marked.read_bytes(), kind, body))
         code, report, _ = _verify(tampered, "--key", KEY)
         assert code == 1 and report["changes"] == [{"category": "presentation", "name": name, "change": "added"}], name
-    tampered.write_bytes(_png_with_chunk(marked.read_bytes(), b"tEXt", b"Comment\x00read by no viewer"))
-    assert _verify(tampered, "--key", KEY)[0] == 0  # plain text may change in transit
+    # ImageMagick applies text keywords as image properties: 'colorspace' CMY inverts every export,
+    # 'exif:Orientation' turns it, 'page' crops it (red-team round 8). Text is bound but for the
+    # keywords no reader applies.
+    for keyword, value in ((b"colorspace", b"CMY"), (b"exif:Orientation", b"6"), (b"page", b"64x64+10+10")):
+        tampered.write_bytes(_png_with_chunk(marked.read_bytes(), b"tEXt", keyword + b"\x00" + value))
+        code, report, _ = _verify(tampered, "--key", KEY)
+        name = f"{keyword.decode()} (tEXt)"
+        assert code == 1 and report["changes"] == [{"category": "presentation", "name": name, "change": "added"}]
+    for text in (b"Comment\x00read by no viewer", b"date:modify\x002026-12-05T18:00:00+00:00"):
+        tampered.write_bytes(_png_with_chunk(marked.read_bytes(), b"tEXt", text))
+        assert _verify(tampered, "--key", KEY)[0] == 0  # text no reader applies may change in transit
+    # An interlace method PNG does not define: Pillow reads it as Adam7, libpng refuses the file.
+    data = bytearray(marked.read_bytes())
+    data[28] = 2
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    odd_interlace = tmp_path / "interlace2.png"
+    odd_interlace.write_bytes(bytes(data))
+    result = run_wm_here("verify", odd_interlace, "--key", KEY)
+    assert result.code == 2 and "interlace 2: methods PNG does not define" in result.stderr
     # Pixel data whose CRC is wrong: Pillow decodes them, libpng refuses the file. Refused here too.
     data = bytearray(marked.read_bytes())
     idat = data.index(b"IDAT")
@@ -740,6 +757,9 @@ def test_a_tiff_page_whose_strips_or_tiles_readers_read_differently_is_refused(t
         "strips_and_tiles.tif": [(273, 4, [("blob", 1)]), (278, 4, [height]), (279, 4, [size]), (322, 3, [width]),
                                  (323, 3, [height]), (324, 4, [("blob", 0)]), (325, 4, [size])],
         "too_few_strips.tif": [(273, 4, [("blob", 0)]), (278, 4, [16]), (279, 4, [size])],
+        # tifffile undoes a Predictor on uncompressed data, libtiff and Pillow show the differences
+        "predictor_uncompressed.tif": [(273, 4, [("blob", 0)]), (278, 4, [height]), (279, 4, [size]),
+                                       (317, 3, [2])],
     }
     plain = tmp_path / "plain.tif"
     plain.write_bytes(_tiff(page + [(273, 4, [("blob", 0)]), (278, 4, [height]), (279, 4, [size])], blobs[:1]))
@@ -750,6 +770,28 @@ def test_a_tiff_page_whose_strips_or_tiles_readers_read_differently_is_refused(t
         result = run_wm_here("verify", path, "--key", KEY)
         assert result.code == 2 and "(readers would show different images)" in result.stderr, name
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_tiff_re_saved_with_lzw_and_a_predictor_stays_intact(shipped, tmp_path):
+    """Compression and predictor may change in transit where every reader applies them alike:
+    LZW and Deflate with the horizontal predictor (libtiff, and tifffile through imagecodecs)."""
+    import tifffile
+
+    ct = pydicom.dcmread(clinical_file("CT_small.dcm")).pixel_array.astype(np.int64)
+    tifffile.imwrite(tmp_path / "ct.tif", (ct - ct.min()).astype(np.uint16), photometric="minisblack")
+    marked = _mark(tmp_path / "ct.tif", tmp_path / "ct.wm.tif", shipped)
+    with tifffile.TiffFile(marked) as tif:
+        tag = tif.pages[0].tags[65137]
+        record = (65137, tag.dtype, tag.count, tag.value, False)
+        values = tif.pages[0].asarray()
+    for compression in ("lzw", "zlib"):
+        resaved = tmp_path / f"{compression}.tif"
+        tifffile.imwrite(resaved, values, photometric="minisblack", compression=compression, predictor=True,
+                         extratags=[record])
+        with tifffile.TiffFile(resaved) as tif:
+            assert int(tif.pages[0].compression) in (5, 8) and int(tif.pages[0].predictor) == 2
+        code, report, _ = _verify(resaved, "--key", KEY)
+        assert (code, report["status"]) == (0, "intact"), compression
 
 
 # ---- the recipient forgery and trusted signers ---------------------------------------------------

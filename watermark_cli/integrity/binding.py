@@ -27,8 +27,9 @@ DICOM's defined terms (pydicom decodes any codec Python knows, a viewer does not
 
 PNG: the IHDR fields that decide the image (size, bit depth, colour type; not the interlacing)
 and every other chunk but those of ``PNG_UNBOUND_CHUNKS`` (the pixel data, whose values the block
-tags bind, the end, the time, wm's record) and text; text that a reader applies (XMP, raw EXIF
-profiles: an orientation) is bound all the same. TIFF: every tag of every page except ``TIFF_IN_TRANSIT``
+tags bind, the end, the time, wm's record) and the text no reader applies (PNG's registered
+keywords, ImageMagick's time stamps); other text is bound (XMP and raw EXIF profiles carry an
+orientation, ImageMagick applies keywords such as 'colorspace' and 'page'). TIFF: every tag of every page except ``TIFF_IN_TRANSIT``
 (strip and tile layout, compression, predictor, software and date: how the samples are stored,
 not what they mean), wm's record tag included in that list.
 
@@ -139,16 +140,24 @@ PRESENTATION = frozenset({
 })
 
 #: PNG chunks not bound: the pixel data (their values are bound by the block tags), the end, the
-#: time, wm's record (containers.PNG_CHUNK, kept literal: no cycle) and text, but for the text a
-#: reader applies: XMP and ImageMagick's raw profiles carry an EXIF orientation that Pillow and
-#: ImageMagick turn the image by. Every other chunk, known or not, is bound: a reader may apply one
-#: wm does not know (ImageMagick's canvas vpAg and caNv, Apple's iDOT, the older exIf).
+#: time, wm's record (containers.PNG_CHUNK, kept literal: no cycle) and the text no reader applies
+#: (`_INERT_TEXT_KEYWORDS`). Every other chunk, known or not, is bound: a reader may apply one wm
+#: does not know (ImageMagick's canvas vpAg and caNv, Apple's iDOT, the older exIf).
 PNG_UNBOUND_CHUNKS = ("IDAT", "IEND", "tIME", "wmRR")
 _PNG_TEXT_CHUNKS = ("tEXt", "zTXt", "iTXt")
-_APPLIED_TEXT_KEYWORDS = ("XML:com.adobe.xmp", "Raw profile type")
+#: Text keywords no reader applies to the image: PNG's registered keywords (PNG 11.3.4.2) and
+#: ImageMagick's time stamps, compared without case. Any other keyword is bound as presentation:
+#: XMP and raw profiles carry an EXIF orientation that Pillow and ImageMagick turn the image by,
+#: and ImageMagick applies many keywords as image properties ('colorspace' CMY inverts every
+#: export, 'exif:Orientation' turns it, 'page' crops it, 'density' rescales it).
+_INERT_TEXT_KEYWORDS = frozenset(keyword.casefold() for keyword in (
+    "Title", "Author", "Description", "Copyright", "Creation Time", "Software", "Disclaimer", "Warning", "Source",
+    "Comment", "date:create", "date:modify", "date:timestamp"))
 # Keyword beginnings of display elements: display shutters, alpha and segmented palette tables,
-# overlays and curves, and the PNG text a reader applies.
-_PRESENTATION_PREFIXES = ("Shutter", "Alpha", "Segmented", "Overlay", "Curve", *_APPLIED_TEXT_KEYWORDS)
+# overlays and curves.
+_PRESENTATION_PREFIXES = ("Shutter", "Alpha", "Segmented", "Overlay", "Curve")
+# How the names of bound PNG text end (see `png_binding`): all of it is presentation.
+_TEXT_NAME_ENDINGS = tuple(f" ({kind})" for kind in _PNG_TEXT_CHUNKS)
 #: TIFF tags that may change in transit (how the samples are stored), and wm's record tag.
 TIFF_IN_TRANSIT = {254: "NewSubfileType", 255: "SubfileType", 259: "Compression", 266: "FillOrder",
                    273: "StripOffsets", 278: "RowsPerStrip", 279: "StripByteCounts", 284: "PlanarConfiguration",
@@ -181,7 +190,7 @@ def category(name: str) -> str:
     if keyword in IDENTITY:
         return "identity"
     if (keyword in PRESENTATION or name in PRESENTATION or top.startswith(_PRESENTATION_PREFIXES)
-            or "PaletteColorLookupTable" in keyword or "(60" in top):
+            or "PaletteColorLookupTable" in keyword or "(60" in top or top.endswith(_TEXT_NAME_ENDINGS)):
         return "presentation"
     return "header"
 
@@ -598,7 +607,7 @@ def png_binding(data: bytes) -> dict:
             items[kind] = items.get(kind, b"") + _icc_profile(body)
         elif kind in _PNG_TEXT_CHUNKS:
             keyword, text = _png_text(kind, body)
-            if keyword.startswith(_APPLIED_TEXT_KEYWORDS):
+            if keyword.casefold() not in _INERT_TEXT_KEYWORDS:
                 name = f"{keyword} ({kind})"
                 items[name] = items.get(name, b"") + struct.pack(">I", len(text)) + text
         elif kind not in PNG_UNBOUND_CHUNKS:

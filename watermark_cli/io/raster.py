@@ -38,6 +38,11 @@ def _png_header(path: Path) -> tuple[int, int, int, int]:
     for chunk in png_chunks(data):
         if not chunk.crc_ok:
             raise BadInputError(f"{path}: corrupt PNG file (chunk {chunk.name!r} fails its CRC check)")
+    # PNG defines compression and filter method 0 and interlace 0 or 1: Pillow reads any other
+    # interlace byte as Adam7, libpng (ImageMagick, vips, OpenCV) refuses the file.
+    if head[26] != 0 or head[27] != 0 or head[28] > 1:
+        raise BadInputError(f"{path}: corrupt PNG file (IHDR compression {head[26]}, filter {head[27]}, "
+                            f"interlace {head[28]}: methods PNG does not define)")
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"), head[24], head[25]
 
 
@@ -127,8 +132,19 @@ def _check_tiff_layout(path: Path, index: int, page) -> None:
         rows_per_strip = int(rows.value) if rows is not None else 2**32 - 1
         needed = -(-length // rows_per_strip) * planes if rows_per_strip else None
         problem = _offsets_problem(strips, needed, "strip")
+    predictor = tags.get(317)
+    compression = int(page.compression)
+    if predictor is not None and int(predictor.value) != 1 and compression not in _PREDICTED_COMPRESSIONS:
+        # tifffile undoes a predictor whatever the compression; libtiff (ImageMagick, vips, OpenCV)
+        # and Pillow only for the codecs that define one, and show the raw differences otherwise.
+        problem = f"has Predictor {int(predictor.value)} with compression {compression}, which defines none"
     if problem:
         raise BadInputError(f"{path}: TIFF page {index + 1} {problem} (readers would show different images)")
+
+
+# Compressions libtiff applies a TIFF Predictor to: LZW, Deflate (Adobe's and the old code),
+# LZMA and ZSTD.
+_PREDICTED_COMPRESSIONS = frozenset({5, 8, 32946, 34925, 50000})
 
 
 def _offsets_problem(tags, needed: int | None, unit: str) -> str | None:
