@@ -118,11 +118,12 @@ def _refiled(marked: Path, target: Path, syntax: str, frame: bytes) -> Path:
 
 def _dcmtk_words(path: Path, decoder: str) -> np.ndarray:
     """The words dcmtk decodes `path` to (a viewer's pixels before masking), read without pydicom's
-    decoders."""
+    decoders: (rows, columns), or (frames, rows, columns) for several frames."""
     decoded = path.with_suffix(".dcmtk.dcm")
     subprocess.run([tool(decoder), str(path), str(decoded)], check=True, capture_output=True, timeout=120)
     ds = pydicom.dcmread(decoded)
-    return np.frombuffer(ds.PixelData, "<u2").reshape(int(ds.Rows), int(ds.Columns)).astype(np.int64)
+    words = np.frombuffer(ds.PixelData, "<u2").reshape(-1, int(ds.Rows), int(ds.Columns)).astype(np.int64)
+    return words[0] if len(words) == 1 else words
 
 
 def _verify(path: Path) -> tuple[int, str]:
@@ -156,6 +157,61 @@ def test_lossless_samples_one_decoder_clamps_are_refused(saturated_ct, tmp_path)
     below[64, 64] = -5  # a negative sum: libjpeg shows 4095, IJG 65531
     code, stderr = _verify(_refiled(saturated_ct, tmp_path / "below.dcm", JPEG_LOSSLESS, _lossless_jpeg(below, 12)))
     assert code == 2 and "outside the range" in stderr
+
+
+def _items(fragments: list[bytes], offsets: tuple[int, ...] = ()) -> bytes:
+    """Encapsulated pixel data (PS3.5 A.4) of these fragments as they are, after a Basic Offset
+    Table of `offsets`."""
+    table = struct.pack(f"<{len(offsets)}I", *offsets)
+    return b"".join(struct.pack("<HHI", 0xFFFE, 0xE000, len(item)) + item
+                    for item in (table, *(fragment + b"\0" * (len(fragment) % 2) for fragment in fragments)))
+
+
+@pytest.fixture(scope="module")
+def marked_two_frames(tmp_path_factory) -> Path:
+    """A two-frame CT (CT_small, and the same slice upside down), marked."""
+    folder = tmp_path_factory.mktemp("two_frames")
+    ds = pydicom.dcmread(clinical_file("CT_small.dcm"))
+    slices = np.stack([ds.pixel_array, ds.pixel_array[::-1]])
+    ds.NumberOfFrames = 2
+    ds.PixelData = slices.astype("<i2").tobytes()
+    ds.save_as(folder / "two.dcm", enforce_file_format=True)
+    return _mark(folder / "two.dcm", folder / "two.wm.dcm")
+
+
+def test_fragments_decoders_group_into_other_frames_are_refused(marked_two_frames, tmp_path):
+    # pydicom ends a frame (without an offset table) at a fragment whose last bytes hold EOI;
+    # dcmtk's IJG feeds fragments until it meets EOI. Marked frame 1 with ten zero bytes after its
+    # EOI, a forged frame, marked frame 2: pydicom read the marked frames (intact), dcmtk showed
+    # the forged one as frame 2 (red-team round 8); an offset table skipping it fooled IJG alike.
+    marked = _stored(marked_two_frames) & 0xFFFF
+    first, second = (_lossless_jpeg(frame, 16) for frame in marked)
+    forged_frame = marked[1].copy()
+    forged_frame[40:80, 40:80] = 3000
+    forged = _lossless_jpeg(forged_frame, 16)
+
+    def refiled(name: str, pixel_data: bytes) -> Path:
+        ds = pydicom.dcmread(marked_two_frames)
+        ds.file_meta.TransferSyntaxUID = JPEG_LOSSLESS_SV1
+        ds.PixelData = pixel_data
+        ds["PixelData"].VR, ds["PixelData"].is_undefined_length = "OB", True
+        ds.save_as(tmp_path / name, enforce_file_format=True)
+        return tmp_path / name
+
+    assert _verify(refiled("honest.dcm", _items([first, second])))[0] == 0
+    halves = [first[:1000], first[1000:]]
+    split = refiled("split.dcm", _items([*halves, second], (0, len(_items(halves)) - 8)))  # past the table
+    assert _verify(split)[0] == 0  # a frame over two fragments, an offset table: every decoder agrees
+    padded = first + bytes(10)
+    for name, offsets in (("padded.dcm", ()), ("padded_table.dcm", (0, len(_items([padded, forged])) - 8))):
+        path = refiled(name, _items([padded, forged, second], offsets))
+        assert (_stored(path) & 0xFFFF == marked).all()  # what pydicom alone reads: the marked frames
+        assert (_dcmtk_words(path, "dcmdjpeg")[1] != marked[1]).sum() == 1600  # dcmtk: the forged square
+        code, stderr = _verify(path)
+        assert code == 2 and "a fragment inside the frame that opens a new JPEG stream" in stderr
+    trailing = [first, b"\0" * 8]  # a fragment after frame 1's EOI, which IJG takes for frame 2
+    code, stderr = _verify(refiled("early_eoi.dcm", _items([*trailing, second], (0, len(_items(trailing)) - 8))))
+    assert code == 2 and "an EOI marker before its last fragment" in stderr
 
 
 def test_a_jpeg_process_other_than_the_transfer_syntax_s_is_refused(marked_ct, tmp_path):
@@ -246,6 +302,11 @@ def test_jpeg_ls_parameters_charls_and_libjpeg_read_differently_are_refused(mark
     code, stderr = _verify(_refiled(marked_ct, tmp_path / "maxval.dcm", JPEG_LS_LOSSLESS,
                                     _with_preset(jpeg_ls_frame, _preset(4095))))
     assert code == 2 and "JPEG-LS MAXVAL 4095 for 16-bit samples" in stderr
+    # libjpeg uses a preset's 0 as written, CharLS as 'the default': all of the stream's pixels differ
+    zeros = _segment(0xF8, b"\x01" + struct.pack(">5H", 65535, 0, 0, 0, 0))
+    code, stderr = _verify(_refiled(marked_ct, tmp_path / "zeros.dcm", JPEG_LS_LOSSLESS,
+                                    _with_preset(jpeg_ls_frame, zeros)))
+    assert code == 2 and "JPEG-LS thresholds 0, 0, 0 and reset 0 outside T.87's ranges" in stderr
     code, stderr = _verify(_refiled(marked_ct, tmp_path / "ilv.dcm", JPEG_LS_LOSSLESS,
                                     _scan_parameters(jpeg_ls_frame, 0, 1)))
     assert code == 2 and "interleave mode other than 0" in stderr

@@ -14,7 +14,7 @@ EOI, restart markers, Huffman tables defined twice) is left alone.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,13 +89,10 @@ def check_rle_segments(path: Path, ds: Any, frames: int, pixels: int, segments: 
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax != _RLE_LOSSLESS or "PixelData" not in ds:
         return
-    data = bytes(ds.PixelData)
     try:
-        _, items = _encapsulated_items(data)
+        fragments = _fragments(bytes(ds.PixelData))
     except ValueError as exc:
         raise BadInputError(f"{path}: broken encapsulated DICOM pixel data: {exc}") from None
-    first = 8 + struct.unpack_from("<I", data, 4)[0]
-    fragments = [data[first + start + 8: first + start + 8 + length] for start, length in items]
     if frames == 1 and fragments:
         fragments = [b"".join(fragments)]  # a single frame may be split over fragments
     if len(fragments) != frames:
@@ -140,6 +137,13 @@ def _rle_segment_problem(segment: bytes, pixels: int) -> str | None:
         at += 1 + source
         produced += run
     return None
+
+
+def _fragments(data: bytes) -> list[bytes]:
+    """The fragments of encapsulated pixel data, in order, the Basic Offset Table left out."""
+    _, items = _encapsulated_items(data)
+    first = 8 + struct.unpack_from("<I", data, 4)[0]
+    return [data[first + start + 8: first + start + 8 + length] for start, length in items]
 
 
 def _encapsulated_items(data: bytes) -> tuple[list[int], list[tuple[int, int]]]:
@@ -229,6 +233,7 @@ class JpegFrameHeader:
     marker: int  # its SOF marker (0xC3: lossless, 0xF7: JPEG-LS)
     precision: int  # P, bits per sample
     precision_at: int  # where P is in the frame
+    end: int = 0  # where its EOI marker ends
 
 
 def check_jpeg_frames(path: Path, ds: Any, frames: int) -> None:
@@ -242,10 +247,14 @@ def check_jpeg_frames(path: Path, ds: Any, frames: int) -> None:
       IJG start their prediction at different values), a predictor of 1 for syntax .70, a restart
       interval of whole rows (libjpeg and IJG resume a row differently); JPEG-LS with no mapping
       table (CharLS ignores it, libjpeg applies it), no point transform, line interleaving (ILV
-      0, which CharLS needs for one component), NEAR 0 for .80, and a MAXVAL that is 2^P - 1 or
-      the default (CharLS takes it from P, libjpeg from the preset);
+      0, which CharLS needs for one component), NEAR 0 for .80, and a coding-parameter preset,
+      if any, of MAXVAL 2^P - 1 (CharLS takes it from P, libjpeg from the preset) and thresholds
+      and reset inside T.87 C.2.4.1.1's ranges (CharLS reads a 0 as 'the default', libjpeg
+      literally);
     - lossless frames of fewer than 16 bits whose samples all decode inside [0, 2^P - 1]
-      (`_lossless_range_problem`).
+      (`_lossless_range_problem`);
+    - in a multi-frame file, fragments that every decoder groups into the same frames
+      (`_fragment_split_problem`).
 
     JPEG 2000 frames must start with the bare codestream (SOC, SIZ: PS3.5 A.4.4 has no JP2 box).
     The lossy DCT processes are accepted as they are: decoders round them differently by one
@@ -262,14 +271,16 @@ def check_jpeg_frames(path: Path, ds: Any, frames: int) -> None:
     except BaseException as exc:
         raise BadInputError(f"{path}: broken encapsulated DICOM pixel data: {one_line(exc)}") from None
     columns = int(ds.Columns)
-    for number, frame in enumerate(coded, start=1):
+    groups = _fragments_of_frames(ds.PixelData, coded) if len(coded) > 1 else [None] * len(coded)
+    for number, (frame, group) in enumerate(zip(coded, groups), start=1):
         if syntax in _JPEG_2000_SYNTAXES:
             problem = None if frame.startswith(b"\xff\x4f\xff\x51") else \
                 "does not start with a bare JPEG 2000 codestream (SOC, SIZ)"
         else:
             try:
                 header = jpeg_frame_header(frame, syntax, columns)
-                problem = _lossless_range_problem(frame, header)
+                problem = (_fragment_split_problem(group, header, syntax) if group is not None else None) \
+                    or _lossless_range_problem(frame, header)
             except ValueError as exc:
                 problem = str(exc)
         if problem:
@@ -284,7 +295,7 @@ def jpeg_frame_header(frame: bytes, syntax: str, columns: int) -> JpegFrameHeade
     jpeg_ls = 0xF7 in allowed
     if not frame.startswith(b"\xff\xd8"):
         raise ValueError("does not start with a JPEG SOI marker")
-    header, component, restart, maxval, scanned, at = None, None, 0, None, False, 2
+    header, component, restart, preset, scanned, at = None, None, 0, None, False, 2
     while True:
         if at + 2 > len(frame):
             raise ValueError("ends before its EOI marker")
@@ -297,7 +308,7 @@ def jpeg_frame_header(frame: bytes, syntax: str, columns: int) -> JpegFrameHeade
         if marker == _EOI:
             if not scanned:
                 raise ValueError("no scan")
-            return header  # what follows EOI no decoder reads
+            return replace(header, end=at + 2)  # what follows EOI no decoder reads
         if scanned:
             raise ValueError(f"marker FF{marker:02X} after the scan (only EOI may follow it)")
         if at + 4 > len(frame):
@@ -319,7 +330,7 @@ def jpeg_frame_header(frame: bytes, syntax: str, columns: int) -> JpegFrameHeade
         elif marker == _SOS:
             if header is None:
                 raise ValueError("a scan before the frame header")
-            _check_scan(segment, header, component, syntax, restart, maxval, columns)
+            _check_scan(segment, header, component, syntax, restart, preset, columns)
             at = _scan_end(frame, at + 2 + length, jpeg_ls)
             scanned = True
             continue
@@ -328,16 +339,16 @@ def jpeg_frame_header(frame: bytes, syntax: str, columns: int) -> JpegFrameHeade
         elif marker == _LSE and jpeg_ls:
             if segment[:1] != b"\x01" or len(segment) < 11:
                 raise ValueError("a JPEG-LS preset other than coding parameters (a mapping table)")
-            if maxval is not None:
+            if preset is not None:
                 raise ValueError("JPEG-LS coding parameters given twice")
-            maxval = struct.unpack_from(">H", segment, 1)[0]
+            preset = struct.unpack_from(">5H", segment, 1)
         elif marker not in _TABLES_AND_DATA:
             raise ValueError(f"marker FF{marker:02X}, which decoders read differently or not at all")
         at += 2 + length
 
 
 def _check_scan(segment: bytes, header: JpegFrameHeader, component: int | None, syntax: str, restart: int,
-                maxval: int | None, columns: int) -> None:
+                preset: tuple[int, ...] | None, columns: int) -> None:
     """A scan header (SOS) the frame's process defines; ValueError otherwise."""
     if len(segment) != 6 or segment[0] != 1 or segment[1] != component:
         raise ValueError("a scan header that is not one scan of the frame's one component")
@@ -349,8 +360,8 @@ def _check_scan(segment: bytes, header: JpegFrameHeader, component: int | None, 
             raise ValueError("a JPEG-LS point transform or interleave mode other than 0")
         if start and syntax == _JPEG_LS_LOSSLESS:
             raise ValueError(f"NEAR {start} in a lossless JPEG-LS syntax")
-        if maxval not in (None, 0, (1 << header.precision) - 1):
-            raise ValueError(f"JPEG-LS MAXVAL {maxval} for {header.precision}-bit samples")
+        if preset is not None:
+            _check_preset(preset, header.precision, start)
     elif header.marker == 0xC3:  # lossless: predictor, no spectral end, no successive approximation
         if not 1 <= start <= 7 or end or transform:
             raise ValueError("a lossless scan with a point transform or an undefined predictor")
@@ -360,6 +371,59 @@ def _check_scan(segment: bytes, header: JpegFrameHeader, component: int | None, 
             raise ValueError(f"a restart interval of {restart} samples, not whole rows of {columns}")
     elif (start, end, transform) != (0, 63, 0):
         raise ValueError("a sequential DCT scan with other than the full spectrum")
+
+
+def _check_preset(preset: tuple[int, ...], precision: int, near: int) -> None:
+    """A JPEG-LS coding-parameter preset (MAXVAL, T1, T2, T3, RESET) every decoder reads alike:
+    MAXVAL 2^P - 1 and the others inside T.87 C.2.4.1.1's ranges. CharLS reads a 0 as 'the
+    default' and takes MAXVAL from P; libjpeg uses each value as written."""
+    maxval, t1, t2, t3, reset = preset
+    if maxval != (1 << precision) - 1:
+        raise ValueError(f"JPEG-LS MAXVAL {maxval} for {precision}-bit samples")
+    if not (near + 1 <= t1 <= t2 <= t3 <= maxval and 3 <= reset <= max(255, maxval)):
+        raise ValueError(f"JPEG-LS thresholds {t1}, {t2}, {t3} and reset {reset} outside T.87's ranges "
+                         f"for MAXVAL {maxval}")
+
+
+def _fragments_of_frames(pixel_data: bytes, coded: list[bytes]) -> list[list[bytes] | None]:
+    """The fragments each frame pydicom assembled is made of (None for a frame that is not a
+    run of whole fragments)."""
+    try:
+        fragments = _fragments(bytes(pixel_data))
+    except ValueError:
+        return [None] * len(coded)
+    groups: list[list[bytes] | None] = []
+    at = 0
+    for frame in coded:
+        group: list[bytes] = []
+        while sum(map(len, group)) < len(frame) and at < len(fragments):
+            group.append(fragments[at])
+            at += 1
+        groups.append(group if b"".join(group) == frame else None)
+    return groups
+
+
+def _fragment_split_problem(group: list[bytes] | None, header: JpegFrameHeader, syntax: str) -> str | None:
+    """Why decoders would group a multi-frame file's fragments into frames otherwise than pydicom,
+    or None. pydicom follows the Basic Offset Table, or without one ends a frame at a fragment
+    whose last bytes hold EOI; IJG (dcmtk) feeds a frame's fragments until it meets EOI and ignores
+    the table; dcmtk's CharLS starts a frame at each fragment that opens with SOI and SOF55, APPn or
+    COM. A marked frame, ten zero bytes after its EOI, then a forged frame and the marked frame 2
+    read the marked frames to pydicom and the forged one as frame 2 to dcmtk. So a frame's EOI
+    must be in its last fragment, no later fragment of it may open with SOI, and a JPEG-LS
+    frame must open as CharLS looks for it."""
+    if group is None:
+        return "pixel data that are not whole fragments per frame"
+    if any(fragment.startswith(b"\xff\xd8") for fragment in group[1:]):
+        return "a fragment inside the frame that opens a new JPEG stream"
+    if header.end <= sum(map(len, group[:-1])):
+        return "an EOI marker before its last fragment (decoders would start the next frame elsewhere)"
+    opening = group[0][2:4]
+    if 0xF7 in _JPEG_FRAME_HEADERS[syntax] and not (opening in (b"\xff\xf7", b"\xff\xfe")
+                                                     or (opening[:1] == b"\xff" and opening[1:2] >= b"\xe0"
+                                                         and opening[1:2] <= b"\xef")):
+        return "a JPEG-LS frame opening with other than SOF55, APPn or COM after SOI"
+    return None
 
 
 def _scan_end(frame: bytes, at: int, jpeg_ls: bool) -> int:
