@@ -226,6 +226,16 @@ def test_a_jpeg_process_other_than_the_transfer_syntax_s_is_refused(marked_ct, t
         assert code == 2 and "frame header FFC3, a JPEG process its transfer syntax does not name" in stderr
 
 
+def test_signed_samples_coded_at_fewer_bits_than_bits_stored_are_refused(marked_ct, tmp_path):
+    # pydicom extends a JPEG-LS sample's sign from the frame's precision, dcmtk from BitsStored: a
+    # signed CT coded at 12 bits read the marked values to wm and each negative value 4096 higher
+    # to dcmtk (red-team round 8). Signed frames must carry BitsStored bits or more.
+    marked = _stored(marked_ct)
+    assert pydicom.dcmread(marked_ct).PixelRepresentation == 1
+    code, stderr = _verify(_refiled(marked_ct, tmp_path / "p12.dcm", JPEG_LOSSLESS, _lossless_jpeg(marked & 0xFFF, 12)))
+    assert code == 2 and "12-bit samples of signed data whose BitsStored is 16" in stderr
+
+
 def test_a_second_scan_is_refused(marked_ct, tmp_path):
     # Of two scans of the one component pydicom keeps the last (the marked values: intact) and
     # dcmtk decodes the first (a forged square) before it stops.

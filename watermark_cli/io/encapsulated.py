@@ -254,7 +254,8 @@ def check_jpeg_frames(path: Path, ds: Any, frames: int) -> None:
     - lossless frames of fewer than 16 bits whose samples all decode inside [0, 2^P - 1]
       (`_lossless_range_problem`);
     - in a multi-frame file, fragments that every decoder groups into the same frames
-      (`_fragment_split_problem`).
+      (`_fragment_split_problem`);
+    - in signed data, samples of at least BitsStored bits (`_signed_precision_problem`).
 
     JPEG 2000 frames must start with the bare codestream (SOC, SIZ: PS3.5 A.4.4 has no JP2 box).
     The lossy DCT processes are accepted as they are: decoders round them differently by one
@@ -271,6 +272,7 @@ def check_jpeg_frames(path: Path, ds: Any, frames: int) -> None:
     except BaseException as exc:
         raise BadInputError(f"{path}: broken encapsulated DICOM pixel data: {one_line(exc)}") from None
     columns = int(ds.Columns)
+    signed_bits = int(ds.get("BitsStored", 0) or 0) if int(ds.get("PixelRepresentation", 0) or 0) == 1 else 0
     groups = _fragments_of_frames(ds.PixelData, coded) if len(coded) > 1 else [None] * len(coded)
     for number, (frame, group) in enumerate(zip(coded, groups), start=1):
         if syntax in _JPEG_2000_SYNTAXES:
@@ -280,7 +282,7 @@ def check_jpeg_frames(path: Path, ds: Any, frames: int) -> None:
             try:
                 header = jpeg_frame_header(frame, syntax, columns)
                 problem = (_fragment_split_problem(group, header, syntax) if group is not None else None) \
-                    or _lossless_range_problem(frame, header)
+                    or _signed_precision_problem(header, signed_bits) or _lossless_range_problem(frame, header)
             except ValueError as exc:
                 problem = str(exc)
         if problem:
@@ -383,6 +385,16 @@ def _check_preset(preset: tuple[int, ...], precision: int, near: int) -> None:
     if not (near + 1 <= t1 <= t2 <= t3 <= maxval and 3 <= reset <= max(255, maxval)):
         raise ValueError(f"JPEG-LS thresholds {t1}, {t2}, {t3} and reset {reset} outside T.87's ranges "
                          f"for MAXVAL {maxval}")
+
+
+def _signed_precision_problem(header: JpegFrameHeader, signed_bits: int) -> str | None:
+    """Signed samples coded at fewer bits than BitsStored, or None: pydicom extends a JPEG-LS
+    sample's sign from the frame's precision, dcmtk from BitsStored, so a signed CT coded at 12
+    bits read the marked values to wm and every negative value 4096 higher to dcmtk (air shown
+    bright). `signed_bits`: BitsStored of signed data, else 0."""
+    if header.precision < signed_bits:
+        return f"{header.precision}-bit samples of signed data whose BitsStored is {signed_bits}"
+    return None
 
 
 def _fragments_of_frames(pixel_data: bytes, coded: list[bytes]) -> list[list[bytes] | None]:
