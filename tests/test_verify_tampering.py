@@ -774,7 +774,8 @@ def test_a_tiff_page_whose_strips_or_tiles_readers_read_differently_is_refused(t
 
 def test_a_tiff_re_saved_with_lzw_and_a_predictor_stays_intact(shipped, tmp_path):
     """Compression and predictor may change in transit where every reader applies them alike:
-    LZW and Deflate with the horizontal predictor (libtiff, and tifffile through imagecodecs)."""
+    LZW and Deflate with the horizontal predictor (libtiff, and tifffile through imagecodecs); a
+    JPEG process libtiff does not decode is refused."""
     import tifffile
 
     ct = pydicom.dcmread(clinical_file("CT_small.dcm")).pixel_array.astype(np.int64)
@@ -792,6 +793,13 @@ def test_a_tiff_re_saved_with_lzw_and_a_predictor_stays_intact(shipped, tmp_path
             assert int(tif.pages[0].compression) in (5, 8) and int(tif.pages[0].predictor) == 2
         code, report, _ = _verify(resaved, "--key", KEY)
         assert (code, report["status"]) == (0, "intact"), compression
+    # Lossless JPEG in a TIFF: imagecodecs decodes it (the marked values), libtiff refuses SOF3 and
+    # ImageMagick, vips and tiffcp show nothing (red-team round 8).
+    eight_bit = (values >> 8).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "jpeg.tif", eight_bit, photometric="minisblack", compression="jpeg",
+                     compressionargs={"lossless": True})
+    result = run_wm_here("verify", tmp_path / "jpeg.tif", "--key", KEY)
+    assert result.code == 2 and "JPEG-compressed with marker FFC3 where libtiff reads DCT only" in result.stderr
 
 
 # ---- the recipient forgery and trusted signers ---------------------------------------------------

@@ -98,6 +98,7 @@ def read_tiff(path: Path, max_pixels: int) -> MedicalImage:
         check_declared_size(path, tif.series[0].shape, max_pixels, "TIFF ")
         for index, each in enumerate(tif.pages):
             _check_tiff_layout(path, index, each)
+            _check_tiff_jpeg_process(path, index, each, tif.filehandle)
         pixels = tif.series[0].asarray()
     if pixels.dtype not in (np.uint8, np.uint16, np.int16):
         raise BadInputError(f"{path}: TIFF sample type {pixels.dtype} is not supported "
@@ -140,6 +141,28 @@ def _check_tiff_layout(path: Path, index: int, page) -> None:
         problem = f"has Predictor {int(predictor.value)} with compression {compression}, which defines none"
     if problem:
         raise BadInputError(f"{path}: TIFF page {index + 1} {problem} (readers would show different images)")
+
+
+def _check_tiff_jpeg_process(path: Path, index: int, page, filehandle) -> None:
+    """A JPEG-compressed page (compression 7) must be DCT-coded (SOF0-SOF2): imagecodecs also
+    decodes lossless JPEG (SOF3), which libtiff with its libjpeg refuses, so ImageMagick, vips and
+    tiffcp would show nothing where wm read and sealed an image."""
+    if int(page.compression) != 7 or not page.dataoffsets or not page.databytecounts:
+        return
+    filehandle.seek(page.dataoffsets[0])
+    head = filehandle.read(min(int(page.databytecounts[0]), 65536))
+    at = 2 if head.startswith(b"\xff\xd8") else len(head)
+    while at + 4 <= len(head) and head[at] == 0xFF:
+        marker = head[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) or marker == 0xDA:
+            if marker not in (0xC0, 0xC1, 0xC2):
+                raise BadInputError(f"{path}: TIFF page {index + 1} is JPEG-compressed with marker FF{marker:02X} "
+                                    "where libtiff reads DCT only (readers would show different images)")
+            return
+        at += 2 + int.from_bytes(head[at + 2:at + 4], "big")
 
 
 # Compressions libtiff applies a TIFF Predictor to: LZW, Deflate (Adobe's and the old code),
