@@ -30,8 +30,8 @@ and every other chunk but those of ``PNG_UNBOUND_CHUNKS`` (the pixel data, whose
 tags bind, the end, the time, wm's record) and the text no reader applies (PNG's registered
 keywords, ImageMagick's time stamps); other text is bound (XMP and raw EXIF profiles carry an
 orientation, ImageMagick applies keywords such as 'colorspace' and 'page'). TIFF: every tag of
-every page except ``TIFF_IN_TRANSIT`` (strip and tile layout, compression, predictor, software and date: how the samples are stored,
-not what they mean), wm's record tag included in that list.
+every page except ``TIFF_IN_TRANSIT`` (strip and tile layout, compression, predictor, software
+and date: how the samples are stored, not what they mean), wm's record tag included in that list.
 
 Digests: SHA-256 of a canonical serialisation, cut to 64 bits per item (enough to name what
 changed), and the full SHA-256 over every item's full digest (what proves nothing else changed).
