@@ -176,28 +176,35 @@ def _encapsulated_items(data: bytes) -> tuple[list[int], list[tuple[int, int]]]:
 def _codestream_size(head: bytes) -> tuple[int, int] | None:
     """(rows, columns) a JPEG (SOFn, JPEG-LS SOF55) or JPEG 2000 (SIZ) codestream declares at its
     start, or None when the fragment does not start one (a continuation) or declares none."""
-    if head.startswith(b"\xff\xd8"):  # JPEG: walk the marker segments up to the frame header
-        at = 2
-        while at + 9 <= len(head):
-            if head[at] != 0xFF:
-                return None
-            marker = head[at + 1]
-            if marker == 0xFF:  # fill byte
-                at += 1
-                continue
-            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7):
-                height, width = struct.unpack(">HH", head[at + 5:at + 9])
-                return height, width  # a height of 0 (set later by a DNL marker) is refused too
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-                at += 2
-                continue
-            at += 2 + struct.unpack(">H", head[at + 2:at + 4])[0]
-        return None
+    if head.startswith(b"\xff\xd8"):
+        found = first_jpeg_header(head)
+        if found is None or found[0] == _SOS or found[1] + 9 > len(head):
+            return None
+        height, width = struct.unpack(">HH", head[found[1] + 5:found[1] + 9])
+        return height, width  # a height of 0 (set later by a DNL marker) is refused too
     siz = head.find(b"\xff\x4f\xff\x51")  # JPEG 2000: SOC then SIZ (bare, or inside a JP2 box)
     if siz < 0 or siz + 24 > len(head) or not (siz == 0 or head[4:8] == b"jP  "):
         return None
     x_size, y_size, x_offset, y_offset = struct.unpack(">IIII", head[siz + 8:siz + 24])
     return y_size - y_offset, x_size - x_offset
+
+
+def first_jpeg_header(head: bytes) -> tuple[int, int] | None:
+    """(marker, where it starts) of the first frame header (SOFn, JPEG-LS SOF55) or scan header
+    (SOS) of the JPEG stream `head` begins, its marker segments walked from SOI; None when `head`
+    is not a JPEG stream or ends (or breaks off into data) before either."""
+    at = 2 if head.startswith(b"\xff\xd8") else len(head)
+    while at + 4 <= len(head) and head[at] == 0xFF:
+        marker = head[at + 1]
+        if marker in _SOF_MARKERS or marker == _SOS:
+            return marker, at
+        if marker == 0xFF:  # fill byte
+            at += 1
+        elif marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a segment
+            at += 2
+        else:
+            at += 2 + struct.unpack_from(">H", head, at + 2)[0]
+    return None
 
 
 # ---- JPEG, JPEG-LS and JPEG 2000 frames -------------------------------------------------------
@@ -408,8 +415,10 @@ def _fragments_of_frames(pixel_data: bytes, coded: list[bytes]) -> list[list[byt
     at = 0
     for frame in coded:
         group: list[bytes] = []
-        while sum(map(len, group)) < len(frame) and at < len(fragments):
+        size = 0
+        while size < len(frame) and at < len(fragments):
             group.append(fragments[at])
+            size += len(fragments[at])
             at += 1
         groups.append(group if b"".join(group) == frame else None)
     return groups

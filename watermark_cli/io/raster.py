@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import BadInputError
 from ..integrity.png_chunks import png_chunks
+from .encapsulated import first_jpeg_header
 from .medical_image import MedicalImage, check_declared_size
 
 # Pillow and tifffile are imported inside the functions that need them.
@@ -150,19 +151,10 @@ def _check_tiff_jpeg_process(path: Path, index: int, page, filehandle) -> None:
     if int(page.compression) != 7 or not page.dataoffsets or not page.databytecounts:
         return
     filehandle.seek(page.dataoffsets[0])
-    head = filehandle.read(min(int(page.databytecounts[0]), 65536))
-    at = 2 if head.startswith(b"\xff\xd8") else len(head)
-    while at + 4 <= len(head) and head[at] == 0xFF:
-        marker = head[at + 1]
-        if marker == 0xFF:  # fill byte
-            at += 1
-            continue
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) or marker == 0xDA:
-            if marker not in (0xC0, 0xC1, 0xC2):
-                raise BadInputError(f"{path}: TIFF page {index + 1} is JPEG-compressed with marker FF{marker:02X} "
-                                    "where libtiff reads DCT only (readers would show different images)")
-            return
-        at += 2 + int.from_bytes(head[at + 2:at + 4], "big")
+    found = first_jpeg_header(filehandle.read(min(int(page.databytecounts[0]), 65536)))
+    if found is not None and found[0] not in (0xC0, 0xC1, 0xC2):
+        raise BadInputError(f"{path}: TIFF page {index + 1} is JPEG-compressed with marker FF{found[0]:02X} "
+                            "where libtiff reads DCT only (readers would show different images)")
 
 
 # Compressions libtiff applies a TIFF Predictor to: LZW, Deflate (Adobe's and the old code),
