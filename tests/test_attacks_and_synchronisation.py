@@ -168,3 +168,25 @@ def test_the_pilot_score_spread_from_sorted_rows_is_numpys_median_deviation():
             assert np.array_equal(centres, np.median(rows.astype(np.float64), axis=1))
             deviations = np.abs(rows - centres[:, None].astype(np.float32)).astype(np.float64)
             assert np.array_equal(_sorted_row_deviations(ordered, centres), np.median(deviations, axis=1))
+
+
+def test_the_resize_scan_s_separable_fold_is_bilinear_sampling_folded():
+    """The resize scan's fold (rows gathered by their bilinear taps, then one product per scale
+    for the columns) gives what sampling every point and folding the samples gives: square and
+    oblong maps, scales both ways, and samples clamped at the edges (6 periods at 1.5 on 300 px)."""
+    import torch
+    import torch.nn.functional as F
+
+    from watermark_cli.marking.synchronisation import _centre_grids, _separable_folds
+    from watermark_cli.model.networks import tile_mean
+
+    rng = np.random.default_rng(3)
+    for rows, cols, side, scales in [(512, 512, 256, [0.4, 0.77, 1.0, 1.23, 1.6]),
+                                     (300, 484, 384, [0.5, 1.4, 1.6]), (200, 130, 128, [0.45, 0.99, 1.5])]:
+        maps = rng.standard_normal((2, rows, cols)).astype(np.float32)
+        scales = np.array(scales)
+        grid = _centre_grids(rows, cols, side, scales.astype(np.float32), np.zeros(len(scales)))
+        sampled = F.grid_sample(torch.from_numpy(maps)[None].expand(len(scales), -1, -1, -1), grid, mode="bilinear",
+                                padding_mode="border", align_corners=True)
+        # grid_sample works out its coordinates in float32: a few 1e-5 at 500 px.
+        assert np.allclose(_separable_folds(maps, 64, side, scales), tile_mean(sampled, 64).numpy(), atol=1e-4)

@@ -345,7 +345,7 @@ def _logits_at(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, thre
         if responses is None:
             logits = torch.stack([decoder(_as_tensor(frame[None], device))[0] for frame in frames])
         else:
-            logits = torch.stack([decoder.logits_from_features(torch.from_numpy(maps.astype(np.float32))[None].to(device),
+            logits = torch.stack([decoder.logits_from_features(torch.from_numpy(maps)[None].to(device),
                                                                _bound_field(model, codec, signs, *offset), offset)[0]
                                   for maps, signs in zip(responses.features, responses.signs)])
     return logits.mean(dim=0).cpu().numpy().astype(np.float64)
@@ -394,7 +394,9 @@ def _feature_maps(model: LoadedModel, frame: np.ndarray) -> np.ndarray:
 
     with torch.inference_mode():
         features = model.model.decoder.feature_maps(_as_tensor(frame[None], _device(model)))[0]
-        return features.cpu().numpy().astype(np.float64)
+        # float32, as the networks give them and as every search takes them: a float64 copy
+        # was made and converted back by each of them.
+        return np.ascontiguousarray(features.cpu().numpy(), dtype=np.float32)
 
 
 def _read_keyed_at_offsets(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, thresholds: np.ndarray,
@@ -429,8 +431,11 @@ def _search_base(origin: tuple[int, int]) -> tuple[int, int]:
 
 
 def _bound_responses(responses: _KeyedResponses) -> np.ndarray:
-    """The frames' feature maps times their host signs, averaged: what the key field is found in."""
-    return np.mean([maps * signs for maps, signs in zip(responses.features, responses.signs)], axis=0)
+    """The frames' feature maps times their host signs, averaged (in float64): what the key field
+    is found in. One frame's are its own (signs of ±1 and 0 multiply exactly)."""
+    if len(responses.features) == 1:
+        return responses.features[0] * responses.signs[0]
+    return np.mean([maps * signs for maps, signs in zip(responses.features, responses.signs)], axis=0, dtype=np.float64)
 
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
