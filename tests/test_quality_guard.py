@@ -152,3 +152,29 @@ def test_ssim_is_scikit_images_gaussian_ssim_to_a_millionth():
                                          use_sample_covariance=False)
         assert abs(ssim(original, marked, 1.0) - expected) < 1e-6
     assert np.isnan(ssim(original[:10, :10], original[:10, :10], 1.0))
+
+
+def test_a_frame_viewed_over_its_data_keeps_its_range():
+    """A viewer that windows to the data takes the range from the frame it shows: the written
+    frame's minimum and maximum are the original's (the pixels there unchanged, every other
+    between them), so the PSNR over each frame's own range is the guarded one. Before, a mark
+    that pushed a few pixels out re-windowed a whole MR (0..595 shown as 0..910: 22 dB)."""
+    rng = np.random.default_rng(5)
+    original = rng.integers(100, 1001, (2, 96, 96)).astype(np.uint16)
+    original[1, :40] = 100  # a frame with much of it at its minimum, as air or background is
+    residual = rng.normal(0, 40.0, original.shape)
+    residual[original == 100] = -30.0  # a mark that would push the darkest pixels darker
+    floor = QualityFloor(40.0)
+    meters = frame_meters(gray_image(original), floor)
+    frames = guard_image(original, residual, floor, meters, stored_min=0, stored_max=65535, fill_budget=True)
+    for before, after in zip(original, (frame.pixels for frame in frames)):
+        assert after.min() == before.min() and after.max() == before.max()
+        at_ends = (before == before.min()) | (before == before.max())
+        assert np.array_equal(after[at_ends], before[at_ends])
+        assert np.any(after != before)  # and the frame is marked
+        assert psnr(over_its_range(before), over_its_range(after), 1.0) >= 40.0
+
+
+def over_its_range(frame: np.ndarray) -> np.ndarray:
+    """A frame as a viewer that windows to the data shows it: its own minimum to its maximum."""
+    return (frame.astype(np.float64) - frame.min()) / np.ptp(frame)

@@ -16,7 +16,7 @@ from typing import Iterator, Literal
 import numpy as np
 
 from .errors import BadInputError
-from .views import View, VoiView, VoiWindow, nominal_view, reader_views, stored_range_view
+from .views import DataRangeView, View, VoiView, VoiWindow, nominal_view, reader_views, stored_range_view
 
 PeakKind = Literal["nominal", "range"]
 Domain = Literal["view", "stored", "window"]
@@ -230,6 +230,13 @@ class FrameMeter:
         self._tables = (tables if tables is not None else DisplayTables()) if tabled else None
         views = [*binding, *self.reported, nominal]
         self._displays = {id(view): shown for view, shown in zip(views, self._shown(views, original))}
+
+    @property
+    def binds_data_range(self) -> bool:
+        """Whether the floor holds in the frame's data range (`views.DataRangeView`), which a
+        viewer that windows to the data takes from the frame it shows: the guard then keeps the
+        written frame's minimum and maximum (`guard.guard_image`)."""
+        return any(isinstance(view, DataRangeView) for view in self.binding)
 
     def display(self, view: View, stored: np.ndarray) -> np.ndarray:
         """`view.display(stored)`, bit for bit (see `_shown`)."""
