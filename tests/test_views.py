@@ -168,3 +168,75 @@ def test_the_window_domain_takes_a_window_and_a_voi_lut_alone_is_a_clear_refusal
         frame_meters(image, QualityFloor(40.0, domain="window"))
     (meter,) = frame_meters(image, QualityFloor(40.0, domain="window"), window=(2000.0, 4000.0))
     assert [view.name for view in meter.binding] == ["window C2000/W4000 (--window)"]
+
+
+def _lut_item(descriptor, data, descriptor_vr="US", data_vr="OW"):
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.add_new("LUTDescriptor", descriptor_vr, list(descriptor))
+    item.add_new("LUTData", data_vr, data)
+    return item
+
+
+def _dicom_with(little_endian=True, pixel_representation=0, **sequences):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = Dataset()
+    ds.PixelRepresentation = pixel_representation
+    for keyword, items in sequences.items():
+        setattr(ds, keyword, Sequence(items))
+    for dataset in (ds, *(item for items in sequences.values() for item in items)):
+        dataset.set_original_encoding(False, little_endian)
+    return ds
+
+
+def test_luts_are_read_as_dcmtk_and_pydicom_read_them():
+    """Red team 9: a big-endian file's OW LUT Data was read little-endian (a VOI LUT view
+    reported at 78 dB that both readers showed at 30); 8-bit entries one to a 16-bit word were
+    read as bytes (a view reported flat that dcmtk showed at 35.5 dB); a first mapped value
+    written as US above 2^15 is negative to dcmtk (a Modality LUT over signed pixels, the view
+    reported flat, 20.7 dB as dcmtk showed it; a VOI LUT: both readings are views)."""
+    from watermark_cli.views import display_from_dicom
+
+    ramp = np.arange(256) * 256
+    for little_endian in (True, False):
+        item = _lut_item((256, 100, 16), ramp.astype("<u2" if little_endian else ">u2").tobytes())
+        (lut,) = display_from_dicom(_dicom_with(little_endian, VOILUTSequence=[item]), 1).shared.vois
+        assert np.array_equal(lut.data, ramp) and lut.first_mapped == 100
+    one_a_word = _lut_item((4, 0, 8), np.array([0, 10, 200, 255], "<u2").tobytes())
+    packed = _lut_item((4, 0, 8), bytes([0, 10, 200, 255]))
+    for item in (one_a_word, packed):
+        (lut,) = display_from_dicom(_dicom_with(VOILUTSequence=[item]), 1).shared.vois
+        assert lut.data.tolist() == [0, 10, 200, 255]
+    for representation, first in ((1, -2048), (0, 63488)):
+        modality_lut = _lut_item((4096, 63488, 16), list(range(4096)), data_vr="US")
+        display = display_from_dicom(_dicom_with(pixel_representation=representation,
+                                                 ModalityLUTSequence=[modality_lut]), 1)
+        assert display.shared.modality.lut_first == first
+    voi_lut = _lut_item((40, 65516, 12), list(range(0, 4000, 100)), data_vr="US")
+    vois = display_from_dicom(_dicom_with(pixel_representation=1, VOILUTSequence=[voi_lut]), 1).shared.vois
+    assert [lut.first_mapped for lut in vois] == [65516, -20]
+
+
+def test_a_top_level_window_beside_functional_groups_is_a_view_too():
+    """Red team 9: an enhanced CT converted from a classic one keeps a top-level window beside its
+    functional groups' own; dcmtk shows the top-level one (over the groups' rescale), which wm
+    did not measure (37.5 dB as shown, the file written). Now it is a view, over the groups'
+    rescale and over the top-level one."""
+    import pydicom
+
+    ds = pydicom.dcmread(data_file("eCT_Supplemental.dcm"))
+    ds.WindowCenter, ds.WindowWidth = 35, 70
+    image = read_image(data_file("eCT_Supplemental.dcm"))
+    from dataclasses import replace as replaced
+
+    from watermark_cli.views import VoiView, display_from_dicom
+
+    image = replaced(image, display=display_from_dicom(ds, image.n_frames))
+    windows = [(view.modality, view.voi) for view in reader_views(image, 0) if isinstance(view, VoiView)]
+    group_modality = image.display.frame(0).modality
+    assert (group_modality, VoiWindow(35.0, 70.0)) in windows
+    assert (ModalityTransform(), VoiWindow(35.0, 70.0)) in windows
+    assert names(image)[:2] == ["data range", "window C49/W102"]

@@ -151,6 +151,10 @@ class Display:
 
     shared: FrameDisplay = FrameDisplay()
     per_frame: tuple[FrameDisplay, ...] | None = None
+    # The top-level VOIs of an object whose functional groups declare the frames' own: dcmtk 3.6
+    # shows these (over the functional groups' rescale), and so does a reader that reads no
+    # functional groups (over the top-level rescale).
+    top_level: FrameDisplay | None = None
 
     def frame(self, index: int) -> FrameDisplay:
         if self.per_frame is not None and index < len(self.per_frame):
@@ -322,6 +326,13 @@ def reader_views(image: Any, frame_index: int, extra_windows: tuple[VoiWindow, .
             vois += tuple(VoiWindow(c, w, label=name, origin="standard") for name, c, w in CT_STANDARD_WINDOWS
                           if (c, w) not in declared)
         views.extend(VoiView(modality, voi, original) for voi in vois)
+        top = image.display.top_level
+        if top is not None:
+            # Over the frame's rescale (dcmtk takes that from the functional groups) and over
+            # the top-level one (a reader that reads no functional groups).
+            views.extend(VoiView(modality, voi, original) for voi in top.vois if voi not in frame.vois)
+            if top.modality != modality:
+                views.extend(VoiView(top.modality, voi, original) for voi in top.vois)
     views.extend(VoiView(modality, window, original) for window in extra_windows)
     return _uniquely_named(views)
 
@@ -357,12 +368,15 @@ def display_from_dicom(ds: Any, n_frames: int) -> Display:
     shared_groups = _first_item(ds, "SharedFunctionalGroupsSequence")
     shared = _frame_display(shared_groups, ds, fallback=top) if shared_groups is not None else top
     per_frame_groups = ds.get("PerFrameFunctionalGroupsSequence")
-    if not per_frame_groups:
-        return Display(shared)
-    per_frame = tuple(_frame_display(item, ds, fallback=shared) for item in list(per_frame_groups)[:n_frames])
-    if all(frame == shared for frame in per_frame):
-        return Display(shared)
-    return Display(shared, per_frame)
+    per_frame = None
+    if per_frame_groups:
+        per_frame = tuple(_frame_display(item, ds, fallback=shared) for item in list(per_frame_groups)[:n_frames])
+        if all(frame == shared for frame in per_frame):
+            per_frame = None
+    # Top-level windows beside functional groups' own (an enhanced object converted from a
+    # classic one keeps them; dcmtk shows them): measured too, wherever a frame's own differ.
+    overridden = shared is not top or per_frame is not None
+    return Display(shared, per_frame, top if overridden and top.vois else None)
 
 
 def _frame_display(container: Any, ds: Any, fallback: FrameDisplay | None = None) -> FrameDisplay:
@@ -375,22 +389,27 @@ def _frame_display(container: Any, ds: Any, fallback: FrameDisplay | None = None
         modality_source = _first_item(container, "PixelValueTransformationSequence")
         voi_source = _first_item(container, "FrameVOILUTSequence")
     modality = _modality_transform(modality_source, ds) if modality_source is not None else fallback.modality
-    vois = _vois(voi_source) if voi_source is not None else fallback.vois
+    vois = _vois(voi_source, ds) if voi_source is not None else fallback.vois
     return FrameDisplay(modality, vois)
 
 
 def _modality_transform(source: Any, ds: Any) -> ModalityTransform:
     lut_item = _first_item(ds, "ModalityLUTSequence") if source is ds else None
     if lut_item is not None:
-        table, first, _ = _lut(lut_item)
+        table, first, _ = _lut(lut_item, ds)
         if table is not None:
+            if first >= 2**15 and _number(ds.get("PixelRepresentation")) == 1:
+                # Signed stored values: the first one mapped is signed too (PS3.3 C.11.1.1.1), as
+                # dcmtk reads it, though written as US (pydicom then maps every pixel to the first
+                # entry: a flat image, which no mark can spoil).
+                first -= 2**16
             return ModalityTransform(lut=table, lut_first=first)
     slope = _number(source.get("RescaleSlope"))
     intercept = _number(source.get("RescaleIntercept"))
     return ModalityTransform(1.0 if slope in (None, 0.0) else slope, 0.0 if intercept is None else intercept)
 
 
-def _vois(source: Any) -> tuple[VoiTransform, ...]:
+def _vois(source: Any, ds: Any) -> tuple[VoiTransform, ...]:
     vois: list[VoiTransform] = []
     centers = _numbers(source.get("WindowCenter"))
     widths = _numbers(source.get("WindowWidth"))
@@ -405,14 +424,22 @@ def _vois(source: Any) -> tuple[VoiTransform, ...]:
             continue  # PS3.3: a LINEAR width is at least 1; such a pair cannot be shown
         vois.append(VoiWindow(center, width, function, labels[index] if index < len(labels) else ""))
     for item in source.get("VOILUTSequence") or ():
-        table, first, bits = _lut(item)
+        table, first, bits = _lut(item, ds)
         if table is not None:
-            vois.append(VoiLut(table, first, bits, str(item.get("LUTExplanation", "") or "")))
+            label = str(item.get("LUTExplanation", "") or "")
+            vois.append(VoiLut(table, first, bits, label))
+            if first >= 2**15:
+                # Modality values may be negative, and a first mapped value written as US above
+                # 2^15 reads as negative to dcmtk and as itself to pydicom: both are views.
+                vois.append(VoiLut(table, first - 2**16, bits, (label + ", " if label else "") + "first value signed"))
     return tuple(vois)
 
 
-def _lut(item: Any) -> tuple[np.ndarray | None, int, int]:
-    """(table, first mapped value, output bits) of a LUT item, or (None, 0, 0) if unusable."""
+def _lut(item: Any, ds: Any) -> tuple[np.ndarray | None, int, int]:
+    """(table, first mapped value as written, output bits) of a LUT item of `ds`, or (None, 0, 0)
+    if unusable. LUT Data as OW bytes is in the file's byte order, an entry per 16-bit word (as
+    pydicom and dcmtk read it), also when entries are 8 bits; 8-bit entries packed two to a
+    word are read as bytes only when the data holds no more than one byte an entry."""
     descriptor = _values(item.get("LUTDescriptor"))
     data = item.get("LUTData")
     if len(descriptor) != 3 or data is None:
@@ -420,12 +447,26 @@ def _lut(item: Any) -> tuple[np.ndarray | None, int, int]:
     entries, first, bits = (int(v) for v in descriptor)
     entries = entries or 65536  # PS3.3 C.11.1.1: 0 means 2^16 entries
     if isinstance(data, (bytes, bytearray)):
-        table = np.frombuffer(data, dtype="<u2" if bits > 8 else "u1")
+        if bits <= 8 and len(data) < 2 * entries:
+            table = np.frombuffer(data, dtype="u1")
+        else:
+            table = np.frombuffer(data[: len(data) // 2 * 2], dtype="<u2" if _little_endian(item, ds) else ">u2")
     else:
         table = np.asarray(_values(data), dtype=np.float64)
     if table.size < 1:
         return None, 0, 0
     return np.asarray(table[:entries], dtype=np.float64), first, bits
+
+
+def _little_endian(item: Any, ds: Any) -> bool:
+    """Whether `item` of `ds` was read from little-endian bytes (what it was read as, else its
+    file's transfer syntax; little-endian when neither says)."""
+    for source in (item, ds):
+        encoding = getattr(source, "original_encoding", None)
+        if encoding and encoding[1] is not None:
+            return bool(encoding[1])
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    return str(syntax) != "1.2.840.10008.1.2.2"
 
 
 def _first_item(container: Any, keyword: str) -> Any:
