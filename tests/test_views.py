@@ -240,3 +240,49 @@ def test_a_top_level_window_beside_functional_groups_is_a_view_too():
     assert (group_modality, VoiWindow(35.0, 70.0)) in windows
     assert (ModalityTransform(), VoiWindow(35.0, 70.0)) in windows
     assert names(image)[:2] == ["data range", "window C49/W102"]
+
+
+def _padded_mr(tmp_path, padding: int) -> Path:
+    """A real MR with a 40-px border of `padding` declared as its Pixel Padding Value."""
+    import pydicom
+
+    ds = pydicom.dcmread(data_file("MR-SIEMENS-DICOM-WithOverlays.dcm"))
+    for keyword in ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation", "IconImageSequence"):
+        ds.pop(keyword, None)
+    pixels = ds.pixel_array.copy()
+    pixels[:, :40] = padding
+    pixels[:, -40:] = padding
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    ds.BitsStored, ds.HighBit = 16, 15  # (12 in the file: 65535 would not fit)
+    ds.add_new("PixelPaddingValue", "US", padding)
+    path = tmp_path / f"padded_{padding}.dcm"
+    ds.save_as(path)
+    return path
+
+
+def test_padding_is_left_out_of_the_data_range_and_never_marked(tmp_path):
+    """Red team 9: the data range took in the Pixel Padding Value (65535 beside anatomy of
+    0..914), so the floor held against a range 70 times the anatomy's: content pixels moved by up
+    to 25,850 (18.6 dB over the anatomy's range, as a viewer that leaves padding out shows it)
+    and padding pixels were marked. Now padding stays as it is, the floor holds over the rest,
+    and no marked pixel turns into padding, also where padding lies amid the image's values."""
+    from watermark_cli.keys import generated_key_text
+    from watermark_cli.marking.image import codec_for, embed_pixels
+    from watermark_cli.model.store import load_model
+
+    model = load_model(None)
+    codec = codec_for(model, generated_key_text())
+    image = read_image(_padded_mr(tmp_path, 65535))
+    marked = embed_pixels(model, codec, image, b"pad-0001", QualityFloor(40.0)).pixels[0].astype(np.float64)
+    original = image.pixels[0].astype(np.float64)
+    padding = original == 65535
+    assert padding.mean() > 0.15
+    assert np.array_equal(marked[padding], original[padding])
+    content, after = original[~padding], marked[~padding]
+    assert after.min() == content.min() and after.max() == content.max()
+    error = (marked - original) / np.ptp(content)  # shown over the anatomy's own range
+    assert 10 * np.log10(1.0 / np.mean(error**2)) >= 40.0
+    inside = read_image(_padded_mr(tmp_path, 300))  # the anatomy holds values on both sides of 300
+    marked = embed_pixels(model, codec, inside, b"pad-0001", QualityFloor(40.0)).pixels[0]
+    was_padding = inside.pixels[0] == 300
+    assert np.array_equal(marked == 300, was_padding) and np.any(marked != inside.pixels[0])

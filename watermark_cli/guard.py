@@ -37,8 +37,11 @@ class GuardedFrame:
     quality: FrameQuality
 
 
-def quantise(original: np.ndarray, residual: np.ndarray, scale: float, stored_min: int, stored_max: int) -> np.ndarray:
-    """Stored values that a file would hold: original + scale * residual, rounded and clipped."""
+def quantise(original: np.ndarray, residual: np.ndarray, scale: float, stored_min, stored_max,
+             padding: tuple[int, int] | None = None) -> np.ndarray:
+    """Stored values that a file would hold: original + scale * residual, rounded and clipped
+    (to `stored_min`..`stored_max`: numbers, or arrays of per-pixel bounds); a pixel that would
+    take a `padding` value (inclusive ends) keeps its own (a padding pixel's is padding)."""
     # Worked in one new array (the guard quantises several times a frame); float addition and
     # multiplication commute, so these are rint(original + scale·residual), bit for bit.
     marked = residual.astype(np.float64)
@@ -46,6 +49,9 @@ def quantise(original: np.ndarray, residual: np.ndarray, scale: float, stored_mi
     marked += original
     np.rint(marked, out=marked)
     np.clip(marked, stored_min, stored_max, out=marked)
+    if padding is not None:
+        padded = (marked >= padding[0]) & (marked <= padding[1])
+        marked[padded] = original[padded]
     return marked.astype(original.dtype)
 
 
@@ -55,9 +61,10 @@ def guard_frame(
     floor: QualityFloor,
     meter: FrameMeter,
     *,
-    stored_min: int,
-    stored_max: int,
+    stored_min: int | np.ndarray,
+    stored_max: int | np.ndarray,
     fill_budget: bool = False,
+    padding: tuple[int, int] | None = None,
 ) -> GuardedFrame:
     """Largest tried scale whose quantised frame meets the floor in every binding view of
     `meter`. The first try is 1, or, with fill_budget, the scale that puts the binding view's
@@ -69,9 +76,9 @@ def guard_frame(
         raise ValueError("residual contains NaN or infinity")
     scale = 1.0
     if fill_budget:
-        scale = _budget_filling_scale(original, residual, floor, meter, stored_min, stored_max)
+        scale = _budget_filling_scale(original, residual, floor, meter, stored_min, stored_max, padding)
     for _ in range(_MAX_RETRIES):
-        candidate = quantise(original, residual, scale, stored_min, stored_max)
+        candidate = quantise(original, residual, scale, stored_min, stored_max, padding)
         quality = meter.measure(candidate)
         if meets_floor(quality, floor):
             return GuardedFrame(candidate, scale, meter.with_ssim(quality, candidate))
@@ -82,8 +89,8 @@ def guard_frame(
     return GuardedFrame(unchanged, 0.0, meter.with_ssim(meter.measure(unchanged), unchanged))
 
 
-def _budget_filling_scale(original, residual, floor: QualityFloor, meter: FrameMeter, stored_min: int,
-                          stored_max: int) -> float:
+def _budget_filling_scale(original, residual, floor: QualityFloor, meter: FrameMeter, stored_min,
+                          stored_max, padding) -> float:
     """Scale s whose quantised frame has its binding PSNR close to floor + margin. The first
     guess assumes MSE grows as s²; clipping (at the stored range: black backgrounds, saturated
     film; and at a window's ends) breaks that, so a few corrections follow on the quantised
@@ -100,7 +107,7 @@ def _budget_filling_scale(original, residual, floor: QualityFloor, meter: FrameM
     scale = 10.0 ** ((unquantised - target) / 20.0)
     for _ in range(_FILL_CORRECTIONS):
         scale = float(min(max(scale, _SMALLEST_SCALE), largest))
-        achieved = meter.binding_psnr(quantise(original, residual, scale, stored_min, stored_max))
+        achieved = meter.binding_psnr(quantise(original, residual, scale, stored_min, stored_max, padding))
         surplus = achieved - target
         if not np.isfinite(achieved) or abs(surplus) < 0.1 or (surplus > 0 and scale >= largest):
             break
@@ -134,17 +141,25 @@ def guard_image(
     """Guard every frame of a (frames, rows, cols) image independently: the floor holds per
     frame, each in its own views (`quality.frame_meters`).
 
-    A frame whose floor holds in its data range (`FrameMeter.binds_data_range`) keeps that range:
-    its pixels at the minimum and the maximum stay as they are and every other stays between
-    them. A viewer that windows to the data takes the range from the frame it shows, so a mark
+    A frame whose floor holds in its data range (`FrameMeter.data_range`) keeps that range: its
+    pixels at the minimum and the maximum stay as they are and every other stays between them;
+    its padding pixels (Pixel Padding Value), which the range leaves out, stay as they are, and
+    no other pixel takes a padding value (a CT's padding of −2000 may lie amid its values). A viewer that windows to the data takes the range from the frame it shows, so a mark
     that moved it would re-window the whole frame, whatever its PSNR against the original's range
     (a few pushed pixels took a held-out MR's range from 0..595 to 0..910: 22 dB as shown)."""
     guarded = []
     for frame, frame_residual, meter in zip(original, residual, meters):
         low, high = stored_min, stored_max
-        if meter.binds_data_range and frame.size:
-            low, high = frame.min(), frame.max()
-            frame_residual = np.where((frame == low) | (frame == high), 0.0, frame_residual)
+        data_range = meter.data_range
+        if data_range is not None and frame.size:
+            low, high = data_range.stored_low, data_range.stored_high
+            kept = (frame == low) | (frame == high)
+            if data_range.padding is not None:
+                padded = (frame >= data_range.padding[0]) & (frame <= data_range.padding[1])
+                kept |= padded
+                # Per pixel: a padding pixel's bounds are its own value, every other's the range.
+                low, high = np.where(padded, frame, low), np.where(padded, frame, high)
+            frame_residual = np.where(kept, 0.0, frame_residual)
         guarded.append(guard_frame(frame, frame_residual, floor, meter, stored_min=low, stored_max=high,
-                                   fill_budget=fill_budget))
+                                   fill_budget=fill_budget, padding=data_range.padding if data_range else None))
     return guarded

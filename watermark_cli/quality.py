@@ -232,11 +232,11 @@ class FrameMeter:
         self._displays = {id(view): shown for view, shown in zip(views, self._shown(views, original))}
 
     @property
-    def binds_data_range(self) -> bool:
-        """Whether the floor holds in the frame's data range (`views.DataRangeView`), which a
-        viewer that windows to the data takes from the frame it shows: the guard then keeps the
-        written frame's minimum and maximum (`guard.guard_image`)."""
-        return any(isinstance(view, DataRangeView) for view in self.binding)
+    def data_range(self) -> DataRangeView | None:
+        """The frame's data range (`views.DataRangeView`) where the floor holds in it: a viewer
+        that windows to the data takes it from the frame it shows, so the guard keeps the written
+        frame's minimum and maximum, and its padding (`guard.guard_image`)."""
+        return next((view for view in self.binding if isinstance(view, DataRangeView)), None)
 
     def display(self, view: View, stored: np.ndarray) -> np.ndarray:
         """`view.display(stored)`, bit for bit (see `_shown`)."""

@@ -155,6 +155,9 @@ class Display:
     # shows these (over the functional groups' rescale), and so does a reader that reads no
     # functional groups (over the top-level rescale).
     top_level: FrameDisplay | None = None
+    # Pixel Padding Value (and Range Limit), stored units, inclusive: pixels a viewer shows as
+    # background and leaves out when it windows to the data (PS3.3 C.7.5.1.1.2).
+    padding: tuple[int, int] | None = None
 
     def frame(self, index: int) -> FrameDisplay:
         if self.per_frame is not None and index < len(self.per_frame):
@@ -204,19 +207,29 @@ class View:
 
 class DataRangeView(View):
     """Modality values stretched from the original frame's minimum to its maximum: what a viewer
-    shows when it windows to the data, and the scale of quantitative values (counts, HU, SUV)."""
+    shows when it windows to the data, and the scale of quantitative values (counts, HU, SUV).
+    Pixels of the `padding` values (stored units, inclusive) are left out, as viewers leave them
+    out; `stored_low` and `stored_high` are the range of the others in stored units."""
 
     kind = "data range"
 
-    def __init__(self, modality: ModalityTransform, original: np.ndarray) -> None:
-        values = modality.apply(original)
+    def __init__(self, modality: ModalityTransform, original: np.ndarray,
+                 padding: tuple[int, int] | None = None) -> None:
+        content = original
+        if padding is not None:
+            content = original[(original < padding[0]) | (original > padding[1])]
+            if not content.size:  # all padding: nothing is shown but the background
+                content = original
+        values = modality.apply(content)
         low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
         self.modality = modality
         self.low = low
+        self.padding = padding if content is not original else None
+        self.stored_low, self.stored_high = (content.min(), content.max()) if content.size else (0, 0)
         # A constant frame has no range: one stored unit keeps the PSNR defined (and strict).
         one_unit = abs(modality.slope) if modality.is_linear else 1.0
         self.span = max(high - low, one_unit)
-        stored_range = _span(original)
+        stored_range = _span(content)
         super().__init__("data range", max(stored_range, 1.0))
 
     def display(self, stored: np.ndarray) -> np.ndarray:
@@ -319,7 +332,7 @@ def reader_views(image: Any, frame_index: int, extra_windows: tuple[VoiWindow, .
     else:
         frame = image.display.frame(frame_index)
         modality = frame.modality
-        views = [DataRangeView(modality, original)]
+        views = [DataRangeView(modality, original, image.display.padding)]
         vois: tuple[VoiTransform, ...] = frame.vois
         if (image.modality or "").upper() == "CT":
             declared = {(voi.center, voi.width) for voi in vois if isinstance(voi, VoiWindow)}
@@ -376,7 +389,20 @@ def display_from_dicom(ds: Any, n_frames: int) -> Display:
     # Top-level windows beside functional groups' own (an enhanced object converted from a
     # classic one keeps them; dcmtk shows them): measured too, wherever a frame's own differ.
     overridden = shared is not top or per_frame is not None
-    return Display(shared, per_frame, top if overridden and top.vois else None)
+    return Display(shared, per_frame, top if overridden and top.vois else None, _padding(ds))
+
+
+def _padding(ds: Any) -> tuple[int, int] | None:
+    """Pixel Padding Value, through Pixel Padding Range Limit where there is one, in stored units
+    (signed like the pixels: a value written as US above 2^15 over signed pixels is negative)."""
+    value = _number(ds.get("PixelPaddingValue"))
+    if value is None:
+        return None
+    limit = _number(ds.get("PixelPaddingRangeLimit"))
+    ends = [int(value), int(value if limit is None else limit)]
+    if _number(ds.get("PixelRepresentation")) == 1:
+        ends = [end - 2**16 if end >= 2**15 else end for end in ends]
+    return min(ends), max(ends)
 
 
 def _frame_display(container: Any, ds: Any, fallback: FrameDisplay | None = None) -> FrameDisplay:
