@@ -197,7 +197,9 @@ def test_luts_are_read_as_dcmtk_and_pydicom_read_them():
     reported at 78 dB that both readers showed at 30); 8-bit entries one to a 16-bit word were
     read as bytes (a view reported flat that dcmtk showed at 35.5 dB); a first mapped value
     written as US above 2^15 is negative to dcmtk (a Modality LUT over signed pixels, the view
-    reported flat, 20.7 dB as dcmtk showed it; a VOI LUT: both readings are views)."""
+    reported flat, 20.7 dB as dcmtk showed it; a VOI LUT: both readings are views); a table
+    whose entries use fewer bits than its descriptor says is shown over those by dcmtk +Mv
+    (30.9 dB where wm measured 55)."""
     from watermark_cli.views import display_from_dicom
 
     ramp = np.arange(256) * 256
@@ -218,6 +220,10 @@ def test_luts_are_read_as_dcmtk_and_pydicom_read_them():
     voi_lut = _lut_item((40, 65516, 12), list(range(0, 4000, 100)), data_vr="US")
     vois = display_from_dicom(_dicom_with(pixel_representation=1, VOILUTSequence=[voi_lut]), 1).shared.vois
     assert [lut.first_mapped for lut in vois] == [65516, -20]
+    twelve_in_sixteen = _lut_item((4096, 0, 16), list(range(4096)), data_vr="US")  # dcmtk +Mv: over 12 bits
+    vois = display_from_dicom(_dicom_with(VOILUTSequence=[twelve_in_sixteen]), 1).shared.vois
+    assert [(lut.output_bits, lut.describe()) for lut in vois] == [(16, "VOI LUT of 4096 entries"),
+                                                                   (12, "VOI LUT (12 bits used)")]
 
 
 def test_a_top_level_window_beside_functional_groups_is_a_view_too():

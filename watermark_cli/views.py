@@ -453,11 +453,19 @@ def _vois(source: Any, ds: Any) -> tuple[VoiTransform, ...]:
         table, first, bits = _lut(item, ds)
         if table is not None:
             label = str(item.get("LUTExplanation", "") or "")
-            vois.append(VoiLut(table, first, bits, label))
+            firsts = [first]
             if first >= 2**15:
                 # Modality values may be negative, and a first mapped value written as US above
                 # 2^15 reads as negative to dcmtk and as itself to pydicom: both are views.
-                vois.append(VoiLut(table, first - 2**16, bits, (label + ", " if label else "") + "first value signed"))
+                firsts.append(first - 2**16)
+            # A table whose entries use fewer bits than its descriptor says is shown over the
+            # bits it uses by some viewers (dcmtk +Mv) and over the descriptor's by others.
+            used = max(int(table.max()).bit_length(), 1) if table.size else bits
+            for depth in [bits] + ([used] if used < bits else []):
+                for mapped in firsts:
+                    notes = [note for note, applies in (("first value signed", mapped != first),
+                                                        (f"{depth} bits used", depth != bits)) if applies]
+                    vois.append(VoiLut(table, mapped, depth, ", ".join(([label] if label else []) + notes)))
     return tuple(vois)
 
 
