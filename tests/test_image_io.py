@@ -166,13 +166,22 @@ def test_unsigned_multiframe_with_modified_pixels(tmp_path):
 
 
 def test_big_endian_binary_words_are_converted_not_copied(tmp_path):
-    """OW values other than pixel data (here an overlay) must be byte-swapped for little endian."""
+    """OW values other than the image's pixel data (an overlay, a thumbnail's pixel data) must be
+    byte-swapped for little endian. (The thumbnail's was copied: the written file's check then
+    refused every big-endian file with an Icon Image Sequence, red team 9.)"""
+    from pydicom.dataset import Dataset
+
     ds = pydicom.dcmread(data_file("MR_small.dcm"))
     pixels = pixel_array(ds)
     words = (np.arange(256, dtype=np.uint16) * 257 + 1).astype(np.uint16)
     ds.add_new(0x60000010, "US", 64)  # OverlayRows
     ds.add_new(0x60000011, "US", 64)  # OverlayColumns
     ds.add_new(0x60003000, "OW", words.astype(">u2").tobytes())  # OverlayData, big endian words
+    icon = Dataset()
+    icon.Rows, icon.Columns, icon.BitsAllocated, icon.BitsStored, icon.HighBit = 16, 16, 16, 16, 15
+    icon.SamplesPerPixel, icon.PhotometricInterpretation, icon.PixelRepresentation = 1, "MONOCHROME2", 0
+    icon.add_new("PixelData", "OW", words.astype(">u2").tobytes())
+    ds.IconImageSequence = [icon]
     ds.PixelData = pixels.astype(">i2").tobytes()
     ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
     source = tmp_path / "big.dcm"
@@ -183,6 +192,7 @@ def test_big_endian_binary_words_are_converted_not_copied(tmp_path):
     written = pydicom.dcmread(write_image(image, image.pixels, tmp_path / "out.dcm", derivation="x"))
     assert written.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert np.array_equal(np.frombuffer(written[0x60003000].value, dtype="<u2"), words)
+    assert np.array_equal(np.frombuffer(written.IconImageSequence[0].PixelData, dtype="<u2"), words)
     assert np.array_equal(pixel_array(written), pixels)
 
 

@@ -583,12 +583,15 @@ def _swap_words_to_little_endian(ds: Any) -> None:
 
     pydicom converts numbers and text when changing endianness but keeps these binary values as
     raw bytes, so without this step, e.g., an overlay or LUT would come out scrambled. UN values
-    have no known word size and are left as they are.
+    have no known word size and are left as they are. The image's own Pixel Data is written anew;
+    a thumbnail's (Icon Image Sequence) is swapped like any other (it was kept, and the written
+    file's check refused every big-endian file with a thumbnail).
     """
 
     def swap(dataset: Any, element: Any) -> None:
         size = _WORD_SIZES.get(element.VR)
-        if size and isinstance(element.value, (bytes, bytearray)) and element.keyword != "PixelData":
+        if (size and isinstance(element.value, (bytes, bytearray))
+                and not (dataset is ds and element.keyword == "PixelData")):
             words = np.frombuffer(element.value, dtype=f">u{size}")
             element.value = words.astype(f"<u{size}").tobytes()
 
