@@ -100,7 +100,10 @@ def test_clinical_split_is_by_image_group_and_disjoint():
 @pytest.mark.parametrize("degrees", [0.5, 1.0, 3.0])
 def test_a_rotated_real_image_is_turned_back_and_read(degrees):
     """The held-out CT, marked by the shipped model, rotated about its centre (bilinear, same
-    size, as a viewer's export does): the tile lattice gives the angle back, and the message reads."""
+    size, as a viewer's export does): the public pilot gives the angle back, and the message
+    reads. (The lattice of a whole repeated mark, `estimate_rotation`, is an unkeyed model's way:
+    here it only ever saw the pilot where the mark had been put on the 21 % of the frame at its
+    minimum, −2000 outside the scan, which the data range now keeps as it is.)"""
     from watermark_cli.io.image import read_image
     from watermark_cli.model.store import load_model
     from watermark_cli.quality import QualityFloor
@@ -115,7 +118,6 @@ def test_a_rotated_real_image_is_turned_back_and_read(degrees):
     rotated = np.stack([parse_attack(f"rotate:{degrees}")(frame, context) for frame in marked])
 
     assert estimate_rotation(marked[0].astype(np.float64), 64) is None  # nothing to undo
-    assert estimate_rotation(rotated[0], 64) == pytest.approx(-degrees, abs=0.2)
     reading = read_frames(model, codec, rotated)
     assert reading.decoded.found and reading.decoded.message == b"rotated 12345"
     assert reading.rotated_by == pytest.approx(-degrees, abs=0.2)
