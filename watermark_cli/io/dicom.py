@@ -150,6 +150,13 @@ def read_dicom(path: Path, max_pixels: int) -> MedicalImage:
     if not 1 <= bits_stored <= bits_allocated:
         raise BadInputError(f"{path}: inconsistent DICOM header (BitsStored {bits_stored}, "
                             f"BitsAllocated {bits_allocated})")
+    high_bit = _high_bit(ds)
+    if high_bit is not None and high_bit != bits_stored - 1:
+        # PS3.5 8.1.1: High Bit is one less than Bits Stored. Otherwise readers place the bits
+        # two ways: pydicom takes the low BitsStored bits, dcmtk the ones below High Bit (a
+        # 12-bit MR with High Bit 15 was another image to each, and wm marked pydicom's).
+        raise BadInputError(f"{path}: HighBit {high_bit} is not BitsStored - 1 ({bits_stored - 1}): readers place "
+                            "the pixel bits differently")
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
     rows, cols = int(ds.Rows), int(ds.Columns)
     frames = _declared_frames(path, ds)
@@ -576,6 +583,15 @@ def _is_little_endian(ds: Any) -> bool:
         return bool(syntax.is_little_endian)
     encoding = getattr(ds, "original_encoding", (None, True))
     return encoding[1] is not False
+
+
+def _high_bit(ds: Any) -> int | None:
+    """High Bit as an integer, None where the header has none (or not a number)."""
+    try:
+        value = ds.get("HighBit")
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _swap_words_to_little_endian(ds: Any) -> None:
