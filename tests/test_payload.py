@@ -309,3 +309,32 @@ def test_the_inverted_polarity_reads_from_the_same_list_decoding():
         assert found.message == message and not unasked.found
     noise = rng.random((200, 256))
     assert not any(any(result.found for result in codec.decode_either_polarity(row)) for row in noise)
+
+
+def test_the_tag_check_of_a_whole_list_accepts_what_unframe_accepts():
+    """`_first_message` checks a list of candidate frames at once: it must give what `_unframe`
+    of each in turn gives, the first message found, also past frames whose tag verifies but
+    whose length or padding does not, and with keystreams shared between calls."""
+    rng = np.random.default_rng(17)
+    for n_bits in (200, 256):
+        codec = PayloadCodec(n_bits, key=SECRET)
+        keystreams = {}
+        for cls in codec.classes:
+            def valid_tag(plaintext):  # a frame whose tag verifies, whatever its plaintext says
+                tag = codec._tag(cls, plaintext)
+                return np.concatenate([tag, plaintext ^ codec._keystream(tag, len(plaintext))])
+
+            message = bytes(rng.integers(0, 256, cls.shortest, dtype=np.uint8))
+            genuine = codec._frame(message)[1]
+            padded = codec._frame(message)[1]  # the same tag: its keystream comes from the cache
+            padded[-1] ^= 1
+            plaintext = np.zeros(cls.plaintext_bits, dtype=np.uint8)
+            plaintext[-1] = 1  # junk in the padding
+            all_ones = np.ones(cls.plaintext_bits, dtype=np.uint8)  # a length past the capacity, or 0xFF…
+            noise = rng.integers(0, 2, (5, cls.code.k), dtype=np.uint8)
+            for frames in ([noise[0], valid_tag(plaintext), noise[1], genuine, padded],
+                           [valid_tag(all_ones), *noise], [genuine], [padded, noise[2], genuine]):
+                frames = np.array(frames)
+                expected = next((m for m in (codec._unframe(cls, f) for f in frames) if m is not None), None)
+                assert codec._first_message(cls, frames, keystreams) == expected
+            assert codec._first_message(cls, np.array([genuine]), keystreams) == message

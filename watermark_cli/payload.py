@@ -75,6 +75,7 @@ from .polar import PolarCode
 
 FORMAT = 2
 TAG_BITS = 40
+_TAG_BYTES = TAG_BITS // 8  # TAG_BITS is a whole number of bytes (`_first_message` relies on it)
 LIST_SIZE = 8
 # The largest class keeps at least this share of the raw bits as redundancy.
 _LARGEST_RATE = 0.70
@@ -231,10 +232,14 @@ class PayloadCodec:
     def _class_for(self, length: int) -> LengthClass:
         return next(c for c in self.classes if length <= c.capacity)
 
+    def _tag_header(self, cls: LengthClass, plaintext_bits: int) -> bytes:
+        """What the tag's HMAC covers before the plaintext. The bit count goes in too, so that
+        plaintexts of different bit lengths never collide."""
+        return (_LABEL + self.n_bits.to_bytes(4, "big") + cls.capacity.to_bytes(2, "big")
+                + plaintext_bits.to_bytes(2, "big"))
+
     def _tag(self, cls: LengthClass, plaintext: np.ndarray) -> np.ndarray:
-        header = _LABEL + self.n_bits.to_bytes(4, "big") + cls.capacity.to_bytes(2, "big")
-        # The bit count goes in too, so that plaintexts of different bit lengths never collide.
-        digest = hmac.new(self._tag_key, header + len(plaintext).to_bytes(2, "big") + _bytes(plaintext),
+        digest = hmac.new(self._tag_key, self._tag_header(cls, len(plaintext)) + _bytes(plaintext),
                           hashlib.sha256).digest()
         return _bits(digest, TAG_BITS)
 
@@ -309,13 +314,13 @@ class PayloadCodec:
         code_llr = np.zeros(self.classes[0].code.n)  # punctured bits: no information
         code_llr[self._sent] = llr
         lists = []
+        keystreams: dict[tuple[bytes, int], bytes] = {}  # shared by the two polarities
         for cls in self.classes:
             candidates, _ = cls.code.decode_list(code_llr, LIST_SIZE)
             lists.append(candidates)
-            for frame in candidates:
-                message = self._unframe(cls, frame)
-                if message is not None:
-                    return self._result(message, p), DecodedPayload.not_found()
+            message = self._first_message(cls, candidates, keystreams)
+            if message is not None:
+                return self._result(message, p), DecodedPayload.not_found()
         if inverted_too:
             for cls, candidates in zip(self.classes, lists):
                 if cls.code.info[-1] != cls.code.n - 1:  # never so for the codes wm builds; decode anew
@@ -323,11 +328,47 @@ class PayloadCodec:
                 else:
                     candidates = candidates.copy()
                     candidates[:, -1] ^= 1
-                for frame in candidates:
-                    message = self._unframe(cls, frame)
-                    if message is not None:
-                        return DecodedPayload.not_found(), self._result(message, 1.0 - p)
+                message = self._first_message(cls, candidates, keystreams)
+                if message is not None:
+                    return DecodedPayload.not_found(), self._result(message, 1.0 - p)
         return DecodedPayload.not_found(), DecodedPayload.not_found()
+
+    def _first_message(self, cls: LengthClass, frames: np.ndarray,
+                       keystreams: dict[tuple[bytes, int], bytes]) -> bytes | None:
+        """`_unframe` of each of `frames` (rows) in turn: the first message found, or None.
+
+        Almost every candidate fails the tag, so that check comes first, on whole bytes: all the
+        candidates packed at once (the tag is whole bytes, so the ciphertext starts on a byte),
+        each keystream computed once per tag (`keystreams`, kept by the caller: the other
+        polarity's candidates have the same tags), and each tag's HMAC continued from a copy of
+        one that has taken in the class's header. A candidate that passes goes through `_unframe`
+        itself, so what is accepted is exactly what it accepts."""
+        count = cls.code.k - TAG_BITS  # ciphertext bits
+        size = (count + 7) // 8
+        packed = np.packbits(frames, axis=1)
+        tag_bytes = packed[:, :_TAG_BYTES].tobytes()
+        tags = [tag_bytes[start:start + _TAG_BYTES] for start in range(0, len(tag_bytes), _TAG_BYTES)]
+        streams = []
+        for tag in tags:
+            stream = keystreams.get((tag, count))
+            if stream is None:
+                stream = keystreams[tag, count] = _stream(self._encryption_key, tag, size)
+            streams.append(stream)
+        # packbits pads the last byte with 0 bits, as `_bytes` does the plaintext's: the
+        # keystream's bits there are masked off.
+        mask = np.full(size, 0xFF, dtype=np.uint8)
+        mask[-1] = (0xFF << (-count % 8)) & 0xFF
+        keystream = np.frombuffer(b"".join(streams), dtype=np.uint8).reshape(len(tags), size)
+        plaintexts = ((packed[:, _TAG_BYTES:] ^ keystream) & mask).tobytes()
+        header = hmac.new(self._tag_key, self._tag_header(cls, count), hashlib.sha256)
+        for row, tag in enumerate(tags):
+            mac = header.copy()
+            mac.update(plaintexts[row * size:(row + 1) * size])
+            if hmac.compare_digest(mac.digest()[:_TAG_BYTES], tag):
+                message = self._unframe(cls, frames[row])
+                if message is not None:
+                    return message
+        return None
 
     def _result(self, message: bytes, p: np.ndarray) -> DecodedPayload:
         true_bits = self.encode(message)

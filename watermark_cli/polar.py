@@ -85,29 +85,40 @@ class PolarCode:
             raise ValueError(f"expected {self.n} log-likelihood ratios, got {llr.shape}")
         if list_size < 1:
             raise ValueError(f"a list decoder keeps at least one path, not {list_size}")
-        decoder = _ListDecoder(llr, list_size)
+        decoder = _ListDecoder(llr, list_size, self.k)
         with np.errstate(over="ignore"):  # f's a·b may overflow for absurd LLRs: only its sign counts
-            decoder.decode(_tree(self.frozen.tobytes()), llr[None])
+            decoder.decode(_tree(self.frozen.tobytes()), llr[:, None])
         # Each path's u bits follow from its codeword (u = x·G, G its own inverse): recovered once
         # here rather than kept for every path at every node as they are decided.
-        u = _transform((decoder.codewords < 0).astype(np.uint8))
         metric = np.array(decoder.metric)
         order = np.argsort(metric, kind="stable")
-        return u[order][:, self.info], metric[order]
+        codewords = decoder.codewords[:, :len(metric)].T.take(order, axis=0)
+        return _transform(codewords < 0)[:, self.info], metric[order]
 
 
 def _transform(u: np.ndarray) -> np.ndarray:
-    """x = u·G over GF(2) for every row of u (the butterfly of the Kronecker power); G is its
-    own inverse, so the same function takes x back to u."""
-    x = u.copy()
-    n = x.shape[1]
-    half = 1
-    while half < n:
-        x = x.reshape(x.shape[0], -1, 2, half)
-        x[:, :, 0, :] ^= x[:, :, 1, :]
-        x = x.reshape(x.shape[0], n)
-        half *= 2
-    return x
+    """x = u·G over GF(2) for every row of u (0/1, uint8 or bool; returns uint8); G is its own
+    inverse, so the same function takes x back to u.
+
+    G = F⊗…⊗F (F = [[1, 0], [1, 1]]) splits into G_high ⊗ G_low, two Kronecker powers of about
+    √n each, and with each row of u as a √n × √n matrix U, u·G is G_highᵀ·U·G_low: two small
+    matrix products (float32 counts up to n, exact) and the parities, in far fewer numpy calls
+    than the log₂ n butterfly stages."""
+    rows, n = u.shape
+    high = _kronecker_power(1 << (n.bit_length() - 1) // 2)
+    low = _kronecker_power(n // len(high))
+    x = u.astype(np.float32).reshape(rows, len(high), len(low))
+    return (high.T @ x @ low).reshape(rows, n).astype(np.uint8) & 1
+
+
+@functools.lru_cache(maxsize=16)
+def _kronecker_power(n: int) -> np.ndarray:
+    """F⊗…⊗F (n × n, n a power of two), F = [[1, 0], [1, 1]], as float32 0/1."""
+    power = np.ones((1, 1), dtype=np.float32)
+    while len(power) < n:
+        power = np.kron(np.array([[1, 0], [1, 1]], dtype=np.float32), power)
+    power.flags.writeable = False  # cached: shared by every call
+    return power
 
 
 @dataclass(frozen=True)
@@ -135,141 +146,163 @@ def _tree(frozen_bytes: bytes) -> _Node:
     return _Node("inner", len(frozen), _tree(frozen[:half].tobytes()), _tree(frozen[half:].tobytes()))
 
 
+# numpy converts a Python number operand anew on every ufunc call, a 0-d array it takes as it is:
+# on the decoder's small arrays that halves the cost of fmin(λ, 0) and the like.
+_ZERO = np.zeros(())
+
+
 class _ListDecoder:
     """Successive-cancellation list decoding of one received word, one node of the tree at a time.
 
-    All surviving paths are processed together: a node's beliefs are one numpy array, a row per
-    path. Each path's code bits, as they are decided, are kept as signs in `codewords` (+1 for a 0,
-    −1 for a 1: the factor (1 − 2x) of g, and x_L ⊕ x_R is then a product); a node combines its
-    halves there in place, so a path's row holds the code bits of every subtree decided so far.
-    A node returns its `parents`: for each surviving path, the row of the node's incoming beliefs
-    it continues (None: each row continues itself, as nothing was chosen).
+    All surviving paths are processed together: a node's beliefs are one numpy array, a column
+    per path (code bit × path: the two halves a node splits its beliefs into are then contiguous
+    blocks, on which numpy's small operations cost half what they do on strided ones). Each
+    path's code bits, as they are decided, are kept as signs in `codewords` (+1 for a 0, −1 for a
+    1: the factor (1 − 2x) of g, and x_L ⊕ x_R is then a product); a node combines its halves
+    there in place. A node returns its `parents`: for each surviving path, the column of the
+    node's incoming beliefs it continues (None: each continues itself, as nothing was chosen).
+    The code bits of a finished subtree are reordered only when its parent node combines them
+    with its right half's, once, rather than every time the survivors are chosen.
 
     The path metrics and the choice of survivors are plain Python floats and lists: with at most
     2·list_size candidates per choice, numpy's cost per call would dominate (this decoder runs
     some twenty times per image read). Python floats are the same IEEE doubles, added in the same
     order, and candidates are listed as the paths were, then the forks of each, and sorted stably
     by metric: numpy's stable argsort of the concatenated metrics, the list decoder's rule, so
-    ties are broken the same way too.
+    ties are broken the same way too. Sums over a path's beliefs are taken over a row-major copy,
+    so that numpy adds them in the same (pairwise) order whatever the layout.
     """
 
-    def __init__(self, llr: np.ndarray, list_size: int) -> None:
+    def __init__(self, llr: np.ndarray, list_size: int, k: int) -> None:
         n = len(llr)
         self.list_size = list_size
         self.metric = [0.0]  # one path before anything is decided; lower = more likely
-        self.codewords = np.ones((1, n))  # +1 (a 0) where nothing is decided yet, frozen bits too
+        # Code bit × path, +1 (a 0) where nothing is decided yet, frozen bits too; the paths
+        # alive are the first len(metric) columns (at most 2^k: no more codewords exist).
+        self.codewords = np.ones((n, min(list_size, 1 << k)))
         self.position = 0  # code bits decided so far
         # A NaN metric (from a NaN LLR, or from infinities meeting in g) must sort last, as numpy
         # sorts it, which Python's `<` alone does not do. Below this bound nothing overflows (a
         # belief is at most n times the largest LLR, a metric a sum of at most n beliefs), so no
         # metric can be NaN and the plain key serves.
         self.by_metric = _first if np.abs(llr).max() < 1e300 / n**2 else _first_nan_last
+        self._decoders = {"inner": self._inner, "frozen": self._frozen, "repetition": self._repetition,
+                          "free": self._free}
 
-    def decode(self, node: _Node, beliefs: np.ndarray) -> np.ndarray | None:
-        """Decode the subtree `node` whose code bits have `beliefs` (paths × size); returns the
-        parents of the surviving paths."""
-        if node.kind == "inner":
-            return self._inner(node, beliefs)
-        if node.kind == "frozen":
-            return self._frozen(beliefs)
-        if node.kind == "repetition":
-            return self._repetition(beliefs)
-        return self._free(beliefs)
+    def decode(self, node: _Node, beliefs: np.ndarray, magnitude: np.ndarray | None = None) -> np.ndarray | None:
+        """Decode the subtree `node` whose code bits have `beliefs` (size × paths), given
+        `magnitude` = |beliefs| when the caller has it already; returns the parents of the
+        surviving paths. (A node decodes its children through `_decoders` directly.)"""
+        return self._decoders[node.kind](node, beliefs, magnitude)
 
     def _keep(self, paths: list[tuple]) -> np.ndarray | None:
         """The survivors: `paths` sorted as (metric, parent, ...). Returns their parents (None if
         every path survived, in its place: then nothing needs reordering)."""
-        self.metric = [path[0] for path in paths]
         rows = [path[1] for path in paths]
-        if rows == list(range(len(self.codewords))):
-            return None
-        parents = np.array(rows)
-        self.codewords = self.codewords.take(parents, axis=0)
-        return parents
+        unchanged = rows == list(range(len(self.metric)))
+        self.metric = [path[0] for path in paths]
+        return None if unchanged else np.array(rows)
 
-    def _decided(self, signs: np.ndarray, size: int) -> None:
-        """The next `size` code bits of each path are `signs` (broadcast)."""
-        self.codewords[:, self.position:self.position + size] = signs
-        self.position += size
-
-    def _inner(self, node: _Node, beliefs: np.ndarray) -> np.ndarray | None:
-        start, half = self.position, node.size // 2
+    def _inner(self, node: _Node, beliefs: np.ndarray, magnitude: np.ndarray | None) -> np.ndarray | None:
+        start, half, end = self.position, node.size // 2, self.position + node.size
+        if magnitude is None:
+            magnitude = np.abs(beliefs)
         # The left half's beliefs: f(a, b) = sign(a)·sign(b)·min(|a|, |b|), the sign taken from
-        # a·b (the sign of a zero changes nothing downstream).
-        a, b = beliefs[:, :half], beliefs[:, half:]
-        magnitude = np.abs(beliefs)
-        left = np.copysign(np.minimum(magnitude[:, :half], magnitude[:, half:]), a * b)
-        left_parents = self.decode(node.left, left)
+        # a·b (the sign of a zero changes nothing downstream). min(|a|, |b|) is also exactly the
+        # magnitude of f (copysign sets only the sign bit), so the left half gets it too.
+        a, b = beliefs[:half], beliefs[half:]
+        left_magnitude = np.minimum(magnitude[:half], magnitude[half:])
+        left, right = node.left, node.right
+        left_parents = self._decoders[left.kind](left, np.copysign(left_magnitude, a * b), left_magnitude)
         if left_parents is not None:
-            beliefs = beliefs.take(left_parents, axis=0)
-            a, b = beliefs[:, :half], beliefs[:, half:]
+            beliefs = beliefs.take(left_parents, axis=1)
+            a, b = beliefs[:half], beliefs[half:]
         # The right half's: g(a, b, x) = b + (1 − 2x)·a, x the left half's code bits (0 if frozen).
-        right = b + a if node.left.kind == "frozen" else b + self.codewords[:, start:start + half] * a
-        right_parents = self.decode(node.right, right)
-        if node.right.kind != "frozen":  # the node's code bits: [x_L ⊕ x_R, x_R]
-            self.codewords[:, start:start + half] *= self.codewords[:, start + half:start + node.size]
+        left_bits = self.codewords[start:start + half, :len(self.metric)]
+        right_beliefs = b + a if left.kind == "frozen" else b + left_bits * a
+        right_parents = self._decoders[right.kind](right, right_beliefs, None)
+        if right.kind != "frozen":  # the node's code bits: [x_L ⊕ x_R, x_R], x_L reordered first
+            if right_parents is not None:
+                left_bits = left_bits.take(right_parents, axis=1)
+            paths = len(self.metric)
+            np.multiply(left_bits, self.codewords[start + half:end, :paths],
+                        out=self.codewords[start:start + half, :paths])
         if left_parents is None or right_parents is None:
             return right_parents if left_parents is None else left_parents
         return left_parents.take(right_parents)
 
-    def _frozen(self, beliefs: np.ndarray) -> None:
+    def _frozen(self, node: _Node, beliefs: np.ndarray, magnitude: np.ndarray | None) -> None:
         """Every bit is 0, nothing to choose: each path pays |λ| for every λ < 0. fmin(λ, 0) is
         −|λ| there and 0 elsewhere (a NaN too, which `λ < 0` does not count), so its row sums are
         minus the costs, exactly (rounding is symmetric), summed in the same order."""
-        against = np.fmin(beliefs, 0.0).sum(axis=1).tolist()
+        against = _sum(np.fmin(beliefs, _ZERO).T.copy(), 1).tolist()  # by path: see the class docstring
         self.metric = [metric - cost for metric, cost in zip(self.metric, against)]
-        self.position += beliefs.shape[1]
+        self.position += node.size
         return None
 
-    def _repetition(self, beliefs: np.ndarray) -> np.ndarray | None:
+    def _repetition(self, node: _Node, beliefs: np.ndarray, magnitude: np.ndarray | None) -> np.ndarray | None:
         """The code bits are all 0 or all 1: each path forks in two. All 1 costs |λ| for every
         λ that is not < 0, which is maximum(λ, 0) (NaN included, as it counts)."""
-        against_0 = np.fmin(beliefs, 0.0).sum(axis=1).tolist()  # minus the costs, see _frozen
-        against_1 = np.maximum(beliefs, 0.0).sum(axis=1).tolist()
-        paths = [(metric - cost, row, 1.0) for row, (metric, cost) in enumerate(zip(self.metric, against_0))]
-        paths += [(metric + cost, row, -1.0) for row, (metric, cost) in enumerate(zip(self.metric, against_1))]
+        by_path = beliefs.T.copy()  # see the class docstring
+        against = np.empty((2, *by_path.shape))
+        np.fmin(by_path, _ZERO, out=against[0])  # minus the costs of all 0, see _frozen
+        np.maximum(by_path, _ZERO, out=against[1])
+        against_0, against_1 = _sum(against, 2).tolist()
+        paths = [(metric - cost, row, False) for row, (metric, cost) in enumerate(zip(self.metric, against_0))]
+        paths += [(metric + cost, row, True) for row, (metric, cost) in enumerate(zip(self.metric, against_1))]
         paths.sort(key=self.by_metric)
         del paths[self.list_size:]
         parents = self._keep(paths)
-        self._decided(np.array([[sign] for _, _, sign in paths]), beliefs.shape[1])
+        signs = [-1.0 if one else 1.0 for _, _, one in paths]
+        self.codewords[self.position:self.position + node.size, :len(paths)] = signs
+        self.position += node.size
         return parents
 
-    def _free(self, beliefs: np.ndarray) -> np.ndarray | None:
+    def _free(self, node: _Node, beliefs: np.ndarray, reliability: np.ndarray | None) -> np.ndarray | None:
         """A subtree of information bits only: any code bits are a codeword, the likeliest are the
         hard decisions, and the list only needs each path's choices on its list_size − 1 least
         reliable bits (Hashemi et al., fast simplified SC list decoding): fork on them in turn."""
-        size = beliefs.shape[1]
-        signs = np.where(beliefs < 0, -1.0, 1.0)  # the hard decisions (NaN and −0 read as 0)
+        size = node.size
+        if reliability is None:
+            reliability = np.abs(beliefs)
         steps = min(self.list_size - 1, size)
-        reliability = np.abs(beliefs)
-        # Per step, per incoming row: what flipping its next least reliable bit costs.
-        cost = np.sort(reliability, axis=1)[:, :steps].T.tolist()
-        # Each path: (metric, the incoming row it continues, the steps at which it flipped).
+        # Per step, per incoming path: what flipping its next least reliable bit costs.
+        ranked = reliability.copy()  # np.sort, without its Python wrapper
+        ranked.sort(axis=0)
+        cost = ranked[:steps].tolist()
+        # Each path: (metric, the incoming path it continues, the steps at which it flipped).
         paths = [(metric, row, ()) for row, metric in enumerate(self.metric)]
         key = self.by_metric
         for step, step_cost in enumerate(cost):
             forks = [(metric + step_cost[row], row, flipped + (step,)) for metric, row, flipped in paths]
             if step and len(paths) == self.list_size and key(min(forks, key=key)) >= key(paths[-1]):
                 # The list is full and sorted, and no fork would enter it (a tie goes to the
-                # path already there); nor at a later step, as each row's costs only grow.
+                # path already there); nor at a later step, as each path's costs only grow.
                 break
             paths += forks
             paths.sort(key=key)
             del paths[self.list_size:]
         parents = self._keep(paths)
-        self._decided(signs if parents is None else signs.take(parents, axis=0), size)
-        flipped_paths = [path for path, (_, _, flipped) in enumerate(paths) for _ in flipped]
-        if flipped_paths:
-            # The bits flipped: the rows' least reliable, in the order the costs were sorted in
+        # The hard decisions, 1 where λ < 0 (NaN and −0 read as 0), of each survivor's parent.
+        ones = beliefs < _ZERO
+        if parents is not None:
+            ones = ones.take(parents, axis=1)
+        if any(flipped for _, _, flipped in paths):
+            # The bits flipped: the paths' least reliable, in the order the costs were sorted in
             # (a stable argsort: the same values in the same order, NaN last).
-            weakest = np.argsort(reliability, axis=1, kind="stable")[:, :steps].tolist()
-            start = self.position - size
-            columns = [start + weakest[row][step] for _, row, flipped in paths for step in flipped]
-            self.codewords[flipped_paths, columns] *= -1.0
+            weakest = reliability.argsort(axis=0, kind="stable")[:steps].tolist()
+            count = len(paths)
+            flat = ones.reshape(-1)  # a view: `ones` is a fresh contiguous array
+            flat[[weakest[step][row] * count + path for path, (_, row, flipped) in enumerate(paths)
+                  for step in flipped]] ^= True
+        # The undecided code bits are still +1 (a 0) for every path.
+        self.codewords[self.position:self.position + size, :len(paths)][ones] = -1.0
+        self.position += size
         return parents
 
 
 _first = operator.itemgetter(0)
+_sum = np.add.reduce  # ndarray.sum, without its Python wrapper
 
 
 def _first_nan_last(path: tuple) -> tuple[bool, float]:
