@@ -189,17 +189,22 @@ def estimate_tile_period(frame: np.ndarray, tile: int,
     return (row_period or col_period, col_period or row_period)
 
 
-def _folded_strengths(folded: np.ndarray, pilot: np.ndarray) -> np.ndarray:
+def _folded_strengths(folded: np.ndarray, pilot: np.ndarray, robust: bool = True) -> np.ndarray:
     """The pilot strengths (`_sampled_strengths`) of maps already folded onto one tile
     (B, tile, tile). The correlation is in float32; each row is sorted once, which gives its
     median, its largest value and its median absolute deviation (`_sorted_row_deviations`): a
     scan scores ~280 tiles, and medians by numpy's partitioning in float64 took a quarter of an
-    unmarked read."""
+    unmarked read. Not `robust`: in standard deviations above the mean instead, for a scan that
+    only picks where to look (`_best_coarse_scale`): the sorts were a third of its time."""
     from scipy import fft
 
     tile = folded.shape[-1]
     folded = np.asarray(folded, dtype=np.float32)
     score = fft.irfft2(fft.rfft2(folded) * np.conj(fft.rfft2(pilot.astype(np.float32))), s=(tile, tile))
+    if not robust:
+        rows = score.reshape(len(folded), -1).astype(np.float64)
+        strengths = (rows.max(axis=1) - rows.mean(axis=1)) / (rows.std(axis=1) + 1e-30)
+        return np.where(np.any(folded != 0, axis=(1, 2)), strengths, 0.0)
     ordered = np.sort(score.reshape(len(folded), -1), axis=1)
     background = _sorted_row_medians(ordered)
     spread = _sorted_row_deviations(ordered, background) * 1.4826 + 1e-30
@@ -277,10 +282,14 @@ _PRESCAN_PEAKS = 3
 def _best_coarse_scale(maps: np.ndarray, tile: int, pilot: np.ndarray, scales: np.ndarray) -> int:
     """The index of the scale of `scales` where the pilot is strongest at up to
     `_PILOT_TEST_TILES` periods (`_pilot_strengths`), looked for among the best peaks of a
-    scan at up to `_PRESCAN_TILES` periods (see `_PRESCAN_TILES`)."""
-    short = _pilot_strengths(maps, tile, pilot, scales, _PRESCAN_TILES)
+    scan at up to `_PRESCAN_TILES` periods (see `_PRESCAN_TILES`). That scan only picks the
+    peaks, so it scores in standard deviations rather than robust spreads (`_folded_strengths`):
+    on 504 frames (training split and held-out, resized by 0.5 to 1.5, and unmarked) the same
+    scale wherever the robust scan found the true one, and the scan in 70 % of the time."""
     if np.array_equal(_periods(maps, tile, scales, _PRESCAN_TILES), _periods(maps, tile, scales, _PILOT_TEST_TILES)):
-        return int(np.argmax(short))  # a small frame: the short scan was the full one
+        # A small frame: the short scan is the full one.
+        return int(np.argmax(_pilot_strengths(maps, tile, pilot, scales, _PRESCAN_TILES)))
+    short = _pilot_strengths(maps, tile, pilot, scales, _PRESCAN_TILES, robust=False)
     inner = (short[1:-1] >= short[:-2]) & (short[1:-1] >= short[2:])
     peaks = np.flatnonzero(np.r_[short[0] >= short[1], inner, short[-1] >= short[-2]])
     peaks = peaks[np.argsort(-short[peaks], kind="stable")][:_PRESCAN_PEAKS]
@@ -295,7 +304,7 @@ def _periods(maps: np.ndarray, tile: int, scales: np.ndarray, most: int) -> np.n
 
 
 def _pilot_strengths(maps: np.ndarray, tile: int, pilot: np.ndarray, scales: np.ndarray,
-                     most_periods: int = _PILOT_TEST_TILES) -> np.ndarray:
+                     most_periods: int = _PILOT_TEST_TILES, robust: bool = True) -> np.ndarray:
     """For each scale: the best pilot strength over the maps (`_sampled_strengths`), of their
     centres (up to `most_periods` a side) scaled back from a period of tile·scale to the tile;
     0 where less than two periods fit."""
@@ -305,7 +314,8 @@ def _pilot_strengths(maps: np.ndarray, tile: int, pilot: np.ndarray, scales: np.
     periods = _periods(maps, tile, scales, most_periods)
     for count in np.unique(periods[periods >= 2]):  # one period cannot show a repetition
         chosen = np.flatnonzero(periods == count)
-        strengths[chosen] = _sampled_strengths(responses, tile, pilot, int(count) * tile, scales[chosen])
+        strengths[chosen] = _sampled_strengths(responses, tile, pilot, int(count) * tile, scales[chosen],
+                                               robust=robust)
     return strengths
 
 
@@ -317,12 +327,12 @@ def map_tensor(maps: np.ndarray):
 
 
 def _sampled_strengths(responses, tile: int, pilot: np.ndarray, side: int, scales: np.ndarray,
-                       degrees: np.ndarray | None = None) -> np.ndarray:
+                       degrees: np.ndarray | None = None, robust: bool = True) -> np.ndarray:
     """For each geometry (scale, and turn in degrees, scipy's `rotate` sense): how strongly the
     maps in `responses` (`map_tensor`), their `side`² centre sampled (bilinear) on a grid
     `scale` px apart and turned (what the centre would be once scaled by 1/scale and turned),
     hold the repeated `pilot` tile at its best cyclic shift, in robust spreads above the other
-    shifts; the best over the maps. The samples are folded onto one tile and cross-correlated
+    shifts (not `robust`: in standard deviations); the best over the maps. The samples are folded onto one tile and cross-correlated
     with the pilot by FFT (`_folded_strengths`). One interpolation of just the pixels a test
     needs, a few geometries per call: the scans try ~200, and turning whole maps bicubically
     cost most of an unmarked read."""
@@ -335,7 +345,7 @@ def _sampled_strengths(responses, tile: int, pilot: np.ndarray, side: int, scale
     maps = responses.shape[1]
     if degrees is None or not np.any(degrees):
         folded = _separable_folds(responses[0].numpy(), tile, side, scales)
-        return _folded_strengths(folded.reshape(-1, tile, tile), pilot).reshape(len(scales), maps).max(axis=1)
+        return _folded_strengths(folded.reshape(-1, tile, tile), pilot, robust).reshape(len(scales), maps).max(axis=1)
     degrees = np.asarray(degrees, dtype=np.float64)
     folded = np.empty((len(scales), maps, tile, tile), dtype=np.float32)
     for first in range(0, len(scales), _GEOMETRIES_AT_ONCE):
@@ -346,7 +356,7 @@ def _sampled_strengths(responses, tile: int, pilot: np.ndarray, side: int, scale
             sampled = F.grid_sample(responses.expand(count, -1, -1, -1), grid, mode="bilinear",
                                     padding_mode="border", align_corners=True)
             folded[part] = tile_mean(sampled, tile).numpy()
-    return _folded_strengths(folded.reshape(-1, tile, tile), pilot).reshape(len(scales), maps).max(axis=1)
+    return _folded_strengths(folded.reshape(-1, tile, tile), pilot, robust).reshape(len(scales), maps).max(axis=1)
 
 
 # Geometries sampled in one call: enough to spread over the threads, few enough to stay in cache.
