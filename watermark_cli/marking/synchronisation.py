@@ -369,7 +369,7 @@ def _separable_folds(maps: np.ndarray, tile: int, side: int, scales: np.ndarray)
     Bilinear sampling on a grid is separable, and so is the fold: row u of the rows' fold is the
     sum, with their bilinear weights, of the 2·periods whole rows that its samples u, u + tile, ...
     fall between (`_fold_taps`), which one `embedding_bag` gathers for several scales at once;
-    the columns' fold is then one small product per scale with `_fold_matrix`. The same values
+    the columns' fold is then one small product per scale with its `_fold_matrices`. The same values
     as sampling every point, to float rounding, in half the time of two dense products per scale
     (a dense row fold multiplies mostly zeros; the resize scan tries ~170 scales)."""
     import torch
@@ -382,7 +382,7 @@ def _separable_folds(maps: np.ndarray, tile: int, side: int, scales: np.ndarray)
     rows_table = maps.permute(1, 0, 2).reshape(rows, count * cols)  # entry r: row r of every map
     scales = np.asarray(scales, dtype=np.float64)
     indices, weights = _fold_taps(rows, side, scales, tile)
-    column_positions = _sample_positions(cols, side, scales)
+    column_low, column_above = _sample_positions(cols, side, scales)
     folded = torch.empty((len(scales), count, tile, tile), dtype=torch.float32)
     for first in range(0, len(scales), _SCALES_AT_ONCE):
         part = slice(first, first + _SCALES_AT_ONCE)
@@ -390,9 +390,9 @@ def _separable_folds(maps: np.ndarray, tile: int, side: int, scales: np.ndarray)
         by_rows = F.embedding_bag(torch.from_numpy(indices[part].reshape(bags, -1)), rows_table,
                                   per_sample_weights=torch.from_numpy(weights[part].reshape(bags, -1)), mode="sum")
         by_rows = by_rows.view(-1, tile, count, cols).transpose(1, 2)  # (scales, K, tile, cols)
-        for index in range(first, first + len(scales[part])):
-            fold_cols, left, right = _fold_matrix(*(positions[index] for positions in column_positions), tile)
-            torch.matmul(by_rows[index - first, :, :, left:right], fold_cols.T, out=folded[index])
+        matrices, lefts, spans = _fold_matrices(column_low[part], column_above[part], tile)
+        for index, (left, span) in enumerate(zip(lefts, spans)):
+            torch.matmul(by_rows[index, :, :, left:left + span], matrices[index, :span], out=folded[first + index])
     return (folded * (1.0 / (side // tile) ** 2)).numpy()
 
 
@@ -424,18 +424,26 @@ def _fold_taps(size: int, side: int, scales: np.ndarray, tile: int) -> tuple[np.
     return np.ascontiguousarray(indices), np.ascontiguousarray(weights)
 
 
-def _fold_matrix(low: np.ndarray, above: np.ndarray, tile: int):
-    """(tile, last − first) tensor, first, last: row u sums, with their bilinear weights, the
-    samples u, u + tile, u + 2·tile, ... of one scale's `_sample_positions` (`low`, `above`);
-    its columns are the pixels first..last − 1 that any sample touches."""
+def _fold_matrices(low: np.ndarray, above: np.ndarray, tile: int):
+    """For each scale's `_sample_positions` (`low`, `above`: (scales, side)): a (tile, span)
+    matrix whose row u sums, with their bilinear weights, the samples u, u + tile, u + 2·tile, ...,
+    its columns the pixels first..first + span − 1 that any sample touches. Returned as one
+    (scales, largest span, tile) float32 tensor (each matrix transposed, zero beyond its span),
+    the firsts and the spans: made for a few scales at once (one call per scale was a few
+    percent of an unmarked read)."""
     import torch
 
-    first, span = int(low[0]), int(low[-1]) + 2 - int(low[0])  # positions increase
-    place = (np.arange(len(low)) % tile) * span + (low - first)
-    matrix = np.bincount(place, weights=1.0 - above, minlength=tile * span)
-    # The weight of pixel low + 1 is one place on in the same row (low − first ≤ span − 2).
-    matrix[1:] += np.bincount(place, weights=above, minlength=tile * span)[:-1]
-    return torch.from_numpy(matrix.reshape(tile, span).astype(np.float32)), first, first + span
+    count, side = low.shape
+    firsts = low[:, 0]
+    spans = low[:, -1] + 2 - firsts  # positions increase
+    widest = int(spans.max())
+    # Place of each sample's pixel `low` in its scale's (widest, tile) matrix, and of low + 1 one
+    # row on (low − first ≤ span − 2).
+    place = (np.arange(count)[:, None] * widest + (low - firsts[:, None])) * tile + np.arange(side) % tile
+    matrices = np.bincount(place.ravel(), weights=(1.0 - above).ravel(), minlength=count * widest * tile)
+    matrices += np.bincount((place + tile).ravel(), weights=above.ravel(), minlength=count * widest * tile)[:count * widest * tile]
+    matrices = torch.from_numpy(matrices.reshape(count, widest, tile).astype(np.float32))
+    return matrices, firsts.tolist(), spans.tolist()
 
 
 def _centre_grids(rows: int, cols: int, side: int, scales: np.ndarray, degrees: np.ndarray):
