@@ -2,8 +2,8 @@
 
 A trained encoder usually meets the floor by itself, but "usually" is not a guarantee. Before
 anything is written, each frame's residual is scaled by s, added to the stored values, rounded
-and clipped to the valid stored range (the frame's own range where the floor holds in it), and re-measured exactly as the file will be read back, in
-every binding view (a `quality.FrameMeter`: by default every view a reader uses, so the lowest
+and clipped to the valid stored range (the frame's own range where the floor holds in it), and
+re-measured exactly as the file will be read back, in every binding view (a `quality.FrameMeter`: by default every view a reader uses, so the lowest
 of them, the binding view, decides). While the floor is missed, s shrinks (by the amount the MSE
 says is needed, then a little more). s = 0 returns the original frame, which always meets the
 floor, so the loop terminates with the guarantee held; such a frame simply carries no mark, and
@@ -142,24 +142,28 @@ def guard_image(
     frame, each in its own views (`quality.frame_meters`).
 
     A frame whose floor holds in its data range (`FrameMeter.data_range`) keeps that range: its
-    pixels at the minimum and the maximum stay as they are and every other stays between them;
-    its padding pixels (Pixel Padding Value), which the range leaves out, stay as they are, and
-    no other pixel takes a padding value (a CT's padding of −2000 may lie amid its values). A viewer that windows to the data takes the range from the frame it shows, so a mark
-    that moved it would re-window the whole frame, whatever its PSNR against the original's range
-    (a few pushed pixels took a held-out MR's range from 0..595 to 0..910: 22 dB as shown)."""
+    pixels at the minimum and the maximum stay as they are and every other stays between them.
+    A viewer that windows to the data takes the range from the frame it shows, so a mark that
+    moved it would re-window the whole frame, whatever its PSNR against the original's range (a
+    few pushed pixels took a held-out MR's range from 0..595 to 0..910: 22 dB as shown). In any
+    domain, padding pixels (`FrameMeter.padding`) stay as they are, and no other pixel takes a
+    padding value (a CT's padding of −2000 may lie amid its values)."""
     guarded = []
     for frame, frame_residual, meter in zip(original, residual, meters):
         low, high = stored_min, stored_max
+        kept = np.zeros(frame.shape, dtype=bool)
         data_range = meter.data_range
         if data_range is not None and frame.size:
             low, high = data_range.stored_low, data_range.stored_high
-            kept = (frame == low) | (frame == high)
-            if data_range.padding is not None:
-                padded = (frame >= data_range.padding[0]) & (frame <= data_range.padding[1])
-                kept |= padded
-                # Per pixel: a padding pixel's bounds are its own value, every other's the range.
-                low, high = np.where(padded, frame, low), np.where(padded, frame, high)
+            kept |= (frame == low) | (frame == high)
+        padding = meter.padding
+        if padding is not None:
+            padded = (frame >= padding[0]) & (frame <= padding[1])
+            kept |= padded
+            # Per pixel: a padding pixel's bounds are its own value, every other's the range.
+            low, high = np.where(padded, frame, low), np.where(padded, frame, high)
+        if kept.any():
             frame_residual = np.where(kept, 0.0, frame_residual)
         guarded.append(guard_frame(frame, frame_residual, floor, meter, stored_min=low, stored_max=high,
-                                   fill_budget=fill_budget, padding=data_range.padding if data_range else None))
+                                   fill_budget=fill_budget, padding=padding))
     return guarded

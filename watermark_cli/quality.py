@@ -238,6 +238,13 @@ class FrameMeter:
         frame's minimum and maximum, and its padding (`guard.guard_image`)."""
         return next((view for view in self.binding if isinstance(view, DataRangeView)), None)
 
+    @property
+    def padding(self) -> tuple[int, int] | None:
+        """The frame's padding values (Pixel Padding Value, stored units, inclusive; a
+        `views.DataRangeView` keeps them) in whatever domain the floor holds: never marked."""
+        return next((view.padding for view in [*self.binding, *self.reported]
+                     if isinstance(view, DataRangeView) and view.padding is not None), None)
+
     def display(self, view: View, stored: np.ndarray) -> np.ndarray:
         """`view.display(stored)`, bit for bit (see `_shown`)."""
         return next(self._shown([view], stored))
