@@ -220,6 +220,9 @@ def test_luts_are_read_as_dcmtk_and_pydicom_read_them():
     voi_lut = _lut_item((40, 65516, 12), list(range(0, 4000, 100)), data_vr="US")
     vois = display_from_dicom(_dicom_with(pixel_representation=1, VOILUTSequence=[voi_lut]), 1).shared.vois
     assert [lut.first_mapped for lut in vois] == [65516, -20]
+    longer = _lut_item((4, 0, 8), [0, 10, 200, 255, 7, 7], data_vr="US")  # dcmtk reads all 6, pydicom 4
+    vois = display_from_dicom(_dicom_with(VOILUTSequence=[longer]), 1).shared.vois
+    assert [len(lut.data) for lut in vois] == [4, 6]
     twelve_in_sixteen = _lut_item((4096, 0, 16), list(range(4096)), data_vr="US")  # dcmtk +Mv: over 12 bits
     vois = display_from_dicom(_dicom_with(VOILUTSequence=[twelve_in_sixteen]), 1).shared.vois
     assert [(lut.output_bits, lut.describe()) for lut in vois] == [(16, "VOI LUT of 4096 entries"),
@@ -286,9 +289,30 @@ def test_padding_is_left_out_of_the_data_range_and_never_marked(tmp_path):
     assert np.array_equal(marked[padding], original[padding])
     content, after = original[~padding], marked[~padding]
     assert after.min() == content.min() and after.max() == content.max()
-    error = (marked - original) / np.ptp(content)  # shown over the anatomy's own range
-    assert 10 * np.log10(1.0 / np.mean(error**2)) >= 40.0
+    error = (after - content) / np.ptp(content)  # over the anatomy alone, in its own range
+    assert 10 * np.log10(1.0 / np.mean(error**2)) >= 40.0  # (red team 10: 34 dB, padding counted in)
     inside = read_image(_padded_mr(tmp_path, 300))  # the anatomy holds values on both sides of 300
     marked = embed_pixels(model, codec, inside, b"pad-0001", QualityFloor(40.0)).pixels[0]
     was_padding = inside.pixels[0] == 300
     assert np.array_equal(marked == 300, was_padding) and np.any(marked != inside.pixels[0])
+
+
+def test_a_modality_lut_that_is_not_monotonic_keeps_the_range_a_viewer_windows_to():
+    """Red team 10: under a Modality LUT that shows stored value 560 as 1200 (above the data's
+    595), the guard kept the stored range, and 14 pixels moved to 560 re-windowed the frame for
+    dcmtk +Wm (19.2 dB). Now no pixel takes a stored value the LUT shows outside the range."""
+    rng = np.random.default_rng(4)
+    pixels = rng.integers(0, 596, (1, 1024, 1024)).astype(np.uint16)
+    pixels[pixels == 560] = 561
+    table = np.arange(4096, dtype=np.float64)
+    table[560] = 1200.0
+    image = MedicalImage(pixels, "dicom", Path("lut.dcm"), 12, 0, 4095, "MONOCHROME2", "MR",
+                         display=Display(FrameDisplay(ModalityTransform(lut=table, lut_first=0))))
+    residual = rng.normal(0, 2.0, pixels.shape)
+    residual[pixels == 559] = 0.0
+    residual.flat[np.flatnonzero(pixels == 559)[:20]] = 1.0  # a few pixels a mark would move onto 560
+    meters = frame_meters(image, QualityFloor(40.0))
+    (frame,) = guard_image(pixels, residual, QualityFloor(40.0), meters, stored_min=0, stored_max=4095)
+    assert not np.any(frame.pixels == 560) and np.any(frame.pixels != pixels[0])
+    shown = table[frame.pixels]
+    assert shown.min() == table[pixels[0]].min() and shown.max() == table[pixels[0]].max()

@@ -38,10 +38,11 @@ class GuardedFrame:
 
 
 def quantise(original: np.ndarray, residual: np.ndarray, scale: float, stored_min, stored_max,
-             padding: tuple[int, int] | None = None) -> np.ndarray:
+             padding: tuple[int, int] | None = None, refused: np.ndarray | None = None) -> np.ndarray:
     """Stored values that a file would hold: original + scale * residual, rounded and clipped
     (to `stored_min`..`stored_max`: numbers, or arrays of per-pixel bounds); a pixel that would
-    take a `padding` value (inclusive ends) keeps its own (a padding pixel's is padding)."""
+    take a `padding` value (inclusive ends), or one of the `refused` values, keeps its own (a
+    padding pixel's is padding)."""
     # Worked in one new array (the guard quantises several times a frame); float addition and
     # multiplication commute, so these are rint(original + scale·residual), bit for bit.
     marked = residual.astype(np.float64)
@@ -52,6 +53,9 @@ def quantise(original: np.ndarray, residual: np.ndarray, scale: float, stored_mi
     if padding is not None:
         padded = (marked >= padding[0]) & (marked <= padding[1])
         marked[padded] = original[padded]
+    if refused is not None:
+        taken = np.isin(marked, refused) & (marked != original)
+        marked[taken] = original[taken]
     return marked.astype(original.dtype)
 
 
@@ -65,6 +69,7 @@ def guard_frame(
     stored_max: int | np.ndarray,
     fill_budget: bool = False,
     padding: tuple[int, int] | None = None,
+    refused: np.ndarray | None = None,
 ) -> GuardedFrame:
     """Largest tried scale whose quantised frame meets the floor in every binding view of
     `meter`. The first try is 1, or, with fill_budget, the scale that puts the binding view's
@@ -76,9 +81,9 @@ def guard_frame(
         raise ValueError("residual contains NaN or infinity")
     scale = 1.0
     if fill_budget:
-        scale = _budget_filling_scale(original, residual, floor, meter, stored_min, stored_max, padding)
+        scale = _budget_filling_scale(original, residual, floor, meter, stored_min, stored_max, padding, refused)
     for _ in range(_MAX_RETRIES):
-        candidate = quantise(original, residual, scale, stored_min, stored_max, padding)
+        candidate = quantise(original, residual, scale, stored_min, stored_max, padding, refused)
         quality = meter.measure(candidate)
         if meets_floor(quality, floor):
             return GuardedFrame(candidate, scale, meter.with_ssim(quality, candidate))
@@ -90,7 +95,7 @@ def guard_frame(
 
 
 def _budget_filling_scale(original, residual, floor: QualityFloor, meter: FrameMeter, stored_min,
-                          stored_max, padding) -> float:
+                          stored_max, padding, refused) -> float:
     """Scale s whose quantised frame has its binding PSNR close to floor + margin. The first
     guess assumes MSE grows as s²; clipping (at the stored range: black backgrounds, saturated
     film; and at a window's ends) breaks that, so a few corrections follow on the quantised
@@ -107,7 +112,7 @@ def _budget_filling_scale(original, residual, floor: QualityFloor, meter: FrameM
     scale = 10.0 ** ((unquantised - target) / 20.0)
     for _ in range(_FILL_CORRECTIONS):
         scale = float(min(max(scale, _SMALLEST_SCALE), largest))
-        achieved = meter.binding_psnr(quantise(original, residual, scale, stored_min, stored_max, padding))
+        achieved = meter.binding_psnr(quantise(original, residual, scale, stored_min, stored_max, padding, refused))
         surplus = achieved - target
         if not np.isfinite(achieved) or abs(surplus) < 0.1 or (surplus > 0 and scale >= largest):
             break
@@ -145,7 +150,9 @@ def guard_image(
     pixels at the minimum and the maximum stay as they are and every other stays between them.
     A viewer that windows to the data takes the range from the frame it shows, so a mark that
     moved it would re-window the whole frame, whatever its PSNR against the original's range (a
-    few pushed pixels took a held-out MR's range from 0..595 to 0..910: 22 dB as shown). In any
+    few pushed pixels took a held-out MR's range from 0..595 to 0..910: 22 dB as shown); under a
+    Modality LUT that is not monotonic, no pixel takes a stored value the LUT shows outside the
+    range either (`DataRangeView.values_outside_range`). In any
     domain, padding pixels (`FrameMeter.padding`) stay as they are, and no other pixel takes a
     padding value (a CT's padding of −2000 may lie amid its values)."""
     guarded = []
@@ -153,9 +160,11 @@ def guard_image(
         low, high = stored_min, stored_max
         kept = np.zeros(frame.shape, dtype=bool)
         data_range = meter.data_range
+        refused = None
         if data_range is not None and frame.size:
             low, high = data_range.stored_low, data_range.stored_high
             kept |= (frame == low) | (frame == high)
+            refused = data_range.values_outside_range()
         padding = meter.padding
         if padding is not None:
             padded = (frame >= padding[0]) & (frame <= padding[1])
@@ -165,5 +174,5 @@ def guard_image(
         if kept.any():
             frame_residual = np.where(kept, 0.0, frame_residual)
         guarded.append(guard_frame(frame, frame_residual, floor, meter, stored_min=low, stored_max=high,
-                                   fill_budget=fill_budget, padding=padding))
+                                   fill_budget=fill_budget, padding=padding, refused=refused))
     return guarded

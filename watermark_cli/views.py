@@ -238,6 +238,17 @@ class DataRangeView(View):
     def display_key(self) -> tuple:
         return ("data range", self.modality.key(), self.low, self.span)
 
+    def values_outside_range(self) -> np.ndarray | None:
+        """Stored values between `stored_low` and `stored_high` that the modality transform
+        shows outside the range (only a Modality LUT that is not monotonic has any: a pixel
+        moved to one would widen the range a viewer windows to), or None."""
+        if self.modality.is_linear:
+            return None
+        stored = np.arange(int(self.stored_low), int(self.stored_high) + 1)
+        shown = self.modality.apply(stored)
+        outside = stored[(shown < self.low) | (shown > self.low + self.span)]
+        return outside if outside.size else None
+
 
 class VoiView(View):
     """A VOI window or LUT over the modality transform, display in [0, 1]."""
@@ -422,7 +433,7 @@ def _frame_display(container: Any, ds: Any, fallback: FrameDisplay | None = None
 def _modality_transform(source: Any, ds: Any) -> ModalityTransform:
     lut_item = _first_item(ds, "ModalityLUTSequence") if source is ds else None
     if lut_item is not None:
-        table, first, _ = _lut(lut_item, ds)
+        table, first, _, _ = _lut(lut_item, ds)
         if table is not None:
             if first >= 2**15 and _number(ds.get("PixelRepresentation")) == 1:
                 # Signed stored values: the first one mapped is signed too (PS3.3 C.11.1.1.1), as
@@ -450,34 +461,39 @@ def _vois(source: Any, ds: Any) -> tuple[VoiTransform, ...]:
             continue  # PS3.3: a LINEAR width is at least 1; such a pair cannot be shown
         vois.append(VoiWindow(center, width, function, labels[index] if index < len(labels) else ""))
     for item in source.get("VOILUTSequence") or ():
-        table, first, bits = _lut(item, ds)
-        if table is not None:
-            label = str(item.get("LUTExplanation", "") or "")
-            firsts = [first]
-            if first >= 2**15:
-                # Modality values may be negative, and a first mapped value written as US above
-                # 2^15 reads as negative to dcmtk and as itself to pydicom: both are views.
-                firsts.append(first - 2**16)
+        table, first, bits, longer = _lut(item, ds)
+        if table is None:
+            continue
+        label = str(item.get("LUTExplanation", "") or "")
+        firsts = [first]
+        if first >= 2**15:
+            # Modality values may be negative, and a first mapped value written as US above
+            # 2^15 reads as negative to dcmtk and as itself to pydicom: both are views.
+            firsts.append(first - 2**16)
+        # Data longer than the descriptor's count: pydicom reads the count, dcmtk every entry.
+        for entries in [table] + ([longer] if longer is not None else []):
             # A table whose entries use fewer bits than its descriptor says is shown over the
             # bits it uses by some viewers (dcmtk +Mv) and over the descriptor's by others.
-            used = max(int(table.max()).bit_length(), 1) if table.size else bits
+            used = max(int(entries.max()).bit_length(), 1) if entries.size else bits
             for depth in [bits] + ([used] if used < bits else []):
                 for mapped in firsts:
                     notes = [note for note, applies in (("first value signed", mapped != first),
+                                                        (f"all {len(entries)} entries", entries is longer),
                                                         (f"{depth} bits used", depth != bits)) if applies]
-                    vois.append(VoiLut(table, mapped, depth, ", ".join(([label] if label else []) + notes)))
+                    vois.append(VoiLut(entries, mapped, depth, ", ".join(([label] if label else []) + notes)))
     return tuple(vois)
 
 
-def _lut(item: Any, ds: Any) -> tuple[np.ndarray | None, int, int]:
-    """(table, first mapped value as written, output bits) of a LUT item of `ds`, or (None, 0, 0)
+def _lut(item: Any, ds: Any) -> tuple[np.ndarray | None, int, int, np.ndarray | None]:
+    """(table, first mapped value as written, output bits, the whole data where it holds more
+    entries than the descriptor counts, else None) of a LUT item of `ds`, or (None, 0, 0, None)
     if unusable. LUT Data as OW bytes is in the file's byte order, an entry per 16-bit word (as
     pydicom and dcmtk read it), also when entries are 8 bits; 8-bit entries packed two to a
     word are read as bytes only when the data holds no more than one byte an entry."""
     descriptor = _values(item.get("LUTDescriptor"))
     data = item.get("LUTData")
     if len(descriptor) != 3 or data is None:
-        return None, 0, 0
+        return None, 0, 0, None
     entries, first, bits = (int(v) for v in descriptor)
     entries = entries or 65536  # PS3.3 C.11.1.1: 0 means 2^16 entries
     if isinstance(data, (bytes, bytearray)):
@@ -488,8 +504,9 @@ def _lut(item: Any, ds: Any) -> tuple[np.ndarray | None, int, int]:
     else:
         table = np.asarray(_values(data), dtype=np.float64)
     if table.size < 1:
-        return None, 0, 0
-    return np.asarray(table[:entries], dtype=np.float64), first, bits
+        return None, 0, 0, None
+    longer = np.asarray(table, dtype=np.float64) if table.size > entries else None
+    return np.asarray(table[:entries], dtype=np.float64), first, bits, longer
 
 
 def _little_endian(item: Any, ds: Any) -> bool:
