@@ -603,6 +603,7 @@ def test_a_character_set_dicom_does_not_define_is_named(keyed_ct, tmp_path):
 @pytest.mark.parametrize("keyword, value", [
     ("ShutterShape", "RECTANGULAR"), ("ICCProfile", b"\0" * 128), ("FrameTimeVector", [0, 40]),
     ("GreenPaletteColorLookupTableDescriptor", [256, 0, 16]), ("ImageRotation", 90),
+    ("SmallestImagePixelValue", 0), ("LargestImagePixelValue", 40),  # a range some viewers window to
 ])
 def test_display_elements_are_presentation_so_restore_refuses_them(keyed_ct, tmp_path, keyword, value):
     def add(ds) -> None:

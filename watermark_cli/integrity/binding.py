@@ -116,6 +116,8 @@ PRESENTATION = frozenset({
     "VOILUTFunction", "VOILUTSequence", "PresentationLUTShape", "PresentationLUTSequence",
     "PixelIntensityRelationship", "PixelIntensityRelationshipSign", "PixelSpacing", "ImagerPixelSpacing",
     "NominalScannedPixelSpacing", "PixelAspectRatio", "PixelPaddingValue", "PixelPaddingRangeLimit",
+    # the pixel value range some viewers window to (red team 10: filed as header, restore kept it)
+    "SmallestImagePixelValue", "LargestImagePixelValue", "SmallestPixelValueInSeries", "LargestPixelValueInSeries",
     "SliceThickness", "SpacingBetweenSlices", "SliceLocation", "ImageOrientationPatient",
     "ImagePositionPatient", "PatientOrientation", "PatientPosition", "Laterality", "ImageLaterality",
     "ViewPosition", "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
