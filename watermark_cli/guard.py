@@ -3,8 +3,8 @@
 A trained encoder usually meets the floor by itself, but "usually" is not a guarantee. Before
 anything is written, each frame's residual is scaled by s, added to the stored values, rounded
 and clipped to the valid stored range (the frame's own range where the floor holds in it), and
-re-measured exactly as the file will be read back, in every binding view (a `quality.FrameMeter`: by default every view a reader uses, so the lowest
-of them, the binding view, decides). While the floor is missed, s shrinks (by the amount the MSE
+re-measured exactly as the file will be read back, in every binding view (a `quality.FrameMeter`:
+by default every view a reader uses, so the lowest of them, the binding view, decides). While the floor is missed, s shrinks (by the amount the MSE
 says is needed, then a little more). s = 0 returns the original frame, which always meets the
 floor, so the loop terminates with the guarantee held; such a frame simply carries no mark, and
 verification will say so.
@@ -38,11 +38,10 @@ class GuardedFrame:
 
 
 def quantise(original: np.ndarray, residual: np.ndarray, scale: float, stored_min, stored_max,
-             padding: tuple[int, int] | None = None, refused: np.ndarray | None = None) -> np.ndarray:
+             refused: tuple[tuple[int, int], ...] = ()) -> np.ndarray:
     """Stored values that a file would hold: original + scale * residual, rounded and clipped
     (to `stored_min`..`stored_max`: numbers, or arrays of per-pixel bounds); a pixel that would
-    take a `padding` value (inclusive ends), or one of the `refused` values, keeps its own (a
-    padding pixel's is padding)."""
+    take a value of one of the `refused` runs (first, last, inclusive) keeps its own."""
     # Worked in one new array (the guard quantises several times a frame); float addition and
     # multiplication commute, so these are rint(original + scale·residual), bit for bit.
     marked = residual.astype(np.float64)
@@ -50,11 +49,8 @@ def quantise(original: np.ndarray, residual: np.ndarray, scale: float, stored_mi
     marked += original
     np.rint(marked, out=marked)
     np.clip(marked, stored_min, stored_max, out=marked)
-    if padding is not None:
-        padded = (marked >= padding[0]) & (marked <= padding[1])
-        marked[padded] = original[padded]
-    if refused is not None:
-        taken = np.isin(marked, refused) & (marked != original)
+    for first, last in refused:
+        taken = (marked >= first) & (marked <= last)
         marked[taken] = original[taken]
     return marked.astype(original.dtype)
 
@@ -68,8 +64,7 @@ def guard_frame(
     stored_min: int | np.ndarray,
     stored_max: int | np.ndarray,
     fill_budget: bool = False,
-    padding: tuple[int, int] | None = None,
-    refused: np.ndarray | None = None,
+    refused: tuple[tuple[int, int], ...] = (),
 ) -> GuardedFrame:
     """Largest tried scale whose quantised frame meets the floor in every binding view of
     `meter`. The first try is 1, or, with fill_budget, the scale that puts the binding view's
@@ -81,9 +76,9 @@ def guard_frame(
         raise ValueError("residual contains NaN or infinity")
     scale = 1.0
     if fill_budget:
-        scale = _budget_filling_scale(original, residual, floor, meter, stored_min, stored_max, padding, refused)
+        scale = _budget_filling_scale(original, residual, floor, meter, stored_min, stored_max, refused)
     for _ in range(_MAX_RETRIES):
-        candidate = quantise(original, residual, scale, stored_min, stored_max, padding, refused)
+        candidate = quantise(original, residual, scale, stored_min, stored_max, refused)
         quality = meter.measure(candidate)
         if meets_floor(quality, floor):
             return GuardedFrame(candidate, scale, meter.with_ssim(quality, candidate))
@@ -95,7 +90,7 @@ def guard_frame(
 
 
 def _budget_filling_scale(original, residual, floor: QualityFloor, meter: FrameMeter, stored_min,
-                          stored_max, padding, refused) -> float:
+                          stored_max, refused) -> float:
     """Scale s whose quantised frame has its binding PSNR close to floor + margin. The first
     guess assumes MSE grows as s²; clipping (at the stored range: black backgrounds, saturated
     film; and at a window's ends) breaks that, so a few corrections follow on the quantised
@@ -112,7 +107,7 @@ def _budget_filling_scale(original, residual, floor: QualityFloor, meter: FrameM
     scale = 10.0 ** ((unquantised - target) / 20.0)
     for _ in range(_FILL_CORRECTIONS):
         scale = float(min(max(scale, _SMALLEST_SCALE), largest))
-        achieved = meter.binding_psnr(quantise(original, residual, scale, stored_min, stored_max, padding, refused))
+        achieved = meter.binding_psnr(quantise(original, residual, scale, stored_min, stored_max, refused))
         surplus = achieved - target
         if not np.isfinite(achieved) or abs(surplus) < 0.1 or (surplus > 0 and scale >= largest):
             break
@@ -152,27 +147,28 @@ def guard_image(
     moved it would re-window the whole frame, whatever its PSNR against the original's range (a
     few pushed pixels took a held-out MR's range from 0..595 to 0..910: 22 dB as shown); under a
     Modality LUT that is not monotonic, no pixel takes a stored value the LUT shows outside the
-    range either (`DataRangeView.values_outside_range`). In any
-    domain, padding pixels (`FrameMeter.padding`) stay as they are, and no other pixel takes a
-    padding value (a CT's padding of −2000 may lie amid its values)."""
+    range either (`DataRangeView.values_outside_range`). In any domain, padding pixels
+    (`FrameMeter.padding`) stay as they are, and no other pixel takes a padding value (a CT's
+    padding of −2000 may lie amid its values). Both are runs of values no pixel may be moved to."""
     guarded = []
     for frame, frame_residual, meter in zip(original, residual, meters):
         low, high = stored_min, stored_max
         kept = np.zeros(frame.shape, dtype=bool)
+        refused: tuple[tuple[int, int], ...] = ()
         data_range = meter.data_range
-        refused = None
         if data_range is not None and frame.size:
             low, high = data_range.stored_low, data_range.stored_high
             kept |= (frame == low) | (frame == high)
-            refused = data_range.values_outside_range()
+            refused += data_range.values_outside_range()
         padding = meter.padding
         if padding is not None:
             padded = (frame >= padding[0]) & (frame <= padding[1])
             kept |= padded
             # Per pixel: a padding pixel's bounds are its own value, every other's the range.
             low, high = np.where(padded, frame, low), np.where(padded, frame, high)
+            refused += (padding,)
         if kept.any():
             frame_residual = np.where(kept, 0.0, frame_residual)
         guarded.append(guard_frame(frame, frame_residual, floor, meter, stored_min=low, stored_max=high,
-                                   fill_budget=fill_budget, padding=padding, refused=refused))
+                                   fill_budget=fill_budget, refused=refused))
     return guarded

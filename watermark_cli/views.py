@@ -238,16 +238,20 @@ class DataRangeView(View):
     def display_key(self) -> tuple:
         return ("data range", self.modality.key(), self.low, self.span)
 
-    def values_outside_range(self) -> np.ndarray | None:
-        """Stored values between `stored_low` and `stored_high` that the modality transform
-        shows outside the range (only a Modality LUT that is not monotonic has any: a pixel
-        moved to one would widen the range a viewer windows to), or None."""
+    def values_outside_range(self) -> tuple[tuple[int, int], ...]:
+        """Runs (first, last, inclusive) of the stored values between `stored_low` and
+        `stored_high` that the modality transform shows outside the range: only a Modality LUT
+        that is not monotonic has any, and a pixel moved to one would widen the range a viewer
+        windows to."""
         if self.modality.is_linear:
-            return None
+            return ()
         stored = np.arange(int(self.stored_low), int(self.stored_high) + 1)
         shown = self.modality.apply(stored)
         outside = stored[(shown < self.low) | (shown > self.low + self.span)]
-        return outside if outside.size else None
+        if not outside.size:
+            return ()
+        breaks = np.flatnonzero(np.diff(outside) > 1)
+        return tuple(zip(np.r_[outside[0], outside[breaks + 1]].tolist(), np.r_[outside[breaks], outside[-1]].tolist()))
 
 
 class VoiView(View):
