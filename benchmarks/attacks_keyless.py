@@ -114,7 +114,7 @@ def image_pool() -> list[Item]:
     """Every held-out image with one frame and both sides ≥ 256 px, files first."""
     slice_source = {item.name: item.source for item in held_out_slices()}
     items = []
-    for set_name in ("files", "slices"):  # the held-out sets (`check_slices` is the training split's)
+    for set_name in heldout.HELD_OUT_SETS:
         for label, load in heldout.sources(set_name):
             image = load()
             if image.n_frames != 1 or min(image.rows, image.cols) < 256:
