@@ -41,7 +41,7 @@ def main() -> int:
     result = json.loads(completed.stdout.splitlines()[-1])
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux reports KiB
     figures = {"file": args.file, "peak_rss_mib": round(peak_mib, 1), "wall_seconds": round(seconds, 2),
-               "psnr": result.psnr, "verified": result.verified}
+               "psnr": result["psnr"], "verified": result["verified"]}
     if args.json:
         print(json.dumps(figures))
     else:
