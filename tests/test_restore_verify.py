@@ -279,6 +279,46 @@ def rsa_identity(folder: Path, name: str) -> tuple[Path, Path]:
     return key_path, cert_path
 
 
+def test_a_recipient_record_key_is_random_and_never_stretched(shipped, tmp_path, monkeypatch):
+    """The record of a `--recipient` mark is sealed under 256 random bits, which need no
+    stretching: as 32 raw bytes they read as a passphrase and cost scrypt's 1 GiB and seconds
+    per marked file and again per restore."""
+    from watermark_cli import keys
+    from watermark_cli.integrity.envelope import load_recipient, new_record_key
+
+    assert new_record_key() != new_record_key()
+    key_path, cert_path = rsa_identity(tmp_path, "recipient")
+    monkeypatch.setattr(keys.hashlib, "scrypt", lambda *args, **kwargs: pytest.fail("a random key was stretched"))
+    marked = tmp_path / "marked.dcm"
+    mark(clinical_file("CT_small.dcm"), marked, shipped, recipient=cert_path.read_bytes())
+    result = restore_file(marked, tmp_path / "restored.dcm", None, recipient=load_recipient(cert_path, key_path),
+                          accept_unproven=True)
+    assert result["proved"] is False
+    assert pixel_sha256(read_image(tmp_path / "restored.dcm").pixels) == \
+        pixel_sha256(read_image(clinical_file("CT_small.dcm")).pixels)
+
+
+def test_a_record_sealed_under_the_older_raw_record_key_still_opens(monkeypatch):
+    """Recipient records sealed before stop 46 carry 32 raw random bytes as their key, which the
+    derivation stretches like a passphrase: they still open (scrypt made cheap for the test)."""
+    import os
+
+    from watermark_cli import keys
+    from watermark_cli.integrity.record import open_record, seal
+
+    monkeypatch.setitem(keys.STRETCH, "n", 2**10)
+    stretched = []
+    scrypt = keys.hashlib.scrypt
+    monkeypatch.setattr(keys.hashlib, "scrypt", lambda *args, **kwargs: stretched.append(1) or scrypt(*args, **kwargs))
+    original = np.arange(64 * 64, dtype=np.uint16).reshape(1, 64, 64)
+    marked = original + np.uint16(1)
+    raw_key = os.urandom(32)
+    record, _ = open_record(seal(original, marked, raw_key), raw_key)
+    assert stretched and record.original_pixels_sha256 == pixel_sha256(original)
+    with pytest.raises(RecordNotAuthenticError):
+        open_record(seal(original, marked, raw_key), os.urandom(32))
+
+
 @pytest.mark.parametrize("name", ["693_UNCR.dcm", "png"])
 def test_record_for_a_recipient_opens_with_its_private_key_only(name, shipped, tmp_path):
     from watermark_cli.errors import BadInputError

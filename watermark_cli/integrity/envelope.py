@@ -10,7 +10,8 @@ the DER of the envelope, whose content is a data set holding
   top-level elements the embed changed (SOP Instance UID among them), which any standard tool
   that opens the envelope reads as the standard says;
 - two private elements of creator ``WM RESTORATION RECORD 1``: the sealed record (the pixel
-  difference, hashes, block tags; integrity.record) and the random 32-byte key it is sealed under.
+  difference, hashes, block tags; integrity.record) and the random 256-bit key it is sealed
+  under, written as `wm keygen` writes a key (`new_record_key`).
 
 `openssl cms -decrypt -inform DER -inkey KEY.pem -recip CERT.pem -binary` opens the envelope
 and `dcmdump` reads what comes out. PNG and TIFF carry the same envelope in their record chunk
@@ -19,15 +20,14 @@ or tag (a DER SEQUENCE there, where a shared-key record starts with its own magi
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BadInputError
+from ..keys import generated_key_text
 from .containers import RECORD_CREATOR, RECORD_GROUP, dataset_bytes
 from .record import trimmed
 
-RECORD_KEY_BYTES = 32
 _BLOB_ELEMENT, _KEY_ELEMENT = 0x01, 0x02
 
 
@@ -82,7 +82,11 @@ def _first_line(error: Exception) -> str:
 
 
 def new_record_key() -> bytes:
-    return os.urandom(RECORD_KEY_BYTES)
+    """256 random bits in the form of a generated key, which every derivation takes as they are:
+    as 32 raw bytes they read as a passphrase and were stretched by scrypt (1 GiB and seconds per
+    file of a `--recipient` batch, and again per restore) for no strength. Records sealed so
+    before stop 46 carry those raw bytes and still open, stretched."""
+    return generated_key_text().encode("ascii")
 
 
 def envelope(record: bytes, record_key: bytes, recipient: Recipient, modified_attributes=None) -> bytes:
