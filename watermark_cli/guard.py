@@ -4,10 +4,10 @@ A trained encoder usually meets the floor by itself, but "usually" is not a guar
 anything is written, each frame's residual is scaled by s, added to the stored values, rounded
 and clipped to the valid stored range (the frame's own range where the floor holds in it), and
 re-measured exactly as the file will be read back, in every binding view (a `quality.FrameMeter`:
-by default every view a reader uses, so the lowest of them, the binding view, decides). While the floor is missed, s shrinks (by the amount the MSE
-says is needed, then a little more). s = 0 returns the original frame, which always meets the
-floor, so the loop terminates with the guarantee held; such a frame simply carries no mark, and
-verification will say so.
+by default every view a reader uses, so the lowest of them, the binding view, decides). While
+the floor is missed, s shrinks (by the amount the MSE says is needed, then a little more). s = 0
+returns the original frame, which always meets the floor, so the loop terminates with the
+guarantee held; such a frame simply carries no mark, and verification will say so.
 """
 
 from __future__ import annotations

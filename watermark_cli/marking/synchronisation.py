@@ -341,10 +341,10 @@ def _sampled_strengths(responses, tile: int, pilot: np.ndarray, side: int, scale
     maps in `responses` (`map_tensor`), their `side`² centre sampled (bilinear) on a grid
     `scale` px apart and turned (what the centre would be once scaled by 1/scale and turned),
     hold the repeated `pilot` tile at its best cyclic shift, in robust spreads above the other
-    shifts (not `robust`: in standard deviations); the best over the maps. The samples are folded onto one tile and cross-correlated
-    with the pilot by FFT (`_folded_strengths`). One interpolation of just the pixels a test
-    needs, a few geometries per call: the scans try ~200, and turning whole maps bicubically
-    cost most of an unmarked read."""
+    shifts (not `robust`: in standard deviations); the best over the maps. The samples are
+    folded onto one tile and cross-correlated with the pilot by FFT (`_folded_strengths`). One
+    interpolation of just the pixels a test needs, a few geometries per call: the scans try
+    ~200, and turning whole maps bicubically cost most of an unmarked read."""
     import torch
     import torch.nn.functional as F
 
