@@ -21,6 +21,7 @@ from ..model.store import LoadedModel, load_model
 from ..payload import DecodedPayload, LegacyPayloadCodec, PayloadCodec
 from ..quality import FrameMeter, QualityFloor, frame_meters
 from ..views import reader_views
+from .host_fit import fit_to_host
 from .synchronisation import (estimate_rotation, estimate_rotation_by_pilot, estimate_scale_by_pilot,
                               estimate_tile_period, key_field_correlation, locate_key_field, mark_autocorrelation,
                               resample, rotate)
@@ -237,11 +238,55 @@ def embed_pixels(
     meters = frame_meters(image, floor, window)  # before the encoder runs: a bad domain fails fast
     raw_bits = codec.encode(message)
     residual = residual_for(model, image, raw_bits, codec)
-    residual = np.stack([spread_over_views(r, frame, meter, floor.psnr_min)
-                         for r, frame, meter in zip(residual, image.pixels, meters)])
-    guarded = guard_image(image.pixels, residual, floor, meters, stored_min=image.stored_min,
-                          stored_max=image.stored_max, fill_budget=fill_budget)
+
+    def guard(residual: np.ndarray) -> tuple[np.ndarray, list[GuardedFrame]]:
+        spread = np.stack([spread_over_views(r, frame, meter, floor.psnr_min)
+                           for r, frame, meter in zip(residual, image.pixels, meters)])
+        frames = guard_image(image.pixels, spread, floor, meters, stored_min=image.stored_min,
+                             stored_max=image.stored_max, fill_budget=fill_budget)
+        return np.stack([frame.pixels for frame in frames]).astype(np.float64), frames
+
+    if is_fitted_to_host(image):
+        # The encoder's mark is zero wherever a mark may not be (no owned sign, a range's end).
+        guarded = fit_to_host(residual, residual != 0, raw_bits, guard, _differentiable_read(model, codec, image))
+    else:
+        guarded = guard(residual)[1]
     return EmbedOutcome(np.stack([frame.pixels for frame in guarded]), guarded, meters)
+
+
+# Instances whose mark is fitted to its host (`host_fit`): frames under this side (fewer than 4
+# tiles a side), at most this many pixels in all. Larger ones read back without it (256² held-out
+# slices and files: see the README's robustness table), and each step of fitting is a decoder
+# pass forwards and backwards.
+FITTED_BELOW_SIDE = 256
+FITTED_PIXELS_AT_MOST = 16 * 128 * 128
+
+
+def is_fitted_to_host(image: MedicalImage) -> bool:
+    """Whether `embed_pixels` fits the mark of `image` to its host (`host_fit`)."""
+    return (min(image.rows, image.cols) < FITTED_BELOW_SIDE
+            and image.n_frames * image.rows * image.cols <= FITTED_PIXELS_AT_MOST)
+
+
+def _differentiable_read(model: LoadedModel, codec: PayloadCodec, image: MedicalImage):
+    """The reading of an uncropped `image` (`_read_uncropped`: the logits at the origin, averaged
+    over frames) as a function of its stored values (a float64 tensor), differentiable in them.
+    A keyed model's field is bound to the signs the values own, as a reader would find them."""
+    import torch
+
+    span = float(image.stored_max - image.stored_min)
+    thresholds = sign_thresholds(image) / span  # normalised units, as `extract_payload` reads
+    decoder, device = model.model.decoder, _device(model)
+
+    def read(values):
+        frames = ((values - image.stored_min) / span).float()
+        logits = []
+        for frame, threshold in zip(frames, thresholds):
+            field = field_for(model, codec, frame.detach().numpy(), threshold)
+            logits.append(decoder(frame[None, None].to(device), field)[0])
+        return torch.stack(logits).mean(dim=0).cpu()
+
+    return read
 
 
 @dataclass

@@ -1,0 +1,113 @@
+"""Informed embedding (`marking.host_fit`): the mark of a small instance fitted to its host.
+
+The optimiser's contract on a toy reader (it needs no model), then the shipped model on crops of a
+real CT: 96² frames the encoder's mark alone does not read back from, read back once fitted,
+with every view still at the floor and the mark only where the encoder put one."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from pydicom.data import get_testdata_file
+
+import watermark_cli.marking.image as marking
+from conftest import fixed_key
+from watermark_cli.io.image import read_image
+from watermark_cli.marking.host_fit import FitSettings, fit_to_host
+from watermark_cli.model.store import load_model
+from watermark_cli.quality import QualityFloor
+
+FLOOR = QualityFloor(40.0)
+
+
+def _toy_problem(seed: int = 0):
+    """A linear reader of 8 bits from a 16² frame, a guard that keeps the mark's RMS at 1."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    weights = torch.from_numpy(rng.normal(size=(8, 256)))
+    host = rng.normal(scale=3.0, size=(1, 16, 16))
+    bits = rng.integers(0, 2, 8)
+    movable = np.zeros((1, 16, 16), dtype=bool)
+    movable[:, ::2] = True  # every other row
+
+    def guard(residual):
+        scaled = residual / np.sqrt(np.mean(np.square(residual)))
+        return host + scaled, scaled
+
+    def read(values):
+        return weights @ values.reshape(-1)
+
+    def reads_back(residual):
+        return np.array_equal(read(torch.from_numpy(guard(residual)[0])).numpy() > 0, bits.astype(bool))
+
+    return host, bits, movable, guard, read, reads_back, rng
+
+
+def test_fitting_makes_a_mark_the_host_drowned_read_back_and_moves_only_what_may_move():
+    host, bits, movable, guard, read, reads_back, rng = _toy_problem()
+    residual = np.where(movable, rng.normal(size=host.shape), 0.0)
+    assert not reads_back(residual)  # the host's own reading outweighs a mark of RMS 1
+    fitted = fit_to_host(residual, movable, bits, guard, read, FitSettings(steps=60))
+    assert reads_back(fitted)
+    assert np.all(fitted[~movable] == 0)
+    assert np.sqrt(np.mean(np.square(fitted))) == pytest.approx(1.0)  # the guard's outcome, as it gave it
+
+
+def test_fitting_keeps_the_encoders_mark_when_nothing_may_move():
+    host, bits, movable, guard, read, _, rng = _toy_problem(1)
+    residual = rng.normal(size=host.shape)
+    kept = fit_to_host(residual, np.zeros_like(movable), bits, guard, read)
+    assert np.array_equal(kept, guard(residual)[1])
+
+
+@pytest.fixture(scope="module")
+def keyed():
+    model = load_model(None)
+    return model, marking.codec_for(model, fixed_key("host fit"))
+
+
+def _crops(side: int, corners) -> list:
+    image = read_image(get_testdata_file("CT_small.dcm", download=False))
+    return [replace(image, pixels=image.pixels[:, top:top + side, left:left + side].copy()) for top, left in corners]
+
+
+def _embed(model, codec, image, fitted: bool, monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setattr(marking, "check_markable_size", lambda image, tile: None)  # a single 96² frame
+        if not fitted:
+            patch.setattr(marking, "FITTED_BELOW_SIDE", 0)
+        return marking.embed_pixels(model, codec, image, b"ID-00042", FLOOR)
+
+
+def test_fitted_marks_read_back_from_96_px_crops_where_the_encoders_alone_mostly_do_not(keyed, monkeypatch):
+    model, codec = keyed
+    plain_reads = 0
+    for crop in _crops(96, ((0, 0), (32, 32), (16, 8), (8, 24))):
+        assert marking.is_fitted_to_host(crop)
+        plain = _embed(model, codec, crop, False, monkeypatch)
+        fitted = _embed(model, codec, crop, True, monkeypatch)
+        plain_reads += marking.extract_payload(model, codec, replace(crop, pixels=plain.pixels)).found
+        decoded = marking.extract_payload(model, codec, replace(crop, pixels=fitted.pixels))
+        assert decoded.found and decoded.message == b"ID-00042"
+        for frame in fitted.frames:
+            assert frame.quality.below_floor(FLOOR) == [] and frame.quality.psnr >= FLOOR.psnr_min
+        # Only where the encoder marked: the pixels whose host owns the key's signs.
+        encoders = marking.residual_for(model, crop, codec.encode(b"ID-00042"), codec)
+        changed = fitted.pixels != crop.pixels
+        assert changed.any() and not np.any(changed & (encoders == 0))
+    assert plain_reads <= 1
+
+
+def test_large_frames_and_large_instances_are_not_fitted(keyed, monkeypatch):
+    image = read_image(get_testdata_file("CT_small.dcm", download=False))
+    assert marking.is_fitted_to_host(image)  # 128²
+    assert not marking.is_fitted_to_host(replace(image, pixels=np.zeros((1, 256, 256), dtype=image.pixels.dtype)))
+    assert not marking.is_fitted_to_host(replace(image, pixels=np.zeros((40, 64, 128), dtype=image.pixels.dtype)))
+    monkeypatch.setattr(marking, "fit_to_host", lambda *args: pytest.fail("a 256² frame was fitted"))
+    model, codec = keyed
+    frame = np.tile(image.pixels, (1, 2, 2))
+    outcome = marking.embed_pixels(model, codec, replace(image, pixels=frame), b"ID-00042", FLOOR)
+    assert marking.extract_payload(model, codec, replace(image, pixels=outcome.pixels)).found
