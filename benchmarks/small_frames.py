@@ -1,7 +1,7 @@
 """Small frames: how many frames of a given side a multi-frame instance needs to be read back.
 
     .venv/bin/python benchmarks/small_frames.py [--sides 64,96,128] [--frames 1,2,4,8] [--stacks 4]
-        [--messages 2] [--attacks identity,jpeg:80] [--unchecked]
+        [--messages 2] [--attacks identity,jpeg:80] [--unchecked] [--unfitted] [--seed 0]
 
 Material (held-out, never trained on): stacks of k square crops of one held-out pydicom-data file
 (CT, MR, CR, NM, US, ...), each crop textured (its sd at least 2 % of the file's 1st..99th
@@ -10,7 +10,8 @@ cine or diffusion series; and pydicom-data's `emri_small` (10 frames of 64² MR)
 encodings (explicit little endian, RLE, big endian). Each is marked by default `wm embed`
 settings (view floor 40 dB) with 8-byte messages and read back as one instance (every frame's
 evidence together). Refusals by the size rule count as misses, unless `--unchecked` (which
-measures without the rule: what sets it). Printed per side × frames: trials, frames below the
+measures without the rule: what sets it; `--unfitted`, without fitting the mark to its host:
+the encoder's mark alone). Printed per side × frames: trials, frames below the
 floor (must be 0), and exact recovery per attack with its one-sided 95 % lower bound.
 """
 
@@ -57,18 +58,21 @@ def textured_stacks(side: int, frames: int, stacks: int, seed: int) -> list:
     return sources
 
 
-def measure(model, sources, attacks: str, messages: int, psnr_min: float, unchecked: bool) -> dict:
+def measure(model, sources, attacks: str, messages: int, psnr_min: float, unchecked: bool,
+            unfitted: bool = False) -> dict:
     import watermark_cli.marking.image as marking
 
     options = EvaluationOptions(floor=QualityFloor(psnr_min), attacks=parse_attack_list(attacks), messages=messages,
                                 message_bytes=8)
-    saved = marking.check_markable_size
+    saved = marking.check_markable_size, marking.FITTED_BELOW_SIDE
     if unchecked:
         marking.check_markable_size = lambda image, tile: None
+    if unfitted:
+        marking.FITTED_BELOW_SIDE = 0
     try:
         summary, _, _ = evaluate_images(sources, model, options)
     finally:
-        marking.check_markable_size = saved
+        marking.check_markable_size, marking.FITTED_BELOW_SIDE = saved
     refused = len(summary["skipped"]) * messages
     figures = {}
     for name, result in summary["attacks"].items():
@@ -88,6 +92,8 @@ def main() -> None:
     parser.add_argument("--attacks", default="identity,jpeg:80")
     parser.add_argument("--psnr-min", type=float, default=40.0)
     parser.add_argument("--unchecked", action="store_true", help="measure without the size rule")
+    parser.add_argument("--unfitted", action="store_true",
+                        help="the encoder's mark alone, not fitted to its host (marking.host_fit): for comparison")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     model = load_model(None)
@@ -107,12 +113,12 @@ def main() -> None:
         for frames in (int(k) for k in args.frames.split(",")):
             sources = textured_stacks(side, frames, args.stacks, args.seed)
             row(f"held-out crops {side}²", frames, measure(model, sources, args.attacks, args.messages, args.psnr_min,
-                                                          args.unchecked))
+                                                          args.unchecked, args.unfitted))
     for name in EMRI:
         path = clinical_file(name)
         sources = [(name, partial(read_image, path))]
         row(f"`{name}` (64² MR)", read_image(path).n_frames,
-            measure(model, sources, args.attacks, max(args.messages, 6), args.psnr_min, args.unchecked))
+            measure(model, sources, args.attacks, max(args.messages, 6), args.psnr_min, args.unchecked, args.unfitted))
 
 
 if __name__ == "__main__":

@@ -244,11 +244,16 @@ def embed_pixels(
                            for r, frame, meter in zip(residual, image.pixels, meters)])
         frames = guard_image(image.pixels, spread, floor, meters, stored_min=image.stored_min,
                              stored_max=image.stored_max, fill_budget=fill_budget)
-        return np.stack([frame.pixels for frame in frames]).astype(np.float64), frames
+        return np.stack([frame.pixels for frame in frames]), frames
 
     if is_fitted_to_host(image):
+        # The encoder's mark of the opposite bits has the opposite message part and the same rest
+        # (the key's constant and the synchronisation pilot, which the resize and turn searches
+        # find): half their sum is that rest, kept as it is, half their difference the part fitted.
+        opposite = residual_for(model, image, 1 - raw_bits, codec)
         # The encoder's mark is zero wherever a mark may not be (no owned sign, a range's end).
-        guarded = fit_to_host(residual, residual != 0, raw_bits, guard, _differentiable_read(model, codec, image))
+        guarded = fit_to_host((residual + opposite) / 2, (residual - opposite) / 2, residual != 0, raw_bits, guard,
+                              _differentiable_read(model, codec, image))
     else:
         guarded = guard(residual)[1]
     return EmbedOutcome(np.stack([frame.pixels for frame in guarded]), guarded, meters)
@@ -269,9 +274,9 @@ def is_fitted_to_host(image: MedicalImage) -> bool:
 
 
 def _differentiable_read(model: LoadedModel, codec: PayloadCodec, image: MedicalImage):
-    """The reading of an uncropped `image` (`_read_uncropped`: the logits at the origin, averaged
-    over frames) as a function of its stored values (a float64 tensor), differentiable in them.
-    A keyed model's field is bound to the signs the values own, as a reader would find them."""
+    """The quick reading of an uncropped `image` (`_read_uncropped`: the logits at the origin,
+    averaged over frames) as a function of its stored values (a float64 tensor), differentiable
+    in them. A keyed model's field is bound to the signs the values own, as a reader finds them."""
     import torch
 
     span = float(image.stored_max - image.stored_min)
