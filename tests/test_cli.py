@@ -183,19 +183,19 @@ def test_image_smaller_than_two_tiles_is_refused(tmp_path):
 
 
 def test_frames_under_two_tiles_are_marked_only_as_a_series_of_enough_of_them(tmp_path):
-    """A 64² or 96² frame holds one 64-px tile: four of them together hold what one 128² frame
-    does. One such frame alone is refused, naming how many it takes; `wm models` lists them."""
+    """A 64² or 96² frame holds one 64-px tile: a mark needs two. One such frame alone is refused,
+    naming how many it takes; `wm models` lists them."""
     from watermark_cli.marking.image import frames_needed
 
-    assert [frames_needed(side, side, 64) for side in (48, 63, 64, 96, 127, 128, 512)] == [None, None, 4, 4, 4, 1, 1]
-    assert frames_needed(128, 64, 64) == 2 and frames_needed(64, 300, 64) == 1 and frames_needed(200, 100, 64) == 2
+    assert [frames_needed(side, side, 64) for side in (48, 63, 64, 96, 127, 128, 512)] == [None, None, 2, 2, 2, 1, 1]
+    assert frames_needed(128, 64, 64) == 1 and frames_needed(64, 300, 64) == 1 and frames_needed(100, 100, 64) == 2
     single = tmp_path / "single.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96), dtype=np.uint8)).save(single)
     result = run_wm_here("embed", single, "x")
     assert result.code == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["single.png"]
-    assert "1 frame(s) of 96×96 px" in _one_line_error(result) and "at least 4 of them" in result.stderr
+    assert "1 frame(s) of 96×96 px" in _one_line_error(result) and "at least 2 of them" in result.stderr
     listing = run_wm_here("models", "--json")
-    assert json.loads(listing.stdout.splitlines()[0])["frames_needed_by_side"] == {"64": 4, "96": 4, "128": 1}
+    assert json.loads(listing.stdout.splitlines()[0])["frames_needed_by_side"] == {"64": 2, "96": 2, "128": 1}
 
 
 def test_existing_output_is_never_replaced_without_overwrite(held_out_png, tmp_path):

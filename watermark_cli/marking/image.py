@@ -29,16 +29,16 @@ from .synchronisation import (estimate_rotation, estimate_rotation_by_pilot, est
 
 # Marking needs this many whole carrier tiles in an instance, counted over all its frames: the
 # decoder folds (averages) the tiles of each frame and sums the evidence of every frame, and at
-# the view floor one whole tile alone does not read back reliably (random crops of the held-out
-# files, flat ones included, shipped model, 8-byte IDs, 96 trials each: identity recovery 34 % at
-# 64², 51 % at 96², 81 % at 128², 90 % at 256²; `benchmarks/model_quality.py --sizes`). A single
-# frame needs TILES_PER_SIDE_TO_MARK tiles a side; frames smaller than that (nuclear medicine,
-# cine, diffusion series) are marked as a multi-frame instance of enough frames to hold
-# TILES_TO_MARK tiles between them, each frame at least one tile a side (`frames_needed`;
-# `benchmarks/small_frames.py`). Smaller instances are refused up front; larger ones that still
-# do not read back are refused by embed's verification.
+# the view floor one whole tile alone does not read back reliably, even with the mark fitted to
+# its host (`host_fit`): textured crops of the held-out files, 8-byte IDs, 48 trials each, read
+# back 23 times as one 64² frame and 40 as one 96² frame, but 44 and 48 times as two such frames,
+# and 46 as one 128² frame (`benchmarks/small_frames.py --unchecked`). A square frame is marked on
+# its own from TILES_PER_SIDE_TO_MARK tiles a side; smaller frames (nuclear medicine, cine,
+# diffusion series) as a multi-frame instance of enough frames to hold TILES_TO_MARK tiles between
+# them, each frame at least one tile a side (`frames_needed`). Smaller instances are refused up
+# front; larger ones that still do not read back are refused by embed's verification.
 TILES_PER_SIDE_TO_MARK = 2
-TILES_TO_MARK = TILES_PER_SIDE_TO_MARK ** 2
+TILES_TO_MARK = 2
 
 
 def smallest_markable_side(tile: int) -> int:
@@ -74,8 +74,9 @@ def check_markable_size(image: MedicalImage, tile: int) -> None:
         raise BadInputError(
             f"{image.path}: {image.n_frames} frame(s) of {image.rows}×{image.cols} px; this model marks frames of "
             f"this size only in an instance of at least {needed} of them (read together, they hold the "
-            f"{TILES_TO_MARK} carrier tiles of one {single}×{single} frame): mark the full-size image or the whole "
-            "series, not a crop or a frame cut from it (`wm models` lists each model's sizes)")
+            f"{TILES_TO_MARK} carrier tiles a mark needs; one {single}×{single} frame holds "
+            f"{TILES_PER_SIDE_TO_MARK ** 2}): mark the full-size image or the whole series, not a crop or a frame cut "
+            "from it (`wm models` lists each model's sizes)")
 
 
 def check_readable_size(image: MedicalImage, tile: int) -> None:
@@ -260,11 +261,12 @@ def embed_pixels(
 
 
 # Instances whose mark is fitted to its host (`host_fit`): frames under this side (fewer than 4
-# tiles a side), at most this many pixels in all. Larger ones read back without it (256² held-out
-# slices and files: see the README's robustness table), and each step of fitting is a decoder
-# pass forwards and backwards.
+# tiles a side), at most this many pixels in all (4 frames of 128², 16 of 64²). Larger ones read
+# back without it (256² held-out slices and files: the README's robustness table; 6 frames of
+# 128²: 48 of 48), and each of fitting's 30 steps is a decoder pass forwards and backwards over
+# every pixel (two threads: 10 frames of 64² in about 0.9 s, 4 of 128² 1.7 s, 16 of 128² took 7 s).
 FITTED_BELOW_SIDE = 256
-FITTED_PIXELS_AT_MOST = 16 * 128 * 128
+FITTED_PIXELS_AT_MOST = 256 * 256
 
 
 def is_fitted_to_host(image: MedicalImage) -> bool:
@@ -276,7 +278,9 @@ def is_fitted_to_host(image: MedicalImage) -> bool:
 def _differentiable_read(model: LoadedModel, codec: PayloadCodec, image: MedicalImage):
     """The quick reading of an uncropped `image` (`_read_uncropped`: the logits at the origin,
     averaged over frames) as a function of its stored values (a float64 tensor), differentiable
-    in them. A keyed model's field is bound to the signs the values own, as a reader finds them."""
+    in them. A keyed model's field is bound to the signs the values own, as a reader finds them
+    (bound to the original's signs instead, fitted 96² crops read back as often but survived a
+    JPEG q80 export 18 times in 48 rather than 23)."""
     import torch
 
     span = float(image.stored_max - image.stored_min)
@@ -285,11 +289,10 @@ def _differentiable_read(model: LoadedModel, codec: PayloadCodec, image: Medical
 
     def read(values):
         frames = ((values - image.stored_min) / span).float()
-        logits = []
-        for frame, threshold in zip(frames, thresholds):
-            field = field_for(model, codec, frame.detach().numpy(), threshold)
-            logits.append(decoder(frame[None, None].to(device), field)[0])
-        return torch.stack(logits).mean(dim=0).cpu()
+        fields = [field_for(model, codec, frame.detach().numpy(), threshold)
+                  for frame, threshold in zip(frames, thresholds)]
+        field = None if fields[0] is None else torch.cat(fields)
+        return decoder(frames.unsqueeze(1).to(device), field).mean(dim=0).cpu()
 
     return read
 
