@@ -126,3 +126,12 @@ def test_what_is_kept_is_the_same_whatever_the_bits(keyed):
         opposite = marking.residual_for(model, image, 1 - bits, codec)
         halves.append((marking.residual_for(model, image, bits, codec) + opposite) / 2)
     assert np.abs(halves[0]).max() > 0 and np.allclose(halves[0], halves[1], atol=1e-6 * np.abs(halves[0]).max())
+
+
+def test_a_reading_that_is_not_a_number_keeps_the_encoders_mark():
+    import torch
+
+    host, bits, movable, guard, _, _, rng = _toy_problem(2)
+    kept, message = rng.normal(size=host.shape), np.where(movable, rng.normal(size=host.shape), 0.0)
+    unreadable = fit_to_host(kept, message, movable, bits, guard, lambda values: torch.full((8,), float("nan")) * values.sum())
+    assert np.array_equal(unreadable, kept + message)

@@ -77,7 +77,7 @@ def fit_to_host(
             marked = torch.from_numpy(np.asarray(values, dtype=np.float64)).requires_grad_(True)
             loss = torch.nn.functional.softplus(settings.margin - signs * read_logits(marked).double()).mean()
             (by_value,) = torch.autograd.grad(loss, marked)  # the input's only: no weight gradients
-        if float(loss.detach()) < best_loss:
+        if best is None or float(loss.detach()) < best_loss:  # the encoder's mark first, whatever its loss
             best_loss, best = float(loss.detach()), outcome
         if step == settings.steps:
             break
