@@ -85,7 +85,8 @@ from watermark_cli.data.slices import held_out_slices
 from watermark_cli.evaluation.run import upper_bound_95
 from watermark_cli.io.medical_image import MedicalImage
 from watermark_cli.keys import generated_key_text
-from watermark_cli.marking.image import codec_for, embed_pixels, extract_payload, field_for, residual_for, sign_thresholds
+from watermark_cli.marking.image import (codec_for, embed_pixels, extract_payload, field_for, normalised_sign_thresholds,
+                                        residual_for)
 from watermark_cli.model.inputs import normalised_frames
 from watermark_cli.model.store import load_model
 from watermark_cli.quality import FrameMeter, QualityFloor, frame_meters
@@ -183,7 +184,7 @@ def public_logits(model, image: MedicalImage, guess=None) -> np.ndarray:
     frame = normalised_frames(image)[0]
     field_ = None
     if model.model.config.keyed:
-        threshold = sign_thresholds(image)[0] / float(image.stored_max - image.stored_min)
+        threshold = normalised_sign_thresholds(image)[0]
         field_ = field_for(model, guess or codec_for(model, generated_key_text()), frame, threshold)
     tensor = torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32))[None, None]
     with torch.inference_mode():

@@ -133,6 +133,11 @@ def sign_thresholds(image: MedicalImage) -> np.ndarray:
                      for index in range(image.n_frames)])
 
 
+def normalised_sign_thresholds(image: MedicalImage) -> np.ndarray:
+    """`sign_thresholds` in the units the model sees the frames in (`normalised_frames`)."""
+    return sign_thresholds(image) / float(image.stored_max - image.stored_min)
+
+
 def export_thresholds(n_frames: int) -> np.ndarray:
     """`sign_thresholds` of an 8-bit export (PNG, JPEG): its one view is the stored 0..255."""
     return np.full(n_frames, _SIGN_OWNERSHIP * 255.0)
@@ -167,7 +172,7 @@ def residual_for(model: LoadedModel, image: MedicalImage, raw_bits: np.ndarray,
     bits = torch.from_numpy(np.asarray(raw_bits, dtype=np.float32)).unsqueeze(0).to(device)
     if model.model.config.keyed and codec is None:
         raise ValueError("a keyed model's residual needs the codec (the key field comes from its key)")
-    thresholds = sign_thresholds(image) / float(image.stored_max - image.stored_min)  # in normalised units
+    thresholds = normalised_sign_thresholds(image)
     residuals = []
     with torch.inference_mode():
         for frame, threshold in zip(frames, thresholds):
@@ -284,7 +289,7 @@ def _differentiable_read(model: LoadedModel, codec: PayloadCodec, image: Medical
     import torch
 
     span = float(image.stored_max - image.stored_min)
-    thresholds = sign_thresholds(image) / span  # normalised units, as `extract_payload` reads
+    thresholds = normalised_sign_thresholds(image)
     decoder, device = model.model.decoder, _device(model)
 
     def read(values):
@@ -673,7 +678,7 @@ def extract_payload(model: LoadedModel, codec: PayloadCodec, image: MedicalImage
                     full_search: bool = True) -> DecodedPayload:
     """The payload of an image; without `full_search`, only as marked (no crop, resize or turn)."""
     check_readable_size(image, model.model.config.tile)
-    thresholds = sign_thresholds(image) / float(image.stored_max - image.stored_min)  # normalised units
+    thresholds = normalised_sign_thresholds(image)
     return read_frames(model, codec, normalised_frames(image), quick=not full_search, thresholds=thresholds).decoded
 
 
