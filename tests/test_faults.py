@@ -545,11 +545,14 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_batch_is_replaced_and_the_batch_completes(tmp_path):
+@pytest.mark.parametrize("workers", [("--workers", "2"), ("--threads", "2")], ids=["spawned", "forked"])
+def test_a_worker_killed_mid_batch_is_replaced_and_the_batch_completes(tmp_path, workers):
+    """`--workers 2`: worker processes that load the model; `--threads 2` on a 2-core machine
+    (CI's): processes forked from the run (`threads.runs_in_processes`)."""
     folder = _batch_folder(tmp_path, 10)
     output = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-m", "watermark_cli", "embed", str(folder), "workers",
-                                "-o", str(output), "--workers", "2"], stdout=subprocess.PIPE,
+                                "-o", str(output), *workers], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list(output.glob("img*.png")):

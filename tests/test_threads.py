@@ -1,9 +1,12 @@
-"""Files of a batch marked and read on several threads: the same files, values and answers as on
-one, in the files' order; a bad file still fails alone."""
+"""Files of a batch marked and read on several threads, or read in forked processes: the same
+files, values and answers as on one, in the files' order; a bad file still fails alone, and a
+worker process that dies costs only the file it died on."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import threading
 import time
 
@@ -15,7 +18,8 @@ from watermark_cli.data.clinical import clinical_file
 from watermark_cli.io.image import read_image
 from watermark_cli.marking.files import EmbedSettings, embed_files, read_mark
 from watermark_cli.marking.image import codec_for
-from watermark_cli.marking.threads import ReaderPerThread, default_threads, in_threads
+from watermark_cli.marking.threads import (ReaderPerThread, default_threads, in_processes, in_threads,
+                                           runs_in_processes)
 from watermark_cli.model.store import load_model
 from watermark_cli.quality import QualityFloor
 
@@ -66,6 +70,35 @@ def test_an_item_that_must_run_alone_has_nothing_beside_it():
     assert any(len(seen[item]) > 1 for item in range(12) if item not in huge)  # the others did share
 
 
+def test_processes_give_results_in_order_and_a_dying_worker_costs_only_its_item():
+    parent = os.getpid()
+
+    def square(item: int) -> tuple[int, int]:
+        if item == 3:
+            os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
+        time.sleep(0.1 if item == 0 else 0.0)  # the first finishes last
+        return item * item, os.getpid()
+
+    results = list(in_processes(square, range(9), 2, lost=lambda item: ("lost", item)))
+    assert [result[0] for result in results] == [0, 1, 4, "lost", 16, 25, 36, 49, 64]
+    workers = {pid for value, pid in results if value != "lost"}
+    assert parent not in workers and len(workers) >= 2  # the work ran in worker processes, two at once
+
+    stop = threading.Event()
+    stopped = []
+    for result in in_processes(lambda item: time.sleep(0.05) or item, range(40), 2, lost=lambda item: None,
+                               stop_requested=stop.is_set):
+        stopped.append(result)
+        stop.set()
+    # What had started is finished and reported, in order; nothing after the stop was started.
+    assert stopped == list(range(len(stopped))) and len(stopped) <= 2 * 2 + 1
+
+    # Processes where each file at once has a core of its own and the networks are on the CPU.
+    cores = os.cpu_count() or 1
+    assert runs_in_processes(max(cores, 2), True) and not runs_in_processes(max(cores, 2), False)
+    assert not runs_in_processes(1, True) and runs_in_processes(cores, True) == (cores > 1)
+
+
 @pytest.fixture(scope="module")
 def shipped():
     loaded = load_model(None)
@@ -99,3 +132,11 @@ def test_two_threads_mark_and_read_what_one_does(tmp_path, shipped):
     assert [reading.source for reading in readings] == marked
     assert [reading.decoded.found for reading in readings] == [True] * 3 + [False] * 3
     assert {reading.decoded.message for reading in readings[:3]} == {b"T-42"}
+
+    # Read in two forked processes (as `wm extract` does on a CPU): the same answers, though
+    # this process had a decoder started (a worker starts its own).
+    with ReaderPerThread().prestart(1) as readers:
+        forked = list(in_processes(lambda path: read_mark(path, readers.read, loaded, codec, None, False),
+                                   marked, 2, lost=lambda path: None))
+    assert [(r.source, r.decoded.found, r.decoded.message, r.decoded.bit_errors) for r in forked] == [
+        (r.source, r.decoded.found, r.decoded.message, r.decoded.bit_errors) for r in readings]

@@ -352,7 +352,7 @@ def extract(
     from ..keys import key_kind
     from ..marking.files import read_mark
     from ..marking.image import codec_for, legacy_codec_for, older_readers
-    from ..marking.threads import ReaderPerThread, default_threads, in_threads
+    from ..marking.threads import ReaderPerThread, default_threads, in_processes, in_threads, runs_in_processes
 
     check_engine(engine, scheduler)
     files = collect_image_files(inputs)
@@ -379,14 +379,22 @@ def extract(
             raise KeyboardInterrupt
     else:
         threads = default_threads(len(files), threads)
-        with ReaderPerThread(max_pixels).prestart(threads) as readers:  # decoders start while the model loads
+        # With a core for each file at once and the networks on the CPU, files are read in forked
+        # worker processes (`runs_in_processes`), each of which starts a decoder of its own;
+        # otherwise on threads of this process, whose decoders start while the model loads.
+        forked = runs_in_processes(threads, device is not Device.cuda)
+        with ReaderPerThread(max_pixels).prestart(0 if forked else threads) as readers:
             loaded = open_model(model, device.value)
             codec = codec_for(loaded, secret)
             legacy = legacy_codec_for(loaded, secret)
             older = older_readers(loaded, secret)
-            for reading in in_threads(lambda path: read_mark(path, readers.read, loaded, codec, legacy,
-                                                             accept_format_1, older),
-                                      files, threads):
+
+            def read(path: Path):
+                return read_mark(path, readers.read, loaded, codec, legacy, accept_format_1, older)
+
+            readings = (in_processes(read, files, threads, lost=_lost_reading) if forked and loaded.on_cpu else
+                        in_threads(read, files, threads))
+            for reading in readings:
                 outcomes[_report_mark(reading, kind, json_output, single, hints)] += 1
     missing, bad = outcomes["missing"], outcomes["bad"]
     if bad:
@@ -395,6 +403,12 @@ def extract(
         where = f"in {files[0]}" if single else f"in {missing} of {len(files)} files"
         raise NoWatermarkError(f"no valid watermark {where}" + (f"; {hints[0]}" if len(set(hints)) == 1 and (
             single or len(hints) == missing) else ""))
+
+
+def _lost_reading(path: Path):
+    from ..marking.files import MarkReading
+
+    return MarkReading(path, error=f"{path}: the worker process reading it died (twice); not read", exit_code=2)
 
 
 def _report_mark(reading, kind: str, json_output: bool, single: bool, hints: list[str]) -> str:

@@ -1,19 +1,29 @@
-"""The files of a batch marked or read on several threads of one process.
+"""The files of a batch marked or read several at once: on threads of one process, or in worker
+processes forked from it when there is a core for each.
 
 Why threads: nearly all of a file's time goes to numpy, scipy, torch, hashlib and lzma, which
 release the GIL, so two threads on two cores mark or read two files at once (a 512² CT: about
 0.55 of one thread's time per file, `benchmarks/speed.py`) with one model in memory and no
 start-up per worker. Worker processes (`--workers`) stay for isolation and for many cores.
 
-Each thread decodes its files in an `IsolatedReader` of its own (a decoder that crashes costs
-one file, as in a single-threaded run), the networks run with cores ÷ threads torch threads, and
-results come back in the order of the files, so that reports and audit lines read as before.
+Why forked processes where each file at once has a core of its own (`runs_in_processes`): an
+unmarked image's read (every synchronisation candidate tried before "no watermark") holds the
+GIL for about half its time (the list decoders, numpy's many small calls), so two threads on two
+cores read only 1.3 to 1.5 times as fast as one; two processes of one torch thread each, close
+to twice. Forked after the model is loaded, a worker starts in milliseconds and shares the
+model's memory (`in_processes`). Where there are more cores than files at once, threads stay:
+each gets cores ÷ threads torch threads, which a forked worker cannot have (below).
+
+Each thread or process decodes its files in an `IsolatedReader` of its own (a decoder that
+crashes costs one file, as in a single-threaded run), and results come back in the order of the
+files, so that reports and audit lines read as before.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -38,10 +48,16 @@ def default_threads(files: int, requested: int | None = None) -> int:
 
 class ReaderPerThread:
     """`IsolatedReader`s, one for each thread that reads: `read(path)` has `read_image`'s
-    contract. Use as a context manager; closing it closes every reader."""
+    contract. Use as a context manager; closing it closes every reader. In a process forked
+    from the one that made it (`in_processes`), it starts readers of that process's own: the
+    parent's decoders answer only the parent."""
 
     def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.max_pixels = max_pixels
+        self._forget_readers()
+        _ALL_READERS.add(self)
+
+    def _forget_readers(self) -> None:
         self._local = threading.local()
         self._readers: list[IsolatedReader] = []
         self._idle: list[IsolatedReader] = []  # started, not yet any thread's
@@ -80,6 +96,17 @@ class ReaderPerThread:
                 reader = self._started()
             self._local.reader = reader
         return reader.read(path)
+
+
+_ALL_READERS: "weakref.WeakSet[ReaderPerThread]" = weakref.WeakSet()
+
+
+def _forget_inherited_readers() -> None:
+    for readers in list(_ALL_READERS):
+        readers._forget_readers()  # the parent's; it closes them
+
+
+os.register_at_fork(after_in_child=_forget_inherited_readers)
 
 
 @contextmanager
@@ -137,3 +164,119 @@ def in_threads(work: Callable[[Item], Result], items: Iterable[Item], threads: i
 
 
 _END = object()
+
+
+def runs_in_processes(at_once: int, on_cpu: bool) -> bool:
+    """Whether `at_once` files at a time run in forked processes (`in_processes`) rather than on
+    threads: with the networks on the CPU (a process forked after CUDA started cannot use it),
+    when there is no core left over for a second torch thread in any of them."""
+    return at_once > 1 and on_cpu and at_once >= (os.cpu_count() or 1)
+
+
+def in_processes(work: Callable[[Item], Result], items: Iterable[Item], processes: int,
+                 lost: Callable[[Item], Result], stop_requested: Callable[[], bool] = lambda: False,
+                 alone: Callable[[Item], bool] = lambda item: False,
+                 retry: Callable[[Item], Result] | None = None) -> Iterator[Result]:
+    """`in_threads` in `processes` worker processes forked from this one: `work(item)` for every
+    item, results in the items' order (a few items run ahead, two per process), nothing new
+    started once `stop_requested()`, nothing beside an item for which `alone(item)`. For work on
+    the CPU only (`runs_in_processes`). Each worker runs torch on one thread: a process forked
+    after its parent's OpenMP threads started hangs in the first parallel region it opens
+    (pytorch issue 41197: the threads it would wait for were not copied), and on one thread
+    torch opens none. `work` and the items reach the workers by the fork, the results come back
+    pickled.
+
+    A worker that dies (the out-of-memory killer; a decoder's crash costs only its own
+    `IsolatedReader`) breaks the pool: the items it had not finished are tried again in a new
+    one, by `retry` (default: `work`), one at a time, so that the item that killed it takes no
+    other with it; an item lost twice gives `lost(item)`."""
+    if processes <= 1:
+        yield from in_threads(work, items, 1, stop_requested)
+        return
+    import multiprocessing
+    from concurrent.futures import Future, ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    global _forked_work
+    remaining = iter(items)
+    waiting: list = []  # an item that runs alone, waiting for those before it to finish
+    # Items a broken pool took with it, in order: (item, times lost, its result if it had one).
+    again: deque = deque()
+    _forked_work = (work, retry or work)
+    try:
+        while True:
+            pool = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("fork"),
+                                       initializer=_start_forked_worker)
+            pending: deque = deque()  # (item, times lost before, future, whether it runs alone)
+
+            def start_more() -> None:
+                while True:
+                    by_itself = any(before or solo for _, before, _, solo in pending)
+                    if len(pending) >= (1 if by_itself or again else 2 * processes):
+                        return
+                    if again:
+                        item, before, done = again.popleft()
+                        if done is not None or before >= 2:
+                            if done is None:
+                                done = Future()
+                                done.set_result(lost(item))
+                            pending.append((item, 0, done, False))
+                            continue
+                        if pending:  # a retried item runs alone
+                            again.appendleft((item, before, None))
+                            return
+                        pending.append((item, before, pool.submit(_run_forked_work, item, True), True))
+                        continue
+                    item = waiting.pop() if waiting else _END if stop_requested() else next(remaining, _END)
+                    if item is _END:
+                        return
+                    solo = alone(item)
+                    if solo and pending:
+                        waiting.append(item)  # started once those before it are done
+                        return
+                    pending.append((item, 0, pool.submit(_run_forked_work, item, False), solo))
+
+            try:
+                start_more()
+                while pending:
+                    try:
+                        result = pending[0][2].result()
+                    except BrokenProcessPool:
+                        break
+                    pending.popleft()
+                    start_more()
+                    yield result
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+            if not pending:
+                return
+            # Results already in stay; every other item in flight is tried again.
+            again.extendleft(reversed([(item, before + 1, None) if _lost_with_pool(future) else (item, before, future)
+                                       for item, before, future, _ in pending]))
+    finally:
+        _forked_work = None
+
+
+def _lost_with_pool(future) -> bool:
+    from concurrent.futures.process import BrokenProcessPool
+
+    return not future.done() or future.cancelled() or isinstance(future.exception(), BrokenProcessPool)
+
+
+# What `in_processes`' workers run (the work, and what runs for an item tried again), set before they fork.
+_forked_work: tuple[Callable, Callable] | None = None
+
+
+def _start_forked_worker() -> None:
+    import signal
+
+    import torch
+
+    # Ctrl-C reaches the whole process group: the parent decides what happens.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)  # see `in_processes`
+
+
+def _run_forked_work(item, tried_before: bool):
+    work, retry = _forked_work
+    return (retry if tried_before else work)(item)

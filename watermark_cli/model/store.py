@@ -172,6 +172,11 @@ class LoadedModel:
         return is_keyed(self.card)
 
     @property
+    def on_cpu(self) -> bool:
+        """Whether the networks run on the CPU (`wm … --device`)."""
+        return next(self.model.parameters()).device.type == "cpu"
+
+    @property
     def reads_marks_of(self) -> list[str]:
         """Older shipped models whose marks this one reads too (its card's `reads_marks_of`)."""
         names = self.card.get("reads_marks_of") or []
