@@ -569,6 +569,31 @@ def test_a_worker_killed_mid_batch_is_replaced_and_the_batch_completes(tmp_path,
     assert not [p for p in output.rglob(".*") if ".tmp-" in p.name]  # whether or not the kill landed mid-write
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [("extract", "--threads", "2"), ("embed", "x", "--workers", "2")],
+                         ids=["forked", "spawned"])
+def test_no_worker_outlives_a_run_killed_outright(tmp_path, command):
+    """SIGKILL (or the out-of-memory killer) on a run leaves none of its worker processes behind:
+    each waits on a queue whose other end it holds itself, so it would wait for ever."""
+    folder = _batch_folder(tmp_path, 40)
+    process = subprocess.Popen([sys.executable, "-m", "watermark_cli", command[0], str(folder), *command[1:]],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while time.monotonic() < deadline and not workers:
+        time.sleep(0.05)
+        workers = [child for child in _children(process.pid) if _children(child)]  # each has its decoder
+    assert workers, "no worker process found"
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.05)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()
+             and Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"]
+    assert not alive
+
+
 def test_messages_and_keys_that_are_not_plain_text_get_one_line_or_are_taken_as_bytes(tmp_path):
     from watermark_cli.payload import bytes_to_text
 

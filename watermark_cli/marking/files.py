@@ -37,7 +37,7 @@ from ..model.store import load_model
 from ..quality import QualityFloor, frame_meters, image_quality, meets_floor
 from .image import codec_for, embed_pixels, extract_payload, read_any_mark
 from .marked_binding import binding_as_written, check_written_binding, new_instance_uid
-from .threads import ReaderPerThread, in_processes, in_threads, runs_in_processes
+from .threads import ReaderPerThread, exit_with_parent, in_processes, in_threads, runs_in_processes
 
 
 @dataclass(frozen=True)
@@ -392,11 +392,12 @@ def _run_one(source: Path, destination: Path, settings: EmbedSettings, loaded, c
 _worker_state: dict = {}
 
 
-def _start_worker(settings: EmbedSettings, threads: int) -> None:
+def _start_worker(settings: EmbedSettings, threads: int, parent: int) -> None:
     import signal
 
     import torch
 
+    exit_with_parent(parent)
     # Ctrl-C reaches the whole process group: the parent decides what happens (see
     # cli.GracefulStop); a worker always finishes the file it is writing.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -539,7 +540,7 @@ def _run_pool(jobs: list[tuple[Path, Path]], settings: EmbedSettings, workers: i
     workers = min(workers, len(jobs))
     threads = max(1, (os.cpu_count() or 1) // workers)
     executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_start_worker, initargs=(settings, threads))
+                                   initializer=_start_worker, initargs=(settings, threads, os.getpid()))
     try:
         futures = {executor.submit(_work, job): job for job in jobs}
         for future in as_completed(futures):

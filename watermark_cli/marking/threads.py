@@ -206,7 +206,7 @@ def in_processes(work: Callable[[Item], Result], items: Iterable[Item], processe
     try:
         while True:
             pool = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("fork"),
-                                       initializer=_start_forked_worker)
+                                       initializer=_start_forked_worker, initargs=(os.getpid(),))
             pending: deque = deque()  # (item, times lost before, future, whether it runs alone)
 
             def start_more() -> None:
@@ -267,14 +267,38 @@ def _lost_with_pool(future) -> bool:
 _forked_work: tuple[Callable, Callable] | None = None
 
 
-def _start_forked_worker() -> None:
+def _start_forked_worker(parent: int) -> None:
     import signal
 
     import torch
 
+    exit_with_parent(parent)
     # Ctrl-C reaches the whole process group: the parent decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)  # see `in_processes`
+
+
+def exit_with_parent(parent: int) -> None:
+    """Have the kernel kill this worker process when `parent`, the process that started it,
+    dies (Linux; elsewhere nothing is done). A worker waits for its next file on a queue whose
+    other end it holds itself, so a run killed outright (SIGKILL, the out-of-memory killer)
+    would otherwise leave its workers waiting for ever."""
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux") :
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the request was made
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _run_forked_work(item, tried_before: bool):
