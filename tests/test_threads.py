@@ -93,6 +93,19 @@ def test_processes_give_results_in_order_and_a_dying_worker_costs_only_its_item(
     # What had started is finished and reported, in order; nothing after the stop was started.
     assert stopped == list(range(len(stopped))) and len(stopped) <= 2 * 2 + 1
 
+    # An item that runs alone has nothing beside it (the clock is the system's, shared by processes).
+    def timed(item: int) -> tuple[int, float, float]:
+        started = time.monotonic()
+        time.sleep(0.05)
+        return item, started, time.monotonic()
+
+    spans = list(in_processes(timed, range(10), 2, lost=lambda item: None, alone=lambda item: item in (3, 7)))
+    assert [item for item, _, _ in spans] == list(range(10))
+    for item, start, end in spans:
+        if item in (3, 7):
+            assert not [other for other, s, e in spans if other != item and s < end and start < e]
+    assert any(s < e2 and s2 < e for (i, s, e), (j, s2, e2) in zip(spans, spans[1:]) if {i, j}.isdisjoint({3, 7}))
+
     # Processes where each file at once has a core of its own and the networks are on the CPU.
     cores = os.cpu_count() or 1
     assert runs_in_processes(max(cores, 2), True) and not runs_in_processes(max(cores, 2), False)

@@ -147,12 +147,8 @@ def in_threads(work: Callable[[Item], Result], items: Iterable[Item], threads: i
             while len(pending) < 2 * threads and not stop_requested():
                 if pending and pending[-1][1]:
                     return  # nothing starts beside an item that runs alone
-                item = waiting.pop() if waiting else next(remaining, _END)
+                item, by_itself = _next_item(remaining, waiting, alone, busy=bool(pending))
                 if item is _END:
-                    return
-                by_itself = alone(item)
-                if by_itself and pending:
-                    waiting.append(item)  # started once those before it are done
                     return
                 pending.append((pool.submit(work, item), by_itself))
 
@@ -164,6 +160,20 @@ def in_threads(work: Callable[[Item], Result], items: Iterable[Item], threads: i
 
 
 _END = object()
+
+
+def _next_item(remaining: Iterator, waiting: list, alone: Callable[[object], bool], busy: bool) -> tuple[object, bool]:
+    """The next item to start and whether it runs alone (`alone(item)`); (_END, False) when there
+    is none, or when it runs alone and others are `busy`: it is then kept in `waiting`, which
+    the next call takes first."""
+    item = waiting.pop() if waiting else next(remaining, _END)
+    if item is _END:
+        return _END, False
+    by_itself = alone(item)
+    if by_itself and busy:
+        waiting.append(item)  # started once those before it are done
+        return _END, False
+    return item, by_itself
 
 
 def runs_in_processes(at_once: int, on_cpu: bool) -> bool:
@@ -227,12 +237,10 @@ def in_processes(work: Callable[[Item], Result], items: Iterable[Item], processe
                             return
                         pending.append((item, before, pool.submit(_run_forked_work, item, True), True))
                         continue
-                    item = waiting.pop() if waiting else _END if stop_requested() else next(remaining, _END)
-                    if item is _END:
+                    if stop_requested():
                         return
-                    solo = alone(item)
-                    if solo and pending:
-                        waiting.append(item)  # started once those before it are done
+                    item, solo = _next_item(remaining, waiting, alone, busy=bool(pending))
+                    if item is _END:
                         return
                     pending.append((item, 0, pool.submit(_run_forked_work, item, False), solo))
 
