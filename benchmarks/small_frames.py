@@ -1,7 +1,7 @@
 """Small frames: how many frames of a given side a multi-frame instance needs to be read back.
 
     .venv/bin/python benchmarks/small_frames.py [--sides 64,96,128] [--frames 1,2,4,8] [--stacks 4]
-        [--messages 2] [--attacks identity,jpeg:80] [--unchecked] [--unfitted] [--seed 0]
+        [--messages 2] [--attacks identity,jpeg:80] [--unchecked] [--unfitted] [--seed 0] [--split train]
 
 Material (held-out, never trained on): stacks of k square crops of one held-out pydicom-data file
 (CT, MR, CR, NM, US, ...), each crop textured (its sd at least 2 % of the file's 1st..99th
@@ -11,7 +11,8 @@ encodings (explicit little endian, RLE, big endian). Each is marked by default `
 settings (view floor 40 dB) with 8-byte messages and read back as one instance (every frame's
 evidence together). Refusals by the size rule count as misses, unless `--unchecked` (which
 measures without the rule: what sets it; `--unfitted`, without fitting the mark to its host:
-the encoder's mark alone). Printed per side × frames: trials, frames below the
+the encoder's mark alone; `--split train`, crops of the training split's files, to tune on).
+Printed per side × frames: trials, frames below the
 floor (must be 0), and exact recovery per attack with its one-sided 95 % lower bound.
 """
 
@@ -33,10 +34,11 @@ from watermark_cli.quality import QualityFloor
 EMRI = ("emri_small.dcm", "emri_small_RLE.dcm", "emri_small_big_endian.dcm")
 
 
-def textured_stacks(side: int, frames: int, stacks: int, seed: int) -> list:
-    """(label, loader) sources: `stacks` stacks of `frames` textured crops per held-out file."""
+def textured_stacks(side: int, frames: int, stacks: int, seed: int, split: str = "held_out") -> list:
+    """(label, loader) sources: `stacks` stacks of `frames` textured crops per file of `split`
+    (held-out by default; "train" to tune on)."""
     sources = []
-    for _, path in clinical_files("held_out"):
+    for _, path in clinical_files(split):
         image = read_image(path)
         frame = image.pixels[image.n_frames // 2]
         if min(frame.shape) < side:
@@ -95,6 +97,8 @@ def main() -> None:
     parser.add_argument("--unfitted", action="store_true",
                         help="the encoder's mark alone, not fitted to its host (marking.host_fit): for comparison")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", default="held_out", choices=("held_out", "train"),
+                        help="whose files' crops (train: to tune on; figures come from held_out)")
     args = parser.parse_args()
     model = load_model(None)
     attack_names = args.attacks.split(",")
@@ -111,8 +115,8 @@ def main() -> None:
 
     for side in (int(s) for s in args.sides.split(",")):
         for frames in (int(k) for k in args.frames.split(",")):
-            sources = textured_stacks(side, frames, args.stacks, args.seed)
-            row(f"held-out crops {side}²", frames, measure(model, sources, args.attacks, args.messages, args.psnr_min,
+            sources = textured_stacks(side, frames, args.stacks, args.seed, args.split)
+            row(f"{args.split.replace('_', '-')} crops {side}²", frames, measure(model, sources, args.attacks, args.messages, args.psnr_min,
                                                           args.unchecked, args.unfitted))
     for name in EMRI:
         path = clinical_file(name)
