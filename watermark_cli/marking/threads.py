@@ -277,6 +277,7 @@ _forked_work: tuple[Callable, Callable] | None = None
 
 def _start_forked_worker(parent: int) -> None:
     import signal
+    import sys
 
     import torch
 
@@ -284,6 +285,11 @@ def _start_forked_worker(parent: int) -> None:
     # Ctrl-C reaches the whole process group: the parent decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)  # see `in_processes`
+    # A worker prints nothing (what goes wrong comes back as its result). The standard streams it
+    # was forked with may have been in the middle of a write by another thread of the run (the
+    # progress display) and so hold a lock no thread here will release: flushing them as the
+    # worker exits would wait for ever. New ones take their place.
+    sys.stdout = sys.stderr = open(os.devnull, "w")
 
 
 def exit_with_parent(parent: int) -> None:
