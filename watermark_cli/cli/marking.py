@@ -408,7 +408,7 @@ def extract(
 def _lost_reading(path: Path):
     from ..marking.files import MarkReading
 
-    return MarkReading(path, error=f"{path}: the worker process reading it died (twice); not read", exit_code=2)
+    return MarkReading(path, error=f"{path}: the worker process reading it died (twice); not read", exit_code=1)
 
 
 def _report_mark(reading, kind: str, json_output: bool, single: bool, hints: list[str]) -> str:
