@@ -138,19 +138,13 @@ def image_pool(crop: int | None = None, seed: int = 0) -> list[Item]:
 
 
 def textured_crop(image: MedicalImage, side: int, rng) -> MedicalImage | None:
-    """A `side`² cut of the image's middle frame whose sd is at least 2 % of the frame's 1st..99th
-    percentile span (anatomy, not a flat corner, as `benchmarks/small_frames.py` cuts them), as a
-    one-frame image; None when the frame is smaller or no such cut is found in 400 tries."""
+    """A `side`² textured cut of the image's middle frame (`heldout.textured_cuts`) as a one-frame
+    image; None when the frame is smaller or no such cut is found."""
     frame = image.pixels[image.n_frames // 2]
     if min(frame.shape) < side:
         return None
-    low, high = np.percentile(frame, [1, 99])
-    for _ in range(400):
-        top, left = (int(rng.integers(0, size - side + 1)) for size in frame.shape)
-        cut = frame[top : top + side, left : left + side]
-        if cut.std() >= 0.02 * max(high - low, 1):
-            return replace(image, pixels=cut[None].copy())
-    return None
+    cuts = heldout.textured_cuts(frame, side, 1, rng)
+    return replace(image, pixels=cuts[0][None].copy()) if cuts else None
 
 
 def stored(image: MedicalImage, values: np.ndarray) -> MedicalImage:

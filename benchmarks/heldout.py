@@ -22,6 +22,26 @@ from watermark_cli.evaluation.run import upper_bound_95
 from watermark_cli.io.image import read_image
 from watermark_cli.data.slices import check_slices, held_out_slices, slice_image
 
+def textured_cuts(frame, side: int, count: int, rng, tries: int = 400) -> list:
+    """Up to `count` `side`² cuts of `frame` at random places (`rng`: top, then left, per try)
+    whose sd is at least 2 % of the frame's 1st..99th percentile span: anatomy, not a flat
+    corner; at most `tries` places are tried in all. Small frames as nuclear medicine, PET and
+    cine series write them (`small_frames.py`, `attacks_keyless.py --crop`)."""
+    import numpy as np
+
+    low, high = np.percentile(frame, [1, 99])
+    cuts = []
+    for _ in range(tries):
+        if len(cuts) == count:
+            break
+        top = int(rng.integers(0, frame.shape[0] - side + 1))
+        left = int(rng.integers(0, frame.shape[1] - side + 1))
+        cut = frame[top : top + side, left : left + side]
+        if cut.std() >= 0.02 * max(high - low, 1):
+            cuts.append(cut)
+    return cuts
+
+
 #: The sets never trained on; `check_slices` is the training split's, for checking a reader change.
 HELD_OUT_SETS = ("files", "slices")
 SETS = (*HELD_OUT_SETS, "check_slices")

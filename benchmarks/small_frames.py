@@ -24,6 +24,7 @@ from functools import partial
 
 import numpy as np
 
+from heldout import textured_cuts
 from watermark_cli.attacks.codecs import parse_attack_list
 from watermark_cli.data.clinical import clinical_file, clinical_files
 from watermark_cli.evaluation.run import EvaluationOptions, evaluate_images, upper_bound_95
@@ -43,17 +44,9 @@ def textured_stacks(side: int, frames: int, stacks: int, seed: int, split: str =
         frame = image.pixels[image.n_frames // 2]
         if min(frame.shape) < side:
             continue
-        low, high = np.percentile(frame, [1, 99])
         rng = np.random.default_rng([seed, side, frames])
         for stack in range(stacks):
-            crops, tries = [], 0
-            while len(crops) < frames and tries < 400:
-                tries += 1
-                top = int(rng.integers(0, frame.shape[0] - side + 1))
-                left = int(rng.integers(0, frame.shape[1] - side + 1))
-                crop = frame[top : top + side, left : left + side]
-                if crop.std() >= 0.02 * max(high - low, 1):
-                    crops.append(crop)
+            crops = textured_cuts(frame, side, frames, rng)
             if len(crops) == frames:
                 pixels = np.stack(crops).copy()
                 sources.append((f"{path.name}#{stack}", partial(lambda im, px: replace(im, pixels=px), image, pixels)))
