@@ -382,8 +382,8 @@ def extract(
         # With a core for each file at once and the networks on the CPU, files are read in forked
         # worker processes (`runs_in_processes`), each of which starts a decoder of its own;
         # otherwise on threads of this process, whose decoders start while the model loads.
-        forked = runs_in_processes(threads, device is not Device.cuda)
-        with ReaderPerThread(max_pixels).prestart(0 if forked else threads) as readers:
+        may_fork = runs_in_processes(threads, device is not Device.cuda)  # known for sure once the model is loaded
+        with ReaderPerThread(max_pixels).prestart(0 if may_fork else threads) as readers:
             loaded = open_model(model, device.value)
             codec = codec_for(loaded, secret)
             legacy = legacy_codec_for(loaded, secret)
@@ -392,7 +392,7 @@ def extract(
             def read(path: Path):
                 return read_mark(path, readers.read, loaded, codec, legacy, accept_format_1, older)
 
-            readings = (in_processes(read, files, threads, lost=_lost_reading) if forked and loaded.on_cpu else
+            readings = (in_processes(read, files, threads, lost=_lost_reading) if may_fork and loaded.on_cpu else
                         in_threads(read, files, threads))
             for reading in readings:
                 outcomes[_report_mark(reading, kind, json_output, single, hints)] += 1

@@ -111,12 +111,6 @@ def _as_tensor(frames: np.ndarray, device=None):
     return torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).unsqueeze(1).to(device)
 
 
-def _device(model: LoadedModel):
-    """Where the model's networks are (`wm … --device`): their inputs go there, and what they
-    return comes back to the CPU, where the guard, the payload and the searches work."""
-    return next(model.model.parameters()).device
-
-
 # A mark is carried only where the host's own content owns the sign of its secret band-pass
 # (`key_field.host_signs`): where that exceeds 3 times what a pasted pattern could give it.
 # A paste at 40 dB in the view a reader sees has an RMS of 1 % of that view's peak, and the
@@ -158,7 +152,7 @@ def _bound_field(model: LoadedModel, codec: PayloadCodec, signs: np.ndarray, top
     """The key field at (`top`, `left`) of the canvas times a frame's host `signs`, (1, 1, rows, cols)."""
     rows, cols = signs.shape
     field = key_field(codec.field_seed, rows, cols, model.model.config.key_field_sigma, top, left)
-    return _as_tensor((field * signs)[None], _device(model))
+    return _as_tensor((field * signs)[None], model.device)
 
 
 def residual_for(model: LoadedModel, image: MedicalImage, raw_bits: np.ndarray,
@@ -168,7 +162,7 @@ def residual_for(model: LoadedModel, image: MedicalImage, raw_bits: np.ndarray,
     import torch
 
     frames = normalised_frames(image)
-    device = _device(model)
+    device = model.device
     bits = torch.from_numpy(np.asarray(raw_bits, dtype=np.float32)).unsqueeze(0).to(device)
     if model.model.config.keyed and codec is None:
         raise ValueError("a keyed model's residual needs the codec (the key field comes from its key)")
@@ -290,7 +284,7 @@ def _differentiable_read(model: LoadedModel, codec: PayloadCodec, image: Medical
 
     span = float(image.stored_max - image.stored_min)
     thresholds = normalised_sign_thresholds(image)
-    decoder, device = model.model.decoder, _device(model)
+    decoder, device = model.model.decoder, model.device
 
     def read(values):
         frames = ((values - image.stored_min) / span).float()
@@ -356,7 +350,7 @@ def _logits_by_offset(model: LoadedModel, frames: np.ndarray) -> np.ndarray:
     import torch
 
     with torch.inference_mode():
-        every = [model.model.decoder.logits_for_every_shift(_as_tensor(frame[None], _device(model)))[0]
+        every = [model.model.decoder.logits_for_every_shift(_as_tensor(frame[None], model.device))[0]
                  for frame in frames]
         return torch.stack(every).mean(dim=0).cpu().numpy().astype(np.float64)
 
@@ -396,7 +390,7 @@ def _logits_at(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, thre
     computed. An unkeyed model reads its grid at (0, 0)."""
     import torch
 
-    decoder, device = model.model.decoder, _device(model)
+    decoder, device = model.model.decoder, model.device
     if responses is None:
         responses = _keyed_responses(model, codec, frames, thresholds)
     with torch.inference_mode():
@@ -451,7 +445,7 @@ def _feature_maps(model: LoadedModel, frame: np.ndarray) -> np.ndarray:
     import torch
 
     with torch.inference_mode():
-        features = model.model.decoder.feature_maps(_as_tensor(frame[None], _device(model)))[0]
+        features = model.model.decoder.feature_maps(_as_tensor(frame[None], model.device))[0]
         # float32, as the networks give them and as every search takes them: a float64 copy
         # was made and converted back by each of them.
         return np.ascontiguousarray(features.cpu().numpy(), dtype=np.float32)

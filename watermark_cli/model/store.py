@@ -172,9 +172,14 @@ class LoadedModel:
         return is_keyed(self.card)
 
     @property
+    def device(self):
+        """Where the networks are (`wm … --device`), a torch device: their inputs go there, and
+        what they return comes back to the CPU, where the guard, the payload and the searches work."""
+        return next(self.model.parameters()).device
+
+    @property
     def on_cpu(self) -> bool:
-        """Whether the networks run on the CPU (`wm … --device`)."""
-        return next(self.model.parameters()).device.type == "cpu"
+        return self.device.type == "cpu"
 
     @property
     def reads_marks_of(self) -> list[str]:
