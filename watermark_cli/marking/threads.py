@@ -226,10 +226,10 @@ def in_processes(work: Callable[[Item], Result], items: Iterable[Item], processe
                         return
                     if again:
                         item, before, done = again.popleft()
-                        if done is not None or before >= 2:
-                            if done is None:
-                                done = Future()
-                                done.set_result(lost(item))
+                        if before >= 2:  # lost twice: its answer is `lost(item)`
+                            done = Future()
+                            done.set_result(lost(item))
+                        if done is not None:
                             pending.append((item, 0, done, False))
                             continue
                         if pending:  # a retried item runs alone
@@ -300,7 +300,7 @@ def exit_with_parent(parent: int) -> None:
     import signal
     import sys
 
-    if not sys.platform.startswith("linux") :
+    if not sys.platform.startswith("linux"):
         return
     import ctypes
 
