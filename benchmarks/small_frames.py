@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/small_frames.py [--sides 64,96,128] [--frames 1,2,4,8] [--stacks 4]
         [--messages 2] [--attacks identity,jpeg:80] [--unchecked] [--unfitted] [--seed 0] [--split train]
+        [--model NAME|PATH]
 
 Material (held-out, never trained on): stacks of k square crops of one held-out pydicom-data file
 (CT, MR, CR, NM, US, ...), each crop textured (its sd at least 2 % of the file's 1st..99th
@@ -92,8 +93,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", default="held_out", choices=("held_out", "train"),
                         help="whose files' crops (train: to tune on; figures come from held_out)")
+    parser.add_argument("--model", default=None, help="a model folder or name (default: the shipped default)")
     args = parser.parse_args()
-    model = load_model(None)
+    model = load_model(args.model)
     attack_names = args.attacks.split(",")
     print("| material | frames | trials | refused | below floor | " + " | ".join(attack_names) + " |")
     print("|---|---|---|---|---|" + "---|" * len(attack_names))

@@ -135,3 +135,28 @@ def test_a_reading_that_is_not_a_number_keeps_the_encoders_mark():
     kept, message = rng.normal(size=host.shape), np.where(movable, rng.normal(size=host.shape), 0.0)
     unreadable = fit_to_host(kept, message, movable, bits, guard, lambda values: torch.full((8,), float("nan")) * values.sum())
     assert np.array_equal(unreadable, kept + message)
+
+
+def test_a_96_px_frame_is_read_from_its_part_tiles_too(keyed, monkeypatch):
+    """A 96² frame holds one whole 64-px tile, 44 % of its pixels; the reader folds every pixel
+    onto the tile (`CarrierDecoder.fold`). With the whole tile's pixels put back as they were, the
+    mark left in the part tiles still reads well above chance (over 1,024 raw bits, chance is
+    0.50 ± 0.016); a reader of the whole tile alone reads chance there."""
+    import torch
+
+    from watermark_cli.model import networks
+
+    model, codec = keyed
+    bits = codec.encode(b"ID-00042")
+    agreement = {"every pixel": [], "whole tiles alone": []}
+    for crop in _crops(96, ((0, 0), (32, 32), (16, 8), (8, 24))):
+        marked = _embed(model, codec, crop, True, monkeypatch).pixels
+        marked[:, :64, :64] = crop.pixels[:, :64, :64]
+        values = torch.from_numpy(marked.astype(np.float64))
+        for reader, fold in (("every pixel", networks.CarrierDecoder.fold),
+                             ("whole tiles alone", lambda decoder, maps: networks.tile_mean(maps, decoder.config.tile))):
+            with monkeypatch.context() as patch, torch.no_grad():
+                patch.setattr(networks.CarrierDecoder, "fold", fold)
+                logits = marking._differentiable_read(model, codec, crop)(values).numpy()
+            agreement[reader].append(np.mean((logits > 0) == (bits > 0)))
+    assert np.mean(agreement["every pixel"]) >= 0.58 and np.mean(agreement["whole tiles alone"]) <= 0.56, agreement

@@ -86,3 +86,28 @@ def test_networks_in_strips_give_the_values_of_one_pass():
             assert torch.allclose(strips, whole, rtol=0, atol=1e-5)
     with torch.enable_grad():  # training: one pass, gradients kept
         assert run_in_strips(networks[0], torch.rand(1, 1, 300, 64)).requires_grad
+
+
+def test_the_fold_adds_every_pixel_onto_its_place_in_the_tile():
+    """Whole tiles: their mean. A frame with part tiles (96², 160², a crop): every pixel's value
+    added onto its place (row mod T, col mod T), the sums over the mean count, and the gradient
+    reaches the part tiles' pixels, which the mark is written on too."""
+    torch.manual_seed(4)
+    decoder = CarrierDecoder(CONFIG)  # 32-px tiles
+    whole = torch.randn(2, 2, 64, 96)
+    assert torch.allclose(decoder.fold(whole), whole.view(2, 2, 2, 32, 3, 32).mean(dim=(2, 4)), atol=1e-6)
+    maps = torch.randn(1, 2, 48, 80, requires_grad=True)
+    sums, counts = torch.zeros(2, 32, 32, dtype=torch.float64), torch.zeros(32, 32, dtype=torch.float64)
+    for row in range(48):
+        for col in range(80):
+            sums[:, row % 32, col % 32] += maps[0, :, row, col].detach().double()
+            counts[row % 32, col % 32] += 1
+    assert torch.allclose(decoder.fold(maps)[0].double(), sums / counts.mean(), atol=1e-5)
+    decoder.fold(maps)[0, 0, 5, 7].backward()
+    assert maps.grad[0, 0, 37, 71] == maps.grad[0, 0, 5, 7] != 0  # a part tile's pixel counts as a whole one's
+    try:
+        decoder.fold(torch.zeros(1, 2, 31, 80))
+    except ValueError as error:
+        assert "smaller than one 32×32 tile" in str(error)
+    else:
+        raise AssertionError("a frame under one tile was folded")
