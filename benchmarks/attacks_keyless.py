@@ -89,7 +89,7 @@ from watermark_cli.evaluation.run import upper_bound_95
 from watermark_cli.io.medical_image import MedicalImage
 from watermark_cli.keys import generated_key_text
 from watermark_cli.marking.image import (codec_for, embed_pixels, extract_payload, field_for, normalised_sign_thresholds,
-                                        residual_for)
+                                        residual_for, smallest_markable_side)
 from watermark_cli.model.inputs import normalised_frames
 from watermark_cli.model.store import load_model
 from watermark_cli.quality import FrameMeter, QualityFloor, frame_meters
@@ -577,6 +577,9 @@ def main() -> int:
     started = time.perf_counter()
     log = (lambda text: print(text, file=sys.stderr, flush=True)) if not args.json else (lambda text: None)
     model = load_model(args.model)
+    if args.crop is not None and args.crop < smallest_markable_side(model.model.config.tile):
+        parser.error(f"--crop {args.crop}: a single frame under {smallest_markable_side(model.model.config.tile)} px "
+                     "a side is not marked (wm embed refuses it), so it is no victim")
     notes = []
     try:
         import skimage.restoration  # noqa: F401
