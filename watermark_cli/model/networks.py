@@ -267,12 +267,10 @@ class CarrierDecoder(nn.Module):
             raise ValueError(f"image {height}×{width} is smaller than one {tile}×{tile} tile")
         if height % tile == 0 and width % tile == 0:
             return tile_mean(maps, tile)
-        padded = F.pad(maps, (0, -width % tile, 0, -height % tile))  # zeros: they add nothing
-        places = (padded.shape[-2] // tile) * (padded.shape[-1] // tile)
-        per_row = torch.tensor([len(range(place, height, tile)) for place in range(tile)], dtype=torch.float64)
-        per_col = torch.tensor([len(range(place, width, tile)) for place in range(tile)], dtype=torch.float64)
-        mean_count = float(per_row.mean() * per_col.mean())
-        return tile_mean(padded, tile) * (places / mean_count)
+        # Padded with zeros (they add nothing) to whole tiles, whose mean is the sums over the
+        # padded tiles' count; the mean count of a place is the frame's area over the tile's.
+        padded = F.pad(maps, (0, -width % tile, 0, -height % tile))
+        return tile_mean(padded, tile) * (padded.shape[-2] * padded.shape[-1] / (height * width))
 
     def normalised_fold(self, images: torch.Tensor, key_field: torch.Tensor | None = None) -> torch.Tensor:
         return self.fold_features(self.feature_maps(images), key_field)
