@@ -160,3 +160,28 @@ def test_a_96_px_frame_is_read_from_its_part_tiles_too(keyed, monkeypatch):
                 logits = marking._differentiable_read(model, codec, crop)(values).numpy()
             agreement[reader].append(np.mean((logits > 0) == (bits > 0)))
     assert np.mean(agreement["every pixel"]) >= 0.58 and np.mean(agreement["whole tiles alone"]) <= 0.56, agreement
+
+
+def test_the_smallest_frames_have_their_whole_mark_fitted_and_96_px_frames_keep_the_rest(keyed, monkeypatch):
+    """Under 1.5 tiles a side (64² frames) no resize, turn or crop is found, so nothing is kept
+    for them: the whole mark is fitted, and a series of two such frames reads back at the
+    floor. A 96² frame keeps the key's constant and the pilot, by which its crops are located."""
+    model, codec = keyed
+    handed: dict = {}
+    fit = marking.fit_to_host
+
+    def spy(kept, fitted, *rest):
+        handed.update(kept=kept, fitted=fitted)
+        return fit(kept, fitted, *rest)
+
+    monkeypatch.setattr(marking, "fit_to_host", spy)
+    image = read_image(get_testdata_file("CT_small.dcm", download=False))
+    series = replace(image, pixels=np.stack([image.pixels[0, :64, :64], image.pixels[0, 64:, 64:]]))
+    outcome = marking.embed_pixels(model, codec, series, b"ID-00042", FLOOR)
+    assert not handed["kept"].any()
+    assert np.array_equal(handed["fitted"], marking.residual_for(model, series, codec.encode(b"ID-00042"), codec))
+    decoded = marking.extract_payload(model, codec, replace(series, pixels=outcome.pixels))
+    assert decoded.found and decoded.message == b"ID-00042"
+    assert all(frame.quality.below_floor(FLOOR) == [] for frame in outcome.frames)
+    _embed(model, codec, _crops(96, ((16, 8),))[0], True, monkeypatch)
+    assert handed["kept"].any() and not np.array_equal(handed["fitted"], handed["kept"])
