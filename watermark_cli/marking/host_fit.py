@@ -11,12 +11,13 @@ the floor in every view on its quantised values; the best candidate by the same 
 and the encoder's own mark is the first, so fitting never does worse by that measure.
 
 Only the part of the mark that carries the bits is moved, and it keeps its energy: the rest (a
-keyed model's constant, by which the reader locates a crop, and its synchronisation pilot, which the
-resize and turn searches find) stays as the encoder wrote it and keeps its share of the budget. Moving the whole mark took the reads of 128²
-training crops after a 2° turn from 26 of 36 to between 3 and 17; this way no figure of
-`benchmarks/small_frames.py`'s attacks fell on 96² and 128² training crops (36 each). On frames
-too small for those searches (under 96 px a side for the default model) the caller fits the whole
-mark instead (`marking.image.fits_whole_mark`). The part moves only where the encoder put a mark (`movable`): a keyed mark stays on the pixels whose host
+keyed model's constant, by which the reader locates a crop, and its synchronisation pilot, which
+the resize and turn searches find) stays as the encoder wrote it and keeps its share of the
+budget. Moving the whole mark took the reads of 128² training crops after a 2° turn from 26 of 36
+to between 3 and 17; this way no figure of `benchmarks/small_frames.py`'s attacks fell on 96² and
+128² training crops (36 each). On frames too small for those searches (under 96 px a side for the
+default model) the caller fits the whole mark instead (`marking.image.fits_whole_mark`). The part
+moves only where the encoder put a mark (`movable`): a keyed mark stays on the pixels whose host
 owns its signs, so a copy onto another image is refused as before. The reader, the payload and the
 false-positive bound do not change.
 
