@@ -217,14 +217,28 @@ def elements_read_two_ways(path: Path) -> ElementsReadTwoWays:
     _install_element_check()
     _PARSE_CHECK.found = found = _ParseFindings()
     try:
-        dataset = pydicom.dcmread(path, force=True)
-        for _ in dataset.iterall():  # a sequence's items are parsed when first reached
-            pass
+        _parse_every_sequence(pydicom.dcmread(path, force=True))
     except Exception:
         pass
     finally:
         _PARSE_CHECK.found = None
     return ElementsReadTwoWays(tuple(sorted(set(found.repeated))), tuple(dict.fromkeys(found.other_vr)))
+
+
+def _parse_every_sequence(dataset: Any) -> None:
+    """Read the items of every sequence in `dataset`, at any depth, through the element
+    generator. A sequence whose VR the file states (SQ) is read as the data set is; one that
+    becomes a sequence only when converted (implicit VR, or UN with a dictionary VR of SQ) is
+    read then. An element of any other explicit VR never becomes one, so it is left raw:
+    converting every value (`iterall`) was two thirds of this check's time, twice per embed."""
+    for tag in list(dataset.keys()):
+        raw = dataset.get_item(tag)
+        if getattr(raw, "is_raw", False) and raw.VR not in (None, "SQ", "UN"):
+            continue
+        element = dataset[tag]
+        if element.VR == "SQ":
+            for item in element.value or []:
+                _parse_every_sequence(item)
 
 
 @dataclass
