@@ -127,6 +127,9 @@ def test_marks_made_before_stretching_read_under_wm_key_v0_and_new_marks_cannot_
         key_material("wm-key-v0:")
 
 
+# Slow: one real scrypt (n = 2^20, 1 GiB) takes 5 s alone, and went over the fast lane's limit
+# beside the other lane process on a busy day.
+@pytest.mark.slow
 def test_a_passphrase_is_stretched_before_the_record_or_the_payload_derive_from_it():
     """One scrypt (cached for the process): the record and payload keys come from it, not from
     the passphrase, so the fast test the old derivation allowed (HKDF of a guess) finds nothing."""
