@@ -233,7 +233,7 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
         # so measuring them again gave the same figures, for 6 to 17 ms of a 512² CT's embed.
         qualities = [guarded.quality for guarded in outcome.frames]
         if not all(meets_floor(q, floor) for q in qualities):
-            raise CheckFailedError(f"{source}: the written file missed the floor on re-measurement; nothing written")
+            raise CheckFailedError(f"{source}: the written values miss the floor in a view; nothing written")
         if file_sha256(source) != input_sha256:
             raise CheckFailedError(f"{source}: the input changed while it was being marked; nothing written")
         measured.update(qualities=qualities, pixels=written.pixels, file_sha256=file_sha256(temporary))
