@@ -14,7 +14,9 @@ evidence together). Refusals by the size rule count as misses, unless `--uncheck
 measures without the rule: what sets it; `--unfitted`, without fitting the mark to its host:
 the encoder's mark alone; `--split train`, crops of the training split's files, to tune on).
 Printed per side × frames: trials, frames below the
-floor (must be 0), and exact recovery per attack with its one-sided 95 % lower bound.
+floor (must be 0), marks that are the fragile one (`marking.fragile`: where the robust mark did
+not read back; any change of the values removes it), and exact recovery per attack with its
+one-sided 95 % lower bound.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def measure(model, sources, attacks: str, messages: int, psnr_min: float, unchec
         recovered = round(result["payload_recovery"] * result["n"])
         figures[name] = (recovered, trials, 1.0 - upper_bound_95(trials - recovered, trials))
     return {"figures": figures, "below_floor": summary["below_floor"], "refused": len(summary["skipped"]),
-            "psnr_min": summary["psnr"]["min"]}
+            "psnr_min": summary["psnr"]["min"], "fragile": summary["fragile_marks"]}
 
 
 def main() -> None:
@@ -97,15 +99,15 @@ def main() -> None:
     args = parser.parse_args()
     model = load_model(args.model)
     attack_names = args.attacks.split(",")
-    print("| material | frames | trials | refused | below floor | " + " | ".join(attack_names) + " |")
-    print("|---|---|---|---|---|" + "---|" * len(attack_names))
+    print("| material | frames | trials | refused | below floor | fragile | " + " | ".join(attack_names) + " |")
+    print("|---|---|---|---|---|---|" + "---|" * len(attack_names))
 
     def row(label: str, frames: int, result: dict) -> None:
         cells, trials = [], max(result["figures"].get(name, (0, 0, 0))[1] for name in attack_names)
         for name in attack_names:
             recovered, trials, lower = result["figures"].get(name, (0, 0, 0.0))
             cells.append(f"{recovered}/{trials} (≥ {lower:.1%})")
-        print(f"| {label} | {frames} | {trials} | {result['refused']} | {result['below_floor']} | "
+        print(f"| {label} | {frames} | {trials} | {result['refused']} | {result['below_floor']} | {result['fragile']} | "
               + " | ".join(cells) + " |", flush=True)
 
     for side in (int(s) for s in args.sides.split(",")):

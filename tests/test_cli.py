@@ -182,20 +182,26 @@ def test_image_smaller_than_two_tiles_is_refused(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.png"]
 
 
-def test_frames_under_two_tiles_are_marked_only_as_a_series_of_enough_of_them(tmp_path):
-    """A 64² or 96² frame holds one 64-px tile: a mark needs two. One such frame alone is refused,
-    naming how many it takes; `wm models` lists them."""
+def test_frames_under_two_tiles_are_marked_alone_robustly_where_that_reads_back_else_fragile(tmp_path):
+    """A 64² or 96² frame holds one 64-px tile, and the robust mark needs two to be sure to read
+    back: such a frame alone is marked all the same, verified, with the fragile mark where the
+    robust one does not read back (`marking.fragile`); `wm models` lists the frames the robust
+    mark needs and the size under which the fragile one stands in."""
     from watermark_cli.marking.image import frames_needed
 
     assert [frames_needed(side, side, 64) for side in (48, 63, 64, 96, 127, 128, 512)] == [None, None, 2, 2, 2, 1, 1]
     assert frames_needed(128, 64, 64) == 1 and frames_needed(64, 300, 64) == 1 and frames_needed(100, 100, 64) == 2
     single = tmp_path / "single.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96), dtype=np.uint8)).save(single)
-    result = run_wm_here("embed", single, "x")
-    assert result.code == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["single.png"]
-    assert "1 frame(s) of 96×96 px" in _one_line_error(result) and "at least 2 of them" in result.stderr
-    listing = run_wm_here("models", "--json")
-    assert json.loads(listing.stdout.splitlines()[0])["frames_needed_by_side"] == {"64": 2, "96": 2, "128": 1}
+    result = run_wm_here("embed", single, "x", "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["verified"] and report["psnr"] >= 40.0 and isinstance(report["fragile"], bool)
+    read = run_wm_here("extract", tmp_path / "single.wm.png", "--json")
+    assert read.code == 0 and json.loads(read.stdout)["message"] == "x"
+    listing = json.loads(run_wm_here("models", "--json").stdout.splitlines()[0])
+    assert listing["frames_needed_by_side"] == {"64": 2, "96": 2, "128": 1}
+    assert listing["fragile_mark_up_to_pixels"] == 256 * 256
 
 
 def test_existing_output_is_never_replaced_without_overwrite(held_out_png, tmp_path):

@@ -98,13 +98,14 @@ def test_an_empty_message_is_refused_and_a_created_output_folder_is_said(two_png
 
 
 def test_a_refused_mark_says_what_would_work(two_pngs, tmp_path):
-    # The floor is named when it is what blocks the mark.
-    high = run_wm_here("embed", two_pngs[0], "id-2", "--psnr-min", "80", "-o", tmp_path / "high.png")
-    assert high.code == 1 and "floor of 80 dB" in one_line(high) and "lower --psnr-min" in one_line(high)
+    # The floor is named when it is what blocks the mark (so high that not even the fragile mark of
+    # a small image, a few dozen moves of one unit, fits under it).
+    high = run_wm_here("embed", two_pngs[0], "id-2", "--psnr-min", "190", "-o", tmp_path / "high.png")
+    assert high.code == 1 and "floor of 190 dB" in one_line(high) and "lower --psnr-min" in one_line(high)
     assert not (tmp_path / "high.png").exists()
     # A frame too small: what would work.
     small = tmp_path / "small.png"
-    Image.fromarray(ct_slice()[:96, :96]).save(small)
+    Image.fromarray(ct_slice()[:48, :48]).save(small)
     refused = run_wm_here("embed", small, "id-3")
     assert refused.code == 2 and "full-size image" in one_line(refused)
 

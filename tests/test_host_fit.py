@@ -78,6 +78,7 @@ def _crops(side: int, corners) -> list:
 def _embed(model, codec, image, fitted: bool, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(marking, "check_markable_size", lambda image, tile: None)  # a single 96² frame
+        patch.setattr(marking, "fits_fragile_mark", lambda image: False)  # the robust mark alone
         if not fitted:
             patch.setattr(marking, "FITTED_BELOW_SIDE", 0)
         return marking.embed_pixels(model, codec, image, b"ID-00042", FLOOR)

@@ -43,8 +43,9 @@ wrong key, noise), one decode examines at most `LIST_SIZE` candidates per class,
 only if its 40-bit tag matches: for a candidate not made with the key, the recomputed tag is a
 PRF output independent of the received one, so each passes with probability 2^-40. The union
 bound gives at most ``classes × LIST_SIZE × 2^-40`` per decode (4 × 8 × 2^-40 = 2.9e-11 for 256
-bits), and per image `marking.image.DECODES_PER_IMAGE` (24) decodes: 7.0e-10, under the 1e-8 of
-design §5. (With the public default key anyone can forge a valid payload on purpose.)
+bits), and per image `marking.image.DECODES_PER_IMAGE` (24) decodes and one of a small instance's
+fragile mark (`marking.fragile`): 7.3e-10, under the 1e-8 of design §5. (With the public default
+key anyone can forge a valid payload on purpose.)
 
 **Format 1** (`LegacyPayloadCodec`: CRC-32 and Reed-Solomon under a key-only XOR keystream) is
 what wm wrote before; it is malleable and forgeable (see its docstring) and is read only when
@@ -109,6 +110,8 @@ class DecodedPayload:
     right; values near 0 mean the payload was recovered mainly by the error correction. 0.0 when
     nothing was found. bit_errors: raw bits the decoder read wrong (hard decisions).
     format: 2, or 1 for a legacy mark (never authenticated: anyone can forge one).
+    fragile: read from the fragile mark of a small frame (`marking.fragile`), which any change
+    of the values removes.
     """
 
     found: bool
@@ -116,6 +119,7 @@ class DecodedPayload:
     confidence: float
     bit_errors: int | None
     format: int = FORMAT
+    fragile: bool = False
 
     @property
     def authenticated(self) -> bool:

@@ -281,6 +281,11 @@ def _print_batch_summary(single: bool, results, failures, existing, skipped, rec
                  highlight=False, soft_wrap=True)
 
 
+# What a fragile mark (`marking.fragile`) is, wherever one is reported.
+_FRAGILE_NOTE = ("a fragile mark: the frame is too small or too flat for the robust one; it reads back from lossless "
+                 "copies only (any change of the values removes it)")
+
+
 def _print_embed_table(results: list) -> None:
     if not results:
         return
@@ -295,7 +300,8 @@ def _print_embed_table(results: list) -> None:
             + (f"  other views: {others} dB\n" if others else "")
             + f"  nominal peak {format_db(r.psnr_nominal)} dB; SSIM {r.ssim}, max |error| {r.max_abs_error:g} "
             f"stored units, guard scale {r.guard_scale:.3f}, {r.frames} frame(s), "
-            f"verified: {'yes' if r.verified else 'NO'}", highlight=False, soft_wrap=True)
+            f"verified: {'yes' if r.verified else 'NO'}"
+            + (f"\n  {_FRAGILE_NOTE}" if r.fragile else ""), highlight=False, soft_wrap=True)
         return
     table = Table(title=f"wm embed: {len(results)} file(s)")
     for column in ("file", "PSNR dB", "binding view", "SSIM", "max |err|", "guard", "verified"):
@@ -305,7 +311,7 @@ def _print_embed_table(results: list) -> None:
             escape(Path(r.output).name), format_db(r.psnr), r.binding_view,
             f"{r.ssim:.4f}" if r.ssim is not None else "-", f"{r.max_abs_error:g}",
             f"{r.guard_scale:.2f}" if r.guard_scale is not None else "-",  # None: recovered
-            "yes" if r.verified else "[red]NO[/]",
+            ("yes (fragile)" if r.fragile else "yes") if r.verified else "[red]NO[/]",
         )
     stdout.print(table)
     stdout.print(f"floor {results[0].psnr_min:g} dB in the {results[0].psnr_domain} domain", highlight=False)
@@ -434,7 +440,8 @@ def _report_mark(reading, kind: str, json_output: bool, single: bool, hints: lis
                    "protected": decoded.found and kind == "custom" and reading.unprotected_model is None,
                    **({"model": reading.unprotected_model} if reading.unprotected_model else {}),
                    **({"hint": reading.hint} if reading.hint else {}),
-                   **({"format_1_mark": True} if reading.format_1_seen else {})})
+                   **({"format_1_mark": True} if reading.format_1_seen else {}),
+                   **({"fragile": True} if decoded.found and decoded.fragile else {})})
     elif single:
         if decoded.found:
             sys.stdout.write(text + "\n")
@@ -442,13 +449,16 @@ def _report_mark(reading, kind: str, json_output: bool, single: bool, hints: lis
                 stderr.print("[yellow]warning:[/] a format-1 mark: unauthenticated, anyone could have written it",
                              highlight=False)
     else:
-        shown = (escape(text) + (" (format 1, unauthenticated)" if decoded.format == 1 else "") if decoded.found
+        shown = (escape(text) + (" (format 1, unauthenticated)" if decoded.format == 1 else "")
+                 + (" (fragile mark)" if decoded.fragile else "") if decoded.found
                  else "[yellow]no watermark[/]" + (f" ({escape(reading.hint)})" if reading.hint else ""))
         stdout.print(f"{escape(str(path))}: {shown}", highlight=False, soft_wrap=True)
     if reading.unprotected_model:
         stderr.print(f"[yellow]warning:[/] {escape(str(path))}: marked by {reading.unprotected_model}, a model whose "
                      "marks do not depend on the key: anyone with wm can read, remove or copy it; mark the original "
                      "again with the current model", highlight=False, soft_wrap=True)
+    if decoded.found and decoded.fragile and single and not json_output:
+        stderr.print(f"[yellow]note:[/] {_FRAGILE_NOTE}", highlight=False, soft_wrap=True)
     if reading.format_1_seen:
         stderr.print(f"{escape(str(path))}: holds a mark in the old payload format 1 (unauthenticated); read it with "
                      "--accept-format-1", highlight=False, soft_wrap=True)

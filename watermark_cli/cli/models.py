@@ -13,6 +13,7 @@ def models(json_output: JsonOption = False) -> None:
     """List the shipped models and their payload capacity."""
     from ..model.store import is_keyed, read_card, shipped_models_folder
 
+    from ..marking.fragile import FRAGILE_PIXELS_AT_MOST
     from ..marking.image import frames_needed, smallest_markable_side
 
     folder = shipped_models_folder()
@@ -26,6 +27,9 @@ def models(json_output: JsonOption = False) -> None:
                      "capacity_bytes": card["payload"]["capacity_bytes"],
                      "smallest_side_px": smallest_markable_side(tile),
                      "frames_needed_by_side": {str(side): n for side, n in by_side.items() if n is not None},
+                     # Instances this small, with fewer frames or whose robust mark does not read
+                     # back, get the fragile mark (marking.fragile: lossless copies only).
+                     "fragile_mark_up_to_pixels": FRAGILE_PIXELS_AT_MOST,
                      "psnr_min_db": card.get("quality_floor", {}).get("psnr_min_db"),
                      # Keyed: without the key a mark cannot be read, removed or copied (README, Security).
                      "keyed": is_keyed(card),
@@ -36,7 +40,7 @@ def models(json_output: JsonOption = False) -> None:
         return
     table = Table(title=f"models in {folder}")
     for column in ("name", "model", "keyed", "raw bits", "capacity (bytes)", "smallest frame (px)",
-                   "frames needed by side", "trained floor (dB)"):
+                   "frames needed by side (fewer: fragile mark)", "trained floor (dB)"):
         table.add_column(column)
     for row in rows:
         frames = ", ".join(f"{side}²: {n}" for side, n in row["frames_needed_by_side"].items())

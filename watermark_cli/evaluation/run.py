@@ -30,8 +30,8 @@ from ..io.discovery import collect_image_files
 from ..io.image import read_image
 from ..io.medical_image import MedicalImage
 from ..keys import key_kind
-from ..marking.image import (codec_for, embed_pixels, export_thresholds, image_false_positive_bound, read_frames,
-                             sign_thresholds)
+from ..marking.image import (codec_for, embed_pixels, export_thresholds, image_false_positive_bound, read_fragile_mark,
+                             read_frames, sign_thresholds)
 from ..model.store import LoadedModel
 from ..quality import QualityFloor, image_quality
 from .report import write_report
@@ -139,7 +139,8 @@ def evaluate_images(
             image = load()
             clean_tries += 1
             thresholds = sign_thresholds(image)  # what `wm extract` reading the file would use
-            false_positives += int(read_frames(model, codec, image.pixels, thresholds=thresholds).decoded.found)
+            false_positives += int(read_frames(model, codec, image.pixels, thresholds=thresholds).decoded.found
+                                   or read_fragile_mark(codec, image.pixels, image.display.padding).found)
             for index, (message, raw_bits) in enumerate(zip(messages, encoded)):
                 outcome = embed_pixels(model, codec, image, message, options.floor, options.window)
                 guard_acted += int(outcome.guard_acted)
@@ -165,11 +166,14 @@ def evaluate_images(
                     received = export_thresholds(len(attacked)) if attack.exports_8bit else thresholds
                     reading = read_frames(model, codec, attacked, thresholds=received)
                     probabilities, decoded = reading.probabilities, reading.decoded
+                    if not decoded.found and not attack.exports_8bit:  # an export's values are not stored ones
+                        decoded = read_fragile_mark(codec, attacked, image.display.padding)
                     rows.append({
                         "path": path, "message_index": index, "message_bytes": len(message), "attack": attack.label,
                         **quality,
                         "bit_accuracy": float(np.mean((probabilities > 0.5) == raw_bits.astype(bool))),
                         "payload_recovered": bool(decoded.found and decoded.message == message),
+                        "fragile": outcome.fragile,
                         "confidence": decoded.confidence,
                     })
         except WmError as error:
@@ -296,6 +300,9 @@ def _summarise(rows, frame_psnrs, embeddings, options, model, guard_acted, false
         "below_floor": int(sum(quality["frames_below_floor"] for _, quality in embeddings)),
         "quality": _quality_figures(embeddings),
         "guard_acted": guard_acted,
+        # Images × messages given the fragile mark (`marking.fragile`): small frames whose robust
+        # mark did not read back; any change of the values removes it.
+        "fragile_marks": len({(r["path"], r["message_index"]) for r in rows if r["fragile"]}),
         "attacks": attacks,
         "detection": {
             "false_positives": false_positives,

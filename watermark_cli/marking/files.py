@@ -104,6 +104,9 @@ class EmbedResult:
     pixel_data_bytes: int | None = None
     signed: bool = False
     recovered: bool = False  # written by a run that was killed before its audit line
+    # The fragile mark of a small frame (`marking.fragile`), where the robust mark did not read
+    # back: it reads back from lossless copies only.
+    fragile: bool = False
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -362,6 +365,7 @@ def _result(source: Path, written_path: Path, image, written_pixels: np.ndarray,
         input_pixels_sha256=pixel_sha256(image.pixels),
         output_file_sha256=output_sha256,
         output_pixels_sha256=pixel_sha256(written_pixels),
+        fragile=bool(decoded.found and decoded.fragile),
         **more,
     )
 

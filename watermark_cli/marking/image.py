@@ -7,7 +7,7 @@ logits over all frames, since every frame carries the same payload.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from ..model.store import LoadedModel, load_model
 from ..payload import DecodedPayload, LegacyPayloadCodec, PayloadCodec
 from ..quality import FrameMeter, QualityFloor, frame_meters
 from ..views import reader_views
+from .fragile import fits_fragile_mark, fragile_residual, read_fragile
 from .host_fit import fit_to_host
 from .synchronisation import (estimate_rotation, estimate_rotation_by_pilot, estimate_scale_by_pilot,
                               estimate_tile_period, key_field_correlation, locate_key_field, mark_autocorrelation,
@@ -35,8 +36,10 @@ from .synchronisation import (estimate_rotation, estimate_rotation_by_pilot, est
 # and 46 as one 128² frame (`benchmarks/small_frames.py --unchecked`). A square frame is marked on
 # its own from TILES_PER_SIDE_TO_MARK tiles a side; smaller frames (nuclear medicine, cine,
 # diffusion series) as a multi-frame instance of enough frames to hold TILES_TO_MARK tiles between
-# them, each frame at least one tile a side (`frames_needed`). Smaller instances are refused up
-# front; larger ones that still do not read back are refused by embed's verification.
+# them, each frame at least one tile a side (`frames_needed`). A small instance with fewer frames
+# (a single 64² or 96² frame) is tried all the same, and given the fragile mark where the robust
+# one does not read back (`marking.fragile`: lossless copies only); a larger one that does not
+# read back is refused by embed's verification, and frames under one tile a side up front.
 TILES_PER_SIDE_TO_MARK = 2
 TILES_TO_MARK = 2
 
@@ -70,7 +73,7 @@ def check_markable_size(image: MedicalImage, tile: int) -> None:
             f"{image.path}: frames of {image.rows}×{image.cols} px are too small to mark: this model needs at least "
             f"{smallest_frame_side(tile)} px on each side of every frame (one carrier tile), and {single} px to mark a "
             "frame on its own: mark the full-size image, not a crop or a thumbnail (`wm models` lists each model's sizes)")
-    if image.n_frames < needed:
+    if image.n_frames < needed and not fits_fragile_mark(image):
         raise BadInputError(
             f"{image.path}: {image.n_frames} frame(s) of {image.rows}×{image.cols} px; this model marks frames of "
             f"this size only in an instance of at least {needed} of them (read together, they hold the "
@@ -217,6 +220,7 @@ class EmbedOutcome:
     pixels: np.ndarray
     frames: list[GuardedFrame]
     meters: list[FrameMeter]  # the views each frame was measured in
+    fragile: bool = False  # the fragile mark of a small frame (`marking.fragile`), not the robust one
 
     @property
     def guard_acted(self) -> bool:
@@ -260,7 +264,34 @@ def embed_pixels(
         guarded = fit_to_host(kept, fitted, residual != 0, raw_bits, guard, _differentiable_read(model, codec, image))
     else:
         guarded = guard(residual)[1]
-    return EmbedOutcome(np.stack([frame.pixels for frame in guarded]), guarded, meters)
+    outcome = EmbedOutcome(np.stack([frame.pixels for frame in guarded]), guarded, meters)
+    if fits_fragile_mark(image) and not _reads_back(model, codec, image, outcome.pixels, message):
+        return fragile_outcome(codec, image, message, floor, meters) or outcome
+    return outcome
+
+
+def _reads_back(model: LoadedModel, codec: PayloadCodec, image: MedicalImage, pixels: np.ndarray,
+                message: bytes) -> bool:
+    """Whether the robust mark in `pixels` gives `message` back as marked (`embed`'s self-check
+    does the same on the file written)."""
+    decoded = extract_payload(model, codec, replace(image, pixels=pixels), fragile=False)
+    return decoded.found and decoded.message == message
+
+
+def fragile_outcome(codec: PayloadCodec, image: MedicalImage, message: bytes, floor: QualityFloor,
+                     meters: list[FrameMeter]) -> EmbedOutcome | None:
+    """A small instance marked with the fragile mark where the robust one does not read back:
+    its moves of one stored unit placed by the guard (every view measured, the range's ends and
+    the padding kept; not scaled up to fill the budget), or None where it is too flat to carry
+    it or the guard had to hold the mark back (the moves are all or nothing)."""
+    residual = fragile_residual(codec, image, message)
+    if residual is None:
+        return None
+    guarded = guard_image(image.pixels, residual, floor, meters, stored_min=image.stored_min,
+                          stored_max=image.stored_max)
+    if any(frame.scale < 1.0 for frame in guarded):
+        return None
+    return EmbedOutcome(np.stack([frame.pixels for frame in guarded]), guarded, meters, fragile=True)
 
 
 # Instances whose mark is fitted to its host (`host_fit`): frames under this side (fewer than 4
@@ -355,13 +386,17 @@ DECODES_PER_IMAGE = OFFSETS_TRIED * GEOMETRIES_TRIED * POLARITIES_TRIED
 
 #: Payload decodes per older model whose marks are read too (`read_older_mark`: uncropped only).
 OLDER_MODEL_DECODES = POLARITIES_TRIED
+#: Payload decodes of a small instance's fragile mark (`extract_payload`: as stored only).
+FRAGILE_DECODES = 1
 
 
 def image_false_positive_bound(codec: PayloadCodec, older_models: int = 0) -> float:
     """Union bound on reporting a payload in an image that holds none for this key, over every
     decode `read_frames` may make (the uncropped fast path repeats offset (0, 0) of the first
-    search with the same logits, so it adds nothing), and those of `older_models` read after it."""
-    return (DECODES_PER_IMAGE + older_models * OLDER_MODEL_DECODES) * codec.false_positive_bound
+    search with the same logits, so it adds nothing), the fragile mark's (counted for every
+    image, though only small ones are read for it), and those of `older_models` read after it."""
+    decodes = DECODES_PER_IMAGE + FRAGILE_DECODES + older_models * OLDER_MODEL_DECODES
+    return decodes * codec.false_positive_bound
 
 
 def _logits_by_offset(model: LoadedModel, frames: np.ndarray) -> np.ndarray:
@@ -688,11 +723,24 @@ def _rotation(model: LoadedModel, frame: np.ndarray, correlation: np.ndarray | N
 
 
 def extract_payload(model: LoadedModel, codec: PayloadCodec, image: MedicalImage,
-                    full_search: bool = True) -> DecodedPayload:
-    """The payload of an image; without `full_search`, only as marked (no crop, resize or turn)."""
+                    full_search: bool = True, fragile: bool = True) -> DecodedPayload:
+    """The payload of an image; without `full_search`, only as marked (no crop, resize or turn).
+    Where the robust mark gives none, a small instance's fragile mark (`marking.fragile`), unless
+    not `fragile`."""
     check_readable_size(image, model.model.config.tile)
     thresholds = normalised_sign_thresholds(image)
-    return read_frames(model, codec, normalised_frames(image), quick=not full_search, thresholds=thresholds).decoded
+    decoded = read_frames(model, codec, normalised_frames(image), quick=not full_search, thresholds=thresholds).decoded
+    if not decoded.found and fragile:
+        return read_fragile_mark(codec, image.pixels, image.display.padding)
+    return decoded
+
+
+def read_fragile_mark(codec, pixels: np.ndarray, padding: tuple[int, int] | None) -> DecodedPayload:
+    """The fragile mark's payload in stored values `pixels` (`fragile.read_fragile`); not found for
+    a format-1 codec, which never wrote one."""
+    if not isinstance(codec, PayloadCodec):
+        return DecodedPayload.not_found()
+    return read_fragile(codec, pixels, padding)
 
 
 def older_readers(model: LoadedModel, key: str | bytes | None) -> list[tuple[LoadedModel, PayloadCodec]]:
@@ -709,7 +757,7 @@ def read_older_mark(older: list[tuple[LoadedModel, PayloadCodec]], image: Medica
     for model, codec in older:
         if min(image.rows, image.cols) < smallest_frame_side(model.model.config.tile):
             continue
-        decoded = extract_payload(model, codec, image, full_search=False)
+        decoded = extract_payload(model, codec, image, full_search=False, fragile=False)
         if decoded.found:
             return decoded, model.name
     return DecodedPayload.not_found(), None

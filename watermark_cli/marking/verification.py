@@ -56,6 +56,8 @@ class Verification:
     # Whether the mark found protects anything: a keyed model's, under a secret key (an unkeyed
     # model's mark or one under the public default key anyone can read, strip or copy).
     mark_protected: bool = False
+    # Whether the mark found is a small frame's fragile mark (`marking.fragile`): lossless copies only.
+    mark_fragile: bool = False
     trust_given: bool = False  # --trust (or WM_TRUST) named trusted signers
 
     def counts(self, check) -> bool:
@@ -129,7 +131,7 @@ class Verification:
     def as_json(self) -> dict:
         return {
             "input": self.input, "mark_found": self.mark_found, "message": self.message,
-            "mark_protected": self.mark_protected,
+            "mark_protected": self.mark_protected, "mark_fragile": self.mark_fragile,
             "record_found": self.record_found, "record_authentic": self.record_authentic,
             "intact": self.intact, "status": self.status, "authenticity": self.authenticity,
             "changed_blocks": [{"frame": f, "row": r, "col": c} for f, r, c in self.changed_blocks],
@@ -149,6 +151,7 @@ def verify_image(image, key, loaded, codec, recipient=None, older=(), trust: Tru
     decoded, unprotected = read_any_mark(loaded, codec, image, older)
     result = Verification(str(image.path), decoded.found, bytes_to_text(decoded.message) if decoded.found else None,
                           mark_protected=decoded.found and unprotected is None and key_kind(key) == "custom",
+                          mark_fragile=decoded.found and decoded.fragile,
                           trust_given=bool(trust))
     try:
         record, tag_key, sealing = opened_record(image, key, recipient)

@@ -1,0 +1,142 @@
+"""The fragile mark (`marking.fragile`): small frames whose robust mark does not read back.
+
+On 64² crops of pydicom-data's held-out nuclear-medicine file (counts of 0 to a few dozen, where
+the floor in the frame's own data range leaves the robust mark too weak to read): the mark is
+written, every view keeps the floor, only the pixels it needs move by one stored unit, and it
+reads back with the key alone. As an attacker would try it: unmarked frames, another key, the
+mark or all the lowest bits pasted onto another frame, read nothing; and any change of the values
+(a few pixels moved by one unit, a blur) removes it, never turning it into another message."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import watermark_cli.marking.fragile as fragile
+from conftest import fixed_key
+from watermark_cli.data.clinical import clinical_file
+from watermark_cli.io.image import read_image
+from watermark_cli.marking.image import codec_for, embed_pixels, extract_payload, fragile_outcome
+from watermark_cli.model.store import load_model
+from watermark_cli.quality import QualityFloor, frame_meters, meets_floor
+
+FLOOR = QualityFloor(40.0)
+MESSAGE = b"ID-00042"
+# 64² cuts of the NM frame (top, left): counts spanning 24 to 53, the robust mark too weak there.
+FLAT_CUTS = ((512, 0), (64, 64), (320, 64))
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load_model("default")
+
+
+@pytest.fixture(scope="module")
+def nm():
+    return read_image(clinical_file("JPEG2000_UNC.dcm"))
+
+
+def _cut(image, top: int, left: int, side: int = 64):
+    return replace(image, pixels=image.pixels[:, top:top + side, left:left + side].copy())
+
+
+@pytest.fixture(scope="module")
+def marked(loaded, nm):
+    """(cut, outcome) for each flat cut given the fragile mark under one key (what `embed_pixels`
+    writes where the robust mark does not read back: `test_embed_...` below)."""
+    codec = codec_for(loaded, fixed_key("fragile"))
+    cuts = [_cut(nm, *at) for at in FLAT_CUTS]
+    return [(cut, fragile_outcome(codec, cut, MESSAGE, FLOOR, frame_meters(cut, FLOOR))) for cut in cuts]
+
+
+@pytest.mark.slow
+def test_embed_gives_the_fragile_mark_only_where_the_robust_one_does_not_read_back(loaded, nm):
+    codec = codec_for(loaded, fixed_key("fragile"))
+    for at in FLAT_CUTS:
+        cut = _cut(nm, *at)
+        outcome = embed_pixels(loaded, codec, cut, MESSAGE, FLOOR)
+        assert outcome.fragile
+        decoded = extract_payload(loaded, codec, replace(cut, pixels=outcome.pixels))
+        assert decoded.found and decoded.message == MESSAGE and decoded.fragile
+    # A textured 96² cut of the held-out CT holds the robust mark, which is kept.
+    ct = read_image(clinical_file("693_UNCR.dcm"))
+    cut = _cut(ct, 200, 200, 96)
+    outcome = embed_pixels(loaded, codec, cut, MESSAGE, FLOOR)
+    decoded = extract_payload(loaded, codec, replace(cut, pixels=outcome.pixels))
+    assert not outcome.fragile and decoded.found and decoded.message == MESSAGE and not decoded.fragile
+
+
+def test_a_flat_small_frame_gets_the_fragile_mark_at_the_floor_in_every_view_read_with_its_key_alone(loaded, marked):
+    codec = codec_for(loaded, fixed_key("fragile"))
+    for cut, outcome in marked:
+        assert outcome is not None and outcome.fragile
+        for meter, frame in zip(frame_meters(cut, FLOOR), outcome.pixels):
+            quality = meter.measure(frame)  # measured again here, on the values written
+            assert meets_floor(quality, FLOOR) and all(value >= FLOOR.psnr_min for value in quality.views.values())
+        decoded = fragile.read_fragile(codec, outcome.pixels, cut.display.padding)
+        assert decoded.found and decoded.message == MESSAGE and decoded.fragile
+        for other in ("another", "a third"):
+            assert not fragile.read_fragile(codec_for(loaded, fixed_key(other)), outcome.pixels, None).found
+    # As `wm extract` reads it: the robust mark first, then this one.
+    cut, outcome = marked[0]
+    decoded = extract_payload(loaded, codec, replace(cut, pixels=outcome.pixels))
+    assert decoded.found and decoded.message == MESSAGE and decoded.fragile
+
+
+def test_the_fragile_mark_moves_few_pixels_by_one_unit_and_keeps_the_frame_range(loaded, marked):
+    for cut, outcome in marked:
+        moved = outcome.pixels.astype(np.int64) - cut.pixels
+        assert set(np.unique(moved)) <= {-1, 0, 1}
+        assert 0 < np.count_nonzero(moved) <= 64  # 256 bits in blocks of 63 pixels: about 42 moves
+        assert outcome.pixels.min() == cut.pixels.min() and outcome.pixels.max() == cut.pixels.max()
+        # Every pixel at the frame's least or greatest value stays there.
+        ends = np.isin(cut.pixels, (cut.pixels.min(), cut.pixels.max()))
+        assert np.array_equal(outcome.pixels[ends], cut.pixels[ends])
+
+
+def test_unmarked_small_frames_hold_no_fragile_mark(loaded, nm):
+    """Every 64² cut of the NM frame and of emri_small's frames, under several keys: nothing found
+    (the 40-bit tag and the pad make a chance reading as rare as the robust mark's)."""
+    emri = read_image(clinical_file("emri_small.dcm"))
+    cuts = [_cut(nm, top, left) for top in range(0, 1024, 64) for left in range(0, 256, 64)]
+    cuts += [replace(emri, pixels=emri.pixels[index:index + 1].copy()) for index in range(emri.n_frames)]
+    cuts.append(emri)  # the whole instance too
+    codecs = [codec_for(loaded, fixed_key(f"unmarked {index}")) for index in range(3)]
+    for cut in cuts:
+        for codec in codecs:
+            assert not fragile.read_fragile(codec, cut.pixels, cut.display.padding).found
+
+
+def test_a_fragile_mark_pasted_onto_another_frame_reads_as_nothing(loaded, nm, marked):
+    """The attacker has a marked frame and another of the same size: the exact moves added to it,
+    or every lowest bit of the marked frame copied into it, do not carry the mark over."""
+    codec = codec_for(loaded, fixed_key("fragile"))
+    others = [_cut(nm, top, 0) for top in (576, 320, 448)]
+    for (cut, outcome), other in zip(marked, others):
+        moves = outcome.pixels.astype(np.int64) - cut.pixels
+        pasted = np.clip(other.pixels + moves, 0, None).astype(other.pixels.dtype)
+        lowest_bits = (other.pixels.astype(np.int64) & ~1) | (outcome.pixels & 1)
+        for forged in (pasted, lowest_bits):
+            assert not fragile.read_fragile(codec, forged, None).found
+
+
+def test_any_change_of_the_values_removes_the_fragile_mark_and_never_gives_another_message(loaded, marked):
+    codec = codec_for(loaded, fixed_key("fragile"))
+    rng = np.random.default_rng(5)
+    for cut, outcome in marked:
+        nudged = outcome.pixels.astype(np.int64)
+        chosen = rng.random(nudged.shape) < 0.05  # 5 % of the pixels moved by one unit
+        nudged[chosen] += rng.choice([-1, 1], size=int(chosen.sum()))
+        blurred = (outcome.pixels[:, 1:, :] + outcome.pixels[:, :-1, :]) / 2.0  # not whole numbers, one row less
+        for changed in (nudged, blurred, outcome.pixels * 1.0 + 0.5):
+            decoded = fragile.read_fragile(codec, changed, None)
+            assert not decoded.found, decoded
+
+
+def test_large_images_and_format_1_are_never_read_for_a_fragile_mark(loaded):
+    codec = codec_for(loaded, fixed_key("fragile"))
+    assert not fragile.read_fragile(codec, np.zeros((1, 512, 512), np.int16), None).found
+    ct = read_image(clinical_file("693_UNCR.dcm"))
+    assert not fragile.fits_fragile_mark(ct)

@@ -1,0 +1,168 @@
+"""The fragile mark: small frames whose floor leaves the robust mark too little to read back.
+
+A single 64² or 96² frame whose own data range is narrow (a low-count nuclear-medicine patch, an
+8-bit ultrasound crop, a dim MR slice) gets a robust mark of under 1.5 stored units RMS at a 40 dB
+floor, and the network cannot read that back through its host (README, "Where single small frames
+fail"). The same payload (`payload.PayloadCodec`: tag, encryption, polar code) fits such a frame
+many times over in the lowest bits of keyed blocks of its pixels (matrix embedding, `_Layout`):
+a block whose bits are wrong has one pixel moved by one stored unit (v → v XOR 1). 256 raw bits
+in blocks of 63 pixels move about 42 pixels: a mean squared error of 0.01 stored units² on a 64²
+frame, 40 dB in any view whose span is 10 stored units or more.
+
+What it holds against (README, "Security"): without the key nobody can read it or tell which
+pixels carry it (the blocks and a pad over the bits are drawn from the key); it is bound to its
+host (the pad is also drawn from the frame with every pixel's lowest bit left out, which the mark
+never changes), so a mark's moves, or all the lowest bits, pasted onto another frame read as
+nothing. What it does not hold against: any change of the values. A lossy export, a resize or
+noise removes it, and so does anyone who moves half a percent of the pixels by one unit (2 to 5
+dB more than the mark costs on held-out crops, where the robust mark's removal must cost 4 dB
+more: issue 28; README, Security). Reports call it fragile; `embed` uses it only where the
+robust mark does not read back.
+
+Which pixels may carry it is a function of the values the mark never changes: a pixel at its
+frame's least or greatest content value, one that moving would put there, and Pixel Padding
+Value pixels (and their neighbours by one unit) carry nothing, so the reader finds the same
+pixels in the marked frame as the writer did in the original, and the guard's rules (the range's
+ends and the padding stay as they are, `guard.guard_image`) are never what moves a bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..io.medical_image import MedicalImage
+from ..payload import DecodedPayload, PayloadCodec
+
+#: Frames this small or smaller, in pixels over the whole instance, may carry the fragile mark
+#: (the instances whose robust mark is fitted to its host: `image.FITTED_PIXELS_AT_MOST`).
+FRAGILE_PIXELS_AT_MOST = 256 * 256
+#: The largest blocks of the matrix embedding: 2^k − 1 pixels carry k bits.
+_LARGEST_BLOCK_BITS = 8
+#: At least this share of the raw bits must have a pixel: fewer and the frame is too flat to carry
+#: the mark (the bits without one are erased, which the code corrects up to a point).
+_LEAST_SHARE_CARRIED = 0.6
+#: How sure a read bit is: every bit is read exactly or not at all (the mark is fragile), and the
+#: list decoder needs a finite log-likelihood ratio to weigh the bits with.
+_BIT_CERTAINTY = 0.98
+
+
+def _subkey(codec: PayloadCodec, purpose: bytes) -> bytes:
+    return hmac.new(codec.field_seed, b"wm fragile mark: " + purpose, hashlib.sha256).digest()
+
+
+def _keyed_permutation(codec: PayloadCodec, purpose: bytes, size: int) -> np.ndarray:
+    return np.random.default_rng(np.frombuffer(_subkey(codec, purpose), dtype=np.uint32)).permutation(size)
+
+
+def carriers(pixels: np.ndarray, padding: tuple[int, int] | None) -> np.ndarray:
+    """(frames, rows, cols) bool: the pixels that may carry a bit, the same in the original and in
+    any frame the fragile mark wrote from it (see the module docstring)."""
+    values = pixels.astype(np.int64)
+    flipped = values ^ 1
+    usable = np.ones(values.shape, dtype=bool)
+    if padding is not None:
+        low, high = padding
+        usable &= ~((values >= low) & (values <= high)) & ~((flipped >= low) & (flipped <= high))
+    for index, (frame, moved) in enumerate(zip(values, flipped)):
+        content = frame[usable[index]]
+        if not content.size:
+            continue
+        least, greatest = int(content.min()), int(content.max())
+        usable[index] &= ~np.isin(frame, (least, greatest)) & ~np.isin(moved, (least, greatest))
+    return usable
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where the bits go: block b is the pixels `blocks[b]` (indices into the flattened instance)
+    and carries the raw bits `bits[b]` (−1: a slot past the last bit, written as 0). Matrix
+    embedding (Crandall 1998; Westfeld's F5): the k lowest bits' syndrome of a block of 2^k − 1
+    pixels, the XOR of the (1-based) places of its odd pixels, is its k bits, and any syndrome is
+    reached by moving at most one pixel. Blocks as large as the frame's carriers allow: 256 bits in
+    blocks of 63 pixels move about 42 pixels, where one pixel a bit would move about 128."""
+
+    blocks: np.ndarray  # (B, 2^k − 1)
+    bits: np.ndarray  # (B, k)
+
+
+def _layout(codec: PayloadCodec, usable: np.ndarray) -> _Layout | None:
+    """The keyed layout of `codec`'s raw bits over the `usable` pixels; None where too few."""
+    count, n_bits = int(usable.sum()), codec.n_bits
+    order = _keyed_permutation(codec, b"pixels", usable.size)
+    pixels = order[usable.reshape(-1)[order]]
+    bit_order = _keyed_permutation(codec, b"bits", n_bits)
+    for k in range(_LARGEST_BLOCK_BITS, 0, -1):
+        blocks = -(-n_bits // k)
+        if blocks * (2**k - 1) <= count:
+            slots = np.full(blocks * k, -1)
+            slots[:n_bits] = bit_order
+            return _Layout(pixels[: blocks * (2**k - 1)].reshape(blocks, 2**k - 1), slots.reshape(blocks, k))
+    if count < _LEAST_SHARE_CARRIED * n_bits:
+        return None
+    # Fewer pixels than bits: one bit each, the rest erased (the code's redundancy reads through).
+    return _Layout(pixels[:, None], bit_order[:count, None])
+
+
+def _syndromes(values: np.ndarray, layout: _Layout) -> np.ndarray:
+    """(B,) each block's syndrome: the XOR of the 1-based places of its pixels with an odd value."""
+    places = np.arange(1, layout.blocks.shape[1] + 1)
+    return np.bitwise_xor.reduce(np.where(values[layout.blocks] & 1 == 1, places, 0), axis=1)
+
+
+def _pad(codec: PayloadCodec, pixels: np.ndarray) -> np.ndarray:
+    """n_bits keyed bits drawn from the instance without its pixels' lowest bits (which the mark
+    never changes): a mark read on another host reads through another pad, as noise."""
+    host = np.ascontiguousarray(pixels.astype(np.int64) >> 1, dtype="<i8")
+    digest = hmac.new(_subkey(codec, b"pad"), repr(pixels.shape).encode() + host.tobytes(), hashlib.sha256).digest()
+    return np.random.default_rng(np.frombuffer(digest, dtype=np.uint32)).integers(0, 2, codec.n_bits, dtype=np.uint8)
+
+
+def fits_fragile_mark(image: MedicalImage) -> bool:
+    """Whether `image` is small enough to be given the fragile mark (integer values only)."""
+    return (image.pixels.size <= FRAGILE_PIXELS_AT_MOST and image.pixels.dtype.kind in "iu"
+            and image.pixels.ndim == 3)
+
+
+def fragile_residual(codec: PayloadCodec, image: MedicalImage, message: bytes) -> np.ndarray | None:
+    """(frames, rows, cols) of 0 and ±1: what the fragile mark of `message` moves each pixel by
+    (for the guard to place: `guard.guard_image`), or None where the instance is too flat."""
+    layout = _layout(codec, carriers(image.pixels, image.display.padding))
+    if layout is None:
+        return None
+    values = image.pixels.astype(np.int64).reshape(-1)
+    wanted = np.append(codec.encode(message) ^ _pad(codec, image.pixels), 0)[layout.bits]  # slot −1: the 0
+    targets = (wanted.astype(np.int64) << np.arange(layout.bits.shape[1])).sum(axis=1)
+    place = _syndromes(values, layout) ^ targets  # the 1-based place to move in each block, 0: none
+    moved = layout.blocks[place > 0, place[place > 0] - 1]
+    residual = np.zeros(values.shape)
+    residual[moved] = (values[moved] ^ 1) - values[moved]
+    return residual.reshape(image.pixels.shape)
+
+
+def read_fragile(codec: PayloadCodec, pixels: np.ndarray, padding: tuple[int, int] | None) -> DecodedPayload:
+    """The fragile mark's payload in stored values `pixels` (frames, rows, cols), or not found.
+    Values that are not whole numbers (a lossy export, rescaled) hold none."""
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 3 or pixels.size > FRAGILE_PIXELS_AT_MOST:
+        return DecodedPayload.not_found()
+    if pixels.dtype.kind not in "iu":
+        if not np.all(np.isfinite(pixels)) or not np.array_equal(pixels, np.rint(pixels)):
+            return DecodedPayload.not_found()
+        pixels = pixels.astype(np.int64)
+    layout = _layout(codec, carriers(pixels, padding))
+    if layout is None:
+        return DecodedPayload.not_found()
+    syndromes = _syndromes(pixels.astype(np.int64).reshape(-1), layout)
+    read = (syndromes[:, None] >> np.arange(layout.bits.shape[1])) & 1
+    probabilities = np.full(codec.n_bits, 0.5)  # a bit without a pixel is erased
+    carried = layout.bits >= 0
+    bits = read[carried] ^ _pad(codec, pixels)[layout.bits[carried]]
+    probabilities[layout.bits[carried]] = np.where(bits == 1, _BIT_CERTAINTY, 1.0 - _BIT_CERTAINTY)
+    decoded = codec.decode_either_polarity(probabilities, inverted_too=False)[0]
+    if decoded.found:
+        decoded.fragile = True
+    return decoded
