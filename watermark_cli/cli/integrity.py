@@ -173,7 +173,8 @@ def verify(
 def _print_verification(result, change_map: Path | None) -> None:
     yes_no = {True: "[green]yes[/]", False: "[red]no[/]"}
     lines = [f"{escape(result.input)}",
-             f"  mark: {yes_no[result.mark_found]}" + (f", message {escape(result.message)!r}" if result.mark_found else ""),
+             f"  mark: {yes_no[result.mark_found]}" + (f", message {escape(result.message)!r}" if result.mark_found else "")
+             + (" (fragile: lossless copies only)" if result.mark_fragile else ""),
              f"  restoration record: {yes_no[result.record_found]}"
              + (f", authentic {yes_no[result.record_authentic]}" if result.record_found else "")]
     if result.record_authentic:

@@ -40,7 +40,7 @@ def models(json_output: JsonOption = False) -> None:
         return
     table = Table(title=f"models in {folder}")
     for column in ("name", "model", "keyed", "raw bits", "capacity (bytes)", "smallest frame (px)",
-                   "frames needed by side (fewer: fragile mark)", "trained floor (dB)"):
+                   "frames needed by side", "trained floor (dB)"):
         table.add_column(column)
     for row in rows:
         frames = ", ".join(f"{side}²: {n}" for side, n in row["frames_needed_by_side"].items())

@@ -140,7 +140,7 @@ def evaluate_images(
             clean_tries += 1
             thresholds = sign_thresholds(image)  # what `wm extract` reading the file would use
             false_positives += int(read_frames(model, codec, image.pixels, thresholds=thresholds).decoded.found
-                                   or read_fragile_mark(codec, image.pixels, image.display.padding).found)
+                                   or read_fragile_mark(codec, image.pixels).found)
             for index, (message, raw_bits) in enumerate(zip(messages, encoded)):
                 outcome = embed_pixels(model, codec, image, message, options.floor, options.window)
                 guard_acted += int(outcome.guard_acted)
@@ -167,7 +167,7 @@ def evaluate_images(
                     reading = read_frames(model, codec, attacked, thresholds=received)
                     probabilities, decoded = reading.probabilities, reading.decoded
                     if not decoded.found and not attack.exports_8bit:  # an export's values are not stored ones
-                        decoded = read_fragile_mark(codec, attacked, image.display.padding)
+                        decoded = read_fragile_mark(codec, attacked)
                     rows.append({
                         "path": path, "message_index": index, "message_bytes": len(message), "attack": attack.label,
                         **quality,

@@ -174,7 +174,7 @@ def _set_aside_existing(batch: Batch) -> None:
 _AUDITED_FIGURES = (
     "psnr", "psnr_min", "psnr_domain", "binding_view", "psnr_peak", "psnr_peak_kind", "psnr_views",
     "views_below_floor", "psnr_nominal", "ssim", "max_abs_error", "frames", "frame_psnr", "guard_scale", "verified",
-    "confidence", "restoration_record_bytes", "signed",
+    "confidence", "restoration_record_bytes", "signed", "fragile",
 )
 
 

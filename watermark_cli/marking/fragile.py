@@ -19,17 +19,21 @@ dB more than the mark costs on held-out crops, where the robust mark's removal m
 more: issue 28; README, Security). Reports call it fragile; `embed` uses it only where the
 robust mark does not read back.
 
-Which pixels may carry it is a function of the values the mark never changes: a pixel at its
-frame's least or greatest content value, one that moving would put there, and Pixel Padding
-Value pixels (and their neighbours by one unit) carry nothing, so the reader finds the same
-pixels in the marked frame as the writer did in the original, and the guard's rules (the range's
-ends and the padding stay as they are, `guard.guard_image`) are never what moves a bit.
+Which pixels may carry it is a function of the values the mark never changes (`carriers`): a
+pixel at one of its frame's two least or two greatest values, or one unit from them, carries
+nothing, so the reader finds the same pixels in the marked frame as the writer did in the
+original, without the header (a lossless copy that drops the Pixel Padding Value element reads
+the same), and the guard's rules (the range's ends and the padding stay as they are,
+`guard.guard_image`) move no bit; an instance whose padding lies amid its content, or whose
+modality LUT makes the guard hold back any move, is not given it. The keyed choices come from
+SHAKE-256, not a numpy generator, so a mark reads back on any machine and numpy. It is no
+evidence of tampering (pixels outside its blocks can change): that is the restoration record's
+job (`wm verify`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,30 +54,47 @@ _LEAST_SHARE_CARRIED = 0.6
 _BIT_CERTAINTY = 0.98
 
 
-def _subkey(codec: PayloadCodec, purpose: bytes) -> bytes:
-    return hmac.new(codec.field_seed, b"wm fragile mark: " + purpose, hashlib.sha256).digest()
+def _keyed_stream(codec: PayloadCodec, purpose: bytes, data: bytes, size: int) -> bytes:
+    """`size` bytes of SHAKE-256 under the key's field seed: the same on every machine and numpy
+    (a numpy generator's stream is promised on one build only; a mark must read back for years)."""
+    return hashlib.shake_256(b"wm fragile mark: " + purpose + b"\0" + codec.field_seed + data).digest(size)
 
 
-def _keyed_permutation(codec: PayloadCodec, purpose: bytes, size: int) -> np.ndarray:
-    return np.random.default_rng(np.frombuffer(_subkey(codec, purpose), dtype=np.uint32)).permutation(size)
+def _keyed_order(codec: PayloadCodec, purpose: bytes, size: int) -> np.ndarray:
+    """0..size − 1 in a keyed order: sorted by a keyed 64-bit value each (ties, at 2^-64, by index)."""
+    values = np.frombuffer(_keyed_stream(codec, purpose, b"", 8 * size), dtype="<u8")
+    return np.argsort(values, kind="stable")
 
 
-def carriers(pixels: np.ndarray, padding: tuple[int, int] | None) -> np.ndarray:
-    """(frames, rows, cols) bool: the pixels that may carry a bit, the same in the original and in
-    any frame the fragile mark wrote from it (see the module docstring)."""
+def carriers(pixels: np.ndarray) -> np.ndarray:
+    """(frames, rows, cols) bool: the pixels that may carry a bit, decided by values alone and the
+    same in the original and in any frame the fragile mark wrote from it (module docstring): none
+    at a frame's two least or two greatest values, nor one unit from them, nor one that a move
+    would put there. The second least and
+    greatest are the content's ends when the least or greatest is padding (Pixel Padding Value
+    below or above every content value, as in CT), which the guard keeps too; so the reader needs
+    no header, and a lossless copy that drops or adds the padding element reads the same."""
     values = pixels.astype(np.int64)
-    flipped = values ^ 1
     usable = np.ones(values.shape, dtype=bool)
-    if padding is not None:
-        low, high = padding
-        usable &= ~((values >= low) & (values <= high)) & ~((flipped >= low) & (flipped <= high))
-    for index, (frame, moved) in enumerate(zip(values, flipped)):
-        content = frame[usable[index]]
-        if not content.size:
-            continue
-        least, greatest = int(content.min()), int(content.max())
-        usable[index] &= ~np.isin(frame, (least, greatest)) & ~np.isin(moved, (least, greatest))
+    for index, frame in enumerate(values):
+        distinct = np.unique(frame)
+        ends = np.concatenate([distinct[:2], distinct[-2:]])
+        kept = np.concatenate([ends - 1, ends, ends + 1])
+        # Neither a pixel's value nor the one a move gives it (v XOR 1) is kept: a carrier stays a
+        # carrier when it moves, and no move reaches an end.
+        usable[index] = ~np.isin(frame, kept) & ~np.isin(frame ^ 1, kept)
     return usable
+
+
+def _padding_fits(pixels: np.ndarray, padding: tuple[int, int] | None) -> bool:
+    """Whether the frames' Pixel Padding values are all among the values `carriers` keeps (a
+    padding value amid the content would be a carrier to a reader without the header)."""
+    if padding is None:
+        return True
+    usable = carriers(pixels)
+    values = pixels.astype(np.int64)
+    low, high = padding
+    return not np.any(usable & (values >= low - 1) & (values <= high + 1))
 
 
 @dataclass(frozen=True)
@@ -92,9 +113,9 @@ class _Layout:
 def _layout(codec: PayloadCodec, usable: np.ndarray) -> _Layout | None:
     """The keyed layout of `codec`'s raw bits over the `usable` pixels; None where too few."""
     count, n_bits = int(usable.sum()), codec.n_bits
-    order = _keyed_permutation(codec, b"pixels", usable.size)
+    order = _keyed_order(codec, b"pixels " + repr(usable.shape).encode(), usable.size)
     pixels = order[usable.reshape(-1)[order]]
-    bit_order = _keyed_permutation(codec, b"bits", n_bits)
+    bit_order = _keyed_order(codec, b"bits", n_bits)
     for k in range(_LARGEST_BLOCK_BITS, 0, -1):
         blocks = -(-n_bits // k)
         if blocks * (2**k - 1) <= count:
@@ -117,8 +138,8 @@ def _pad(codec: PayloadCodec, pixels: np.ndarray) -> np.ndarray:
     """n_bits keyed bits drawn from the instance without its pixels' lowest bits (which the mark
     never changes): a mark read on another host reads through another pad, as noise."""
     host = np.ascontiguousarray(pixels.astype(np.int64) >> 1, dtype="<i8")
-    digest = hmac.new(_subkey(codec, b"pad"), repr(pixels.shape).encode() + host.tobytes(), hashlib.sha256).digest()
-    return np.random.default_rng(np.frombuffer(digest, dtype=np.uint32)).integers(0, 2, codec.n_bits, dtype=np.uint8)
+    stream = _keyed_stream(codec, b"pad", repr(pixels.shape).encode() + host.tobytes(), (codec.n_bits + 7) // 8)
+    return np.unpackbits(np.frombuffer(stream, dtype=np.uint8))[: codec.n_bits]
 
 
 def fits_fragile_mark(image: MedicalImage) -> bool:
@@ -129,8 +150,11 @@ def fits_fragile_mark(image: MedicalImage) -> bool:
 
 def fragile_residual(codec: PayloadCodec, image: MedicalImage, message: bytes) -> np.ndarray | None:
     """(frames, rows, cols) of 0 and ±1: what the fragile mark of `message` moves each pixel by
-    (for the guard to place: `guard.guard_image`), or None where the instance is too flat."""
-    layout = _layout(codec, carriers(image.pixels, image.display.padding))
+    (for the guard to place: `guard.guard_image`), or None where the instance is too flat, or has
+    Pixel Padding values amid its content (see `carriers`)."""
+    if not _padding_fits(image.pixels, image.display.padding):
+        return None
+    layout = _layout(codec, carriers(image.pixels))
     if layout is None:
         return None
     values = image.pixels.astype(np.int64).reshape(-1)
@@ -143,7 +167,7 @@ def fragile_residual(codec: PayloadCodec, image: MedicalImage, message: bytes) -
     return residual.reshape(image.pixels.shape)
 
 
-def read_fragile(codec: PayloadCodec, pixels: np.ndarray, padding: tuple[int, int] | None) -> DecodedPayload:
+def read_fragile(codec: PayloadCodec, pixels: np.ndarray) -> DecodedPayload:
     """The fragile mark's payload in stored values `pixels` (frames, rows, cols), or not found.
     Values that are not whole numbers (a lossy export, rescaled) hold none."""
     pixels = np.asarray(pixels)
@@ -153,7 +177,7 @@ def read_fragile(codec: PayloadCodec, pixels: np.ndarray, padding: tuple[int, in
         if not np.all(np.isfinite(pixels)) or not np.array_equal(pixels, np.rint(pixels)):
             return DecodedPayload.not_found()
         pixels = pixels.astype(np.int64)
-    layout = _layout(codec, carriers(pixels, padding))
+    layout = _layout(codec, carriers(pixels))
     if layout is None:
         return DecodedPayload.not_found()
     syndromes = _syndromes(pixels.astype(np.int64).reshape(-1), layout)

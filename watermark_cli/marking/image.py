@@ -265,7 +265,8 @@ def embed_pixels(
     else:
         guarded = guard(residual)[1]
     outcome = EmbedOutcome(np.stack([frame.pixels for frame in guarded]), guarded, meters)
-    if fits_fragile_mark(image) and not _reads_back(model, codec, image, outcome.pixels, message):
+    if (isinstance(codec, PayloadCodec) and fits_fragile_mark(image)
+            and not _reads_back(model, codec, image, outcome.pixels, message)):
         return fragile_outcome(codec, image, message, floor, meters) or outcome
     return outcome
 
@@ -283,15 +284,17 @@ def fragile_outcome(codec: PayloadCodec, image: MedicalImage, message: bytes, fl
     """A small instance marked with the fragile mark where the robust one does not read back:
     its moves of one stored unit placed by the guard (every view measured, the range's ends and
     the padding kept; not scaled up to fill the budget), or None where it is too flat to carry
-    it or the guard had to hold the mark back (the moves are all or nothing)."""
+    it or the guard held back any move (shrunk to meet the floor, or a value a modality LUT shows
+    outside the range refused): the moves are all or nothing."""
     residual = fragile_residual(codec, image, message)
     if residual is None:
         return None
     guarded = guard_image(image.pixels, residual, floor, meters, stored_min=image.stored_min,
                           stored_max=image.stored_max)
-    if any(frame.scale < 1.0 for frame in guarded):
+    pixels = np.stack([frame.pixels for frame in guarded])
+    if not np.array_equal(pixels.astype(np.int64), image.pixels + residual.astype(np.int64)):
         return None
-    return EmbedOutcome(np.stack([frame.pixels for frame in guarded]), guarded, meters, fragile=True)
+    return EmbedOutcome(pixels, guarded, meters, fragile=True)
 
 
 # Instances whose mark is fitted to its host (`host_fit`): frames under this side (fewer than 4
@@ -731,16 +734,16 @@ def extract_payload(model: LoadedModel, codec: PayloadCodec, image: MedicalImage
     thresholds = normalised_sign_thresholds(image)
     decoded = read_frames(model, codec, normalised_frames(image), quick=not full_search, thresholds=thresholds).decoded
     if not decoded.found and fragile:
-        return read_fragile_mark(codec, image.pixels, image.display.padding)
+        return read_fragile_mark(codec, image.pixels)
     return decoded
 
 
-def read_fragile_mark(codec, pixels: np.ndarray, padding: tuple[int, int] | None) -> DecodedPayload:
+def read_fragile_mark(codec, pixels: np.ndarray) -> DecodedPayload:
     """The fragile mark's payload in stored values `pixels` (`fragile.read_fragile`); not found for
     a format-1 codec, which never wrote one."""
     if not isinstance(codec, PayloadCodec):
         return DecodedPayload.not_found()
-    return read_fragile(codec, pixels, padding)
+    return read_fragile(codec, pixels)
 
 
 def older_readers(model: LoadedModel, key: str | bytes | None) -> list[tuple[LoadedModel, PayloadCodec]]:
@@ -769,6 +772,7 @@ def read_any_mark(model: LoadedModel, codec: PayloadCodec, image: MedicalImage,
     and the name of the unkeyed model that wrote it (None for a keyed model's mark or none)."""
     decoded = extract_payload(model, codec, image)
     if decoded.found:
-        return decoded, None if model.keyed else model.name
+        # A fragile mark depends on the key alone, whichever model reads it: never an unkeyed model's.
+        return decoded, None if model.keyed or decoded.fragile else model.name
     return read_older_mark(older, image) if older else (decoded, None)
 
