@@ -70,10 +70,10 @@ def carriers(pixels: np.ndarray) -> np.ndarray:
     """(frames, rows, cols) bool: the pixels that may carry a bit, decided by values alone and the
     same in the original and in any frame the fragile mark wrote from it (module docstring): none
     at a frame's two least or two greatest values, nor one unit from them, nor one that a move
-    would put there. The second least and
-    greatest are the content's ends when the least or greatest is padding (Pixel Padding Value
-    below or above every content value, as in CT), which the guard keeps too; so the reader needs
-    no header, and a lossless copy that drops or adds the padding element reads the same."""
+    would put there. The second least and greatest are the content's ends when the least or
+    greatest is padding (Pixel Padding Value below or above every content value, as in CT), which
+    the guard keeps too; so the reader needs no header, and a lossless copy that drops or adds the
+    padding element reads the same."""
     values = pixels.astype(np.int64)
     usable = np.ones(values.shape, dtype=bool)
     for index, frame in enumerate(values):
@@ -86,12 +86,12 @@ def carriers(pixels: np.ndarray) -> np.ndarray:
     return usable
 
 
-def _padding_fits(pixels: np.ndarray, padding: tuple[int, int] | None) -> bool:
-    """Whether the frames' Pixel Padding values are all among the values `carriers` keeps (a
-    padding value amid the content would be a carrier to a reader without the header)."""
+def _padding_fits(pixels: np.ndarray, usable: np.ndarray, padding: tuple[int, int] | None) -> bool:
+    """Whether the frames' Pixel Padding values are all among the values `carriers` keeps
+    (`usable`: its answer; a padding value amid the content would be a carrier to a reader without
+    the header)."""
     if padding is None:
         return True
-    usable = carriers(pixels)
     values = pixels.astype(np.int64)
     low, high = padding
     return not np.any(usable & (values >= low - 1) & (values <= high + 1))
@@ -152,9 +152,10 @@ def fragile_residual(codec: PayloadCodec, image: MedicalImage, message: bytes) -
     """(frames, rows, cols) of 0 and ±1: what the fragile mark of `message` moves each pixel by
     (for the guard to place: `guard.guard_image`), or None where the instance is too flat, or has
     Pixel Padding values amid its content (see `carriers`)."""
-    if not _padding_fits(image.pixels, image.display.padding):
+    usable = carriers(image.pixels)
+    if not _padding_fits(image.pixels, usable, image.display.padding):
         return None
-    layout = _layout(codec, carriers(image.pixels))
+    layout = _layout(codec, usable)
     if layout is None:
         return None
     values = image.pixels.astype(np.int64).reshape(-1)
