@@ -202,6 +202,7 @@ def test_frames_under_two_tiles_are_marked_alone_robustly_where_that_reads_back_
     listing = json.loads(run_wm_here("models", "--json").stdout.splitlines()[0])
     assert listing["frames_needed_by_side"] == {"64": 2, "96": 2, "128": 1}
     assert listing["fragile_mark_up_to_pixels"] == 256 * 256
+    assert listing["fragile_mark_bytes_by_carriers"] == {"75": 4, "106": 8, "138": 12, "154": 16}
 
 
 def test_existing_output_is_never_replaced_without_overwrite(held_out_png, tmp_path):

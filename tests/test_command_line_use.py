@@ -108,6 +108,21 @@ def test_a_refused_mark_says_what_would_work(two_pngs, tmp_path):
     Image.fromarray(ct_slice()[:48, :48]).save(small)
     refused = run_wm_here("embed", small, "id-3")
     assert refused.code == 2 and "full-size image" in one_line(refused)
+    # A 64² cut of a CT frame almost all air at 0 (pydicom-data's enhanced CT): the robust mark
+    # does not read back and the fragile mark's 95 pixels hold a 4-byte message, not an 8-byte one;
+    # the refusal says so, and the shorter message is marked.
+    from watermark_cli.data.clinical import clinical_file
+    from watermark_cli.io.image import read_image
+
+    sparse = tmp_path / "sparse.png"
+    Image.fromarray(read_image(clinical_file("eCT_Supplemental.dcm")).pixels[1, 96:160, 352:416]).save(sparse)
+    longer = run_wm_here("embed", sparse, "ID-00042", "-o", tmp_path / "sparse8.png")
+    assert longer.code == 1 and "fragile mark (lossless copies only) has room for 4 bytes" in one_line(longer)
+    assert not (tmp_path / "sparse8.png").exists()
+    shorter = run_wm_here("embed", sparse, "ID42", "-o", tmp_path / "sparse4.png", "--json")
+    assert shorter.code == 0 and json.loads(shorter.stdout)["fragile"], shorter.stderr
+    read = run_wm_here("extract", tmp_path / "sparse4.png", "--json")
+    assert read.code == 0 and json.loads(read.stdout)["message"] == "ID42"
 
 
 def test_a_mark_not_found_says_which_key_or_model_to_try(two_pngs, tmp_path):

@@ -174,3 +174,43 @@ def test_the_layout_is_the_same_on_every_machine_and_numpy():
     residual = fragile.fragile_residual(codec, image, MESSAGE)
     digest = hashlib.sha256(residual.astype("<i1").tobytes()).hexdigest()
     assert int(np.abs(residual).sum()) == 43 and digest.startswith("7aed6c90da4a02ba"), digest
+
+
+def test_a_frame_too_sparse_for_the_coded_bits_carries_a_short_message_uncoded(loaded, nm):
+    """A 64² cut of the NM frame almost all zero counts: 76 pixels may carry a bit, too few for the
+    256 coded bits (fewer than 60 % of them), enough for a 4-byte message's 75-bit frame without
+    the code (a channel that loses no bit needs none). It is written at the floor in every view
+    with one unit moves and read with its key alone; an 8-byte message, whose frame is 106 bits,
+    gets none (embed then refuses the file), and no other key or host reads it."""
+    codec = codec_for(loaded, fixed_key("fragile"))
+    cut = _cut(nm, 0, 128)
+    usable = fragile.carriers(cut.pixels)
+    assert 75 <= usable.sum() < 0.6 * codec.n_bits and not fragile._layout(codec, usable).coded
+    assert fragile.fragile_residual(codec, cut, MESSAGE) is None
+    outcome = fragile_outcome(codec, cut, b"ID42", FLOOR, frame_meters(cut, FLOOR))
+    assert outcome is not None and outcome.fragile
+    moved = outcome.pixels.astype(np.int64) - cut.pixels
+    assert set(np.unique(moved)) <= {-1, 0, 1} and 0 < np.count_nonzero(moved) <= 75
+    for meter, frame in zip(frame_meters(cut, FLOOR), outcome.pixels):
+        assert meets_floor(meter.measure(frame), FLOOR)
+    decoded = extract_payload(loaded, codec, replace(cut, pixels=outcome.pixels))
+    assert decoded.found and decoded.message == b"ID42" and decoded.fragile
+    assert not fragile.read_fragile(codec_for(loaded, fixed_key("another")), outcome.pixels).found
+    assert not fragile.read_fragile(codec, cut.pixels).found
+    other = _cut(nm, 0, 192)
+    lowest_bits = (other.pixels.astype(np.int64) & ~1) | (outcome.pixels & 1)
+    for forged in (np.clip(other.pixels + moved, 0, None), lowest_bits):
+        assert not fragile.read_fragile(codec, forged).found
+
+
+def test_the_bytes_by_carriers_that_wm_models_lists_are_what_the_layout_holds(loaded):
+    codec = codec_for(loaded, fixed_key("fragile"))
+    table = fragile.capacity_by_carriers(codec.n_bits)
+    assert table == {75: 4, 106: 8, 138: 12, 154: 16}
+    for count in range(60, 300):
+        usable = np.zeros((1, 64, 64), dtype=bool)
+        usable.reshape(-1)[:count] = True
+        layout = fragile._layout(codec, usable)
+        held = (-1 if layout is None else codec.capacity_bytes if layout.coded
+                else codec.frame_capacity_bytes(layout.bits.shape[0]))
+        assert held == max((size for least, size in table.items() if count >= least), default=-1), count

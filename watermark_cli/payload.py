@@ -259,8 +259,7 @@ class PayloadCodec:
         tag = self._tag(cls, plaintext)
         return cls, np.concatenate([tag, plaintext ^ self._keystream(tag, len(plaintext))])
 
-    def encode(self, message: bytes) -> np.ndarray:
-        """The ``(n_bits,)`` uint8 array of 0/1 that the network should embed for ``message``."""
+    def _checked(self, message: bytes) -> bytes:
         if isinstance(message, str):
             raise TypeError("encode() takes bytes; encode text with message.encode('utf-8')")
         message = bytes(message)
@@ -268,8 +267,36 @@ class PayloadCodec:
             raise MessageTooLongError(
                 f"message is {len(message)} bytes; this model carries at most {self.capacity_bytes} bytes"
             )
-        cls, frame = self._frame(message)
+        return message
+
+    def encode(self, message: bytes) -> np.ndarray:
+        """The ``(n_bits,)`` uint8 array of 0/1 that the network should embed for ``message``."""
+        cls, frame = self._frame(self._checked(message))
         return cls.code.encode(frame)[self._sent] ^ self._pad
+
+    # -- uncoded frames ---------------------------------------------------------------------
+
+    def frame_bits(self, message: bytes) -> np.ndarray:
+        """The (k,) 0/1 frame of `message` before the polar code (its class's tag, length and
+        encrypted body, no pad): for a channel that loses no bit (`marking.fragile` where a frame
+        has too few pixels for the coded bits), where the code would only take room."""
+        return self._frame(self._checked(message))[1]
+
+    def frame_capacity_bytes(self, n_bits: int) -> int:
+        """The longest message whose `frame_bits` fit in `n_bits` (−1: not even an empty one)."""
+        fitting = [cls.capacity for cls in self.classes if cls.code.k <= n_bits]
+        return fitting[-1] if fitting else -1
+
+    def read_frame_bits(self, bits: np.ndarray) -> DecodedPayload:
+        """The message whose `frame_bits` begin `bits` (0/1, read exactly), tried class by class,
+        shortest first: one tag test a class, fewer than one decode's `max_decode_attempts`."""
+        bits = np.asarray(bits, dtype=np.uint8).reshape(-1)
+        for cls in self.classes:
+            if cls.code.k <= bits.size:
+                message = self._unframe(cls, bits[: cls.code.k])
+                if message is not None:
+                    return DecodedPayload(found=True, message=message, confidence=1.0, bit_errors=0)
+        return DecodedPayload.not_found()
 
     # -- decoding --------------------------------------------------------------------------
 

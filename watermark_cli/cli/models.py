@@ -13,7 +13,7 @@ def models(json_output: JsonOption = False) -> None:
     """List the shipped models and their payload capacity."""
     from ..model.store import is_keyed, read_card, shipped_models_folder
 
-    from ..marking.fragile import FRAGILE_PIXELS_AT_MOST
+    from ..marking.fragile import FRAGILE_PIXELS_AT_MOST, capacity_by_carriers
     from ..marking.image import frames_needed, smallest_markable_side
 
     folder = shipped_models_folder()
@@ -30,6 +30,9 @@ def models(json_output: JsonOption = False) -> None:
                      # Instances this small, with fewer frames or whose robust mark does not read
                      # back, get the fragile mark (marking.fragile: lossless copies only).
                      "fragile_mark_up_to_pixels": FRAGILE_PIXELS_AT_MOST,
+                     # Its message bytes by the pixels that may carry a bit (marking.fragile.carriers).
+                     "fragile_mark_bytes_by_carriers": {
+                         str(count): size for count, size in capacity_by_carriers(card["payload"]["raw_bits"]).items()},
                      "psnr_min_db": card.get("quality_floor", {}).get("psnr_min_db"),
                      # Keyed: without the key a mark cannot be read, removed or copied (README, Security).
                      "keyed": is_keyed(card),

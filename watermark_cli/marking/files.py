@@ -36,6 +36,8 @@ from ..keys import key_kind
 from ..model.device import model_device
 from ..model.store import load_model
 from ..quality import QualityFloor, frame_meters, image_quality, meets_floor
+from ..payload import PayloadCodec
+from .fragile import fits_fragile_mark, fragile_capacity_bytes
 from .image import codec_for, embed_pixels, extract_payload, read_any_mark
 from .marked_binding import binding_as_written, check_written_binding, new_instance_uid
 from .threads import ReaderPerThread, exit_with_parent, in_processes, in_threads, runs_in_processes
@@ -201,7 +203,7 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
     if not verified and not settings.allow_unverified:
         binding = min((frame.quality for frame in outcome.frames), key=lambda q: q.psnr).binding_view
         raise CheckFailedError(f"{source}: the mark could not be read back at PSNR >= {floor.psnr_min:g} dB in its "
-                               f"{binding} view ({_why_unreadable(floor, loaded, len(settings.payload))}); "
+                               f"{binding} view ({_why_unreadable(floor, loaded, codec, image, len(settings.payload))}); "
                                "nothing written "
                                "(--allow-unverified to force)")
 
@@ -259,15 +261,24 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
 SHORT_MESSAGE_BYTES = 8
 
 
-def _why_unreadable(floor: QualityFloor, loaded, message_bytes: int) -> str:
-    """The likely reason a mark at the floor does not read back, and what to do about it."""
+def _why_unreadable(floor: QualityFloor, loaded, codec, image, message_bytes: int) -> str:
+    """The likely reason a mark at the floor does not read back, and what to do about it; for a
+    small instance, what its fragile mark (`marking.fragile`) has room for too."""
     trained = loaded.trained_floor_db
     if trained is not None and floor.psnr_min > trained + 1.0:
         return (f"the floor of {floor.psnr_min:g} dB leaves too weak a mark: model {loaded.name} is made for "
                 f"{trained:g} dB; lower --psnr-min")
     shorter = (f"a message of {SHORT_MESSAGE_BYTES} bytes or fewer (this one has {message_bytes}), "
                if message_bytes > SHORT_MESSAGE_BYTES else "")
-    return f"the image is too small or too flat for this model; {shorter}a larger or more textured image carries it"
+    reason = f"the image is too small or too flat for this model; {shorter}a larger or more textured image carries it"
+    if not (isinstance(codec, PayloadCodec) and fits_fragile_mark(image)):
+        return reason
+    room = fragile_capacity_bytes(codec, image)
+    if room < 0:
+        return reason + "; too few of its pixels may move for the fragile mark either"
+    if room < message_bytes:
+        return reason + f"; its fragile mark (lossless copies only) has room for {room} bytes here"
+    return reason + "; its fragile mark would not keep the floor either"
 
 
 # The largest record any of the three containers holds (a PNG chunk's length is 31 bits).

@@ -7,7 +7,10 @@ fail"). The same payload (`payload.PayloadCodec`: tag, encryption, polar code) f
 many times over in the lowest bits of keyed blocks of its pixels (matrix embedding, `_Layout`):
 a block whose bits are wrong has one pixel moved by one stored unit (v → v XOR 1). 256 raw bits
 in blocks of 63 pixels move about 42 pixels: a mean squared error of 0.01 stored units² on a 64²
-frame, 40 dB in any view whose span is 10 stored units or more.
+frame, 40 dB in any view whose span is 10 stored units or more. A frame with too few pixels for
+the coded bits (an ultrasound crop almost all black, a sparse low-count scan) carries the
+payload's frame without the code, one bit a pixel (`PayloadCodec.frame_bits`: 75 bits for up to 4
+bytes, 106 for up to 8): a channel that loses no bit does not need the code's redundancy.
 
 What it holds against (README, "Security"): without the key nobody can read it or tell which
 pixels carry it (the blocks and a pad over the bits are drawn from the key); it is bound to its
@@ -34,12 +37,13 @@ job (`wm verify`).
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..io.medical_image import MedicalImage
-from ..payload import DecodedPayload, PayloadCodec
+from ..payload import DecodedPayload, PayloadCodec, length_classes
 
 #: Frames this small or smaller, in pixels over the whole instance, may carry the fragile mark
 #: (the instances whose robust mark is fitted to its host: `image.FITTED_PIXELS_AT_MOST`).
@@ -108,6 +112,9 @@ class _Layout:
 
     blocks: np.ndarray  # (B, 2^k − 1)
     bits: np.ndarray  # (B, k)
+    #: False: the blocks carry the payload's frame itself, uncoded (`PayloadCodec.frame_bits`),
+    #: one bit a pixel, where the pixels are too few for the coded bits.
+    coded: bool = True
 
 
 def _layout(codec: PayloadCodec, usable: np.ndarray) -> _Layout | None:
@@ -122,10 +129,15 @@ def _layout(codec: PayloadCodec, usable: np.ndarray) -> _Layout | None:
             slots = np.full(blocks * k, -1)
             slots[:n_bits] = bit_order
             return _Layout(pixels[: blocks * (2**k - 1)].reshape(blocks, 2**k - 1), slots.reshape(blocks, k))
-    if count < _LEAST_SHARE_CARRIED * n_bits:
+    if count >= _LEAST_SHARE_CARRIED * n_bits:
+        # Fewer pixels than bits: one bit each, the rest erased (the code's redundancy reads through).
+        return _Layout(pixels[:, None], bit_order[:count, None])
+    # Fewer still (a frame almost all background, a sparse low-count scan): the frame without the
+    # polar code, whose redundancy a channel that loses no bit does not need; a short message's
+    # frame is 75 bits, an 8-byte one's 106 (`PayloadCodec.frame_capacity_bytes`).
+    if codec.frame_capacity_bytes(count) < 0:
         return None
-    # Fewer pixels than bits: one bit each, the rest erased (the code's redundancy reads through).
-    return _Layout(pixels[:, None], bit_order[:count, None])
+    return _Layout(pixels[:, None], np.arange(count)[:, None], coded=False)
 
 
 def _syndromes(values: np.ndarray, layout: _Layout) -> np.ndarray:
@@ -148,18 +160,49 @@ def fits_fragile_mark(image: MedicalImage) -> bool:
             and image.pixels.ndim == 3)
 
 
+def capacity_by_carriers(n_bits: int) -> dict[int, int]:
+    """{carriers: bytes}: how long a message the fragile mark of a model of `n_bits` raw bits
+    holds from that many carrier pixels up (`_layout`: the uncoded frame of each length class, then
+    the coded bits); for `wm models`."""
+    coded = math.ceil(_LEAST_SHARE_CARRIED * n_bits)
+    classes = length_classes(n_bits)
+    table = {cls.code.k: cls.capacity for cls in classes if cls.code.k < coded}
+    table[coded] = classes[-1].capacity
+    return table
+
+
+def fragile_capacity_bytes(codec: PayloadCodec, image: MedicalImage) -> int:
+    """The longest message the fragile mark has room for in `image`, the floor aside (−1: none:
+    too large, too flat, or padding amid the content); for embed's refusal to say."""
+    layout = _instance_layout(codec, image) if fits_fragile_mark(image) else None
+    if layout is None:
+        return -1
+    return codec.capacity_bytes if layout.coded else codec.frame_capacity_bytes(layout.bits.shape[0])
+
+
+def _instance_layout(codec: PayloadCodec, image: MedicalImage) -> _Layout | None:
+    """`_layout` over the instance's carriers, or None where it has too few or Pixel Padding
+    values amid its content (see `carriers`)."""
+    usable = carriers(image.pixels)
+    return _layout(codec, usable) if _padding_fits(image.pixels, usable, image.display.padding) else None
+
+
 def fragile_residual(codec: PayloadCodec, image: MedicalImage, message: bytes) -> np.ndarray | None:
     """(frames, rows, cols) of 0 and ±1: what the fragile mark of `message` moves each pixel by
     (for the guard to place: `guard.guard_image`), or None where the instance is too flat, or has
     Pixel Padding values amid its content (see `carriers`)."""
-    usable = carriers(image.pixels)
-    if not _padding_fits(image.pixels, usable, image.display.padding):
-        return None
-    layout = _layout(codec, usable)
+    layout = _instance_layout(codec, image)
     if layout is None:
         return None
+    if layout.coded:
+        raw = codec.encode(message)
+    else:
+        raw = codec.frame_bits(message)
+        if raw.size > layout.bits.shape[0]:
+            return None  # room for a shorter message only
+        layout = _Layout(layout.blocks[: raw.size], layout.bits[: raw.size], coded=False)
     values = image.pixels.astype(np.int64).reshape(-1)
-    wanted = np.append(codec.encode(message) ^ _pad(codec, image.pixels), 0)[layout.bits]  # slot −1: the 0
+    wanted = np.append(raw ^ _pad(codec, image.pixels)[: raw.size], 0)[layout.bits]  # slot −1: the 0
     targets = (wanted.astype(np.int64) << np.arange(layout.bits.shape[1])).sum(axis=1)
     place = _syndromes(values, layout) ^ targets  # the 1-based place to move in each block, 0: none
     moved = layout.blocks[place > 0, place[place > 0] - 1]
@@ -183,6 +226,10 @@ def read_fragile(codec: PayloadCodec, pixels: np.ndarray) -> DecodedPayload:
         return DecodedPayload.not_found()
     syndromes = _syndromes(pixels.astype(np.int64).reshape(-1), layout)
     read = (syndromes[:, None] >> np.arange(layout.bits.shape[1])) & 1
+    if not layout.coded:
+        decoded = codec.read_frame_bits(read[:, 0] ^ _pad(codec, pixels)[: read.shape[0]])
+        decoded.fragile = decoded.found
+        return decoded
     probabilities = np.full(codec.n_bits, 0.5)  # a bit without a pixel is erased
     carried = layout.bits >= 0
     bits = read[carried] ^ _pad(codec, pixels)[layout.bits[carried]]
