@@ -198,7 +198,7 @@ def embed_file(source: Path, destination: Path, settings: EmbedSettings, loaded,
                            fill_budget=settings.fill_budget)
 
     # Verify before anything is written: the marked pixels must give the payload back.
-    decoded = extract_payload(loaded, codec, replace(image, pixels=outcome.pixels))
+    decoded = outcome.read_back or extract_payload(loaded, codec, replace(image, pixels=outcome.pixels))
     verified = bool(decoded.found and decoded.message == settings.payload)
     if not verified and not settings.allow_unverified:
         binding = min((frame.quality for frame in outcome.frames), key=lambda q: q.psnr).binding_view

@@ -221,6 +221,10 @@ class EmbedOutcome:
     frames: list[GuardedFrame]
     meters: list[FrameMeter]  # the views each frame was measured in
     fragile: bool = False  # the fragile mark of a small frame (`marking.fragile`), not the robust one
+    #: What `extract_payload` read in `pixels` while they were made, where it did (a small
+    #: instance's robust mark, read back before the fragile one is considered): embed's
+    #: self-check takes it rather than reading the same values again.
+    read_back: DecodedPayload | None = None
 
     @property
     def guard_acted(self) -> bool:
@@ -265,18 +269,14 @@ def embed_pixels(
     else:
         guarded = guard(residual)[1]
     outcome = EmbedOutcome(np.stack([frame.pixels for frame in guarded]), guarded, meters)
-    if (isinstance(codec, PayloadCodec) and fits_fragile_mark(image)
-            and not _reads_back(model, codec, image, outcome.pixels, message)):
+    if isinstance(codec, PayloadCodec) and fits_fragile_mark(image):
+        # The robust mark as embed's self-check reads it; where it does not give `message` back,
+        # the fragile mark.
+        decoded = extract_payload(model, codec, replace(image, pixels=outcome.pixels), fragile=False)
+        if decoded.found and decoded.message == message:
+            return replace(outcome, read_back=decoded)
         return fragile_outcome(codec, image, message, floor, meters) or outcome
     return outcome
-
-
-def _reads_back(model: LoadedModel, codec: PayloadCodec, image: MedicalImage, pixels: np.ndarray,
-                message: bytes) -> bool:
-    """Whether the robust mark in `pixels` gives `message` back as marked (`embed`'s self-check
-    does the same on the file written)."""
-    decoded = extract_payload(model, codec, replace(image, pixels=pixels), fragile=False)
-    return decoded.found and decoded.message == message
 
 
 def fragile_outcome(codec: PayloadCodec, image: MedicalImage, message: bytes, floor: QualityFloor,
