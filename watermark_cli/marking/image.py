@@ -389,7 +389,8 @@ DECODES_PER_IMAGE = OFFSETS_TRIED * GEOMETRIES_TRIED * POLARITIES_TRIED
 
 #: Payload decodes per older model whose marks are read too (`read_older_mark`: uncropped only).
 OLDER_MODEL_DECODES = POLARITIES_TRIED
-#: Payload decodes of a small instance's fragile mark (`extract_payload`: as stored only).
+#: Payload decodes of a small instance's fragile mark (`extract_payload`: as stored only; a
+#: sparse frame's uncoded frame tests one tag a length class, fewer than one decode's candidates).
 FRAGILE_DECODES = 1
 
 
