@@ -43,8 +43,9 @@ wrong key, noise), one decode examines at most `LIST_SIZE` candidates per class,
 only if its 40-bit tag matches: for a candidate not made with the key, the recomputed tag is a
 PRF output independent of the received one, so each passes with probability 2^-40. The union
 bound gives at most ``classes × LIST_SIZE × 2^-40`` per decode (4 × 8 × 2^-40 = 2.9e-11 for 256
-bits), and per image `marking.image.DECODES_PER_IMAGE` (24) decodes and one of a small instance's
-fragile mark (`marking.fragile`): 7.3e-10, under the 1e-8 of design §5. (With the public default
+bits), and per image `marking.image.DECODES_PER_IMAGE` (24) decodes and two of a small instance's
+fragile mark (`marking.fragile`: its coded bits, and its uncoded frame's one tag test a length
+class): 7.6e-10, under the 1e-8 of design §5. (With the public default
 key anyone can forge a valid payload on purpose.)
 
 **Format 1** (`LegacyPayloadCodec`: CRC-32 and Reed-Solomon under a key-only XOR keystream) is
@@ -288,12 +289,12 @@ class PayloadCodec:
         return fitting[-1] if fitting else -1
 
     def read_frame_bits(self, bits: np.ndarray) -> DecodedPayload:
-        """The message whose `frame_bits` begin `bits` (0/1, read exactly), tried class by class,
-        shortest first: one tag test a class, fewer than one decode's `max_decode_attempts`."""
+        """The message whose `frame_bits` are `bits` (0/1, read exactly): one tag test, of the
+        length class whose frame has that many bits (not found where none has)."""
         bits = np.asarray(bits, dtype=np.uint8).reshape(-1)
         for cls in self.classes:
-            if cls.code.k <= bits.size:
-                message = self._unframe(cls, bits[: cls.code.k])
+            if cls.code.k == bits.size:
+                message = self._unframe(cls, bits)
                 if message is not None:
                     return DecodedPayload(found=True, message=message, confidence=1.0, bit_errors=0)
         return DecodedPayload.not_found()

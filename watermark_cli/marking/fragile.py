@@ -3,14 +3,18 @@
 A single 64² or 96² frame whose own data range is narrow (a low-count nuclear-medicine patch, an
 8-bit ultrasound crop, a dim MR slice) gets a robust mark of under 1.5 stored units RMS at a 40 dB
 floor, and the network cannot read that back through its host (README, "Where single small frames
-fail"). The same payload (`payload.PayloadCodec`: tag, encryption, polar code) fits such a frame
-many times over in the lowest bits of keyed blocks of its pixels (matrix embedding, `_Layout`):
-a block whose bits are wrong has one pixel moved by one stored unit (v → v XOR 1). 256 raw bits
-in blocks of 63 pixels move about 42 pixels: a mean squared error of 0.01 stored units² on a 64²
-frame, 40 dB in any view whose span is 10 stored units or more. A frame with too few pixels for
-the coded bits (an ultrasound crop almost all black, a sparse low-count scan) carries the
-payload's frame without the code, one bit a pixel (`PayloadCodec.frame_bits`: 75 bits for up to 4
-bytes, 106 for up to 8): a channel that loses no bit does not need the code's redundancy.
+fail"). The same payload (`payload.PayloadCodec`'s frame: tag, length, encrypted body) fits such
+a frame many times over in the lowest bits of keyed blocks of its pixels (matrix embedding,
+`_Layout`): a block whose bits are wrong has one pixel moved by one stored unit (v → v XOR 1).
+The channel loses no bit (the mark is read exactly or not at all), so the frame goes without the
+polar code (`PayloadCodec.frame_bits`: 75 bits for up to 4 bytes, 106 for 8, 138 for 12, 170 for
+16; since stop 52): an 8-byte frame in blocks of 127 or 255 pixels moves about 14 to 16 pixels,
+where stop 51's 256 coded bits in blocks of 63 moved about 42 (a mean squared error of 0.004
+stored units² on a 64² frame against 0.01: 40 dB in a view whose span is about 6.3 stored units,
+not 10), and a frame almost all background (an ultrasound crop almost all black, a sparse
+low-count scan) holds a short message in as few as 75 pixels, one bit each. The coded bits are
+still written where a 16-byte frame does not fit but they do (154 to 169 carriers, erasures read
+through), and read where no frame is found (stop 51's marks).
 
 What it holds against (README, "Security"): without the key nobody can read it or tell which
 pixels carry it (the blocks and a pad over the bits are drawn from the key); it is bound to its
@@ -112,32 +116,46 @@ class _Layout:
 
     blocks: np.ndarray  # (B, 2^k − 1)
     bits: np.ndarray  # (B, k)
-    #: False: the blocks carry the payload's frame itself, uncoded (`PayloadCodec.frame_bits`),
-    #: one bit a pixel, where the pixels are too few for the coded bits.
-    coded: bool = True
 
 
-def _layout(codec: PayloadCodec, usable: np.ndarray) -> _Layout | None:
-    """The keyed layout of `codec`'s raw bits over the `usable` pixels; None where too few."""
-    count, n_bits = int(usable.sum()), codec.n_bits
+def _carrier_order(codec: PayloadCodec, usable: np.ndarray) -> np.ndarray:
+    """The `usable` pixels (indices into the flattened instance) in a keyed order."""
     order = _keyed_order(codec, b"pixels " + repr(usable.shape).encode(), usable.size)
-    pixels = order[usable.reshape(-1)[order]]
-    bit_order = _keyed_order(codec, b"bits", n_bits)
+    return order[usable.reshape(-1)[order]]
+
+
+def _blocks_for(pixels: np.ndarray, slots: np.ndarray) -> _Layout | None:
+    """Bits `slots` (raw-bit indices) in the largest blocks the `pixels` (keyed order) allow."""
     for k in range(_LARGEST_BLOCK_BITS, 0, -1):
-        blocks = -(-n_bits // k)
-        if blocks * (2**k - 1) <= count:
-            slots = np.full(blocks * k, -1)
-            slots[:n_bits] = bit_order
-            return _Layout(pixels[: blocks * (2**k - 1)].reshape(blocks, 2**k - 1), slots.reshape(blocks, k))
-    if count >= _LEAST_SHARE_CARRIED * n_bits:
-        # Fewer pixels than bits: one bit each, the rest erased (the code's redundancy reads through).
-        return _Layout(pixels[:, None], bit_order[:count, None])
-    # Fewer still (a frame almost all background, a sparse low-count scan): the frame without the
-    # polar code, whose redundancy a channel that loses no bit does not need; a short message's
-    # frame is 75 bits, an 8-byte one's 106 (`PayloadCodec.frame_capacity_bytes`).
-    if codec.frame_capacity_bytes(count) < 0:
-        return None
-    return _Layout(pixels[:, None], np.arange(count)[:, None], coded=False)
+        blocks = -(-slots.size // k)
+        if blocks * (2**k - 1) <= pixels.size:
+            padded = np.full(blocks * k, -1)
+            padded[: slots.size] = slots
+            return _Layout(pixels[: blocks * (2**k - 1)].reshape(blocks, 2**k - 1), padded.reshape(blocks, k))
+    return None
+
+
+def _frame_layout(pixels: np.ndarray, n_bits: int) -> _Layout | None:
+    """The layout of an uncoded frame of `n_bits` (`PayloadCodec.frame_bits`) over the carriers
+    `pixels` (keyed order); None where they are fewer than its bits."""
+    return _blocks_for(pixels, np.arange(n_bits))
+
+
+def _coded_layout(codec: PayloadCodec, pixels: np.ndarray) -> _Layout | None:
+    """The layout of `codec`'s coded raw bits (keyed order) over the carriers `pixels`; with
+    fewer pixels than bits, one bit each and the rest erased (the code's redundancy reads through)
+    down to 60 % of them; None with fewer."""
+    bit_order = _keyed_order(codec, b"bits", codec.n_bits)
+    layout = _blocks_for(pixels, bit_order)
+    if layout is None and pixels.size >= _LEAST_SHARE_CARRIED * codec.n_bits:
+        layout = _Layout(pixels[:, None], bit_order[: pixels.size, None])
+    return layout
+
+
+def _room_bytes(codec: PayloadCodec, pixels: np.ndarray) -> int:
+    """The longest message the carriers `pixels` hold, uncoded or coded (−1: none)."""
+    coded = codec.capacity_bytes if _coded_layout(codec, pixels) is not None else -1
+    return max(codec.frame_capacity_bytes(pixels.size), coded)
 
 
 def _syndromes(values: np.ndarray, layout: _Layout) -> np.ndarray:
@@ -174,41 +192,58 @@ def capacity_by_carriers(n_bits: int) -> dict[int, int]:
 def fragile_capacity_bytes(codec: PayloadCodec, image: MedicalImage) -> int:
     """The longest message the fragile mark has room for in `image`, the floor aside (−1: none:
     too large, too flat, or padding amid the content); for embed's refusal to say."""
-    layout = _instance_layout(codec, image) if fits_fragile_mark(image) else None
-    if layout is None:
-        return -1
-    return codec.capacity_bytes if layout.coded else codec.frame_capacity_bytes(layout.bits.shape[0])
+    pixels = _instance_carriers(codec, image) if fits_fragile_mark(image) else None
+    return -1 if pixels is None else _room_bytes(codec, pixels)
 
 
-def _instance_layout(codec: PayloadCodec, image: MedicalImage) -> _Layout | None:
-    """`_layout` over the instance's carriers, or None where it has too few or Pixel Padding
-    values amid its content (see `carriers`)."""
+def _instance_carriers(codec: PayloadCodec, image: MedicalImage) -> np.ndarray | None:
+    """The instance's carriers in keyed order (`_carrier_order`), or None where Pixel Padding
+    values lie amid its content (see `carriers`)."""
     usable = carriers(image.pixels)
-    return _layout(codec, usable) if _padding_fits(image.pixels, usable, image.display.padding) else None
+    return _carrier_order(codec, usable) if _padding_fits(image.pixels, usable, image.display.padding) else None
 
 
 def fragile_residual(codec: PayloadCodec, image: MedicalImage, message: bytes) -> np.ndarray | None:
     """(frames, rows, cols) of 0 and ±1: what the fragile mark of `message` moves each pixel by
     (for the guard to place: `guard.guard_image`), or None where the instance is too flat, or has
-    Pixel Padding values amid its content (see `carriers`)."""
-    layout = _instance_layout(codec, image)
-    if layout is None:
+    Pixel Padding values amid its content (see `carriers`). The uncoded frame where it fits (its
+    fewer bits need fewer moves: about 16 for an 8-byte message in blocks of 127 pixels, where the
+    coded 256 bits need about 42), else the coded bits (stop 51's layout: where 154 to 169
+    carriers hold a 16-byte message's coded bits, with erasures, and not its 170-bit frame)."""
+    pixels = _instance_carriers(codec, image)
+    if pixels is None:
         return None
-    if layout.coded:
-        raw = codec.encode(message)
-    else:
-        raw = codec.frame_bits(message)
-        if raw.size > layout.bits.shape[0]:
-            return None  # room for a shorter message only
-        layout = _Layout(layout.blocks[: raw.size], layout.bits[: raw.size], coded=False)
-    values = image.pixels.astype(np.int64).reshape(-1)
-    wanted = np.append(raw ^ _pad(codec, image.pixels)[: raw.size], 0)[layout.bits]  # slot −1: the 0
+    raw = codec.frame_bits(message)
+    layout = _frame_layout(pixels, raw.size)
+    if layout is None:
+        raw, layout = codec.encode(message), _coded_layout(codec, pixels)
+        if layout is None:
+            return None
+    return _moves(image.pixels, layout, raw ^ _pad(codec, image.pixels)[: raw.size])
+
+
+def _moves(pixels: np.ndarray, layout: _Layout, bits: np.ndarray) -> np.ndarray:
+    """(frames, rows, cols) of 0 and ±1: the moves that give `pixels`' blocks the syndromes
+    `bits` (already padded), at most one a block."""
+    values = pixels.astype(np.int64).reshape(-1)
+    wanted = np.append(bits, 0)[layout.bits]  # slot −1: the 0
     targets = (wanted.astype(np.int64) << np.arange(layout.bits.shape[1])).sum(axis=1)
     place = _syndromes(values, layout) ^ targets  # the 1-based place to move in each block, 0: none
     moved = layout.blocks[place > 0, place[place > 0] - 1]
     residual = np.zeros(values.shape)
     residual[moved] = (values[moved] ^ 1) - values[moved]
-    return residual.reshape(image.pixels.shape)
+    return residual.reshape(pixels.shape)
+
+
+def _read_bits(values: np.ndarray, layout: _Layout, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bits, carried): the `size` raw bits the blocks of `layout` hold in `values` (flattened),
+    and which of them have a pixel."""
+    read = (_syndromes(values, layout)[:, None] >> np.arange(layout.bits.shape[1])) & 1
+    bits, carried = np.zeros(size, dtype=np.uint8), np.zeros(size, dtype=bool)
+    slots = layout.bits >= 0
+    bits[layout.bits[slots]] = read[slots]
+    carried[layout.bits[slots]] = True
+    return bits, carried
 
 
 def read_fragile(codec: PayloadCodec, pixels: np.ndarray) -> DecodedPayload:
@@ -221,19 +256,24 @@ def read_fragile(codec: PayloadCodec, pixels: np.ndarray) -> DecodedPayload:
         if not np.all(np.isfinite(pixels)) or not np.array_equal(pixels, np.rint(pixels)):
             return DecodedPayload.not_found()
         pixels = pixels.astype(np.int64)
-    layout = _layout(codec, carriers(pixels))
+    pixels = pixels.astype(np.int64)
+    order, values, pad = _carrier_order(codec, carriers(pixels)), pixels.reshape(-1), _pad(codec, pixels)
+    # The uncoded frame of each length class in turn (one tag test each: `read_frame_bits`).
+    for size in sorted({cls.code.k for cls in codec.classes}):
+        layout = _frame_layout(order, size)
+        if layout is None:
+            break
+        decoded = codec.read_frame_bits(_read_bits(values, layout, size)[0] ^ pad[:size])
+        if decoded.found:
+            decoded.fragile = True
+            return decoded
+    # The coded bits (stop 51's layout, and where a 16-byte frame does not fit).
+    layout = _coded_layout(codec, order)
     if layout is None:
         return DecodedPayload.not_found()
-    syndromes = _syndromes(pixels.astype(np.int64).reshape(-1), layout)
-    read = (syndromes[:, None] >> np.arange(layout.bits.shape[1])) & 1
-    if not layout.coded:
-        decoded = codec.read_frame_bits(read[:, 0] ^ _pad(codec, pixels)[: read.shape[0]])
-        decoded.fragile = decoded.found
-        return decoded
-    probabilities = np.full(codec.n_bits, 0.5)  # a bit without a pixel is erased
-    carried = layout.bits >= 0
-    bits = read[carried] ^ _pad(codec, pixels)[layout.bits[carried]]
-    probabilities[layout.bits[carried]] = np.where(bits == 1, _BIT_CERTAINTY, 1.0 - _BIT_CERTAINTY)
+    bits, carried = _read_bits(values, layout, codec.n_bits)
+    probabilities = np.where(bits ^ pad == 1, _BIT_CERTAINTY, 1.0 - _BIT_CERTAINTY)
+    probabilities[~carried] = 0.5  # a bit without a pixel is erased
     decoded = codec.decode_either_polarity(probabilities, inverted_too=False)[0]
     if decoded.found:
         decoded.fragile = True

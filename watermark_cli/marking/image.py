@@ -389,9 +389,9 @@ DECODES_PER_IMAGE = OFFSETS_TRIED * GEOMETRIES_TRIED * POLARITIES_TRIED
 
 #: Payload decodes per older model whose marks are read too (`read_older_mark`: uncropped only).
 OLDER_MODEL_DECODES = POLARITIES_TRIED
-#: Payload decodes of a small instance's fragile mark (`extract_payload`: as stored only; a
-#: sparse frame's uncoded frame tests one tag a length class, fewer than one decode's candidates).
-FRAGILE_DECODES = 1
+#: Payload decodes of a small instance's fragile mark (`extract_payload`: as stored only): its
+#: coded bits' one, and its uncoded frame's one tag test a length class, counted as one more.
+FRAGILE_DECODES = 2
 
 
 def image_false_positive_bound(codec: PayloadCodec, older_models: int = 0) -> float:
