@@ -219,5 +219,7 @@ def test_the_bytes_by_carriers_that_wm_models_lists_are_what_the_layout_holds(lo
     for count in range(60, 300):
         usable = np.zeros((1, 64, 64), dtype=bool)
         usable.reshape(-1)[:count] = True
-        held = fragile._room_bytes(codec, fragile._carrier_order(codec, usable))
+        order = fragile._carrier_order(codec, usable)
+        fitting = [cls.capacity for cls in codec.classes if fragile._frame_layout(order, cls.code.k) is not None]
+        held = codec.capacity_bytes if fragile._coded_layout(codec, order) is not None else max(fitting, default=-1)
         assert held == max((size for least, size in table.items() if count >= least), default=-1), count

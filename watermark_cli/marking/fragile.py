@@ -147,15 +147,24 @@ def _coded_layout(codec: PayloadCodec, pixels: np.ndarray) -> _Layout | None:
     down to 60 % of them; None with fewer."""
     bit_order = _keyed_order(codec, b"bits", codec.n_bits)
     layout = _blocks_for(pixels, bit_order)
-    if layout is None and pixels.size >= _LEAST_SHARE_CARRIED * codec.n_bits:
+    if layout is None and pixels.size >= _least_coded_carriers(codec.n_bits):
         layout = _Layout(pixels[:, None], bit_order[: pixels.size, None])
     return layout
 
 
-def _room_bytes(codec: PayloadCodec, pixels: np.ndarray) -> int:
-    """The longest message the carriers `pixels` hold, uncoded or coded (−1: none)."""
-    coded = codec.capacity_bytes if _coded_layout(codec, pixels) is not None else -1
-    return max(codec.frame_capacity_bytes(pixels.size), coded)
+def _least_coded_carriers(n_bits: int) -> int:
+    """The fewest carriers the coded bits are written in (60 % of them; the rest erased)."""
+    return math.ceil(_LEAST_SHARE_CARRIED * n_bits)
+
+
+def _room_bytes(n_bits: int, count: int) -> int:
+    """The longest message `count` carriers hold for a model of `n_bits` raw bits (−1: none):
+    the longest uncoded frame that fits (`_frame_layout`: one bit a carrier at least), or every
+    message where the coded bits fit (`_coded_layout`)."""
+    classes = length_classes(n_bits)
+    if count >= _least_coded_carriers(n_bits):
+        return classes[-1].capacity
+    return max((cls.capacity for cls in classes if cls.code.k <= count), default=-1)
 
 
 def _syndromes(values: np.ndarray, layout: _Layout) -> np.ndarray:
@@ -180,12 +189,13 @@ def fits_fragile_mark(image: MedicalImage) -> bool:
 
 def capacity_by_carriers(n_bits: int) -> dict[int, int]:
     """{carriers: bytes}: how long a message the fragile mark of a model of `n_bits` raw bits
-    holds from that many carrier pixels up (`_layout`: the uncoded frame of each length class, then
-    the coded bits); for `wm models`."""
-    coded = math.ceil(_LEAST_SHARE_CARRIED * n_bits)
-    classes = length_classes(n_bits)
-    table = {cls.code.k: cls.capacity for cls in classes if cls.code.k < coded}
-    table[coded] = classes[-1].capacity
+    holds from that many carrier pixels up (`_room_bytes` where it grows); for `wm models`."""
+    counts = sorted({cls.code.k for cls in length_classes(n_bits)} | {_least_coded_carriers(n_bits)})
+    table: dict[int, int] = {}
+    for count in counts:
+        room = _room_bytes(n_bits, count)
+        if room > max(table.values(), default=-1):
+            table[count] = room
     return table
 
 
@@ -193,7 +203,7 @@ def fragile_capacity_bytes(codec: PayloadCodec, image: MedicalImage) -> int:
     """The longest message the fragile mark has room for in `image`, the floor aside (−1: none:
     too large, too flat, or padding amid the content); for embed's refusal to say."""
     pixels = _instance_carriers(codec, image) if fits_fragile_mark(image) else None
-    return -1 if pixels is None else _room_bytes(codec, pixels)
+    return -1 if pixels is None else _room_bytes(codec.n_bits, pixels.size)
 
 
 def _instance_carriers(codec: PayloadCodec, image: MedicalImage) -> np.ndarray | None:
@@ -255,7 +265,6 @@ def read_fragile(codec: PayloadCodec, pixels: np.ndarray) -> DecodedPayload:
     if pixels.dtype.kind not in "iu":
         if not np.all(np.isfinite(pixels)) or not np.array_equal(pixels, np.rint(pixels)):
             return DecodedPayload.not_found()
-        pixels = pixels.astype(np.int64)
     pixels = pixels.astype(np.int64)
     order, values, pad = _carrier_order(codec, carriers(pixels)), pixels.reshape(-1), _pad(codec, pixels)
     # The uncoded frame of each length class in turn (one tag test each: `read_frame_bits`).
