@@ -42,6 +42,40 @@ def textured_cuts(frame, side: int, count: int, rng, tries: int = 400) -> list:
     return cuts
 
 
+#: Real grayscale images in neither split (`data.clinical`): never trained on, never tuned on. pydicom
+#: ships the CT; dipy the MR volume (`data.slices.DIPY_VOLUME`: its slices are held-out slices
+#: elsewhere, brought to 256² in 8 bits; here each is a 128² frame of its own 12-bit values) and a
+#: T1 coronal slice (256², stored by dipy as floats 0..1: here as 12-bit values, as an MR is
+#: stored). pydicom-data's other images (two ultrasounds) are palette colour, which wm does not mark.
+UNSEEN_DICOM = ("J2K_pixelrep_mismatch.dcm",)
+UNSEEN_T1_SLICE = "t1_coronal_slice.npy"
+
+
+def unseen_images() -> list:
+    """(label, MedicalImage) of every image of the sets above: the DICOM as `wm embed` reads it,
+    dipy's slices as a 16-bit PNG of them reads (`io.image`)."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from watermark_cli.data.clinical import clinical_file
+    from watermark_cli.data.slices import DIPY_VOLUME, dipy_file, dipy_volume
+
+    images = [(f"CT {name}", read_image(clinical_file(name))) for name in UNSEEN_DICOM]
+    volume = dipy_volume(DIPY_VOLUME)
+    slices = [(f"MR dipy {DIPY_VOLUME} slice {k}", np.rot90(volume[:, :, k])) for k in range(volume.shape[2])]
+    t1 = np.load(dipy_file(UNSEEN_T1_SLICE))
+    slices.append((f"MR dipy {UNSEEN_T1_SLICE}", t1 / max(float(t1.max()), 1e-12) * 4095.0))
+    with tempfile.TemporaryDirectory() as folder:
+        for index, (label, values) in enumerate(slices):
+            path = Path(folder) / f"{index}.png"
+            Image.fromarray(np.rint(values).astype(np.uint16)).save(path)
+            images.append((label, read_image(path)))
+    return images
+
+
 #: The sets never trained on; `check_slices` is the training split's, for checking a reader change.
 HELD_OUT_SETS = ("files", "slices")
 SETS = (*HELD_OUT_SETS, "check_slices")

@@ -39,3 +39,25 @@ def test_the_keyless_attacker_copies_nothing_and_reads_chance():
     assert 0.44 < read["bit_agreement"]["mean"] < 0.56
     removals = [row for row in result["rows"] if row["group"] == "removal"]
     assert len(removals) >= 10 and all(row["trials"] == 3 for row in removals)
+
+
+def test_the_unseen_images_are_real_grayscale_and_in_neither_split():
+    """`small_frames.py --split unseen`'s material: real images no model was trained or tuned on,
+    none of them a file (in any encoding) of the training or held-out split; dipy's stored as
+    whole 12-bit values."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from heldout import unseen_images
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from watermark_cli.data.clinical import CLINICAL_GROUPS
+
+    images = unseen_images()
+    in_splits = {name for group in CLINICAL_GROUPS for name in group.files}
+    assert len(images) == 12 and len({label for label, _ in images}) == 12
+    for label, image in images:
+        assert image.photometric == "MONOCHROME2" and image.pixels.ndim == 3
+        assert not any(name in label for name in in_splits), label
+        assert image.pixels.std() > 0 and image.pixels.dtype.kind in "iu"
+    dipy = [image for label, image in images if "dipy" in label]
+    assert all(0 <= image.pixels.min() and image.pixels.max() <= 4095 for image in dipy)

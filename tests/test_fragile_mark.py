@@ -17,7 +17,9 @@ import pytest
 
 import watermark_cli.marking.fragile as fragile
 from conftest import fixed_key
+from watermark_cli.attacks.codecs import parse_attack_list
 from watermark_cli.data.clinical import clinical_file
+from watermark_cli.evaluation.run import EvaluationOptions, evaluate_images
 from watermark_cli.io.image import read_image
 from watermark_cli.io.medical_image import MedicalImage
 from watermark_cli.marking.image import codec_for, embed_pixels, extract_payload, fragile_outcome
@@ -135,6 +137,36 @@ def test_any_change_of_the_values_removes_the_fragile_mark_and_never_gives_anoth
         for changed in (nudged, blurred, outcome.pixels * 1.0 + 0.5):
             decoded = fragile.read_fragile(codec, changed)
             assert not decoded.found, decoded
+
+
+def test_the_bit_agreement_evaluate_reports_is_whole_on_a_marked_copy_and_chance_elsewhere(loaded, marked):
+    """`wm evaluate`'s bit accuracy of a frame given the fragile mark: its frame's bits, all read
+    back from the marked values; about half of them from the unmarked frame, another message or
+    another key; none (0.5) once the values are not whole numbers."""
+    codec = codec_for(loaded, fixed_key("fragile"))
+    stranger = codec_for(loaded, fixed_key("another"))
+    chance = []
+    for cut, outcome in marked:
+        assert fragile.fragile_bit_agreement(codec, outcome.pixels, MESSAGE) == 1.0
+        assert fragile.fragile_bit_agreement(codec, outcome.pixels * 1.0 + 0.5, MESSAGE) == 0.5
+        chance += [fragile.fragile_bit_agreement(codec, cut.pixels, MESSAGE),
+                   fragile.fragile_bit_agreement(codec, outcome.pixels, b"ID-00043"),
+                   fragile.fragile_bit_agreement(stranger, outcome.pixels, MESSAGE)]
+    # 9 readings of a 106-bit frame: each within 0.5 ± 0.2 (a chance of about 1e-5 each), the mean closer.
+    assert all(0.3 <= value <= 0.7 for value in chance) and abs(np.mean(chance) - 0.5) < 0.1, chance
+
+
+def test_wm_evaluate_reports_a_fragile_marks_own_bits(loaded, nm):
+    """A flat cut that `wm evaluate` gives the fragile mark: as marked, its frame's bits read back
+    whole (the robust bits, never meant to, would read at chance); after JPEG, at chance."""
+    cut = _cut(nm, *FLAT_CUTS[0])
+    options = EvaluationOptions(floor=FLOOR, attacks=parse_attack_list("identity,jpeg:80"), messages=1,
+                                key=fixed_key("fragile"), message_bytes=8)
+    summary, _, _ = evaluate_images([("flat cut", lambda: cut)], loaded, options)
+    assert summary["fragile_marks"] == 1
+    identity, jpeg = summary["attacks"]["identity"], summary["attacks"]["jpeg:80"]
+    assert identity["bit_accuracy"] == 1.0 and identity["payload_recovery"] == 1.0
+    assert 0.3 <= jpeg["bit_accuracy"] <= 0.7 and jpeg["payload_recovery"] == 0.0
 
 
 def test_large_images_and_format_1_are_never_read_for_a_fragile_mark(loaded):

@@ -30,6 +30,7 @@ from ..io.discovery import collect_image_files
 from ..io.image import read_image
 from ..io.medical_image import MedicalImage
 from ..keys import key_kind
+from ..marking.fragile import fragile_bit_agreement
 from ..marking.image import (codec_for, embed_pixels, export_thresholds, image_false_positive_bound, read_fragile_mark,
                              read_frames, sign_thresholds)
 from ..model.store import LoadedModel
@@ -168,10 +169,13 @@ def evaluate_images(
                     probabilities, decoded = reading.probabilities, reading.decoded
                     if not decoded.found and not attack.exports_8bit:  # an export's values are not stored ones
                         decoded = read_fragile_mark(codec, attacked)
+                    # A fragile mark's bits are its frame's in the pixels' lowest bits, not the robust bits.
+                    bit_accuracy = (fragile_bit_agreement(codec, attacked, message) if outcome.fragile
+                                    else float(np.mean((probabilities > 0.5) == raw_bits.astype(bool))))
                     rows.append({
                         "path": path, "message_index": index, "message_bytes": len(message), "attack": attack.label,
                         **quality,
-                        "bit_accuracy": float(np.mean((probabilities > 0.5) == raw_bits.astype(bool))),
+                        "bit_accuracy": bit_accuracy,
                         "payload_recovered": bool(decoded.found and decoded.message == message),
                         "fragile": outcome.fragile,
                         "confidence": decoded.confidence,

@@ -221,15 +221,22 @@ def fragile_residual(codec: PayloadCodec, image: MedicalImage, message: bytes) -
     coded 256 bits need about 42), else the coded bits (stop 51's layout: where 154 to 169
     carriers hold a 16-byte message's coded bits, with erasures, and not its 170-bit frame)."""
     pixels = _instance_carriers(codec, image)
-    if pixels is None:
+    written = None if pixels is None else _written_bits(codec, pixels, message)
+    if written is None:
         return None
+    raw, layout = written
+    return _moves(image.pixels, layout, raw ^ _pad(codec, image.pixels)[: raw.size])
+
+
+def _written_bits(codec: PayloadCodec, pixels: np.ndarray, message: bytes) -> tuple[np.ndarray, _Layout] | None:
+    """(raw bits before the pad, layout): what the mark of `message` writes over the carriers
+    `pixels` (keyed order): its uncoded frame where it fits, else its coded bits; None where
+    neither fits."""
     raw = codec.frame_bits(message)
     layout = _frame_layout(pixels, raw.size)
     if layout is None:
         raw, layout = codec.encode(message), _coded_layout(codec, pixels)
-        if layout is None:
-            return None
-    return _moves(image.pixels, layout, raw ^ _pad(codec, image.pixels)[: raw.size])
+    return None if layout is None else (raw, layout)
 
 
 def _moves(pixels: np.ndarray, layout: _Layout, bits: np.ndarray) -> np.ndarray:
@@ -256,15 +263,37 @@ def _read_bits(values: np.ndarray, layout: _Layout, size: int) -> tuple[np.ndarr
     return bits, carried
 
 
+def fragile_bit_agreement(codec: PayloadCodec, pixels: np.ndarray, message: bytes) -> float:
+    """The share of the fragile mark's raw bits of `message` that `pixels` (stored values, as
+    `read_fragile` takes them) hold where the writer would put them: 1.0 on a marked copy, about
+    0.5 on anything else. The uncoded frame where it fits the carriers, else the coded bits (a bit
+    without a pixel counts as a coin's 0.5); 0.5 where no layout fits or the values are not whole
+    numbers (a lossy export: nothing of the mark is left). For `wm evaluate`'s bit accuracy of
+    the frames given the fragile mark, whose robust bits were never meant to read back."""
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 3 or pixels.size > FRAGILE_PIXELS_AT_MOST or not _whole_numbers(pixels):
+        return 0.5
+    pixels = pixels.astype(np.int64)
+    written = _written_bits(codec, _carrier_order(codec, carriers(pixels)), message)
+    if written is None:
+        return 0.5
+    raw, layout = written
+    bits, carried = _read_bits(pixels.reshape(-1), layout, raw.size)
+    agree = (bits ^ _pad(codec, pixels)[: raw.size]) == raw
+    return float(np.where(carried, agree, 0.5).mean())
+
+
+def _whole_numbers(pixels: np.ndarray) -> bool:
+    """Whether `pixels` are whole numbers, as stored values are (a lossy export's are not)."""
+    return pixels.dtype.kind in "iu" or bool(np.all(np.isfinite(pixels)) and np.array_equal(pixels, np.rint(pixels)))
+
+
 def read_fragile(codec: PayloadCodec, pixels: np.ndarray) -> DecodedPayload:
     """The fragile mark's payload in stored values `pixels` (frames, rows, cols), or not found.
     Values that are not whole numbers (a lossy export, rescaled) hold none."""
     pixels = np.asarray(pixels)
-    if pixels.ndim != 3 or pixels.size > FRAGILE_PIXELS_AT_MOST:
+    if pixels.ndim != 3 or pixels.size > FRAGILE_PIXELS_AT_MOST or not _whole_numbers(pixels):
         return DecodedPayload.not_found()
-    if pixels.dtype.kind not in "iu":
-        if not np.all(np.isfinite(pixels)) or not np.array_equal(pixels, np.rint(pixels)):
-            return DecodedPayload.not_found()
     pixels = pixels.astype(np.int64)
     order, values, pad = _carrier_order(codec, carriers(pixels)), pixels.reshape(-1), _pad(codec, pixels)
     # The uncoded frame of each length class in turn (one tag test each: `read_frame_bits`).
