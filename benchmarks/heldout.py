@@ -58,10 +58,10 @@ def unseen_images() -> list:
     from pathlib import Path
 
     import numpy as np
-    from PIL import Image
 
     from watermark_cli.data.clinical import clinical_file
     from watermark_cli.data.slices import DIPY_VOLUME, dipy_file, dipy_volume
+    from watermark_cli.io.writing import png_bytes
 
     images = [(f"CT {name}", read_image(clinical_file(name))) for name in UNSEEN_DICOM]
     volume = dipy_volume(DIPY_VOLUME)
@@ -71,7 +71,7 @@ def unseen_images() -> list:
     with tempfile.TemporaryDirectory() as folder:
         for index, (label, values) in enumerate(slices):
             path = Path(folder) / f"{index}.png"
-            Image.fromarray(np.rint(values).astype(np.uint16)).save(path)
+            path.write_bytes(png_bytes(np.rint(values).astype(np.uint16)))
             images.append((label, read_image(path)))
     return images
 
