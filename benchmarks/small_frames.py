@@ -7,9 +7,10 @@
 
 Material (held-out, never trained on): stacks of k square crops of one held-out pydicom-data file
 (CT, MR, CR, NM, US, ...; `--split unseen`: of the real images in neither split, a CT and dipy's
-MR slices, `heldout.unseen_images`, for figures beyond the six held-out files), each crop textured (its sd at least 2 % of the file's 1st..99th
-percentile span: anatomy, not a flat corner), standing for the frames of a nuclear-medicine,
-cine or diffusion series; and pydicom-data's `emri_small` (10 frames of 64² MR) in its three
+MR slices, `heldout.unseen_images`, for figures beyond the six held-out files), each crop
+textured (its sd at least 2 % of the file's 1st..99th percentile span: not a flat corner, though
+the ultrasound's black background with white annotation text passes it too), standing for the
+frames of a nuclear-medicine, cine or diffusion series; and pydicom-data's `emri_small` (10 frames of 64² MR) in its three
 encodings (explicit little endian, RLE, big endian). Each is marked by default `wm embed`
 settings (view floor 40 dB) with 8-byte messages and read back as one instance (every frame's
 evidence together). Refusals by the size rule count as misses, unless `--unchecked` (which
@@ -18,7 +19,8 @@ the encoder's mark alone; `--split train`, crops of the training split's files, 
 Printed per side × frames: trials, frames below the
 floor (must be 0), marks that are the fragile one (`marking.fragile`: where the robust mark did
 not read back; any change of the values removes it), and exact recovery per attack with its
-one-sided 95 % lower bound.
+one-sided 95 % lower bound; with `--by-image`, the first attack's recoveries per image the crops
+were cut from (where the misses are).
 """
 
 from __future__ import annotations
