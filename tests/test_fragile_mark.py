@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 import watermark_cli.marking.fragile as fragile
-from conftest import fixed_key
+from conftest import fixed_key, run_wm_here
 from watermark_cli.attacks.codecs import parse_attack_list
 from watermark_cli.data.clinical import clinical_file
+from watermark_cli.evaluation.report import write_report
 from watermark_cli.evaluation.run import EvaluationOptions, evaluate_images
 from watermark_cli.io.image import read_image
 from watermark_cli.io.medical_image import MedicalImage
@@ -156,17 +157,39 @@ def test_the_bit_agreement_evaluate_reports_is_whole_on_a_marked_copy_and_chance
     assert all(0.3 <= value <= 0.7 for value in chance) and abs(np.mean(chance) - 0.5) < 0.1, chance
 
 
-def test_wm_evaluate_reports_a_fragile_marks_own_bits(loaded, nm):
+def test_wm_evaluate_reports_a_fragile_marks_own_bits(loaded, nm, tmp_path):
     """A flat cut that `wm evaluate` gives the fragile mark: as marked, its frame's bits read back
-    whole (the robust bits, never meant to, would read at chance); after JPEG, at chance."""
+    whole (the robust bits, never meant to, would read at chance); after JPEG, at chance. The
+    report says how many marks are fragile, and what that means."""
     cut = _cut(nm, *FLAT_CUTS[0])
     options = EvaluationOptions(floor=FLOOR, attacks=parse_attack_list("identity,jpeg:80"), messages=1,
                                 key=fixed_key("fragile"), message_bytes=8)
-    summary, _, _ = evaluate_images([("flat cut", lambda: cut)], loaded, options)
+    summary, rows, psnrs = evaluate_images([("flat cut", lambda: cut)], loaded, options)
     assert summary["fragile_marks"] == 1
     identity, jpeg = summary["attacks"]["identity"], summary["attacks"]["jpeg:80"]
     assert identity["bit_accuracy"] == 1.0 and identity["payload_recovery"] == 1.0
     assert 0.3 <= jpeg["bit_accuracy"] <= 0.7 and jpeg["payload_recovery"] == 0.0
+    write_report(tmp_path, summary, rows, psnrs, [])
+    assert "1 of the marked images × messages carry the <em>fragile</em> mark" in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_wm_evaluate_says_how_many_marks_are_fragile(tmp_path):
+    """`wm evaluate` on the flat cut as a DICOM file, the default message length: it says the mark
+    is fragile, and what that means."""
+    import pydicom
+
+    ds = pydicom.dcmread(clinical_file("JPEG2000_UNC.dcm"))
+    top, left = FLAT_CUTS[0]
+    ds.PixelData = np.ascontiguousarray(ds.pixel_array[top:top + 64, left:left + 64]).tobytes()
+    ds.Rows = ds.Columns = 64
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    folder = tmp_path / "cuts"
+    folder.mkdir()
+    ds.save_as(folder / "flat.dcm", enforce_file_format=True)
+    result = run_wm_here("evaluate", folder, "--attacks", "identity", "--messages", "1", "--report", tmp_path / "cli")
+    assert result.code == 0, result.stderr
+    assert "1 marked image(s) × message(s) carry the fragile mark" in " ".join(result.stdout.split())
 
 
 def test_large_images_and_format_1_are_never_read_for_a_fragile_mark(loaded):

@@ -121,6 +121,9 @@ def _print_evaluation(summary: dict, report: Path) -> None:
     for name, figures in summary["attacks"].items():
         table.add_row(name, f"{figures['bit_accuracy']:.4%}", f"{figures['payload_recovery']:.1%}", str(figures["n"]))
     stdout.print(table)
+    if summary.get("fragile_marks"):
+        stdout.print(f"{summary['fragile_marks']} marked image(s) × message(s) carry the fragile mark (small frames "
+                     "whose robust mark does not read back): lossless copies only, any other attack removes it")
     detection = summary["detection"]
     stdout.print(
         f"false positives on unmarked originals: {detection['false_positives']} of {detection['n_clean']} "

@@ -220,6 +220,11 @@ def _html(report: dict, plots: dict[str, Path]) -> str:
         [[html.escape(name), _number(f["bit_accuracy"], 3, True), _number(f["payload_recovery"], 1, True),
           _number(f.get("payload_recovery_lower_95"), 1, True), str(f["n"])] for name, f in report["attacks"].items()],
     ))
+    fragile = report.get("fragile_marks", 0)
+    if fragile:  # their rows hold only as archived: the fragile mark survives no change of the values
+        sections.append(f"<p>{fragile} of the marked images × messages carry the <em>fragile</em> mark (small frames "
+                        "whose robust mark does not read back): it reads back from lossless copies only, so "
+                        "every other attack removes it.</p>")
     if "bit_accuracy_vs_strength.png" in plots:
         sections.append(_image_tag(plots["bit_accuracy_vs_strength.png"], "bit accuracy against attack strength"))
     detection = report["detection"]
