@@ -4,8 +4,9 @@ two lanes of the suite.
 Lanes: `--lane fast` (what `bash scripts/test.sh` runs) leaves out the tests marked `slow` and
 fails any other test whose setup and call take more than WM_FAST_TEST_SECONDS (default 8; more
 in proportion on a machine loaded beyond one task per core) — so the fast lane stays fast as tests
-are added; `--lane all` (the default of a plain `pytest`, and
-what `bash scripts/test.sh --all` and CI run) runs every test, without the time guard.
+are added; `--lane slow` runs the tests marked `slow` alone; `--lane all` (the default of a plain
+`pytest`) runs every test, without the time guard. `bash scripts/test.sh --all`, what CI runs, is
+the fast lane on two processes (the guard off) and then the slow lane, one test at a time.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ FAST_TEST_SECONDS = float(os.environ.get("WM_FAST_TEST_SECONDS", "8"))
 
 
 def pytest_addoption(parser) -> None:
-    parser.addoption("--lane", choices=("fast", "all"), default="all",
+    parser.addoption("--lane", choices=("fast", "slow", "all"), default="all",
                      help="fast: leave out tests marked slow and fail a test of the fast lane that takes more than "
-                          "WM_FAST_TEST_SECONDS; all: every test (default)")
+                          "WM_FAST_TEST_SECONDS; slow: only the tests marked slow; all: every test (default)")
 
 
 def _fast_lane(config) -> bool:
@@ -36,12 +37,14 @@ def _fast_lane(config) -> bool:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    if not _fast_lane(config):
+    lane = config.getoption("--lane")
+    if lane == "all":
         return
-    slow = [item for item in items if item.get_closest_marker("slow")]
-    if slow:
-        config.hook.pytest_deselected(items=slow)
-        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+    keep_slow = lane == "slow"
+    left_out = [item for item in items if bool(item.get_closest_marker("slow")) != keep_slow]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if bool(item.get_closest_marker("slow")) == keep_slow]
 
 
 @pytest.hookimpl(hookwrapper=True)
