@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test suite, from nothing: environment, then pytest.
-#   bash scripts/test.sh          the fast lane (about a minute on 2 cores): every test not marked slow,
+#   bash scripts/test.sh          the fast lane (two or three minutes on 2 cores): every test not marked slow,
 #                                 on two processes (pytest-xdist) with one math thread each
 #   bash scripts/test.sh --all    every test (what CI runs): the fast lane on two processes, its time
 #                                 guard off (a slow machine is no failure), then the slow lane one test
