@@ -10,8 +10,8 @@ Material (held-out, never trained on): stacks of k square crops of one held-out 
 MR slices, `heldout.unseen_images`, for figures beyond the six held-out files), each crop
 textured (its sd at least 2 % of the file's 1st..99th percentile span: not a flat corner, though
 the ultrasound's black background with white annotation text passes it too), standing for the
-frames of a nuclear-medicine, cine or diffusion series; and pydicom-data's `emri_small` (10 frames of 64² MR) in its three
-encodings (explicit little endian, RLE, big endian). Each is marked by default `wm embed`
+frames of a nuclear-medicine, cine or diffusion series; and pydicom-data's `emri_small` (10
+frames of 64² MR) in its three encodings (explicit little endian, RLE, big endian). Each is marked by default `wm embed`
 settings (view floor 40 dB) with 8-byte messages and read back as one instance (every frame's
 evidence together). Refusals by the size rule count as misses, unless `--unchecked` (which
 measures without the rule: what sets it; `--unfitted`, without fitting the mark to its host:
