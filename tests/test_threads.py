@@ -118,6 +118,7 @@ def shipped():
     return loaded, codec_for(loaded, KEY)
 
 
+@pytest.mark.slow  # three embeds and six reads, twice: 8 to 9 s, over the fast lane's guard on a slow day
 def test_two_threads_mark_and_read_what_one_does(tmp_path, shipped):
     loaded, codec = shipped
     folder = tmp_path / "in"
