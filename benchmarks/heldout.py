@@ -42,6 +42,20 @@ def textured_cuts(frame, side: int, count: int, rng, tries: int = 400) -> list:
     return cuts
 
 
+# A cut with at least this share of its pixels at one value is nearly flat: a black corner with a
+# few annotation strokes (the held-out ultrasound's), a nuclear-medicine background with a speck.
+# Its sd can pass `textured_cuts`' rule on the strokes' contrast alone.
+NEARLY_FLAT_SHARE = 0.9
+
+
+def most_common_share(pixels) -> float:
+    """The share of `pixels` that hold their most common value (1.0: one value throughout)."""
+    import numpy as np
+
+    _, counts = np.unique(np.asarray(pixels), return_counts=True)
+    return float(counts.max() / max(counts.sum(), 1))
+
+
 #: Real grayscale images in neither split (`data.clinical`): never trained on, never tuned on. pydicom
 #: ships the CT; dipy the MR volume (`data.slices.DIPY_VOLUME`: its slices are held-out slices
 #: elsewhere, brought to 256² in 8 bits; here each is a 128² frame of its own 12-bit values) and a

@@ -8,9 +8,12 @@
 Material (held-out, never trained on): stacks of k square crops of one held-out pydicom-data file
 (CT, MR, CR, NM, US, ...; `--split unseen`: of the real images in neither split, a CT and dipy's
 MR slices, `heldout.unseen_images`, for figures beyond the six held-out files), each crop
-textured (its sd at least 2 % of the file's 1st..99th percentile span: not a flat corner, though
-the ultrasound's black background with white annotation text passes it too), standing for the
-frames of a nuclear-medicine, cine or diffusion series; and pydicom-data's `emri_small` (10
+textured (its sd at least 2 % of the file's 1st..99th percentile span), standing for the frames
+of a nuclear-medicine, cine or diffusion series. That rule alone passes nearly flat crops too (the
+ultrasound's black background with a few strokes of white annotation text: the strokes' contrast
+gives the sd), so stacks with at least 90 % of their pixels at one value
+(`heldout.NEARLY_FLAT_SHARE`) get a row of their own, "nearly flat", beside the textured ones:
+every crop is measured and printed, none is dropped; and pydicom-data's `emri_small` (10
 frames of 64² MR) in its three encodings (explicit little endian, RLE, big endian). Each is marked by default `wm embed`
 settings (view floor 40 dB) with 8-byte messages and read back as one instance (every frame's
 evidence together). Refusals by the size rule count as misses, unless `--unchecked` (which
@@ -31,7 +34,7 @@ from functools import partial
 
 import numpy as np
 
-from heldout import textured_cuts, unseen_images
+from heldout import NEARLY_FLAT_SHARE, most_common_share, textured_cuts, unseen_images
 from watermark_cli.attacks.codecs import parse_attack_list
 from watermark_cli.data.clinical import clinical_file, clinical_files
 from watermark_cli.evaluation.run import EvaluationOptions, evaluate_images, upper_bound_95
@@ -137,8 +140,14 @@ def main() -> None:
     for side in (int(s) for s in args.sides.split(",")):
         for frames in (int(k) for k in args.frames.split(",")):
             sources = textured_stacks(side, frames, args.stacks, args.seed, args.split)
-            row(f"{args.split.replace('_', '-')} crops {side}²", frames, measure(model, sources, args.attacks, args.messages, args.psnr_min,
-                                                          args.unchecked, args.unfitted))
+            flat = [most_common_share(load().pixels) >= NEARLY_FLAT_SHARE for _, load in sources]
+            label = f"{args.split.replace('_', '-')} crops {side}²"
+            for name, chosen in ((label, [s for s, f in zip(sources, flat) if not f]),
+                                 (f"{label}, nearly flat (≥ {NEARLY_FLAT_SHARE:.0%} one value)",
+                                  [s for s, f in zip(sources, flat) if f])):
+                if chosen:
+                    row(name, frames, measure(model, chosen, args.attacks, args.messages, args.psnr_min,
+                                              args.unchecked, args.unfitted))
     for name in () if args.no_emri else EMRI:
         path = clinical_file(name)
         sources = [(name, partial(read_image, path))]

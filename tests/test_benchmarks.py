@@ -61,3 +61,30 @@ def test_the_unseen_images_are_real_grayscale_and_in_neither_split():
         assert image.pixels.std() > 0 and image.pixels.dtype.kind in "iu"
     dipy = [image for label, image in images if "dipy" in label]
     assert all(0 <= image.pixels.min() and image.pixels.max() <= 4095 for image in dipy)
+
+
+def test_nearly_flat_crops_are_told_from_textured_ones():
+    """`small_frames.py` gives crops with ≥ 90 % of their pixels at one value a row of their own:
+    the held-out ultrasound's black corners with annotation strokes pass the sd rule of
+    `textured_cuts` on the strokes' contrast alone; a CT's textured crops are never that flat."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from heldout import NEARLY_FLAT_SHARE, most_common_share, textured_cuts
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from watermark_cli.data.clinical import clinical_file
+    from watermark_cli.io.image import read_image
+
+    def shares(name: str) -> list[float]:
+        frame = read_image(clinical_file(name)).pixels[0]
+        return [most_common_share(cut) for cut in textured_cuts(frame, 128, 26, np.random.default_rng(3))]
+
+    ultrasound = shares("JPGLosslessP14SV1_1s_1f_8b.dcm")
+    assert len(ultrasound) == 26
+    flat = [share for share in ultrasound if share >= NEARLY_FLAT_SHARE]
+    assert flat and max(flat) > 0.98  # a corner almost wholly one value, passed by the sd rule
+    assert len(flat) < len(ultrasound)  # the sector's speckle is textured
+    assert max(shares("693_UNCR.dcm")) < NEARLY_FLAT_SHARE
+    assert most_common_share(np.zeros((4, 4))) == 1.0 and most_common_share(np.arange(4)) == 0.25
