@@ -3,9 +3,10 @@
 #   bash scripts/test.sh          the fast lane (two or three minutes on 2 cores): every test not marked slow,
 #                                 on two processes (pytest-xdist) with one math thread each
 #   bash scripts/test.sh --all    every test (what CI runs): the fast lane on two processes, its time
-#                                 guard off (a slow machine is no failure), then the slow lane one test
-#                                 at a time (it starts Orthanc, Dask clusters and killed processes,
-#                                 which want the machine); fails if either does
+#                                 guard off (a slow machine is no failure), then the slow lane: on two
+#                                 processes, a test file to each at a time, but for the tests marked
+#                                 exclusive (Orthanc, Dask clusters, processes killed or timed, which
+#                                 want the machine), one at a time after the rest; fails if any part does
 # Other arguments go to pytest (e.g. tests/test_cli.py -k json; -n 0 runs the fast lane in one process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +25,16 @@ status=0
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} WM_FAST_TEST_SECONDS=inf \
   .venv/bin/python -m pytest --lane fast -n "${WM_TEST_PROCESSES:-2}" "${arguments[@]}" || status=$?
 [ "$status" = 5 ] && status=0
-slow_status=0
-.venv/bin/python -m pytest --lane slow "${arguments[@]}" || slow_status=$?
-[ "$slow_status" = 5 ] && slow_status=0
-[ "$status" = 0 ] && status=$slow_status
+# A test file to each process (--dist loadfile): a file's costly module fixtures are built once.
+for part in "not exclusive" exclusive; do
+  part_status=0
+  if [ "$part" = exclusive ]; then
+    .venv/bin/python -m pytest --lane slow -m "$part" "${arguments[@]}" || part_status=$?
+  else
+    OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/python -m pytest --lane slow -m "$part" \
+      -n "${WM_TEST_PROCESSES:-2}" --dist loadfile "${arguments[@]}" || part_status=$?
+  fi
+  [ "$part_status" = 5 ] && part_status=0
+  [ "$status" = 0 ] && status=$part_status
+done
 exit "$status"

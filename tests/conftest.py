@@ -6,7 +6,9 @@ fails any other test whose setup and call take more than WM_FAST_TEST_SECONDS (d
 in proportion on a machine loaded beyond one task per core) — so the fast lane stays fast as tests
 are added; `--lane slow` runs the tests marked `slow` alone; `--lane all` (the default of a plain
 `pytest`) runs every test, without the time guard. `bash scripts/test.sh --all`, what CI runs, is
-the fast lane on two processes (the guard off) and then the slow lane, one test at a time.
+the fast lane on two processes (the guard off) and then the slow lane: on two processes, a test
+file to each at a time, but its tests marked `exclusive` (servers, Dask clusters, processes
+killed or timed: they want the machine) one at a time after the rest.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from watermark_cli.marking.image import codec_for, extract_payload
 from watermark_cli.marking.shards import shard, shard_of
 from watermark_cli.model.store import load_model
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # wants the machine to itself
 
 MESSAGE = "cluster-18"
 FILES = ["693_UNCR.dcm", "JPEG2000_UNC.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm", "CT_small.dcm"]

@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # wants the machine to itself
 
 
 def test_two_gloo_processes_train_one_model_with_per_sample_state_kept_in_step(tmp_path):

@@ -28,6 +28,9 @@ from watermark_cli.hashing import file_sha256, pixel_sha256
 from watermark_cli.io.image import read_image
 from watermark_cli.io.isolation import IsolatedReader
 
+# Their slow tests want the machine to themselves (`scripts/test.sh --all`).
+pytestmark = pytest.mark.exclusive
+
 CORPUS = Path(__file__).parent / "fuzz_corpus"
 
 

@@ -27,6 +27,9 @@ from watermark_cli.marking.image import codec_for, extract_payload
 from watermark_cli.model.store import load_model
 from watermark_cli.quality import QualityFloor, frame_meters
 
+# Their slow tests want the machine to themselves (`scripts/test.sh --all`).
+pytestmark = pytest.mark.exclusive
+
 STUDY = ["693_UNCR.dcm", "JPEG2000_UNC.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm"]
 KEY = fixed_key("serve-test-key")
 

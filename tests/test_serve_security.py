@@ -34,6 +34,9 @@ from dicom_peers import free_port, tool, wait_for
 from watermark_cli.data.clinical import clinical_file
 from watermark_cli.errors import BadInputError
 
+# Their slow tests want the machine to themselves (`scripts/test.sh --all`).
+pytestmark = pytest.mark.exclusive
+
 KEY = fixed_key("serve-security-test-key")
 NODE_AE = "WMNODE"
 

@@ -23,6 +23,9 @@ from watermark_cli.marking.threads import (ReaderPerThread, default_threads, in_
 from watermark_cli.model.store import load_model
 from watermark_cli.quality import QualityFloor
 
+# Their slow tests want the machine to themselves (`scripts/test.sh --all`).
+pytestmark = pytest.mark.exclusive
+
 KEY = fixed_key("threads")
 
 
