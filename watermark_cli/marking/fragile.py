@@ -270,10 +270,9 @@ def fragile_bit_agreement(codec: PayloadCodec, pixels: np.ndarray, message: byte
     without a pixel counts as a coin's 0.5); 0.5 where no layout fits or the values are not whole
     numbers (a lossy export: nothing of the mark is left). For `wm evaluate`'s bit accuracy of
     the frames given the fragile mark, whose robust bits were never meant to read back."""
-    pixels = np.asarray(pixels)
-    if pixels.ndim != 3 or pixels.size > FRAGILE_PIXELS_AT_MOST or not _whole_numbers(pixels):
+    pixels = _stored_instance(pixels)
+    if pixels is None:
         return 0.5
-    pixels = pixels.astype(np.int64)
     written = _written_bits(codec, _carrier_order(codec, carriers(pixels)), message)
     if written is None:
         return 0.5
@@ -283,18 +282,24 @@ def fragile_bit_agreement(codec: PayloadCodec, pixels: np.ndarray, message: byte
     return float(np.where(carried, agree, 0.5).mean())
 
 
-def _whole_numbers(pixels: np.ndarray) -> bool:
-    """Whether `pixels` are whole numbers, as stored values are (a lossy export's are not)."""
-    return pixels.dtype.kind in "iu" or bool(np.all(np.isfinite(pixels)) and np.array_equal(pixels, np.rint(pixels)))
+def _stored_instance(pixels) -> np.ndarray | None:
+    """`pixels` as int64 where they may hold a fragile mark: an instance (frames, rows, cols) of
+    at most `FRAGILE_PIXELS_AT_MOST` whole numbers, as stored values are (a lossy export's, or
+    rescaled values, are not: they hold none); else None."""
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 3 or pixels.size > FRAGILE_PIXELS_AT_MOST:
+        return None
+    if pixels.dtype.kind not in "iu" and not (np.all(np.isfinite(pixels)) and np.array_equal(pixels, np.rint(pixels))):
+        return None
+    return pixels.astype(np.int64)
 
 
 def read_fragile(codec: PayloadCodec, pixels: np.ndarray) -> DecodedPayload:
     """The fragile mark's payload in stored values `pixels` (frames, rows, cols), or not found.
     Values that are not whole numbers (a lossy export, rescaled) hold none."""
-    pixels = np.asarray(pixels)
-    if pixels.ndim != 3 or pixels.size > FRAGILE_PIXELS_AT_MOST or not _whole_numbers(pixels):
+    pixels = _stored_instance(pixels)
+    if pixels is None:
         return DecodedPayload.not_found()
-    pixels = pixels.astype(np.int64)
     order, values, pad = _carrier_order(codec, carriers(pixels)), pixels.reshape(-1), _pad(codec, pixels)
     # The uncoded frame of each length class in turn (one tag test each: `read_frame_bits`).
     for size in sorted({cls.code.k for cls in codec.classes}):
