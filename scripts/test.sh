@@ -20,21 +20,15 @@ if [ "$lane" = fast ]; then
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # two processes on two cores: no oversubscribed thread pools
   exec .venv/bin/python -m pytest --lane fast -n "${WM_TEST_PROCESSES:-2}" "${arguments[@]}"
 fi
-# pytest's exit status 5 is "no test selected": arguments that pick tests of one lane only.
+# The first failure's status is the run's; pytest's 5 is "no test selected" (arguments that pick
+# tests of one lane only), not a failure.
 status=0
+failed() { [ "$1" = 5 ] || [ "$status" != 0 ] || status=$1; }
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} WM_FAST_TEST_SECONDS=inf \
-  .venv/bin/python -m pytest --lane fast -n "${WM_TEST_PROCESSES:-2}" "${arguments[@]}" || status=$?
-[ "$status" = 5 ] && status=0
-# A test file to each process (--dist loadfile): a file's costly module fixtures are built once.
-for part in "not exclusive" exclusive; do
-  part_status=0
-  if [ "$part" = exclusive ]; then
-    .venv/bin/python -m pytest --lane slow -m "$part" "${arguments[@]}" || part_status=$?
-  else
-    OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/python -m pytest --lane slow -m "$part" \
-      -n "${WM_TEST_PROCESSES:-2}" --dist loadfile "${arguments[@]}" || part_status=$?
-  fi
-  [ "$part_status" = 5 ] && part_status=0
-  [ "$status" = 0 ] && status=$part_status
-done
+  .venv/bin/python -m pytest --lane fast -n "${WM_TEST_PROCESSES:-2}" "${arguments[@]}" || failed $?
+# The slow lane: a test file to each process (--dist loadfile: a file's costly module fixtures are
+# built once), then the tests marked exclusive, one at a time.
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/python -m pytest --lane slow -m "not exclusive" \
+  -n "${WM_TEST_PROCESSES:-2}" --dist loadfile "${arguments[@]}" || failed $?
+.venv/bin/python -m pytest --lane slow -m exclusive "${arguments[@]}" || failed $?
 exit "$status"
