@@ -34,7 +34,7 @@ ALLOWED = {
             "training", "evaluation", "serve"},
 }
 # Libraries whose import `wm --help` must not pay for.
-HEAVY = ("torch", "torchvision", "matplotlib", "distributed", "dask", "pynetdicom", "onnxruntime")
+HEAVY = ("torch", "torchvision", "matplotlib", "distributed", "dask", "pynetdicom", "onnxruntime", "numba")
 
 
 def module_name(path: Path) -> str:

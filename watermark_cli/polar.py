@@ -17,14 +17,12 @@ of [[1, 0], [1, 1]], in natural order. Decoding follows the recursive structure 
 the left half's beliefs are the min-sum combination f(a, b) = sign(a)·sign(b)·min(|a|, |b|), the
 right half's g(a, b, û) = b + (1 − 2û)·a once the left half is decided, and a list of the L most
 likely paths is kept, each scored by the usual approximate path metric (add |λ| whenever a
-decision goes against its belief λ). All L paths are processed together as one numpy array.
+decision goes against its belief λ). The decoder itself is compiled (`polar_decoder`).
 """
 
 from __future__ import annotations
 
 import functools
-import math
-import operator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +31,7 @@ import numpy as np
 def _bhattacharyya(z: np.ndarray) -> np.ndarray:
     """The Bhattacharyya parameter of each u position, from those of the code bits (`z`).
 
-    Follows the decoder's recursion (see `_ListDecoder`): the left half of a node sees the two
+    Follows the decoder's recursion (see `polar_decoder`): the left half of a node sees the two
     halves combined by f, a worse channel (z_a + z_b − z_a·z_b), the right half sees them
     combined by g, a better one (z_a·z_b)."""
     if len(z) == 1:
@@ -85,14 +83,14 @@ class PolarCode:
             raise ValueError(f"expected {self.n} log-likelihood ratios, got {llr.shape}")
         if list_size < 1:
             raise ValueError(f"a list decoder keeps at least one path, not {list_size}")
-        decoder = _ListDecoder(llr, list_size, self.k)
-        with np.errstate(over="ignore"):  # f's a·b may overflow for absurd LLRs: only its sign counts
-            decoder.decode(_tree(self.frozen.tobytes()), llr[:, None])
+        from .polar_decoder import decode  # compiled on first use (numba): not on `wm --help`
+
+        codewords, metric = decode(np.ascontiguousarray(llr), *_flat_tree(self.frozen.tobytes()), list_size,
+                                   min(list_size, 1 << self.k))
         # Each path's u bits follow from its codeword (u = x·G, G its own inverse): recovered once
         # here rather than kept for every path at every node as they are decided.
-        metric = np.array(decoder.metric)
         order = np.argsort(metric, kind="stable")
-        codewords = decoder.codewords[:, :len(metric)].T.take(order, axis=0)
+        codewords = codewords[:, :len(metric)].T.take(order, axis=0)
         return _transform(codewords < 0)[:, self.info], metric[order]
 
 
@@ -133,6 +131,31 @@ class _Node:
 
 
 @functools.lru_cache(maxsize=64)
+def _flat_tree(frozen_bytes: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`_tree` as the compiled decoder takes it: per node (the root first, then each node's left
+    subtree before its right), its kind (`polar_decoder.FROZEN`, ...), size, and the indices of
+    its children (0 for a leaf)."""
+    from .polar_decoder import FREE, FROZEN, INNER, REPETITION
+
+    codes = {"frozen": FROZEN, "free": FREE, "repetition": REPETITION, "inner": INNER}
+    kinds, sizes, lefts, rights = [], [], [], []
+
+    def add(node: _Node) -> int:
+        index = len(kinds)
+        kinds.append(codes[node.kind])
+        sizes.append(node.size)
+        lefts.append(0)
+        rights.append(0)
+        if node.kind == "inner":
+            lefts[index] = add(node.left)
+            rights[index] = add(node.right)
+        return index
+
+    add(_tree(frozen_bytes))
+    return tuple(np.array(values, dtype=np.int64) for values in (kinds, sizes, lefts, rights))
+
+
+@functools.lru_cache(maxsize=64)
 def _tree(frozen_bytes: bytes) -> _Node:
     """The decoding tree of a frozen pattern (cached: each code's is built once)."""
     frozen = np.frombuffer(frozen_bytes, dtype=bool)
@@ -144,167 +167,3 @@ def _tree(frozen_bytes: bytes) -> _Node:
         return _Node("repetition", len(frozen))
     half = len(frozen) // 2
     return _Node("inner", len(frozen), _tree(frozen[:half].tobytes()), _tree(frozen[half:].tobytes()))
-
-
-# numpy converts a Python number operand anew on every ufunc call, a 0-d array it takes as it is:
-# on the decoder's small arrays that halves the cost of fmin(λ, 0) and the like.
-_ZERO = np.zeros(())
-
-
-class _ListDecoder:
-    """Successive-cancellation list decoding of one received word, one node of the tree at a time.
-
-    All surviving paths are processed together: a node's beliefs are one numpy array, a column
-    per path (code bit × path: the two halves a node splits its beliefs into are then contiguous
-    blocks, on which numpy's small operations cost half what they do on strided ones). Each
-    path's code bits, as they are decided, are kept as signs in `codewords` (+1 for a 0, −1 for a
-    1: the factor (1 − 2x) of g, and x_L ⊕ x_R is then a product); a node combines its halves
-    there in place. A node returns its `parents`: for each surviving path, the column of the
-    node's incoming beliefs it continues (None: each continues itself, as nothing was chosen).
-    The code bits of a finished subtree are reordered only when its parent node combines them
-    with its right half's, once, rather than every time the survivors are chosen.
-
-    The path metrics and the choice of survivors are plain Python floats and lists: with at most
-    2·list_size candidates per choice, numpy's cost per call would dominate (this decoder runs
-    some twenty times per image read). Python floats are the same IEEE doubles, added in the same
-    order, and candidates are listed as the paths were, then the forks of each, and sorted stably
-    by metric: numpy's stable argsort of the concatenated metrics, the list decoder's rule, so
-    ties are broken the same way too. Sums over a path's beliefs are taken over a row-major copy,
-    so that numpy adds them in the same (pairwise) order whatever the layout.
-    """
-
-    def __init__(self, llr: np.ndarray, list_size: int, k: int) -> None:
-        n = len(llr)
-        self.list_size = list_size
-        self.metric = [0.0]  # one path before anything is decided; lower = more likely
-        # Code bit × path, +1 (a 0) where nothing is decided yet, frozen bits too; the paths
-        # alive are the first len(metric) columns (at most 2^k: no more codewords exist).
-        self.codewords = np.ones((n, min(list_size, 1 << k)))
-        self.position = 0  # code bits decided so far
-        # A NaN metric (from a NaN LLR, or from infinities meeting in g) must sort last, as numpy
-        # sorts it, which Python's `<` alone does not do. Below this bound nothing overflows (a
-        # belief is at most n times the largest LLR, a metric a sum of at most n beliefs), so no
-        # metric can be NaN and the plain key serves.
-        self.by_metric = _first if np.abs(llr).max() < 1e300 / n**2 else _first_nan_last
-        self._decoders = {"inner": self._inner, "frozen": self._frozen, "repetition": self._repetition,
-                          "free": self._free}
-
-    def decode(self, node: _Node, beliefs: np.ndarray, magnitude: np.ndarray | None = None) -> np.ndarray | None:
-        """Decode the subtree `node` whose code bits have `beliefs` (size × paths), given
-        `magnitude` = |beliefs| when the caller has it already; returns the parents of the
-        surviving paths. (A node decodes its children through `_decoders` directly.)"""
-        return self._decoders[node.kind](node, beliefs, magnitude)
-
-    def _keep(self, paths: list[tuple]) -> np.ndarray | None:
-        """The survivors: `paths` sorted as (metric, parent, ...). Returns their parents (None if
-        every path survived, in its place: then nothing needs reordering)."""
-        rows = [path[1] for path in paths]
-        unchanged = rows == list(range(len(self.metric)))
-        self.metric = [path[0] for path in paths]
-        return None if unchanged else np.array(rows)
-
-    def _inner(self, node: _Node, beliefs: np.ndarray, magnitude: np.ndarray | None) -> np.ndarray | None:
-        start, half, end = self.position, node.size // 2, self.position + node.size
-        if magnitude is None:
-            magnitude = np.abs(beliefs)
-        # The left half's beliefs: f(a, b) = sign(a)·sign(b)·min(|a|, |b|), the sign taken from
-        # a·b (the sign of a zero changes nothing downstream). min(|a|, |b|) is also exactly the
-        # magnitude of f (copysign sets only the sign bit), so the left half gets it too.
-        a, b = beliefs[:half], beliefs[half:]
-        left_magnitude = np.minimum(magnitude[:half], magnitude[half:])
-        left, right = node.left, node.right
-        left_parents = self._decoders[left.kind](left, np.copysign(left_magnitude, a * b), left_magnitude)
-        if left_parents is not None:
-            beliefs = beliefs.take(left_parents, axis=1)
-            a, b = beliefs[:half], beliefs[half:]
-        # The right half's: g(a, b, x) = b + (1 − 2x)·a, x the left half's code bits (0 if frozen).
-        left_bits = self.codewords[start:start + half, :len(self.metric)]
-        right_beliefs = b + a if left.kind == "frozen" else b + left_bits * a
-        right_parents = self._decoders[right.kind](right, right_beliefs, None)
-        if right.kind != "frozen":  # the node's code bits: [x_L ⊕ x_R, x_R], x_L reordered first
-            if right_parents is not None:
-                left_bits = left_bits.take(right_parents, axis=1)
-            paths = len(self.metric)
-            np.multiply(left_bits, self.codewords[start + half:end, :paths],
-                        out=self.codewords[start:start + half, :paths])
-        if left_parents is None or right_parents is None:
-            return right_parents if left_parents is None else left_parents
-        return left_parents.take(right_parents)
-
-    def _frozen(self, node: _Node, beliefs: np.ndarray, magnitude: np.ndarray | None) -> None:
-        """Every bit is 0, nothing to choose: each path pays |λ| for every λ < 0. fmin(λ, 0) is
-        −|λ| there and 0 elsewhere (a NaN too, which `λ < 0` does not count), so its row sums are
-        minus the costs, exactly (rounding is symmetric), summed in the same order."""
-        against = _sum(np.fmin(beliefs, _ZERO).T.copy(), 1).tolist()  # by path: see the class docstring
-        self.metric = [metric - cost for metric, cost in zip(self.metric, against)]
-        self.position += node.size
-        return None
-
-    def _repetition(self, node: _Node, beliefs: np.ndarray, magnitude: np.ndarray | None) -> np.ndarray | None:
-        """The code bits are all 0 or all 1: each path forks in two. All 1 costs |λ| for every
-        λ that is not < 0, which is maximum(λ, 0) (NaN included, as it counts)."""
-        by_path = beliefs.T.copy()  # see the class docstring
-        against = np.empty((2, *by_path.shape))
-        np.fmin(by_path, _ZERO, out=against[0])  # minus the costs of all 0, see _frozen
-        np.maximum(by_path, _ZERO, out=against[1])
-        against_0, against_1 = _sum(against, 2).tolist()
-        paths = [(metric - cost, row, False) for row, (metric, cost) in enumerate(zip(self.metric, against_0))]
-        paths += [(metric + cost, row, True) for row, (metric, cost) in enumerate(zip(self.metric, against_1))]
-        paths.sort(key=self.by_metric)
-        del paths[self.list_size:]
-        parents = self._keep(paths)
-        signs = [-1.0 if one else 1.0 for _, _, one in paths]
-        self.codewords[self.position:self.position + node.size, :len(paths)] = signs
-        self.position += node.size
-        return parents
-
-    def _free(self, node: _Node, beliefs: np.ndarray, reliability: np.ndarray | None) -> np.ndarray | None:
-        """A subtree of information bits only: any code bits are a codeword, the likeliest are the
-        hard decisions, and the list only needs each path's choices on its list_size − 1 least
-        reliable bits (Hashemi et al., fast simplified SC list decoding): fork on them in turn."""
-        size = node.size
-        if reliability is None:
-            reliability = np.abs(beliefs)
-        steps = min(self.list_size - 1, size)
-        # Per step, per incoming path: what flipping its next least reliable bit costs.
-        ranked = reliability.copy()  # np.sort, without its Python wrapper
-        ranked.sort(axis=0)
-        cost = ranked[:steps].tolist()
-        # Each path: (metric, the incoming path it continues, the steps at which it flipped).
-        paths = [(metric, row, ()) for row, metric in enumerate(self.metric)]
-        key = self.by_metric
-        for step, step_cost in enumerate(cost):
-            forks = [(metric + step_cost[row], row, flipped + (step,)) for metric, row, flipped in paths]
-            if step and len(paths) == self.list_size and key(min(forks, key=key)) >= key(paths[-1]):
-                # The list is full and sorted, and no fork would enter it (a tie goes to the
-                # path already there); nor at a later step, as each path's costs only grow.
-                break
-            paths += forks
-            paths.sort(key=key)
-            del paths[self.list_size:]
-        parents = self._keep(paths)
-        # The hard decisions, 1 where λ < 0 (NaN and −0 read as 0), of each survivor's parent.
-        ones = beliefs < _ZERO
-        if parents is not None:
-            ones = ones.take(parents, axis=1)
-        if any(flipped for _, _, flipped in paths):
-            # The bits flipped: the paths' least reliable, in the order the costs were sorted in
-            # (a stable argsort: the same values in the same order, NaN last).
-            weakest = reliability.argsort(axis=0, kind="stable")[:steps].tolist()
-            count = len(paths)
-            flat = ones.reshape(-1)  # a view: `ones` is a fresh contiguous array
-            flat[[weakest[step][row] * count + path for path, (_, row, flipped) in enumerate(paths)
-                  for step in flipped]] ^= True
-        # The undecided code bits are still +1 (a 0) for every path.
-        self.codewords[self.position:self.position + size, :len(paths)][ones] = -1.0
-        self.position += size
-        return parents
-
-
-_first = operator.itemgetter(0)
-_sum = np.add.reduce  # ndarray.sum, without its Python wrapper
-
-
-def _first_nan_last(path: tuple) -> tuple[bool, float]:
-    """Sort key of (metric, ...) with NaN metrics after all others, as numpy sorts them."""
-    return math.isnan(path[0]), path[0]
