@@ -26,11 +26,12 @@ FROZEN, FREE, REPETITION, INNER = 0, 1, 2, 3
 def _compiled(function):
     """`function` compiled on its first call, the machine code kept beside this file (or in
     numba's user cache) for later processes: about 6 s to compile, 0.4 s to load. Where no cache
-    can be written (a read-only install), each process compiles it anew."""
+    can be written (a read-only install), each process compiles it anew. It runs without the
+    interpreter lock: files read on threads side by side decode at once."""
     try:
-        return njit(cache=True)(function)
+        return njit(cache=True, nogil=True)(function)
     except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-        return njit(function)
+        return njit(nogil=True)(function)
 
 
 # numpy's pairwise summation: blocks of at most this many values are summed eight ways at once.
