@@ -18,27 +18,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+
+from .compiled import compiled
 
 FROZEN, FREE, REPETITION, INNER = 0, 1, 2, 3
-
-
-def _compiled(function):
-    """`function` compiled on its first call, the machine code kept beside this file (or in
-    numba's user cache) for later processes: about 6 s to compile, 0.4 s to load. Where no cache
-    can be written (a read-only install), each process compiles it anew. It runs without the
-    interpreter lock: files read on threads side by side decode at once."""
-    try:
-        return njit(cache=True, nogil=True)(function)
-    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-        return njit(nogil=True)(function)
-
 
 # numpy's pairwise summation: blocks of at most this many values are summed eight ways at once.
 _PAIRWISE_BLOCK = 128
 
 
-@_compiled
+@compiled
 def _block_sum(values, start, count):
     """numpy's pairwise sum of at most `_PAIRWISE_BLOCK` values: under 8 in turn, else eight
     running sums, added in pairs, then the rest in turn."""
@@ -69,7 +58,7 @@ def _block_sum(values, start, count):
     return total
 
 
-@_compiled
+@compiled
 def _pairwise_sum(values, start, count):
     """`np.add.reduce` of values[start:start + count] (contiguous float64), in its order: blocks
     of up to `_PAIRWISE_BLOCK` (`_block_sum`); a longer run is split in two (the first part a
@@ -103,7 +92,7 @@ def _pairwise_sum(values, start, count):
     return sums[0]
 
 
-@_compiled
+@compiled
 def _before(a, b):
     """a sorts strictly before b: by value, NaN after every number (numpy's order)."""
     if math.isnan(a):
@@ -111,7 +100,7 @@ def _before(a, b):
     return math.isnan(b) or a < b
 
 
-@_compiled
+@compiled
 def _stable_sort(metrics, rows, flags, count):
     """Sort the first `count` candidates by metric, in place, keeping the order of equals."""
     for index in range(1, count):
@@ -123,7 +112,19 @@ def _stable_sort(metrics, rows, flags, count):
         metrics[place], rows[place], flags[place] = metric, row, flag
 
 
-@_compiled
+@compiled
+def _keep(candidate_metric, candidate_row, count, paths, metric, parents):
+    """The first `count` candidates (sorted) become the paths: their metrics, and the parents they
+    continue. True when each of the `paths` before survived in its place (nothing to reorder)."""
+    unchanged = count == paths
+    for index in range(count):
+        metric[index] = candidate_metric[index]
+        parents[index] = candidate_row[index]
+        unchanged = unchanged and candidate_row[index] == index
+    return unchanged
+
+
+@compiled
 def _fmin_zero(value):
     """np.fmin(value, 0.0): a NaN gives 0."""
     if value <= 0.0:
@@ -131,7 +132,7 @@ def _fmin_zero(value):
     return 0.0
 
 
-@_compiled
+@compiled
 def _maximum_zero(value):
     """np.maximum(value, 0.0): a NaN stays NaN."""
     if value >= 0.0 or math.isnan(value):
@@ -139,7 +140,7 @@ def _maximum_zero(value):
     return 0.0
 
 
-@_compiled
+@compiled
 def decode(llr, kinds, sizes, lefts, rights, list_size, width):
     """List-decode `llr` (n code bits) over the tree given by `kinds`, `sizes`, `lefts` and
     `rights` (node 0 the root; `polar._flat_tree`). Returns the codewords (n × width, +1 for a
@@ -217,11 +218,8 @@ def decode(llr, kinds, sizes, lefts, rights, list_size, width):
                 candidate_flag[paths + path] = 1
             _stable_sort(candidate_metric, candidate_row, candidate_flag, 2 * paths)
             kept = min(list_size, 2 * paths)
-            unchanged = kept == paths
+            unchanged = _keep(candidate_metric, candidate_row, kept, paths, metric, parents)
             for index in range(kept):
-                metric[index] = candidate_metric[index]
-                parents[index] = candidate_row[index]
-                unchanged = unchanged and candidate_row[index] == index
                 sign = -1.0 if candidate_flag[index] else 1.0
                 for bit in range(size):
                     codewords[position + bit, index] = sign
@@ -272,11 +270,7 @@ def decode(llr, kinds, sizes, lefts, rights, list_size, width):
                     flips += 1
                 _stable_sort(candidate_metric, candidate_row, candidate_flag, 2 * count)
                 count = min(list_size, 2 * count)
-            unchanged = count == paths
-            for index in range(count):
-                metric[index] = candidate_metric[index]
-                parents[index] = candidate_row[index]
-                unchanged = unchanged and candidate_row[index] == index
+            unchanged = _keep(candidate_metric, candidate_row, count, paths, metric, parents)
             for index in range(count):
                 row = candidate_row[index]
                 for bit in range(size):

@@ -378,31 +378,31 @@ def _separable_folds(maps: np.ndarray, tile: int, side: int, scales: np.ndarray)
     Bilinear sampling on a grid is separable, and so is the fold: row u of the rows' fold is the
     sum, with their bilinear weights, of the 2·periods whole rows that its samples u, u + tile, ...
     fall between (`_fold_taps`), which one `embedding_bag` gathers for several scales at once;
-    the columns' fold is then one small product per scale with its `_fold_matrices`. The same values
-    as sampling every point, to float rounding, in half the time of two dense products per scale
-    (a dense row fold multiplies mostly zeros; the resize scan tries ~170 scales)."""
+    the columns' fold then takes the same few pixels of each folded row (`fold_kernel`). The
+    same values as sampling every point, to float rounding, in a fraction of the time (the
+    resize scan tries ~170 scales)."""
     import torch
     import torch.nn.functional as F
 
-    # torch's products, not numpy's: numpy's BLAS starts threads of its own, which files
+    from .fold_kernel import fold_columns
+
+    # torch's gather, not numpy's: numpy's BLAS starts threads of its own, which files
     # read on threads side by side (`marking.threads`) then fight over.
     maps = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))
     count, rows, cols = maps.shape
     rows_table = maps.permute(1, 0, 2).reshape(rows, count * cols)  # entry r: row r of every map
     scales = np.asarray(scales, dtype=np.float64)
     indices, weights = _fold_taps(rows, side, scales, tile)
-    column_low, column_above = _sample_positions(cols, side, scales)
-    folded = torch.empty((len(scales), count, tile, tile), dtype=torch.float32)
+    column_indices, column_weights = _fold_taps(cols, side, scales, tile)
+    folded = np.empty((len(scales), count, tile, tile), dtype=np.float32)
     for first in range(0, len(scales), _SCALES_AT_ONCE):
         part = slice(first, first + _SCALES_AT_ONCE)
         bags = len(scales[part]) * tile
         by_rows = F.embedding_bag(torch.from_numpy(indices[part].reshape(bags, -1)), rows_table,
                                   per_sample_weights=torch.from_numpy(weights[part].reshape(bags, -1)), mode="sum")
-        by_rows = by_rows.view(-1, tile, count, cols).transpose(1, 2)  # (scales, K, tile, cols)
-        matrices, lefts, spans = _fold_matrices(column_low[part], column_above[part], tile)
-        for index, (left, span) in enumerate(zip(lefts, spans)):
-            torch.matmul(by_rows[index, :, :, left:left + span], matrices[index, :span], out=folded[first + index])
-    return (folded * (1.0 / (side // tile) ** 2)).numpy()
+        fold_columns(by_rows.numpy().reshape(-1, tile, count, cols), column_indices[part], column_weights[part],
+                     folded[part])
+    return folded * np.float32(1.0 / (side // tile) ** 2)
 
 
 # Scales whose rows `_separable_folds` gathers in one call: their rows' folds stay in the cache.
@@ -431,28 +431,6 @@ def _fold_taps(size: int, side: int, scales: np.ndarray, tile: int) -> tuple[np.
     indices = np.concatenate([by_row(low), by_row(low + 1)], axis=2)
     weights = np.concatenate([by_row(1.0 - above), by_row(above)], axis=2).astype(np.float32)
     return np.ascontiguousarray(indices), np.ascontiguousarray(weights)
-
-
-def _fold_matrices(low: np.ndarray, above: np.ndarray, tile: int):
-    """For each scale's `_sample_positions` (`low`, `above`: (scales, side)): a (tile, span)
-    matrix whose row u sums, with their bilinear weights, the samples u, u + tile, u + 2·tile, ...,
-    its columns the pixels first..first + span − 1 that any sample touches. Returned as one
-    (scales, largest span, tile) float32 tensor (each matrix transposed, zero beyond its span),
-    the firsts and the spans: made for a few scales at once (one call per scale was a few
-    percent of an unmarked read)."""
-    import torch
-
-    count, side = low.shape
-    firsts = low[:, 0]
-    spans = low[:, -1] + 2 - firsts  # positions increase
-    widest = int(spans.max())
-    # Place of each sample's pixel `low` in its scale's (widest, tile) matrix, and of low + 1 one
-    # row on (low − first ≤ span − 2).
-    place = (np.arange(count)[:, None] * widest + (low - firsts[:, None])) * tile + np.arange(side) % tile
-    matrices = np.bincount(place.ravel(), weights=(1.0 - above).ravel(), minlength=count * widest * tile)
-    matrices += np.bincount((place + tile).ravel(), weights=above.ravel(), minlength=count * widest * tile)[:count * widest * tile]
-    matrices = torch.from_numpy(matrices.reshape(count, widest, tile).astype(np.float32))
-    return matrices, firsts.tolist(), spans.tolist()
 
 
 def _centre_grids(rows: int, cols: int, side: int, scales: np.ndarray, degrees: np.ndarray):
