@@ -12,6 +12,8 @@ COPY pyproject.toml README.md ./
 COPY watermark_cli ./watermark_cli
 COPY models ./models
 RUN pip install .
+# wm's compiled kernels (numba): compiled into the image, not by every container's first command.
+RUN python -c "import watermark_cli.polar_decoder, watermark_cli.marking.fold_kernel"
 
 FROM base AS serve
 # The spool must outlive the container: nothing received is lost across restarts.

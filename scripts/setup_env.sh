@@ -37,6 +37,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ] || ! (cd / && "$root/.venv/bin
   quietly .venv/bin/pip install --quiet -e '.[dev]'
   echo "$wanted" > "$stamp"
 fi
+# wm's compiled kernels (numba, `watermark_cli/compiled.py`): compiled here, once, and kept beside
+# their modules, rather than by the first command or test that loads them (seconds each).
+quietly .venv/bin/python -c "import watermark_cli.polar_decoder, watermark_cli.marking.fold_kernel"
 # Debian packages the tests use as real peers: dcmtk (`dcmj2pnm` makes the exports a viewer or
 # PACS makes; `dcmsign` checks signatures; `storescu` sends to `wm serve`) and orthanc (the
 # archive `wm serve` forwards to; the tests start their own, on loopback ports).

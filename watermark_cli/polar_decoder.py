@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import float64, int64
 
 from .compiled import compiled
 
@@ -27,7 +28,7 @@ FROZEN, FREE, REPETITION, INNER = 0, 1, 2, 3
 _PAIRWISE_BLOCK = 128
 
 
-@compiled
+@compiled()
 def _block_sum(values, start, count):
     """numpy's pairwise sum of at most `_PAIRWISE_BLOCK` values: under 8 in turn, else eight
     running sums, added in pairs, then the rest in turn."""
@@ -58,7 +59,7 @@ def _block_sum(values, start, count):
     return total
 
 
-@compiled
+@compiled()
 def _pairwise_sum(values, start, count):
     """`np.add.reduce` of values[start:start + count] (contiguous float64), in its order: blocks
     of up to `_PAIRWISE_BLOCK` (`_block_sum`); a longer run is split in two (the first part a
@@ -92,7 +93,7 @@ def _pairwise_sum(values, start, count):
     return sums[0]
 
 
-@compiled
+@compiled()
 def _before(a, b):
     """a sorts strictly before b: by value, NaN after every number (numpy's order)."""
     if math.isnan(a):
@@ -100,7 +101,7 @@ def _before(a, b):
     return math.isnan(b) or a < b
 
 
-@compiled
+@compiled()
 def _stable_sort(metrics, rows, flags, count):
     """Sort the first `count` candidates by metric, in place, keeping the order of equals."""
     for index in range(1, count):
@@ -112,7 +113,7 @@ def _stable_sort(metrics, rows, flags, count):
         metrics[place], rows[place], flags[place] = metric, row, flag
 
 
-@compiled
+@compiled()
 def _keep(candidate_metric, candidate_row, count, paths, metric, parents):
     """The first `count` candidates (sorted) become the paths: their metrics, and the parents they
     continue. True when each of the `paths` before survived in its place (nothing to reorder)."""
@@ -124,7 +125,7 @@ def _keep(candidate_metric, candidate_row, count, paths, metric, parents):
     return unchanged
 
 
-@compiled
+@compiled()
 def _fmin_zero(value):
     """np.fmin(value, 0.0): a NaN gives 0."""
     if value <= 0.0:
@@ -132,7 +133,7 @@ def _fmin_zero(value):
     return 0.0
 
 
-@compiled
+@compiled()
 def _maximum_zero(value):
     """np.maximum(value, 0.0): a NaN stays NaN."""
     if value >= 0.0 or math.isnan(value):
@@ -140,7 +141,7 @@ def _maximum_zero(value):
     return 0.0
 
 
-@compiled
+@compiled(float64[::1], int64[::1], int64[::1], int64[::1], int64[::1], int64, int64)
 def decode(llr, kinds, sizes, lefts, rights, list_size, width):
     """List-decode `llr` (n code bits) over the tree given by `kinds`, `sizes`, `lefts` and
     `rights` (node 0 the root; `polar._flat_tree`). Returns the codewords (n × width, +1 for a

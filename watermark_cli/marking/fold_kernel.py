@@ -7,11 +7,12 @@ fold's matrix (tile × span) multiplied mostly zeros, two thirds of a resize sca
 from __future__ import annotations
 
 import numpy as np
+from numba import float32, int64
 
 from ..compiled import compiled
 
 
-@compiled
+@compiled(float32[:, :, :, ::1], int64[:, :, ::1], float32[:, :, ::1], float32[:, :, :, ::1])
 def fold_columns(by_rows, indices, weights, out):
     """out[s, k, u, v] = Σ_t weights[s, v, t] · by_rows[s, u, k, indices[s, v, t]], in float32:
     by_rows (scales, tile, maps, cols) the rows already folded, indices and weights
