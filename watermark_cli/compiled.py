@@ -12,8 +12,8 @@ def compiled(*argument_types):
     """A decorator: the function compiled to machine code, for `argument_types` (numba types) when
     its module is imported, or on its first call when none are given (a helper, compiled with the
     function that calls it). The code is kept beside the module (or in numba's user cache) for
-    later processes: seconds to compile, a fraction of one to load (the first a process loads
-    costs about 0.4 s, numba's own start); importing the modules once after installing
+    later processes: seconds to compile, a fraction of one to load (a process that loads both
+    kernels spends about 0.8 s, most of it starting numba); importing the modules once after installing
     (`scripts/setup_env.sh`, the Dockerfile) compiles them there. Where no cache can be written
     (a read-only install), each process compiles anew. It runs without the interpreter lock:
     threads reading files side by side run it at once."""

@@ -2,7 +2,7 @@
 
 An unmarked image's read list-decodes some twenty received words (four length classes at each
 crop offset and model it tries), which in Python took a fifth of the read; compiled, they take
-a millisecond. The algorithm is `polar`'s (fast simplified SC list decoding over the code's
+a few milliseconds. The algorithm is `polar`'s (fast simplified SC list decoding over the code's
 tree), and so are its numbers bit for bit: the same IEEE operations in the same order, sums of
 a path's beliefs in numpy's pairwise order (`_pairwise_sum`), survivors chosen by a stable sort
 with NaN metrics last, as numpy's stable argsort chooses them (`tests/test_polar_list_decoder.py`
@@ -63,8 +63,8 @@ def _block_sum(values, start, count):
 def _pairwise_sum(values, start, count):
     """`np.add.reduce` of values[start:start + count] (contiguous float64), in its order: blocks
     of up to `_PAIRWISE_BLOCK` (`_block_sum`); a longer run is split in two (the first part a
-    multiple of 8 values) and the parts' sums added. Walked with a stack (numba compiles no
-    recursion into a cached function)."""
+    multiple of 8 values) and the parts' sums added. Walked with a stack: written recursively, the
+    cached decoder crashed the interpreter (numba 0.68)."""
     if count <= _PAIRWISE_BLOCK:
         return _block_sum(values, start, count)
     starts = np.empty(64, dtype=np.int64)

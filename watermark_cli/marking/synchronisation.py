@@ -386,8 +386,6 @@ def _separable_folds(maps: np.ndarray, tile: int, side: int, scales: np.ndarray)
 
     from .fold_kernel import fold_columns
 
-    # torch's gather, not numpy's: numpy's BLAS starts threads of its own, which files
-    # read on threads side by side (`marking.threads`) then fight over.
     maps = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))
     count, rows, cols = maps.shape
     rows_table = maps.permute(1, 0, 2).reshape(rows, count * cols)  # entry r: row r of every map
