@@ -64,6 +64,8 @@ def test_embed_then_extract_png_keeps_the_floor_on_the_written_file(held_out_png
     assert extracted.stdout.strip() == "audit:42 ✓"
 
 
+@pytest.mark.slow  # a real `wm` process: torch, the models and numba start in 4-6 s (the fast lane's
+# in-process tests check the same exit code: test_a_wrong_key_gives_no_watermark_and_the_right_one_the_message)
 def test_an_unmarked_image_gives_no_watermark(held_out_png):
     clean = run_wm("extract", held_out_png, "--json")  # the real process: its exit code and streams
     assert clean.code == 1
