@@ -5,6 +5,7 @@
 # TASK:
 #   check          the GPU, the packages, `wm models` (seconds; the machine's start is the cost)
 #   speed          benchmarks/speed.py on the GPU: issue 30's figures, into $OUT/speed.txt
+#   tests          the tests that need a GPU (tests/test_device.py), into $OUT/tests.txt
 #   train ARGS...  wm train on the clinical training split and 400 synthetic images (the
 #                  shipped default's data) on the GPU, into $OUT/model; ARGS go to wm train
 #   default        the shipped default's three stages (scripts/train_default_model.sh) into
@@ -46,6 +47,9 @@ case "$task" in
     python3 benchmarks/speed.py --device cuda --networks 64 --repeats 5 --marginal 40 --marginal-runs 1 \
       | tee "$OUT/speed.txt"
     ;;
+  tests)
+    python3 -m pytest -q -p no:cacheprovider -n 0 tests/test_device.py | tee "$OUT/tests.txt"
+    ;;
   train)
     prepare_data
     $WM train "$DATA/train" "$DATA/synstd" --out "$OUT/model" "$@"
@@ -54,7 +58,7 @@ case "$task" in
     WM="$WM" PYTHON=python3 WM_SETUP=0 WM_MEASURE=0 bash scripts/train_default_model.sh "$OUT/model"
     ;;
   *)
-    echo "on_device: unknown task $task (check, speed, train, default)"
+    echo "on_device: unknown task $task (check, speed, tests, train, default)"
     exit 2
     ;;
 esac

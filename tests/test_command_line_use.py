@@ -97,6 +97,7 @@ def test_an_empty_message_is_refused_and_a_created_output_folder_is_said(two_png
     assert f"created the output folder {target.parent}" in made.stderr
 
 
+@pytest.mark.slow  # five runs of wm: 7.6 to 9.2 s on a slow day, at the fast lane's 8 s guard
 def test_a_refused_mark_says_what_would_work(two_pngs, tmp_path):
     # The floor is named when it is what blocks the mark (so high that not even the fragile mark of
     # a small image, a few dozen moves of one unit, fits under it).

@@ -42,6 +42,25 @@ def test_a_gpu_asked_for_where_there_is_none_is_one_line_and_nothing_is_written(
     assert served.code == 2 and "no CUDA device" in _one_line(served)
 
 
+@pytest.mark.skipif(not NO_GPU, reason="a GPU is present: its probe would succeed")
+def test_a_gpu_listed_where_cuda_does_not_run_is_refused_without_starting_cuda_here(monkeypatch):
+    """NVML may list a GPU that CUDA cannot use (a driver too old, a GPU taken). The picker tries
+    a CUDA operation in a child process, never here (a run forks its workers from this process):
+    `cuda` is then one clear error and `auto` the CPU."""
+    from watermark_cli.errors import BadInputError
+    from watermark_cli.model import device as picker
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    picker._gpu_usable.cache_clear()
+    try:
+        with pytest.raises(BadInputError, match="listed but CUDA does not run on it"):
+            picker.pick_device("cuda")
+        assert picker.model_device("auto") == "cpu" and picker.model_device("cpu") == "cpu"
+        assert not torch.cuda.is_initialized()
+    finally:
+        picker._gpu_usable.cache_clear()
+
+
 def test_serve_refuses_a_device_it_does_not_know(tmp_path):
     config = tmp_path / "serve.yaml"
     config.write_text(yaml.safe_dump({"forward": "127.0.0.1:4242:ORTHANC", "device": "tpu"}))
@@ -77,3 +96,28 @@ def test_a_mark_made_on_the_gpu_keeps_the_floor_and_reads_on_the_cpu(tmp_path):
 
     decoded = extract_payload(on_cpu, codec_for(on_cpu, KEY), replace(image, pixels=marked))
     assert decoded.found and decoded.message == b"GPU-1"
+
+
+@pytest.mark.skipif(NO_GPU, reason="no GPU on this machine")
+def test_several_files_on_the_gpu_run_in_forked_workers_and_answer_as_the_cpu_does(tmp_path):
+    """A folder on `--device cuda`: the files at once run in worker processes forked from the
+    run, each with the networks moved to the GPU (`threads.in_workers`); the floor holds on the
+    stored values and the reading of every file is the CPU's."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("693_UNCR.dcm", "CT_small.dcm", "MR_small.dcm"):
+        shutil.copy(clinical_file(name), folder / name)
+    marked = run_wm_here("embed", folder, "G-3", "--key", KEY, "-o", tmp_path / "out", "--device", "cuda",
+                         "--threads", "3", "--json")
+    assert marked.code == 0, marked.stderr
+    assert all(min(json.loads(line)["psnr_views"].values()) >= 40.0 for line in marked.stdout.splitlines())
+    both = tmp_path / "both"
+    shutil.copytree(tmp_path / "out", both, ignore=shutil.ignore_patterns("*.jsonl"))
+    shutil.copy(clinical_file("693_UNCR.dcm"), both / "unmarked.dcm")
+    readings = {}
+    for device in ("cuda", "cpu"):
+        done = run_wm_here("extract", both, "--key", KEY, "--device", device, "--threads", "4", "--json")
+        assert done.code == 1, done.stderr  # the unmarked copy holds none
+        readings[device] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r.get("message") for r in readings["cuda"]] == [r.get("message") for r in readings["cpu"]]
+    assert sorted(r.get("message") for r in readings["cuda"]) == [None, "G-3", "G-3", "G-3"]

@@ -18,7 +18,7 @@ from watermark_cli.data.clinical import clinical_file
 from watermark_cli.io.image import read_image
 from watermark_cli.marking.files import EmbedSettings, embed_files, read_mark
 from watermark_cli.marking.image import codec_for
-from watermark_cli.marking.threads import (ReaderPerThread, default_threads, in_processes, in_threads,
+from watermark_cli.marking.threads import (ReaderPerThread, default_threads, in_processes, in_threads, in_workers,
                                            runs_in_processes)
 from watermark_cli.model.store import load_model
 from watermark_cli.quality import QualityFloor
@@ -109,10 +109,47 @@ def test_processes_give_results_in_order_and_a_dying_worker_costs_only_its_item(
             assert not [other for other, s, e in spans if other != item and s < end and start < e]
     assert any(s < e2 and s2 < e for (i, s, e), (j, s2, e2) in zip(spans, spans[1:]) if {i, j}.isdisjoint({3, 7}))
 
-    # Processes where each file at once has a core of its own and the networks are on the CPU.
+    # Processes where each file at once has a core of its own, or whenever the networks are on a GPU.
     cores = os.cpu_count() or 1
-    assert runs_in_processes(max(cores, 2), True) and not runs_in_processes(max(cores, 2), False)
-    assert not runs_in_processes(1, True) and runs_in_processes(cores, True) == (cores > 1)
+    assert runs_in_processes(max(cores, 2), True) and runs_in_processes(2, False)
+    assert not runs_in_processes(1, True) and not runs_in_processes(1, False)
+    assert runs_in_processes(cores, True) == (cores > 1)
+    assert default_threads(40, on_gpu=True) == min(cores, 16) and default_threads(40) == min(cores, 4)
+
+
+class _Networks:
+    """Stands for a `LoadedModel`: where its networks are, and where `move_to` put them."""
+
+    def __init__(self) -> None:
+        self.device = "cpu"
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.device == "cpu"
+
+    def move_to(self, device: str) -> "_Networks":
+        self.device = device
+        return self
+
+
+def test_with_the_networks_on_a_gpu_each_forked_worker_moves_them_there_and_this_process_does_not():
+    """What `wm embed`/`extract --device cuda` do with several files (no GPU is needed to see it:
+    the move is the stand-in's): the run's own copy stays on the CPU, every worker's is moved
+    before its first file, and a run of one file at a time moves this process's."""
+    networks = _Networks()
+    parent = os.getpid()
+    seen = list(in_workers(lambda item: (item, os.getpid(), networks.device), range(6), 2, [networks], "cuda:0",
+                           lost=lambda item: None))
+    assert [item for item, _, _ in seen] == list(range(6))
+    assert {device for _, _, device in seen} == {"cuda:0"} and parent not in {pid for _, pid, _ in seen}
+    assert networks.device == "cpu"
+
+    alone = list(in_workers(lambda item: (os.getpid(), networks.device), range(2), 1, [networks], "cuda:0",
+                            lost=lambda item: None))
+    assert alone == [(parent, "cuda:0")] * 2 and networks.device == "cuda:0"
+    # Networks already on a GPU here are never forked with (CUDA would not work in the worker): threads.
+    on_threads = list(in_workers(lambda item: os.getpid(), range(4), 2, [networks], "cuda:0", lost=lambda item: None))
+    assert on_threads == [parent] * 4
 
 
 @pytest.fixture(scope="module")

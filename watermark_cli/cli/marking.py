@@ -110,7 +110,12 @@ def embed(
     check_engine(engine, scheduler)
     part = parse_shard(shard_spec) if shard_spec else None
     secret = key_for_marking(key, key_file)
-    loaded = open_model(model, device.value)
+    from ..model.device import model_device
+
+    networks_on = model_device(device.value)  # a GPU asked for and absent: one line, before any file
+    # Loaded on the CPU: a run of several files forks its workers from this process, and each
+    # moves the networks to the GPU itself (`threads.in_workers`).
+    loaded = open_model(model, "cpu")
     codec = codec_for(loaded, secret)
     codec.encode(payload)  # a too-long message fails here, before any file is touched
     signing = _signing_material(sign, cert)
@@ -119,7 +124,7 @@ def embed(
                              allow_unverified=allow_unverified, compression=compress.value,
                              fill_budget=not model_strength, model=model, device=device.value, max_pixels=max_pixels, key=secret,
                              restore_record=not no_restore_record, signing=signing, recipient=recipient_pem)
-    run = _Run(settings, loaded, codec, json_output, single=len(sources) == 1 and not folders)
+    run = _Run(settings, loaded, codec, json_output, single=len(sources) == 1 and not folders, networks_on=networks_on)
     if folders:
         target = output or _folder_output(folders[0])
         with folder_batch(folders[0], target, overwrite=overwrite, max_pixels=max_pixels, part=part) as batch:
@@ -184,8 +189,8 @@ class _Run:
     """One `wm embed`: marks a batch, audits and reports each file as it completes, then the
     summary and the exit code."""
 
-    def __init__(self, settings, loaded, codec, json_output: bool, single: bool) -> None:
-        self.settings, self.loaded, self.codec = settings, loaded, codec
+    def __init__(self, settings, loaded, codec, json_output: bool, single: bool, networks_on: str = "cpu") -> None:
+        self.settings, self.loaded, self.codec, self.networks_on = settings, loaded, codec, networks_on
         self.json_output, self.single = json_output, single
 
     def mark(self, batch, audit_log, workers: int, *, engine: Engine = Engine.local, scheduler: str | None = None,
@@ -226,8 +231,9 @@ class _Run:
                 outcomes = embed_files_on_cluster(batch.jobs, self.settings, workers, scheduler,
                                                   stop_requested=stop.requested, key_file=key_file)
             else:
+                at_once = default_threads(len(batch.jobs), threads, on_gpu=self.networks_on != "cpu")
                 outcomes = embed_files(batch.jobs, self.settings, self.loaded, self.codec, workers,
-                                       stop_requested=stop.requested, threads=default_threads(len(batch.jobs), threads))
+                                       stop_requested=stop.requested, threads=at_once, device=self.networks_on)
             for outcome in outcomes:
                 if outcome.result is not None:
                     results.append(outcome.result)
@@ -358,7 +364,8 @@ def extract(
     from ..keys import key_kind
     from ..marking.files import read_mark
     from ..marking.image import codec_for, legacy_codec_for, older_readers
-    from ..marking.threads import ReaderPerThread, default_threads, in_processes, in_threads, runs_in_processes
+    from ..marking.threads import ReaderPerThread, default_threads, in_workers, runs_in_processes
+    from ..model.device import model_device
 
     check_engine(engine, scheduler)
     files = collect_image_files(inputs)
@@ -384,13 +391,14 @@ def extract(
         if stop.requested():
             raise KeyboardInterrupt
     else:
-        threads = default_threads(len(files), threads)
-        # With a core for each file at once and the networks on the CPU, files are read in forked
-        # worker processes (`runs_in_processes`), each of which starts a decoder of its own;
-        # otherwise on threads of this process, whose decoders start while the model loads.
-        may_fork = runs_in_processes(threads, device is not Device.cuda)  # known for sure once the model is loaded
-        with ReaderPerThread(max_pixels).prestart(0 if may_fork else threads) as readers:
-            loaded = open_model(model, device.value)
+        networks_on = model_device(device.value)
+        at_once = default_threads(len(files), threads, on_gpu=networks_on != "cpu")
+        # Files at once are read in forked worker processes where there is a core for each, or
+        # with the networks on a GPU (`runs_in_processes`), each of which starts a decoder of its
+        # own; otherwise on threads of this process, whose decoders start while the model loads.
+        forked = runs_in_processes(at_once, networks_on == "cpu")
+        with ReaderPerThread(max_pixels).prestart(0 if forked else at_once) as readers:
+            loaded = open_model(model, "cpu")  # the networks go to `networks_on` in `in_workers`
             codec = codec_for(loaded, secret)
             legacy = legacy_codec_for(loaded, secret)
             older = older_readers(loaded, secret)
@@ -398,9 +406,8 @@ def extract(
             def read(path: Path):
                 return read_mark(path, readers.read, loaded, codec, legacy, accept_format_1, older)
 
-            readings = (in_processes(read, files, threads, lost=_lost_reading) if may_fork and loaded.on_cpu else
-                        in_threads(read, files, threads))
-            for reading in readings:
+            for reading in in_workers(read, files, at_once, [loaded, *(model for model, _ in older)], networks_on,
+                                      lost=_lost_reading):
                 outcomes[_report_mark(reading, kind, json_output, single, hints)] += 1
     missing, bad = outcomes["missing"], outcomes["bad"]
     if bad:

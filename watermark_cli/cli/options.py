@@ -45,7 +45,7 @@ PsnrOption = Annotated[float, typer.Option(
     "--psnr-min", rich_help_panel=QUALITY, help="PSNR floor in dB that every written frame keeps.")]
 ThreadsOption = Annotated[Optional[int], typer.Option(
     "--threads", min=1, max=64, rich_help_panel=BATCH,
-    help="Files at once (default: one per core, up to 4; on CPUs, a process each).")]
+    help="Files at once (default: one per core, up to 4, or up to 16 with the networks on a GPU).")]
 # The default is io.image.DEFAULT_MAX_PIXELS (kept literal here: importing io.image would slow `wm --help`).
 MaxPixelsOption = Annotated[int, typer.Option(
     "--max-pixels", min=1, rich_help_panel=BATCH, help="Refuse, before decoding, any image whose header declares more pixels "

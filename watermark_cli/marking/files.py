@@ -40,7 +40,7 @@ from ..payload import PayloadCodec
 from .fragile import fits_fragile_mark, fragile_capacity_bytes
 from .image import codec_for, embed_pixels, extract_payload, read_any_mark
 from .marked_binding import binding_as_written, check_written_binding, new_instance_uid
-from .threads import ReaderPerThread, exit_with_parent, in_processes, in_threads, runs_in_processes
+from .threads import ReaderPerThread, exit_with_parent, in_workers, runs_in_processes
 
 
 @dataclass(frozen=True)
@@ -470,7 +470,7 @@ def _unparseable_element(dataset) -> str | None:
 
 def embed_files(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, codec,
                 workers: int = 1, stop_requested: Callable[[], bool] = lambda: False,
-                threads: int = 1) -> Iterator[FileOutcome]:
+                threads: int = 1, device: str | None = None) -> Iterator[FileOutcome]:
     """Mark every (source, destination) job; yield outcomes as they complete (in the jobs' order
     on `threads` threads of this process, as they complete across `workers` processes).
 
@@ -479,22 +479,23 @@ def embed_files(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, 
     decoded in an `IsolatedReader` (one per worker or thread), so a decoder that crashes fails one file.
     With a core for each and the networks on the CPU, `threads` files at once run in as many
     processes forked from this one (`threads.runs_in_processes`: two processes on two cores mark
-    and read nearly twice as fast as one, two threads 1.3 to 1.5 times); else on threads."""
+    and read nearly twice as fast as one, two threads 1.3 to 1.5 times); else on threads. The
+    networks run on `device` ('cpu', 'cuda:0'; default: where `loaded`'s are): with them on a GPU,
+    `threads` files at once run in forked processes that move them there (`threads.in_workers`)."""
     if workers <= 1 or len(jobs) <= 1:
-        forked = runs_in_processes(threads, loaded.on_cpu)
+        device = device or str(loaded.device)
+        forked = runs_in_processes(threads, device == "cpu") and loaded.on_cpu
         with ReaderPerThread(settings.max_pixels).prestart(0 if forked else threads) as readers:
             def mark(job: tuple[Path, Path]) -> FileOutcome:
                 return _run_one(job[0], job[1], settings, loaded, codec, readers.read)
 
-            if not forked:
-                yield from in_threads(mark, jobs, threads, stop_requested, alone=_marked_alone)
-                return
             try:
-                yield from in_processes(mark, jobs, threads, lost=_lost_twice, stop_requested=stop_requested,
-                                        alone=_marked_alone,
-                                        retry=lambda job: _after_lost_worker(job, settings, loaded, codec) or mark(job))
+                yield from in_workers(mark, jobs, threads, [loaded], device, lost=_lost_twice,
+                                      stop_requested=stop_requested, alone=_marked_alone,
+                                      retry=lambda job: _after_lost_worker(job, settings, loaded, codec) or mark(job))
             finally:
-                remove_temporaries_of(job[1] for job in jobs)  # what a worker killed while writing left
+                if forked:
+                    remove_temporaries_of(job[1] for job in jobs)  # what a worker killed while writing left
         return
 
     # A worker that dies (the kernel's out-of-memory killer, a crash outside decoding) breaks

@@ -14,6 +14,13 @@ to twice. Forked after the model is loaded, a worker starts in milliseconds and 
 model's memory (`in_processes`). Where there are more cores than files at once, threads stay:
 each gets cores ÷ threads torch threads, which a forked worker cannot have (below).
 
+With the networks on a GPU the files run in forked processes too, one per core: the networks
+take a GPU a fraction of a millisecond per frame, and what is left of a file (the searches, the
+payload, the guard, the record, the writing: about 100 ms of a core's work for a 512² CT) is
+what limits a run, which threads of one process (the GIL) could not spread over the cores. The
+run loads the model on the CPU without starting CUDA (`model.device`), and each worker moves
+its copy of the networks to the GPU as it starts, with a CUDA context of its own.
+
 Each thread or process decodes its files in an `IsolatedReader` of its own (a decoder that
 crashes costs one file, as in a single-threaded run), and results come back in the order of the
 files, so that reports and audit lines read as before.
@@ -27,6 +34,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import TypeVar
 
 from ..io.isolation import IsolatedReader
@@ -34,15 +42,20 @@ from ..io.medical_image import DEFAULT_MAX_PIXELS
 
 #: More threads than this gain little on the machines wm runs on, and each holds an image.
 MOST_THREADS = 4
+#: With the networks on a GPU: files at once, a forked process each, at most (each holds a CUDA
+#: context of a few hundred MB on the GPU).
+MOST_GPU_PROCESSES = 16
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
-def default_threads(files: int, requested: int | None = None) -> int:
-    """The threads a batch of `files` runs on: `requested` (the user's `--threads`), else one per
-    core up to MOST_THREADS; never more than there are files."""
-    wanted = requested if requested is not None else min(os.cpu_count() or 1, MOST_THREADS)
+def default_threads(files: int, requested: int | None = None, on_gpu: bool = False) -> int:
+    """How many of a batch's `files` run at once: `requested` (the user's `--threads`), else one
+    per core up to MOST_THREADS, or with the networks on a GPU up to MOST_GPU_PROCESSES; never
+    more than there are files."""
+    most = MOST_GPU_PROCESSES if on_gpu else MOST_THREADS
+    wanted = requested if requested is not None else min(os.cpu_count() or 1, most)
     return max(1, min(wanted, files))
 
 
@@ -178,19 +191,44 @@ def _next_item(remaining: Iterator, waiting: list, alone: Callable[[object], boo
 
 def runs_in_processes(at_once: int, on_cpu: bool) -> bool:
     """Whether `at_once` files at a time run in forked processes (`in_processes`) rather than on
-    threads: with the networks on the CPU (a process forked after CUDA started cannot use it),
-    when there is no core left over for a second torch thread in any of them."""
-    return at_once > 1 and on_cpu and at_once >= (os.cpu_count() or 1)
+    threads: with the networks on a GPU always, on the CPU when there is no core left over for a
+    second torch thread in any of them (the module docstring)."""
+    return at_once > 1 and (not on_cpu or at_once >= (os.cpu_count() or 1))
+
+
+def in_workers(work: Callable[[Item], Result], items: Iterable[Item], at_once: int, models: list, device: str,
+               lost: Callable[[Item], Result], stop_requested: Callable[[], bool] = lambda: False,
+               alone: Callable[[Item], bool] = lambda item: False,
+               retry: Callable[[Item], Result] | None = None) -> Iterator[Result]:
+    """`work(item)` for every item, `at_once` at a time, results in the items' order, with the
+    networks of `models` (`store.LoadedModel`s, loaded on the CPU) on `device` ('cpu',
+    'cuda:0'): in forked processes where `runs_in_processes` (each moving the networks to a GPU
+    as it starts), else on threads of this process, the networks moved to `device` here first.
+    `lost`, `stop_requested`, `alone` and `retry` as `in_processes` takes them."""
+    on_cpu = device == "cpu"
+    if runs_in_processes(at_once, on_cpu) and all(model.on_cpu for model in models):
+        on_start = None if on_cpu else partial(_networks_to, models, device)
+        yield from in_processes(work, items, at_once, lost, stop_requested, alone, retry, on_start)
+        return
+    _networks_to(models, device)
+    yield from in_threads(work, items, at_once, stop_requested, alone)
+
+
+def _networks_to(models: list, device: str) -> None:
+    for model in models:
+        model.move_to(device)
 
 
 def in_processes(work: Callable[[Item], Result], items: Iterable[Item], processes: int,
                  lost: Callable[[Item], Result], stop_requested: Callable[[], bool] = lambda: False,
                  alone: Callable[[Item], bool] = lambda item: False,
-                 retry: Callable[[Item], Result] | None = None) -> Iterator[Result]:
+                 retry: Callable[[Item], Result] | None = None,
+                 on_start: Callable[[], None] | None = None) -> Iterator[Result]:
     """`in_threads` in `processes` worker processes forked from this one: `work(item)` for every
     item, results in the items' order (a few items run ahead, two per process), nothing new
-    started once `stop_requested()`, nothing beside an item for which `alone(item)`. For work on
-    the CPU only (`runs_in_processes`). Each worker runs torch on one thread: a process forked
+    started once `stop_requested()`, nothing beside an item for which `alone(item)`; each worker
+    calls `on_start()` first (the networks moved to a GPU: this process must not have started
+    CUDA, `in_workers`). Each worker runs torch on one thread: a process forked
     after its parent's OpenMP threads started hangs in the first parallel region it opens
     (pytorch issue 41197: the threads it would wait for were not copied), and on one thread
     torch opens none. `work` and the items reach the workers by the fork, the results come back
@@ -212,7 +250,7 @@ def in_processes(work: Callable[[Item], Result], items: Iterable[Item], processe
     waiting: list = []  # an item that runs alone, waiting for those before it to finish
     # Items a broken pool took with it, in order: (item, times lost, its result if it had one).
     again: deque = deque()
-    _forked_work = (work, retry or work)
+    _forked_work = (work, retry or work, on_start)
     try:
         while True:
             pool = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("fork"),
@@ -271,8 +309,9 @@ def _lost_with_pool(future) -> bool:
     return not future.done() or future.cancelled() or isinstance(future.exception(), BrokenProcessPool)
 
 
-# What `in_processes`' workers run (the work, and what runs for an item tried again), set before they fork.
-_forked_work: tuple[Callable, Callable] | None = None
+# What `in_processes`' workers run (the work, what runs for an item tried again, and what each
+# runs as it starts), set before they fork.
+_forked_work: tuple[Callable, Callable, Callable[[], None] | None] | None = None
 
 
 def _start_forked_worker(parent: int) -> None:
@@ -285,6 +324,9 @@ def _start_forked_worker(parent: int) -> None:
     # Ctrl-C reaches the whole process group: the parent decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)  # see `in_processes`
+    on_start = _forked_work[2]
+    if on_start is not None:
+        on_start()
     # A worker prints nothing (what goes wrong comes back as its result). The standard streams it
     # was forked with may have been in the middle of a write by another thread of the run (the
     # progress display) and so hold a lock no thread here will release: flushing them as the
@@ -316,5 +358,5 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _run_forked_work(item, tried_before: bool):
-    work, retry = _forked_work
+    work, retry, _ = _forked_work
     return (retry if tried_before else work)(item)

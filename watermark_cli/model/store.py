@@ -181,6 +181,12 @@ class LoadedModel:
     def on_cpu(self) -> bool:
         return self.device.type == "cpu"
 
+    def move_to(self, device: str) -> "LoadedModel":
+        """Its networks moved to `device` ('cpu', 'cuda:0': `device.model_device`), in place."""
+        if str(self.device) != device:
+            self.model.to(device)
+        return self
+
     @property
     def reads_marks_of(self) -> list[str]:
         """Older shipped models whose marks this one reads too (its card's `reads_marks_of`)."""
