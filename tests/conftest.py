@@ -20,8 +20,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pytest
+# Before anything asks torch whether there is a GPU: counted through NVML, the question starts no
+# CUDA in the test process, whose runs of wm may fork workers that use the GPU (`model.device`).
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 # A fast test takes well under 2 s; the guard leaves room for a busy machine (a real `wm` process
 # alone starts in about 2.5 s: torch, the model).

@@ -136,6 +136,7 @@ def test_the_nominal_input_is_the_one_wm_classifiers_always_had():
 # -- the formats ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the module's exported models: 7 to 9 s to make, over the fast lane's guard
 def test_each_format_scores_what_the_network_scores(exported):
     import torch
 
@@ -150,6 +151,7 @@ def test_each_format_scores_what_the_network_scores(exported):
     assert load_external_classifier(exported["files"]["pt2"], exported["card"]).runtime.fixed_batch == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt, changes, message", [
     ("onnx", {"input_size": 48}, "takes 3×32×32 inputs; its card card.yaml says 3×48×48"),
     ("pt2", {"channels": 1, "normalize": None}, "takes 3×32×32 inputs; its card card.yaml says 1×32×32"),
@@ -163,6 +165,7 @@ def test_a_card_that_does_not_fit_its_model_is_found_by_the_dry_run(exported, tm
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
+@pytest.mark.slow
 def test_damaged_foreign_or_missing_files_are_one_line_errors(exported, tmp_path):
     for suffix in (".ts", ".pt2", ".onnx"):
         damaged = tmp_path / f"damaged{suffix}"
@@ -193,6 +196,7 @@ def _code_pickle(marker: Path) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", ["weights", "sample_inputs"])
 def test_a_pt2_runs_no_pickled_code(exported, tmp_path, entry):
     """torch.export.load unpickles a weight marked `use_pickle` and falls back to an unrestricted
@@ -222,6 +226,7 @@ def test_a_pt2_runs_no_pickled_code(exported, tmp_path, entry):
     assert torch.load.__name__ == "load"
 
 
+@pytest.mark.slow
 def test_the_command_line_refuses_a_model_file_without_its_card(exported, tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     labels = tmp_path / "labels.csv"

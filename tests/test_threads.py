@@ -15,6 +15,7 @@ import pytest
 
 from conftest import fixed_key
 from watermark_cli.data.clinical import clinical_file
+from watermark_cli.errors import BadInputError
 from watermark_cli.io.image import read_image
 from watermark_cli.marking.files import EmbedSettings, embed_files, read_mark
 from watermark_cli.marking.image import codec_for
@@ -150,6 +151,17 @@ def test_with_the_networks_on_a_gpu_each_forked_worker_moves_them_there_and_this
     # Networks already on a GPU here are never forked with (CUDA would not work in the worker): threads.
     on_threads = list(in_workers(lambda item: os.getpid(), range(4), 2, [networks], "cuda:0", lost=lambda item: None))
     assert on_threads == [parent] * 4
+
+
+class _NoRoomOnTheGpu(_Networks):
+    def move_to(self, device: str) -> "_NoRoomOnTheGpu":
+        raise RuntimeError("CUDA out of memory.\nTried to allocate 2.00 MiB")
+
+
+def test_a_worker_that_cannot_move_the_networks_to_the_gpu_stops_the_run_with_one_line():
+    with pytest.raises(BadInputError) as refused:
+        list(in_workers(lambda item: item, range(6), 2, [_NoRoomOnTheGpu()], "cuda:0", lost=lambda item: "lost"))
+    assert str(refused.value) == "a worker process could not start: CUDA out of memory. Tried to allocate 2.00 MiB"
 
 
 @pytest.fixture(scope="module")

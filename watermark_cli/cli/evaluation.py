@@ -12,8 +12,8 @@ from rich.table import Table
 from ..errors import BadInputError, CheckFailedError
 from .app import app, emit_json, open_model, progress_bar, stderr, stdout
 from .options import (ATTACK_NAMES, Device, DeviceOption, JsonOption, KeyFileOption, KeyOption, ModelOption,
-                      PsnrDomain, PsnrDomainOption, PsnrOption, PsnrPeak, PsnrPeakOption, WindowOption, examples,
-                      key_for_reading, parse_window, quality_floor)
+                      PsnrDomain, PsnrDomainOption, PsnrOption, PsnrPeak, PsnrPeakOption, ThreadsOption, WindowOption,
+                      examples, key_for_reading, parse_window, quality_floor)
 
 
 @app.command(epilog=examples(
@@ -46,6 +46,7 @@ def evaluate(
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Labels for the check: CSV path,label (paths relative to the CSV) or a folder of class subfolders.")] = None,
     margin: Annotated[float, typer.Option("--margin", help="Non-inferiority margin on ΔAUROC (the check fails if the CI's lower bound is below −margin).")] = 0.01,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    threads: ThreadsOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Measure a model: quality in every view, recovery under attacks, false positives.
@@ -77,7 +78,11 @@ def evaluate(
             raise BadInputError(f"--control {control}: the mark's control must lie below the {psnr_min:g} dB floor")
         check = ClassifierCheck(open_classifier(classifier, classifier_card, device.value), read_labels(labels),
                                 margin, seed, positive_control, psnr_min)
-    loaded = open_model(model, device.value)
+    from ..marking.threads import default_threads
+    from ..model.device import model_device
+
+    networks_on = model_device(device.value)
+    loaded = open_model(model, "cpu")  # the networks go to `networks_on` in `threads.in_workers`
     options = EvaluationOptions(floor=floor, attacks=attack_list, messages=messages, key=key_for_reading(key, key_file),
                                 seed=seed,
                                 window=parse_window(window))
@@ -86,7 +91,9 @@ def evaluate(
         summary = run_evaluation(list(data), loaded, options, report,
                                  (lambda _: progress.advance(task)) if progress else None,
                                  on_marked=check.on_marked if check else None,
-                                 finish=check.finish if check else None)
+                                 finish=check.finish if check else None,
+                                 at_once=default_threads(n_files, threads, on_gpu=networks_on != "cpu"),
+                                 device=networks_on)
     if json_output:
         emit_json(summary)
     else:

@@ -33,6 +33,7 @@ from ..keys import key_kind
 from ..marking.fragile import fragile_bit_agreement
 from ..marking.image import (codec_for, embed_pixels, export_thresholds, image_false_positive_bound, read_fragile_mark,
                              read_frames, sign_thresholds)
+from ..marking.threads import in_workers
 from ..model.store import LoadedModel
 from ..quality import QualityFloor, image_quality
 from .report import write_report
@@ -92,19 +93,93 @@ def evaluate(
     on_image: Callable[[str], None] | None = None,
     on_marked: MarkedImageHook | None = None,
     finish: Callable[[dict], None] | None = None,
+    at_once: int = 1,
+    device: str | None = None,
 ) -> dict:
     """Evaluate the image files under `data` and write the report folder. `finish` may add
-    blocks to the report (the classifier check) before it is written."""
+    blocks to the report (the classifier check) before it is written. `at_once` and `device`:
+    as `evaluate_images` takes them."""
     files = collect_image_files(data)
     if not files:
         raise BadInputError(f"no images found in {', '.join(map(str, data))}")
     sources = [(str(path), partial(read_image, path)) for path in files]
     report, rows, frame_psnrs, examples = evaluate_images(sources, model, options, on_image, on_marked,
-                                                          with_examples=True)
+                                                          with_examples=True, at_once=at_once, device=device)
     if finish is not None:
         finish(report)
     write_report(report_folder, report, rows, frame_psnrs, examples)
     return report
+
+
+@dataclass
+class _ImageFigures:
+    """What one image contributes to an evaluation (`_evaluate_image`), made where the image was
+    evaluated (a worker process of a run of several at once) and added up in the run's order."""
+
+    path: str
+    loaded: bool = False  # read: one more unmarked original tried for a false positive
+    false_positive: bool = False
+    rows: list[dict] = field(default_factory=list)
+    frame_psnrs: list[float] = field(default_factory=list)
+    embeddings: list[tuple[str, dict]] = field(default_factory=list)
+    guard_acted: int = 0
+    skipped: str | None = None  # why it was not evaluated
+    # For the run's `on_marked` hook: (the image, its pixels marked with the first message, the budgeted views).
+    marked: tuple[MedicalImage, np.ndarray, list] | None = None
+    example: tuple[str, Example] | None = None  # (its view's kind, the report's example)
+
+
+def _evaluate_image(source: ImageSource, model: LoadedModel, codec, options: EvaluationOptions,
+                    messages: list[bytes], encoded: list[np.ndarray], keep_marked: bool,
+                    with_example: bool) -> _ImageFigures:
+    path, load = source
+    figures = _ImageFigures(path)
+    try:
+        image = load()
+        figures.loaded = True
+        thresholds = sign_thresholds(image)  # what `wm extract` reading the file would use
+        figures.false_positive = (read_frames(model, codec, image.pixels, thresholds=thresholds).decoded.found
+                                  or read_fragile_mark(codec, image.pixels).found)
+        for index, (message, raw_bits) in enumerate(zip(messages, encoded)):
+            outcome = embed_pixels(model, codec, image, message, options.floor, options.window)
+            figures.guard_acted += int(outcome.guard_acted)
+            figures.frame_psnrs.extend(frame.quality.psnr for frame in outcome.frames)
+            quality = _image_quality(outcome, options.floor)
+            figures.embeddings.append((path, quality))
+            budgeted = [meter.view_named(frame.quality.binding_view)
+                        for meter, frame in zip(outcome.meters, outcome.frames)]
+            if index == 0:
+                if keep_marked:
+                    figures.marked = (image, outcome.pixels, budgeted)
+                if with_example:
+                    middle = image.n_frames // 2
+                    view = budgeted[middle]
+                    figures.example = (view.kind, (path, view.name, view.display(image.pixels[middle]),
+                                                   view.display(outcome.pixels[middle])))
+            contexts = [FrameContext(image.stored_min, image.stored_max, view, seed=options.seed + index)
+                        for view in budgeted]
+            for attack in options.attacks:
+                attacked = np.stack([attack(frame, context) for frame, context in
+                                     zip(outcome.pixels.astype(np.float64), contexts)])
+                received = export_thresholds(len(attacked)) if attack.exports_8bit else thresholds
+                reading = read_frames(model, codec, attacked, thresholds=received)
+                probabilities, decoded = reading.probabilities, reading.decoded
+                if not decoded.found and not attack.exports_8bit:  # an export's values are not stored ones
+                    decoded = read_fragile_mark(codec, attacked)
+                # A fragile mark's bits are its frame's in the pixels' lowest bits, not the robust bits.
+                bit_accuracy = (fragile_bit_agreement(codec, attacked, message) if outcome.fragile
+                                else float(np.mean((probabilities > 0.5) == raw_bits.astype(bool))))
+                figures.rows.append({
+                    "path": path, "message_index": index, "message_bytes": len(message), "attack": attack.label,
+                    **quality,
+                    "bit_accuracy": bit_accuracy,
+                    "payload_recovered": bool(decoded.found and decoded.message == message),
+                    "fragile": outcome.fragile,
+                    "confidence": decoded.confidence,
+                })
+    except WmError as error:
+        figures.skipped = str(error)  # what it had measured before the error still counts
+    return figures
 
 
 def evaluate_images(
@@ -114,10 +189,18 @@ def evaluate_images(
     on_image: Callable[[str], None] | None = None,
     on_marked: MarkedImageHook | None = None,
     with_examples: bool = False,
+    at_once: int = 1,
+    device: str | None = None,
 ):
     """The figures for in-memory images: (summary, one row per image × message × attack, frame
     PSNRs in their binding views), plus, `with_examples`, a few `Example`s for the report (the
-    middle frame of the first images, original and marked, in that frame's binding view)."""
+    middle frame of the first images, original and marked, in that frame's binding view).
+    `at_once` images are evaluated at a time (`marking.threads.in_workers`: forked processes
+    where each has a core, or with the networks on a GPU; `device`, default where `model`'s
+    networks are), the figures added up in the sources' order: the same decisions as one at a
+    time, and the same figures to float rounding (a forked worker runs torch on one thread; where
+    that moves the guard's scale in its last digits, a pixel here and there may round the other
+    way, and a PSNR move in its fifth decimal)."""
     codec = codec_for(model, options.key)
     length = options.message_bytes if options.message_bytes is not None else codec.capacity_bytes
     if not 1 <= length <= codec.capacity_bytes:
@@ -135,53 +218,31 @@ def evaluate_images(
     guard_acted = 0
     false_positives = 0
     clean_tries = 0
-    for path, load in sources:
-        try:
-            image = load()
-            clean_tries += 1
-            thresholds = sign_thresholds(image)  # what `wm extract` reading the file would use
-            false_positives += int(read_frames(model, codec, image.pixels, thresholds=thresholds).decoded.found
-                                   or read_fragile_mark(codec, image.pixels).found)
-            for index, (message, raw_bits) in enumerate(zip(messages, encoded)):
-                outcome = embed_pixels(model, codec, image, message, options.floor, options.window)
-                guard_acted += int(outcome.guard_acted)
-                frame_psnrs.extend(frame.quality.psnr for frame in outcome.frames)
-                quality = _image_quality(outcome, options.floor)
-                embeddings.append((path, quality))
-                budgeted = [meter.view_named(frame.quality.binding_view)
-                            for meter, frame in zip(outcome.meters, outcome.frames)]
-                if index == 0:
-                    if on_marked is not None:
-                        on_marked(path, image, outcome.pixels, budgeted)
-                    if with_examples:
-                        middle = image.n_frames // 2
-                        view = budgeted[middle]
-                        _add_example(examples, example_kinds, options.examples, view.kind,
-                                     lambda: (path, view.name, view.display(image.pixels[middle]),
-                                              view.display(outcome.pixels[middle])))
-                contexts = [FrameContext(image.stored_min, image.stored_max, view, seed=options.seed + index)
-                            for view in budgeted]
-                for attack in options.attacks:
-                    attacked = np.stack([attack(frame, context) for frame, context in
-                                         zip(outcome.pixels.astype(np.float64), contexts)])
-                    received = export_thresholds(len(attacked)) if attack.exports_8bit else thresholds
-                    reading = read_frames(model, codec, attacked, thresholds=received)
-                    probabilities, decoded = reading.probabilities, reading.decoded
-                    if not decoded.found and not attack.exports_8bit:  # an export's values are not stored ones
-                        decoded = read_fragile_mark(codec, attacked)
-                    # A fragile mark's bits are its frame's in the pixels' lowest bits, not the robust bits.
-                    bit_accuracy = (fragile_bit_agreement(codec, attacked, message) if outcome.fragile
-                                    else float(np.mean((probabilities > 0.5) == raw_bits.astype(bool))))
-                    rows.append({
-                        "path": path, "message_index": index, "message_bytes": len(message), "attack": attack.label,
-                        **quality,
-                        "bit_accuracy": bit_accuracy,
-                        "payload_recovered": bool(decoded.found and decoded.message == message),
-                        "fragile": outcome.fragile,
-                        "confidence": decoded.confidence,
-                    })
-        except WmError as error:
-            skipped.append({"path": path, "reason": str(error)})
+
+    # Workers get an index: the sources reach them by the fork (a loader need not pickle).
+    def evaluated(index: int) -> _ImageFigures:
+        return _evaluate_image(sources[index], model, codec, options, messages, encoded, on_marked is not None,
+                               with_examples)
+
+    def lost(index: int) -> _ImageFigures:
+        return _ImageFigures(sources[index][0], skipped="the worker process evaluating it died (twice)")
+
+    for figures in in_workers(evaluated, range(len(sources)), at_once, [model], device or str(model.device),
+                              lost=lost):
+        path = figures.path
+        clean_tries += figures.loaded
+        false_positives += int(figures.false_positive)
+        guard_acted += figures.guard_acted
+        frame_psnrs.extend(figures.frame_psnrs)
+        embeddings.extend(figures.embeddings)
+        rows.extend(figures.rows)
+        if figures.marked is not None and on_marked is not None:
+            on_marked(path, *figures.marked)
+        if figures.example is not None:
+            kind, example = figures.example
+            _add_example(examples, example_kinds, options.examples, kind, lambda: example)
+        if figures.skipped is not None:
+            skipped.append({"path": path, "reason": figures.skipped})
         if on_image:
             on_image(path)
 

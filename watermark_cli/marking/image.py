@@ -750,7 +750,7 @@ def read_fragile_mark(codec, pixels: np.ndarray) -> DecodedPayload:
 def older_readers(model: LoadedModel, key: str | bytes | None) -> list[tuple[LoadedModel, PayloadCodec]]:
     """The models whose marks `model` reads too (its card's `reads_marks_of`: the unkeyed
     models shipped before it), each with its codec for `key`, their networks where `model`'s are
-    (on a GPU run they ran on the CPU: about 30 ms of one core's work for every unmarked 512² CT)."""
+    (on a GPU run they ran on the CPU: about 40 ms of one core's work for every unmarked 512² CT)."""
     return [(older, codec_for(older, key)) for older in (load_model(name, str(model.device))
                                                           for name in model.reads_marks_of)]
 

@@ -37,8 +37,10 @@ from contextlib import contextmanager
 from functools import partial
 from typing import TypeVar
 
+from ..errors import BadInputError
 from ..io.isolation import IsolatedReader
-from ..io.medical_image import DEFAULT_MAX_PIXELS
+from ..io.medical_image import DEFAULT_MAX_PIXELS, one_line
+from ..model.device import gpu_workers_may_fork
 
 #: More threads than this gain little on the machines wm runs on, and each holds an image.
 MOST_THREADS = 4
@@ -204,9 +206,14 @@ def in_workers(work: Callable[[Item], Result], items: Iterable[Item], at_once: i
     networks of `models` (`store.LoadedModel`s, loaded on the CPU) on `device` ('cpu',
     'cuda:0'): in forked processes where `runs_in_processes` (each moving the networks to a GPU
     as it starts), else on threads of this process, the networks moved to `device` here first.
-    `lost`, `stop_requested`, `alone` and `retry` as `in_processes` takes them."""
+    Never forked for a GPU once this process has started CUDA itself (a classifier on the GPU,
+    a GPU count only CUDA could give: `device.gpu_workers_may_fork`): a worker forked after that
+    could not use it. A worker that cannot put the networks on the GPU answers every item with
+    one `BadInputError` saying why. `lost`, `stop_requested`, `alone` and `retry` as
+    `in_processes` takes them."""
     on_cpu = device == "cpu"
-    if runs_in_processes(at_once, on_cpu) and all(model.on_cpu for model in models):
+    if (runs_in_processes(at_once, on_cpu) and all(model.on_cpu for model in models)
+            and (on_cpu or gpu_workers_may_fork())):
         on_start = None if on_cpu else partial(_networks_to, models, device)
         yield from in_processes(work, items, at_once, lost, stop_requested, alone, retry, on_start)
         return
@@ -324,14 +331,18 @@ def _start_forked_worker(parent: int) -> None:
     # Ctrl-C reaches the whole process group: the parent decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)  # see `in_processes`
-    on_start = _forked_work[2]
-    if on_start is not None:
-        on_start()
     # A worker prints nothing (what goes wrong comes back as its result). The standard streams it
     # was forked with may have been in the middle of a write by another thread of the run (the
-    # progress display) and so hold a lock no thread here will release: flushing them as the
-    # worker exits would wait for ever. New ones take their place.
+    # progress display) and so hold a lock no thread here will release: writing to them (a
+    # warning, a flush as the worker exits) would wait for ever. New ones take their place.
     sys.stdout = sys.stderr = open(os.devnull, "w")
+    on_start = _forked_work[2]
+    if on_start is not None:
+        global _start_failure
+        try:
+            on_start()
+        except Exception as error:  # noqa: BLE001 - every item of this worker answers with it
+            _start_failure = BadInputError(f"a worker process could not start: {one_line(error)}")
 
 
 def exit_with_parent(parent: int) -> None:
@@ -357,6 +368,12 @@ def exit_with_parent(parent: int) -> None:
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
+# Why this worker could not start (`on_start` failed: the GPU out of memory, say), or None.
+_start_failure: BadInputError | None = None
+
+
 def _run_forked_work(item, tried_before: bool):
+    if _start_failure is not None:
+        raise _start_failure  # one clear error for the run, not every file "lost" twice
     work, retry, _ = _forked_work
     return (retry if tried_before else work)(item)

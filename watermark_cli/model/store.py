@@ -183,7 +183,9 @@ class LoadedModel:
 
     def move_to(self, device: str) -> "LoadedModel":
         """Its networks moved to `device` ('cpu', 'cuda:0': `device.model_device`), in place."""
-        if str(self.device) != device:
+        import torch
+
+        if self.device != torch.device(device):
             self.model.to(device)
         return self
 
