@@ -4,7 +4,8 @@
 #   run(command="bash scripts/on_device.sh TASK [ARGS]", carry=[".device"], timeout_s=540)
 # TASK:
 #   check          the GPU, the packages, `wm models` (seconds; the machine's start is the cost)
-#   speed          benchmarks/speed.py on the GPU: issue 30's figures, into $OUT/speed.txt
+#   speed          benchmarks/speed.py on the GPU: issue 30's figures (whole runs of 160 CTs, a
+#                  worker per core), into $OUT/speed.txt
 #   tests          the tests that need a GPU (tests/test_device.py), into $OUT/tests.txt
 #   train ARGS...  wm train on the clinical training split and 400 synthetic images (the
 #                  shipped default's data) on the GPU, into $OUT/model; ARGS go to wm train
@@ -44,7 +45,7 @@ case "$task" in
     $WM models
     ;;
   speed)
-    python3 benchmarks/speed.py --device cuda --networks 64 --repeats 5 --marginal 40 --marginal-runs 1 \
+    python3 benchmarks/speed.py --device cuda --networks 64 --repeats 5 --marginal 160 --marginal-runs 1 \
       | tee "$OUT/speed.txt"
     ;;
   tests)

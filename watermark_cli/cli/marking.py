@@ -379,7 +379,8 @@ def extract(
     if engine is Engine.dask and not single:
         from ..marking.cluster import read_marks_on_cluster
 
-        open_model(model, device.value)  # a missing model or device is one line here, not an error per file
+        model_device(device.value)  # a missing model or device is one line here, not an error per file
+        open_model(model, "cpu")
         with progress_bar(not json_output) as progress, GracefulStop() as stop:
             task = progress.add_task("reading", total=len(files)) if progress else None
             for reading in read_marks_on_cluster(files, model, secret, max_pixels, accept_format_1, workers,
