@@ -17,7 +17,7 @@ from pydicom.data import get_testdata_file
 
 from conftest import run_wm_here
 from watermark_cli.attacks.codecs import parse_attack_list
-from watermark_cli.data.clinical import clinical_files
+from watermark_cli.data.clinical import clinical_file, clinical_files
 from watermark_cli.diagnostic.classifier import Classifier
 from watermark_cli.errors import BadInputError
 from watermark_cli.evaluation.run import EvaluationOptions, _add_example, evaluate_images, upper_bound_95
@@ -27,26 +27,20 @@ from watermark_cli.model.store import load_model
 from watermark_cli.quality import QualityFloor
 
 
-def _two_held_out_images() -> list:
-    files = [path for group, path in clinical_files("held_out") if group.modality in ("CT", "MR")][:2]
-    return [(str(path), partial(read_image, path)) for path in files]
-
-
-_OPTIONS = EvaluationOptions(floor=QualityFloor(40.0), attacks=parse_attack_list("identity,jpeg:90,jpeg:60,noise:0.01"),
-                             messages=2, seed=1)
-
-
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    report, rows, frame_psnrs, examples = evaluate_images(_two_held_out_images(), load_model(None), _OPTIONS,
-                                                          with_examples=True)
+    files = [path for group, path in clinical_files("held_out") if group.modality in ("CT", "MR")][:2]
+    sources = [(str(path), partial(read_image, path)) for path in files]
+    options = EvaluationOptions(floor=QualityFloor(40.0), attacks=parse_attack_list("identity,jpeg:90,jpeg:60,noise:0.01"),
+                                messages=2, seed=1)
+    report, rows, frame_psnrs, examples = evaluate_images(sources, load_model(None), options, with_examples=True)
     folder = tmp_path_factory.mktemp("report")
     write_report(folder, report, rows, frame_psnrs, examples)
-    return report, rows, folder, frame_psnrs, examples
+    return report, rows, folder
 
 
 def test_report_figures_agree_with_the_rows(evaluated):
-    report, rows, *_ = evaluated
+    report, rows, _ = evaluated
     assert report["n_images"] == 2 and report["below_floor"] == 0
     assert len(rows) == 2 * 2 * 4  # images × messages × attacks
     for name, figures in report["attacks"].items():
@@ -64,7 +58,7 @@ def test_report_figures_agree_with_the_rows(evaluated):
 
 
 def test_report_folder_is_complete_and_self_contained(evaluated):
-    report, rows, folder, *_ = evaluated
+    report, rows, folder = evaluated
     assert json.loads((folder / "report.json").read_text())["n_images"] == 2
     with open(folder / "per_image.csv") as handle:
         assert len(list(csv.DictReader(handle))) == len(rows)
@@ -77,24 +71,25 @@ def test_report_folder_is_complete_and_self_contained(evaluated):
     assert "jpeg:60" in page and "False positives" in page
 
 
-def test_images_evaluated_two_at_a_time_give_the_figures_of_one_at_a_time(evaluated):
+def test_images_evaluated_two_at_a_time_give_the_figures_of_one_at_a_time():
     """`wm evaluate` runs an image per core (forked processes here): the same report, rows,
     PSNRs and examples, in the same order, and an image that cannot be read is skipped in place."""
-    report, rows, _, frame_psnrs, examples = evaluated
-
     def unreadable():
         raise BadInputError("not an image")
 
-    sources = _two_held_out_images()
+    sources = [(name, partial(read_image, clinical_file(name))) for name in ("CT_small.dcm", "MR_small.dcm")]
     sources.insert(1, ("broken.dcm", unreadable))
+    options = EvaluationOptions(floor=QualityFloor(40.0), attacks=parse_attack_list("identity,jpeg:90"), messages=1)
+    model = load_model(None)
+    report, rows, frame_psnrs, examples = evaluate_images(sources, model, options, with_examples=True)
     seen = []
     again, rows_again, psnrs_again, examples_again = evaluate_images(
-        sources, load_model(None), _OPTIONS, on_image=seen.append, with_examples=True, at_once=2)
-    assert seen == [path for path, _ in sources]
-    assert again["skipped"] == [{"path": "broken.dcm", "reason": "not an image"}]
+        sources, model, options, on_image=seen.append, with_examples=True, at_once=2)
+    assert seen == [path for path, _ in sources] and report["n_images"] == 2
+    assert again["skipped"] == report["skipped"] == [{"path": "broken.dcm", "reason": "not an image"}]
     # The same stored values and decisions; floats the networks feed (the guard's scale, a
     # reading's confidence) to rounding: a worker runs torch on one thread, this process on two.
-    assert _same_to_rounding({**again, "skipped": []}, report) and _same_to_rounding(rows_again, rows)
+    assert _same_to_rounding(again, report) and _same_to_rounding(rows_again, rows)
     assert psnrs_again == frame_psnrs
     assert [(e[0], e[1]) for e in examples_again] == [(e[0], e[1]) for e in examples]
     assert all(np.array_equal(a[2], b[2]) and np.array_equal(a[3], b[3]) for a, b in zip(examples_again, examples))

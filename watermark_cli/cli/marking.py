@@ -407,7 +407,7 @@ def extract(
             def read(path: Path):
                 return read_mark(path, readers.read, loaded, codec, legacy, accept_format_1, older)
 
-            for reading in in_workers(read, files, at_once, [loaded, *(model for model, _ in older)], networks_on,
+            for reading in in_workers(read, files, at_once, [loaded, *(reader for reader, _ in older)], networks_on,
                                       lost=_lost_reading):
                 outcomes[_report_mark(reading, kind, json_output, single, hints)] += 1
     missing, bad = outcomes["missing"], outcomes["bad"]

@@ -40,7 +40,7 @@ from ..payload import PayloadCodec
 from .fragile import fits_fragile_mark, fragile_capacity_bytes
 from .image import codec_for, embed_pixels, extract_payload, read_any_mark
 from .marked_binding import binding_as_written, check_written_binding, new_instance_uid
-from .threads import ReaderPerThread, exit_with_parent, in_workers, runs_in_processes
+from .threads import ReaderPerThread, exit_with_parent, forks_workers, in_workers
 
 
 @dataclass(frozen=True)
@@ -484,7 +484,7 @@ def embed_files(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, 
     `threads` files at once run in forked processes that move them there (`threads.in_workers`)."""
     if workers <= 1 or len(jobs) <= 1:
         device = device or str(loaded.device)
-        forked = runs_in_processes(threads, device == "cpu") and loaded.on_cpu
+        forked = forks_workers(threads, [loaded], device)
         with ReaderPerThread(settings.max_pixels).prestart(0 if forked else threads) as readers:
             def mark(job: tuple[Path, Path]) -> FileOutcome:
                 return _run_one(job[0], job[1], settings, loaded, codec, readers.read)

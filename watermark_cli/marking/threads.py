@@ -211,14 +211,19 @@ def in_workers(work: Callable[[Item], Result], items: Iterable[Item], at_once: i
     could not use it. A worker that cannot put the networks on the GPU answers every item with
     one `BadInputError` saying why. `lost`, `stop_requested`, `alone` and `retry` as
     `in_processes` takes them."""
-    on_cpu = device == "cpu"
-    if (runs_in_processes(at_once, on_cpu) and all(model.on_cpu for model in models)
-            and (on_cpu or gpu_workers_may_fork())):
-        on_start = None if on_cpu else partial(_networks_to, models, device)
+    if forks_workers(at_once, models, device):
+        on_start = None if device == "cpu" else partial(_networks_to, models, device)
         yield from in_processes(work, items, at_once, lost, stop_requested, alone, retry, on_start)
         return
     _networks_to(models, device)
     yield from in_threads(work, items, at_once, stop_requested, alone)
+
+
+def forks_workers(at_once: int, models: list, device: str) -> bool:
+    """Whether `in_workers` runs its items in forked processes (see there)."""
+    on_cpu = device == "cpu"
+    return (runs_in_processes(at_once, on_cpu) and all(model.on_cpu for model in models)
+            and (on_cpu or gpu_workers_may_fork()))
 
 
 def _networks_to(models: list, device: str) -> None:
