@@ -137,11 +137,11 @@ def test_a_mark_made_on_the_gpu_keeps_the_floor_and_reads_on_the_cpu(tmp_path):
 
 @pytest.mark.skipif(NO_GPU, reason="no GPU on this machine")
 def test_several_files_on_the_gpu_run_in_forked_workers_and_answer_as_the_cpu_does(tmp_path):
-    # Real processes (`run_wm`): this test process may have started CUDA (the test above), after
-    # which the run would rightly keep its files on threads.
     """A folder on `--device cuda`: the files at once run in worker processes forked from the
     run, each with the networks moved to the GPU (`threads.in_workers`); the floor holds on the
     stored values and the reading of every file is the CPU's."""
+    # Real processes (`run_wm`): this test process may have started CUDA (the test above), after
+    # which the run would rightly keep its files on threads.
     folder = tmp_path / "in"
     folder.mkdir()
     for name in ("693_UNCR.dcm", "CT_small.dcm", "MR_small.dcm"):

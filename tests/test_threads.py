@@ -133,10 +133,13 @@ class _Networks:
         return self
 
 
-def test_with_the_networks_on_a_gpu_each_forked_worker_moves_them_there_and_this_process_does_not():
+def test_with_the_networks_on_a_gpu_each_forked_worker_moves_them_there_and_this_process_does_not(monkeypatch):
     """What `wm embed`/`extract --device cuda` do with several files (no GPU is needed to see it:
     the move is the stand-in's): the run's own copy stays on the CPU, every worker's is moved
     before its first file, and a run of one file at a time moves this process's."""
+    from watermark_cli.marking import threads
+
+    monkeypatch.setattr(threads, "gpu_workers_may_fork", lambda: True)  # CUDA not started here
     networks = _Networks()
     parent = os.getpid()
     seen = list(in_workers(lambda item: (item, os.getpid(), networks.device), range(6), 2, [networks], "cuda:0",
@@ -151,6 +154,12 @@ def test_with_the_networks_on_a_gpu_each_forked_worker_moves_them_there_and_this
     # Networks already on a GPU here are never forked with (CUDA would not work in the worker): threads.
     on_threads = list(in_workers(lambda item: os.getpid(), range(4), 2, [networks], "cuda:0", lost=lambda item: None))
     assert on_threads == [parent] * 4
+    # Nor where CUDA started here otherwise (`device.gpu_workers_may_fork`): threads, the networks moved here.
+    monkeypatch.setattr(threads, "gpu_workers_may_fork", lambda: False)
+    networks = _Networks()
+    on_threads = list(in_workers(lambda item: (os.getpid(), networks.device), range(4), 2, [networks], "cuda:0",
+                                 lost=lambda item: None))
+    assert on_threads == [(parent, "cuda:0")] * 4
 
 
 class _NoRoomOnTheGpu(_Networks):
@@ -158,7 +167,10 @@ class _NoRoomOnTheGpu(_Networks):
         raise RuntimeError("CUDA out of memory.\nTried to allocate 2.00 MiB")
 
 
-def test_a_worker_that_cannot_move_the_networks_to_the_gpu_stops_the_run_with_one_line():
+def test_a_worker_that_cannot_move_the_networks_to_the_gpu_stops_the_run_with_one_line(monkeypatch):
+    from watermark_cli.marking import threads
+
+    monkeypatch.setattr(threads, "gpu_workers_may_fork", lambda: True)
     with pytest.raises(BadInputError) as refused:
         list(in_workers(lambda item: item, range(6), 2, [_NoRoomOnTheGpu()], "cuda:0", lost=lambda item: "lost"))
     assert str(refused.value) == "a worker process could not start: CUDA out of memory. Tried to allocate 2.00 MiB"
