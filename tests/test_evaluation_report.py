@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import shutil
 from functools import partial
@@ -71,26 +72,45 @@ def test_report_folder_is_complete_and_self_contained(evaluated):
     assert "jpeg:60" in page and "False positives" in page
 
 
-def test_images_evaluated_two_at_a_time_give_the_figures_of_one_at_a_time():
-    """`wm evaluate` runs an image per core (forked processes here): the same report, rows,
-    PSNRs and examples, in the same order, and an image that cannot be read is skipped in place."""
+def test_images_evaluated_two_at_a_time_give_the_figures_of_one_at_a_time(tmp_path, monkeypatch):
+    """`wm evaluate` runs an image per core, in forked processes where each has a core: the same
+    report, rows, PSNRs, examples and marked images for the classifier check's hook, in the same
+    order, and an image that cannot be read is skipped in place."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # two images at once, a forked process each
+    read_in = tmp_path / "read_in"
+
+    def loader(name: str):
+        def load():
+            with open(read_in, "a") as record:
+                record.write(f"{os.getpid()}\n")
+            return read_image(clinical_file(name))
+        return load
+
     def unreadable():
         raise BadInputError("not an image")
 
-    sources = [(name, partial(read_image, clinical_file(name))) for name in ("CT_small.dcm", "MR_small.dcm")]
+    sources = [(name, loader(name)) for name in ("CT_small.dcm", "MR_small.dcm")]
     sources.insert(1, ("broken.dcm", unreadable))
     options = EvaluationOptions(floor=QualityFloor(40.0), attacks=parse_attack_list("identity,jpeg:90"), messages=1)
     model = load_model(None)
-    report, rows, frame_psnrs, examples = evaluate_images(sources, model, options, with_examples=True)
-    seen = []
-    again, rows_again, psnrs_again, examples_again = evaluate_images(
-        sources, model, options, on_image=seen.append, with_examples=True, at_once=2)
-    assert seen == [path for path, _ in sources] and report["n_images"] == 2
+    runs = {}
+    for at_once in (1, 2):
+        marked, seen = [], []
+        figures = evaluate_images(sources, model, options, on_image=seen.append, with_examples=True, at_once=at_once,
+                                  on_marked=lambda path, image, pixels, views: marked.append((path, pixels)))
+        assert seen == [path for path, _ in sources]
+        runs[at_once] = (*figures, marked)
+    pids = read_in.read_text().split()
+    assert len(pids) == 4 and pids[:2] == [str(os.getpid())] * 2 and str(os.getpid()) not in pids[2:]
+    (report, rows, psnrs, examples, marked), (again, rows_again, psnrs_again, examples_again, marked_again) = (
+        runs[1], runs[2])
+    assert report["n_images"] == 2
     assert again["skipped"] == report["skipped"] == [{"path": "broken.dcm", "reason": "not an image"}]
     # The same stored values and decisions; floats the networks feed (the guard's scale, a
     # reading's confidence) to rounding: a worker runs torch on one thread, this process on two.
-    assert _same_to_rounding(again, report) and _same_to_rounding(rows_again, rows)
-    assert psnrs_again == frame_psnrs
+    assert _same_to_rounding(again, report) and _same_to_rounding(rows_again, rows) and psnrs_again == psnrs
+    assert [path for path, _ in marked_again] == [path for path, _ in marked] == ["CT_small.dcm", "MR_small.dcm"]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(marked_again, marked))
     assert [(e[0], e[1]) for e in examples_again] == [(e[0], e[1]) for e in examples]
     assert all(np.array_equal(a[2], b[2]) and np.array_equal(a[3], b[3]) for a, b in zip(examples_again, examples))
 

@@ -176,6 +176,28 @@ def test_a_worker_that_cannot_move_the_networks_to_the_gpu_stops_the_run_with_on
     assert str(refused.value) == "a worker process could not start: CUDA out of memory. Tried to allocate 2.00 MiB"
 
 
+def test_work_that_needs_gradients_is_not_forked_where_a_forked_process_could_not_compute_them(monkeypatch):
+    """A process that has itself used autograd in certain ways (a test suite, a long-lived caller)
+    can leave its forked children unable to compute a gradient; a small frame's fitted mark needs
+    one, so such work then runs on threads (`threads.autograd_survives_fork`, tried in a child)."""
+    import subprocess
+    import sys
+
+    from watermark_cli.marking import threads
+
+    fresh = subprocess.run([sys.executable, "-c", "import sys; from watermark_cli.marking.threads import "
+                            "autograd_survives_fork as ok; sys.exit(0 if ok() else 1)"], timeout=120)
+    assert fresh.returncode == 0  # a fresh process (a wm run) keeps it: its children compute gradients
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # two at once: a forked process each
+    parent = os.getpid()
+    where = lambda item: os.getpid()  # noqa: E731
+    monkeypatch.setattr(threads, "autograd_survives_fork", lambda: True)
+    assert parent not in list(in_workers(where, range(4), 2, [], "cpu", lost=lambda item: None, uses_autograd=True))
+    monkeypatch.setattr(threads, "autograd_survives_fork", lambda: False)
+    assert list(in_workers(where, range(4), 2, [], "cpu", lost=lambda item: None, uses_autograd=True)) == [parent] * 4
+    assert parent not in list(in_workers(where, range(4), 2, [], "cpu", lost=lambda item: None))  # reads need none
+
+
 @pytest.fixture(scope="module")
 def shipped():
     loaded = load_model(None)

@@ -364,7 +364,7 @@ def extract(
     from ..keys import key_kind
     from ..marking.files import read_mark
     from ..marking.image import codec_for, legacy_codec_for, older_readers
-    from ..marking.threads import ReaderPerThread, default_threads, in_workers, runs_in_processes
+    from ..marking.threads import ReaderPerThread, default_threads, forks_workers, in_workers
     from ..model.device import model_device
 
     check_engine(engine, scheduler)
@@ -397,7 +397,7 @@ def extract(
         # Files at once are read in forked worker processes where there is a core for each, or
         # with the networks on a GPU (`runs_in_processes`), each of which starts a decoder of its
         # own; otherwise on threads of this process, whose decoders start while the model loads.
-        forked = runs_in_processes(at_once, networks_on == "cpu")
+        forked = forks_workers(at_once, [], networks_on)  # as `in_workers` will decide, the model aside
         with ReaderPerThread(max_pixels).prestart(0 if forked else at_once) as readers:
             loaded = open_model(model, "cpu")  # the networks go to `networks_on` in `in_workers`
             codec = codec_for(loaded, secret)

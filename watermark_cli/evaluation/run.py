@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -124,9 +124,12 @@ class _ImageFigures:
     embeddings: list[tuple[str, dict]] = field(default_factory=list)
     guard_acted: int = 0
     skipped: str | None = None  # why it was not evaluated
-    # For the run's `on_marked` hook: (the image, its pixels marked with the first message, the budgeted views).
+    # For the run's `on_marked` hook: (the image, without its parsed header, its pixels marked with
+    # the first message, the budgeted views): what comes back from a worker, the header no more.
     marked: tuple[MedicalImage, np.ndarray, list] | None = None
-    example: tuple[str, Example] | None = None  # (its view's kind, the report's example)
+    # For the report's examples: the middle frame's budgeted view, original and marked frame (as
+    # stored; shown in the view only for the few examples kept).
+    example: tuple[object, np.ndarray, np.ndarray] | None = None
 
 
 def _evaluate_image(source: ImageSource, model: LoadedModel, codec, options: EvaluationOptions,
@@ -150,12 +153,10 @@ def _evaluate_image(source: ImageSource, model: LoadedModel, codec, options: Eva
                         for meter, frame in zip(outcome.meters, outcome.frames)]
             if index == 0:
                 if keep_marked:
-                    figures.marked = (image, outcome.pixels, budgeted)
+                    figures.marked = (replace(image, source=None), outcome.pixels, budgeted)
                 if with_example:
                     middle = image.n_frames // 2
-                    view = budgeted[middle]
-                    figures.example = (view.kind, (path, view.name, view.display(image.pixels[middle]),
-                                                   view.display(outcome.pixels[middle])))
+                    figures.example = (budgeted[middle], image.pixels[middle], outcome.pixels[middle])
             contexts = [FrameContext(image.stored_min, image.stored_max, view, seed=options.seed + index)
                         for view in budgeted]
             for attack in options.attacks:
@@ -219,7 +220,8 @@ def evaluate_images(
     false_positives = 0
     clean_tries = 0
 
-    # Workers get an index: the sources reach them by the fork (a loader need not pickle).
+    # Workers get an index, not the source: forked, they have the sources already (a loader need
+    # not pickle).
     def evaluated(index: int) -> _ImageFigures:
         return _evaluate_image(sources[index], model, codec, options, messages, encoded, on_marked is not None,
                                with_examples)
@@ -228,19 +230,24 @@ def evaluate_images(
         return _ImageFigures(sources[index][0], skipped="the worker process evaluating it died (twice)")
 
     for figures in in_workers(evaluated, range(len(sources)), at_once, [model], device or str(model.device),
-                              lost=lost):
+                              lost=lost, uses_autograd=True):  # embedding: small frames' fitted marks
         path = figures.path
         clean_tries += figures.loaded
         false_positives += int(figures.false_positive)
+        if figures.marked is not None and on_marked is not None:
+            try:
+                on_marked(path, *figures.marked)
+            except WmError as error:  # the hook cannot take this image (the classifier check): skipped whole
+                figures = replace(figures, skipped=str(error), rows=[], frame_psnrs=[], embeddings=[],
+                                  guard_acted=0, example=None)
         guard_acted += figures.guard_acted
         frame_psnrs.extend(figures.frame_psnrs)
         embeddings.extend(figures.embeddings)
         rows.extend(figures.rows)
-        if figures.marked is not None and on_marked is not None:
-            on_marked(path, *figures.marked)
         if figures.example is not None:
-            kind, example = figures.example
-            _add_example(examples, example_kinds, options.examples, kind, lambda: example)
+            view, original, marked = figures.example
+            _add_example(examples, example_kinds, options.examples, view.kind,
+                         lambda: (path, view.name, view.display(original), view.display(marked)))
         if figures.skipped is not None:
             skipped.append({"path": path, "reason": figures.skipped})
         if on_image:

@@ -484,7 +484,7 @@ def embed_files(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, 
     `threads` files at once run in forked processes that move them there (`threads.in_workers`)."""
     if workers <= 1 or len(jobs) <= 1:
         device = device or str(loaded.device)
-        forked = forks_workers(threads, [loaded], device)
+        forked = forks_workers(threads, [loaded], device, uses_autograd=True)  # small frames' fitted marks
         with ReaderPerThread(settings.max_pixels).prestart(0 if forked else threads) as readers:
             def mark(job: tuple[Path, Path]) -> FileOutcome:
                 return _run_one(job[0], job[1], settings, loaded, codec, readers.read)
@@ -492,7 +492,8 @@ def embed_files(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, 
             try:
                 yield from in_workers(mark, jobs, threads, [loaded], device, lost=_lost_twice,
                                       stop_requested=stop_requested, alone=_marked_alone,
-                                      retry=lambda job: _after_lost_worker(job, settings, loaded, codec) or mark(job))
+                                      retry=lambda job: _after_lost_worker(job, settings, loaded, codec) or mark(job),
+                                      uses_autograd=True)
             finally:
                 if forked:
                     remove_temporaries_of(job[1] for job in jobs)  # what a worker killed while writing left

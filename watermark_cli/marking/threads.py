@@ -201,29 +201,62 @@ def runs_in_processes(at_once: int, on_cpu: bool) -> bool:
 def in_workers(work: Callable[[Item], Result], items: Iterable[Item], at_once: int, models: list, device: str,
                lost: Callable[[Item], Result], stop_requested: Callable[[], bool] = lambda: False,
                alone: Callable[[Item], bool] = lambda item: False,
-               retry: Callable[[Item], Result] | None = None) -> Iterator[Result]:
+               retry: Callable[[Item], Result] | None = None, uses_autograd: bool = False) -> Iterator[Result]:
     """`work(item)` for every item, `at_once` at a time, results in the items' order, with the
     networks of `models` (`store.LoadedModel`s, loaded on the CPU) on `device` ('cpu',
     'cuda:0'): in forked processes where `runs_in_processes` (each moving the networks to a GPU
     as it starts), else on threads of this process, the networks moved to `device` here first.
     Never forked for a GPU once this process has started CUDA itself (a classifier on the GPU,
     a GPU count only CUDA could give: `device.gpu_workers_may_fork`): a worker forked after that
-    could not use it. A worker that cannot put the networks on the GPU answers every item with
-    one `BadInputError` saying why. `lost`, `stop_requested`, `alone` and `retry` as
+    could not use it (then at most MOST_THREADS threads). A worker that cannot put the networks
+    on the GPU answers every item with one `BadInputError` saying why. Work that `uses_autograd`
+    (a small frame's mark fitted to its host, `host_fit`) is forked only where a forked process
+    can still run it (`autograd_survives_fork`). `lost`, `stop_requested`, `alone` and `retry` as
     `in_processes` takes them."""
-    if forks_workers(at_once, models, device):
+    if forks_workers(at_once, models, device, uses_autograd):
         on_start = None if device == "cpu" else partial(_networks_to, models, device)
         yield from in_processes(work, items, at_once, lost, stop_requested, alone, retry, on_start)
         return
     _networks_to(models, device)
-    yield from in_threads(work, items, at_once, stop_requested, alone)
+    # A GPU's files at once are one per core (up to 16) for processes; threads of one process gain
+    # little past MOST_THREADS (the interpreter lock), and each holds its images.
+    threads = at_once if device == "cpu" else min(at_once, MOST_THREADS)
+    yield from in_threads(work, items, threads, stop_requested, alone)
 
 
-def forks_workers(at_once: int, models: list, device: str) -> bool:
+def forks_workers(at_once: int, models: list, device: str, uses_autograd: bool = False) -> bool:
     """Whether `in_workers` runs its items in forked processes (see there)."""
     on_cpu = device == "cpu"
     return (runs_in_processes(at_once, on_cpu) and all(model.on_cpu for model in models)
-            and (on_cpu or gpu_workers_may_fork()))
+            and (on_cpu or gpu_workers_may_fork()) and (not uses_autograd or autograd_survives_fork()))
+
+
+_autograd_lost_to_forks = False
+
+
+def autograd_survives_fork() -> bool:
+    """Whether a process forked from this one can compute a gradient. Once this process has
+    computed one (training, a fitted mark: something run in this same process before, as a test
+    suite or a long-lived caller does), torch's autograd refuses to run in any process forked
+    from it ("Unable to handle autograd's threading in combination with fork-based
+    multiprocessing"), and torch does not say whether that has happened: a child forked for
+    the purpose tries one (a few ms). Once lost, it stays lost."""
+    global _autograd_lost_to_forks
+    if _autograd_lost_to_forks:
+        return False
+    child = os.fork()
+    if child == 0:  # exits at once, printing nothing, whatever happens
+        try:
+            import torch
+
+            value = torch.ones(1, requires_grad=True)
+            torch.autograd.grad(value.sum(), value)
+        except BaseException:  # noqa: BLE001 - the exit code is the answer
+            os._exit(1)
+        os._exit(0)
+    _, status = os.waitpid(child, 0)
+    _autograd_lost_to_forks = os.waitstatus_to_exitcode(status) != 0
+    return not _autograd_lost_to_forks
 
 
 def _networks_to(models: list, device: str) -> None:
