@@ -38,6 +38,7 @@ from functools import partial
 from typing import TypeVar
 
 from ..errors import BadInputError
+from ..forked_child import exit_code_in_forked_child
 from ..io.isolation import IsolatedReader
 from ..io.medical_image import DEFAULT_MAX_PIXELS, one_line
 from ..model.device import gpu_workers_may_fork
@@ -235,28 +236,33 @@ _autograd_lost_to_forks = False
 
 
 def autograd_survives_fork() -> bool:
-    """Whether a process forked from this one can compute a gradient. Once this process has
-    computed one (training, a fitted mark: something run in this same process before, as a test
-    suite or a long-lived caller does), torch's autograd refuses to run in any process forked
-    from it ("Unable to handle autograd's threading in combination with fork-based
-    multiprocessing"), and torch does not say whether that has happened: a child forked for
-    the purpose tries one (a few ms). Once lost, it stays lost."""
+    """Whether a process forked from this one can compute a gradient. A process that has used
+    autograd in some ways (seen in a test suite's process; a plain CPU gradient, torch.export,
+    ONNX export and tracing do not do it) leaves every process forked from it refusing to ("Unable
+    to handle autograd's threading in combination with fork-based multiprocessing"), and torch
+    does not say whether that has happened: a child forked for the purpose tries one (a few ms).
+    Once lost, it stays lost."""
     global _autograd_lost_to_forks
     if _autograd_lost_to_forks:
         return False
-    child = os.fork()
-    if child == 0:  # exits at once, printing nothing, whatever happens
-        try:
-            import torch
+    try:
+        survives = exit_code_in_forked_child(_compute_a_gradient) == 0
+    except TimeoutError:
+        survives = False
+    _autograd_lost_to_forks = not survives
+    return survives
 
-            value = torch.ones(1, requires_grad=True)
-            torch.autograd.grad(value.sum(), value)
-        except BaseException:  # noqa: BLE001 - the exit code is the answer
-            os._exit(1)
-        os._exit(0)
-    _, status = os.waitpid(child, 0)
-    _autograd_lost_to_forks = os.waitstatus_to_exitcode(status) != 0
-    return not _autograd_lost_to_forks
+
+def _compute_a_gradient() -> None:
+    """In a forked child: exit 0 once a gradient was computed, 1 if it could not be."""
+    try:
+        import torch
+
+        value = torch.ones(1, requires_grad=True)
+        torch.autograd.grad(value.sum(), value)
+    except BaseException:  # noqa: BLE001 - the exit code is the answer
+        os._exit(1)
+    os._exit(0)
 
 
 def _networks_to(models: list, device: str) -> None:

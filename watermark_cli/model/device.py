@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import BadInputError
+from ..forked_child import exit_code_in_forked_child
 
 if TYPE_CHECKING:
     import torch
@@ -86,21 +87,15 @@ def _gpu_state(index: int) -> _GpuState:
     if torch.cuda.is_initialized():  # CUDA is running here already (training): it answered
         return _GpuState(index < torch.cuda.device_count(), f"there is no CUDA device {index}", False)
     unusable = f"CUDA device {index} is listed but CUDA does not run on it"
-    import multiprocessing
-
-    probe = multiprocessing.get_context("fork").Process(target=_touch_gpu, args=(index,), daemon=True)
     try:
-        probe.start()
-    except (AssertionError, OSError):  # a daemonic process (a Dask worker) has no children: it forks none either
-        return _GpuState(_cuda_runs(index), unusable, False)
-    probe.join(timeout=_PROBE_SECONDS)
-    if probe.exitcode is None:
-        probe.kill()
-        probe.join(timeout=5)
+        exit_code = exit_code_in_forked_child(_touch_gpu, index, timeout_s=_PROBE_SECONDS)
+    except TimeoutError:
         return _GpuState(False, f"CUDA device {index} did not answer within {_PROBE_SECONDS} s", False)
-    if probe.exitcode == _NOT_AFTER_FORK:  # CUDA's driver started here: try it here, fork nothing
+    # No child (a daemonic process, such as a Dask worker, forks none either), or CUDA's driver
+    # started here already: try it here, fork nothing.
+    if exit_code is None or exit_code == _NOT_AFTER_FORK:
         return _GpuState(_cuda_runs(index), unusable, False)
-    return _GpuState(probe.exitcode == _RAN, unusable, True)
+    return _GpuState(exit_code == _RAN, unusable, True)
 
 
 def _touch_gpu(index: int) -> None:
