@@ -115,6 +115,31 @@ def test_images_evaluated_two_at_a_time_give_the_figures_of_one_at_a_time(tmp_pa
     assert all(np.array_equal(a[2], b[2]) and np.array_equal(a[3], b[3]) for a, b in zip(examples_again, examples))
 
 
+def test_a_huge_file_is_evaluated_with_no_other_beside_it(monkeypatch):
+    """As `wm embed` marks a file over `files.ALONE_PIXELS` alone, `wm evaluate` evaluates it
+    alone (its header says how large it is; an in-memory image has no header and shares)."""
+    import watermark_cli.evaluation.run as run
+    import watermark_cli.marking.files as files
+
+    monkeypatch.setattr(files, "ALONE_PIXELS", 300 * 300)  # between the 128² CT and the 512² one
+    asked = {}
+    real_in_workers = run.in_workers
+
+    def spying(work, items, at_once, models, device, lost, alone, **kwargs):
+        items = list(items)
+        asked.update({index: alone(index) for index in items})
+        return real_in_workers(work, items, at_once, models, device, lost, alone=alone, **kwargs)
+
+    monkeypatch.setattr(run, "in_workers", spying)
+    sources = [(str(clinical_file(name)), partial(read_image, clinical_file(name)))
+               for name in ("CT_small.dcm", "MR_small.dcm", "693_UNCR.dcm")]
+    sources.append(("in memory", partial(read_image, clinical_file("CT_small.dcm"))))
+    options = EvaluationOptions(floor=QualityFloor(40.0), attacks=parse_attack_list("identity"), messages=1)
+    report = evaluate_images(sources, load_model(None), options)[0]
+    assert report["n_images"] == 4
+    assert asked == {0: False, 1: False, 2: True, 3: False}
+
+
 def _same_to_rounding(a, b) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_same_to_rounding(a[k], b[k]) for k in a)

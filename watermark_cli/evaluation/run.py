@@ -33,6 +33,7 @@ from ..keys import key_kind
 from ..marking.fragile import fragile_bit_agreement
 from ..marking.image import (codec_for, embed_pixels, export_thresholds, image_false_positive_bound, read_fragile_mark,
                              read_frames, sign_thresholds)
+from ..marking.files import runs_alone
 from ..marking.threads import in_workers
 from ..model.store import LoadedModel
 from ..quality import QualityFloor, image_quality
@@ -229,8 +230,11 @@ def evaluate_images(
     def lost(index: int) -> _ImageFigures:
         return _ImageFigures(sources[index][0], skipped="the worker process evaluating it died (twice)")
 
+    def alone(index: int) -> bool:  # a huge file is evaluated with no other beside it, as `wm embed` marks it
+        return runs_alone(Path(sources[index][0]))
+
     for figures in in_workers(evaluated, range(len(sources)), at_once, [model], device or str(model.device),
-                              lost=lost, uses_autograd=True):  # embedding: small frames' fitted marks
+                              lost=lost, alone=alone, uses_autograd=True):  # embedding: small frames' fitted marks
         path = figures.path
         clean_tries += figures.loaded
         false_positives += int(figures.false_positive)

@@ -493,7 +493,7 @@ def embed_files(jobs: list[tuple[Path, Path]], settings: EmbedSettings, loaded, 
                 yield from in_workers(mark, jobs, threads, [loaded], device, lost=_lost_twice,
                                       stop_requested=stop_requested, alone=_marked_alone,
                                       retry=lambda job: _after_lost_worker(job, settings, loaded, codec) or mark(job),
-                                      uses_autograd=True)
+                                      uses_autograd=True, forked=forked)
             finally:
                 if forked:
                     remove_temporaries_of(job[1] for job in jobs)  # what a worker killed while writing left
@@ -630,9 +630,15 @@ def declared_pixels(source: Path) -> tuple[int, int, bool] | None:
 ALONE_PIXELS = 4096 * 4096
 
 
-def _marked_alone(job: tuple[Path, Path]) -> bool:
-    declared = declared_pixels(job[0])
+def runs_alone(source: Path) -> bool:
+    """Whether the file at `source` is large enough (`ALONE_PIXELS`, by its header) to be worked
+    on with no other file beside it: `wm embed` marks it alone, `wm evaluate` evaluates it alone."""
+    declared = declared_pixels(source)
     return declared is not None and declared[0] > ALONE_PIXELS
+
+
+def _marked_alone(job: tuple[Path, Path]) -> bool:
+    return runs_alone(job[0])
 
 
 def check_free_space(sources: list[Path], output_folder: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:

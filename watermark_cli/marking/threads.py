@@ -202,7 +202,8 @@ def runs_in_processes(at_once: int, on_cpu: bool) -> bool:
 def in_workers(work: Callable[[Item], Result], items: Iterable[Item], at_once: int, models: list, device: str,
                lost: Callable[[Item], Result], stop_requested: Callable[[], bool] = lambda: False,
                alone: Callable[[Item], bool] = lambda item: False,
-               retry: Callable[[Item], Result] | None = None, uses_autograd: bool = False) -> Iterator[Result]:
+               retry: Callable[[Item], Result] | None = None, uses_autograd: bool = False,
+               forked: bool | None = None) -> Iterator[Result]:
     """`work(item)` for every item, `at_once` at a time, results in the items' order, with the
     networks of `models` (`store.LoadedModel`s, loaded on the CPU) on `device` ('cpu',
     'cuda:0'): in forked processes where `runs_in_processes` (each moving the networks to a GPU
@@ -212,9 +213,12 @@ def in_workers(work: Callable[[Item], Result], items: Iterable[Item], at_once: i
     could not use it (then at most MOST_THREADS threads). A worker that cannot put the networks
     on the GPU answers every item with one `BadInputError` saying why. Work that `uses_autograd`
     (a small frame's mark fitted to its host, `host_fit`) is forked only where a forked process
-    can still run it (`autograd_survives_fork`). `lost`, `stop_requested`, `alone` and `retry` as
-    `in_processes` takes them."""
-    if forks_workers(at_once, models, device, uses_autograd):
+    can still run it (`autograd_survives_fork`). `forked`: `forks_workers`' answer where the
+    caller has it already (its autograd probe forks a child). `lost`, `stop_requested`, `alone`
+    and `retry` as `in_processes` takes them."""
+    if forked is None:
+        forked = forks_workers(at_once, models, device, uses_autograd)
+    if forked:
         on_start = None if device == "cpu" else partial(_networks_to, models, device)
         yield from in_processes(work, items, at_once, lost, stop_requested, alone, retry, on_start)
         return
