@@ -72,6 +72,28 @@ def test_a_mark_copied_onto_another_image_is_not_accepted(marked_ct):
                 assert not reading.decoded.found, (target.path.name, psnr)
 
 
+def test_a_keyed_mark_reads_only_in_the_polarity_it_was_written(marked_ct):
+    """The image inverted (a MONOCHROME1 export) inverts mark and host signs together and reads
+    as stored; the mark negated on its own host (what an overshooting removal, or a pasted
+    pattern owning a flat target's signs, leaves) read inverted until stop 57, which let a
+    copy through: it is no mark now."""
+    model, codec, image, marked = marked_ct
+    thresholds = sign_thresholds(image)
+    original = image.pixels.astype(np.float64)
+    inverted = image.stored_max + image.stored_min - marked.astype(np.float64)
+    reading = read_frames(model, codec, inverted, thresholds=thresholds)
+    assert reading.decoded.message == MESSAGE and not reading.inverted
+    negated = np.clip(np.rint(2 * original - marked), image.stored_min, image.stored_max)
+    assert not read_frames(model, codec, negated, thresholds=thresholds).decoded.found
+    # The unkeyed predecessor still reads its marks in either polarity (its field is none).
+    older = load_model("wm-default-v2")
+    older_codec = codec_for(older, KEY)
+    older_marked = embed_pixels(older, older_codec, image, MESSAGE, QualityFloor(40.0)).pixels.astype(np.float64)
+    reading = read_frames(older, older_codec, image.stored_max + image.stored_min - older_marked, quick=True,
+                          thresholds=thresholds)
+    assert reading.decoded.message == MESSAGE and reading.inverted
+
+
 def test_the_key_holder_reads_a_crop(marked_ct):
     model, codec, image, marked = marked_ct
     crop = marked[:, 37:37 + 430, 51:51 + 430]  # 70 % of the area, off the grid

@@ -43,7 +43,8 @@ wrong key, noise), one decode examines at most `LIST_SIZE` candidates per class,
 only if its 40-bit tag matches: for a candidate not made with the key, the recomputed tag is a
 PRF output independent of the received one, so each passes with probability 2^-40. The union
 bound gives at most ``classes × LIST_SIZE × 2^-40`` per decode (4 × 8 × 2^-40 = 2.9e-11 for 256
-bits), and per image `marking.image.DECODES_PER_IMAGE` (24) decodes and two of a small instance's
+bits), and per image `marking.image.DECODES_PER_IMAGE` (24; a keyed model's read makes at most 12,
+the stored polarity only) decodes and two of a small instance's
 fragile mark (`marking.fragile`: its coded bits, and its uncoded frame's one tag test a length
 class): 7.6e-10, under the 1e-8 of design §5. (With the public default
 key anyone can forge a valid payload on purpose.)
@@ -499,10 +500,11 @@ class LegacyPayloadCodec:
         wrong[erasures] = False
         return message if 2 * int(wrong.sum()) + len(erasures) <= self.parity_bytes else None
 
-    def decode_either_polarity(self, bit_probabilities: np.ndarray) -> tuple[DecodedPayload, DecodedPayload]:
+    def decode_either_polarity(self, bit_probabilities: np.ndarray,
+                               inverted_too: bool = True) -> tuple[DecodedPayload, DecodedPayload]:
         """`PayloadCodec.decode_either_polarity` for format 1: the two decodes, one after the other."""
         as_stored = self.decode(bit_probabilities)
-        if as_stored.found:
+        if as_stored.found or not inverted_too:
             return as_stored, DecodedPayload.not_found()
         return as_stored, self.decode(1.0 - np.asarray(bit_probabilities, dtype=np.float64))
 

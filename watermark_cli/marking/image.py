@@ -362,16 +362,25 @@ class Reading:
     inverted: bool = False
 
 
-def _decode_logits(codec: PayloadCodec, logits: np.ndarray, grid_offset, rescaled_by) -> Reading:
-    """The payload from one set of logits, in either polarity.
+def _decode_logits(codec: PayloadCodec, logits: np.ndarray, grid_offset, rescaled_by,
+                   inverted_too: bool = True) -> Reading:
+    """The payload from one set of logits, in either polarity (`inverted_too`), else as stored.
 
     A viewer's export of a MONOCHROME1 image (radiographs) is written in display polarity, its
-    values inverted. The decoder standardises its input and is odd in it (measured: the logits
-    of −x are those of x negated, correlation −0.999), so an inverted image gives the
+    values inverted. The unkeyed decoder standardises its input and is odd in it (measured: the
+    logits of −x are those of x negated, correlation −0.999), so an inverted image gives the
     complement bits: trying −logits reads it with no second pass of the network, at the cost
-    of one more payload decode (counted in the false-positive bound)."""
+    of one more payload decode (counted in the false-positive bound).
+
+    A keyed read asks for the stored polarity only. Its field is bound to the host's signs,
+    which invert with the image, so an inverted export reads as stored (`test_dcmtk_exports`).
+    What reads inverted is a mark whose host signs did not invert with it: a removal that
+    overshoots (marked − γ·(marked − denoised), γ about 2), and a copy whose pasted pattern
+    owns the signs of a flat target itself. The second was accepted (stop 57: an exact residual
+    of a 192² CT slice, which clipping at the stored black and white had made carry its host's
+    edges inverted, pasted at 40 dB onto a mostly flat NM crop: 2 of about 520 such pastes)."""
     probabilities = _sigmoid(logits)
-    as_stored, inverted = codec.decode_either_polarity(probabilities)
+    as_stored, inverted = codec.decode_either_polarity(probabilities, inverted_too)
     if inverted.found:
         return Reading(1.0 - probabilities, inverted, grid_offset, rescaled_by, inverted=True)
     return Reading(probabilities, as_stored, grid_offset, rescaled_by)
@@ -380,7 +389,8 @@ def _decode_logits(codec: PayloadCodec, logits: np.ndarray, grid_offset, rescale
 # Offsets of the tile grid tried per image: the uncropped one, then the best-scoring others.
 # Each try is one more payload decode, which bounds the false-positive cost of the search.
 OFFSETS_TRIED = 4
-# Geometries tried (as it is, rescaled back, turned back) and polarities (as stored, inverted).
+# Geometries tried (as it is, rescaled back, turned back) and polarities (as stored, inverted:
+# an unkeyed model's; a keyed read tries the stored one only, so its bound below has room).
 GEOMETRIES_TRIED = 3
 POLARITIES_TRIED = 2
 #: Payload decodes an unmarked image can cost at most: each one is a chance of a false positive.
@@ -466,8 +476,10 @@ def _read_uncropped(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray,
     """The common case, an image that was not cropped: one plain decoder pass, without the
     search over offsets. `origin`: where `frames` sit in the image (its centre region), which a
     keyed model's field must be drawn at; an unkeyed model reads its grid at (0, 0)."""
-    offset = origin if model.model.config.keyed else (0, 0)
-    return _decode_logits(codec, _logits_at(model, codec, frames, thresholds, offset, responses), offset, rescaled_by)
+    keyed = model.model.config.keyed
+    offset = origin if keyed else (0, 0)
+    return _decode_logits(codec, _logits_at(model, codec, frames, thresholds, offset, responses), offset, rescaled_by,
+                          inverted_too=not keyed)
 
 
 def _read_at_offsets(model: LoadedModel, codec: PayloadCodec, frames: np.ndarray, thresholds: np.ndarray,
@@ -527,7 +539,7 @@ def _read_keyed_at_offsets(model: LoadedModel, codec: PayloadCodec, frames: np.n
             reading = at_origin
         else:
             reading = _decode_logits(codec, _logits_at(model, codec, frames, thresholds, offset, responses), offset,
-                                     rescaled_by)
+                                     rescaled_by, inverted_too=False)
         if reading.decoded.found:
             return reading
         readings.append(reading)
