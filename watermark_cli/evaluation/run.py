@@ -30,10 +30,10 @@ from ..io.discovery import collect_image_files
 from ..io.image import read_image
 from ..io.medical_image import MedicalImage
 from ..keys import key_kind
+from ..marking.files import runs_alone
 from ..marking.fragile import fragile_bit_agreement
 from ..marking.image import (codec_for, embed_pixels, export_thresholds, image_false_positive_bound, read_fragile_mark,
                              read_frames, sign_thresholds)
-from ..marking.files import runs_alone
 from ..marking.threads import in_workers
 from ..model.store import LoadedModel
 from ..quality import QualityFloor, image_quality
