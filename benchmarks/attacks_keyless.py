@@ -31,7 +31,7 @@ reader uses, `quality.frame_meters`). Rates carry one-sided 95 % Clopper–Pears
    the views as `wm embed` shapes it (`allocation.spread_over_views`, public code), subtracted
    with the gain at which the public read of the result stops leaning towards the bits read
    (searched 0–3× the least-squares gain: overshooting brings the mark back inverted, which
-   the reader also accepts).
+   an unkeyed reader accepts; a keyed one, since stop 57, reads the stored polarity only).
 3. Period folding: marked − Gaussian σ 1.5 (or − median3), averaged over the 64² tiles
    anchored at the top-left, re-tiled, scaled by least squares onto the estimate, subtracted
    with gains 1, 1.5, 2.
@@ -41,12 +41,14 @@ reader uses, `quality.frame_meters`). Rates carry one-sided 95 % Clopper–Pears
    "marked − γ·(marked − denoised)", γ 1.1 to 1.5 in steps of 0.1 and 2 (an attacker tunes γ
    on marks of their own, made with keys of their own; somewhere between 1 and 2 the part of
    the mark the denoiser kept is cancelled by the inverted rest, and beyond it the subtraction
-   overshoots into the inverted mark, which the reader accepts: a fine grid finds the
-   cancellation, a coarse one can step over it).
+   overshoots into the inverted mark, which a keyed reader no longer accepts (stop 57): a fine
+   grid finds the cancellation, a coarse one could step over it while the inverted mark read).
 5. Blind copy: ê = marked − median3(marked) of a victim, cut or zero-padded (top-left) to a
    different, never-marked image of another source, scaled so that the paste alone sits at
    40, 44, 48 and 52 dB in the target's binding view; accepted when the victim's key reads the
-   victim's message there. Trials: pairs × strengths.
+   victim's message there. Trials: pairs × strengths. Also (not in --quick) ê = marked −
+   Gaussian σ 1 (marked), a wider band that carries more of the victim's own content along,
+   which can own the band-pass signs of a flat target itself (stop 57: accepted on small frames).
 6. Exact-residual copy: the same with (marked − original) (marks sit at 40.0–40.2 dB in their
    own view, so 40 dB is their own strength).
 7. Cross-modality: the pairs of 5, 6 and 8 whose victim and target modalities differ (DICOM
@@ -62,7 +64,7 @@ more than 1 of 8 images while leaving the image less than 4 dB further from the 
 the marked copy was (both in the binding view); otherwise it "holds".
 
 Time of the full run (default --trials 26: 10 removal images × 58 removals, 26 copy pairs × 4
-strengths × 3 copies = 312 reads, 13 link pairs) on the 2-core development machine: with 22
+strengths × 4 copies = 416 reads, 13 link pairs) on the 2-core development machine: with 22
 removals, shared with other jobs (load 3–4.5), 4.4 min with the unkeyed wm-default-v2, 5.7 to
 9.4 min with keyed models; the title line gives each stage's seconds. Copies take most of it: every paste that does not
 read costs the key holder's full search (offsets, rescale, rotation), 0.4–2.2 s per image with
@@ -339,8 +341,8 @@ def removal_candidates(model, mark_: Mark, tv_available: bool, wavelet_available
     for factor in (1.0, 2.0):
         yield f"model-assisted ×{factor:g}", marked - factor * gain * rebuilt
     # ... shaped over the views as `wm embed` shapes it (public code), with the gain at which
-    # the public read of the result no longer leans towards the bits it read (the decoder
-    # also reads an inverted mark, so overshooting brings the mark back).
+    # the public read of the result no longer leans towards the bits it read (overshooting
+    # brings the mark back inverted, which the unkeyed reader accepted).
     allocated = spread_over_views(rebuilt, marked, frame_meters(host, FLOOR)[0], FLOOR.psnr_min)
     gain = least_squares_gain(high_pass, allocated - median3(allocated))
     yield "model-assisted, shaped, adaptive", adaptive_subtraction(model, mark_, marked, allocated, gain)
@@ -437,20 +439,22 @@ def paste(target: Item, estimate: np.ndarray, psnr_db: float) -> tuple[MedicalIm
     return pasted, target.meter.binding_psnr(pasted.pixels[0])
 
 
-def copy_estimates(mark_: Mark) -> dict[str, np.ndarray]:
+def copy_estimates(mark_: Mark, quick: bool = False) -> dict[str, np.ndarray]:
     marked = mark_.pixels.astype(np.float64)
     context = FrameContext(mark_.item.image.stored_min, mark_.item.image.stored_max, mark_.view)
     export = jpeg(marked, context, 75.0)
-    return {"blind copy (median3)": marked - median3(marked),
+    wider = {} if quick else {"blind copy (gauss σ1)": marked - gaussian(marked, 1.0)}
+    return {"blind copy (median3)": marked - median3(marked), **wider,
             "exact-residual copy": marked - mark_.item.image.pixels[0].astype(np.float64),
             "copy from JPEG q75 export": export - median3(export)}
 
 
-def copies(model, items: list[Item], marks: dict[int, Mark], pairs: list[tuple[int, int]], log) -> list[dict]:
+def copies(model, items: list[Item], marks: dict[int, Mark], pairs: list[tuple[int, int]], log,
+           quick: bool = False) -> list[dict]:
     results: dict[str, list[dict]] = {}
     for victim, target in pairs:
         mark_ = marks[victim]
-        for name, estimate in copy_estimates(mark_).items():
+        for name, estimate in copy_estimates(mark_, quick).items():
             for psnr_db in COPY_DB:
                 pasted, achieved = paste(items[target], estimate, psnr_db)
                 results.setdefault(name, []).append({
@@ -637,7 +641,7 @@ def main() -> int:
     rows += removals(model, removal_marks, tv_available, wavelet_available, log, args.quick)
     stage("removals")
     log("copies")
-    rows += copies(model, items, marks, chosen["copy"], log)
+    rows += copies(model, items, marks, chosen["copy"], log, args.quick)
     stage("copies")
     log("collusion")
     rows += collusion(model, removal_marks)
