@@ -397,7 +397,7 @@ def extract(
         # Files at once are read in forked worker processes where there is a core for each, or
         # with the networks on a GPU (`runs_in_processes`), each of which starts a decoder of its
         # own; otherwise on threads of this process, whose decoders start while the model loads.
-        forked = forks_workers(at_once, [], networks_on)  # as `in_workers` will decide, the model aside
+        forked = forks_workers(at_once, [], networks_on)  # the models load on the CPU: `in_workers` follows this
         with ReaderPerThread(max_pixels).prestart(0 if forked else at_once) as readers:
             loaded = open_model(model, "cpu")  # the networks go to `networks_on` in `in_workers`
             codec = codec_for(loaded, secret)
@@ -408,7 +408,7 @@ def extract(
                 return read_mark(path, readers.read, loaded, codec, legacy, accept_format_1, older)
 
             for reading in in_workers(read, files, at_once, [loaded, *(reader for reader, _ in older)], networks_on,
-                                      lost=_lost_reading):
+                                      lost=_lost_reading, forked=forked):
                 outcomes[_report_mark(reading, kind, json_output, single, hints)] += 1
     missing, bad = outcomes["missing"], outcomes["bad"]
     if bad:
