@@ -3,12 +3,13 @@ real images: the public decoder reads noise, a mark copied to another image is n
 and the key holder still reads crops; the unkeyed predecessor's marks read, flagged."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from scipy.ndimage import median_filter
 
-from conftest import fixed_key, run_wm
+from conftest import fixed_key, run_wm, run_wm_here
 from watermark_cli.data.clinical import clinical_files
 from watermark_cli.io.image import read_image
 from watermark_cli.marking.image import codec_for, embed_pixels, read_frames, sign_thresholds
@@ -92,6 +93,53 @@ def test_a_keyed_mark_reads_only_in_the_polarity_it_was_written(marked_ct):
     reading = read_frames(older, older_codec, image.stored_max + image.stored_min - older_marked, quick=True,
                           thresholds=thresholds)
     assert reading.decoded.message == MESSAGE and reading.inverted
+
+
+def _left_third_marked(image, marked) -> np.ndarray:
+    """The original with the genuine mark in the left third of its columns alone."""
+    from watermark_cli.marking.image import FIT_GRID
+
+    part = image.pixels.copy()
+    third = image.cols // FIT_GRID
+    part[:, :, :third] = marked[:, :, :third]
+    return part
+
+
+def test_a_mark_that_covers_only_part_of_its_image_is_refused_with_its_lead(marked_ct):
+    """What a copy onto a target with flat parts leaves (stop 57's open route): the victim's mark
+    only where the paste owns the signs. Here the genuine mark kept in the left third alone, the
+    rest of the frame as it was: its payload still decodes, but the other blocks are silent, so
+    the reader refuses it as no mark, its message kept as a lead; the whole mark reads."""
+    from watermark_cli.marking.image import extract_payload
+
+    model, codec, image, marked = marked_ct
+    whole = extract_payload(model, codec, replace(image, pixels=marked))
+    assert whole.found and whole.message == MESSAGE and whole.unfitted_message is None
+    reading = read_frames(model, codec, _left_third_marked(image, marked), quick=True,
+                          thresholds=sign_thresholds(image))
+    assert not reading.decoded.found and reading.decoded.unfitted_message == MESSAGE
+
+
+@pytest.mark.slow
+def test_wm_extract_and_verify_answer_a_partial_mark_with_its_lead(marked_ct, tmp_path):
+    """As a file, the partial mark above: `wm extract` says no watermark (exit 1) and names the
+    lead as not authentic; `wm verify` gives it as `mark_lead` (each makes the full search)."""
+    import pydicom
+
+    model, codec, image, marked = marked_ct
+    part = _left_third_marked(image, marked)
+    source = clinical_files("held_out")[0][1]
+    dataset = pydicom.dcmread(source)
+    dataset.PixelData = part[0].astype(dataset.pixel_array.dtype).tobytes()
+    path = tmp_path / "part.dcm"
+    dataset.save_as(path)
+    result = run_wm_here("extract", path, "--key", KEY.decode(), "--json")
+    assert result.code == 1, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["found"] is False and "RCPT-0042" in answer["hint"] and "not authentic" in answer["hint"]
+    verified = json.loads(run_wm_here("verify", path, "--key", KEY.decode(), "--json").stdout)
+    assert not verified["mark_found"] and verified["mark_lead"] == "RCPT-0042"
+    assert verified["status"].startswith("no authentic mark")
 
 
 def test_the_key_holder_reads_a_crop(marked_ct):

@@ -114,6 +114,10 @@ class DecodedPayload:
     format: 2, or 1 for a legacy mark (never authenticated: anyone can forge one).
     fragile: read from the fragile mark of a small frame (`marking.fragile`), which any change
     of the values removes.
+    unfitted_message: with `found` false, a message whose payload decoded and authenticated but
+    whose mark does not cover the image it was read from as a mark written there would
+    (`marking.image`'s fit test): a copy from another image, or an image much of which changed.
+    Not a reading: a lead, never reported as the image's mark.
     """
 
     found: bool
@@ -122,14 +126,15 @@ class DecodedPayload:
     bit_errors: int | None
     format: int = FORMAT
     fragile: bool = False
+    unfitted_message: bytes | None = None
 
     @property
     def authenticated(self) -> bool:
         return self.found and self.format >= 2
 
     @classmethod
-    def not_found(cls) -> "DecodedPayload":
-        return cls(found=False, message=None, confidence=0.0, bit_errors=None)
+    def not_found(cls, unfitted_message: bytes | None = None) -> "DecodedPayload":
+        return cls(found=False, message=None, confidence=0.0, bit_errors=None, unfitted_message=unfitted_message)
 
 
 @dataclass(frozen=True)

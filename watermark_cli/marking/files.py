@@ -36,7 +36,7 @@ from ..keys import key_kind
 from ..model.device import model_device
 from ..model.store import load_model
 from ..quality import QualityFloor, frame_meters, image_quality, meets_floor
-from ..payload import PayloadCodec
+from ..payload import PayloadCodec, bytes_to_text
 from .fragile import fits_fragile_mark, fragile_capacity_bytes
 from .image import codec_for, embed_pixels, extract_payload, read_any_mark
 from .marked_binding import binding_as_written, check_written_binding, new_instance_uid
@@ -162,6 +162,14 @@ def marked_by_hint(image, loaded) -> str | None:
     return None
 
 
+def unfitted_hint(decoded) -> str | None:
+    """What to say of a mark refused because it does not cover the image (`image.silent_share`)."""
+    if decoded.unfitted_message is None:
+        return None
+    return (f"a mark of {bytes_to_text(decoded.unfitted_message)!r} was read but does not cover this image as a mark "
+            "written on it would: copied from another image, or much of this image changed; not authentic")
+
+
 def read_mark(source: Path, read, loaded, codec, legacy, accept_format_1: bool, older=()) -> MarkReading:
     """Read one file's mark with `codec`; where none is found, a mark of an `older` unkeyed
     model (`image.older_readers`), then a format-1 mark with `legacy` (accepted only with
@@ -175,7 +183,7 @@ def read_mark(source: Path, read, loaded, codec, legacy, accept_format_1: bool, 
             old = extract_payload(loaded, legacy, image, full_search=accept_format_1)
             if accept_format_1 and old.found:
                 decoded, old = old, None
-        hint = marked_by_hint(image, loaded) if not decoded.found else None
+        hint = None if decoded.found else unfitted_hint(decoded) or marked_by_hint(image, loaded)
     except WmError as error:
         return MarkReading(source, error=str(error), exit_code=error.exit_code)
     return MarkReading(source, decoded, format_1_seen=old is not None and old.found, hint=hint,

@@ -59,6 +59,9 @@ class Verification:
     # Whether the mark found is a small frame's fragile mark (`marking.fragile`): lossless copies only.
     mark_fragile: bool = False
     trust_given: bool = False  # --trust (or WM_TRUST) named trusted signers
+    # Where no mark is found: the message of a mark read but refused for not covering the image
+    # (`image.silent_share`: a copy from another image, or much of the image changed), a lead only.
+    mark_lead: str | None = None
 
     def counts(self, check) -> bool:
         """Whether a valid signature's signer counts: trusted (--trust), or, when no trusted
@@ -102,7 +105,12 @@ class Verification:
         """One phrase: what a reader should conclude."""
         if not self.record_authentic:
             if not self.record_found:
-                return "mark present, integrity unknown (no record)" if self.mark_found else "no mark, no record"
+                if self.mark_found:
+                    return "mark present, integrity unknown (no record)"
+                if self.mark_lead is not None:
+                    return (f"no authentic mark, no record: a mark of {self.mark_lead!r} does not cover this image "
+                            "(copied from another image, or much of it changed)")
+                return "no mark, no record"
             return "record not authentic (wrong key, or the record was changed)"
         if self.size_changed:
             return "tampered: the image size changed since marking"
@@ -131,6 +139,7 @@ class Verification:
     def as_json(self) -> dict:
         return {
             "input": self.input, "mark_found": self.mark_found, "message": self.message,
+            **({"mark_lead": self.mark_lead} if self.mark_lead is not None else {}),
             "mark_protected": self.mark_protected, "mark_fragile": self.mark_fragile,
             "record_found": self.record_found, "record_authentic": self.record_authentic,
             "intact": self.intact, "status": self.status, "authenticity": self.authenticity,
@@ -152,6 +161,8 @@ def verify_image(image, key, loaded, codec, recipient=None, older=(), trust: Tru
     result = Verification(str(image.path), decoded.found, bytes_to_text(decoded.message) if decoded.found else None,
                           mark_protected=decoded.found and unprotected is None and key_kind(key) == "custom",
                           mark_fragile=decoded.found and decoded.fragile,
+                          mark_lead=(bytes_to_text(decoded.unfitted_message)
+                                     if not decoded.found and decoded.unfitted_message is not None else None),
                           trust_given=bool(trust))
     try:
         record, tag_key, sealing = opened_record(image, key, recipient)
