@@ -43,6 +43,12 @@ reader uses, `quality.frame_meters`). Rates carry one-sided 95 % Clopper–Pears
    the mark the denoiser kept is cancelled by the inverted rest, and beyond it the subtraction
    overshoots into the inverted mark, which a keyed reader no longer accepts (stop 57): a fine
    grid finds the cancellation, a coarse one could step over it while the inverted mark read).
+   Half-frame removal (full runs): the strengthened removals at γ 1.2, 1.3 and 1.4 applied to
+   the left half of the frame only. Since stop 58 a read whose evidence is silent in a third or
+   more of the frame is refused as a copy (`marking.image.silent_share`; its message shown as a
+   lead, not as the mark), so erasing the mark from part of the frame could cost less than
+   erasing all of it. "Erased" counts every read that is not the victim's authenticated message,
+   leads included; how many of them left a lead is reported beside.
 5. Blind copy: ê = marked − median3(marked) of a victim, cut or zero-padded (top-left) to a
    different, never-marked image of another source, scaled so that the paste alone sits at
    40, 44, 48 and 52 dB in the target's binding view; accepted when the victim's key reads the
@@ -63,13 +69,13 @@ The 4 dB rule (design §7), per removal attack: it "BREAKS the rule" when it era
 more than 1 of 8 images while leaving the image less than 4 dB further from the original than
 the marked copy was (both in the binding view); otherwise it "holds".
 
-Time of the full run (default --trials 26: 10 removal images × 58 removals, 26 copy pairs × 4
+Time of the full run (default --trials 26: 10 removal images × 76 removals, 26 copy pairs × 4
 strengths × 4 copies = 416 reads, 13 link pairs) on the 2-core development machine: with 22
 removals, shared with other jobs (load 3–4.5), 4.4 min with the unkeyed wm-default-v2, 5.7 to
 9.4 min with keyed models; the title line gives each stage's seconds. Copies take most of it: every paste that does not
 read costs the key holder's full search (offsets, rescale, rotation), 0.4–2.2 s per image with
 a keyed model. `--trials 25` is the least that still gives ≥ 100 trials per copy attack;
-`--quick` takes 1–3 min.
+`--quick` takes 1–3 min. Stop 58's run (76 removals) took 38 min beside another benchmark.
 """
 
 from __future__ import annotations
@@ -107,6 +113,7 @@ GAMMAS = (1.1, 1.2, 1.3, 1.4, 1.5, 2.0)  # strengthened removal: marked − γ·
 # 0.01 and 0.014 erase some small slices' marks for less (stop 57: 0.4 dB over the mark's own).
 TV_WEIGHTS = (0.01, 0.014, 0.02, 0.03)
 QUICK_GAMMAS, QUICK_TV_WEIGHTS = (1.3, 2.0), (0.014,)  # --quick: a smoke test of each removal kind
+HALF_FRAME_GAMMAS = (1.2, 1.3, 1.4)  # removals of the left half only (full runs: see 4)
 
 
 # ---------------------------------------------------------------------------- images ----
@@ -197,8 +204,15 @@ def mark(model, item: Item, codec=None, message: bytes | None = None) -> Mark:
 
 def holder_reads(model, mark_: Mark, image: MedicalImage) -> bool:
     """Whether the key holder reads the victim's message from `image` (as `wm extract` does)."""
+    return holder_answer(model, mark_, image)[0]
+
+
+def holder_answer(model, mark_: Mark, image: MedicalImage) -> tuple[bool, bool]:
+    """(the victim's message read as the image's mark, the victim's message given as a lead only:
+    decoded, but refused for not covering the image, `marking.image.silent_share`)."""
     decoded = extract_payload(model, mark_.codec, image)
-    return bool(decoded.found and decoded.message == mark_.message)
+    return (bool(decoded.found and decoded.message == mark_.message),
+            bool(not decoded.found and decoded.unfitted_message == mark_.message))
 
 
 def public_logits(model, image: MedicalImage, guess=None) -> np.ndarray:
@@ -370,6 +384,12 @@ def removal_candidates(model, mark_: Mark, tv_available: bool, wavelet_available
         yield name, denoised
         for strength in QUICK_GAMMAS if quick else GAMMAS:
             yield f"{name} γ{strength:g}", marked - strength * (marked - denoised)
+    if not quick:
+        half = np.zeros_like(marked)
+        half[:, : marked.shape[1] // 2] = 1.0
+        for name, denoised in denoisers:
+            for strength in HALF_FRAME_GAMMAS:
+                yield f"{name} γ{strength:g}, left half", marked - strength * half * (marked - denoised)
 
 
 def adaptive_subtraction(model, mark_: Mark, marked: np.ndarray, pattern: np.ndarray, gain: float) -> np.ndarray:
@@ -398,9 +418,9 @@ def removals(model, marks: list[Mark], tv_available: bool, wavelet_available: bo
         image = mark_.item.image
         for name, attacked in removal_candidates(model, mark_, tv_available, wavelet_available, quick):
             attacked_image = stored(image, attacked)
-            erased = not holder_reads(model, mark_, attacked_image)
+            read, lead = holder_answer(model, mark_, attacked_image)
             cost = mark_.item.meter.binding_psnr(attacked_image.pixels[0])
-            per_attack.setdefault(name, []).append((erased, cost, mark_.psnr, mark_.item.label))
+            per_attack.setdefault(name, []).append((not read, cost, mark_.psnr, mark_.item.label, lead))
         log(f"  removals on {mark_.item.label}")
     rows = []
     for name, results in per_attack.items():
@@ -412,6 +432,7 @@ def removals(model, marks: list[Mark], tv_available: bool, wavelet_available: bo
                      "psnr_attack": float(np.median([r[1] for r in results])),
                      "psnr_attack_where_erased": float(np.median(erased_costs)) if erased_costs else None,
                      "psnr_marked": float(np.median([r[2] for r in results])),
+                     "erased_leaving_a_lead": sum(r[4] for r in results),
                      "erased_within_4_db": cheap,
                      "erased_within_4_db_images": {r[3]: f"{r[1]:.2f} dB (mark {r[2]:.2f})" for r in results
                                                    if r[0] and r[2] - r[1] < RULE_DB},
@@ -457,8 +478,9 @@ def copies(model, items: list[Item], marks: dict[int, Mark], pairs: list[tuple[i
         for name, estimate in copy_estimates(mark_, quick).items():
             for psnr_db in COPY_DB:
                 pasted, achieved = paste(items[target], estimate, psnr_db)
+                accepted, lead = holder_answer(model, mark_, pasted)
                 results.setdefault(name, []).append({
-                    "accepted": holder_reads(model, mark_, pasted), "strength_db": psnr_db, "psnr": achieved,
+                    "accepted": accepted, "lead": lead, "strength_db": psnr_db, "psnr": achieved,
                     "cross": mark_.item.modality != items[target].modality,
                     "pair": f"{mark_.item.label} → {items[target].label}"})
         log(f"  copies {mark_.item.label} → {items[target].label}")
@@ -471,6 +493,7 @@ def copies(model, items: list[Item], marks: dict[int, Mark], pairs: list[tuple[i
             by_strength = {f"{db:g} dB": f"{sum(t['accepted'] for t in chosen if t['strength_db'] == db)}/"
                                          f"{sum(t['strength_db'] == db for t in chosen)}" for db in COPY_DB}
             rows.append({"name": subset, "group": "copy", **rate_figures(accepted, len(chosen)),
+                         "refused_leaving_a_lead": sum(t["lead"] for t in chosen),
                          "psnr_attack": float(np.median([t["psnr"] for t in chosen])),
                          "psnr_marked": float(np.median([marks[v].psnr for v, _ in pairs])),
                          "accepted_by_strength": by_strength,
@@ -548,9 +571,13 @@ def print_tables(result: dict) -> None:
                 detail += "; …]" if len(shown) > 3 else "]"
             if row["psnr_attack_where_erased"] is not None:
                 detail += f"; erased ones at {row['psnr_attack_where_erased']:.1f} dB"
+            if row["erased_leaving_a_lead"]:
+                detail += f"; {row['erased_leaving_a_lead']} left a lead"
             detail += ")"
         if row["group"] == "copy":
             detail = "by strength " + ", ".join(f"{k} {v}" for k, v in row["accepted_by_strength"].items())
+            if row["refused_leaving_a_lead"]:
+                detail += f"; refused, victim's message as a lead: {row['refused_leaving_a_lead']}"
         if row["group"] == "read":
             agreement = row["bit_agreement"]
             detail = (f"bit agreement {agreement['mean']:.3f} [{agreement['ci95'][0]:.3f}, "
