@@ -571,7 +571,7 @@ def _unfitted_or(readings: list[Reading], otherwise: Reading) -> Reading:
 # owns the signs itself, the target's flat parts (stop 57: the victim's band-pass content pasted
 # with its mark at 40 dB, marked − Gaussian σ 1, accepted in 5 of 104 whole-image pastes). So the
 # reader splits the frames into FIT_GRID² blocks and asks each for its own evidence (the read-out
-# of its pixels alone, `_evidence_map`, additive over blocks); were the mark spread as written, a
+# of its pixels alone, `_evidence_weights`, additive over blocks); were the mark spread as written, a
 # block holding a share s of the owned pixels would hold about s of the whole's evidence. A block
 # holding under SILENT_FRACTION of that is silent; a read whose silent blocks hold
 # MOST_SILENT_SHARE of the owned pixels or more is refused (not found; its message kept as a lead).
@@ -590,29 +590,30 @@ MOST_SILENT_SHARE = 0.35
 _FEWEST_BLOCK_PIXELS = 50
 
 
-def _evidence_map(model: LoadedModel, codec: PayloadCodec, features: np.ndarray, signs: np.ndarray,
-                  offset: tuple[int, int], bit_signs: np.ndarray) -> np.ndarray:
-    """(rows, cols): each pixel's share of how much the read at `offset` says the bits (±1):
-    the mean over bits of sign·(read-out − bias), before the fold is normalised. The fold and
-    the read-out are linear, so that mean is a weight per map and tile place (the read-out's
-    rows summed by the bits' signs, less their mean over the tile, which the fold takes out)
-    times each pixel's field-bound features: its sum over any block is the block's evidence."""
+def _evidence_weights(model: LoadedModel, codec: PayloadCodec, shape: tuple[int, int], offset: tuple[int, int],
+                      bit_signs: np.ndarray) -> np.ndarray:
+    """(maps, rows, cols): what each pixel's field-free features are weighed by to give its share
+    of how much the read at `offset` says the bits (±1), the mean over bits of sign·(read-out −
+    bias) before the fold is normalised. The fold and the read-out are linear, so that mean is a
+    weight per map and tile place (the read-out's rows summed by the bits' signs, less their mean
+    over the tile, which the fold takes out) times the key field there; a frame's host signs
+    then bind it (`silent_share`). Summed over any block, the block's evidence."""
     config = model.model.config
-    tile, rows, cols = config.tile, signs.shape[0], signs.shape[1]
+    tile, (rows, cols) = config.tile, shape
     readout = model.model.decoder.readout.weight.detach().cpu().numpy().astype(np.float64)
     weights = (bit_signs @ readout).reshape(config.decoder_maps, tile, tile) / len(bit_signs)
     weights = (weights - weights.mean(axis=(1, 2), keepdims=True)).astype(np.float32)  # as the features are
     # A read at `offset` rolls the fold by it: pixel (y, x) lands on place (y + top, x + left) mod tile.
     placed = weights[:, (np.arange(rows) + offset[0]) % tile][:, :, (np.arange(cols) + offset[1]) % tile]
-    field = key_field(codec.field_seed, rows, cols, config.key_field_sigma, *offset) * signs
-    return np.einsum("khw,khw->hw", features, placed) * field
+    return placed * key_field(codec.field_seed, rows, cols, config.key_field_sigma, *offset)
 
 
 def silent_share(model: LoadedModel, codec: PayloadCodec, responses: _KeyedResponses, offset: tuple[int, int],
                  raw_bits: np.ndarray) -> float:
     """The share of the frames' owned pixels in blocks silent about `raw_bits` (see above)."""
     bit_signs = np.asarray(raw_bits, dtype=np.float64) * 2.0 - 1.0
-    evidence = sum(_evidence_map(model, codec, features, signs, offset, bit_signs).astype(np.float64)
+    weights = _evidence_weights(model, codec, responses.signs[0].shape, offset, bit_signs)  # the frames share both
+    evidence = sum((np.einsum("khw,khw->hw", features, weights) * signs).astype(np.float64)
                    for features, signs in zip(responses.features, responses.signs))
     owned = sum((signs != 0).astype(np.int64) for signs in responses.signs)
     whole, owned_total = float(evidence.sum()), int(owned.sum())
