@@ -45,7 +45,7 @@ reader uses, `quality.frame_meters`). Rates carry one-sided 95 % Clopper–Pears
    grid finds the cancellation, a coarse one could step over it while the inverted mark read).
    Half-frame removal (full runs): the strengthened removals at γ 1.2, 1.3 and 1.4 applied to
    the left half of the frame only. Since stop 58 a read whose evidence is silent in a third or
-   more of the frame is refused as a copy (`marking.image.silent_share`; its message shown as a
+   more of the frame is refused as a copy (`marking.image.mark_fits`; its message shown as a
    lead, not as the mark), so erasing the mark from part of the frame could cost less than
    erasing all of it. "Erased" counts every read that is not the victim's authenticated message,
    leads included; how many of them left a lead is reported beside.
@@ -209,7 +209,7 @@ def holder_reads(model, mark_: Mark, image: MedicalImage) -> bool:
 
 def holder_answer(model, mark_: Mark, image: MedicalImage) -> tuple[bool, bool]:
     """(the victim's message read as the image's mark, the victim's message given as a lead only:
-    decoded, but refused for not covering the image, `marking.image.silent_share`)."""
+    decoded, but refused for not covering the image, `marking.image.mark_fits`)."""
     decoded = extract_payload(model, mark_.codec, image)
     return (bool(decoded.found and decoded.message == mark_.message),
             bool(not decoded.found and decoded.unfitted_message == mark_.message))

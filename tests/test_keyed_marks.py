@@ -120,6 +120,30 @@ def test_a_mark_that_covers_only_part_of_its_image_is_refused_with_its_lead(mark
     assert not reading.decoded.found and reading.decoded.unfitted_message == MESSAGE
 
 
+def test_a_mark_missing_where_its_host_owns_the_signs_strongly_is_refused_with_its_lead():
+    """What a copy onto a nearly flat target leaves (stop 58's open route): the victim's mark
+    where the paste owns the signs, which a paste at the floor does only weakly, and nothing
+    where the target's own content owns them strongly. Here a held-out MR's genuine mark kept
+    only where its host owns the signs weakly: no block is silent and the payload decodes, but
+    the strongly owned pixels hold none of the evidence, so the read is refused, its message
+    kept as a lead; the whole mark reads."""
+    from watermark_cli.marking.image import STRONG_OWNERSHIP
+    from watermark_cli.model.key_field import host_band
+
+    model = load_model(None)
+    codec = codec_for(model, KEY)
+    image = read_image(clinical_files("held_out")[2][1])  # MR2: owns a fifth of its pixels strongly
+    marked = embed_pixels(model, codec, image, MESSAGE, QualityFloor(40.0)).pixels
+    whole = read_frames(model, codec, marked, quick=True, thresholds=sign_thresholds(image)).decoded
+    assert whole.found and whole.message == MESSAGE and whole.unfitted_message is None
+    threshold = sign_thresholds(image)[0]
+    strong = np.abs(host_band(codec.field_seed, image.pixels[0].astype(np.float64))) > STRONG_OWNERSHIP * threshold
+    assert 0.1 < strong.mean() < 0.5
+    weak_only = np.where(strong[None], image.pixels, marked)
+    reading = read_frames(model, codec, weak_only, quick=True, thresholds=sign_thresholds(image))
+    assert not reading.decoded.found and reading.decoded.unfitted_message == MESSAGE
+
+
 @pytest.mark.slow
 def test_wm_extract_and_verify_answer_a_partial_mark_with_its_lead(marked_ct, tmp_path):
     """As a file, the partial mark above: `wm extract` says no watermark (exit 1) and names the

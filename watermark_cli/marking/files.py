@@ -163,7 +163,7 @@ def marked_by_hint(image, loaded) -> str | None:
 
 
 def unfitted_hint(decoded) -> str | None:
-    """What to say of a mark refused because it does not cover the image (`image.silent_share`)."""
+    """What to say of a mark refused because it does not cover the image (`image.mark_fits`)."""
     if decoded.unfitted_message is None:
         return None
     return (f"a mark of {bytes_to_text(decoded.unfitted_message)!r} was read but does not cover this image as a mark "

@@ -60,7 +60,7 @@ class Verification:
     mark_fragile: bool = False
     trust_given: bool = False  # --trust (or WM_TRUST) named trusted signers
     # Where no mark is found: the message of a mark read but refused for not covering the image
-    # (`image.silent_share`: a copy from another image, or much of the image changed), a lead only.
+    # (`image.mark_fits`: a copy from another image, or much of the image changed), a lead only.
     mark_lead: str | None = None
 
     def counts(self, check) -> bool:

@@ -153,14 +153,25 @@ def host_kernel(seed: bytes) -> np.ndarray:
 
 
 def host_signs(seed: bytes, frame: np.ndarray, threshold: float) -> np.ndarray:
-    """±1 per pixel: the sign of `frame` filtered by the secret kernel, where that filtered value
-    exceeds `threshold` in size; 0 elsewhere (no mark there).
+    """±1 per pixel: the sign of `frame` filtered by the secret kernel (`host_band`), where that
+    filtered value exceeds `threshold` in size; 0 elsewhere (no mark there).
 
     Why the threshold: where the host has little content of its own (air around a CT, the black
     around an NM scan), a pasted pattern would own the sign, and with it the victim's mark
     would read. The caller sets it above what a paste at the floor could produce
-    (`marking.image.sign_thresholds`). The frame's edges are mirrored, so a crop gives the same
-    signs as the whole image except within the kernel's radius of its edges."""
+    (`marking.image.sign_thresholds`)."""
+    return signs_above(host_band(seed, frame), threshold)
+
+
+def signs_above(band: np.ndarray, threshold: float) -> np.ndarray:
+    """`host_signs` of a frame whose `host_band` is `band`."""
+    return np.where(np.abs(band) > threshold, np.sign(band), 0.0).astype(np.float32)
+
+
+def host_band(seed: bytes, frame: np.ndarray) -> np.ndarray:
+    """`frame` filtered by the secret band-pass kernel (float32, the frame's shape and units).
+    The frame's edges are mirrored, so a crop gives the same values as the whole image except
+    within the kernel's radius of its edges."""
     from scipy import fft
 
     # In float32, the transforms take half the time: a sign can then differ from float64's only
@@ -176,8 +187,7 @@ def host_signs(seed: bytes, frame: np.ndarray, threshold: float) -> np.ndarray:
     spectrum = fft.rfft2(padded, s=shape)
     spectrum *= _host_kernel_spectrum(bytes(seed), shape)
     reach = 2 * _HOST_RADIUS
-    filtered = fft.irfft2(spectrum, s=shape)[reach : reach + frame.shape[0], reach : reach + frame.shape[1]]
-    return np.where(np.abs(filtered) > threshold, np.sign(filtered), 0.0).astype(np.float32)
+    return fft.irfft2(spectrum, s=shape)[reach : reach + frame.shape[0], reach : reach + frame.shape[1]]
 
 
 # Kernel spectra kept per (key, size) up to this many bytes each: every frame of a batch of CTs
