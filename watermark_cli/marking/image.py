@@ -648,12 +648,16 @@ def _evidence_maps(model: LoadedModel, codec: PayloadCodec, responses: _KeyedRes
     and how many own it strongly."""
     bit_signs = np.asarray(raw_bits, dtype=np.float64) * 2.0 - 1.0
     weights = _evidence_weights(model, codec, responses.signs[0].shape, offset, bit_signs)
-    per_frame = [(np.einsum("khw,khw->hw", features, weights) * signs).astype(np.float64)
-                 for features, signs in zip(responses.features, responses.signs)]
-    strong_evidence = sum(np.where(mask, evidence, 0.0) for evidence, mask in zip(per_frame, responses.strong))
-    owned = sum((signs != 0).astype(np.int64) for signs in responses.signs)
-    strong = sum(mask.astype(np.int64) for mask in responses.strong)
-    return sum(per_frame), strong_evidence, owned, strong
+    evidence, strong_evidence = np.zeros(weights.shape[1:]), np.zeros(weights.shape[1:])
+    owned, strong = np.zeros(weights.shape[1:], np.int64), np.zeros(weights.shape[1:], np.int64)
+    # A frame at a time: a long stack's maps are added up, never held together.
+    for features, signs, mask in zip(responses.features, responses.signs, responses.strong):
+        frame_evidence = (np.einsum("khw,khw->hw", features, weights) * signs).astype(np.float64)
+        evidence += frame_evidence
+        strong_evidence += np.where(mask, frame_evidence, 0.0)
+        owned += signs != 0
+        strong += mask
+    return evidence, strong_evidence, owned, strong
 
 
 def silent_share(evidence: np.ndarray, owned: np.ndarray) -> float:
