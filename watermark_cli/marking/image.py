@@ -620,7 +620,7 @@ def _evidence_weights(model: LoadedModel, codec: PayloadCodec, shape: tuple[int,
     bias) before the fold is normalised. The fold and the read-out are linear, so that mean is a
     weight per map and tile place (the read-out's rows summed by the bits' signs, less their mean
     over the tile, which the fold takes out) times the key field there; a frame's host signs
-    then bind it (`silent_share`). Summed over any block, the block's evidence."""
+    then bind it (`_evidence_maps`). Summed over any block, the block's evidence."""
     config = model.model.config
     tile, (rows, cols) = config.tile, shape
     readout = model.model.decoder.readout.weight.detach().cpu().numpy().astype(np.float64)
