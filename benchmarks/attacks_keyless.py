@@ -48,7 +48,10 @@ reader uses, `quality.frame_meters`). Rates carry one-sided 95 % Clopper–Pears
    more of the frame is refused as a copy (`marking.image.mark_fits`; its message shown as a
    lead, not as the mark), so erasing the mark from part of the frame could cost less than
    erasing all of it. "Erased" counts every read that is not the victim's authenticated message,
-   leads included; how many of them left a lead is reported beside.
+   leads included; how many of them left a lead is reported beside. Per removal image, a table
+   gives what each denoiser alone costs the unmarked host, less the mark's own PSNR (positive: the
+   host has less fine content of its own than the mark, so what a denoiser takes is mostly
+   mark), beside how many whole-frame denoisings erased that image's mark within 4 dB.
 5. Blind copy: ê = marked − median3(marked) of a victim, cut or zero-padded (top-left) to a
    different, never-marked image of another source, scaled so that the paste alone sits at
    40, 44, 48 and 52 dB in the target's binding view; accepted when the victim's key reads the
@@ -367,19 +370,7 @@ def removal_candidates(model, mark_: Mark, tv_available: bool, wavelet_available
         for factor in (1.0, 1.5, 2.0):
             yield f"fold ({estimator}) ×{factor:g}", marked - factor * gain * pattern
     # 4. denoising, and strengthened removal of what the denoiser took.
-    denoisers = [("median 3×3", median), ("gauss σ1", gaussian(marked, 1.0))]
-    if tv_available:
-        from skimage.restoration import denoise_tv_chambolle
-
-        span = mark_.view.stored_span
-        denoisers += [(f"TV {weight:g}", denoise_tv_chambolle(marked / span, weight=weight) * span)
-                      for weight in (QUICK_TV_WEIGHTS if quick else TV_WEIGHTS)]
-    if wavelet_available:
-        from skimage.restoration import denoise_wavelet
-
-        span = mark_.view.stored_span
-        denoisers.append(("wavelet", denoise_wavelet(marked / span, wavelet="db2", wavelet_levels=3, mode="soft",
-                                                     method="BayesShrink", rescale_sigma=True) * span))
+    denoisers = denoised_versions(marked, mark_.view.stored_span, tv_available, wavelet_available, quick)
     for name, denoised in denoisers:
         yield name, denoised
         for strength in QUICK_GAMMAS if quick else GAMMAS:
@@ -390,6 +381,24 @@ def removal_candidates(model, mark_: Mark, tv_available: bool, wavelet_available
         for name, denoised in denoisers:
             for strength in HALF_FRAME_GAMMAS:
                 yield f"{name} γ{strength:g}, left half", marked - strength * half * (marked - denoised)
+
+
+def denoised_versions(frame: np.ndarray, span: float, tv_available: bool, wavelet_available: bool,
+                      quick: bool = False) -> list[tuple[str, np.ndarray]]:
+    """(name, denoised frame) for each denoiser of attack 4; `span`: the binding view's span in
+    stored units (total variation's weight and the wavelet's range are set in it)."""
+    denoisers = [("median 3×3", median3(frame)), ("gauss σ1", gaussian(frame, 1.0))]
+    if tv_available:
+        from skimage.restoration import denoise_tv_chambolle
+
+        denoisers += [(f"TV {weight:g}", denoise_tv_chambolle(frame / span, weight=weight) * span)
+                      for weight in (QUICK_TV_WEIGHTS if quick else TV_WEIGHTS)]
+    if wavelet_available:
+        from skimage.restoration import denoise_wavelet
+
+        denoisers.append(("wavelet", denoise_wavelet(frame / span, wavelet="db2", wavelet_levels=3, mode="soft",
+                                                     method="BayesShrink", rescale_sigma=True) * span))
+    return denoisers
 
 
 def adaptive_subtraction(model, mark_: Mark, marked: np.ndarray, pattern: np.ndarray, gain: float) -> np.ndarray:
@@ -411,16 +420,33 @@ def adaptive_subtraction(model, mark_: Mark, marked: np.ndarray, pattern: np.nda
     return marked - grid[int(np.argmin(np.abs(leans)))] * pattern
 
 
+def is_whole_frame_denoising(name: str, denoisers: list[str]) -> bool:
+    """Whether removal `name` is one of attack 4's whole-frame denoisings (as it is or with a γ)."""
+    return any(name == d or (name.startswith(f"{d} γ") and not name.endswith("left half")) for d in denoisers)
+
+
 def removals(model, marks: list[Mark], tv_available: bool, wavelet_available: bool, log,
-             quick: bool = False) -> list[dict]:
+             quick: bool = False) -> tuple[list[dict], list[dict]]:
+    """(a row per removal attack, a row per marked image: what each denoiser alone costs the
+    unmarked host, beside how many of the whole-frame denoisings erased the mark within 4 dB)."""
     per_attack: dict[str, list[tuple[bool, float, float]]] = {}
+    per_image = []
     for mark_ in marks:
         image = mark_.item.image
+        original = image.pixels[0].astype(np.float64)
+        host = {name: mark_.item.meter.binding_psnr(denoised) for name, denoised in
+                denoised_versions(original, mark_.view.stored_span, tv_available, wavelet_available, quick)}
+        denoisings = cheap = 0
         for name, attacked in removal_candidates(model, mark_, tv_available, wavelet_available, quick):
             attacked_image = stored(image, attacked)
             read, lead = holder_answer(model, mark_, attacked_image)
             cost = mark_.item.meter.binding_psnr(attacked_image.pixels[0])
             per_attack.setdefault(name, []).append((not read, cost, mark_.psnr, mark_.item.label, lead))
+            if is_whole_frame_denoising(name, list(host)):
+                denoisings += 1
+                cheap += bool(not read and mark_.psnr - cost < RULE_DB)
+        per_image.append({"label": mark_.item.label, "psnr_marked": mark_.psnr, "host_psnr_denoised": host,
+                          "denoisings": denoisings, "denoisings_erasing_within_4_db": cheap})
         log(f"  removals on {mark_.item.label}")
     rows = []
     for name, results in per_attack.items():
@@ -437,7 +463,7 @@ def removals(model, marks: list[Mark], tv_available: bool, wavelet_available: bo
                      "erased_within_4_db_images": {r[3]: f"{r[1]:.2f} dB (mark {r[2]:.2f})" for r in results
                                                    if r[0] and r[2] - r[1] < RULE_DB},
                      "verdict": "BREAKS the rule" if breaks else "holds"})
-    return rows
+    return rows, per_image
 
 
 def paste(target: Item, estimate: np.ndarray, psnr_db: float) -> tuple[MedicalImage, float]:
@@ -587,6 +613,7 @@ def print_tables(result: dict) -> None:
               f"{attack_psnr:>10}{row['psnr_marked']:>10.2f}   {detail}")
     print("PSNR: median, dB to the original in the binding view (copies: the paste in the target's view); "
           "'PSNR mark': the marked copy's own.")
+    print_host_texture(result["host_texture"])
     print(f"\nlinkability ({result['link_pairs']} pairs of different images, one key; positive: the same message, "
           "negative: another; presence: positive the second image marked under another key, negative unmarked):")
     print(f"{'score':<40}{'positive':>10}{'negative':>11}{'AUROC':>8}   positives above every negative")
@@ -597,6 +624,22 @@ def print_tables(result: dict) -> None:
               f"(95 % bounds {detected['lower_95']:.1%} to {detected['upper_95']:.1%})")
     for note in result["notes"]:
         print(f"note: {note}")
+
+
+def print_host_texture(per_image: list[dict]) -> None:
+    """Per removal image: how far above the mark's own PSNR each denoiser alone leaves the unmarked
+    host (positive: the host has less fine content of its own than the mark, so what the
+    denoiser takes away is mostly mark), beside the whole-frame denoisings that erased it cheaply."""
+    if not per_image:
+        return
+    names = list(per_image[0]["host_psnr_denoised"])
+    print("\nper removal image: each denoiser alone on the unmarked host, its PSNR less the mark's (dB); "
+          "whole-frame denoisings erasing the mark within 4 dB")
+    print(f"{'image':<43}{'mark dB':>8}" + "".join(f"{name:>12}" for name in names) + f"{'erased cheaply':>16}")
+    for row in per_image:
+        margins = "".join(f"{row['host_psnr_denoised'][name] - row['psnr_marked']:>+12.1f}" for name in names)
+        print(f"{row['label'][:42]:<43}{row['psnr_marked']:>8.2f}{margins}"
+              f"{row['denoisings_erasing_within_4_db']:>9}/{row['denoisings']}")
 
 
 def main() -> int:
@@ -665,7 +708,8 @@ def main() -> int:
     stage("loading, marking, public read")
     log("removals")
     removal_marks = [marks[i] for i in chosen["removal"]]
-    rows += removals(model, removal_marks, tv_available, wavelet_available, log, args.quick)
+    removal_rows, host_texture = removals(model, removal_marks, tv_available, wavelet_available, log, args.quick)
+    rows += removal_rows
     stage("removals")
     log("copies")
     rows += copies(model, items, marks, chosen["copy"], log, args.quick)
@@ -679,7 +723,8 @@ def main() -> int:
     result = {"model": model.name, "model_path": str(model.path), "keyed": bool(model.model.config.keyed),
               "images": len(items), "crop": args.crop, "removal_images": [items[i].label for i in chosen["removal"]],
               "copy_pairs": len(chosen["copy"]), "link_pairs": len(chosen["link"]),
-              "copy_strengths_db": list(COPY_DB), "rows": rows, "linkability": linked, "notes": notes,
+              "copy_strengths_db": list(COPY_DB), "rows": rows, "host_texture": host_texture,
+              "linkability": linked, "notes": notes,
               "seconds": round(time.perf_counter() - started, 1), "stage_seconds": stages}
     if args.json:
         print(json.dumps(result, indent=2, default=str))

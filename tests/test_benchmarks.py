@@ -39,6 +39,21 @@ def test_the_keyless_attacker_copies_nothing_and_reads_chance():
     assert 0.44 < read["bit_agreement"]["mean"] < 0.56
     removals = [row for row in result["rows"] if row["group"] == "removal"]
     assert len(removals) >= 10 and all(row["trials"] == 3 for row in removals)
+    # The per-image table counts the same cheap erasures as the per-attack rows, and each
+    # denoiser's cost to the unmarked host is measured on every removal image.
+    texture = result["host_texture"]
+    assert [row["label"] for row in texture] == result["removal_images"]
+    denoisers = list(texture[0]["host_psnr_denoised"])
+    assert {"median 3×3", "gauss σ1"} <= set(denoisers)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from attacks_keyless import is_whole_frame_denoising
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    denoising_rows = [row for row in removals if is_whole_frame_denoising(row["name"], denoisers)]
+    assert all(row["denoisings"] == len(denoising_rows) for row in texture)
+    assert (sum(row["denoisings_erasing_within_4_db"] for row in texture)
+            == sum(row["erased_within_4_db"] for row in denoising_rows))
 
 
 def test_the_unseen_images_are_real_grayscale_and_in_neither_split():
