@@ -78,7 +78,8 @@ removals, shared with other jobs (load 3–4.5), 4.4 min with the unkeyed wm-def
 9.4 min with keyed models; the title line gives each stage's seconds. Copies take most of it: every paste that does not
 read costs the key holder's full search (offsets, rescale, rotation), 0.4–2.2 s per image with
 a keyed model. `--trials 25` is the least that still gives ≥ 100 trials per copy attack;
-`--quick` takes 1–3 min. Stop 58's run (76 removals) took 38 min beside another benchmark.
+`--quick` takes 1–3 min. Stop 58's run (76 removals) took 38 min beside another benchmark;
+stop 60's: whole images 20 min beside a `--crop 128` run (17 min), `--crop 192` 3 min alone.
 """
 
 from __future__ import annotations
