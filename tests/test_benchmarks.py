@@ -103,3 +103,45 @@ def test_nearly_flat_crops_are_told_from_textured_ones():
     assert len(flat) < len(ultrasound)  # the sector's speckle is textured
     assert max(shares("693_UNCR.dcm")) < NEARLY_FLAT_SHARE
     assert most_common_share(np.zeros((4, 4))) == 1.0 and most_common_share(np.arange(4)) == 0.25
+
+
+def test_the_mark_scale_study_measures_what_is_left_of_a_mark():
+    """`mark_scale.py`'s two measures on a frame of its own: the idealised reader reads a spread
+    mark on a flat host and not on a host of noise far stronger than it; the kept share is 1 when
+    nothing is done, 0 when the mark is taken out exactly, −1 when it is inverted."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from mark_scale import LinearReader, kept_share, spread_mark
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    rng = np.random.default_rng(0)
+    carriers, signs, pattern = spread_mark((128, 128), 1.0, rng)
+    assert carriers.shape == (256, 128, 128) and abs(pattern.std() - 1.0) < 1e-6
+    reader = LinearReader(carriers, signs, 1.0)
+    assert reader.bit_error_rate(0.01 * pattern) == 0.0
+    assert reader.bit_error_rate(-0.01 * pattern) == 1.0
+    assert 0.35 < reader.bit_error_rate(0.01 * pattern + rng.standard_normal((128, 128))) < 0.65
+    host = rng.standard_normal((128, 128))
+    mark = 0.01 * pattern
+    assert kept_share(host + mark, host, mark) == pytest.approx(1.0)
+    assert kept_share(host, host, mark) == pytest.approx(0.0)
+    assert kept_share(host - mark, host, mark) == pytest.approx(-1.0)
+
+
+@pytest.mark.slow
+def test_the_mark_scale_study_runs_and_its_cheapest_removals_agree():
+    result = _benchmark("mark_scale.py", "--crop", "128", "--seed", "1", "--scales", "1,4", "--quick", "--json")
+    assert len(result["images"]) == 2 and result["scales"] == [1.0, 4.0]
+    for image in result["images"]:
+        for figures in image["scales"]:
+            assert abs(figures["psnr_marked"] - 40.0) < 0.01  # every synthetic mark at the floor
+            assert 0.0 <= figures["clean_ber"] <= 1.0
+            cheapest = figures["cheapest_erasing"]
+            strict, loose = cheapest["kept ≤ 0.3"], cheapest["kept ≤ 0.5"]
+            # whatever leaves ≤ 0.3 of the mark leaves ≤ 0.5: the looser erasure is never dearer
+            assert strict is None or (loose is not None and loose["drop_db"] <= strict["drop_db"] + 1e-9)
+            if figures["clean_ber"] > 0.14:
+                assert cheapest["reader fails"] is None  # a mark that never read is not "erased"
