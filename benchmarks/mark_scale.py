@@ -36,6 +36,11 @@ what is left of the mark after an attack:
 Per image and scale it prints the reader's BER on the marked frame, and the cheapest removal
 (the one leaving the frame closest to the original) that erases the mark by each measure, as
 the PSNR drop below the marked copy: the 4 dB rule asks for a drop of at least 4 dB.
+
+Time on the 2-core development machine (stop 61): whole images 1,676 s (half of it beside the
+next), `--crop 128 --seed 1 --calibrate` 769 s, `--quick` about 2 min. Memory: the carriers
+and the reader's filters take 2 GB a megapixel of the largest frame (float32; 6.4 GB for the
+held-out CR file's 1760² frame).
 """
 
 from __future__ import annotations
