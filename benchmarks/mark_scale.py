@@ -38,9 +38,9 @@ Per image and scale it prints the reader's BER on the marked frame, and the chea
 the PSNR drop below the marked copy: the 4 dB rule asks for a drop of at least 4 dB.
 
 Time on the 2-core development machine (stop 61): whole images 1,676 s (half of it beside the
-next), `--crop 128 --seed 1 --calibrate` 769 s, `--quick` about 2 min. Memory: the carriers
-and the reader's filters take 2 GB a megapixel of the largest frame (float32; 6.4 GB for the
-held-out CR file's 1760² frame).
+next), `--crop 128 --seed 1 --calibrate` 769 s; `--quick --crop 128 --calibrate` 20 s for two
+scales. Memory: the carriers and the reader's filters take 2 GB a megapixel of the largest
+frame (float32; 6.4 GB for the held-out CR file's 1760² frame).
 """
 
 from __future__ import annotations
@@ -163,10 +163,10 @@ def measure_scale(item, span: float, scale: float, rng, quick: bool) -> dict:
                                  for m, c in cheapest.items()}}
 
 
-def calibration(model, item, quick: bool) -> list[tuple[float, bool]]:
-    """(kept share, read by the key holder) for the shipped model's own mark on `item` through
-    every removal."""
-    mark_ = keyless.mark(model, item)
+def calibration(model, mark_, quick: bool) -> list[tuple[float, bool]]:
+    """(kept share, read by the key holder) for the shipped model's own mark (`keyless.mark`)
+    through every removal."""
+    item = mark_.item
     host = item.image.pixels[0].astype(np.float64)
     marked = mark_.pixels.astype(np.float64)
     residual = marked - host
@@ -224,9 +224,10 @@ def main() -> int:
     scales = [float(s) for s in args.scales.split(",")]
     model = keyless.load_model(None)
     items = keyless.image_pool(args.crop, args.seed)
+    marks = [keyless.mark(model, item) for item in items] if args.crop else []
     if args.crop:  # as attacks_keyless.py: only cuts whose shipped mark reads back are victims
-        items = [item for item in items if keyless.holder_reads(model, m := keyless.mark(model, item),
-                                                                keyless.stored(item.image, m.pixels))]
+        marks = [m for m in marks if keyless.holder_reads(model, m, keyless.stored(m.item.image, m.pixels))]
+        items = [m.item for m in marks]
     chosen = keyless.plan(items, 26, False, np.random.default_rng(args.seed))["removal"]
     if args.quick:
         chosen = chosen[:2]
@@ -234,11 +235,12 @@ def main() -> int:
     images, calibrated = [], []
     for index in chosen:
         item = items[index]
-        span = keyless.mark(model, item).view.stored_span  # the binding view's span, as wm embed finds it
+        mark_ = marks[index] if marks else keyless.mark(model, item)
+        span = mark_.view.stored_span  # the binding view's span, as wm embed finds it
         images.append({"label": item.label, "shape": list(item.image.pixels.shape[1:]),
                        "scales": [measure_scale(item, span, s, rng, args.quick) for s in scales]})
         if args.calibrate:
-            calibrated += calibration(model, item, args.quick)
+            calibrated += calibration(model, mark_, args.quick)
         log(f"  {item.label}")
     bands = [{"band": f"[{low:g}, {high:g})",
               "read": sum(low <= r < high and read for r, read in calibrated),
