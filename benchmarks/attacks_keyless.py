@@ -182,6 +182,22 @@ def gaussian(frame: np.ndarray, sigma: float) -> np.ndarray:
     return gaussian_filter(np.asarray(frame, dtype=np.float64), sigma, mode="reflect")
 
 
+def total_variation(frame: np.ndarray, span: float, weight: float) -> np.ndarray:
+    """scikit-image's Chambolle denoiser with `weight` in units of `span` (the binding view's span
+    in the frame's units)."""
+    from skimage.restoration import denoise_tv_chambolle
+
+    return denoise_tv_chambolle(frame / span, weight=weight) * span
+
+
+def wavelet(frame: np.ndarray, span: float) -> np.ndarray:
+    """scikit-image's BayesShrink wavelet denoiser (db2, 3 levels, soft), the frame scaled by `span`."""
+    from skimage.restoration import denoise_wavelet
+
+    return denoise_wavelet(frame / span, wavelet="db2", wavelet_levels=3, mode="soft", method="BayesShrink",
+                           rescale_sigma=True) * span
+
+
 # ---------------------------------------------------------------------------- marks -----
 
 @dataclass
@@ -390,15 +406,10 @@ def denoised_versions(frame: np.ndarray, span: float, tv_available: bool, wavele
     stored units (total variation's weight and the wavelet's range are set in it)."""
     denoisers = [("median 3×3", median3(frame)), ("gauss σ1", gaussian(frame, 1.0))]
     if tv_available:
-        from skimage.restoration import denoise_tv_chambolle
-
-        denoisers += [(f"TV {weight:g}", denoise_tv_chambolle(frame / span, weight=weight) * span)
+        denoisers += [(f"TV {weight:g}", total_variation(frame, span, weight))
                       for weight in (QUICK_TV_WEIGHTS if quick else TV_WEIGHTS)]
     if wavelet_available:
-        from skimage.restoration import denoise_wavelet
-
-        denoisers.append(("wavelet", denoise_wavelet(frame / span, wavelet="db2", wavelet_levels=3, mode="soft",
-                                                     method="BayesShrink", rescale_sigma=True) * span))
+        denoisers.append(("wavelet", wavelet(frame, span)))
     return denoisers
 
 

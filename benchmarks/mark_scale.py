@@ -71,25 +71,31 @@ CALIBRATION_BANDS = (-np.inf, 0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, np.inf)
 def denoisings(frame: np.ndarray, span: float, quick: bool = False) -> list[tuple[str, np.ndarray]]:
     """(name, denoised frame) for the attacker's denoisers; `span`: the binding view's span in
     the frame's units (total variation's weight and the wavelet's range are set in it)."""
-    from skimage.restoration import denoise_tv_chambolle, denoise_wavelet
-
     sigmas, weights = ((1.0, 4.0), (0.01, 0.05)) if quick else (GAUSSIAN_SIGMAS, TV_WEIGHTS)
-    found = [("median 3×3", median_filter(frame, size=3, mode="reflect"))]
+    found = [("median 3×3", keyless.median3(frame))]
     if not quick:
         found.append(("median 5×5", median_filter(frame, size=5, mode="reflect")))
-    found += [(f"gauss σ{sigma:g}", gaussian_filter(frame, sigma, mode="reflect")) for sigma in sigmas]
-    found += [(f"TV {weight:g}", denoise_tv_chambolle(frame / span, weight=weight) * span) for weight in weights]
+    found += [(f"gauss σ{sigma:g}", keyless.gaussian(frame, sigma)) for sigma in sigmas]
+    found += [(f"TV {weight:g}", keyless.total_variation(frame, span, weight)) for weight in weights]
     if not quick:
-        found.append(("wavelet", denoise_wavelet(frame / span, wavelet="db2", wavelet_levels=3, mode="soft",
-                                                 method="BayesShrink", rescale_sigma=True) * span))
+        found.append(("wavelet", keyless.wavelet(frame, span)))
     return found
 
 
-def removals(frame: np.ndarray, span: float, quick: bool = False):
-    """(name, attacked frame) for every denoiser and γ: frame − γ·(frame − denoised)."""
-    for name, denoised in denoisings(frame, span, quick):
+def removals(frame: np.ndarray, denoised: list[tuple[str, np.ndarray]], quick: bool = False):
+    """(name, attacked frame) for every denoising of `frame` (`denoisings`) and γ:
+    frame − γ·(frame − denoised), one at a time (a frame's 320 would take 8 GB on a 3-megapixel CR)."""
+    for name, version in denoised:
         for gamma in QUICK_GAMMAS if quick else GAMMAS:
-            yield f"{name} γ{gamma:g}", frame - gamma * (frame - denoised)
+            yield f"{name} γ{gamma:g}", frame - gamma * (frame - version)
+
+
+def removals_beside_host(marked: np.ndarray, host: np.ndarray, host_denoised, span: float, quick: bool):
+    """(name, attacked marked frame, the same removal on the unmarked host) for every removal; the
+    host's denoisings (`denoisings` of `host`) are made once per image by the caller."""
+    for (name, attacked), (_, attacked_host) in zip(removals(marked, denoisings(marked, span, quick), quick),
+                                                    removals(host, host_denoised, quick)):
+        yield name, attacked, attacked_host
 
 
 def spread_mark(shape: tuple[int, int], scale: float, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -133,7 +139,7 @@ def kept_share(attacked: np.ndarray, attacked_host: np.ndarray, mark: np.ndarray
     return float(np.sum((attacked - attacked_host) * mark) / np.sum(mark * mark))
 
 
-def measure_scale(item, span: float, scale: float, rng, quick: bool) -> dict:
+def measure_scale(item, host_denoised, span: float, scale: float, rng, quick: bool) -> dict:
     """One image, one scale: the reader's BER on the marked frame, and per erasure measure the
     cheapest erasing removal (its name and the PSNR drop below the marked copy)."""
     host = item.image.pixels[0].astype(np.float64)
@@ -144,14 +150,13 @@ def measure_scale(item, span: float, scale: float, rng, quick: bool) -> dict:
     reader = LinearReader(carriers, signs, scale)
     del carriers
     clean_ber = reader.bit_error_rate(marked)
-    attacked_hosts = dict(removals(host, span, quick))
     cheapest: dict[str, tuple[float, str] | None] = {f"kept ≤ {share:g}": None for share in KEPT_SHARES}
     cheapest["reader fails"] = None
     count = 0
-    for name, attacked in removals(marked, span, quick):
+    for name, attacked, attacked_host in removals_beside_host(marked, host, host_denoised, span, quick):
         count += 1
         drop = marked_psnr - item.meter.binding_psnr(attacked)
-        share = kept_share(attacked, attacked_hosts[name], mark)
+        share = kept_share(attacked, attacked_host, mark)
         erased = {f"kept ≤ {s:g}": share <= s for s in KEPT_SHARES}
         erased["reader fails"] = clean_ber <= READS_BELOW_BER and reader.bit_error_rate(attacked) > READS_BELOW_BER
         for measure, yes in erased.items():
@@ -163,18 +168,16 @@ def measure_scale(item, span: float, scale: float, rng, quick: bool) -> dict:
                                  for m, c in cheapest.items()}}
 
 
-def calibration(model, mark_, quick: bool) -> list[tuple[float, bool]]:
+def calibration(model, mark_, host_denoised, quick: bool) -> list[tuple[float, bool]]:
     """(kept share, read by the key holder) for the shipped model's own mark (`keyless.mark`)
     through every removal."""
     item = mark_.item
     host = item.image.pixels[0].astype(np.float64)
     marked = mark_.pixels.astype(np.float64)
-    residual = marked - host
-    span = mark_.view.stored_span
-    attacked_hosts = dict(removals(host, span, quick))
-    return [(kept_share(attacked, attacked_hosts[name], residual),
+    return [(kept_share(attacked, attacked_host, marked - host),
              keyless.holder_reads(model, mark_, keyless.stored(item.image, attacked)))
-            for name, attacked in removals(marked, span, quick)]
+            for _, attacked, attacked_host in removals_beside_host(marked, host, host_denoised,
+                                                                   mark_.view.stored_span, quick)]
 
 
 def print_tables(result: dict) -> None:
@@ -237,10 +240,11 @@ def main() -> int:
         item = items[index]
         mark_ = marks[index] if marks else keyless.mark(model, item)
         span = mark_.view.stored_span  # the binding view's span, as wm embed finds it
+        host_denoised = denoisings(item.image.pixels[0].astype(np.float64), span, args.quick)  # once per image
         images.append({"label": item.label, "shape": list(item.image.pixels.shape[1:]),
-                       "scales": [measure_scale(item, span, s, rng, args.quick) for s in scales]})
+                       "scales": [measure_scale(item, host_denoised, span, s, rng, args.quick) for s in scales]})
         if args.calibrate:
-            calibrated += calibration(model, mark_, args.quick)
+            calibrated += calibration(model, mark_, host_denoised, args.quick)
         log(f"  {item.label}")
     bands = [{"band": f"[{low:g}, {high:g})",
               "read": sum(low <= r < high and read for r, read in calibrated),
